@@ -1,0 +1,55 @@
+## torchspark — one command per habit. `make demo` and `make test` do all set-up themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV    := $(CURDIR)/.venv
+PY      := $(VENV)/bin/python
+PYTHON  ?= python3
+# torch-sys builds against the venv's torch (libtorch 2.13.0).
+CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
+SO      := target/release/libtorchspark.so
+JAR     := jvm-shim/target/torchspark-0.1.0.jar
+MVN     := mvn -B -q -f jvm-shim/pom.xml
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed native jar ## idempotent: .venv, Rust release build, jar
+
+$(VENV)/.installed: python/requirements.txt python/pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r python/requirements.txt
+	$(PY) -m pip install -q --no-deps -e python
+	touch $@
+
+native: $(VENV)/.installed ## Rust release build of the cdylib
+	$(CARGO_ENV) cargo build --release --locked
+
+jar: native ## the Spark jar, with the .so embedded
+	$(MVN) -DskipTests package
+
+demo: setup ## the main job: train ResNet-20 on digits, score 10,000 PNGs on Spark, report
+	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
+
+test: setup ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark + notebook)
+	$(CARGO_ENV) cargo test --release --locked
+	$(MVN) test
+	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
+
+bench: setup ## side-by-side performance, writes bench/results.md
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
+
+lint: $(VENV)/.installed ## formatters and linters, as CI would
+	$(CARGO_ENV) cargo fmt --all -- --check
+	$(CARGO_ENV) cargo clippy --release --all-targets --locked -- -D warnings
+
+fmt: ## format Rust
+	cargo fmt --all
+
+clean: ## remove build outputs (keeps .venv)
+	cargo clean
+	rm -rf jvm-shim/target tests/fixtures/out
+
+.PHONY: help setup native jar demo test bench lint fmt clean

@@ -1,0 +1,439 @@
+//! Arrow batch in, Arrow batch out: scoring and featurizing.
+//!
+//! The input batch has one image column (or `input_column` names it): binary (encoded images),
+//! Spark's image struct, or a list of floats. The output has one row per input row, in order.
+//! A row that cannot be read gets null outputs and a reason in `error` ("row 17: invalid PNG:
+//! ..."), and the other rows are still scored; only a batch that cannot be read at all fails.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, Float32Builder, Int32Array, Int32Builder,
+    LargeBinaryArray, ListBuilder, RecordBatch, StringBuilder, StructArray, StructBuilder,
+};
+use arrow::datatypes::{DataType, Field, Fields, Float32Type, Float64Type, Schema, SchemaRef};
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::model::{self, Model, ModelConfig, Target};
+use crate::preprocess::ImageInput;
+
+/// Per-call options (the FFI layers pass them as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchOptions {
+    /// How many best classes go into `top_k`.
+    pub top_k: usize,
+    /// Rows per forward pass.
+    pub batch_size: usize,
+    /// Added to row numbers in error messages (the row's position in the partition).
+    pub row_offset: u64,
+    /// The image column, when the batch has more than one.
+    pub input_column: Option<String>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            top_k: 5,
+            batch_size: 64,
+            row_offset: 0,
+            input_column: None,
+        }
+    }
+}
+
+impl BatchOptions {
+    pub fn from_json(text: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_json::from_str(text).map_err(|e| Error::config("batch options", e.to_string()))
+    }
+}
+
+/// A model plus the caller's thread budget: what an FFI handle points to.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    model: Arc<Model>,
+    num_threads: usize,
+}
+
+impl Scorer {
+    /// Opens (or reuses) the process-wide model for `config`.
+    pub fn open(config: &ModelConfig) -> Result<Scorer> {
+        let num_threads = config.threads()?;
+        Ok(Scorer {
+            model: model::get_or_load(config)?,
+            num_threads,
+        })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The schema [`Scorer::score`] returns.
+    pub fn score_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("prediction", DataType::Int32, true),
+            Field::new(
+                "probability",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+                true,
+            ),
+            Field::new("predicted_label", DataType::Utf8, true),
+            Field::new(
+                "top_k",
+                DataType::List(Arc::new(Field::new_list_field(
+                    DataType::Struct(top_k_fields()),
+                    true,
+                ))),
+                true,
+            ),
+            Field::new("error", DataType::Utf8, true),
+        ]))
+    }
+
+    /// The schema [`Scorer::featurize`] returns.
+    pub fn featurize_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new(
+                "features",
+                DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true))),
+                true,
+            ),
+            Field::new("error", DataType::Utf8, true),
+        ]))
+    }
+
+    /// Class probabilities, prediction, label and top-k for every row.
+    pub fn score(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
+        let rows = self.run(batch, opts, Target::Probabilities)?;
+        let labels = self.model.spec().labels.as_deref();
+        let mut prediction = Int32Builder::with_capacity(rows.len());
+        let mut probability = ListBuilder::new(Float32Builder::new());
+        let mut label = StringBuilder::new();
+        let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), opts.top_k));
+        let mut error = StringBuilder::new();
+        for row in &rows {
+            match row {
+                Ok(p) => {
+                    let order = ranking(p, opts.top_k.max(1));
+                    let best = order.first().copied().unwrap_or(0);
+                    prediction.append_value(best as i32);
+                    probability.values().append_slice(p);
+                    probability.append(true);
+                    label.append_option(labels.and_then(|l| l.get(best)));
+                    let entries = top_k.values();
+                    for &i in order.iter().take(opts.top_k) {
+                        struct_field::<Int32Builder>(entries, 0).append_value(i as i32);
+                        struct_field::<StringBuilder>(entries, 1)
+                            .append_option(labels.and_then(|l| l.get(i)));
+                        struct_field::<Float32Builder>(entries, 2).append_value(p[i]);
+                        entries.append(true);
+                    }
+                    top_k.append(true);
+                    error.append_null();
+                }
+                Err(e) => {
+                    prediction.append_null();
+                    probability.append(false);
+                    label.append_null();
+                    top_k.append(false);
+                    error.append_value(e);
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(prediction.finish()),
+            Arc::new(probability.finish()),
+            Arc::new(label.finish()),
+            Arc::new(top_k.finish()),
+            Arc::new(error.finish()),
+        ];
+        RecordBatch::try_new(Self::score_schema(), columns).map_err(arrow_bug)
+    }
+
+    /// The spec's featurize output, flattened, for every row.
+    pub fn featurize(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
+        if let Some(f) = &self.model.spec().featurize {
+            f.source().map_err(|reason| Error::Spec {
+                path: self.model.path().with_extension("json"),
+                reason,
+            })?;
+        } else {
+            return Err(Error::Spec {
+                path: self.model.path().with_extension("json"),
+                reason: "no `featurize` entry: add {\"method\": NAME} or {\"output_index\": N}"
+                    .into(),
+            });
+        }
+        let rows = self.run(batch, opts, Target::Features)?;
+        let mut features = ListBuilder::new(Float32Builder::new());
+        let mut error = StringBuilder::new();
+        for row in &rows {
+            match row {
+                Ok(f) => {
+                    features.values().append_slice(f);
+                    features.append(true);
+                    error.append_null();
+                }
+                Err(e) => {
+                    features.append(false);
+                    error.append_value(e);
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
+        RecordBatch::try_new(Self::featurize_schema(), columns).map_err(arrow_bug)
+    }
+
+    /// Preprocesses and runs every row; `Err` rows carry their message.
+    fn run(
+        &self,
+        batch: &RecordBatch,
+        opts: &BatchOptions,
+        target: Target,
+    ) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
+        if opts.batch_size == 0 {
+            return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        let column = input_column(batch, opts.input_column.as_deref())?;
+        let inputs = read_rows(column.as_ref())?;
+        let pre = self.model.preprocessor();
+        let row_len = pre.row_len();
+        let mut results = Vec::with_capacity(inputs.len());
+        let mut buffer = vec![0f32; row_len * opts.batch_size.min(inputs.len().max(1))];
+        for (chunk_index, chunk) in inputs.chunks(opts.batch_size).enumerate() {
+            let first = opts.row_offset + (chunk_index * opts.batch_size) as u64;
+            let slots = &mut buffer[..chunk.len() * row_len];
+            let status: Vec<std::result::Result<(), String>> = slots
+                .par_chunks_mut(row_len)
+                .zip(chunk.par_iter())
+                .enumerate()
+                .map(|(i, (out, input))| {
+                    let row = first + i as u64;
+                    match input {
+                        Ok(input) => pre.fill(*input, out),
+                        Err(e) => Err(e.clone()),
+                    }
+                    .map_err(|e| format!("row {row}: {e}"))
+                })
+                .collect();
+            // Move the good rows to the front so one forward pass takes them all.
+            let mut good = 0;
+            for (i, s) in status.iter().enumerate() {
+                if s.is_ok() {
+                    if i != good {
+                        slots.copy_within(i * row_len..(i + 1) * row_len, good * row_len);
+                    }
+                    good += 1;
+                }
+            }
+            let (values, width) = if good > 0 {
+                self.model
+                    .run(&slots[..good * row_len], good, self.num_threads, target)?
+            } else {
+                (Vec::new(), 0)
+            };
+            let mut outputs = values.chunks_exact(width.max(1));
+            for s in status {
+                results.push(match s {
+                    Ok(()) => Ok(outputs.next().map(<[f32]>::to_vec).unwrap_or_default()),
+                    Err(e) => Err(e),
+                });
+            }
+        }
+        Ok(results)
+    }
+}
+
+fn top_k_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("index", DataType::Int32, false),
+        Field::new("label", DataType::Utf8, true),
+        Field::new("probability", DataType::Float32, false),
+    ])
+}
+
+fn struct_field<T: arrow::array::ArrayBuilder>(b: &mut StructBuilder, i: usize) -> &mut T {
+    // The builder is made from top_k_fields(), so the types are known.
+    #[allow(clippy::expect_used)]
+    b.field_builder::<T>(i).expect("top_k builder field type")
+}
+
+/// Indices of the `k` largest values, best first; ties keep the lower index (like argmax).
+fn ranking(p: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn arrow_bug(e: arrow::error::ArrowError) -> Error {
+    Error::Internal {
+        reason: format!("building the output batch: {e}"),
+    }
+}
+
+fn input_column<'a>(batch: &'a RecordBatch, name: Option<&str>) -> Result<&'a ArrayRef> {
+    match name {
+        Some(n) => batch.column_by_name(n).ok_or_else(|| {
+            Error::input(format!(
+                "no column `{n}` (the batch has {:?})",
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect::<Vec<_>>()
+            ))
+        }),
+        None if batch.num_columns() == 1 => Ok(batch.column(0)),
+        None => Err(Error::input(format!(
+            "expected one image column, got {}; set input_column",
+            batch.num_columns()
+        ))),
+    }
+}
+
+type Row<'a> = std::result::Result<ImageInput<'a>, String>;
+
+/// Borrows every row of the image column; nulls and malformed structs become row errors.
+fn read_rows(col: &dyn Array) -> Result<Vec<Row<'_>>> {
+    let null = || Err("input is null".to_string());
+    let rows = match col.data_type() {
+        DataType::Binary => binary_rows(col.as_binary::<i32>()),
+        DataType::LargeBinary => large_binary_rows(col.as_binary::<i64>()),
+        DataType::Struct(_) => struct_rows(col.as_struct())?,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            return match f.data_type() {
+                DataType::Float32 | DataType::Float64 => float_rows(col),
+                other => Err(Error::input(format!(
+                    "list column of {other}: float or double expected"
+                ))),
+            };
+        }
+        other => {
+            return Err(Error::input(format!(
+                "image column has type {other}; binary, Spark's image struct or a list of floats expected"
+            )));
+        }
+    };
+    Ok(rows.into_iter().map(|r| r.map_or_else(null, Ok)).collect())
+}
+
+fn binary_rows(a: &BinaryArray) -> Vec<Option<ImageInput<'_>>> {
+    a.iter().map(|v| v.map(ImageInput::Encoded)).collect()
+}
+
+fn large_binary_rows(a: &LargeBinaryArray) -> Vec<Option<ImageInput<'_>>> {
+    a.iter().map(|v| v.map(ImageInput::Encoded)).collect()
+}
+
+/// Float rows borrow straight from the child values buffer (no copy).
+fn float_rows(col: &dyn Array) -> Result<Vec<Row<'_>>> {
+    let (offsets, values, nulls): (Vec<(usize, usize)>, &ArrayRef, _) = match col.data_type() {
+        DataType::List(_) => {
+            let l = col.as_list::<i32>();
+            let o = l.value_offsets();
+            let spans = o
+                .windows(2)
+                .map(|w| (w[0] as usize, w[1] as usize))
+                .collect();
+            (spans, l.values(), l.nulls())
+        }
+        DataType::LargeList(_) => {
+            let l = col.as_list::<i64>();
+            let o = l.value_offsets();
+            let spans = o
+                .windows(2)
+                .map(|w| (w[0] as usize, w[1] as usize))
+                .collect();
+            (spans, l.values(), l.nulls())
+        }
+        _ => {
+            let l = col.as_fixed_size_list();
+            let n = l.value_length() as usize;
+            let start = l.offset() * n;
+            let spans = (0..l.len())
+                .map(|i| (start + i * n, start + (i + 1) * n))
+                .collect();
+            (spans, l.values(), l.nulls())
+        }
+    };
+    let is_null = |i: usize| nulls.is_some_and(|n| n.is_null(i));
+    let rows = match values.data_type() {
+        DataType::Float32 => {
+            let v = values.as_primitive::<Float32Type>();
+            let has_nulls = v.null_count() > 0;
+            let raw = v.values();
+            offsets
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, b))| {
+                    if is_null(i) {
+                        Err("input is null".to_string())
+                    } else if has_nulls && (a..b).any(|j| v.is_null(j)) {
+                        Err("float list contains null".to_string())
+                    } else {
+                        Ok(ImageInput::Floats(&raw[a..b]))
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let v = values.as_primitive::<Float64Type>();
+            let has_nulls = v.null_count() > 0;
+            let raw = v.values();
+            offsets
+                .iter()
+                .enumerate()
+                .map(|(i, &(a, b))| {
+                    if is_null(i) {
+                        Err("input is null".to_string())
+                    } else if has_nulls && (a..b).any(|j| v.is_null(j)) {
+                        Err("float list contains null".to_string())
+                    } else {
+                        Ok(ImageInput::Doubles(&raw[a..b]))
+                    }
+                })
+                .collect()
+        }
+    };
+    Ok(rows)
+}
+
+/// Spark's image struct: `origin, height, width, nChannels, mode, data`.
+fn struct_rows(s: &StructArray) -> Result<Vec<Option<ImageInput<'_>>>> {
+    let int = |name: &str| -> Result<&Int32Array> {
+        s.column_by_name(name)
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int32Type>())
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "image struct needs an int field `{name}` (Spark's image schema)"
+                ))
+            })
+    };
+    let (h, w, c) = (int("height")?, int("width")?, int("nChannels")?);
+    let data = s
+        .column_by_name("data")
+        .and_then(|c| c.as_binary_opt::<i32>())
+        .ok_or_else(|| Error::input("image struct needs a binary field `data`"))?;
+    Ok((0..s.len())
+        .map(|i| {
+            if s.is_null(i) || data.is_null(i) || h.is_null(i) || w.is_null(i) || c.is_null(i) {
+                None
+            } else {
+                Some(ImageInput::SparkImage {
+                    height: h.value(i),
+                    width: w.value(i),
+                    n_channels: c.value(i),
+                    data: data.value(i),
+                })
+            }
+        })
+        .collect())
+}

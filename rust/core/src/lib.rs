@@ -1,0 +1,21 @@
+//! torchspark-core: TorchScript scoring and featurizing over Arrow batches.
+//!
+//! This crate knows nothing of JNI or Python; the `torchspark` cdylib wraps it for both.
+//!
+//! - [`model`]: the process-wide registry (one model per file, device and precision).
+//! - [`spec`]: the JSON model spec beside each `.pt`.
+//! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
+//! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
+//! - [`error`]: the one error type.
+
+pub mod batch;
+pub mod error;
+pub mod model;
+pub mod preprocess;
+pub mod spec;
+mod sys;
+
+pub use batch::{BatchOptions, Scorer};
+pub use error::{Error, ErrorKind, Result};
+pub use model::{ModelConfig, Precision, load_count};
+pub use spec::ModelSpec;

@@ -1,0 +1,402 @@
+//! The model registry: one loaded TorchScript module per (file, device, precision) per process.
+//!
+//! Spark runs several task threads in one executor JVM (and a Python worker may score several
+//! partitions in a row); they all get the same `Arc<Model>`. Loading is lazy and happens once:
+//! concurrent first callers wait on a per-key lock while one of them loads. A failed load
+//! leaves the slot empty, so the next call tries again and reports the same error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+
+use once_cell::sync::Lazy;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::preprocess::Preprocessor;
+use crate::spec::{FeatureSource, ModelSpec, OutputKind};
+
+/// How a caller opens a model (the FFI layers pass this as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Path to the TorchScript `.pt` file.
+    pub model_path: PathBuf,
+    /// The spec JSON; defaults to the model path with a `.json` extension.
+    #[serde(default)]
+    pub spec_path: Option<PathBuf>,
+    /// `cpu` (default), `cuda` or `cuda:N`.
+    #[serde(default = "cpu")]
+    pub device: String,
+    /// Intra-op threads for this caller's forward passes; default: all cores.
+    #[serde(default)]
+    pub num_threads: Option<usize>,
+    /// `fp32` (default) or `bf16` (opt-in: weights and input cast to bfloat16; the model must
+    /// keep its weights as parameters, i.e. not be frozen).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Bf16,
+}
+
+impl ModelConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        ModelConfig {
+            model_path: model_path.into(),
+            spec_path: None,
+            device: cpu(),
+            num_threads: None,
+            precision: Precision::Fp32,
+        }
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::config("model config", e.to_string()))
+    }
+
+    /// The intra-op thread count this caller asked for, or every core.
+    pub fn threads(&self) -> Result<usize> {
+        match self.num_threads {
+            Some(0) => Err(Error::config("num_threads", "must be at least 1")),
+            Some(n) => Ok(n),
+            None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        }
+    }
+}
+
+/// A loaded model with its spec, shared by every thread of the process.
+pub struct Model {
+    path: PathBuf,
+    spec: ModelSpec,
+    preprocessor: Preprocessor,
+    // Sharing one CModule between threads is sound: `forward`/`method` on a TorchScript module
+    // in eval mode under no_grad only reads its parameters, and libtorch's JIT executor guards its
+    // lazily compiled plans with its own mutex (libtorch documents concurrent inference on one
+    // module); we never call a `&mut` method after loading. tch marks CModule Send + Sync.
+    module: CModule,
+    device: Device,
+    precision: Precision,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("device", &self.device)
+            .field("precision", &self.precision)
+            .finish()
+    }
+}
+
+type Key = (PathBuf, String, Precision);
+type Slot = Arc<Mutex<Option<Arc<Model>>>>;
+
+static REGISTRY: Lazy<Mutex<HashMap<Key, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static LOADS: AtomicU64 = AtomicU64::new(0);
+
+/// How many models this process has loaded from disk (the "once per executor" proof).
+pub fn load_count() -> u64 {
+    LOADS.load(Ordering::SeqCst)
+}
+
+/// The process-wide model for `config`, loading it on first use.
+pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
+    let device = parse_device(&config.device)?;
+    let path = std::fs::canonicalize(&config.model_path).map_err(|e| Error::ModelNotFound {
+        path: config.model_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let key = (path.clone(), format!("{device:?}"), config.precision);
+    let slot = {
+        let mut reg = REGISTRY
+            .lock()
+            .map_err(|_| internal("model registry lock poisoned"))?;
+        reg.entry(key).or_default().clone()
+    };
+    let mut guard = slot
+        .lock()
+        .map_err(|_| internal("model slot lock poisoned"))?;
+    if let Some(model) = guard.as_ref() {
+        return Ok(model.clone());
+    }
+    let spec_path = config
+        .spec_path
+        .clone()
+        .unwrap_or_else(|| ModelSpec::default_path(&config.model_path));
+    let model = Arc::new(Model::load(&path, &spec_path, device, config.precision)?);
+    *guard = Some(model.clone());
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok(model)
+}
+
+fn internal(reason: &str) -> Error {
+    Error::Internal {
+        reason: reason.into(),
+    }
+}
+
+/// `cpu`, `cuda`, `cuda:N`; a GPU that libtorch cannot see is an error, not a silent CPU run.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let bad = |reason: String| Error::Device {
+        device: name.to_string(),
+        reason,
+    };
+    let index = match name.trim() {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => i,
+            _ => return Err(bad("expected `cpu`, `cuda` or `cuda:N`".into())),
+        },
+    };
+    crate::sys::load_cuda_backend();
+    let count = std::panic::catch_unwind(tch::Cuda::device_count).unwrap_or(0);
+    if count <= 0 {
+        return Err(bad(
+            "libtorch sees no CUDA device on this host (no GPU, no driver, or a CPU-only torch)"
+                .into(),
+        ));
+    }
+    if index as i64 >= count {
+        return Err(bad(format!("only {count} CUDA device(s) are visible")));
+    }
+    Ok(Device::Cuda(index))
+}
+
+/// What a forward pass should return per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Class probabilities (softmax of logits unless the spec says probabilities).
+    Probabilities,
+    /// The spec's featurize output, flattened.
+    Features,
+}
+
+impl Model {
+    fn load(path: &Path, spec_path: &Path, device: Device, precision: Precision) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|e| Error::ModelNotFound {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let spec = ModelSpec::from_file(spec_path)?;
+        if let Some(expected) = &spec.sha256 {
+            let actual: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(Error::Checksum {
+                    path: path.to_path_buf(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        crate::sys::tune_process();
+        let mut module =
+            CModule::load_data_on_device(&mut bytes.as_slice(), device).map_err(|e| {
+                Error::ModelLoad {
+                    path: path.to_path_buf(),
+                    reason: first_line(&e.to_string()),
+                }
+            })?;
+        module.set_eval();
+        if precision == Precision::Bf16 {
+            module.to(device, Kind::BFloat16, false);
+        }
+        Ok(Model {
+            path: path.to_path_buf(),
+            preprocessor: Preprocessor::new(&spec),
+            spec,
+            module,
+            device,
+            precision,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Runs `n` preprocessed rows (`input.len() == n * row_len`) and returns `n * width` floats
+    /// and `width`.
+    pub fn run(
+        &self,
+        input: &[f32],
+        n: usize,
+        num_threads: usize,
+        target: Target,
+    ) -> Result<(Vec<f32>, usize)> {
+        let spec = &self.spec.input;
+        let fail = |reason: String| Error::Inference {
+            path: self.path.clone(),
+            reason,
+        };
+        crate::sys::set_threads(num_threads);
+        let _no_grad = tch::no_grad_guard();
+        let x = Tensor::f_from_slice(input)
+            .and_then(|t| {
+                t.f_view([
+                    n as i64,
+                    spec.channels as i64,
+                    spec.height as i64,
+                    spec.width as i64,
+                ])
+            })
+            .and_then(|t| t.f_to_device(self.device))
+            .and_then(|t| match self.precision {
+                Precision::Fp32 => Ok(t),
+                Precision::Bf16 => t.f_to_kind(Kind::BFloat16),
+            })
+            .map_err(|e| fail(first_line(&e.to_string())))?;
+        let forward = || -> Result<Tensor, tch::TchError> {
+            let args = [IValue::Tensor(x)];
+            match target {
+                Target::Probabilities => {
+                    let out = first_tensor(self.module.forward_is(&args)?, 0)?;
+                    match self.spec.output {
+                        OutputKind::Logits => out.f_softmax(-1, Kind::Float),
+                        OutputKind::Probabilities => out.f_to_kind(Kind::Float),
+                    }
+                }
+                Target::Features => {
+                    let out = match self.feature_source()? {
+                        FeatureSource::Method(m) => {
+                            first_tensor(self.module.method_is(&m, &args)?, 0)?
+                        }
+                        FeatureSource::OutputIndex(i) => {
+                            first_tensor(self.module.forward_is(&args)?, i)?
+                        }
+                    };
+                    out.f_to_kind(Kind::Float)
+                }
+            }
+        };
+        let out = forward().map_err(|e| fail(first_line(&e.to_string())))?;
+        let shape = out.size();
+        if shape.first() != Some(&(n as i64))
+            || (target == Target::Probabilities && shape.len() != 2)
+        {
+            return Err(fail(format!(
+                "output has shape {shape:?}; expected [{n}, {}]",
+                if target == Target::Probabilities {
+                    "classes"
+                } else {
+                    "..."
+                }
+            )));
+        }
+        let width = out.numel().checked_div(n).unwrap_or(0);
+        let flat = out
+            .f_to_device(Device::Cpu)
+            .and_then(|t| t.f_contiguous())
+            .and_then(|t| t.f_view([-1]))
+            .and_then(|t| Vec::<f32>::try_from(&t))
+            .map_err(|e| fail(first_line(&e.to_string())))?;
+        if target == Target::Probabilities
+            && let Some(labels) = &self.spec.labels
+            && labels.len() != width
+        {
+            return Err(Error::Spec {
+                path: self.path.with_extension("json"),
+                reason: format!(
+                    "labels has {} entries but the model outputs {width} classes",
+                    labels.len()
+                ),
+            });
+        }
+        Ok((flat, width))
+    }
+
+    fn feature_source(&self) -> Result<FeatureSource, tch::TchError> {
+        match &self.spec.featurize {
+            None => Err(tch::TchError::FileFormat(
+                "the spec has no `featurize` entry, so this model cannot featurize".into(),
+            )),
+            Some(f) => f.source().map_err(tch::TchError::FileFormat),
+        }
+    }
+}
+
+/// The tensor itself, or element `index` of a returned tuple/list.
+fn first_tensor(v: IValue, index: usize) -> Result<Tensor, tch::TchError> {
+    let items = match v {
+        IValue::Tensor(t) if index == 0 => return Ok(t),
+        IValue::Tuple(items) | IValue::GenericList(items) => items,
+        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
+        other => {
+            return Err(tch::TchError::Kind(format!(
+                "model returned {} where a tensor (or tuple of tensors) was expected",
+                ivalue_name(&other)
+            )));
+        }
+    };
+    let len = items.len();
+    match items.into_iter().nth(index) {
+        Some(IValue::Tensor(t)) => Ok(t),
+        Some(other) => Err(tch::TchError::Kind(format!(
+            "output {index} is {}, not a tensor",
+            ivalue_name(&other)
+        ))),
+        None => Err(tch::TchError::Kind(format!(
+            "output_index {index} is out of range: the model returns {len} outputs"
+        ))),
+    }
+}
+
+fn ivalue_name(v: &IValue) -> &'static str {
+    match v {
+        IValue::None => "None",
+        IValue::Tensor(_) => "a tensor",
+        IValue::Tuple(_) => "a tuple",
+        IValue::GenericDict(_) => "a dict",
+        IValue::String(_) => "a string",
+        _ => "a non-tensor value",
+    }
+}
+
+/// libtorch messages carry a C++ backtrace after the first line; callers want the reason.
+fn first_line(s: &str) -> String {
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim();
+    line.to_string()
+}
+
+static INTEROP: Once = Once::new();
+
+/// Called by [`crate::sys`] before the first forward pass of the process.
+pub(crate) fn init_interop_once() {
+    INTEROP.call_once(|| {
+        // Fails (and tch panics) if the pool was already started, e.g. by torch in the same
+        // Python process; then it is already set and there is nothing to do.
+        let _ = std::panic::catch_unwind(|| {
+            if tch::get_num_interop_threads() != 1 {
+                tch::set_num_interop_threads(1);
+            }
+        });
+    });
+}

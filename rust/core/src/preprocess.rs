@@ -1,0 +1,412 @@
+//! One row → the model's CHW float input, as the spec says.
+//!
+//! Pipeline: decode (or take Spark's BGR struct) → RGB or gray → optional resize (bilinear,
+//! antialiased on downscale) → optional center crop → `(p * scale - mean) / std` per channel,
+//! written straight into the row's slice of the batch tensor. Errors are plain strings: the
+//! batch layer prefixes them with the row number.
+
+use image::imageops::{self, FilterType};
+use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
+
+use crate::spec::ModelSpec;
+
+/// One row of input, borrowed from the Arrow batch.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageInput<'a> {
+    /// Encoded bytes: PNG, JPEG, BMP or GIF (first frame).
+    Encoded(&'a [u8]),
+    /// Spark's image struct: row-major BGR (3), BGRA (4) or gray (1) bytes.
+    SparkImage {
+        height: i32,
+        width: i32,
+        n_channels: i32,
+        data: &'a [u8],
+    },
+    /// Already the model input: C×H×W floats, used as they are.
+    Floats(&'a [f32]),
+    /// Same, as f64 (Spark `array<double>`).
+    Doubles(&'a [f64]),
+}
+
+/// What the spec asks for, precomputed once per model.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    height: u32,
+    width: u32,
+    channels: usize,
+    bgr: bool,
+    resize: Option<[u32; 2]>,
+    center_crop: Option<[u32; 2]>,
+    /// `lut[c][p] = (p * scale - mean[c]) / std[c]` for every byte value `p`.
+    lut: Vec<[f32; 256]>,
+}
+
+enum Pixels {
+    Rgb(ImageBuffer<Rgb<u8>, Vec<u8>>),
+    Gray(ImageBuffer<Luma<u8>, Vec<u8>>),
+}
+
+impl Pixels {
+    fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Pixels::Rgb(i) => i.dimensions(),
+            Pixels::Gray(i) => i.dimensions(),
+        }
+    }
+}
+
+impl Preprocessor {
+    pub fn new(spec: &ModelSpec) -> Self {
+        let (mean, std) = spec.mean_std();
+        let scale = spec.preprocess.scale;
+        let lut = mean
+            .iter()
+            .zip(&std)
+            .map(|(&m, &s)| {
+                let mut t = [0f32; 256];
+                for (p, v) in t.iter_mut().enumerate() {
+                    *v = (p as f32 * scale - m) / s;
+                }
+                t
+            })
+            .collect();
+        Preprocessor {
+            height: spec.input.height,
+            width: spec.input.width,
+            channels: spec.input.channels as usize,
+            bgr: spec.wants_bgr(),
+            resize: spec.preprocess.resize,
+            center_crop: spec.preprocess.center_crop,
+            lut,
+        }
+    }
+
+    /// Number of floats one row fills.
+    pub fn row_len(&self) -> usize {
+        self.channels * self.height as usize * self.width as usize
+    }
+
+    /// Fills `out` (exactly `row_len()` floats, CHW) from one row.
+    pub fn fill(&self, input: ImageInput<'_>, out: &mut [f32]) -> Result<(), String> {
+        match input {
+            ImageInput::Floats(v) => {
+                self.check_len(v.len())?;
+                out.copy_from_slice(v);
+                Ok(())
+            }
+            ImageInput::Doubles(v) => {
+                self.check_len(v.len())?;
+                for (o, &x) in out.iter_mut().zip(v) {
+                    *o = x as f32;
+                }
+                Ok(())
+            }
+            ImageInput::Encoded(bytes) => {
+                let pixels = self.decode(bytes)?;
+                self.finish(pixels, out)
+            }
+            ImageInput::SparkImage {
+                height,
+                width,
+                n_channels,
+                data,
+            } => {
+                let pixels = self.spark_pixels(height, width, n_channels, data)?;
+                self.finish(pixels, out)
+            }
+        }
+    }
+
+    fn check_len(&self, len: usize) -> Result<(), String> {
+        if len == self.row_len() {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {} floats ({}x{}x{}), got {len}",
+                self.row_len(),
+                self.channels,
+                self.height,
+                self.width
+            ))
+        }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Pixels, String> {
+        if bytes.is_empty() {
+            return Err("empty image bytes".into());
+        }
+        let format = image::guess_format(bytes).map_err(|_| {
+            let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            format!(
+                "not a PNG, JPEG, BMP or GIF image (first bytes: {})",
+                head.join(" ")
+            )
+        })?;
+        let name = format_name(format);
+        let img = image::load_from_memory_with_format(bytes, format)
+            .map_err(|e| format!("invalid {name}: {e}"))?;
+        Ok(self.to_pixels(img))
+    }
+
+    fn to_pixels(&self, img: DynamicImage) -> Pixels {
+        if self.channels == 1 {
+            Pixels::Gray(img.into_luma8())
+        } else {
+            // Gray is expanded to three equal channels; alpha is dropped.
+            Pixels::Rgb(img.into_rgb8())
+        }
+    }
+
+    fn spark_pixels(
+        &self,
+        height: i32,
+        width: i32,
+        nc: i32,
+        data: &[u8],
+    ) -> Result<Pixels, String> {
+        if height <= 0 || width <= 0 {
+            return Err(format!(
+                "image struct has height {height} and width {width} (an undecodable file?)"
+            ));
+        }
+        let (h, w) = (height as u32, width as u32);
+        let npix = h as usize * w as usize;
+        let nc_usize = match nc {
+            1 | 3 | 4 => nc as usize,
+            _ => {
+                return Err(format!(
+                    "image struct has nChannels {nc}; 1, 3 or 4 expected"
+                ));
+            }
+        };
+        if data.len() != npix * nc_usize {
+            return Err(format!(
+                "image struct data has {} bytes, but {height}x{width}x{nc} needs {}",
+                data.len(),
+                npix * nc_usize
+            ));
+        }
+        let img = match nc_usize {
+            1 => DynamicImage::ImageLuma8(
+                ImageBuffer::from_raw(w, h, data.to_vec()).ok_or("bad gray buffer")?,
+            ),
+            _ => {
+                // Spark stores BGR / BGRA; turn it into RGB, dropping alpha.
+                let mut rgb = Vec::with_capacity(npix * 3);
+                for px in data.chunks_exact(nc_usize) {
+                    rgb.extend_from_slice(&[px[2], px[1], px[0]]);
+                }
+                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, rgb).ok_or("bad color buffer")?)
+            }
+        };
+        Ok(self.to_pixels(img))
+    }
+
+    fn finish(&self, mut pixels: Pixels, out: &mut [f32]) -> Result<(), String> {
+        if let Some([rh, rw]) = self.resize
+            && pixels.dimensions() != (rw, rh)
+        {
+            pixels = match pixels {
+                Pixels::Rgb(i) => Pixels::Rgb(imageops::resize(&i, rw, rh, FilterType::Triangle)),
+                Pixels::Gray(i) => Pixels::Gray(imageops::resize(&i, rw, rh, FilterType::Triangle)),
+            };
+        }
+        let (mut x0, mut y0) = (0u32, 0u32);
+        let (w, h) = pixels.dimensions();
+        if let Some([ch, cw]) = self.center_crop {
+            if cw > w || ch > h {
+                return Err(format!(
+                    "image is {h}x{w} (height x width), smaller than center_crop [{ch}, {cw}]"
+                ));
+            }
+            // torchvision's CenterCrop: round((size - crop) / 2), half to even.
+            x0 = crop_offset(w, cw);
+            y0 = crop_offset(h, ch);
+        } else if (w, h) != (self.width, self.height) {
+            return Err(format!(
+                "image is {h}x{w} (height x width) but the model takes {}x{} and the spec has no resize",
+                self.height, self.width
+            ));
+        }
+        let (ow, oh) = (self.width as usize, self.height as usize);
+        let plane = ow * oh;
+        match &pixels {
+            Pixels::Gray(img) => {
+                let lut = &self.lut[0];
+                let stride = w as usize;
+                let raw = img.as_raw();
+                for y in 0..oh {
+                    let src = &raw[(y + y0 as usize) * stride + x0 as usize..][..ow];
+                    for (o, &p) in out[y * ow..][..ow].iter_mut().zip(src) {
+                        *o = lut[p as usize];
+                    }
+                }
+            }
+            Pixels::Rgb(img) => {
+                let stride = w as usize * 3;
+                let raw = img.as_raw();
+                let (p0, rest) = out.split_at_mut(plane);
+                let (p1, p2) = rest.split_at_mut(plane);
+                // Output plane k takes source channel k (RGB) or 2 - k (BGR).
+                let (s0, s2) = if self.bgr { (2, 0) } else { (0, 2) };
+                let (l0, l1, l2) = (&self.lut[0], &self.lut[1], &self.lut[2]);
+                for y in 0..oh {
+                    let src = &raw[(y + y0 as usize) * stride + x0 as usize * 3..][..ow * 3];
+                    let row = y * ow;
+                    for (x, px) in src.chunks_exact(3).enumerate() {
+                        p0[row + x] = l0[px[s0] as usize];
+                        p1[row + x] = l1[px[1] as usize];
+                        p2[row + x] = l2[px[s2] as usize];
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn crop_offset(size: u32, crop: u32) -> u32 {
+    let d = size - crop;
+    let half = d / 2;
+    if d % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+fn format_name(f: ImageFormat) -> &'static str {
+    match f {
+        ImageFormat::Png => "PNG",
+        ImageFormat::Jpeg => "JPEG",
+        ImageFormat::Bmp => "BMP",
+        ImageFormat::Gif => "GIF",
+        _ => "image",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> ModelSpec {
+        ModelSpec::from_json(json).unwrap()
+    }
+
+    fn png(w: u32, h: u32, f: impl Fn(u32, u32) -> [u8; 3]) -> Vec<u8> {
+        let img = ImageBuffer::from_fn(w, h, |x, y| Rgb(f(x, y)));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn normalizes_into_chw_planes() {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 3},
+                "preprocess": {"scale": 1.0, "mean": [1, 2, 3], "std": [2, 2, 2]}}"#,
+        ));
+        let bytes = png(3, 2, |x, y| [(x + 10 * y) as u8, 100, 200]);
+        let mut out = vec![0f32; 18];
+        p.fill(ImageInput::Encoded(&bytes), &mut out).unwrap();
+        assert_eq!(&out[..6], &[-0.5, 0.0, 0.5, 4.5, 5.0, 5.5]);
+        assert_eq!(out[6], 49.0);
+        assert_eq!(out[12], 98.5);
+    }
+
+    #[test]
+    fn spark_bgr_struct_matches_png_rgb() {
+        let p = Preprocessor::new(&spec(r#"{"input": {"height": 2, "width": 2}}"#));
+        let f = |x: u32, y: u32| [(x * 50) as u8, (y * 70) as u8, 9];
+        let bytes = png(2, 2, f);
+        let mut bgr = Vec::new();
+        for y in 0..2 {
+            for x in 0..2 {
+                let [r, g, b] = f(x, y);
+                bgr.extend_from_slice(&[b, g, r]);
+            }
+        }
+        let (mut a, mut b) = (vec![0f32; 12], vec![0f32; 12]);
+        p.fill(ImageInput::Encoded(&bytes), &mut a).unwrap();
+        let s = ImageInput::SparkImage {
+            height: 2,
+            width: 2,
+            n_channels: 3,
+            data: &bgr,
+        };
+        p.fill(s, &mut b).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bgr_model_gets_swapped_planes() {
+        let rgb = Preprocessor::new(&spec(r#"{"input": {"height": 1, "width": 1}}"#));
+        let bgr = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 1, "channel_order": "BGR"}}"#,
+        ));
+        let bytes = png(1, 1, |_, _| [10, 20, 30]);
+        let (mut a, mut b) = (vec![0f32; 3], vec![0f32; 3]);
+        rgb.fill(ImageInput::Encoded(&bytes), &mut a).unwrap();
+        bgr.fill(ImageInput::Encoded(&bytes), &mut b).unwrap();
+        assert_eq!(a, vec![b[2], b[1], b[0]]);
+    }
+
+    #[test]
+    fn gray_struct_expands_to_three_channels() {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 2}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 2,
+            n_channels: 1,
+            data: &[51, 102],
+        };
+        let mut out = vec![0f32; 6];
+        p.fill(s, &mut out).unwrap();
+        assert_eq!(out, vec![51.0, 102.0, 51.0, 102.0, 51.0, 102.0]);
+    }
+
+    #[test]
+    fn resize_then_center_crop() {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 4, "width": 4},
+                "preprocess": {"resize": [6, 6], "center_crop": [4, 4], "scale": 1.0}}"#,
+        ));
+        let bytes = png(12, 12, |_, _| [7, 7, 7]);
+        let mut out = vec![0f32; 48];
+        p.fill(ImageInput::Encoded(&bytes), &mut out).unwrap();
+        assert!(out.iter().all(|&v| (v - 7.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn rejects_wrong_size_without_resize() {
+        let p = Preprocessor::new(&spec(r#"{"input": {"height": 4, "width": 4}}"#));
+        let bytes = png(5, 4, |_, _| [0, 0, 0]);
+        let e = p
+            .fill(ImageInput::Encoded(&bytes), &mut [0f32; 48])
+            .unwrap_err();
+        assert!(e.contains("no resize"), "{e}");
+    }
+
+    #[test]
+    fn names_truncated_png() {
+        let p = Preprocessor::new(&spec(r#"{"input": {"height": 4, "width": 4}}"#));
+        let bytes = png(4, 4, |x, _| [x as u8, 0, 0]);
+        let e = p
+            .fill(
+                ImageInput::Encoded(&bytes[..bytes.len() / 2]),
+                &mut [0f32; 48],
+            )
+            .unwrap_err();
+        assert!(e.starts_with("invalid PNG"), "{e}");
+    }
+
+    #[test]
+    fn crop_offset_rounds_half_to_even_like_torchvision() {
+        assert_eq!(crop_offset(10, 4), 3);
+        assert_eq!(crop_offset(5, 4), 0); // round(0.5) = 0
+        assert_eq!(crop_offset(7, 4), 2); // round(1.5) = 2
+        assert_eq!(crop_offset(9, 4), 2); // round(2.5) = 2
+    }
+}

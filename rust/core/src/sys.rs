@@ -1,0 +1,76 @@
+//! Process-level settings that make libtorch fast inside a host that did not configure it
+//! (a Spark executor JVM, a Python worker): malloc tuning, thread counts, the CUDA backend.
+
+use std::ffi::{CString, c_char, c_int, c_void};
+use std::sync::Once;
+
+unsafe extern "C" {
+    fn mallopt(param: c_int, value: c_int) -> c_int;
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+}
+
+// glibc's <malloc.h>.
+const M_TRIM_THRESHOLD: c_int = -1;
+const M_TOP_PAD: c_int = -2;
+const M_MMAP_THRESHOLD: c_int = -3;
+const RTLD_NOW: c_int = 2;
+const RTLD_GLOBAL: c_int = 0x100;
+
+static TUNE: Once = Once::new();
+
+/// Once per process, before the first model load.
+///
+/// glibc serves large blocks (libtorch's activation buffers) with fresh `mmap`s and gives them
+/// back at once, so every forward pass page-faults its activations in again: measured here at
+/// ~2x slower. Raising the mmap and trim thresholds keeps those blocks in the heap. Users must
+/// not have to set `MALLOC_*` variables for this, so the library does it.
+pub(crate) fn tune_process() {
+    TUNE.call_once(|| {
+        if std::env::var_os("TORCHSPARK_KEEP_MALLOC").is_none() {
+            // SAFETY: mallopt only changes allocator parameters; any value is accepted or refused.
+            unsafe {
+                mallopt(M_MMAP_THRESHOLD, 32 << 20);
+                mallopt(M_TRIM_THRESHOLD, 256 << 20);
+                mallopt(M_TOP_PAD, 64 << 20);
+            }
+        }
+        crate::model::init_interop_once();
+    });
+}
+
+/// Sets this thread's intra-op thread count (libtorch's OpenMP setting is per calling thread,
+/// and Spark tasks run on their own threads).
+pub(crate) fn set_threads(n: usize) {
+    tune_process();
+    let n = n.clamp(1, 1024) as i32;
+    if tch::get_num_threads() != n {
+        tch::set_num_threads(n);
+    }
+}
+
+static CUDA: Once = Once::new();
+
+/// A binary linked with `--as-needed` drops `libtorch_cuda.so` (nothing references it
+/// directly), so libtorch would never see a GPU: load it on first request of a CUDA device.
+pub(crate) fn load_cuda_backend() {
+    CUDA.call_once(|| {
+        // Next to the libtorch_cpu.so this process really loaded, else by the search path.
+        let beside = std::fs::read_to_string("/proc/self/maps")
+            .ok()
+            .and_then(|maps| {
+                maps.lines()
+                    .filter_map(|l| l.split_whitespace().nth(5))
+                    .find(|p| p.ends_with("/libtorch_cpu.so"))
+                    .map(|p| p.replace("/libtorch_cpu.so", "/libtorch_cuda.so"))
+            });
+        for name in beside.into_iter().chain(["libtorch_cuda.so".to_string()]) {
+            let Ok(c_name) = CString::new(name) else {
+                continue;
+            };
+            // SAFETY: dlopen with a valid C string; a null result just means "not there".
+            if !unsafe { dlopen(c_name.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null() {
+                break;
+            }
+        }
+    });
+}

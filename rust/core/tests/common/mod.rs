@@ -1,0 +1,179 @@
+//! Shared helpers: the fixtures written by `tests/fixtures/make_fixtures.py` (made on demand),
+//! and Arrow batch builders.
+// Test helpers: a failed unwrap is a failed test, with its location.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, Float32Builder, Int32Builder, ListBuilder, RecordBatch, StringBuilder,
+    StructArray,
+};
+use arrow::datatypes::{DataType, Field};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+static MAKE: Mutex<()> = Mutex::new(());
+
+/// The fixture directory, generated with the venv's PyTorch when missing.
+pub fn fixtures() -> PathBuf {
+    let root = repo_root();
+    let out = root.join("tests/fixtures/out");
+    let _lock = MAKE.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.join("expected.json").exists() {
+        let python = std::env::var("TORCHSPARK_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join(".venv/bin/python"));
+        let status = Command::new(python)
+            .arg(root.join("tests/fixtures/make_fixtures.py"))
+            .arg(&out)
+            .status()
+            .expect("run make_fixtures.py (run `make setup` first)");
+        assert!(status.success(), "make_fixtures.py failed");
+    }
+    out
+}
+
+pub struct Expected {
+    pub file: String,
+    pub probability: Vec<f32>,
+    pub features: Vec<f32>,
+    pub input: Vec<f32>,
+    pub tuple_probability: Vec<f32>,
+    pub tuple_features: Vec<f32>,
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+pub fn expected() -> Vec<Expected> {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| Expected {
+            file: e["file"].as_str().unwrap().to_string(),
+            probability: floats(&e["resnet20"]["probability"]),
+            features: floats(&e["resnet20"]["features"]),
+            input: floats(&e["resnet20"]["input"]),
+            tuple_probability: floats(&e["tuple_net"]["probability"]),
+            tuple_features: floats(&e["tuple_net"]["features"]),
+        })
+        .collect()
+}
+
+pub fn image_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join("images").join(name)).unwrap()
+}
+
+pub fn batch_of(name: &str, col: ArrayRef) -> RecordBatch {
+    RecordBatch::try_from_iter([(name, col)]).unwrap()
+}
+
+pub fn binary_batch(rows: &[Option<&[u8]>]) -> RecordBatch {
+    let mut b = BinaryBuilder::new();
+    for r in rows {
+        b.append_option(*r);
+    }
+    batch_of("content", Arc::new(b.finish()))
+}
+
+pub fn float_batch(rows: &[Option<&[f32]>]) -> RecordBatch {
+    let mut b = ListBuilder::new(Float32Builder::new());
+    for r in rows {
+        match r {
+            Some(v) => {
+                b.values().append_slice(v);
+                b.append(true)
+            }
+            None => b.append(false),
+        }
+    }
+    batch_of("input", Arc::new(b.finish()))
+}
+
+/// Spark's image struct (`origin, height, width, nChannels, mode, data`) with BGR data.
+pub fn spark_image_batch(rows: &[(String, u32, u32, Vec<u8>)]) -> RecordBatch {
+    let mut origin = StringBuilder::new();
+    let (mut h, mut w, mut c, mut mode) = (
+        Int32Builder::new(),
+        Int32Builder::new(),
+        Int32Builder::new(),
+        Int32Builder::new(),
+    );
+    let mut data = BinaryBuilder::new();
+    for (o, height, width, bgr) in rows {
+        origin.append_value(o);
+        h.append_value(*height as i32);
+        w.append_value(*width as i32);
+        c.append_value(3);
+        mode.append_value(16);
+        data.append_value(bgr);
+    }
+    let s = StructArray::from(vec![
+        (
+            Arc::new(Field::new("origin", DataType::Utf8, true)),
+            Arc::new(origin.finish()) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("height", DataType::Int32, true)),
+            Arc::new(h.finish()) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("width", DataType::Int32, true)),
+            Arc::new(w.finish()) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("nChannels", DataType::Int32, true)),
+            Arc::new(c.finish()) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("mode", DataType::Int32, true)),
+            Arc::new(mode.finish()) as ArrayRef,
+        ),
+        (
+            Arc::new(Field::new("data", DataType::Binary, true)),
+            Arc::new(data.finish()) as ArrayRef,
+        ),
+    ]);
+    batch_of("image", Arc::new(s))
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length differs");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+pub fn list_row(batch: &RecordBatch, col: &str, i: usize) -> Option<Vec<f32>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float32Type;
+    let l = batch.column_by_name(col).unwrap().as_list::<i32>();
+    if l.is_null(i) {
+        return None;
+    }
+    Some(l.value(i).as_primitive::<Float32Type>().values().to_vec())
+}
+
+pub fn str_row(batch: &RecordBatch, col: &str, i: usize) -> Option<String> {
+    use arrow::array::{Array, AsArray};
+    let s = batch.column_by_name(col).unwrap().as_string::<i32>();
+    (!s.is_null(i)).then(|| s.value(i).to_string())
+}

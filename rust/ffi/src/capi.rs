@@ -1,0 +1,247 @@
+//! C ABI for Python workers (ctypes). Batches cross as Arrow C Data Interface structs: a
+//! RecordBatch is exported as one struct array (pyarrow's `RecordBatch._export_to_c`).
+//!
+//! Every function returns 0 on success or an [`ErrorKind`] number, and then stores a message
+//! in `*err_out` (free it with [`ts_string_free`]). Handles are opaque non-zero integers,
+//! released exactly once with [`ts_close`].
+
+use std::ffi::{CStr, CString, c_char};
+use std::ptr;
+
+use arrow::array::{Array, RecordBatch, StructArray};
+
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use torchspark_core::{BatchOptions, Error, ModelConfig, Result, Scorer};
+
+use crate::guard;
+
+fn report(result: Result<()>, err_out: *mut *mut c_char) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            if !err_out.is_null() {
+                let text = CString::new(e.to_string().replace('\0', " ")).unwrap_or_default();
+                // SAFETY: the caller passes a writable pointer (checked non-null).
+                unsafe { *err_out = text.into_raw() };
+            }
+            e.kind() as i32
+        }
+    }
+}
+
+fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
+    if p.is_null() {
+        return Ok("");
+    }
+    // SAFETY: the caller passes a NUL-terminated string that outlives the call.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Error::Config {
+            field: what.into(),
+            reason: "not UTF-8".into(),
+        })
+}
+
+fn scorer<'a>(handle: u64) -> Result<&'a Scorer> {
+    if handle == 0 {
+        return Err(Error::Config {
+            field: "handle".into(),
+            reason: "null model handle (closed or never opened)".into(),
+        });
+    }
+    // SAFETY: non-zero handles come from ts_open's Box::into_raw and live until ts_close.
+    Ok(unsafe { &*(handle as *const Scorer) })
+}
+
+/// Opens (or reuses) a model; `config_json` is a `ModelConfig`.
+///
+/// # Safety
+/// `config_json` is a NUL-terminated string; `handle_out` and `err_out` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_open(
+    config_json: *const c_char,
+    handle_out: *mut u64,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    report(
+        guard(|| {
+            let config = ModelConfig::from_json(c_str(config_json, "config")?)?;
+            let scorer = Box::new(Scorer::open(&config)?);
+            if handle_out.is_null() {
+                return Err(Error::Config {
+                    field: "handle_out".into(),
+                    reason: "null pointer".into(),
+                });
+            }
+            // SAFETY: checked non-null; the caller owns the slot.
+            unsafe { *handle_out = Box::into_raw(scorer) as u64 };
+            Ok(())
+        }),
+        err_out,
+    )
+}
+
+/// Releases a handle from [`ts_open`]; the model itself stays loaded for the process.
+///
+/// # Safety
+/// `handle` came from `ts_open` and is released once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_close(handle: u64) {
+    if handle != 0 {
+        let _ = guard(|| {
+            // SAFETY: see the function's contract.
+            drop(unsafe { Box::from_raw(handle as *mut Scorer) });
+            Ok(())
+        });
+    }
+}
+
+/// Scores one batch. Takes ownership of `in_array`/`in_schema` (released on return) and
+/// fills `out_array`/`out_schema`, which the caller must import (and so release).
+///
+/// # Safety
+/// The pointers are valid Arrow C Data Interface structs; `out_*` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_score(
+    handle: u64,
+    options_json: *const c_char,
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.score(b, o);
+    // SAFETY: forwarded contract.
+    unsafe {
+        call(
+            handle,
+            options_json,
+            in_array,
+            in_schema,
+            out_array,
+            out_schema,
+            err_out,
+            run,
+        )
+    }
+}
+
+/// Featurizes one batch; same contract as [`ts_score`].
+///
+/// # Safety
+/// As for [`ts_score`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_featurize(
+    handle: u64,
+    options_json: *const c_char,
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.featurize(b, o);
+    // SAFETY: forwarded contract.
+    unsafe {
+        call(
+            handle,
+            options_json,
+            in_array,
+            in_schema,
+            out_array,
+            out_schema,
+            err_out,
+            run,
+        )
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // the C signature, spelled out once
+unsafe fn call(
+    handle: u64,
+    options_json: *const c_char,
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+    run: impl FnOnce(&Scorer, &RecordBatch, &BatchOptions) -> Result<RecordBatch>,
+) -> i32 {
+    report(
+        guard(|| {
+            if [
+                in_array.is_null(),
+                in_schema.is_null(),
+                out_array.is_null(),
+                out_schema.is_null(),
+            ]
+            .contains(&true)
+            {
+                return Err(Error::Input {
+                    reason: "null Arrow C Data Interface pointer".into(),
+                });
+            }
+            // Take ownership first, so the input is released whatever happens next.
+            // SAFETY: valid exported structs (checked non-null), moved out exactly once.
+            let (array, schema) = unsafe {
+                (
+                    FFI_ArrowArray::from_raw(in_array),
+                    FFI_ArrowSchema::from_raw(in_schema),
+                )
+            };
+            let scorer = scorer(handle)?;
+            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+            // SAFETY: the struct pair describes one array, as the C Data Interface requires.
+            let data = unsafe { from_ffi(array, &schema) }.map_err(|e| Error::Input {
+                reason: format!("cannot import the Arrow batch: {e}"),
+            })?;
+            let batch = RecordBatch::from(StructArray::from(data));
+            let out = run(scorer, &batch, &options)?;
+            let (a, s) =
+                to_ffi(&StructArray::from(out).into_data()).map_err(|e| Error::Internal {
+                    reason: format!("cannot export the result: {e}"),
+                })?;
+            // SAFETY: checked non-null; the caller imports (and so releases) them.
+            unsafe {
+                ptr::write(out_array, a);
+                ptr::write(out_schema, s);
+            }
+            Ok(())
+        }),
+        err_out,
+    )
+}
+
+/// How many models this process has loaded from disk.
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_load_count() -> u64 {
+    torchspark_core::load_count()
+}
+
+/// Frees a message that a call stored in `err_out`.
+///
+/// # Safety
+/// `s` came from this library's `err_out` (or is null) and is freed once.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: see the function's contract.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+/// Test hook: panics inside the guard and reports it like any error (code 7, internal).
+///
+/// # Safety
+/// `err_out` is writable or null.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_panic_for_test(err_out: *mut *mut c_char) -> i32 {
+    report(crate::injected_panic(), err_out)
+}
+
+/// The library version, a static NUL-terminated string.
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,185 @@
+//! JNI entry points of `dev.torchspark.NativeBridge`.
+//!
+//! A batch crosses as Arrow IPC stream bytes (`byte[]`): Spark ships Arrow Java's vector and
+//! IPC classes but not `arrow-c-data`, and a copy of a batch of encoded images is small beside
+//! the forward pass (the benchmark measures it). Handles are `jlong`s released by `closeModel`.
+//! Errors become exceptions of the class [`exception_class`] maps the core's kind to.
+
+use std::io::Cursor;
+
+use arrow::array::RecordBatch;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use jni::JNIEnv;
+use jni::objects::{JByteArray, JClass, JString};
+use jni::sys::{jbyteArray, jlong};
+use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Result, Scorer};
+
+use crate::guard;
+
+/// The one table from error kinds to Java exception classes (all extend TorchSparkException).
+pub fn exception_class(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ModelLoad => "dev/torchspark/ModelLoadException",
+        ErrorKind::Spec => "dev/torchspark/ModelSpecException",
+        ErrorKind::Config => "dev/torchspark/ConfigException",
+        ErrorKind::Device => "dev/torchspark/DeviceException",
+        ErrorKind::Input => "dev/torchspark/InputException",
+        ErrorKind::Inference => "dev/torchspark/InferenceException",
+        ErrorKind::Internal => "dev/torchspark/TorchSparkException",
+    }
+}
+
+/// Runs `f` under the panic guard; on error throws and returns `fallback`.
+fn with_env<T>(env: &mut JNIEnv, fallback: T, f: impl FnOnce(&mut JNIEnv) -> Result<T>) -> T {
+    match guard(|| f(env)) {
+        Ok(v) => v,
+        Err(e) => {
+            // If an exception is already pending (a failed JNI call), leave it in place.
+            if !env.exception_check().unwrap_or(false) {
+                let _ = env.throw_new(exception_class(e.kind()), e.to_string());
+            }
+            fallback
+        }
+    }
+}
+
+fn jni_err(e: jni::errors::Error) -> Error {
+    Error::Internal {
+        reason: format!("JNI: {e}"),
+    }
+}
+
+fn string(env: &mut JNIEnv, s: &JString) -> Result<String> {
+    if s.is_null() {
+        return Ok(String::new());
+    }
+    Ok(env.get_string(s).map_err(jni_err)?.into())
+}
+
+fn scorer<'a>(handle: jlong) -> Result<&'a Scorer> {
+    if handle == 0 {
+        return Err(Error::Config {
+            field: "handle".into(),
+            reason: "null model handle (closed or never opened)".into(),
+        });
+    }
+    // SAFETY: non-zero handles come from openModel's Box::into_raw and live until closeModel.
+    Ok(unsafe { &*(handle as *const Scorer) })
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_openModel(
+    mut env: JNIEnv,
+    _class: JClass,
+    config_json: JString,
+) -> jlong {
+    with_env(&mut env, 0, |env| {
+        let config = ModelConfig::from_json(&string(env, &config_json)?)?;
+        Ok(Box::into_raw(Box::new(Scorer::open(&config)?)) as jlong)
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_closeModel(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) {
+    with_env(&mut env, (), |_| {
+        if handle != 0 {
+            // SAFETY: the handle came from openModel; the Java side releases it once.
+            drop(unsafe { Box::from_raw(handle as *mut Scorer) });
+        }
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_score<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    handle: jlong,
+    ipc: JByteArray<'l>,
+    options_json: JString,
+) -> jbyteArray {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.score(b, o);
+    call(&mut env, handle, ipc, options_json, run)
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_featurize<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    handle: jlong,
+    ipc: JByteArray<'l>,
+    options_json: JString,
+) -> jbyteArray {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.featurize(b, o);
+    call(&mut env, handle, ipc, options_json, run)
+}
+
+fn call<'l>(
+    env: &mut JNIEnv<'l>,
+    handle: jlong,
+    ipc: JByteArray<'l>,
+    options_json: JString,
+    run: impl FnOnce(&Scorer, &RecordBatch, &BatchOptions) -> Result<RecordBatch>,
+) -> jbyteArray {
+    with_env(env, std::ptr::null_mut(), |env| {
+        let scorer = scorer(handle)?;
+        let options = BatchOptions::from_json(&string(env, &options_json)?)?;
+        let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
+        let batch = read_ipc(&bytes)?;
+        let out = write_ipc(&run(scorer, &batch, &options)?)?;
+        Ok(env.byte_array_from_slice(&out).map_err(jni_err)?.into_raw())
+    })
+}
+
+/// One record batch from IPC stream bytes.
+pub fn read_ipc(bytes: &[u8]) -> Result<RecordBatch> {
+    let bad = |e: arrow::error::ArrowError| Error::Input {
+        reason: format!("cannot read the Arrow IPC batch: {e}"),
+    };
+    let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(bad)?;
+    let schema = reader.schema();
+    let batches = reader
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    match batches.len() {
+        1 => Ok(batches
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| RecordBatch::new_empty(schema))),
+        _ => arrow::compute::concat_batches(&schema, &batches).map_err(bad),
+    }
+}
+
+/// IPC stream bytes of one record batch.
+pub fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let fail = |e: arrow::error::ArrowError| Error::Internal {
+        reason: format!("cannot write the Arrow IPC result: {e}"),
+    };
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, &batch.schema()).map_err(fail)?;
+    w.write(batch).map_err(fail)?;
+    w.finish().map_err(fail)?;
+    drop(w);
+    Ok(out)
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_loadCount(
+    _env: JNIEnv,
+    _class: JClass,
+) -> jlong {
+    torchspark_core::load_count() as jlong
+}
+
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_panicForTest(
+    mut env: JNIEnv,
+    _class: JClass,
+) {
+    with_env(&mut env, (), |_| crate::injected_panic())
+}

@@ -1,0 +1,100 @@
+//! The FFI layers: panics become errors, and a batch round-trips through the C ABI.
+#![allow(clippy::unwrap_used)] // a failed unwrap in a helper is a failed test
+
+use std::ffi::{CStr, CString, c_char};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StructArray};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use torchspark::capi::*;
+
+#[path = "../../core/tests/common/mod.rs"]
+mod common;
+use common::fixtures;
+
+fn take_message(p: *mut c_char) -> String {
+    assert!(!p.is_null());
+    // SAFETY: set by the library, freed once below.
+    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+    unsafe { ts_string_free(p) };
+    s
+}
+
+#[test]
+fn injected_panic_becomes_an_error() {
+    let e = torchspark::injected_panic().unwrap_err();
+    assert!(e.to_string().contains("injected panic"), "{e}");
+    let mut err: *mut c_char = std::ptr::null_mut();
+    // SAFETY: a writable out pointer.
+    let code = unsafe { ts_panic_for_test(&mut err) };
+    assert_eq!(code, 7);
+    assert!(take_message(err).contains("injected panic"));
+}
+
+#[test]
+fn scores_a_batch_through_the_c_abi() {
+    let cfg = CString::new(format!(
+        r#"{{"model_path": "{}", "num_threads": 1}}"#,
+        fixtures().join("resnet20.pt").display()
+    ))
+    .unwrap();
+    let (mut handle, mut err) = (0u64, std::ptr::null_mut());
+    // SAFETY: valid strings and out pointers.
+    assert_eq!(unsafe { ts_open(cfg.as_ptr(), &mut handle, &mut err) }, 0);
+    let png = std::fs::read(fixtures().join("images/digit_00_label0.png")).unwrap();
+    let col = BinaryArray::from(vec![Some(png.as_slice()), Some(b"junk".as_slice())]);
+    let batch = RecordBatch::try_from_iter([("content", Arc::new(col) as _)]).unwrap();
+    let (mut a, mut s) = to_ffi(&StructArray::from(batch).into_data()).unwrap();
+    let (mut oa, mut os) = (FFI_ArrowArray::empty(), FFI_ArrowSchema::empty());
+    let opts = CString::new(r#"{"top_k": 2}"#).unwrap();
+    // SAFETY: exported structs and writable outputs.
+    let code = unsafe {
+        ts_score(
+            handle,
+            opts.as_ptr(),
+            &mut a,
+            &mut s,
+            &mut oa,
+            &mut os,
+            &mut err,
+        )
+    };
+    assert_eq!(code, 0);
+    let out = RecordBatch::from(StructArray::from(unsafe { from_ffi(oa, &os) }.unwrap()));
+    assert_eq!(out.num_rows(), 2);
+    let errors = out.column_by_name("error").unwrap().as_string::<i32>();
+    assert!(errors.is_null(0));
+    assert!(
+        errors.value(1).starts_with("row 1: "),
+        "{}",
+        errors.value(1)
+    );
+    assert!(ts_load_count() >= 1);
+    unsafe { ts_close(handle) };
+}
+
+#[test]
+fn open_errors_carry_kind_and_path() {
+    let cfg = CString::new(r#"{"model_path": "/nowhere/m.pt"}"#).unwrap();
+    let (mut handle, mut err) = (0u64, std::ptr::null_mut());
+    // SAFETY: valid strings and out pointers.
+    let code = unsafe { ts_open(cfg.as_ptr(), &mut handle, &mut err) };
+    assert_eq!(code, 1);
+    assert_eq!(handle, 0);
+    assert!(take_message(err).contains("/nowhere/m.pt"));
+    let cfg = CString::new(r#"{"model_path": "x.pt", "colour": 1}"#).unwrap();
+    let code = unsafe { ts_open(cfg.as_ptr(), &mut handle, &mut err) };
+    assert_eq!(code, 3);
+    assert!(take_message(err).contains("colour"));
+}
+
+#[test]
+fn jni_ipc_helpers_round_trip() {
+    let col = BinaryArray::from(vec![Some(b"a".as_slice()), None]);
+    let batch = RecordBatch::try_from_iter([("content", Arc::new(col) as _)]).unwrap();
+    let bytes = torchspark::jni_api::write_ipc(&batch).unwrap();
+    let back = torchspark::jni_api::read_ipc(&bytes).unwrap();
+    assert_eq!(back, batch);
+    assert!(back.column(0).is_null(1));
+    assert!(torchspark::jni_api::read_ipc(b"garbage").is_err());
+}
