@@ -1,0 +1,171 @@
+package dev.torchspark;
+
+import java.io.File;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.RandomAccessFile;
+import java.nio.channels.FileChannel;
+import java.nio.channels.FileLock;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardCopyOption;
+import java.security.MessageDigest;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Loads libtorchspark.so once per JVM.
+ *
+ * <p>Order: libtorch first (so that executors need no LD_LIBRARY_PATH), from
+ * {@code -Dtorchspark.libtorch.dir} or {@code TORCHSPARK_LIBTORCH_DIR}, else from the torch
+ * package that the node's Python ({@code TORCHSPARK_PYTHON}, {@code PYSPARK_PYTHON} or
+ * {@code python3}) has installed, else through the library's own RUNPATH. Then the library
+ * itself: from {@code java.library.path}, else extracted from this jar (under a file lock, to a
+ * path named by its content hash). A failure is kept and rethrown, with its causes, on every
+ * later use.
+ */
+final class NativeLoader {
+  private static final String LIB = "torchspark";
+  private static final String RESOURCE = "/native/linux-x86_64/libtorchspark.so";
+  private static volatile boolean loaded;
+  private static volatile TorchSparkException failure;
+
+  private NativeLoader() {}
+
+  static synchronized void load() {
+    if (loaded) {
+      return;
+    }
+    if (failure != null) {
+      throw failure;
+    }
+    List<String> tried = new ArrayList<>();
+    try {
+      preloadLibtorch(tried);
+      loadLibrary(tried);
+      loaded = true;
+    } catch (Throwable t) {
+      failure =
+          new ModelLoadException(
+              "cannot load the torchspark native library ("
+                  + t
+                  + "); tried: "
+                  + String.join("; ", tried)
+                  + ". Install torch==2.13.0 on every node (pip) or set TORCHSPARK_LIBTORCH_DIR"
+                  + " to libtorch's lib/ directory",
+              t);
+      throw failure;
+    }
+  }
+
+  private static void preloadLibtorch(List<String> tried) {
+    String dir = System.getProperty("torchspark.libtorch.dir");
+    if (dir == null || dir.isEmpty()) {
+      dir = System.getenv("TORCHSPARK_LIBTORCH_DIR");
+    }
+    if (dir == null || dir.isEmpty()) {
+      dir = torchLibFromPython(tried);
+    }
+    if (dir == null) {
+      tried.add("no libtorch directory found; relying on the library's RUNPATH");
+      return;
+    }
+    for (String name : new String[] {"libc10.so", "libtorch_cpu.so"}) {
+      File f = new File(dir, name);
+      if (!f.isFile()) {
+        tried.add(f + " does not exist");
+        return;
+      }
+      System.load(f.getAbsolutePath());
+    }
+    tried.add("libtorch from " + dir);
+  }
+
+  /** Asks the node's Python where torch lives, without importing it (fast). */
+  private static String torchLibFromPython(List<String> tried) {
+    List<String> pythons = new ArrayList<>();
+    for (String env : new String[] {"TORCHSPARK_PYTHON", "PYSPARK_PYTHON"}) {
+      String p = System.getenv(env);
+      if (p != null && !p.isEmpty()) {
+        pythons.add(p);
+      }
+    }
+    pythons.add("python3");
+    String code =
+        "import importlib.util,os;s=importlib.util.find_spec('torch');"
+            + "print(os.path.join(os.path.dirname(s.origin),'lib') if s else '')";
+    for (String python : pythons) {
+      try {
+        Process p = new ProcessBuilder(python, "-c", code).redirectErrorStream(true).start();
+        String out;
+        try (InputStream in = p.getInputStream()) {
+          out = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
+        }
+        if (p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0 && !out.isEmpty()) {
+          if (new File(out, "libtorch_cpu.so").isFile()) {
+            return out;
+          }
+        }
+        tried.add(python + " has no torch package");
+      } catch (IOException | InterruptedException e) {
+        tried.add(python + ": " + e.getMessage());
+      }
+    }
+    return null;
+  }
+
+  private static void loadLibrary(List<String> tried) throws IOException {
+    try {
+      System.loadLibrary(LIB);
+      tried.add("lib" + LIB + ".so from java.library.path");
+      return;
+    } catch (UnsatisfiedLinkError e) {
+      // Not on java.library.path (the usual case): use the copy inside the jar. A library that
+      // was found but failed to link must not be hidden, so keep its message.
+      if (!String.valueOf(e.getMessage()).contains("no " + LIB + " in java.library.path")) {
+        tried.add("java.library.path: " + e.getMessage());
+      }
+    }
+    Path file = extract();
+    tried.add("extracted " + file);
+    System.load(file.toString());
+  }
+
+  private static Path extract() throws IOException {
+    byte[] bytes;
+    try (InputStream in = NativeLoader.class.getResourceAsStream(RESOURCE)) {
+      if (in == null) {
+        throw new IOException(RESOURCE + " is not in the jar (built without `make native`?)");
+      }
+      bytes = in.readAllBytes();
+    }
+    String hash;
+    try {
+      byte[] d = MessageDigest.getInstance("SHA-256").digest(bytes);
+      StringBuilder sb = new StringBuilder();
+      for (int i = 0; i < 8; i++) {
+        sb.append(String.format("%02x", d[i]));
+      }
+      hash = sb.toString();
+    } catch (java.security.NoSuchAlgorithmException e) {
+      throw new IOException(e);
+    }
+    Path dir = Paths.get(System.getProperty("java.io.tmpdir"), "torchspark-" + hash);
+    Files.createDirectories(dir);
+    Path target = dir.resolve("libtorchspark.so");
+    // Several executors (JVMs) on one node may extract at once: serialize with a file lock,
+    // write to a temp name, then move into place atomically.
+    try (FileChannel ch = new RandomAccessFile(dir.resolve(".lock").toFile(), "rw").getChannel();
+        FileLock lock = ch.lock()) {
+      if (!Files.isRegularFile(target) || Files.size(target) != bytes.length) {
+        Path tmp = Files.createTempFile(dir, "libtorchspark", ".tmp");
+        Files.write(tmp, bytes);
+        Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+      }
+    }
+    return target;
+  }
+}

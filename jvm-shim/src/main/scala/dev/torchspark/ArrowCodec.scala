@@ -1,0 +1,188 @@
+package dev.torchspark
+
+import java.io.{ByteArrayInputStream, ByteArrayOutputStream}
+import java.nio.channels.Channels
+
+import org.apache.arrow.memory.{BufferAllocator, RootAllocator}
+import org.apache.arrow.vector.{FieldVector, Float4Vector, Float8Vector, IntVector, VarBinaryVector, VarCharVector, VectorSchemaRoot}
+import org.apache.arrow.vector.complex.{ListVector, StructVector}
+import org.apache.arrow.vector.ipc.{ArrowStreamReader, ArrowStreamWriter}
+import org.apache.arrow.vector.types.FloatingPointPrecision
+import org.apache.arrow.vector.types.pojo.{ArrowType, FieldType}
+import org.apache.spark.sql.Row
+import org.apache.spark.sql.types._
+
+/** The kinds of image column the native scorer reads. */
+private[torchspark] sealed trait InputKind
+private[torchspark] object InputKind {
+  case object Binary extends InputKind
+  case object SparkImage extends InputKind
+  case object FloatArray extends InputKind
+  case object DoubleArray extends InputKind
+
+  private val imageFields = Seq("height", "width", "nChannels", "data")
+
+  def of(column: String, dt: DataType): InputKind = dt match {
+    case BinaryType => Binary
+    case s: StructType if imageFields.forall(s.fieldNames.contains) => SparkImage
+    case ArrayType(FloatType, _) => FloatArray
+    case ArrayType(DoubleType, _) => DoubleArray
+    case other =>
+      throw new IllegalArgumentException(
+        s"column `$column` has type ${other.simpleString}; torchspark reads binary (encoded " +
+          "images, e.g. binaryFile's content), Spark's image struct, or array<float>")
+  }
+}
+
+/** One scored row, decoded from the native result. */
+private[torchspark] final case class Scored(
+    prediction: Int,
+    probability: Array[Double],
+    label: String,
+    topK: Seq[Row],
+    error: String)
+
+/** Rows in, Arrow IPC bytes out, and back: the JNI boundary's only format. */
+private[torchspark] object ArrowCodec {
+  private lazy val root: RootAllocator = new RootAllocator(Long.MaxValue)
+
+  private def withAllocator[T](f: BufferAllocator => T): T = {
+    val a = root.newChildAllocator("torchspark-batch", 0, Long.MaxValue)
+    try f(a)
+    finally a.close()
+  }
+
+  /** Encodes one batch of column values (nulls allowed) as an IPC stream of one column. */
+  def encode(kind: InputKind, values: Array[Any]): Array[Byte] = withAllocator { a =>
+    val n = values.length
+    val vector: FieldVector = kind match {
+      case InputKind.Binary =>
+        val v = new VarBinaryVector("content", a)
+        v.allocateNew(n)
+        var i = 0
+        while (i < n) {
+          values(i) match {
+            case b: Array[Byte] => v.setSafe(i, b)
+            case _ => v.setNull(i)
+          }
+          i += 1
+        }
+        v.setValueCount(n)
+        v
+      case InputKind.SparkImage => encodeImages(a, values)
+      case InputKind.FloatArray | InputKind.DoubleArray => encodeArrays(a, kind, values)
+    }
+    val root = VectorSchemaRoot.of(vector)
+    try {
+      root.setRowCount(n)
+      val out = new ByteArrayOutputStream()
+      val w = new ArrowStreamWriter(root, null, Channels.newChannel(out))
+      w.start(); w.writeBatch(); w.end(); w.close()
+      out.toByteArray
+    } finally root.close()
+  }
+
+  private def int32 = FieldType.nullable(new ArrowType.Int(32, true))
+
+  private def encodeImages(a: BufferAllocator, values: Array[Any]): FieldVector = {
+    val s = StructVector.empty("image", a)
+    val origin = s.addOrGet("origin", FieldType.nullable(ArrowType.Utf8.INSTANCE), classOf[VarCharVector])
+    val h = s.addOrGet("height", int32, classOf[IntVector])
+    val w = s.addOrGet("width", int32, classOf[IntVector])
+    val c = s.addOrGet("nChannels", int32, classOf[IntVector])
+    val mode = s.addOrGet("mode", int32, classOf[IntVector])
+    val data = s.addOrGet("data", FieldType.nullable(ArrowType.Binary.INSTANCE), classOf[VarBinaryVector])
+    s.allocateNew()
+    val n = values.length
+    for (i <- 0 until n) values(i) match {
+      case r: Row =>
+        s.setIndexDefined(i)
+        val o = r.getAs[String]("origin")
+        if (o == null) origin.setNull(i) else origin.setSafe(i, o.getBytes("UTF-8"))
+        h.setSafe(i, r.getAs[Int]("height"))
+        w.setSafe(i, r.getAs[Int]("width"))
+        c.setSafe(i, r.getAs[Int]("nChannels"))
+        if (r.schema.fieldNames.contains("mode")) mode.setSafe(i, r.getAs[Int]("mode"))
+        else mode.setNull(i)
+        val d = r.getAs[Array[Byte]]("data")
+        if (d == null) data.setNull(i) else data.setSafe(i, d)
+      case _ => s.setNull(i)
+    }
+    Seq(origin, h, w, c, mode, data).foreach(_.setValueCount(n))
+    s.setValueCount(n)
+    s
+  }
+
+  private def encodeArrays(a: BufferAllocator, kind: InputKind, values: Array[Any]): FieldVector = {
+    val l = ListVector.empty("input", a)
+    val precision =
+      if (kind == InputKind.FloatArray) FloatingPointPrecision.SINGLE else FloatingPointPrecision.DOUBLE
+    val inner = l.addOrGetVector[FieldVector](FieldType.nullable(new ArrowType.FloatingPoint(precision))).getVector
+    l.allocateNew()
+    var idx = 0
+    for (i <- values.indices) values(i) match {
+      case s: scala.collection.Seq[_] =>
+        l.startNewValue(i)
+        inner match {
+          case f: Float4Vector => s.foreach { x => f.setSafe(idx, x.asInstanceOf[Float]); idx += 1 }
+          case d: Float8Vector => s.foreach { x => d.setSafe(idx, x.asInstanceOf[Double]); idx += 1 }
+          case other => throw new IllegalStateException(s"unexpected list child $other")
+        }
+        l.endValue(i, s.size)
+      case _ => l.setNull(i)
+    }
+    inner.setValueCount(idx)
+    l.setValueCount(values.length)
+    l
+  }
+
+  private def read[T](bytes: Array[Byte])(f: VectorSchemaRoot => T): T = withAllocator { a =>
+    val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
+    try {
+      reader.loadNextBatch()
+      f(reader.getVectorSchemaRoot)
+    } finally reader.close()
+  }
+
+  private def floats(l: ListVector, i: Int): Array[Double] = {
+    val inner = l.getDataVector.asInstanceOf[Float4Vector]
+    val (start, end) = (l.getElementStartIndex(i), l.getElementEndIndex(i))
+    val out = new Array[Double](end - start)
+    var j = start
+    while (j < end) { out(j - start) = inner.get(j).toDouble; j += 1 }
+    out
+  }
+
+  private def str(v: VarCharVector, i: Int): String =
+    if (v.isNull(i)) null else new String(v.get(i), "UTF-8")
+
+  def decodeScores(bytes: Array[Byte]): Array[Scored] = read(bytes) { root =>
+    val pred = root.getVector("prediction").asInstanceOf[IntVector]
+    val prob = root.getVector("probability").asInstanceOf[ListVector]
+    val label = root.getVector("predicted_label").asInstanceOf[VarCharVector]
+    val top = root.getVector("top_k").asInstanceOf[ListVector]
+    val topStruct = top.getDataVector.asInstanceOf[StructVector]
+    val topIdx = topStruct.getChild("index").asInstanceOf[IntVector]
+    val topLabel = topStruct.getChild("label").asInstanceOf[VarCharVector]
+    val topProb = topStruct.getChild("probability").asInstanceOf[Float4Vector]
+    val err = root.getVector("error").asInstanceOf[VarCharVector]
+    Array.tabulate(root.getRowCount) { i =>
+      if (!err.isNull(i)) Scored(-1, null, null, null, str(err, i))
+      else {
+        val ks = (top.getElementStartIndex(i) until top.getElementEndIndex(i)).map { j =>
+          Row(topIdx.get(j), str(topLabel, j), topProb.get(j).toDouble)
+        }
+        Scored(pred.get(i), floats(prob, i), str(label, i), ks, null)
+      }
+    }
+  }
+
+  /** (features, error) per row. */
+  def decodeFeatures(bytes: Array[Byte]): Array[(Array[Double], String)] = read(bytes) { root =>
+    val feats = root.getVector("features").asInstanceOf[ListVector]
+    val err = root.getVector("error").asInstanceOf[VarCharVector]
+    Array.tabulate(root.getRowCount) { i =>
+      if (!err.isNull(i)) (null, str(err, i)) else (floats(feats, i), null)
+    }
+  }
+}

@@ -1,0 +1,114 @@
+package dev.torchspark
+
+import org.apache.spark.ml.Transformer
+import org.apache.spark.ml.linalg.{SQLDataTypes, Vectors}
+import org.apache.spark.ml.param._
+import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.sql.{DataFrame, Dataset}
+import org.apache.spark.sql.types._
+
+/**
+ * Scores images with a TorchScript classifier, natively, once-per-executor model.
+ *
+ * Adds `predictionCol` (double class index), `probabilityCol` (ML Vector), `predictedLabelCol`
+ * (from the spec's labels), `topKCol` (array of index/label/probability) and, with
+ * `handleInvalid=keep`, `errorCol`. Works with MulticlassClassificationEvaluator as is.
+ */
+class ImageScorer(override val uid: String)
+    extends Transformer
+    with TorchSparkParams
+    with DefaultParamsWritable {
+
+  def this() = this(Identifiable.randomUID("ImageScorer"))
+
+  final val predictionCol: Param[String] =
+    new Param[String](this, "predictionCol", "predicted class index (double)")
+  final val probabilityCol: Param[String] =
+    new Param[String](this, "probabilityCol", "class probabilities (ML Vector)")
+  final val predictedLabelCol: Param[String] =
+    new Param[String](this, "predictedLabelCol", "predicted class name from the spec's labels")
+  final val topK: IntParam =
+    new IntParam(this, "topK", "how many best classes go into topKCol", ParamValidators.gtEq(1))
+  final val topKCol: Param[String] =
+    new Param[String](this, "topKCol", "the topK best classes: array<struct<index,label,probability>>")
+
+  setDefault(
+    predictionCol -> "prediction",
+    probabilityCol -> "probability",
+    predictedLabelCol -> "predictedLabel",
+    topK -> 5,
+    topKCol -> "topK")
+
+  def setModelPath(v: String): this.type = set(modelPath, v)
+  def setInputCol(v: String): this.type = set(inputCol, v)
+  def setBatchSize(v: Int): this.type = set(batchSize, v)
+  def setDevice(v: String): this.type = set(device, v)
+  def setNumThreads(v: Int): this.type = set(numThreads, v)
+  def setPrecision(v: String): this.type = set(precision, v)
+  def setHandleInvalid(v: String): this.type = set(handleInvalid, v)
+  def setErrorCol(v: String): this.type = set(errorCol, v)
+  def setPredictionCol(v: String): this.type = set(predictionCol, v)
+  def setProbabilityCol(v: String): this.type = set(probabilityCol, v)
+  def setPredictedLabelCol(v: String): this.type = set(predictedLabelCol, v)
+  def setTopK(v: Int): this.type = set(topK, v)
+  def setTopKCol(v: String): this.type = set(topKCol, v)
+
+  def getPredictionCol: String = $(predictionCol)
+  def getProbabilityCol: String = $(probabilityCol)
+  def getPredictedLabelCol: String = $(predictedLabelCol)
+  def getTopK: Int = $(topK)
+  def getTopKCol: String = $(topKCol)
+
+  @transient private var lastMetrics: TorchSparkMetrics = _
+
+  /** Counters of the last `transform` (filled as its actions run). */
+  def metrics: TorchSparkMetrics = lastMetrics
+
+  override def transformSchema(schema: StructType): StructType = {
+    require(isDefined(modelPath), "ImageScorer: set modelPath")
+    require(isDefined(inputCol), "ImageScorer: set inputCol")
+    require(schema.fieldNames.contains(getInputCol), s"ImageScorer: no input column `$getInputCol`")
+    InputKind.of(getInputCol, schema(getInputCol).dataType)
+    val topKType = ArrayType(
+      StructType(Seq(
+        StructField("index", IntegerType, nullable = false),
+        StructField("label", StringType),
+        StructField("probability", DoubleType, nullable = false))))
+    val out = Seq(
+      StructField(getPredictionCol, DoubleType),
+      StructField(getProbabilityCol, SQLDataTypes.VectorType),
+      StructField(getPredictedLabelCol, StringType),
+      StructField(getTopKCol, topKType)) ++
+      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
+    out.foreach { f =>
+      require(!schema.fieldNames.contains(f.name), s"ImageScorer: column `${f.name}` already exists")
+    }
+    StructType(schema.fields ++ out)
+  }
+
+  override def transform(dataset: Dataset[_]): DataFrame = {
+    val schema = transformSchema(dataset.schema, logging = true)
+    val df = dataset.toDF()
+    val metrics = TorchSparkMetrics(df.sparkSession.sparkContext, uid)
+    lastMetrics = metrics
+    val decode = (bytes: Array[Byte]) =>
+      ArrowCodec.decodeScores(bytes).map[Either[String, Seq[Any]]] { s =>
+        if (s.error != null) Left(s.error)
+        else
+          Right(Seq(s.prediction.toDouble, Vectors.dense(s.probability), s.label, s.topK))
+      }
+    NativeRunner.transform(
+      df,
+      this,
+      schema,
+      metrics,
+      NativeBridge.score,
+      decode,
+      Seq(null, null, null, null),
+      s""", "top_k": $getTopK""")
+  }
+
+  override def copy(extra: ParamMap): ImageScorer = defaultCopy(extra)
+}
+
+object ImageScorer extends DefaultParamsReadable[ImageScorer]

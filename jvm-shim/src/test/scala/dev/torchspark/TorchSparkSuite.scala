@@ -1,0 +1,233 @@
+package dev.torchspark
+
+import java.io.File
+import java.nio.file.{Files, Path, Paths, StandardCopyOption}
+
+import scala.jdk.CollectionConverters._
+
+import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
+import org.apache.spark.ml.{Pipeline, PipelineModel}
+import org.apache.spark.ml.classification.LogisticRegression
+import org.apache.spark.ml.evaluation.MulticlassClassificationEvaluator
+import org.apache.spark.ml.linalg.Vector
+import org.apache.spark.sql.{DataFrame, Row, SparkSession}
+import org.apache.spark.sql.functions._
+import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.Assert._
+
+/** Real local[2] SparkSession, the real .so, real TorchScript fixtures, PyTorch's numbers. */
+object TorchSparkSuite {
+  val repo: Path = Paths.get(System.getProperty("torchspark.repo", "..")).toAbsolutePath.normalize
+  val fixtures: Path = repo.resolve("tests/fixtures/out")
+  var spark: SparkSession = _
+
+  @BeforeClass def setUp(): Unit = {
+    if (!Files.exists(fixtures.resolve("expected.json"))) {
+      val p = new ProcessBuilder(
+        repo.resolve(".venv/bin/python").toString,
+        repo.resolve("tests/fixtures/make_fixtures.py").toString,
+        fixtures.toString).inheritIO().start()
+      assertEquals("make_fixtures.py", 0, p.waitFor())
+    }
+    spark = SparkSession.builder()
+      .master("local[2]")
+      .appName("torchspark-tests")
+      .config("spark.ui.enabled", "false")
+      .config("spark.sql.shuffle.partitions", "2")
+      .getOrCreate()
+  }
+
+  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
+
+  lazy val expected: Map[String, JsonNode] =
+    new ObjectMapper().readTree(fixtures.resolve("expected.json").toFile).get("images")
+      .elements().asScala.map(n => n.get("file").asText -> n).toMap
+
+  def floats(n: JsonNode): Array[Double] = n.elements().asScala.map(_.asDouble).toArray
+
+  def maxDiff(a: Array[Double], b: Array[Double]): Double = {
+    assertEquals(a.length, b.length)
+    a.zip(b).map { case (x, y) => math.abs(x - y) }.max
+  }
+
+  def tol(file: String): Double = if (file.endsWith(".jpg")) 2e-2 else 1e-5
+}
+
+class TorchSparkSuite {
+  import TorchSparkSuite._
+
+  private def model = fixtures.resolve("resnet20.pt").toString
+  private def images = fixtures.resolve("images").toString
+  private def binary(glob: String = "*"): DataFrame =
+    spark.read.format("binaryFile").option("pathGlobFilter", glob).load(images)
+  private def name(path: String) = path.substring(path.lastIndexOf('/') + 1)
+
+  private def scorer(input: String) =
+    new ImageScorer().setModelPath(model).setInputCol(input).setBatchSize(16)
+
+  private def checkProbabilities(df: DataFrame, nameCol: String): Int = {
+    val rows = df.select(col(nameCol), col("probability"), col("prediction")).collect()
+    rows.foreach { r =>
+      val file = name(r.getString(0))
+      val p = r.getAs[Vector](1).toArray
+      val e = floats(expected(file).get("resnet20").get("probability"))
+      assertTrue(s"$file: diff ${maxDiff(p, e)}", maxDiff(p, e) <= tol(file))
+      assertEquals(file, e.indexOf(e.max).toDouble, r.getDouble(2), 0.0)
+    }
+    rows.length
+  }
+
+  @Test def scoresBinaryFilesLikePyTorch(): Unit = {
+    val n = checkProbabilities(scorer("content").transform(binary()), "path")
+    assertEquals(expected.size, n)
+  }
+
+  @Test def imageStructInBgrMatchesPyTorch(): Unit = {
+    val df = spark.read.format("image").option("pathGlobFilter", "digit_0*.png").load(images)
+    val n = checkProbabilities(scorer("image").transform(df), "image.origin")
+    assertEquals(10, n)
+  }
+
+  @Test def floatArraysAreTheModelInput(): Unit = {
+    val rows = expected.toSeq.take(6).map { case (f, n) =>
+      Row(f, floats(n.get("resnet20").get("input")).map(_.toFloat).toSeq)
+    }
+    val schema = "path string, input array<float>"
+    val df = spark.createDataFrame(spark.sparkContext.parallelize(rows), 
+      org.apache.spark.sql.types.StructType.fromDDL(schema))
+    assertEquals(6, checkProbabilities(scorer("input").transform(df), "path"))
+  }
+
+  @Test def featurizesLikePyTorch(): Unit = {
+    val f = new ImageFeaturizer().setModelPath(model).setInputCol("content")
+    val rows = f.transform(binary("*.png")).select("path", "features").collect()
+    rows.foreach { r =>
+      val file = name(r.getString(0))
+      val e = floats(expected(file).get("resnet20").get("features"))
+      val scale = math.max(1.0, e.map(math.abs).max)
+      assertTrue(file, maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5 * scale)
+    }
+    assertTrue(rows.length > 30)
+  }
+
+  @Test def loadsTheModelOncePerExecutor(): Unit = {
+    val dir = Files.createTempDirectory("torchspark-once")
+    Seq("resnet20.pt", "resnet20.json").foreach { f =>
+      Files.copy(fixtures.resolve(f), dir.resolve(f), StandardCopyOption.REPLACE_EXISTING)
+    }
+    val before = TorchSpark.nativeModelLoads()
+    val s = new ImageScorer().setModelPath(dir.resolve("resnet20.pt").toString)
+      .setInputCol("content").setBatchSize(4)
+    val out = s.transform(binary("*.png").repartition(4))
+    assertEquals(4, out.rdd.getNumPartitions)
+    assertEquals(35L, out.count())
+    assertEquals(35L, out.filter(col("prediction").isNotNull).count())
+    assertEquals(1L, TorchSpark.nativeModelLoads() - before)
+    assertEquals(1L, s.metrics.modelLoads.value.longValue)
+    assertTrue(s.metrics.imagesScored.value >= 35L)
+  }
+
+  @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
+    val dir = Files.createTempDirectory("torchspark-persist")
+    val s = scorer("content").setTopK(3).setHandleInvalid("keep")
+    s.write.overwrite().save(dir.resolve("scorer").toString)
+    val loaded = ImageScorer.load(dir.resolve("scorer").toString)
+    assertEquals(s.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap,
+      loaded.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap)
+
+    val labelled = binary("digit_*.png").withColumn("label",
+      regexp_extract(col("path"), "label(\\d)", 1).cast("double"))
+    val pipeline = new Pipeline().setStages(Array(
+      new ImageFeaturizer().setModelPath(model).setInputCol("content"),
+      new LogisticRegression().setMaxIter(50)))
+    val fitted = pipeline.fit(labelled)
+    fitted.write.overwrite().save(dir.resolve("pipeline").toString)
+    val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
+    val a = fitted.transform(labelled).select("prediction").collect().map(_.getDouble(0))
+    val b = reloaded.transform(labelled).select("prediction").collect().map(_.getDouble(0))
+    assertArrayEquals(a, b, 0.0)
+    assertEquals(labelled.count(), a.length.toLong)
+  }
+
+  @Test def worksWithMulticlassEvaluator(): Unit = {
+    val df = scorer("content").transform(binary("digit_*.png"))
+      .withColumn("label", col("prediction"))
+    val acc = new MulticlassClassificationEvaluator().setMetricName("accuracy").evaluate(df)
+    assertEquals(1.0, acc, 0.0)
+  }
+
+  private def withBadFiles(): String = {
+    val dir = Files.createTempDirectory("torchspark-bad")
+    val good = Files.list(fixtures.resolve("images")).iterator().asScala
+      .filter(_.toString.endsWith(".png")).take(5).toSeq
+    good.foreach(p => Files.copy(p, dir.resolve(p.getFileName)))
+    val png = Files.readAllBytes(good.head)
+    Files.write(dir.resolve("zz_truncated.png"), png.take(png.length / 2))
+    Files.write(dir.resolve("zz_garbage.png"), "not an image".getBytes)
+    dir.toString
+  }
+
+  @Test def handleInvalidErrorNamesTheRow(): Unit = {
+    val df = spark.read.format("binaryFile").load(withBadFiles()).coalesce(1)
+    val e = assertThrows(classOf[Exception], () => scorer("content").transform(df).collect())
+    val msg = Iterator.iterate[Throwable](e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+    assertTrue(msg, msg.contains("row ") && msg.contains("zz_"))
+  }
+
+  @Test def handleInvalidSkipDropsAndCounts(): Unit = {
+    val df = spark.read.format("binaryFile").load(withBadFiles())
+    val s = scorer("content").setHandleInvalid("skip")
+    assertEquals(5L, s.transform(df).count())
+    assertEquals(2L, s.metrics.rowsSkipped.value.longValue)
+  }
+
+  @Test def handleInvalidKeepKeepsEveryRowOnce(): Unit = {
+    val df = spark.read.format("binaryFile").load(withBadFiles())
+    val out = scorer("content").setHandleInvalid("keep").transform(df).cache()
+    assertEquals(7L, out.count())
+    assertEquals(7L, out.select("path").distinct().count())
+    val bad = out.filter(col("error").isNotNull).select("path", "error", "prediction").collect()
+    assertEquals(2, bad.length)
+    bad.foreach(r => assertTrue(r.getString(1), r.getString(1).startsWith("row ") && r.isNullAt(2)))
+    assertEquals(5L, out.filter(col("error").isNull && col("prediction").isNotNull).count())
+  }
+
+  @Test def missingModelNamesThePath(): Unit = {
+    val s = new ImageScorer().setModelPath("/no/such/model.pt").setInputCol("content")
+    val e = assertThrows(classOf[Exception], () => s.transform(binary("*.png")).count())
+    val msg = Iterator.iterate[Throwable](e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+    assertTrue(msg, msg.contains("/no/such/model.pt"))
+  }
+
+  @Test def sqlUdfScoresAndFeaturizes(): Unit = {
+    TorchSpark.register(spark, "classify_image", model)
+    binary("digit_0*.png").createOrReplaceTempView("images")
+    val rows = spark.sql(
+      "SELECT path, classify_image(content) AS s, classify_image_features(content) AS f FROM images")
+      .collect()
+    assertEquals(10, rows.length)
+    rows.foreach { r =>
+      val e = floats(expected(name(r.getString(0))).get("resnet20").get("probability"))
+      val s = r.getStruct(1)
+      assertTrue(maxDiff(s.getSeq[Double](2).toArray, e) <= 1e-5)
+      assertEquals(e.indexOf(e.max), s.getInt(0))
+      assertEquals(64, r.getSeq[Double](2).length)
+    }
+  }
+
+  @Test def nativePanicBecomesAnException(): Unit = {
+    val e = assertThrows(classOf[TorchSparkException], () => NativeBridge.panicForTest())
+    assertTrue(e.getMessage, e.getMessage.contains("injected panic"))
+    // The JVM is still here and native code still works.
+    assertTrue(NativeBridge.loadCount() >= 0)
+  }
+
+  @Test def badSpecIsATypedException(): Unit = {
+    val dir = Files.createTempDirectory("torchspark-spec")
+    Files.copy(fixtures.resolve("resnet20.pt"), dir.resolve("m.pt"))
+    Files.write(dir.resolve("m.json"), """{"input": {"height": 32, "width": 32}, "oops": 1}""".getBytes)
+    val e = assertThrows(classOf[ModelSpecException],
+      () => NativeBridge.openModel(NativeRunner.configJson(dir.resolve("m.pt").toString, "cpu", 1, "fp32")))
+    assertTrue(e.getMessage, e.getMessage.contains("oops") && e.getMessage.contains("m.json"))
+  }
+}
