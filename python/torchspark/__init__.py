@@ -1,6 +1,74 @@
-"""torchspark: native TorchScript scoring and featurizing for Apache Spark."""
+"""torchspark: native TorchScript scoring and featurizing for Apache Spark.
 
-from torchspark.export import export_model
+- DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`.
+- Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`.
+- `local_session`, `jar_path`, `export_model`, `evaluate`.
+"""
 
-__all__ = ["export_model"]
+import sys
+import types
+
+from torchspark.errors import (
+    ConfigError,
+    DeviceError,
+    InferenceError,
+    InputError,
+    ModelLoadError,
+    ModelSpecError,
+    TorchSparkError,
+)
+from torchspark.evaluate import Evaluation, evaluate
+from torchspark.native import SCORE_SCHEMA, NativeModel, score_arrow, score_partitions
+from torchspark.session import jar_path, local_session, register_udfs
+
+
+def export_model(module, path, spec, **kwargs):
+    """Script, freeze and save `module` with its spec JSON (see torchspark.export)."""
+    from torchspark.export import export_model as _export
+
+    return _export(module, path, spec, **kwargs)
+
+
+def __getattr__(name):
+    # The py4j wrappers import pyspark; load them on first use.
+    if name in ("ImageScorer", "ImageFeaturizer"):
+        from torchspark import transformers
+
+        return getattr(transformers, name)
+    raise AttributeError(name)
+
+
+# PySpark maps a Java stage class to Python by its name (dev.torchspark.X -> module
+# dev.torchspark) when it loads a saved Pipeline: make that module resolve to ours.
+class _LazyTransformers(types.ModuleType):
+    def __getattr__(self, name):
+        from torchspark import transformers
+
+        return getattr(transformers, name)
+
+
+sys.modules.setdefault("dev", types.ModuleType("dev"))
+sys.modules.setdefault("dev.torchspark", _LazyTransformers("dev.torchspark"))
+
+__all__ = [
+    "ImageScorer",
+    "ImageFeaturizer",
+    "NativeModel",
+    "SCORE_SCHEMA",
+    "score_partitions",
+    "score_arrow",
+    "local_session",
+    "jar_path",
+    "register_udfs",
+    "export_model",
+    "evaluate",
+    "Evaluation",
+    "TorchSparkError",
+    "ModelLoadError",
+    "ModelSpecError",
+    "ConfigError",
+    "DeviceError",
+    "InputError",
+    "InferenceError",
+]
 __version__ = "0.1.0"

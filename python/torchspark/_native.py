@@ -1,0 +1,110 @@
+"""ctypes binding of libtorchspark.so's C ABI (Arrow C Data Interface)."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_failure: BaseException | None = None
+
+
+class ArrowSchema(ctypes.Structure):
+    # Opaque storage for `struct ArrowSchema` (9 pointer-sized fields).
+    _fields_ = [("_raw", ctypes.c_uint64 * 9)]
+
+
+class ArrowArray(ctypes.Structure):
+    # Opaque storage for `struct ArrowArray` (10 pointer-sized fields).
+    _fields_ = [("_raw", ctypes.c_uint64 * 10)]
+
+
+def library_path() -> Path:
+    """The .so: $TORCHSPARK_LIB, the package's lib/, or a checkout's target/release."""
+    candidates = []
+    if os.environ.get("TORCHSPARK_LIB"):
+        candidates.append(Path(os.environ["TORCHSPARK_LIB"]))
+    candidates += [
+        _PKG / "lib" / "libtorchspark.so",
+        _PKG.parent.parent / "target" / "release" / "libtorchspark.so",
+    ]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        "libtorchspark.so not found (looked at: "
+        + ", ".join(map(str, candidates))
+        + "); run `make setup` or set TORCHSPARK_LIB"
+    )
+
+
+def libtorch_dir() -> Path | None:
+    """libtorch's lib/: $TORCHSPARK_LIBTORCH_DIR or the installed torch package (not imported)."""
+    if os.environ.get("TORCHSPARK_LIBTORCH_DIR"):
+        return Path(os.environ["TORCHSPARK_LIBTORCH_DIR"])
+    spec = importlib.util.find_spec("torch")
+    if spec and spec.origin:
+        d = Path(spec.origin).parent / "lib"
+        if (d / "libtorch_cpu.so").is_file():
+            return d
+    return None
+
+
+def lib() -> ctypes.CDLL:
+    """Loads the library once per process; a failure is kept and raised again."""
+    global _lib, _failure
+    with _lock:
+        if _lib is not None:
+            return _lib
+        if _failure is not None:
+            raise _failure
+        try:
+            d = libtorch_dir()
+            if d is not None:
+                for name in ("libc10.so", "libtorch_cpu.so"):
+                    ctypes.CDLL(str(d / name), mode=ctypes.RTLD_GLOBAL)
+            so = ctypes.CDLL(str(library_path()))
+        except OSError as e:
+            from torchspark.errors import ModelLoadError
+
+            _failure = ModelLoadError(f"cannot load the torchspark native library: {e}")
+            raise _failure from e
+        u64, i32, cp = ctypes.c_uint64, ctypes.c_int32, ctypes.c_char_p
+        errp = ctypes.POINTER(ctypes.c_void_p)
+        so.ts_open.argtypes = [cp, ctypes.POINTER(u64), errp]
+        so.ts_open.restype = i32
+        so.ts_close.argtypes = [u64]
+        so.ts_close.restype = None
+        for f in (so.ts_score, so.ts_featurize):
+            f.argtypes = [
+                u64,
+                cp,
+                ctypes.POINTER(ArrowArray),
+                ctypes.POINTER(ArrowSchema),
+                ctypes.POINTER(ArrowArray),
+                ctypes.POINTER(ArrowSchema),
+                errp,
+            ]
+            f.restype = i32
+        so.ts_load_count.argtypes = []
+        so.ts_load_count.restype = u64
+        so.ts_string_free.argtypes = [ctypes.c_void_p]
+        so.ts_string_free.restype = None
+        so.ts_panic_for_test.argtypes = [errp]
+        so.ts_panic_for_test.restype = i32
+        _lib = so
+        return so
+
+
+def take_error(so: ctypes.CDLL, err: ctypes.c_void_p) -> str:
+    if not err.value:
+        return "unknown native error"
+    try:
+        return ctypes.string_at(err.value).decode("utf-8", "replace")
+    finally:
+        so.ts_string_free(err.value)
