@@ -29,6 +29,10 @@ native: $(VENV)/.installed ## Rust release build of the cdylib
 
 jar: native ## the Spark jar, with the .so embedded
 	$(MVN) -DskipTests package
+	@# So that a wheel of python/ (pip install ./python) carries both.
+	mkdir -p python/torchspark/lib python/torchspark/jars
+	cp $(SO) python/torchspark/lib/
+	cp $(JAR) python/torchspark/jars/
 
 demo: setup ## the main job: train ResNet-20 on digits, score 10,000 PNGs on Spark, report
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py

@@ -1,0 +1,50 @@
+package dev.torchspark.examples
+
+import dev.torchspark.ImageScorer
+import org.apache.spark.ml.functions.vector_to_array
+import org.apache.spark.sql.SparkSession
+import org.apache.spark.sql.functions.col
+
+/**
+ * Scores every image under a directory and writes Parquet (path, prediction, label, probability).
+ *
+ * {{{
+ * spark-submit --class dev.torchspark.examples.ScoreImages \
+ *   --files model.pt,model.json torchspark-0.1.0.jar \
+ *   <image dir> model.pt <output.parquet> [batchSize]
+ * }}}
+ * `model.pt` may be a local path on every node or the name of a file shipped with --files.
+ */
+object ScoreImages {
+  def main(args: Array[String]): Unit = {
+    if (args.length < 3) {
+      System.err.println("usage: ScoreImages <image dir> <model.pt> <output.parquet> [batchSize]")
+      sys.exit(2)
+    }
+    val Array(images, model, output) = args.take(3)
+    val batchSize = if (args.length > 3) args(3).toInt else 64
+    val spark = SparkSession.builder().appName("torchspark-score-images").getOrCreate()
+    val files = spark.read
+      .format("binaryFile")
+      .option("recursiveFileLookup", "true")
+      .load(images)
+    val scorer = new ImageScorer()
+      .setModelPath(model)
+      .setInputCol("content")
+      .setBatchSize(batchSize)
+      .setHandleInvalid("keep")
+    scorer
+      .transform(files)
+      .select(
+        col("path"),
+        col("prediction").cast("int").as("prediction"),
+        col("predictedLabel").as("label"),
+        vector_to_array(col("probability")).as("probability"),
+        col("error"))
+      .write
+      .mode("overwrite")
+      .parquet(output)
+    println(s"torchspark: ${scorer.metrics}")
+    spark.stop()
+  }
+}

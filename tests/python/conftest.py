@@ -1,0 +1,58 @@
+"""Shared fixtures: PyTorch-made models and images, PyTorch's expected outputs, a real
+local[2] SparkSession with the torchspark jar."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "out"
+sys.path.insert(0, str(ROOT / "python"))
+
+
+def _ensure_fixtures() -> Path:
+    if not (FIXTURES / "expected.json").exists():
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],
+            check=True,
+        )
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fixtures() -> Path:
+    return _ensure_fixtures()
+
+
+@pytest.fixture(scope="session")
+def expected(fixtures) -> dict[str, dict]:
+    data = json.loads((fixtures / "expected.json").read_text())
+    return {e["file"]: e for e in data["images"]}
+
+
+@pytest.fixture(scope="session")
+def model(fixtures) -> str:
+    return str(fixtures / "resnet20.pt")
+
+
+@pytest.fixture(scope="session")
+def spark(fixtures):
+    import torchspark
+
+    s = torchspark.local_session(
+        "local[2]",
+        **{"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "2"},
+    )
+    s.sparkContext.setLogLevel("ERROR")
+    yield s
+    s.stop()
+
+
+def tol(file: str) -> float:
+    """JPEG decoders differ by a level here and there (see the README); lossless must match."""
+    return 2e-2 if file.endswith(".jpg") else 1e-5
