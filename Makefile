@@ -10,7 +10,7 @@ PYTHON  ?= python3
 CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
 SO      := target/release/libtorchspark.so
 JAR     := jvm-shim/target/torchspark-0.1.0.jar
-MVN     := mvn -B -q -f jvm-shim/pom.xml
+MVN     := mvn -B -ntp -f jvm-shim/pom.xml
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ native: $(VENV)/.installed ## Rust release build of the cdylib
 	$(CARGO_ENV) cargo build --release --locked
 
 jar: native ## the Spark jar, with the .so embedded
-	$(MVN) -DskipTests package
+	$(MVN) -q -DskipTests package
 	@# So that a wheel of python/ (pip install ./python) carries both.
 	mkdir -p python/torchspark/lib python/torchspark/jars
 	cp $(SO) python/torchspark/lib/

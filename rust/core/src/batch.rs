@@ -5,7 +5,10 @@
 //! A row that cannot be read gets null outputs and a reason in `error` ("row 17: invalid PNG:
 //! ..."), and the other rows are still scored; only a batch that cannot be read at all fails.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use once_cell::sync::Lazy;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, Float32Builder, Int32Array, Int32Builder,
@@ -209,19 +212,32 @@ impl Scorer {
         for (chunk_index, chunk) in inputs.chunks(opts.batch_size).enumerate() {
             let first = opts.row_offset + (chunk_index * opts.batch_size) as u64;
             let slots = &mut buffer[..chunk.len() * row_len];
-            let status: Vec<std::result::Result<(), String>> = slots
-                .par_chunks_mut(row_len)
-                .zip(chunk.par_iter())
-                .enumerate()
-                .map(|(i, (out, input))| {
-                    let row = first + i as u64;
-                    match input {
-                        Ok(input) => pre.fill(*input, out),
-                        Err(e) => Err(e.clone()),
-                    }
-                    .map_err(|e| format!("row {row}: {e}"))
-                })
-                .collect();
+            let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
+                let row = first + i as u64;
+                match input {
+                    Ok(input) => pre.fill(*input, out),
+                    Err(e) => Err(e.clone()),
+                }
+                .map_err(|e| format!("row {row}: {e}"))
+            };
+            // Decoding gets the caller's thread budget, like the forward pass that follows it,
+            // so concurrent tasks never use more than tasks x num_threads cores.
+            let status: Vec<std::result::Result<(), String>> = match decode_pool(self.num_threads) {
+                None => slots
+                    .chunks_mut(row_len)
+                    .zip(chunk)
+                    .enumerate()
+                    .map(fill)
+                    .collect(),
+                Some(pool) => pool.install(|| {
+                    slots
+                        .par_chunks_mut(row_len)
+                        .zip(chunk.par_iter())
+                        .enumerate()
+                        .map(fill)
+                        .collect()
+                }),
+            };
             // Move the good rows to the front so one forward pass takes them all.
             let mut good = 0;
             for (i, s) in status.iter().enumerate() {
@@ -248,6 +264,27 @@ impl Scorer {
         }
         Ok(results)
     }
+}
+
+/// A rayon pool of `n` threads per distinct `n` (a handful per process), none for one thread.
+fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
+    static POOLS: Lazy<Mutex<HashMap<usize, &'static rayon::ThreadPool>>> =
+        Lazy::new(|| Mutex::new(HashMap::new()));
+    if n <= 1 {
+        return None;
+    }
+    let mut pools = POOLS.lock().ok()?;
+    if let Some(p) = pools.get(&n) {
+        return Some(p);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("torchspark-decode-{i}"))
+        .build()
+        .ok()?;
+    let pool: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
+    pools.insert(n, pool);
+    Some(pool)
 }
 
 fn top_k_fields() -> Fields {
