@@ -43,6 +43,7 @@ def accuracy(pairs) -> float:
     """pairs of (path, prediction)."""
     import re
 
+    pairs = list(pairs)
     ok = [int(re.search(LABEL_RE, p).group(1)) == int(pred) for p, pred in pairs if pred is not None]
     return sum(ok) / max(1, len(pairs))
 

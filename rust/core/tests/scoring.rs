@@ -222,6 +222,27 @@ fn batch_size_does_not_change_results() {
 }
 
 #[test]
+fn channels_last_and_nchw_agree() {
+    let exp = expected();
+    let bytes: Vec<Vec<u8>> = exp.iter().map(|e| image_bytes(&e.file)).collect();
+    let rows: Vec<Option<&[u8]>> = bytes.iter().map(|b| Some(b.as_slice())).collect();
+    let batch = binary_batch(&rows);
+    let nchw = ModelConfig {
+        channels_last: false,
+        ..ModelConfig::new(fixtures().join("resnet20.pt"))
+    };
+    let a = resnet().score(&batch, &opts()).unwrap();
+    let b = Scorer::open(&nchw).unwrap().score(&batch, &opts()).unwrap();
+    for i in 0..exp.len() {
+        let (pa, pb) = (
+            list_row(&a, "probability", i).unwrap(),
+            list_row(&b, "probability", i).unwrap(),
+        );
+        assert!(max_abs_diff(&pa, &pb) <= TOL, "row {i}");
+    }
+}
+
+#[test]
 fn bad_rows_get_errors_and_the_rest_is_scored() {
     let exp = expected();
     let good = image_bytes(&exp[0].file);
