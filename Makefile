@@ -45,12 +45,17 @@ test: setup ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark + notebo
 bench: setup ## side-by-side performance, writes bench/results.md
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
 
-lint: $(VENV)/.installed ## formatters and linters, as CI would
+lint: $(VENV)/.installed ## formatters and linters: rustfmt, clippy, ruff, scalafmt + google-java-format
 	$(CARGO_ENV) cargo fmt --all -- --check
 	$(CARGO_ENV) cargo clippy --release --all-targets --locked -- -D warnings
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(MVN) -q spotless:check
 
-fmt: ## format Rust
+fmt: $(VENV)/.installed ## format everything
 	cargo fmt --all
+	$(VENV)/bin/ruff format .
+	$(MVN) -q spotless:apply
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean

@@ -22,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "examples"))
 
-import train_resnet20  # noqa: E402
-import torchspark  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
+
+import torchspark  # noqa: E402
+import train_resnet20  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))
 VOLUME = int(os.environ.get("DEMO_IMAGES", "10000"))
@@ -66,10 +67,13 @@ def main() -> None:
 
     scorer = torchspark.ImageScorer(modelPath=str(model), inputCol="content")
     heldout = with_label(
-        spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
         .load(str(OUT / "images" / "heldout"))
     )
-    scored = scorer.transform(heldout).select("path", "label", "prediction", "predictedLabel").cache()
+    scored = (
+        scorer.transform(heldout).select("path", "label", "prediction", "predictedLabel").cache()
+    )
     ev = torchspark.evaluate(scored, "label", "prediction", labels=labels)
     print(f"\n[result] held-out images: {scored.count()}")
     print(f"[result] accuracy on held-out images: {ev.accuracy:.2%}")
@@ -79,13 +83,19 @@ def main() -> None:
     ev.figure.savefig(png, dpi=120)
     print(f"[result] confusion matrix saved to {png}\n", flush=True)
 
-    volume = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(
-        str(OUT / "images" / "all"))
+    volume = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(str(OUT / "images" / "all"))
+    )
     for run in ("cold", "warm"):
         t0 = time.time()
         n = scorer.transform(volume).select("prediction").filter("prediction IS NOT NULL").count()
         dt = time.time() - t0
-        print(f"[result] ImageScorer on {n} PNGs ({run}): {dt:.1f} s, {n / dt:,.0f} images/s", flush=True)
+        print(
+            f"[result] ImageScorer on {n} PNGs ({run}): {dt:.1f} s, {n / dt:,.0f} images/s",
+            flush=True,
+        )
 
     # The Python-worker path: the same native code from rdd.mapPartitions.
     t0 = time.time()
@@ -95,8 +105,11 @@ def main() -> None:
     py = {r[0]: r[1] for r in rows}
     jvm = {r["path"]: int(r["prediction"]) for r in scored.collect()}
     same = sum(py[p] == jvm[p] for p in jvm)
-    print(f"[result] rdd.mapPartitions + NativeModel: {len(rows)} images in {dt:.1f} s; "
-          f"{same}/{len(jvm)} predictions identical to ImageScorer", flush=True)
+    print(
+        f"[result] rdd.mapPartitions + NativeModel: {len(rows)} images in {dt:.1f} s; "
+        f"{same}/{len(jvm)} predictions identical to ImageScorer",
+        flush=True,
+    )
     if same != len(jvm):
         raise SystemExit("the two paths disagree")
     print(f"[demo] done in {time.time() - t_start:.0f} s")

@@ -90,7 +90,9 @@ def train(out_dir: Path, epochs: int | None = None) -> Path:
     xtr_t, ytr_t = to_tensor(xtr), torch.from_numpy(ytr)
     xte_t, yte_t = to_tensor(xte), torch.from_numpy(yte)
     model = ResNet20(num_classes=len(labels))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True
+    )
     steps = epochs * ((len(xtr_t) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps)
     gen = torch.Generator().manual_seed(SEED)

@@ -23,7 +23,9 @@ def read_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), raw[:, 0].copy()
 
 
-def load(directory: str | Path) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def load(
+    directory: str | Path,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """((train images, labels), (test images, labels)) from a cifar-10-batches-bin folder."""
     d = Path(directory)
     train = [read_batch(p) for p in sorted(d.glob("data_batch_*.bin"))]

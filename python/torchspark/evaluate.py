@@ -17,9 +17,9 @@ class Evaluation:
 
     def __str__(self) -> str:
         width = max(4, *(len(str(c)) for c in self.classes))
-        head = " " * (width + 2) + " ".join(f"{str(c):>{width}}" for c in self.classes)
+        head = " " * (width + 2) + " ".join(f"{c!s:>{width}}" for c in self.classes)
         rows = [
-            f"{str(c):>{width}}  " + " ".join(f"{v:>{width}d}" for v in row)
+            f"{c!s:>{width}}  " + " ".join(f"{v:>{width}d}" for v in row)
             for c, row in zip(self.classes, self.confusion)
         ]
         return f"accuracy {self.accuracy:.4f}\n" + "\n".join([head, *rows])
@@ -28,7 +28,9 @@ class Evaluation:
 def evaluate(df, label_col: str = "label", prediction_col: str = "prediction", labels=None):
     """Accuracy, confusion matrix (aggregated by Spark) and a matplotlib figure of it."""
     counts = df.groupBy(label_col, prediction_col).count().collect()
-    classes = sorted({r[0] for r in counts if r[0] is not None} | {r[1] for r in counts if r[1] is not None})
+    classes = sorted(
+        {r[0] for r in counts if r[0] is not None} | {r[1] for r in counts if r[1] is not None}
+    )
     index = {c: i for i, c in enumerate(classes)}
     m = np.zeros((len(classes), len(classes)), dtype=np.int64)
     for t, p, n in counts:
@@ -36,7 +38,9 @@ def evaluate(df, label_col: str = "label", prediction_col: str = "prediction", l
             m[index[t], index[p]] += n
     total = int(m.sum())
     accuracy = float(np.trace(m)) / total if total else float("nan")
-    names = labels if labels is not None else [int(c) if float(c).is_integer() else c for c in classes]
+    names = (
+        labels if labels is not None else [int(c) if float(c).is_integer() else c for c in classes]
+    )
     return Evaluation(accuracy, m, list(names), _figure(m, list(names), accuracy))
 
 
@@ -55,7 +59,14 @@ def _figure(m: np.ndarray, names: list, accuracy: float):
     ax.set_title(f"confusion matrix (accuracy {accuracy:.2%})")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                    color="white" if m[i, j] > m.max() / 2 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                str(m[i, j]),
+                ha="center",
+                va="center",
+                color="white" if m[i, j] > m.max() / 2 else "black",
+                fontsize=8,
+            )
     fig.tight_layout()
     return fig

@@ -11,7 +11,7 @@ import ctypes
 import json
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 
@@ -71,7 +71,7 @@ class NativeModel:
     def __del__(self) -> None:
         self.close()
 
-    def __enter__(self) -> NativeModel:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +128,11 @@ def as_record_batch(batch: Any) -> pa.RecordBatch:
     if isinstance(batch, pa.RecordBatch):
         return batch
     if isinstance(batch, pa.Table):
-        return batch.combine_chunks().to_batches()[0] if batch.num_rows else pa.RecordBatch.from_pylist([])
+        return (
+            batch.combine_chunks().to_batches()[0]
+            if batch.num_rows
+            else pa.RecordBatch.from_pylist([])
+        )
     try:
         import numpy as np
 
@@ -145,7 +149,9 @@ def as_record_batch(batch: Any) -> pa.RecordBatch:
 
 # ---- helpers for Spark's Python workers -----------------------------------------------------
 
-SCORE_SCHEMA = "path string, prediction int, predicted_label string, probability array<float>, error string"
+SCORE_SCHEMA = (
+    "path string, prediction int, predicted_label string, probability array<float>, error string"
+)
 
 
 def score_partitions(

@@ -11,8 +11,10 @@ _PKG = Path(__file__).resolve().parent
 
 def jar_path() -> str:
     """The torchspark jar (with the .so inside), for `--jars` / `spark.jars`."""
-    for c in [*sorted((_PKG / "jars").glob("torchspark-*.jar")),
-              _PKG.parent.parent / "jvm-shim" / "target" / "torchspark-0.1.0.jar"]:
+    for c in [
+        *sorted((_PKG / "jars").glob("torchspark-*.jar")),
+        _PKG.parent.parent / "jvm-shim" / "target" / "torchspark-0.1.0.jar",
+    ]:
         if c.is_file():
             return str(c)
     raise FileNotFoundError("torchspark jar not found: run `make setup`")

@@ -23,9 +23,7 @@ class _TorchSparkParams(Params):
         Params._dummy(), "modelPath", "path of the TorchScript .pt", TypeConverters.toString
     )
     inputCol = Param(Params._dummy(), "inputCol", "image column", TypeConverters.toString)
-    batchSize = Param(
-        Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt
-    )
+    batchSize = Param(Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt)
     device = Param(Params._dummy(), "device", "cpu or cuda:N", TypeConverters.toString)
     numThreads = Param(
         Params._dummy(), "numThreads", "intra-op threads; 0 = spark.task.cpus", TypeConverters.toInt

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
 import demo  # noqa: E402
-import train_resnet20  # noqa: E402
 import torchspark  # noqa: E402
+import train_resnet20  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))
 QUICK = os.environ.get("BENCH_QUICK") == "1"
@@ -44,7 +44,9 @@ def accuracy(pairs) -> float:
     import re
 
     pairs = list(pairs)
-    ok = [int(re.search(LABEL_RE, p).group(1)) == int(pred) for p, pred in pairs if pred is not None]
+    ok = [
+        int(re.search(LABEL_RE, p).group(1)) == int(pred) for p, pred in pairs if pred is not None
+    ]
     return sum(ok) / max(1, len(pairs))
 
 
@@ -179,7 +181,7 @@ def session(master: str = "local[2]"):
 def memory_probe(master: str, model: str, images: str) -> tuple[float, int]:
     """Runs in a child process: fresh JVM, score, report (peak RSS MiB, model loads)."""
     code = f"""
-import sys; sys.path[:0] = {[str(ROOT / 'python'), str(ROOT / 'tests' / 'bench')]}
+import sys; sys.path[:0] = {[str(ROOT / "python"), str(ROOT / "tests" / "bench")]}
 import bench
 s = bench.session({master!r}); s.sparkContext.setLogLevel("ERROR")
 df = s.read.format("binaryFile").load({images!r}).repartition(4)
@@ -200,7 +202,10 @@ def make_big_model(path: Path) -> float:
     if not path.exists():
         torch.manual_seed(0)
         net = torchvision.models.resnet50(num_classes=1000)
-        spec = {"input": {"height": 64, "width": 64}, "preprocess": {"mean": [0.5], "std": [0.25]}}
+        spec = {
+            "input": {"height": 64, "width": 64},
+            "preprocess": {"resize": [64, 64], "mean": [0.5], "std": [0.25]},
+        }
         torchspark.export_model(net, path, spec)
     return path.stat().st_size / 2**20
 
@@ -275,7 +280,17 @@ def main() -> None:
     rows: list[dict] = []
 
     def record(way, n, cold, warm, acc, note=""):
-        rows.append({"way": way, "n": n, "cold": cold, "warm": warm, "ips": n / warm, "acc": acc, "note": note})
+        rows.append(
+            {
+                "way": way,
+                "n": n,
+                "cold": cold,
+                "warm": warm,
+                "ips": n / warm,
+                "acc": acc,
+                "note": note,
+            }
+        )
         log(f"{way:<18} {n / warm:>8,.0f} img/s   cold {cold:6.2f} s   warm {warm:6.2f} s   "
             f"accuracy {acc:.4f}  {note}")  # fmt: skip
 
@@ -302,13 +317,14 @@ def main() -> None:
     startup = time.perf_counter() - t0
     log(f"(Spark local[2] start-up: {startup:.1f} s, excluded from the ratios)")
     df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(folder))
+    log(f"(torchspark ways: {df.rdd.getNumPartitions()} partitions)")
 
     def spark_way(name, fn, note=""):
         cold, out = timed(fn)
         warm, out = timed(fn)
         record(name, len(out), cold, warm, accuracy(out), note)
 
-    scorer = torchspark.ImageScorer(modelPath=model, inputCol="content")
+    scorer = torchspark.ImageScorer(modelPath=model, inputCol="content", batchSize=128)
     spark_way("torchspark_df", lambda: [
         (r.path, r.prediction) for r in scorer.transform(df).select("path", "prediction").collect()
     ], "binaryFile -> ImageScorer (JVM, JNI)")  # fmt: skip
@@ -321,6 +337,11 @@ def main() -> None:
         .mapInArrow(torchspark.score_arrow(model), torchspark.SCORE_SCHEMA)
         .select("path", "prediction").collect()
     ], "mapInArrow + NativeModel")  # fmt: skip
+    # The ways users run today get Spark's default file splitting (4 MB open cost: ~300
+    # partitions for 10,000 small files), as in the seed article; torchspark's session sets 8 KB.
+    spark.conf.set("spark.sql.files.openCostInBytes", str(4 << 20))
+    df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(folder))
+    log(f"(baselines: Spark defaults, {df.rdd.getNumPartitions()} partitions)")
     spark_way("pyspark_torch", lambda: df.select("path", "content").rdd
               .mapPartitions(pyspark_torch_partition(model)).collect(),
               "model per partition, PIL, numpy, torch")  # fmt: skip
@@ -329,6 +350,8 @@ def main() -> None:
         (r.path, r.p) for r in df.select("path", udf("content").alias("p")).collect()
     ], "PIL decode inside predict")  # fmt: skip
 
+    spark.conf.set("spark.sql.files.openCostInBytes", "8192")
+    df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(folder))
     by = {r["way"]: r for r in rows}
     ratios = [
         ("torchspark_df / native_raw", by["torchspark_df"]["ips"] / by["native_raw"]["ips"], 0.90),
@@ -352,7 +375,9 @@ def main() -> None:
         big = big.union(df)
     t_small = by["torchspark_df"]["warm"] / by["torchspark_df"]["n"]
     rss_small = jvm_rss_peak(spark)
-    t, n = timed(lambda: scorer.transform(big).select("prediction").filter("prediction IS NOT NULL").count())
+    t, n = timed(
+        lambda: scorer.transform(big).select("prediction").filter("prediction IS NOT NULL").count()
+    )
     rss_big = jvm_rss_peak(spark)
     log(f"\n== scaling == {n} images in {t:.1f} s: time per image x{(t / n) / t_small:.2f} of the "
         f"10,000 run; JVM peak RSS {rss_small:,.0f} MiB -> {rss_big:,.0f} MiB")  # fmt: skip
@@ -368,8 +393,12 @@ def main() -> None:
     feat = torchspark.ImageFeaturizer(modelPath=str(headless), inputCol="content", batchSize=32)
     tf_cold, _ = timed(lambda: feat.transform(jdf).write.format("noop").mode("overwrite").save())
     tf_warm, _ = timed(lambda: feat.transform(jdf).write.format("noop").mode("overwrite").save())
-    tv_cold, _ = timed(lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count())
-    tv_warm, _ = timed(lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count())
+    tv_cold, _ = timed(
+        lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count()
+    )
+    tv_warm, _ = timed(
+        lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count()
+    )
     log(f"\n== featurizer, {nj} JPEGs 256->224, headless ResNet-18 == torchspark {nj / tf_warm:.1f} img/s "
         f"(cold {tf_cold:.1f} s), PIL+torchvision+torch {nj / tv_warm:.1f} img/s (cold {tv_cold:.1f} s): "
         f"x{tv_warm / tf_warm:.2f} warm, x{tv_cold / tf_cold:.2f} cold")  # fmt: skip

@@ -17,7 +17,9 @@ def test_cifar_reader_round_trips_the_binary_format(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
     labels = np.array([3, 1, 4, 1, 5], np.uint8)
-    records = [np.concatenate([[lab], im.transpose(2, 0, 1).ravel()]) for im, lab in zip(images, labels)]
+    records = [
+        np.concatenate([[lab], im.transpose(2, 0, 1).ravel()]) for im, lab in zip(images, labels)
+    ]
     np.concatenate(records).astype(np.uint8).tofile(tmp_path / "data_batch_1.bin")
     np.concatenate(records[:2]).astype(np.uint8).tofile(tmp_path / "test_batch.bin")
     x, y = cifar.read_batch(tmp_path / "data_batch_1.bin")

@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import tol
 
 import torchspark
+from conftest import tol
 from torchspark import NativeModel
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import nbformat
-from conftest import ROOT
 from nbclient import NotebookClient
+
+from conftest import ROOT
 
 
 def test_notebook_runs_without_errors(tmp_path):

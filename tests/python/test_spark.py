@@ -8,18 +8,20 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import ROOT, tol
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import functions as F
 
 import torchspark
+from conftest import ROOT, tol
 from torchspark import ImageFeaturizer, ImageScorer
 
 
 def _files(spark, fixtures, glob="*"):
-    return spark.read.format("binaryFile").option("pathGlobFilter", glob).load(
-        str(fixtures / "images")
+    return (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", glob)
+        .load(str(fixtures / "images"))
     )
 
 

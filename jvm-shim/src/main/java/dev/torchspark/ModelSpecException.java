@@ -1,6 +1,8 @@
 package dev.torchspark;
 
-/** The model spec JSON is missing, malformed, or contradicts itself (the message names the field). */
+/**
+ * The model spec JSON is missing, malformed, or contradicts itself (the message names the field).
+ */
 public class ModelSpecException extends TorchSparkException {
   public ModelSpecException(String message) {
     super(message);

@@ -1,9 +1,9 @@
 package dev.torchspark;
 
 /**
- * The JNI surface of libtorchspark.so. Batches cross as Arrow IPC stream bytes; models as
- * {@code long} handles released once with {@link #closeModel}. Native errors are thrown as the
- * {@link TorchSparkException} subclass that the Rust side's one mapping table picks.
+ * The JNI surface of libtorchspark.so. Batches cross as Arrow IPC stream bytes; models as {@code
+ * long} handles released once with {@link #closeModel}. Native errors are thrown as the {@link
+ * TorchSparkException} subclass that the Rust side's one mapping table picks.
  */
 public final class NativeBridge {
   private NativeBridge() {}

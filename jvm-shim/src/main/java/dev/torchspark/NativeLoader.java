@@ -19,13 +19,12 @@ import java.util.concurrent.TimeUnit;
 /**
  * Loads libtorchspark.so once per JVM.
  *
- * <p>Order: libtorch first (so that executors need no LD_LIBRARY_PATH), from
- * {@code -Dtorchspark.libtorch.dir} or {@code TORCHSPARK_LIBTORCH_DIR}, else from the torch
- * package that the node's Python ({@code TORCHSPARK_PYTHON}, {@code PYSPARK_PYTHON} or
- * {@code python3}) has installed, else through the library's own RUNPATH. Then the library
- * itself: from {@code java.library.path}, else extracted from this jar (under a file lock, to a
- * path named by its content hash). A failure is kept and rethrown, with its causes, on every
- * later use.
+ * <p>Order: libtorch first (so that executors need no LD_LIBRARY_PATH), from {@code
+ * -Dtorchspark.libtorch.dir} or {@code TORCHSPARK_LIBTORCH_DIR}, else from the torch package that
+ * the node's Python ({@code TORCHSPARK_PYTHON}, {@code PYSPARK_PYTHON} or {@code python3}) has
+ * installed, else through the library's own RUNPATH. Then the library itself: from {@code
+ * java.library.path}, else extracted from this jar (under a file lock, to a path named by its
+ * content hash). A failure is kept and rethrown, with its causes, on every later use.
  */
 final class NativeLoader {
   private static final String LIB = "torchspark";
@@ -163,7 +162,8 @@ final class NativeLoader {
       if (!Files.isRegularFile(target) || Files.size(target) != bytes.length) {
         Path tmp = Files.createTempFile(dir, "libtorchspark", ".tmp");
         Files.write(tmp, bytes);
-        Files.move(tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        Files.move(
+            tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
       }
     }
     return target;

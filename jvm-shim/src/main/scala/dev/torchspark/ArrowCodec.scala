@@ -4,7 +4,15 @@ import java.io.{ByteArrayInputStream, ByteArrayOutputStream}
 import java.nio.channels.Channels
 
 import org.apache.arrow.memory.{BufferAllocator, RootAllocator}
-import org.apache.arrow.vector.{FieldVector, Float4Vector, Float8Vector, IntVector, VarBinaryVector, VarCharVector, VectorSchemaRoot}
+import org.apache.arrow.vector.{
+  FieldVector,
+  Float4Vector,
+  Float8Vector,
+  IntVector,
+  VarBinaryVector,
+  VarCharVector,
+  VectorSchemaRoot
+}
 import org.apache.arrow.vector.complex.{ListVector, StructVector}
 import org.apache.arrow.vector.ipc.{ArrowStreamReader, ArrowStreamWriter}
 import org.apache.arrow.vector.types.FloatingPointPrecision
@@ -23,14 +31,15 @@ private[torchspark] object InputKind {
   private val imageFields = Seq("height", "width", "nChannels", "data")
 
   def of(column: String, dt: DataType): InputKind = dt match {
-    case BinaryType => Binary
+    case BinaryType                                                 => Binary
     case s: StructType if imageFields.forall(s.fieldNames.contains) => SparkImage
-    case ArrayType(FloatType, _) => FloatArray
-    case ArrayType(DoubleType, _) => DoubleArray
-    case other =>
+    case ArrayType(FloatType, _)                                    => FloatArray
+    case ArrayType(DoubleType, _)                                   => DoubleArray
+    case other                                                      =>
       throw new IllegalArgumentException(
         s"column `$column` has type ${other.simpleString}; torchspark reads binary (encoded " +
-          "images, e.g. binaryFile's content), Spark's image struct, or array<float>")
+          "images, e.g. binaryFile's content), Spark's image struct, or array<float>"
+      )
   }
 }
 
@@ -40,7 +49,8 @@ private[torchspark] final case class Scored(
     probability: Array[Double],
     label: String,
     topK: Seq[Row],
-    error: String)
+    error: String
+)
 
 /** Rows in, Arrow IPC bytes out, and back: the JNI boundary's only format. */
 private[torchspark] object ArrowCodec {
@@ -63,13 +73,13 @@ private[torchspark] object ArrowCodec {
         while (i < n) {
           values(i) match {
             case b: Array[Byte] => v.setSafe(i, b)
-            case _ => v.setNull(i)
+            case _              => v.setNull(i)
           }
           i += 1
         }
         v.setValueCount(n)
         v
-      case InputKind.SparkImage => encodeImages(a, values)
+      case InputKind.SparkImage                         => encodeImages(a, values)
       case InputKind.FloatArray | InputKind.DoubleArray => encodeArrays(a, kind, values)
     }
     val root = VectorSchemaRoot.of(vector)
@@ -86,12 +96,14 @@ private[torchspark] object ArrowCodec {
 
   private def encodeImages(a: BufferAllocator, values: Array[Any]): FieldVector = {
     val s = StructVector.empty("image", a)
-    val origin = s.addOrGet("origin", FieldType.nullable(ArrowType.Utf8.INSTANCE), classOf[VarCharVector])
+    val origin =
+      s.addOrGet("origin", FieldType.nullable(ArrowType.Utf8.INSTANCE), classOf[VarCharVector])
     val h = s.addOrGet("height", int32, classOf[IntVector])
     val w = s.addOrGet("width", int32, classOf[IntVector])
     val c = s.addOrGet("nChannels", int32, classOf[IntVector])
     val mode = s.addOrGet("mode", int32, classOf[IntVector])
-    val data = s.addOrGet("data", FieldType.nullable(ArrowType.Binary.INSTANCE), classOf[VarBinaryVector])
+    val data =
+      s.addOrGet("data", FieldType.nullable(ArrowType.Binary.INSTANCE), classOf[VarBinaryVector])
     s.allocateNew()
     val n = values.length
     for (i <- 0 until n) values(i) match {
@@ -116,8 +128,11 @@ private[torchspark] object ArrowCodec {
   private def encodeArrays(a: BufferAllocator, kind: InputKind, values: Array[Any]): FieldVector = {
     val l = ListVector.empty("input", a)
     val precision =
-      if (kind == InputKind.FloatArray) FloatingPointPrecision.SINGLE else FloatingPointPrecision.DOUBLE
-    val inner = l.addOrGetVector[FieldVector](FieldType.nullable(new ArrowType.FloatingPoint(precision))).getVector
+      if (kind == InputKind.FloatArray) FloatingPointPrecision.SINGLE
+      else FloatingPointPrecision.DOUBLE
+    val inner = l
+      .addOrGetVector[FieldVector](FieldType.nullable(new ArrowType.FloatingPoint(precision)))
+      .getVector
     l.allocateNew()
     var idx = 0
     for (i <- values.indices) values(i) match {
@@ -125,7 +140,8 @@ private[torchspark] object ArrowCodec {
         l.startNewValue(i)
         inner match {
           case f: Float4Vector => s.foreach { x => f.setSafe(idx, x.asInstanceOf[Float]); idx += 1 }
-          case d: Float8Vector => s.foreach { x => d.setSafe(idx, x.asInstanceOf[Double]); idx += 1 }
+          case d: Float8Vector =>
+            s.foreach { x => d.setSafe(idx, x.asInstanceOf[Double]); idx += 1 }
           case other => throw new IllegalStateException(s"unexpected list child $other")
         }
         l.endValue(i, s.size)

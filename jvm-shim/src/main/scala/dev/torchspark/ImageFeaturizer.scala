@@ -7,10 +7,9 @@ import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, I
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.types._
 
-/**
- * Embeds images with the spec's featurize output (a method such as `features`, or one element
- * of forward's tuple) into `outputCol`, an ML Vector that Spark ML estimators train on directly.
- */
+/** Embeds images with the spec's featurize output (a method such as `features`, or one element of
+  * forward's tuple) into `outputCol`, an ML Vector that Spark ML estimators train on directly.
+  */
 class ImageFeaturizer(override val uid: String)
     extends Transformer
     with TorchSparkParams
@@ -43,12 +42,18 @@ class ImageFeaturizer(override val uid: String)
   override def transformSchema(schema: StructType): StructType = {
     require(isDefined(modelPath), "ImageFeaturizer: set modelPath")
     require(isDefined(inputCol), "ImageFeaturizer: set inputCol")
-    require(schema.fieldNames.contains(getInputCol), s"ImageFeaturizer: no input column `$getInputCol`")
+    require(
+      schema.fieldNames.contains(getInputCol),
+      s"ImageFeaturizer: no input column `$getInputCol`"
+    )
     InputKind.of(getInputCol, schema(getInputCol).dataType)
     val out = Seq(StructField(getOutputCol, SQLDataTypes.VectorType)) ++
       (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
     out.foreach { f =>
-      require(!schema.fieldNames.contains(f.name), s"ImageFeaturizer: column `${f.name}` already exists")
+      require(
+        !schema.fieldNames.contains(f.name),
+        s"ImageFeaturizer: column `${f.name}` already exists"
+      )
     }
     StructType(schema.fields ++ out)
   }
@@ -61,7 +66,7 @@ class ImageFeaturizer(override val uid: String)
     val decode = (bytes: Array[Byte]) =>
       ArrowCodec.decodeFeatures(bytes).map[Either[String, Seq[Any]]] {
         case (_, error) if error != null => Left(error)
-        case (f, _) => Right(Seq(Vectors.dense(f)))
+        case (f, _)                      => Right(Seq(Vectors.dense(f)))
       }
     NativeRunner.transform(df, this, schema, metrics, NativeBridge.featurize, decode, Seq(null), "")
   }

@@ -7,13 +7,12 @@ import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, I
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.types._
 
-/**
- * Scores images with a TorchScript classifier, natively, once-per-executor model.
- *
- * Adds `predictionCol` (double class index), `probabilityCol` (ML Vector), `predictedLabelCol`
- * (from the spec's labels), `topKCol` (array of index/label/probability) and, with
- * `handleInvalid=keep`, `errorCol`. Works with MulticlassClassificationEvaluator as is.
- */
+/** Scores images with a TorchScript classifier, natively, once-per-executor model.
+  *
+  * Adds `predictionCol` (double class index), `probabilityCol` (ML Vector), `predictedLabelCol`
+  * (from the spec's labels), `topKCol` (array of index/label/probability) and, with
+  * `handleInvalid=keep`, `errorCol`. Works with MulticlassClassificationEvaluator as is.
+  */
 class ImageScorer(override val uid: String)
     extends Transformer
     with TorchSparkParams
@@ -30,14 +29,19 @@ class ImageScorer(override val uid: String)
   final val topK: IntParam =
     new IntParam(this, "topK", "how many best classes go into topKCol", ParamValidators.gtEq(1))
   final val topKCol: Param[String] =
-    new Param[String](this, "topKCol", "the topK best classes: array<struct<index,label,probability>>")
+    new Param[String](
+      this,
+      "topKCol",
+      "the topK best classes: array<struct<index,label,probability>>"
+    )
 
   setDefault(
     predictionCol -> "prediction",
     probabilityCol -> "probability",
     predictedLabelCol -> "predictedLabel",
     topK -> 5,
-    topKCol -> "topK")
+    topKCol -> "topK"
+  )
 
   def setModelPath(v: String): this.type = set(modelPath, v)
   def setInputCol(v: String): this.type = set(inputCol, v)
@@ -70,18 +74,26 @@ class ImageScorer(override val uid: String)
     require(schema.fieldNames.contains(getInputCol), s"ImageScorer: no input column `$getInputCol`")
     InputKind.of(getInputCol, schema(getInputCol).dataType)
     val topKType = ArrayType(
-      StructType(Seq(
-        StructField("index", IntegerType, nullable = false),
-        StructField("label", StringType),
-        StructField("probability", DoubleType, nullable = false))))
+      StructType(
+        Seq(
+          StructField("index", IntegerType, nullable = false),
+          StructField("label", StringType),
+          StructField("probability", DoubleType, nullable = false)
+        )
+      )
+    )
     val out = Seq(
       StructField(getPredictionCol, DoubleType),
       StructField(getProbabilityCol, SQLDataTypes.VectorType),
       StructField(getPredictedLabelCol, StringType),
-      StructField(getTopKCol, topKType)) ++
+      StructField(getTopKCol, topKType)
+    ) ++
       (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
     out.foreach { f =>
-      require(!schema.fieldNames.contains(f.name), s"ImageScorer: column `${f.name}` already exists")
+      require(
+        !schema.fieldNames.contains(f.name),
+        s"ImageScorer: column `${f.name}` already exists"
+      )
     }
     StructType(schema.fields ++ out)
   }
@@ -105,7 +117,8 @@ class ImageScorer(override val uid: String)
       NativeBridge.score,
       decode,
       Seq(null, null, null, null),
-      s""", "top_k": $getTopK""")
+      s""", "top_k": $getTopK"""
+    )
   }
 
   override def copy(extra: ParamMap): ImageScorer = defaultCopy(extra)

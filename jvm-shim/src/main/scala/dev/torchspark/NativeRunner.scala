@@ -21,17 +21,18 @@ private[torchspark] object NativeRunner {
     shipped.map(_.getAbsolutePath).getOrElse {
       throw new ModelLoadException(
         s"model file $path not found on this node (nor shipped as ${f.getName} with --files " +
-          "or SparkContext.addFile)")
+          "or SparkContext.addFile)"
+      )
     }
   }
 
   def json(s: String): String = {
     val sb = new StringBuilder("\"")
     s.foreach {
-      case '"' => sb.append("\\\"")
-      case '\\' => sb.append("\\\\")
+      case '"'          => sb.append("\\\"")
+      case '\\'         => sb.append("\\\\")
       case c if c < ' ' => sb.append(f"\\u${c.toInt}%04x")
-      case c => sb.append(c)
+      case c            => sb.append(c)
     }
     sb.append('"').toString
   }
@@ -61,10 +62,9 @@ private[torchspark] object NativeRunner {
   def threadsFor(numThreads: Int): Int =
     if (numThreads > 0) numThreads else Option(TaskContext.get()).map(_.cpus()).getOrElse(1).max(1)
 
-  /**
-   * Batches each partition's rows, calls native code once per batch, and appends the outputs
-   * in row order; `decode` turns a native result into per-row outputs or an error.
-   */
+  /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
+    * row order; `decode` turns a native result into per-row outputs or an error.
+    */
   def transform(
       df: DataFrame,
       p: TorchSparkParams,
@@ -73,7 +73,8 @@ private[torchspark] object NativeRunner {
       nativeCall: (Long, Array[Byte], String) => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
-      optionsExtra: String): DataFrame = {
+      optionsExtra: String
+  ): DataFrame = {
     val inIdx = df.schema.fieldIndex(p.getInputCol)
     val kind = InputKind.of(p.getInputCol, df.schema(inIdx).dataType)
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None

@@ -10,47 +10,59 @@ trait TorchSparkParams extends Params {
     "modelPath",
     "path of the TorchScript .pt (its spec .json beside it); a local path on every node, or " +
       "a file shipped with --files / SparkContext.addFile",
-    (p: String) => p != null && p.nonEmpty)
+    (p: String) => p != null && p.nonEmpty
+  )
 
   final val inputCol: Param[String] = new Param[String](
     this,
     "inputCol",
     "image column: binary (encoded PNG/JPEG/BMP/GIF), Spark's image struct, or array<float>",
-    (c: String) => c != null && c.nonEmpty)
+    (c: String) => c != null && c.nonEmpty
+  )
 
   final val batchSize: IntParam =
-    new IntParam(this, "batchSize", "rows per native call and forward pass", ParamValidators.gtEq(1))
+    new IntParam(
+      this,
+      "batchSize",
+      "rows per native call and forward pass",
+      ParamValidators.gtEq(1)
+    )
 
   final val device: Param[String] = new Param[String](
     this,
     "device",
     "cpu or cuda:N",
-    (d: String) => d == "cpu" || d == "cuda" || d.matches("cuda:\\d+"))
+    (d: String) => d == "cpu" || d == "cuda" || d.matches("cuda:\\d+")
+  )
 
   final val numThreads: IntParam = new IntParam(
     this,
     "numThreads",
     "intra-op threads per task; 0 means spark.task.cpus",
-    ParamValidators.gtEq(0))
+    ParamValidators.gtEq(0)
+  )
 
   final val precision: Param[String] = new Param[String](
     this,
     "precision",
     "fp32, or bf16 (opt-in; the model must be exported unfrozen)",
-    ParamValidators.inArray(Array("fp32", "bf16")))
+    ParamValidators.inArray(Array("fp32", "bf16"))
+  )
 
   final val handleInvalid: Param[String] = new Param[String](
     this,
     "handleInvalid",
     "rows that cannot be scored: error (fail the task, naming the row), skip (drop and count " +
       "them), keep (null outputs and a reason in errorCol)",
-    ParamValidators.inArray(Array("error", "skip", "keep")))
+    ParamValidators.inArray(Array("error", "skip", "keep"))
+  )
 
   final val errorCol: Param[String] = new Param[String](
     this,
     "errorCol",
     "with handleInvalid=keep: the reason a row failed, null for good rows",
-    (c: String) => c != null && c.nonEmpty)
+    (c: String) => c != null && c.nonEmpty
+  )
 
   setDefault(
     batchSize -> 64,
@@ -58,7 +70,8 @@ trait TorchSparkParams extends Params {
     numThreads -> 0,
     precision -> "fp32",
     handleInvalid -> "error",
-    errorCol -> "error")
+    errorCol -> "error"
+  )
 
   final def getModelPath: String = $(modelPath)
   final def getInputCol: String = $(inputCol)

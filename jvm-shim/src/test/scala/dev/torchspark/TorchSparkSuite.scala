@@ -26,10 +26,12 @@ object TorchSparkSuite {
       val p = new ProcessBuilder(
         repo.resolve(".venv/bin/python").toString,
         repo.resolve("tests/fixtures/make_fixtures.py").toString,
-        fixtures.toString).inheritIO().start()
+        fixtures.toString
+      ).inheritIO().start()
       assertEquals("make_fixtures.py", 0, p.waitFor())
     }
-    spark = SparkSession.builder()
+    spark = SparkSession
+      .builder()
       .master("local[2]")
       .appName("torchspark-tests")
       .config("spark.ui.enabled", "false")
@@ -40,8 +42,13 @@ object TorchSparkSuite {
   @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
 
   lazy val expected: Map[String, JsonNode] =
-    new ObjectMapper().readTree(fixtures.resolve("expected.json").toFile).get("images")
-      .elements().asScala.map(n => n.get("file").asText -> n).toMap
+    new ObjectMapper()
+      .readTree(fixtures.resolve("expected.json").toFile)
+      .get("images")
+      .elements()
+      .asScala
+      .map(n => n.get("file").asText -> n)
+      .toMap
 
   def floats(n: JsonNode): Array[Double] = n.elements().asScala.map(_.asDouble).toArray
 
@@ -93,8 +100,10 @@ class TorchSparkSuite {
       Row(f, floats(n.get("resnet20").get("input")).map(_.toFloat).toSeq)
     }
     val schema = "path string, input array<float>"
-    val df = spark.createDataFrame(spark.sparkContext.parallelize(rows), 
-      org.apache.spark.sql.types.StructType.fromDDL(schema))
+    val df = spark.createDataFrame(
+      spark.sparkContext.parallelize(rows),
+      org.apache.spark.sql.types.StructType.fromDDL(schema)
+    )
     assertEquals(6, checkProbabilities(scorer("input").transform(df), "path"))
   }
 
@@ -116,8 +125,10 @@ class TorchSparkSuite {
       Files.copy(fixtures.resolve(f), dir.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
     val before = TorchSpark.nativeModelLoads()
-    val s = new ImageScorer().setModelPath(dir.resolve("resnet20.pt").toString)
-      .setInputCol("content").setBatchSize(4)
+    val s = new ImageScorer()
+      .setModelPath(dir.resolve("resnet20.pt").toString)
+      .setInputCol("content")
+      .setBatchSize(4)
     val out = s.transform(binary("*.png").repartition(4))
     assertEquals(4, out.rdd.getNumPartitions)
     assertEquals(35L, out.count())
@@ -132,14 +143,21 @@ class TorchSparkSuite {
     val s = scorer("content").setTopK(3).setHandleInvalid("keep")
     s.write.overwrite().save(dir.resolve("scorer").toString)
     val loaded = ImageScorer.load(dir.resolve("scorer").toString)
-    assertEquals(s.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap,
-      loaded.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap)
+    assertEquals(
+      s.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap,
+      loaded.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap
+    )
 
-    val labelled = binary("digit_*.png").withColumn("label",
-      regexp_extract(col("path"), "label(\\d)", 1).cast("double"))
-    val pipeline = new Pipeline().setStages(Array(
-      new ImageFeaturizer().setModelPath(model).setInputCol("content"),
-      new LogisticRegression().setMaxIter(50)))
+    val labelled = binary("digit_*.png").withColumn(
+      "label",
+      regexp_extract(col("path"), "label(\\d)", 1).cast("double")
+    )
+    val pipeline = new Pipeline().setStages(
+      Array(
+        new ImageFeaturizer().setModelPath(model).setInputCol("content"),
+        new LogisticRegression().setMaxIter(50)
+      )
+    )
     val fitted = pipeline.fit(labelled)
     fitted.write.overwrite().save(dir.resolve("pipeline").toString)
     val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
@@ -150,7 +168,8 @@ class TorchSparkSuite {
   }
 
   @Test def worksWithMulticlassEvaluator(): Unit = {
-    val df = scorer("content").transform(binary("digit_*.png"))
+    val df = scorer("content")
+      .transform(binary("digit_*.png"))
       .withColumn("label", col("prediction"))
     val acc = new MulticlassClassificationEvaluator().setMetricName("accuracy").evaluate(df)
     assertEquals(1.0, acc, 0.0)
@@ -158,8 +177,13 @@ class TorchSparkSuite {
 
   private def withBadFiles(): String = {
     val dir = Files.createTempDirectory("torchspark-bad")
-    val good = Files.list(fixtures.resolve("images")).iterator().asScala
-      .filter(_.toString.endsWith(".png")).take(5).toSeq
+    val good = Files
+      .list(fixtures.resolve("images"))
+      .iterator()
+      .asScala
+      .filter(_.toString.endsWith(".png"))
+      .take(5)
+      .toSeq
     good.foreach(p => Files.copy(p, dir.resolve(p.getFileName)))
     val png = Files.readAllBytes(good.head)
     Files.write(dir.resolve("zz_truncated.png"), png.take(png.length / 2))
@@ -170,7 +194,11 @@ class TorchSparkSuite {
   @Test def handleInvalidErrorNamesTheRow(): Unit = {
     val df = spark.read.format("binaryFile").load(withBadFiles()).coalesce(1)
     val e = assertThrows(classOf[Exception], () => scorer("content").transform(df).collect())
-    val msg = Iterator.iterate[Throwable](e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+    val msg = Iterator
+      .iterate[Throwable](e)(_.getCause)
+      .takeWhile(_ != null)
+      .map(_.getMessage)
+      .mkString(" | ")
     assertTrue(msg, msg.contains("row ") && msg.contains("zz_"))
   }
 
@@ -195,15 +223,21 @@ class TorchSparkSuite {
   @Test def missingModelNamesThePath(): Unit = {
     val s = new ImageScorer().setModelPath("/no/such/model.pt").setInputCol("content")
     val e = assertThrows(classOf[Exception], () => s.transform(binary("*.png")).count())
-    val msg = Iterator.iterate[Throwable](e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+    val msg = Iterator
+      .iterate[Throwable](e)(_.getCause)
+      .takeWhile(_ != null)
+      .map(_.getMessage)
+      .mkString(" | ")
     assertTrue(msg, msg.contains("/no/such/model.pt"))
   }
 
   @Test def sqlUdfScoresAndFeaturizes(): Unit = {
     TorchSpark.register(spark, "classify_image", model)
     binary("digit_0*.png").createOrReplaceTempView("images")
-    val rows = spark.sql(
-      "SELECT path, classify_image(content) AS s, classify_image_features(content) AS f FROM images")
+    val rows = spark
+      .sql(
+        "SELECT path, classify_image(content) AS s, classify_image_features(content) AS f FROM images"
+      )
       .collect()
     assertEquals(10, rows.length)
     rows.foreach { r =>
@@ -225,9 +259,17 @@ class TorchSparkSuite {
   @Test def badSpecIsATypedException(): Unit = {
     val dir = Files.createTempDirectory("torchspark-spec")
     Files.copy(fixtures.resolve("resnet20.pt"), dir.resolve("m.pt"))
-    Files.write(dir.resolve("m.json"), """{"input": {"height": 32, "width": 32}, "oops": 1}""".getBytes)
-    val e = assertThrows(classOf[ModelSpecException],
-      () => NativeBridge.openModel(NativeRunner.configJson(dir.resolve("m.pt").toString, "cpu", 1, "fp32")))
+    Files.write(
+      dir.resolve("m.json"),
+      """{"input": {"height": 32, "width": 32}, "oops": 1}""".getBytes
+    )
+    val e = assertThrows(
+      classOf[ModelSpecException],
+      () =>
+        NativeBridge.openModel(
+          NativeRunner.configJson(dir.resolve("m.pt").toString, "cpu", 1, "fp32")
+        )
+    )
     assertTrue(e.getMessage, e.getMessage.contains("oops") && e.getMessage.contains("m.json"))
   }
 }
