@@ -73,6 +73,15 @@ trait TorchSparkParams extends Params {
     errorCol -> "error"
   )
 
+  def setModelPath(v: String): this.type = set(modelPath, v)
+  def setInputCol(v: String): this.type = set(inputCol, v)
+  def setBatchSize(v: Int): this.type = set(batchSize, v)
+  def setDevice(v: String): this.type = set(device, v)
+  def setNumThreads(v: Int): this.type = set(numThreads, v)
+  def setPrecision(v: String): this.type = set(precision, v)
+  def setHandleInvalid(v: String): this.type = set(handleInvalid, v)
+  def setErrorCol(v: String): this.type = set(errorCol, v)
+
   final def getModelPath: String = $(modelPath)
   final def getInputCol: String = $(inputCol)
   final def getBatchSize: Int = $(batchSize)
