@@ -77,10 +77,17 @@ def spec(labels: list[str]) -> dict:
     }
 
 
+def params_path(model_path: Path) -> Path:
+    """The unfrozen export beside `model_path`, for `precision="bf16"`."""
+    return model_path.with_name(model_path.stem + "_params.pt")
+
+
 def train(out_dir: Path, epochs: int | None = None) -> Path:
-    """Trains and exports `out_dir/resnet20.pt` (+ .json); reuses a model already there."""
+    """Trains and exports `out_dir/resnet20.pt` (+ .json, + the unfrozen `resnet20_params.pt`);
+    reuses a model already there."""
     model_path = out_dir / "resnet20.pt"
-    if model_path.exists() and model_path.with_suffix(".json").exists():
+    outputs = [model_path, model_path.with_suffix(".json"), params_path(model_path)]
+    if all(p.exists() for p in outputs):
         print(f"[train] reusing {model_path}", flush=True)
         return model_path
     torch.manual_seed(SEED)
@@ -122,6 +129,8 @@ def train(out_dir: Path, epochs: int | None = None) -> Path:
             flush=True,
         )
     export_model(model, model_path, spec(labels))
+    # The same weights kept as parameters: what precision="bf16" needs (it casts them).
+    export_model(model, params_path(model_path), spec(labels), freeze=False)
     print(f"[train] exported {model_path}", flush=True)
     return model_path
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
@@ -113,7 +114,7 @@ impl Scorer {
 
     /// Class probabilities, prediction, label and top-k for every row.
     pub fn score(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
-        let rows = self.run(batch, opts, Target::Probabilities)?;
+        let (rows, times) = self.run(batch, opts, Target::Probabilities)?;
         let labels = self.model.spec().labels.as_deref();
         let mut prediction = Int32Builder::with_capacity(rows.len());
         let mut probability = ListBuilder::new(Float32Builder::new());
@@ -156,7 +157,7 @@ impl Scorer {
             Arc::new(top_k.finish()),
             Arc::new(error.finish()),
         ];
-        RecordBatch::try_new(Self::score_schema(), columns).map_err(arrow_bug)
+        RecordBatch::try_new(times.annotate(Self::score_schema()), columns).map_err(arrow_bug)
     }
 
     /// The spec's featurize output, flattened, for every row.
@@ -173,7 +174,7 @@ impl Scorer {
                     .into(),
             });
         }
-        let rows = self.run(batch, opts, Target::Features)?;
+        let (rows, times) = self.run(batch, opts, Target::Features)?;
         let mut features = ListBuilder::new(Float32Builder::new());
         let mut error = StringBuilder::new();
         for row in &rows {
@@ -190,7 +191,7 @@ impl Scorer {
             }
         }
         let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
-        RecordBatch::try_new(Self::featurize_schema(), columns).map_err(arrow_bug)
+        RecordBatch::try_new(times.annotate(Self::featurize_schema()), columns).map_err(arrow_bug)
     }
 
     /// Preprocesses and runs every row; `Err` rows carry their message.
@@ -199,7 +200,8 @@ impl Scorer {
         batch: &RecordBatch,
         opts: &BatchOptions,
         target: Target,
-    ) -> Result<Vec<std::result::Result<Vec<f32>, String>>> {
+    ) -> Result<(Vec<std::result::Result<Vec<f32>, String>>, StageTimes)> {
+        let mut times = StageTimes::default();
         if opts.batch_size == 0 {
             return Err(Error::config("batch_size", "must be at least 1"));
         }
@@ -212,6 +214,7 @@ impl Scorer {
         for (chunk_index, chunk) in inputs.chunks(opts.batch_size).enumerate() {
             let first = opts.row_offset + (chunk_index * opts.batch_size) as u64;
             let slots = &mut buffer[..chunk.len() * row_len];
+            let started = Instant::now();
             let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
                 let row = first + i as u64;
                 match input {
@@ -248,12 +251,15 @@ impl Scorer {
                     good += 1;
                 }
             }
+            let decoded = Instant::now();
+            times.preprocess += decoded - started;
             let (values, width) = if good > 0 {
                 self.model
                     .run(&slots[..good * row_len], good, self.num_threads, target)?
             } else {
                 (Vec::new(), 0)
             };
+            times.forward += decoded.elapsed();
             let mut outputs = values.chunks_exact(width.max(1));
             for s in status {
                 results.push(match s {
@@ -262,7 +268,40 @@ impl Scorer {
                 });
             }
         }
-        Ok(results)
+        Ok((results, times))
+    }
+}
+
+/// Where a batch's native time went; travels as the output schema's metadata
+/// (`torchspark.preprocess_ns`, `torchspark.forward_ns`) so that callers can report it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Decode, resize, crop, normalize (rayon).
+    pub preprocess: Duration,
+    /// Tensor creation, the forward pass and reading its output back.
+    pub forward: Duration,
+}
+
+impl StageTimes {
+    pub const PREPROCESS_KEY: &'static str = "torchspark.preprocess_ns";
+    pub const FORWARD_KEY: &'static str = "torchspark.forward_ns";
+
+    /// `schema` with these times as metadata.
+    pub fn annotate(&self, schema: SchemaRef) -> SchemaRef {
+        let mut meta = schema.metadata().clone();
+        meta.insert(Self::PREPROCESS_KEY, self.preprocess.as_nanos().to_string());
+        meta.insert(Self::FORWARD_KEY, self.forward.as_nanos().to_string());
+        Arc::new(schema.as_ref().clone().with_metadata(meta))
+    }
+
+    /// The times a batch from [`Scorer::score`] or [`Scorer::featurize`] carries.
+    pub fn of(batch: &RecordBatch) -> Option<StageTimes> {
+        let meta = batch.schema_ref().metadata();
+        let read = |k: &str| meta.get(k)?.parse::<u64>().ok().map(Duration::from_nanos);
+        Some(StageTimes {
+            preprocess: read(Self::PREPROCESS_KEY)?,
+            forward: read(Self::FORWARD_KEY)?,
+        })
     }
 }
 

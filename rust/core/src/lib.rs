@@ -15,7 +15,7 @@ pub mod preprocess;
 pub mod spec;
 mod sys;
 
-pub use batch::{BatchOptions, Scorer};
+pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{ModelConfig, Precision, load_count};
 pub use spec::ModelSpec;

@@ -231,6 +231,24 @@ impl Model {
             })?;
         module.set_eval();
         if precision == Precision::Bf16 {
+            // `to` casts parameters and buffers. A frozen module has none: freezing inlines
+            // the weights as graph constants, which no cast reaches, so its first forward would
+            // fail on a dtype mismatch. Say so now, once, instead of on every batch.
+            let has_params = module
+                .named_parameters()
+                .map(|p| !p.is_empty())
+                .unwrap_or(false);
+            if !has_params {
+                return Err(Error::config(
+                    "precision",
+                    format!(
+                        "bf16 casts the model's parameters, and {} has none: it was frozen \
+                         (torch.jit.freeze inlines weights as constants). Export it with \
+                         export_model(..., freeze=False) to score it in bf16",
+                        path.display()
+                    ),
+                ));
+            }
             module.to(device, Kind::BFloat16, false);
         }
         Ok(Model {

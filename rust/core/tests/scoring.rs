@@ -4,11 +4,12 @@
 mod common;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int32Type;
 use common::*;
-use torchspark_core::{BatchOptions, ErrorKind, ModelConfig, Scorer};
+use torchspark_core::{BatchOptions, ErrorKind, ModelConfig, Precision, Scorer, StageTimes};
 
 const TOL: f32 = 1e-5;
 
@@ -397,6 +398,76 @@ fn pinned_sha256_is_enforced() {
     std::fs::write(d.join("model.json"), spec.to_string()).unwrap();
     let e = Scorer::open(&ModelConfig::new(&pt)).unwrap_err();
     assert!(e.to_string().contains("sha256"), "{e}");
+}
+
+/// bf16 keeps 8 bits of mantissa through 20 layers (of a fixture whose batch-norms are
+/// randomised, so sensitive): probabilities are held to PyTorch's own bf16 run of the same
+/// weights, and to the fp32 result, within bounds of that size.
+#[test]
+fn bf16_scores_like_pytorch_in_bf16() {
+    let exp = expected();
+    let bytes: Vec<Vec<u8>> = exp.iter().map(|e| image_bytes(&e.file)).collect();
+    let rows: Vec<Option<&[u8]>> = bytes.iter().map(|b| Some(b.as_slice())).collect();
+    let mut c = ModelConfig::new(fixtures().join("resnet20_params.pt"));
+    c.precision = Precision::Bf16;
+    let out = Scorer::open(&c)
+        .unwrap()
+        .score(&binary_batch(&rows), &opts())
+        .unwrap();
+    let (mut worst16, mut worst32) = (0f32, 0f32);
+    for (i, e) in exp.iter().enumerate() {
+        assert_eq!(str_row(&out, "error", i), None, "{}", e.file);
+        let p = list_row(&out, "probability", i).unwrap();
+        worst16 = worst16.max(max_abs_diff(&p, &e.probability_bf16));
+        worst32 = worst32.max(max_abs_diff(&p, &e.probability));
+    }
+    // Measured: 0.031 and 0.047 channels-last (0.015 NCHW, the oracle's layout, whose bf16
+    // roundings fall elsewhere); a wrong cast or layout gives differences near 1.
+    assert!(
+        worst16 <= 6e-2,
+        "bf16 vs PyTorch bf16: max abs diff {worst16}"
+    );
+    assert!(worst32 <= 1e-1, "bf16 vs fp32: max abs diff {worst32}");
+    // It really ran in bf16: fp32 results would match to 1e-5.
+    assert!(
+        worst32 > TOL,
+        "bf16 result equals fp32 ({worst32}): was it cast?"
+    );
+}
+
+#[test]
+fn bf16_on_a_frozen_model_says_how_to_export_it() {
+    let mut c = ModelConfig::new(fixtures().join("resnet20.pt"));
+    c.precision = Precision::Bf16;
+    let e = Scorer::open(&c).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("resnet20.pt") && msg.contains("freeze=False"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn output_carries_the_stage_times() {
+    let exp = expected();
+    let bytes: Vec<Vec<u8>> = exp.iter().map(|e| image_bytes(&e.file)).collect();
+    let rows: Vec<Option<&[u8]>> = bytes.iter().map(|b| Some(b.as_slice())).collect();
+    let scorer = resnet();
+    let t0 = std::time::Instant::now();
+    let out = scorer.score(&binary_batch(&rows), &opts()).unwrap();
+    let wall = t0.elapsed();
+    let t = StageTimes::of(&out).expect("stage times in the schema metadata");
+    assert!(
+        t.preprocess > Duration::ZERO && t.forward > Duration::ZERO,
+        "{t:?}"
+    );
+    assert!(t.preprocess + t.forward <= wall, "{t:?} > {wall:?}");
+    let f = scorer.featurize(&binary_batch(&rows), &opts()).unwrap();
+    assert!(StageTimes::of(&f).unwrap().forward > Duration::ZERO);
+    // Nothing to run: both zero, still present.
+    let empty = scorer.score(&binary_batch(&[]), &opts()).unwrap();
+    assert_eq!(StageTimes::of(&empty), Some(StageTimes::default()));
 }
 
 #[test]

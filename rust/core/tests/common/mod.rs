@@ -28,7 +28,7 @@ pub fn fixtures() -> PathBuf {
     let root = repo_root();
     let out = root.join("tests/fixtures/out");
     let _lock = MAKE.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.join("expected.json").exists() {
+    if !out.join("expected.json").exists() || !out.join("resnet20_params.pt").exists() {
         let python = std::env::var("TORCHSPARK_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join(".venv/bin/python"));
@@ -47,6 +47,7 @@ pub struct Expected {
     pub probability: Vec<f32>,
     pub features: Vec<f32>,
     pub input: Vec<f32>,
+    pub probability_bf16: Vec<f32>,
     pub tuple_probability: Vec<f32>,
     pub tuple_features: Vec<f32>,
 }
@@ -71,6 +72,7 @@ pub fn expected() -> Vec<Expected> {
             probability: floats(&e["resnet20"]["probability"]),
             features: floats(&e["resnet20"]["features"]),
             input: floats(&e["resnet20"]["input"]),
+            probability_bf16: floats(&e["resnet20"]["probability_bf16"]),
             tuple_probability: floats(&e["tuple_net"]["probability"]),
             tuple_features: floats(&e["tuple_net"]["features"]),
         })
