@@ -102,12 +102,14 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
         return _Reader(cls)
 
     def metrics(self) -> dict[str, int]:
-        """Counters of the last transform (after an action): imagesScored, rowsSkipped, ..."""
+        """Counters of the last transform (after an action): imagesScored, rowsWithErrors,
+        rowsSkipped, modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
+        bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC."""
         m = self._java_obj.metrics()
         if m is None:
             return {}
-        names = ["imagesScored", "rowsWithErrors", "rowsSkipped", "nativeTimeMs", "modelLoads"]
-        return {n: int(getattr(m, n)().value()) for n in names}
+        values = m.javaValues()
+        return {str(k): int(values[k]) for k in values.keySet()}
 
 
 class ImageScorer(_JavaBacked, _TorchSparkParams):

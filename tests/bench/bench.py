@@ -268,6 +268,69 @@ def torchvision_featurize_partition(model_path: str):
     return run
 
 
+def by_way(rows: list[dict], way: str) -> dict:
+    return next(r for r in rows if r["way"] == way)
+
+
+def stage_profile(m: dict, row: dict) -> str:
+    """Where torchspark_df's warm run spent its task time, from the transformer's metrics."""
+    stages = {
+        "read (binaryFile rows)": m["readTimeMs"],
+        "bridge (JVM Arrow + rows)": m["bridgeTimeMs"],
+        "preprocess (decode, normalize)": m["preprocessTimeMs"],
+        "forward": m["forwardTimeMs"],
+        "native IPC": max(0, m["nativeTimeMs"] - m["preprocessTimeMs"] - m["forwardTimeMs"]),
+    }
+    total = sum(stages.values())
+    parts = ", ".join(f"{k} {v / 1000:.2f} s ({100 * v / total:.1f}%)" for k, v in stages.items())
+    line = (f"task time by stage, summed over tasks ({total / 1000:.2f} s for a "
+            f"{row['warm']:.2f} s run on 2 cores): {parts}")  # fmt: skip
+    log(f"  {line}")
+    return line
+
+
+def cpu_bf16() -> str:
+    """Whether oneDNN has native bf16 kernels here (avx512_bf16 / AMX / avx_ne_convert)."""
+    import torch
+
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), []
+    )
+    isa = "avx512_bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return f"{'native' if native else 'emulated (slow)'}: oneDNN bf16 {native}, best ISA {isa}"
+
+
+def bf16_way(spark, model: str, fp32: dict) -> tuple:
+    params = str(train_resnet20.params_path(Path(model)))
+    heldout = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(str(OUT / "images" / "heldout"))
+    )
+    folder = OUT / "images" / ("all" if N == 10000 else f"bench{N}")
+    df = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(str(folder))
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        sc = torchspark.ImageScorer(
+            modelPath=params, inputCol="content", batchSize=128, precision=precision
+        )
+        accs[precision] = accuracy(
+            (r.path, r.prediction)
+            for r in sc.transform(heldout).select("path", "prediction").collect()
+        )
+    # The held-out run above loaded the model: this is a warm run.
+    warm, out = timed(lambda: [
+        (r.path, r.prediction) for r in sc.transform(df).select("path", "prediction").collect()
+    ])  # fmt: skip
+    ips, acc = len(out) / warm, accuracy(out)
+    log(f"\n== bf16 ({cpu_bf16()}) == {ips:,.0f} img/s warm ({warm:.2f} s), "
+        f"x{ips / fp32['ips']:.2f} of fp32 end to end (target >= 1.6); held-out accuracy "
+        f"{accs['bf16']:.4f} vs fp32 {accs['fp32']:.4f} ({100 * (accs['bf16'] - accs['fp32']):+.2f} "
+        f"points, target within 0.2); {len(out):,}-image accuracy {acc:.4f}")  # fmt: skip
+    return ips, ips / fp32["ips"], accs["fp32"], accs["bf16"], cpu_bf16()
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 
@@ -276,6 +339,7 @@ def main() -> None:
     (xtr, ytr), (xte, yte), _ = train_resnet20.dataset()
     folder = OUT / "images" / ("all" if N == 10000 else f"bench{N}")
     demo.write_pngs(folder, np.concatenate([xtr, xte]), np.concatenate([ytr, yte]), N)
+    demo.write_pngs(OUT / "images" / "heldout", xte, yte, len(xte))
     files = sorted(str(p) for p in folder.rglob("*.png"))
     rows: list[dict] = []
 
@@ -328,6 +392,7 @@ def main() -> None:
     spark_way("torchspark_df", lambda: [
         (r.path, r.prediction) for r in scorer.transform(df).select("path", "prediction").collect()
     ], "binaryFile -> ImageScorer (JVM, JNI)")  # fmt: skip
+    stages = stage_profile(scorer.metrics(), by_way(rows, "torchspark_df"))
     spark_way("torchspark_rdd", lambda: [
         (r[0], r[1]) for r in df.select("path", "content").rdd
         .mapPartitions(torchspark.score_partitions(model)).collect()
@@ -366,8 +431,12 @@ def main() -> None:
     log("\n== ratios ==")
     for name, v, target in ratios:
         log(f"{name:<42} {v:6.2f}x" + (f"   (target >= {target})" if target else ""))
-    log(f"10,000 images end to end after Spark start: {by['torchspark_df']['warm']:.2f} s warm, "
+    log(f"{N:,} images end to end after Spark start: {by['torchspark_df']['warm']:.2f} s warm, "
         f"{by['torchspark_df']['cold']:.2f} s cold (target <= 6 s)")  # fmt: skip
+
+    # bf16: the demo's weights exported unfrozen, scored end to end; accuracy on the held-out
+    # images (the demo's figure) and on the 10,000.
+    bf16 = bf16_way(spark, model, by["torchspark_df"])
 
     # Scaling: 10x the rows by union, same files.
     big = df
@@ -416,10 +485,10 @@ def main() -> None:
         f"model loads {loads1} / {loads2}")  # fmt: skip
     memory = (size, rss1, rss2, loads1, loads2)
 
-    write_results(rows, ratios, startup, scaling, featurizer, memory)
+    write_results(rows, ratios, startup, scaling, featurizer, memory, bf16, stages)
 
 
-def write_results(rows, ratios, startup, scaling, featurizer, memory) -> None:
+def write_results(rows, ratios, startup, scaling, featurizer, memory, bf16, stages) -> None:
     cpu = platform.processor() or platform.machine()
     lines = [
         f"# Benchmark ({date.today()}, {os.cpu_count()} cores, {cpu}, local[2], `make bench`)",
@@ -439,6 +508,7 @@ def write_results(rows, ratios, startup, scaling, featurizer, memory) -> None:
     f, rss1, rss2, l1, l2 = memory
     lines += [
         "",
+        f"- `torchspark_df` {stages}.",
         f"- Scaling: {scaling[3]:,} images, time per image x{scaling[0]:.2f} of the 10,000 run; "
         f"JVM peak RSS {scaling[1]:,.0f} -> {scaling[2]:,.0f} MiB.",
         f"- Featurizer ({featurizer[0]} JPEGs, 224x224, headless ResNet-18): torchspark "
@@ -446,6 +516,8 @@ def write_results(rows, ratios, startup, scaling, featurizer, memory) -> None:
         f"(x{featurizer[1] / featurizer[2]:.2f}).",
         f"- Memory ({f:.0f} MB model): peak RSS {rss1:,.0f} MiB with 1 task, {rss2:,.0f} MiB with 2 "
         f"(+{(rss2 - rss1) / f:.2f}x the model); model loads {l1} and {l2}.",
+        f'- bf16 (`precision="bf16"`, CPU bf16 {bf16[4]}): {bf16[0]:,.0f} img/s end to end, '
+        f"x{bf16[1]:.2f} of fp32; held-out accuracy {bf16[3]:.4f} vs fp32 {bf16[2]:.4f}.",
     ]
     (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
     import matplotlib

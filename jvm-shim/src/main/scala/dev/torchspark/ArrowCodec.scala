@@ -160,6 +160,19 @@ private[torchspark] object ArrowCodec {
     } finally reader.close()
   }
 
+  /** (preprocess, forward) nanoseconds that native code reports in a result's schema metadata;
+    * zeros when absent.
+    */
+  def stageNanos(bytes: Array[Byte]): (Long, Long) = withAllocator { a =>
+    val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
+    try {
+      val meta = reader.getVectorSchemaRoot.getSchema.getCustomMetadata
+      def get(k: String): Long =
+        Option(meta).flatMap(m => Option(m.get(k))).flatMap(_.toLongOption).getOrElse(0L)
+      (get("torchspark.preprocess_ns"), get("torchspark.forward_ns"))
+    } finally reader.close()
+  }
+
   private def floats(l: ListVector, i: Int): Array[Double] = {
     val inner = l.getDataVector.asInstanceOf[Float4Vector]
     val (start, end) = (l.getElementStartIndex(i), l.getElementEndIndex(i))

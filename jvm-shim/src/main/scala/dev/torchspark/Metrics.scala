@@ -4,19 +4,48 @@ import org.apache.spark.SparkContext
 import org.apache.spark.util.LongAccumulator
 
 /** Counters of one transform, visible in the Spark UI (named accumulators) and readable after an
-  * action: images scored, rows with errors, rows skipped, native time, model loads.
+  * action: images scored, rows with errors, rows skipped, model loads, and where the time went.
+  *
+  * The times are summed over tasks (so they can exceed the wall time) and split by stage:
+  *   - `readTimeMs`: waiting for input rows (file reads and whatever runs upstream);
+  *   - `bridgeTimeMs`: the JVM side of the bridge (Arrow encode, decode, building the rows);
+  *   - `nativeTimeMs`: inside the JNI calls, which is `preprocessTimeMs` (decode, resize, crop,
+  *     normalize) plus `forwardTimeMs` (the model) plus the native Arrow IPC work.
   */
 final class TorchSparkMetrics private (
     val imagesScored: LongAccumulator,
     val rowsWithErrors: LongAccumulator,
     val rowsSkipped: LongAccumulator,
     val nativeTimeMs: LongAccumulator,
-    val modelLoads: LongAccumulator
+    val modelLoads: LongAccumulator,
+    val readTimeMs: LongAccumulator,
+    val bridgeTimeMs: LongAccumulator,
+    val preprocessTimeMs: LongAccumulator,
+    val forwardTimeMs: LongAccumulator
 ) extends Serializable {
 
+  /** Name → value of every counter. */
+  def values: Map[String, Long] = Map(
+    "imagesScored" -> imagesScored.value.longValue,
+    "rowsWithErrors" -> rowsWithErrors.value.longValue,
+    "rowsSkipped" -> rowsSkipped.value.longValue,
+    "nativeTimeMs" -> nativeTimeMs.value.longValue,
+    "modelLoads" -> modelLoads.value.longValue,
+    "readTimeMs" -> readTimeMs.value.longValue,
+    "bridgeTimeMs" -> bridgeTimeMs.value.longValue,
+    "preprocessTimeMs" -> preprocessTimeMs.value.longValue,
+    "forwardTimeMs" -> forwardTimeMs.value.longValue
+  )
+
+  /** [[values]] for Java and py4j callers, in a stable order. */
+  def javaValues: java.util.Map[String, java.lang.Long] = {
+    val m = new java.util.LinkedHashMap[String, java.lang.Long]()
+    values.toSeq.sortBy(_._1).foreach { case (k, v) => m.put(k, java.lang.Long.valueOf(v)) }
+    m
+  }
+
   override def toString: String =
-    s"TorchSparkMetrics(imagesScored=${imagesScored.value}, rowsWithErrors=${rowsWithErrors.value}, " +
-      s"rowsSkipped=${rowsSkipped.value}, nativeTimeMs=${nativeTimeMs.value}, modelLoads=${modelLoads.value})"
+    values.map { case (k, v) => s"$k=$v" }.mkString("TorchSparkMetrics(", ", ", ")")
 }
 
 object TorchSparkMetrics {
@@ -27,7 +56,29 @@ object TorchSparkMetrics {
       acc("rowsWithErrors"),
       acc("rowsSkipped"),
       acc("nativeTimeMs"),
-      acc("modelLoads")
+      acc("modelLoads"),
+      acc("readTimeMs"),
+      acc("bridgeTimeMs"),
+      acc("preprocessTimeMs"),
+      acc("forwardTimeMs")
     )
+  }
+}
+
+/** One task's stage clocks, in nanoseconds, added to the accumulators once when it ends (adding per
+  * batch would round every batch down to whole milliseconds).
+  */
+private[torchspark] final class StageClock(metrics: TorchSparkMetrics) {
+  var read, bridge, native, preprocess, forward = 0L
+  private var flushed = false
+
+  def flush(): Unit = if (!flushed) {
+    flushed = true
+    val ms = (ns: Long) => ns / 1000000L
+    metrics.readTimeMs.add(ms(read))
+    metrics.bridgeTimeMs.add(ms(bridge))
+    metrics.nativeTimeMs.add(ms(native))
+    metrics.preprocessTimeMs.add(ms(preprocess))
+    metrics.forwardTimeMs.add(ms(forward))
   }
 }

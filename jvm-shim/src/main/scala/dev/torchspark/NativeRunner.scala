@@ -81,34 +81,60 @@ private[torchspark] object NativeRunner {
     val (modelPath, device, numThreads, precision) =
       (p.getModelPath, p.getDevice, p.getNumThreads, p.getPrecision)
     val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
-    df.mapPartitions { rows: Iterator[Row] =>
+    df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(modelPath, device, threadsFor(numThreads), precision)
       val handle = openForTask(config, metrics)
-      val partition = Option(TaskContext.get()).map(_.partitionId()).getOrElse(0)
+      val clock = new StageClock(metrics)
+      val ctx = Option(TaskContext.get())
+      ctx.foreach(_.addTaskCompletionListener[Unit](_ => clock.flush()))
+      val partition = ctx.map(_.partitionId()).getOrElse(0)
+      // Time spent pulling rows from upstream (the file reads, for binaryFile).
+      val rows = new Iterator[Row] {
+        def hasNext: Boolean = {
+          val t = System.nanoTime(); val h = input.hasNext; clock.read += System.nanoTime() - t
+          if (!h && ctx.isEmpty) clock.flush()
+          h
+        }
+        def next(): Row = {
+          val t = System.nanoTime(); val r = input.next(); clock.read += System.nanoTime() - t; r
+        }
+      }
       var offset = 0L
       rows.grouped(batchSize).flatMap { group =>
+        val t0 = System.nanoTime()
         val values = group.map(r => r.get(inIdx): Any).toArray
         val options = s"""{"batch_size": $batchSize, "row_offset": $offset$optionsExtra}"""
-        val t0 = System.nanoTime()
-        val result = decode(nativeCall(handle, ArrowCodec.encode(kind, values), options))
-        metrics.nativeTimeMs.add((System.nanoTime() - t0) / 1000000)
+        val encoded = ArrowCodec.encode(kind, values)
+        val t1 = System.nanoTime()
+        val answer = nativeCall(handle, encoded, options)
+        val t2 = System.nanoTime()
+        val (pre, fwd) = ArrowCodec.stageNanos(answer)
+        val result = decode(answer)
         offset += group.size
-        group.iterator.zip(result.iterator).flatMap {
-          case (row, Right(outputs)) =>
-            metrics.imagesScored.add(1)
-            Some(Row.fromSeq(row.toSeq ++ outputs ++ (if (mode == "keep") Seq(null) else Nil)))
-          case (row, Left(error)) =>
-            metrics.rowsWithErrors.add(1)
-            val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
-            mode match {
-              case "error" =>
-                throw new InputException(s"torchspark: partition $partition, $error$where")
-              case "skip" =>
-                metrics.rowsSkipped.add(1)
-                None
-              case _ => Some(Row.fromSeq(row.toSeq ++ nullOutputs :+ error))
-            }
-        }
+        val out = group.iterator
+          .zip(result.iterator)
+          .flatMap {
+            case (row, Right(outputs)) =>
+              metrics.imagesScored.add(1)
+              Some(Row.fromSeq(row.toSeq ++ outputs ++ (if (mode == "keep") Seq(null) else Nil)))
+            case (row, Left(error)) =>
+              metrics.rowsWithErrors.add(1)
+              val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
+              mode match {
+                case "error" =>
+                  throw new InputException(s"torchspark: partition $partition, $error$where")
+                case "skip" =>
+                  metrics.rowsSkipped.add(1)
+                  None
+                case _ => Some(Row.fromSeq(row.toSeq ++ nullOutputs :+ error))
+              }
+          }
+          .toArray
+        clock.native += t2 - t1
+        clock.preprocess += pre
+        clock.forward += fwd
+        clock.bridge += (t1 - t0) + (System.nanoTime() - t2)
+        out.iterator
       }
     }(Encoders.row(outSchema))
   }

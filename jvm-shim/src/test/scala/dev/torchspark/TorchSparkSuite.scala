@@ -138,6 +138,17 @@ class TorchSparkSuite {
     assertTrue(s.metrics.imagesScored.value >= 35L)
   }
 
+  @Test def reportsWhereTheTimeWent(): Unit = {
+    val s = scorer("content").setBatchSize(8)
+    s.transform(binary("*.png").repartition(2)).write.format("noop").mode("overwrite").save()
+    val m = s.metrics.values
+    assertEquals(35L, m("imagesScored"))
+    assertTrue(m.toString, m("forwardTimeMs") > 0L && m("bridgeTimeMs") >= 0L)
+    // Native time holds preprocess and forward (each task floors its sums to milliseconds).
+    assertTrue(m.toString, m("nativeTimeMs") + 2 >= m("preprocessTimeMs") + m("forwardTimeMs"))
+    assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
+  }
+
   @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
     val dir = Files.createTempDirectory("torchspark-persist")
     val s = scorer("content").setTopK(3).setHandleInvalid("keep")
