@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 
 def _ensure_fixtures() -> Path:
-    if not (FIXTURES / "expected.json").exists():
+    if not all((FIXTURES / f).exists() for f in ("expected.json", "resnet20_params.pt")):
         subprocess.run(
             [sys.executable, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],
             check=True,

@@ -42,6 +42,24 @@ def test_dataframe_scores_like_pytorch(spark, fixtures, expected, model):
         assert r.prediction == float(e.argmax())
 
 
+def test_bf16_opt_in_scores_like_pytorch_bf16(spark, fixtures, expected, model):
+    params = str(fixtures / "resnet20_params.pt")  # the same weights, exported unfrozen
+    out = ImageScorer(modelPath=params, inputCol="content", precision="bf16").transform(
+        _files(spark, fixtures, "*.png")
+    )
+    worst16 = worst32 = 0.0
+    for r in out.select("path", "probability").collect():
+        e = expected[_name(r.path)]["resnet20"]
+        p = r.probability.toArray()
+        worst16 = max(worst16, np.abs(p - np.array(e["probability_bf16"])).max())
+        worst32 = max(worst32, np.abs(p - np.array(e["probability"])).max())
+    assert worst16 <= 6e-2  # bf16 rounding: see the Rust test of the same bound
+    assert worst32 > 1e-5  # it did not run in fp32
+    frozen = ImageScorer(modelPath=model, inputCol="content", precision="bf16")
+    with pytest.raises(Exception, match=r"freeze=False"):
+        frozen.transform(_files(spark, fixtures, "*.png")).collect()
+
+
 def test_dataframe_featurizes_like_pytorch(spark, fixtures, expected, model):
     out = ImageFeaturizer(modelPath=model, inputCol="content").transform(
         _files(spark, fixtures, "*.png")
@@ -130,7 +148,10 @@ def test_bad_input_keep_and_skip(spark, fixtures, model, tmp_path):
     assert len(bad) == 1 and bad[0].prediction is None and "zz_bad" in bad[0].path
     skip = ImageScorer(modelPath=model, inputCol="content", handleInvalid="skip")
     assert skip.transform(df).count() == 4
-    assert skip.metrics()["rowsSkipped"] == 1
+    m = skip.metrics()
+    assert m["rowsSkipped"] == 1 and m["rowsWithErrors"] == 1 and m["imagesScored"] == 4
+    assert m["forwardTimeMs"] >= 0 and m["nativeTimeMs"] + 2 >= m["forwardTimeMs"]
+    assert set(m) >= {"readTimeMs", "bridgeTimeMs", "preprocessTimeMs", "modelLoads"}
 
 
 def test_sql_udfs(spark, fixtures, expected, model):
