@@ -82,11 +82,11 @@ def native_raw(model: str, x: np.ndarray, bs: int, threads: int):
 def torch_raw(model: str, x: np.ndarray, bs: int, threads: int):
     import torch
 
-    torch.set_num_threads(threads)
     mod = torch.jit.load(model)
     xt = torch.from_numpy(x)
 
     def run():
+        torch.set_num_threads(threads)
         preds = []
         with torch.inference_mode():
             for i in range(0, len(xt), bs):
@@ -192,6 +192,30 @@ print("RESULT", bench.jvm_rss_peak(s), sc.metrics()["modelLoads"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")][-1].split()
     return float(line[1]), int(line[2])
+
+
+def scaling_probe(model: str, images: str, unions: int) -> tuple[float, float, float, int]:
+    """Fresh JVM: N images cold then warm, then (1 + unions) x N; per-image time ratio, peak RSS
+    after the warm N run and after the large run."""
+    code = f"""
+import sys, time; sys.path[:0] = {[str(ROOT / "python"), str(ROOT / "tests" / "bench")]}
+import bench
+s = bench.session(); s.sparkContext.setLogLevel("ERROR")
+df = s.read.format("binaryFile").option("recursiveFileLookup", "true").load({images!r})
+sc = bench.torchspark.ImageScorer(modelPath={model!r}, inputCol="content", batchSize=128)
+run = lambda d: sc.transform(d).select("prediction").filter("prediction IS NOT NULL").count()
+run(df)
+t = time.perf_counter(); n = run(df); small = (time.perf_counter() - t) / n
+rss_small = bench.jvm_rss_peak(s)
+big = df
+for _ in range({unions}):
+    big = big.union(df)
+t = time.perf_counter(); nb = run(big); large = (time.perf_counter() - t) / nb
+print("RESULT", large / small, rss_small, bench.jvm_rss_peak(s), nb)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")][-1].split()
+    return float(line[1]), float(line[2]), float(line[3]), int(line[4])
 
 
 def make_big_model(path: Path) -> float:
@@ -362,16 +386,23 @@ def main() -> None:
     t, x = timed(lambda: decode_all(files))
     log(f"(pre-decoding for the raw ways: {t:.1f} s, not counted)")
     paths = files
+    # Each raw way in each mode (cold + warm), then its best mode three more times, the two ways
+    # interleaved so that a noisy minute hits both: warm is the best of its warm runs.
+    best = {}
     for way, make in (("native_raw", native_raw), ("torch_raw", torch_raw)):
-        best = None
         for threads in (1, 2):
             for bs in (64, 256):
                 run = make(model, x, bs, threads)
                 cold, _ = timed(run)
                 warm, preds = timed(run)
-                if best is None or warm < best[1]:
-                    best = (cold, warm, preds, f"bs{bs}, {threads} threads")
-        record(way, N, best[0], best[1], accuracy(zip(paths, best[2])), best[3])
+                if way not in best or warm < best[way][1]:
+                    best[way] = [cold, warm, preds, f"bs{bs}, {threads} threads", run]
+    for _ in range(3):
+        for way in best:
+            warm, _ = timed(best[way][4])
+            best[way][1] = min(best[way][1], warm)
+    for way, (cold, warm, preds, note, _) in best.items():
+        record(way, N, cold, warm, accuracy(zip(paths, preds)), note)
     del x
     gc.collect()
 
@@ -438,19 +469,12 @@ def main() -> None:
     # images (the demo's figure) and on the 10,000.
     bf16 = bf16_way(spark, model, by["torchspark_df"])
 
-    # Scaling: 10x the rows by union, same files.
-    big = df
-    for _ in range(3 if QUICK else 9):
-        big = big.union(df)
-    t_small = by["torchspark_df"]["warm"] / by["torchspark_df"]["n"]
-    rss_small = jvm_rss_peak(spark)
-    t, n = timed(
-        lambda: scorer.transform(big).select("prediction").filter("prediction IS NOT NULL").count()
-    )
-    rss_big = jvm_rss_peak(spark)
-    log(f"\n== scaling == {n} images in {t:.1f} s: time per image x{(t / n) / t_small:.2f} of the "
-        f"10,000 run; JVM peak RSS {rss_small:,.0f} MiB -> {rss_big:,.0f} MiB")  # fmt: skip
-    scaling = ((t / n) / t_small, rss_small, rss_big, n)
+    # Scaling: 10x the rows by union, same files, in a fresh JVM of its own (so that nothing run
+    # before it sets the peak RSS).
+    scaling = scaling_probe(model, str(folder), 3 if QUICK else 9)
+    log(f"\n== scaling == {scaling[3]:,} images: time per image x{scaling[0]:.2f} of the "
+        f"{N:,} run (target <= 1.1); JVM peak RSS {scaling[1]:,.0f} MiB -> {scaling[2]:,.0f} MiB "
+        f"(x{scaling[2] / scaling[1]:.2f}, target within 10%)")  # fmt: skip
 
     # ImageNet-size featurizer.
     jpegs = OUT / "bench" / "jpeg224"
@@ -509,8 +533,8 @@ def write_results(rows, ratios, startup, scaling, featurizer, memory, bf16, stag
     lines += [
         "",
         f"- `torchspark_df` {stages}.",
-        f"- Scaling: {scaling[3]:,} images, time per image x{scaling[0]:.2f} of the 10,000 run; "
-        f"JVM peak RSS {scaling[1]:,.0f} -> {scaling[2]:,.0f} MiB.",
+        f"- Scaling (fresh JVM): {scaling[3]:,} images, time per image x{scaling[0]:.2f} of the "
+        f"{N:,} run; JVM peak RSS {scaling[1]:,.0f} -> {scaling[2]:,.0f} MiB.",
         f"- Featurizer ({featurizer[0]} JPEGs, 224x224, headless ResNet-18): torchspark "
         f"{featurizer[1]:.1f} img/s vs PIL + torchvision + torch {featurizer[2]:.1f} img/s "
         f"(x{featurizer[1] / featurizer[2]:.2f}).",
