@@ -200,7 +200,7 @@ impl Scorer {
         batch: &RecordBatch,
         opts: &BatchOptions,
         target: Target,
-    ) -> Result<(Vec<std::result::Result<Vec<f32>, String>>, StageTimes)> {
+    ) -> Result<(Vec<RowOutput>, StageTimes)> {
         let mut times = StageTimes::default();
         if opts.batch_size == 0 {
             return Err(Error::config("batch_size", "must be at least 1"));
@@ -376,6 +376,9 @@ fn input_column<'a>(batch: &'a RecordBatch, name: Option<&str>) -> Result<&'a Ar
 }
 
 type Row<'a> = std::result::Result<ImageInput<'a>, String>;
+
+/// One row's model output, or why it has none.
+type RowOutput = std::result::Result<Vec<f32>, String>;
 
 /// Borrows every row of the image column; nulls and malformed structs become row errors.
 fn read_rows(col: &dyn Array) -> Result<Vec<Row<'_>>> {
