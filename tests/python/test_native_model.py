@@ -30,6 +30,13 @@ def test_scores_like_pytorch(fixtures, expected, model):
         assert [t["index"] for t in out["top_k"][i]][0] == out["prediction"][i]
 
 
+def test_batches_carry_stage_times(fixtures, expected, model):
+    _, blobs = _images(fixtures, expected)
+    meta = NativeModel(model).score(blobs).schema.metadata
+    pre, fwd = (int(meta[k]) for k in (b"torchspark.preprocess_ns", b"torchspark.forward_ns"))
+    assert pre > 0 and fwd > 0
+
+
 def test_featurizes_like_pytorch(fixtures, expected, model):
     names, blobs = _images(fixtures, expected)
     feats = NativeModel(model).featurize(pa.RecordBatch.from_pydict({"content": blobs}))

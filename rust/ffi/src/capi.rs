@@ -10,7 +10,7 @@ use std::ptr;
 
 use arrow::array::{Array, RecordBatch, StructArray};
 
-use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
 use torchspark_core::{BatchOptions, Error, ModelConfig, Result, Scorer};
 
 use crate::guard;
@@ -198,10 +198,14 @@ unsafe fn call(
             })?;
             let batch = RecordBatch::from(StructArray::from(data));
             let out = run(scorer, &batch, &options)?;
-            let (a, s) =
-                to_ffi(&StructArray::from(out).into_data()).map_err(|e| Error::Internal {
-                    reason: format!("cannot export the result: {e}"),
-                })?;
+            // The schema goes out from the batch's own schema, so that its metadata (the stage
+            // times) crosses too; a struct array's type alone would drop it.
+            let s = FFI_ArrowSchema::try_from(out.schema_ref().as_ref()).map_err(|e| {
+                Error::Internal {
+                    reason: format!("cannot export the result schema: {e}"),
+                }
+            })?;
+            let a = FFI_ArrowArray::new(&StructArray::from(out).into_data());
             // SAFETY: checked non-null; the caller imports (and so releases) them.
             unsafe {
                 ptr::write(out_array, a);
