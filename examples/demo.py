@@ -96,6 +96,13 @@ def main() -> None:
             f"[result] ImageScorer on {n} PNGs ({run}): {dt:.1f} s, {n / dt:,.0f} images/s",
             flush=True,
         )
+    m = scorer.metrics()
+    stages = ("readTimeMs", "bridgeTimeMs", "preprocessTimeMs", "forwardTimeMs")
+    print(
+        "[result] task time by stage (warm run, summed over tasks): "
+        + ", ".join(f"{k[: -len('TimeMs')]} {m[k] / 1000:.2f} s" for k in stages),
+        flush=True,
+    )
 
     # The Python-worker path: the same native code from rdd.mapPartitions.
     t0 = time.time()
