@@ -101,6 +101,10 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
     def read(cls):
         return _Reader(cls)
 
+    @keyword_only
+    def setParams(self, **kwargs):
+        return self._set(**kwargs)
+
     def metrics(self) -> dict[str, int]:
         """Counters of the last transform (after an action): imagesScored, rowsWithErrors,
         rowsSkipped, modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
@@ -153,10 +157,6 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
             topKCol="topK",
         )
         self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(self, **kwargs):
-        return self._set(**kwargs)
 
     def setPredictionCol(self, value: str):
         return self._set(predictionCol=value)
@@ -212,10 +212,6 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         self._java_obj = self._new_java_obj("dev.torchspark.ImageFeaturizer", self.uid)
         self._setDefault(outputCol="features")
         self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(self, **kwargs):
-        return self._set(**kwargs)
 
     def setOutputCol(self, value: str):
         return self._set(outputCol=value)

@@ -26,35 +26,13 @@ class ImageFeaturizer(override val uid: String)
 
   def getOutputCol: String = $(outputCol)
 
-  @transient private var lastMetrics: TorchSparkMetrics = _
-
-  /** Counters of the last `transform` (filled as its actions run). */
-  def metrics: TorchSparkMetrics = lastMetrics
-
-  override def transformSchema(schema: StructType): StructType = {
-    require(isDefined(modelPath), "ImageFeaturizer: set modelPath")
-    require(isDefined(inputCol), "ImageFeaturizer: set inputCol")
-    require(
-      schema.fieldNames.contains(getInputCol),
-      s"ImageFeaturizer: no input column `$getInputCol`"
-    )
-    InputKind.of(getInputCol, schema(getInputCol).dataType)
-    val out = Seq(StructField(getOutputCol, SQLDataTypes.VectorType)) ++
-      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
-    out.foreach { f =>
-      require(
-        !schema.fieldNames.contains(f.name),
-        s"ImageFeaturizer: column `${f.name}` already exists"
-      )
-    }
-    StructType(schema.fields ++ out)
-  }
+  override def transformSchema(schema: StructType): StructType =
+    withOutputs(schema, Seq(StructField(getOutputCol, SQLDataTypes.VectorType)))
 
   override def transform(dataset: Dataset[_]): DataFrame = {
     val schema = transformSchema(dataset.schema, logging = true)
     val df = dataset.toDF()
-    val metrics = TorchSparkMetrics(df.sparkSession.sparkContext, uid)
-    lastMetrics = metrics
+    val metrics = newMetrics(df)
     val decode = (bytes: Array[Byte]) =>
       ArrowCodec.decodeFeatures(bytes).map[Either[String, Seq[Any]]] {
         case (_, error) if error != null => Left(error)

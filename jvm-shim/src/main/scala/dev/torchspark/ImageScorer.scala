@@ -55,16 +55,7 @@ class ImageScorer(override val uid: String)
   def getTopK: Int = $(topK)
   def getTopKCol: String = $(topKCol)
 
-  @transient private var lastMetrics: TorchSparkMetrics = _
-
-  /** Counters of the last `transform` (filled as its actions run). */
-  def metrics: TorchSparkMetrics = lastMetrics
-
   override def transformSchema(schema: StructType): StructType = {
-    require(isDefined(modelPath), "ImageScorer: set modelPath")
-    require(isDefined(inputCol), "ImageScorer: set inputCol")
-    require(schema.fieldNames.contains(getInputCol), s"ImageScorer: no input column `$getInputCol`")
-    InputKind.of(getInputCol, schema(getInputCol).dataType)
     val topKType = ArrayType(
       StructType(
         Seq(
@@ -74,27 +65,21 @@ class ImageScorer(override val uid: String)
         )
       )
     )
-    val out = Seq(
-      StructField(getPredictionCol, DoubleType),
-      StructField(getProbabilityCol, SQLDataTypes.VectorType),
-      StructField(getPredictedLabelCol, StringType),
-      StructField(getTopKCol, topKType)
-    ) ++
-      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
-    out.foreach { f =>
-      require(
-        !schema.fieldNames.contains(f.name),
-        s"ImageScorer: column `${f.name}` already exists"
+    withOutputs(
+      schema,
+      Seq(
+        StructField(getPredictionCol, DoubleType),
+        StructField(getProbabilityCol, SQLDataTypes.VectorType),
+        StructField(getPredictedLabelCol, StringType),
+        StructField(getTopKCol, topKType)
       )
-    }
-    StructType(schema.fields ++ out)
+    )
   }
 
   override def transform(dataset: Dataset[_]): DataFrame = {
     val schema = transformSchema(dataset.schema, logging = true)
     val df = dataset.toDF()
-    val metrics = TorchSparkMetrics(df.sparkSession.sparkContext, uid)
-    lastMetrics = metrics
+    val metrics = newMetrics(df)
     val decode = (bytes: Array[Byte]) =>
       ArrowCodec.decodeScores(bytes).map[Either[String, Seq[Any]]] { s =>
         if (s.error != null) Left(s.error)

@@ -1,6 +1,8 @@
 package dev.torchspark
 
 import org.apache.spark.ml.param._
+import org.apache.spark.sql.DataFrame
+import org.apache.spark.sql.types.{StringType, StructField, StructType}
 
 /** Params shared by [[ImageScorer]] and [[ImageFeaturizer]] (the Python classes mirror them). */
 trait TorchSparkParams extends Params {
@@ -90,4 +92,32 @@ trait TorchSparkParams extends Params {
   final def getPrecision: String = $(precision)
   final def getHandleInvalid: String = $(handleInvalid)
   final def getErrorCol: String = $(errorCol)
+
+  @transient private var lastMetrics: TorchSparkMetrics = _
+
+  /** Counters of the last `transform` (filled as its actions run). */
+  def metrics: TorchSparkMetrics = lastMetrics
+
+  /** Fresh counters for a `transform` of `df`, kept as [[metrics]]. */
+  protected def newMetrics(df: DataFrame): TorchSparkMetrics = {
+    lastMetrics = TorchSparkMetrics(df.sparkSession.sparkContext, uid)
+    lastMetrics
+  }
+
+  /** Checks the shared params against `schema` and appends `outputs` (and `errorCol` with
+    * handleInvalid=keep), refusing a name the input already has.
+    */
+  protected def withOutputs(schema: StructType, outputs: Seq[StructField]): StructType = {
+    val who = getClass.getSimpleName
+    require(isDefined(modelPath), s"$who: set modelPath")
+    require(isDefined(inputCol), s"$who: set inputCol")
+    require(schema.fieldNames.contains(getInputCol), s"$who: no input column `$getInputCol`")
+    InputKind.of(getInputCol, schema(getInputCol).dataType)
+    val out = outputs ++
+      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
+    out.foreach { f =>
+      require(!schema.fieldNames.contains(f.name), s"$who: column `${f.name}` already exists")
+    }
+    StructType(schema.fields ++ out)
+  }
 }
