@@ -1,6 +1,6 @@
 package dev.torchspark.examples
 
-import dev.torchspark.ImageScorer
+import dev.torchspark.{ImageScorer, TorchSpark}
 import org.apache.spark.ml.functions.vector_to_array
 import org.apache.spark.sql.SparkSession
 import org.apache.spark.sql.functions.col
@@ -13,7 +13,9 @@ import org.apache.spark.sql.functions.col
  *   --files model.pt,model.json torchspark-0.1.0.jar \
  *   <image dir> model.pt <output.parquet> [batchSize]
  * }}}
- * `model.pt` may be a local path on every node or the name of a file shipped with --files.
+ * `model.pt` may be a cluster-storage URI (`hdfs://`, `abfs://`, `s3a://`, ...), a local path on
+ * every node, or the name of a file shipped with --files. The images are read recursively, in a
+ * few partitions per task slot (TorchSpark.readImages).
  */
 object ScoreImages {
   def main(args: Array[String]): Unit = {
@@ -24,10 +26,7 @@ object ScoreImages {
     val Array(images, model, output) = args.take(3)
     val batchSize = if (args.length > 3) args(3).toInt else 64
     val spark = SparkSession.builder().appName("torchspark-score-images").getOrCreate()
-    val files = spark.read
-      .format("binaryFile")
-      .option("recursiveFileLookup", "true")
-      .load(images)
+    val files = TorchSpark.readImages(spark, images)
     val scorer = new ImageScorer()
       .setModelPath(model)
       .setInputCol("content")

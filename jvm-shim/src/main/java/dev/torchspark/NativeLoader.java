@@ -31,8 +31,19 @@ final class NativeLoader {
   private static final String RESOURCE = "/native/linux-x86_64/libtorchspark.so";
   private static volatile boolean loaded;
   private static volatile TorchSparkException failure;
+  private static volatile String libtorchSource = "not loaded yet";
 
   private NativeLoader() {}
+
+  /** This node's name, for messages that must say where something failed. */
+  static String hostName() {
+    try {
+      return java.net.InetAddress.getLocalHost().getHostName();
+    } catch (IOException e) {
+      String h = System.getenv("HOSTNAME");
+      return h != null ? h : "unknown-host";
+    }
+  }
 
   static synchronized void load() {
     if (loaded) {
@@ -43,13 +54,16 @@ final class NativeLoader {
     }
     List<String> tried = new ArrayList<>();
     try {
+      checkGlibc();
       preloadLibtorch(tried);
       loadLibrary(tried);
       loaded = true;
     } catch (Throwable t) {
       failure =
           new ModelLoadException(
-              "cannot load the torchspark native library ("
+              "cannot load the torchspark native library on host "
+                  + hostName()
+                  + " ("
                   + t
                   + "); tried: "
                   + String.join("; ", tried)
@@ -70,6 +84,7 @@ final class NativeLoader {
     }
     if (dir == null) {
       tried.add("no libtorch directory found; relying on the library's RUNPATH");
+      libtorchSource = "not found (library RUNPATH)";
       return;
     }
     for (String name : new String[] {"libc10.so", "libtorch_cpu.so"}) {
@@ -81,6 +96,60 @@ final class NativeLoader {
       System.load(f.getAbsolutePath());
     }
     tried.add("libtorch from " + dir);
+    libtorchSource = dir;
+  }
+
+  /** Where libtorch was loaded from, for the doctor. */
+  static String libtorchSource() {
+    return libtorchSource;
+  }
+
+  /** The newest glibc the embedded library references (written at build time), or "unknown". */
+  static String glibcNeeded() {
+    try (InputStream in = NativeLoader.class.getResourceAsStream(RESOURCE + ".glibc")) {
+      return in == null ? "unknown" : new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
+    } catch (IOException e) {
+      return "unknown";
+    }
+  }
+
+  /** This node's glibc version ({@code getconf GNU_LIBC_VERSION}), or "unknown". */
+  static String nodeGlibc() {
+    try {
+      Process p = new ProcessBuilder("getconf", "GNU_LIBC_VERSION").redirectErrorStream(true).start();
+      String out;
+      try (InputStream in = p.getInputStream()) {
+        out = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
+      }
+      p.waitFor(10, TimeUnit.SECONDS);
+      java.util.regex.Matcher m = java.util.regex.Pattern.compile("(\\d+\\.\\d+)").matcher(out);
+      return m.find() ? m.group(1) : "unknown";
+    } catch (IOException | InterruptedException e) {
+      return "unknown";
+    }
+  }
+
+  /** A node older than the library's glibc gets a plain sentence, not a linker error. */
+  private static void checkGlibc() {
+    String need = glibcNeeded();
+    String have = nodeGlibc();
+    if (!need.equals("unknown") && !have.equals("unknown") && older(have, need)) {
+      throw new IllegalStateException(
+          "this node (" + hostName() + ") has glibc " + have + "; torchspark needs " + need);
+    }
+  }
+
+  static boolean older(String a, String b) {
+    String[] x = a.split("\\.");
+    String[] y = b.split("\\.");
+    for (int i = 0; i < Math.max(x.length, y.length); i++) {
+      int u = i < x.length ? Integer.parseInt(x[i]) : 0;
+      int v = i < y.length ? Integer.parseInt(y[i]) : 0;
+      if (u != v) {
+        return u < v;
+      }
+    }
+    return false;
   }
 
   /** Asks the node's Python where torch lives, without importing it (fast). */

@@ -37,8 +37,16 @@ private[torchspark] object NativeRunner {
     sb.append('"').toString
   }
 
+  /** The native ModelConfig for a local path or a `--files` name. */
   def configJson(path: String, device: String, threads: Int, precision: String): String =
-    s"""{"model_path": ${json(resolveModel(path))}, "device": ${json(device)}, """ +
+    configFor(resolveModel(path), device, threads, precision)
+
+  /** The native ModelConfig for a model source (fetched into the node cache when remote). */
+  def configJson(source: ModelSource, device: String, threads: Int, precision: String): String =
+    configFor(source.localPath(), device, threads, precision)
+
+  private def configFor(local: String, device: String, threads: Int, precision: String): String =
+    s"""{"model_path": ${json(local)}, "device": ${json(device)}, """ +
       s""""num_threads": $threads, "precision": ${json(precision)}}"""
 
   private val reportedLoads = new AtomicLong(0)
@@ -78,11 +86,13 @@ private[torchspark] object NativeRunner {
     val inIdx = df.schema.fieldIndex(p.getInputCol)
     val kind = InputKind.of(p.getInputCol, df.schema(inIdx).dataType)
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
-    val (modelPath, device, numThreads, precision) =
-      (p.getModelPath, p.getDevice, p.getNumThreads, p.getPrecision)
+    val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
+    // A model in cluster storage that is missing fails here, on the driver, before the job.
+    val source = ModelSource(df.sparkSession, p.getModelPath)
+    source.check()
     val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
     df.mapPartitions { input: Iterator[Row] =>
-      val config = configJson(modelPath, device, threadsFor(numThreads), precision)
+      val config = configJson(source, device, threadsFor(numThreads), precision)
       val handle = openForTask(config, metrics)
       val clock = new StageClock(metrics)
       val ctx = Option(TaskContext.get())

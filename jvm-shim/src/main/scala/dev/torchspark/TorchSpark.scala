@@ -2,7 +2,7 @@ package dev.torchspark
 
 import java.util.concurrent.ConcurrentHashMap
 
-import org.apache.spark.sql.{Row, SparkSession}
+import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.api.java.UDF1
 import org.apache.spark.sql.types._
 
@@ -23,6 +23,9 @@ object TorchSpark {
   // any task thread; a Scorer is shareable between threads, so handles live for the JVM.
   private val udfHandles = new ConcurrentHashMap[String, java.lang.Long]()
 
+  // UDFs run row by row: resolve (and, for a remote model, stat and fetch) once per JVM.
+  private val udfConfigs = new ConcurrentHashMap[(String, String, Int), String]()
+
   private def handle(config: String): Long =
     udfHandles.computeIfAbsent(config, c => java.lang.Long.valueOf(NativeBridge.openModel(c)))
 
@@ -38,7 +41,8 @@ object TorchSpark {
       device: String = "cpu",
       numThreads: Int = 1
   ): Unit = {
-    val path = modelPath
+    val path = ModelSource(spark, modelPath)
+    path.check()
     val score: UDF1[Array[Byte], Row] = (content: Array[Byte]) => {
       val s =
         ArrowCodec.decodeScores(call(path, device, numThreads, content, NativeBridge.score))(0)
@@ -57,19 +61,72 @@ object TorchSpark {
   }
 
   private def call(
-      path: String,
+      source: ModelSource,
       device: String,
       threads: Int,
       content: Array[Byte],
       native: (Long, Array[Byte], String) => Array[Byte]
   ): Array[Byte] = {
-    val config = NativeRunner.configJson(path, device, threads, "fp32")
+    val config = udfConfigs.computeIfAbsent(
+      (source.path, device, threads),
+      _ => NativeRunner.configJson(source, device, threads, "fp32")
+    )
     native(
       handle(config),
       ArrowCodec.encode(InputKind.Binary, Array[Any](content)),
       """{"top_k": 1}"""
     )
   }
+
+  /** Image files under `path` (binaryFile rows: path, modificationTime, length, content),
+    * searched recursively and filtered by the file-name glob `pattern`, in a few partitions per
+    * task slot: Spark's default of one partition per 4 MB of small files (`openCostInBytes`) would
+    * give thousands of tiny tasks, and a model call per few images.
+    */
+  def readImages(
+      spark: SparkSession,
+      path: String,
+      pattern: String = "*",
+      partitionsPerSlot: Int = 3
+  ): DataFrame = {
+    require(partitionsPerSlot >= 1, "partitionsPerSlot must be >= 1")
+    val df = spark.read
+      .format("binaryFile")
+      .option("recursiveFileLookup", "true")
+      .option("pathGlobFilter", pattern)
+      .load(path)
+    // Coalescing merges file splits without a shuffle; asking for more partitions is a no-op.
+    df.coalesce(imagePartitions(df.inputFiles.length, taskSlots(spark), partitionsPerSlot))
+  }
+
+  /** readImages(spark, path) for Java and py4j callers. */
+  def readImages(spark: SparkSession, path: String): DataFrame = readImages(spark, path, "*", 3)
+
+  /** Partitions for `files` images: `perSlot` per task slot, never more than one per file. */
+  def imagePartitions(files: Int, slots: Int, perSlot: Int): Int =
+    math.max(1, math.min(files, slots * perSlot))
+
+  /** Task slots of the application: its cores (registered, or asked for with
+    * spark.executor.instances × spark.executor.cores) over spark.task.cpus.
+    */
+  def taskSlots(spark: SparkSession): Int = {
+    val conf = spark.sparkContext.getConf
+    val asked = conf.getInt("spark.executor.instances", 0) * conf.getInt("spark.executor.cores", 1)
+    math.max(1, math.max(spark.sparkContext.defaultParallelism, asked) / conf.getInt("spark.task.cpus", 1))
+  }
+
+  /** Checks every executor (host, executor, libtorch, ISA, bf16, loads and scores a tiny model),
+    * prints the table and returns its rows; what to run when executors fail to load.
+    */
+  def doctor(spark: SparkSession): Seq[DoctorRow] = {
+    val rows = Doctor.rows(spark, math.max(2, taskSlots(spark) * 4))
+    println(Doctor.table(rows))
+    rows
+  }
+
+  /** The doctor's rows as JSON lines, for the Python twin. */
+  def doctorJson(spark: SparkSession, tasks: Int): Array[String] =
+    Doctor.rows(spark, tasks).map(_.toJson).toArray
 
   /** Models loaded from disk by this JVM (on the driver in local mode: every executor). */
   def nativeModelLoads(): Long = NativeBridge.loadCount()

@@ -10,7 +10,8 @@ trait TorchSparkParams extends Params {
   final val modelPath: Param[String] = new Param[String](
     this,
     "modelPath",
-    "path of the TorchScript .pt (its spec .json beside it); a local path on every node, or " +
+    "path of the model file (its spec .json beside it): a Hadoop FileSystem URI (hdfs://, " +
+      "abfs://, s3a://, ...; copied once per node), a local path on every node, or the name of " +
       "a file shipped with --files / SparkContext.addFile",
     (p: String) => p != null && p.nonEmpty
   )

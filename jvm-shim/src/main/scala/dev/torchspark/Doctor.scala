@@ -1,0 +1,128 @@
+package dev.torchspark
+
+import java.nio.charset.StandardCharsets
+import java.nio.file.{Files, Paths, StandardCopyOption}
+
+import scala.util.control.NonFatal
+
+import com.fasterxml.jackson.databind.ObjectMapper
+import org.apache.spark.SparkEnv
+import org.apache.spark.sql.SparkSession
+
+/** One executor's answer to the doctor: where it runs, what its CPU has, where libtorch came
+  * from, and whether the library loads and a tiny bundled model scores the expected numbers.
+  */
+final case class DoctorRow(
+    host: String,
+    executor: String,
+    libtorch: String,
+    isa: String,
+    bf16: String,
+    glibc: String,
+    ok: Boolean,
+    status: String
+) {
+  def toJson: String = {
+    val m = new java.util.LinkedHashMap[String, Any]()
+    m.put("side", "jvm"); m.put("host", host); m.put("executor", executor)
+    m.put("libtorch", libtorch); m.put("isa", isa); m.put("bf16", bf16); m.put("glibc", glibc)
+    m.put("ok", ok); m.put("status", status)
+    new ObjectMapper().writeValueAsString(m)
+  }
+}
+
+/** The node check of `python -m torchspark.node check`, inside an executor JVM. */
+object Doctor {
+
+  /** This JVM's answer, computed once (later tasks on the same executor reuse it). */
+  lazy val local: DoctorRow = run()
+
+  def cpuFlags(): Set[String] =
+    try {
+      val text = new String(Files.readAllBytes(Paths.get("/proc/cpuinfo")), StandardCharsets.UTF_8)
+      text.split("\n").find(_.startsWith("flags")).map(_.split(":", 2)(1).trim.split("\\s+").toSet)
+        .getOrElse(Set.empty)
+    } catch { case NonFatal(_) => Set.empty }
+
+  def isaSummary(flags: Set[String]): (String, String) = {
+    val isa = Seq("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+      "amx_int8").filter(flags.contains)
+    val bf16 =
+      if (flags.contains("amx_bf16")) "native (AMX)"
+      else if (flags.contains("avx512_bf16")) "native (avx512_bf16)"
+      else "emulated (slow: use fp32)"
+    (if (isa.isEmpty) "none of avx2/avx512" else isa.mkString(" "), bf16)
+  }
+
+  private def run(): DoctorRow = {
+    val host = NativeLoader.hostName()
+    val executor = Option(SparkEnv.get).map(_.executorId).getOrElse("none")
+    val (isa, bf16) = isaSummary(cpuFlags())
+    val glibc = s"node has ${NativeLoader.nodeGlibc()}; torchspark needs ${NativeLoader.glibcNeeded()}"
+    def row(ok: Boolean, status: String) =
+      DoctorRow(host, executor, NativeLoader.libtorchSource(), isa, bf16, glibc, ok, status)
+    try {
+      NativeBridge.loadCount() // loads the library, or throws the kept failure
+      val diff = scoreTiny()
+      if (diff < 1e-4) row(ok = true, f"loaded; tiny model max |diff| vs PyTorch $diff%.1e")
+      else row(ok = false, f"loaded, but the tiny model is off by $diff%.1e")
+    } catch {
+      case NonFatal(e) => row(ok = false, String.valueOf(e.getMessage))
+      case e: LinkageError => row(ok = false, e.toString)
+    }
+  }
+
+  /** Scores the bundled 8×8 PNG with the bundled tiny model; max |diff| to PyTorch's numbers. */
+  private def scoreTiny(): Double = {
+    val dir = Files.createTempDirectory("torchspark-doctor")
+    try {
+      Seq("tiny.pt", "tiny.json", "tiny.png", "tiny.expected.json").foreach { f =>
+        val in = getClass.getResourceAsStream(s"/torchspark/data/$f")
+        if (in == null) throw new IllegalStateException(s"$f is not in the jar")
+        try Files.copy(in, dir.resolve(f), StandardCopyOption.REPLACE_EXISTING)
+        finally in.close()
+      }
+      val png = Files.readAllBytes(dir.resolve("tiny.png"))
+      val expected = new ObjectMapper().readTree(dir.resolve("tiny.expected.json").toFile)
+      val want = (0 until expected.get("probability").get(0).size)
+        .map(i => expected.get("probability").get(0).get(i).asDouble)
+      val config =
+        s"""{"model_path": ${NativeRunner.json(dir.resolve("tiny.pt").toString)}, """ +
+          """"device": "cpu", "num_threads": 1, "precision": "fp32"}"""
+      val h = NativeBridge.openModel(config)
+      try {
+        val s = ArrowCodec.decodeScores(
+          NativeBridge.score(h, ArrowCodec.encode(InputKind.Binary, Array[Any](png)), "{}")
+        )(0)
+        if (s.error != null) throw new IllegalStateException(s"tiny model: ${s.error}")
+        s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
+      } finally NativeBridge.closeModel(h)
+    } finally {
+      Option(dir.toFile.listFiles()).foreach(_.foreach(_.delete()))
+      dir.toFile.delete()
+      ()
+    }
+  }
+
+  /** Runs the check on the executors with `tasks` tiny tasks and keeps one row per executor. */
+  def rows(spark: SparkSession, tasks: Int): Seq[DoctorRow] = {
+    val sc = spark.sparkContext
+    sc.parallelize(0 until tasks, tasks)
+      .mapPartitions(_ => Iterator(local))
+      .collect()
+      .groupBy(r => (r.host, r.executor))
+      .values
+      .map(_.head)
+      .toSeq
+      .sortBy(r => (r.host, r.executor))
+  }
+
+  def table(rows: Seq[DoctorRow]): String = {
+    val cols = Seq("host", "executor", "libtorch", "isa", "bf16", "status")
+    val cells =
+      rows.map(r => Seq(r.host, r.executor, r.libtorch, r.isa, r.bf16, r.status).map(_.take(80)))
+    val widths = cols.indices.map(i => (cols(i) +: cells.map(_(i))).map(_.length).max)
+    def line(xs: Seq[String]) = xs.zip(widths).map { case (x, w) => x.padTo(w, ' ') }.mkString("  ")
+    (line(cols) +: line(widths.map("-" * _)) +: cells.map(line)).mkString("\n")
+  }
+}
