@@ -8,6 +8,7 @@
 import sys
 import types
 
+from torchspark.cluster import read_images, ship_model
 from torchspark.errors import (
     ConfigError,
     DeviceError,
@@ -19,6 +20,7 @@ from torchspark.errors import (
 )
 from torchspark.evaluate import Evaluation, evaluate
 from torchspark.native import SCORE_SCHEMA, NativeModel, score_arrow, score_partitions
+from torchspark.node import doctor
 from torchspark.session import jar_path, local_session, register_udfs
 
 
@@ -63,12 +65,15 @@ __all__ = [
     "ModelSpecError",
     "NativeModel",
     "TorchSparkError",
+    "doctor",
     "evaluate",
     "export_model",
     "jar_path",
     "local_session",
+    "read_images",
     "register_udfs",
     "score_arrow",
     "score_partitions",
+    "ship_model",
 ]
 __version__ = "0.1.0"

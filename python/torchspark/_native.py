@@ -5,8 +5,14 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import socket
+import sys
 import threading
 from pathlib import Path
+
+from torchspark import _elf
+
+_TORCH = "2.13.0"
 
 _PKG = Path(__file__).resolve().parent
 _lock = threading.Lock()
@@ -55,6 +61,15 @@ def libtorch_dir() -> Path | None:
     return None
 
 
+def _check_glibc(so: Path) -> None:
+    need, have = _elf.glibc_needed(so), _elf.node_glibc()
+    if need and have and _elf.older(have, need):
+        raise OSError(f"this node has glibc {have}; torchspark needs {need}")
+    need, have = _elf.glibcxx_needed(so), _elf.node_glibcxx()
+    if need and have and _elf.older(have, need):
+        raise OSError(f"this node's libstdc++ has GLIBCXX {have}; torchspark needs {need}")
+
+
 def lib() -> ctypes.CDLL:
     """Loads the library once per process; a failure is kept and raised again."""
     global _lib, _failure
@@ -64,15 +79,27 @@ def lib() -> ctypes.CDLL:
         if _failure is not None:
             raise _failure
         try:
+            so_path = library_path()
+            _check_glibc(so_path)
             d = libtorch_dir()
             if d is not None:
                 for name in ("libc10.so", "libtorch_cpu.so"):
                     ctypes.CDLL(str(d / name), mode=ctypes.RTLD_GLOBAL)
-            so = ctypes.CDLL(str(library_path()))
+            try:
+                so = ctypes.CDLL(str(so_path))
+            except OSError as e:
+                if d is None:  # say what is missing rather than only the linker's words
+                    raise OSError(
+                        f"{e}; torch=={_TORCH} is not installed for {sys.executable} and "
+                        "TORCHSPARK_LIBTORCH_DIR is not set"
+                    ) from e
+                raise
         except OSError as e:
             from torchspark.errors import ModelLoadError
 
-            _failure = ModelLoadError(f"cannot load the torchspark native library: {e}")
+            _failure = ModelLoadError(
+                f"cannot load the torchspark native library on host {socket.gethostname()}: {e}"
+            )
             raise _failure from e
         u64, i32, cp = ctypes.c_uint64, ctypes.c_int32, ctypes.c_char_p
         errp = ctypes.POINTER(ctypes.c_void_p)

@@ -16,6 +16,7 @@ from typing import Any, Self
 import pyarrow as pa
 
 from torchspark import _native
+from torchspark.cluster import is_remote, resolve_local, ship_model
 from torchspark.errors import BY_CODE, ConfigError, TorchSparkError
 
 
@@ -43,7 +44,7 @@ class NativeModel:
         num_threads: int | None = None,
         precision: str = "fp32",
     ) -> None:
-        self.model_path = os.fspath(model_path)
+        self.model_path = resolve_local(os.fspath(model_path))
         self.device = device
         self.num_threads = num_threads or _default_threads()
         self.precision = precision
@@ -149,6 +150,20 @@ def as_record_batch(batch: Any) -> pa.RecordBatch:
 
 # ---- helpers for Spark's Python workers -----------------------------------------------------
 
+
+def _for_workers(model_path: str) -> str:
+    """On the driver, a cluster-storage model is shipped to the executors (see ship_model)."""
+    if not is_remote(model_path):
+        return model_path
+    try:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    except ImportError:  # pragma: no cover - no pyspark: NativeModel reports the URI
+        spark = None
+    return ship_model(spark, model_path) if spark is not None else model_path
+
+
 SCORE_SCHEMA = (
     "path string, prediction int, predicted_label string, probability array<float>, error string"
 )
@@ -162,7 +177,11 @@ def score_partitions(
     device: str = "cpu",
 ):
     """A function for `rdd.mapPartitions`: Rows with `key_col` and `content_col` in, tuples
-    (key, prediction, predicted_label, probability, error) out, in order."""
+    (key, prediction, predicted_label, probability, error) out, in order.
+
+    `model_path` is a local path, a shipped file's name, or a cluster-storage URI (shipped to
+    the executors when this is called on the driver)."""
+    model_path = _for_workers(model_path)
 
     def run(rows: Iterator[Any]) -> Iterator[tuple]:
         model = NativeModel(model_path, device=device)
@@ -193,7 +212,10 @@ def score_arrow(
     batch_size: int = 64,
     device: str = "cpu",
 ):
-    """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code."""
+    """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code.
+
+    `model_path` as for `score_partitions`."""
+    model_path = _for_workers(model_path)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = NativeModel(model_path, device=device)

@@ -1,0 +1,122 @@
+"""Cluster helpers: reading many small image files, and models kept in cluster storage.
+
+`read_images` gives binaryFile rows in a few partitions per task slot (Spark's default packs
+small files one partition per 4 MB, i.e. thousands of tiny tasks). `ship_model` makes a model
+that lives at a Hadoop FileSystem URI (`hdfs://`, `abfs://`, `s3a://`, ...) reachable by name
+from Spark's Python workers, which have no Hadoop client: Spark fetches it once per executor
+(`SparkContext.addFile`). The JVM transformers read such URIs themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
+def is_remote(path: str) -> bool:
+    """A URI with a scheme other than file: (hdfs://, abfs://, s3a://, ...)."""
+    return bool(_REMOTE.match(path)) and not path.startswith("file:")
+
+
+def spec_path(model_path: str) -> str:
+    """The spec beside a model: `model.pt` -> `model.json`."""
+    head, tail = model_path.rsplit("/", 1) if "/" in model_path else ("", model_path)
+    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
+    return f"{head}/{stem}.json" if head else f"{stem}.json"
+
+
+def task_slots(spark) -> int:
+    """Task slots of the application: its cores over spark.task.cpus."""
+    conf = spark.conf
+    cpus = int(conf.get("spark.task.cpus", "1") or 1)
+    asked = int(conf.get("spark.executor.instances", "0") or 0) * int(
+        conf.get("spark.executor.cores", "1") or 1
+    )
+    try:
+        cores = spark.sparkContext.defaultParallelism
+    except Exception:  # noqa: BLE001  (Spark Connect raises its own error for sparkContext)
+        cores = int(conf.get("spark.default.parallelism", "0") or 0) or 2
+    return max(1, max(cores, asked) // cpus)
+
+
+def image_partitions(files: int, slots: int, per_slot: int) -> int:
+    """`per_slot` partitions per task slot, never more than one per file."""
+    return max(1, min(files, slots * per_slot))
+
+
+def read_images(spark, path: str, pattern: str = "*", partitions_per_slot: int = 3):
+    """Image files under `path` as binaryFile rows (path, modificationTime, length, content).
+
+    Searches `path` recursively (it may itself hold globs) and keeps file names that match
+    `pattern` (e.g. ``"*.png"``); the rows come in a few partitions per task slot, so that each
+    task makes full model batches and a failed task costs little to retry.
+    """
+    if partitions_per_slot < 1:
+        raise ValueError("partitions_per_slot must be >= 1")
+    df = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", pattern)
+        .load(path)
+    )
+    n = image_partitions(len(df.inputFiles()), task_slots(spark), partitions_per_slot)
+    # Coalescing merges file splits without a shuffle; asking for more partitions is a no-op.
+    return df.coalesce(n)
+
+
+def ship_model(spark, uri: str) -> str:
+    """Makes the model at `uri` (and its spec beside it) available to every executor.
+
+    `uri` is a cluster-storage URI or a file on the driver (a path or `file:` URI). Both files
+    go through `SparkContext.addFile` (Spark copies them once per executor) and the file's name
+    is returned: `NativeModel(name)` finds it on the workers through `SparkFiles`.
+    """
+    from torchspark.errors import ModelLoadError
+
+    sc = spark.sparkContext if hasattr(spark, "sparkContext") else spark
+    jvm = sc._jvm
+    # Checked here, on the driver, so that a missing model fails before any job starts.
+    for what, u in (("model", uri), ("model spec (it sits beside the model)", spec_path(uri))):
+        p = jvm.org.apache.hadoop.fs.Path(u)
+        try:
+            exists = p.getFileSystem(sc._jsc.hadoopConfiguration()).exists(p)
+        except Exception as e:  # noqa: BLE001  (py4j's error: unreachable storage, bad scheme)
+            raise ModelLoadError(f"cannot reach {what} {u}: {_java_message(e)}") from None
+        if not exists:
+            raise ModelLoadError(f"{what} {u} not found")
+    for u in (uri, spec_path(uri)):
+        sc.addFile(u)
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def resolve_local(model_path: str) -> str:
+    """A model path usable in this process: the path itself, or a file shipped by name
+    (`--files`, `SparkContext.addFile`, `ship_model`) found through SparkFiles."""
+    from torchspark.errors import ModelLoadError
+
+    if is_remote(model_path):
+        raise ModelLoadError(
+            f"{model_path}: the Python-worker path reads local files only; on the driver, "
+            "torchspark.ship_model(spark, uri) ships it to the executors (or use ImageScorer, "
+            "which reads cluster storage itself)"
+        )
+    path = model_path.removeprefix("file:")
+    path = path.removeprefix("//")
+    if os.path.isfile(path):
+        return path
+    try:
+        from pyspark import SparkFiles
+
+        shipped = SparkFiles.get(os.path.basename(path))
+    except (ImportError, TypeError, AttributeError):  # no Spark, or no SparkFiles root here
+        shipped = ""
+    return (
+        shipped if shipped and os.path.isfile(shipped) else model_path
+    )  # the native side reports the missing file by this name
+
+
+def _java_message(e: Exception) -> str:
+    java = getattr(e, "java_exception", None)
+    return str(java.toString()) if java is not None else str(e).splitlines()[0]
