@@ -26,6 +26,8 @@ $(VENV)/.installed: python/requirements.txt python/pyproject.toml
 
 native: $(VENV)/.installed ## Rust release build of the cdylib
 	$(CARGO_ENV) cargo build --release --locked
+	@# The newest glibc it references: the loaders compare it with the node's before loading.
+	$(PY) python/torchspark/_elf.py $(SO) > $(SO).glibc
 
 jar: native ## the Spark jar, with the .so embedded
 	$(MVN) -q -DskipTests package
@@ -34,10 +36,13 @@ jar: native ## the Spark jar, with the .so embedded
 	cp $(SO) python/torchspark/lib/
 	cp $(JAR) python/torchspark/jars/
 
+dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), the jar, SHA256SUMS
+	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --out dist
+
 demo: setup ## the main job: train ResNet-20 on digits, score 10,000 PNGs on Spark, report
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark + notebook)
+test: setup dist ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark, clusters, dist, notebook)
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
@@ -61,4 +66,4 @@ clean: ## remove build outputs (keeps .venv)
 	cargo clean
 	rm -rf jvm-shim/target tests/fixtures/out
 
-.PHONY: help setup native jar demo test bench lint fmt clean
+.PHONY: help setup native jar dist demo test bench lint fmt clean
