@@ -20,7 +20,6 @@ from torchspark.errors import (
 )
 from torchspark.evaluate import Evaluation, evaluate
 from torchspark.native import SCORE_SCHEMA, NativeModel, score_arrow, score_partitions
-from torchspark.node import doctor
 from torchspark.session import jar_path, local_session, register_udfs
 
 
@@ -29,6 +28,13 @@ def export_model(module, path, spec, **kwargs):
     from torchspark.export import export_model as _export
 
     return _export(module, path, spec, **kwargs)
+
+
+def doctor(spark, **kwargs):
+    """The node check on every executor, as a table (see torchspark.node.doctor)."""
+    from torchspark.node import doctor as _doctor
+
+    return _doctor(spark, **kwargs)
 
 
 def __getattr__(name):

@@ -229,7 +229,7 @@ def doctor(spark, tasks_per_slot: int = 4, show: bool = True) -> list[dict]:
                 "side": "python",
                 "host": host,
                 "executor": f"python workers of pid {parent}",
-                "libtorch": get.get("torch", {}).get("detail", ""),
+                "libtorch": get.get("torch", {}).get("detail", "").split("libtorch at ")[-1],
                 "isa": get.get("cpu", {}).get("detail", ""),
                 "bf16": get.get("bf16", {}).get("detail", ""),
                 "glibc": get.get("glibc", {}).get("detail", ""),
