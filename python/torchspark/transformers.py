@@ -20,7 +20,7 @@ class _Reader(JavaMLReader):
 
 class _TorchSparkParams(Params):
     modelPath = Param(
-        Params._dummy(), "modelPath", "path of the TorchScript .pt", TypeConverters.toString
+        Params._dummy(), "modelPath", "path of the model (.pt or .pt2)", TypeConverters.toString
     )
     inputCol = Param(Params._dummy(), "inputCol", "image column", TypeConverters.toString)
     batchSize = Param(Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt)

@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "python"))
 
 
 def _ensure_fixtures() -> Path:
-    if not all((FIXTURES / f).exists() for f in ("expected.json", "resnet20_params.pt")):
+    if not all((FIXTURES / f).exists() for f in ("expected.json", "tuple_net_cuda.pt2")):
         subprocess.run(
             [sys.executable, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],
             check=True,

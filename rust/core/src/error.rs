@@ -13,9 +13,14 @@ pub enum Error {
     #[error("model file {path}: {reason}")]
     ModelNotFound { path: PathBuf, reason: String },
 
-    /// libtorch refused the model file (not TorchScript, truncated, wrong version...).
-    #[error("cannot load TorchScript model {path}: {reason}")]
-    ModelLoad { path: PathBuf, reason: String },
+    /// libtorch refused the model file (not TorchScript or an AOTInductor package, truncated,
+    /// wrong version, compiled for another device...); `format` is what it was read as.
+    #[error("cannot load {format} {path}: {reason}")]
+    ModelLoad {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
 
     /// The model file's sha256 is not the pinned one.
     #[error("model file {path}: sha256 is {actual}, but {expected} was pinned")]
@@ -84,7 +89,7 @@ impl Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum ErrorKind {
-    /// Model missing, unreadable, not TorchScript, or checksum mismatch.
+    /// Model missing, unreadable, not a loadable model, or checksum mismatch.
     ModelLoad = 1,
     /// The model spec JSON is wrong.
     Spec = 2,

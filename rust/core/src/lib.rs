@@ -1,9 +1,9 @@
-//! torchspark-core: TorchScript scoring and featurizing over Arrow batches.
+//! torchspark-core: TorchScript and AOTInductor scoring and featurizing over Arrow batches.
 //!
 //! This crate knows nothing of JNI or Python; the `torchspark` cdylib wraps it for both.
 //!
 //! - [`model`]: the process-wide registry (one model per file, device and precision).
-//! - [`spec`]: the JSON model spec beside each `.pt`.
+//! - [`spec`]: the JSON model spec beside each `.pt` / `.pt2`.
 //! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
@@ -17,5 +17,5 @@ mod sys;
 
 pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
-pub use model::{ModelConfig, Precision, load_count};
-pub use spec::ModelSpec;
+pub use model::{Format, ModelConfig, Precision, load_count};
+pub use spec::{FilePrecision, ModelSpec};

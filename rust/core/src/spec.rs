@@ -1,4 +1,4 @@
-//! The model spec: a JSON file beside the model (`model.pt` → `model.json`).
+//! The model spec: a JSON file beside the model (`model.pt` or `model.pt2` → `model.json`).
 //!
 //! It is a public format that people write by hand, so it is strict: an unknown field or two
 //! fields that contradict each other are rejected with a message that names the field.
@@ -41,6 +41,31 @@ pub struct ModelSpec {
     /// A pinned sha256 (hex) of the model file; loading refuses any other file.
     #[serde(default)]
     pub sha256: Option<String>,
+    /// The precision the model file itself computes in (written by `export_model`; absent
+    /// means `fp32`). For an AOTInductor package it is a property of its compiled code.
+    #[serde(default)]
+    pub precision: Option<FilePrecision>,
+}
+
+/// What a model file computes in: fixed at export, unlike the runtime `precision` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilePrecision {
+    #[default]
+    Fp32,
+    Bf16,
+    /// Post-training static quantization (PT2E, x86 Inductor quantizer), float in and out.
+    Int8,
+}
+
+impl std::fmt::Display for FilePrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FilePrecision::Fp32 => "fp32",
+            FilePrecision::Bf16 => "bf16",
+            FilePrecision::Int8 => "int8",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -365,5 +390,17 @@ mod tests {
         assert_eq!(s.input.channels, 3);
         assert_eq!(s.output, OutputKind::Logits);
         assert_eq!(s.mean_std(), (vec![0.0; 3], vec![1.0; 3]));
+        assert_eq!(s.precision, None);
+    }
+
+    #[test]
+    fn precision_names_what_the_file_computes_in() {
+        let s = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int8"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.precision, Some(FilePrecision::Int8));
+        let e = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int4"}"#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("int4"), "{e}");
     }
 }

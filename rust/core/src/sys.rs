@@ -55,14 +55,7 @@ static CUDA: Once = Once::new();
 pub(crate) fn load_cuda_backend() {
     CUDA.call_once(|| {
         // Next to the libtorch_cpu.so this process really loaded, else by the search path.
-        let beside = std::fs::read_to_string("/proc/self/maps")
-            .ok()
-            .and_then(|maps| {
-                maps.lines()
-                    .filter_map(|l| l.split_whitespace().nth(5))
-                    .find(|p| p.ends_with("/libtorch_cpu.so"))
-                    .map(|p| p.replace("/libtorch_cpu.so", "/libtorch_cuda.so"))
-            });
+        let beside = loaded_beside_torch_cpu("libtorch_cuda.so");
         for name in beside.into_iter().chain(["libtorch_cuda.so".to_string()]) {
             let Ok(c_name) = CString::new(name) else {
                 continue;
@@ -73,4 +66,40 @@ pub(crate) fn load_cuda_backend() {
             }
         }
     });
+}
+
+static LIBTORCH: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+/// An AOTInductor package's `*.wrapper.so` NEEDS `libtorch.so` by name and has no RUNPATH,
+/// and this library links only `libtorch_cpu.so`: make `libtorch.so` (beside the loaded
+/// `libtorch_cpu.so`) global once, before the first package loads, from any host.
+pub(crate) fn load_libtorch_global() -> Result<(), String> {
+    LIBTORCH
+        .get_or_init(|| {
+            let beside = loaded_beside_torch_cpu("libtorch.so");
+            let tried: Vec<String> = beside.into_iter().chain(["libtorch.so".into()]).collect();
+            for name in &tried {
+                let Ok(c_name) = CString::new(name.as_str()) else {
+                    continue;
+                };
+                // SAFETY: dlopen with a valid C string; a null result just means "not there".
+                if !unsafe { dlopen(c_name.as_ptr(), RTLD_NOW | RTLD_GLOBAL) }.is_null() {
+                    return Ok(());
+                }
+            }
+            Err(format!("could not load libtorch.so from {}", tried.join(" or ")))
+        })
+        .clone()
+}
+
+/// `name` in the directory of the `libtorch_cpu.so` this process really loaded.
+fn loaded_beside_torch_cpu(name: &str) -> Option<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            maps.lines()
+                .filter_map(|l| l.split_whitespace().nth(5))
+                .find(|p| p.ends_with("/libtorch_cpu.so"))
+                .map(|p| p.replace("/libtorch_cpu.so", &format!("/{name}")))
+        })
 }

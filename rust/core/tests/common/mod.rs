@@ -28,7 +28,7 @@ pub fn fixtures() -> PathBuf {
     let root = repo_root();
     let out = root.join("tests/fixtures/out");
     let _lock = MAKE.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.join("expected.json").exists() || !out.join("resnet20_params.pt").exists() {
+    if !out.join("expected.json").exists() || !out.join("tuple_net_cuda.pt2").exists() {
         let python = std::env::var("TORCHSPARK_PYTHON")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join(".venv/bin/python"));
@@ -75,6 +75,28 @@ pub fn expected() -> Vec<Expected> {
             probability_bf16: floats(&e["resnet20"]["probability_bf16"]),
             tuple_probability: floats(&e["tuple_net"]["probability"]),
             tuple_features: floats(&e["tuple_net"]["features"]),
+        })
+        .collect()
+}
+
+/// PyTorch's outputs for one fixture model (`resnet20_aoti`, `tuple_net_int8`, ...), per image.
+pub struct ModelExpected {
+    pub file: String,
+    pub probability: Vec<f32>,
+    pub features: Vec<f32>,
+}
+
+pub fn expected_for(model: &str) -> Vec<ModelExpected> {
+    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| ModelExpected {
+            file: e["file"].as_str().unwrap().to_string(),
+            probability: floats(&e[model]["probability"]),
+            features: floats(&e[model]["features"]),
         })
         .collect()
 }

@@ -10,8 +10,9 @@ trait TorchSparkParams extends Params {
   final val modelPath: Param[String] = new Param[String](
     this,
     "modelPath",
-    "path of the model file (its spec .json beside it): a Hadoop FileSystem URI (hdfs://, " +
-      "abfs://, s3a://, ...; copied once per node), a local path on every node, or the name of " +
+    "path of the model file, a TorchScript .pt or an AOTInductor .pt2 (its spec .json beside " +
+      "it): a Hadoop FileSystem URI (hdfs://, abfs://, s3a://, ...; copied once per node), a " +
+      "local path on every node, or the name of " +
       "a file shipped with --files / SparkContext.addFile",
     (p: String) => p != null && p.nonEmpty
   )

@@ -22,7 +22,7 @@ object TorchSparkSuite {
   var spark: SparkSession = _
 
   @BeforeClass def setUp(): Unit = {
-    if (!Files.exists(fixtures.resolve("expected.json"))) {
+    if (!Files.exists(fixtures.resolve("expected.json")) || !Files.exists(fixtures.resolve("tuple_net_cuda.pt2"))) {
       val p = new ProcessBuilder(
         repo.resolve(".venv/bin/python").toString,
         repo.resolve("tests/fixtures/make_fixtures.py").toString,
@@ -117,6 +117,27 @@ class TorchSparkSuite {
       assertTrue(file, maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5 * scale)
     }
     assertTrue(rows.length > 30)
+  }
+
+  @Test def aotInductorPackagesScoreAndFeaturizeLikePyTorch(): Unit = {
+    val pt2 = fixtures.resolve("resnet20_aoti.pt2").toString
+    val scored = new ImageScorer().setModelPath(pt2).setInputCol("content").setBatchSize(7)
+    val rows = scored.transform(binary()).select("path", "probability").collect()
+    assertEquals(expected.size, rows.length)
+    rows.foreach { r =>
+      val file = name(r.getString(0))
+      val e = floats(expected(file).get("resnet20_aoti").get("probability"))
+      assertTrue(s"$file: diff", maxDiff(r.getAs[Vector](1).toArray, e) <= tol(file))
+    }
+    // featurize {"method": "embed"}: the package's second model.
+    val f = new ImageFeaturizer()
+      .setModelPath(fixtures.resolve("tuple_net_aoti.pt2").toString)
+      .setInputCol("content")
+    f.transform(binary("*.png")).select("path", "features").collect().foreach { r =>
+      val file = name(r.getString(0))
+      val e = floats(expected(file).get("tuple_net_aoti").get("features"))
+      assertTrue(file, maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5)
+    }
   }
 
   @Test def loadsTheModelOncePerExecutor(): Unit = {

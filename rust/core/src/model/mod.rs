@@ -1,4 +1,8 @@
-//! The model registry: one loaded TorchScript module per (file, device, precision) per process.
+//! The model registry: one loaded model per (file, device, precision) per process.
+//!
+//! A model file is a TorchScript module (`.pt`, [`torchscript`]) or an AOTInductor package
+//! (`.pt2`, [`aoti`]); [`Format::detect`] tells them apart by content, and [`Model`] hides
+//! which one runs behind one [`Backend`] enum.
 //!
 //! Spark runs several task threads in one executor JVM (and a Python worker may score several
 //! partitions in a row); they all get the same `Arc<Model>`. Loading is lazy and happens once:
@@ -13,17 +17,26 @@ use std::sync::{Arc, Mutex, Once};
 use once_cell::sync::Lazy;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tch::{CModule, Device, IValue, Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::preprocess::Preprocessor;
-use crate::spec::{FeatureSource, ModelSpec, OutputKind};
+use crate::spec::{FeatureSource, FilePrecision, ModelSpec, OutputKind};
+
+mod aoti;
+mod format;
+mod torchscript;
+
+pub use format::Format;
+
+use aoti::Package;
+use torchscript::Script;
 
 /// How a caller opens a model (the FFI layers pass this as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// Path to the TorchScript `.pt` file.
+    /// Path to the model: a TorchScript `.pt` or an AOTInductor `.pt2` package.
     pub model_path: PathBuf,
     /// The spec JSON; defaults to the model path with a `.json` extension.
     #[serde(default)]
@@ -34,12 +47,14 @@ pub struct ModelConfig {
     /// Intra-op threads for this caller's forward passes; default: all cores.
     #[serde(default)]
     pub num_threads: Option<usize>,
-    /// `fp32` (default) or `bf16` (opt-in: weights and input cast to bfloat16; the model must
-    /// keep its weights as parameters, i.e. not be frozen).
+    /// `fp32` (default) or `bf16` (opt-in: a TorchScript model's weights and input are cast to
+    /// bfloat16, so it must keep its weights as parameters, i.e. not be frozen; a package's
+    /// precision is fixed when it is compiled, so `bf16` needs a package compiled in bf16).
     #[serde(default)]
     pub precision: Precision,
-    /// Feed the network NHWC ("channels last") tensors: oneDNN's convolutions are faster on
-    /// them (ResNet-20 here: ~1.4x). Default true; results equal NCHW up to float rounding.
+    /// Feed a TorchScript network NHWC ("channels last") tensors: oneDNN's convolutions are
+    /// faster on them (ResNet-20 here: ~1.4x). Default true; results equal NCHW up to float
+    /// rounding. Packages take the layout they were compiled for (see [`aoti`]).
     #[serde(default = "yes")]
     pub channels_last: bool,
 }
@@ -91,14 +106,14 @@ pub struct Model {
     path: PathBuf,
     spec: ModelSpec,
     preprocessor: Preprocessor,
-    // Sharing one CModule between threads is sound: `forward`/`method` on a TorchScript module
-    // in eval mode under no_grad only reads its parameters, and libtorch's JIT executor guards its
-    // lazily compiled plans with its own mutex (libtorch documents concurrent inference on one
-    // module); we never call a `&mut` method after loading. tch marks CModule Send + Sync.
-    module: CModule,
+    backend: Backend,
     device: Device,
     precision: Precision,
+    /// Whether [`Model::run`] hands the backend NHWC-strided input (TorchScript only: a
+    /// package's input layout is fixed when it is compiled).
     channels_last: bool,
+    /// The input dtype the backend takes (bf16 when a TorchScript model was cast).
+    input_kind: Kind,
 }
 
 impl std::fmt::Debug for Model {
@@ -107,6 +122,7 @@ impl std::fmt::Debug for Model {
             .field("path", &self.path)
             .field("device", &self.device)
             .field("precision", &self.precision)
+            .field("backend", &self.backend)
             .finish()
     }
 }
@@ -222,43 +238,49 @@ impl Model {
             }
         }
         crate::sys::tune_process();
-        let mut module =
-            CModule::load_data_on_device(&mut bytes.as_slice(), device).map_err(|e| {
-                Error::ModelLoad {
-                    path: path.to_path_buf(),
-                    reason: first_line(&e.to_string()),
+        let (backend, channels_last, input_kind) = match Format::detect(path, &bytes) {
+            Format::TorchScript => (
+                Backend::TorchScript(Script::load(path, &bytes, device, precision)?),
+                config.channels_last,
+                match precision {
+                    Precision::Fp32 => Kind::Float,
+                    Precision::Bf16 => Kind::BFloat16,
+                },
+            ),
+            Format::Aoti => {
+                let compiled = spec.precision.unwrap_or_default();
+                if precision == Precision::Bf16 && compiled != FilePrecision::Bf16 {
+                    return Err(Error::config(
+                        "precision",
+                        format!(
+                            "{} is an AOTInductor package compiled in {compiled}, and a \
+                             package's precision is fixed when it is compiled: export a bf16 \
+                             one with export_model(..., format=\"aoti\", precision=\"bf16\")",
+                            path.display()
+                        ),
+                    ));
                 }
-            })?;
-        module.set_eval();
-        if precision == Precision::Bf16 {
-            // `to` casts parameters and buffers. A frozen module has none: freezing inlines
-            // the weights as graph constants, which no cast reaches, so its first forward would
-            // fail on a dtype mismatch. Say so now, once, instead of on every batch.
-            let has_params = module
-                .named_parameters()
-                .map(|p| !p.is_empty())
-                .unwrap_or(false);
-            if !has_params {
-                return Err(Error::config(
-                    "precision",
-                    format!(
-                        "bf16 casts the model's parameters, and {} has none: it was frozen \
-                         (torch.jit.freeze inlines weights as constants). Export it with \
-                         export_model(..., freeze=False) to score it in bf16",
-                        path.display()
-                    ),
-                ));
+                let methods: Vec<&str> = spec
+                    .featurize
+                    .as_ref()
+                    .and_then(|f| f.method.as_deref())
+                    .into_iter()
+                    .collect();
+                // With a pinned digest, load the bytes that were checked, not the path again.
+                let source = aoti::Source::new(path, spec.sha256.is_some().then_some(&bytes[..]))?;
+                let package = Package::load(path, source.path(), &bytes, device, &methods)?;
+                (Backend::Aoti(package), false, Kind::Float)
             }
-            module.to(device, Kind::BFloat16, false);
-        }
+        };
         Ok(Model {
             path: path.to_path_buf(),
             preprocessor: Preprocessor::new(&spec),
             spec,
-            module,
+            backend,
             device,
             precision,
-            channels_last: config.channels_last,
+            channels_last,
+            input_kind,
         })
     }
 
@@ -276,6 +298,14 @@ impl Model {
 
     pub fn device(&self) -> Device {
         self.device
+    }
+
+    /// The file's format (TorchScript or AOTInductor package).
+    pub fn format(&self) -> Format {
+        match self.backend {
+            Backend::TorchScript(_) => Format::TorchScript,
+            Backend::Aoti(_) => Format::Aoti,
+        }
     }
 
     /// Runs `n` preprocessed rows (`input.len() == n * row_len`) and returns `n * width` floats
@@ -314,35 +344,29 @@ impl Model {
                 }
             })
             .and_then(|t| t.f_to_device(self.device))
-            .and_then(|t| match self.precision {
-                Precision::Fp32 => Ok(t),
-                Precision::Bf16 => t.f_to_kind(Kind::BFloat16),
+            .and_then(|t| {
+                if self.input_kind == Kind::Float {
+                    Ok(t)
+                } else {
+                    t.f_to_kind(self.input_kind)
+                }
             })
             .map_err(|e| fail(first_line(&e.to_string())))?;
-        let forward = || -> Result<Tensor, tch::TchError> {
-            let args = [IValue::Tensor(x)];
-            match target {
-                Target::Probabilities => {
-                    let out = first_tensor(self.module.forward_is(&args)?, 0)?;
-                    match self.spec.output {
-                        OutputKind::Logits => out.f_softmax(-1, Kind::Float),
-                        OutputKind::Probabilities => out.f_to_kind(Kind::Float),
-                    }
-                }
-                Target::Features => {
-                    let out = match self.feature_source()? {
-                        FeatureSource::Method(m) => {
-                            first_tensor(self.module.method_is(&m, &args)?, 0)?
-                        }
-                        FeatureSource::OutputIndex(i) => {
-                            first_tensor(self.module.forward_is(&args)?, i)?
-                        }
-                    };
-                    out.f_to_kind(Kind::Float)
-                }
-            }
+        let source = match target {
+            Target::Probabilities => None,
+            Target::Features => Some(self.feature_source().map_err(&fail)?),
         };
-        let out = forward().map_err(|e| fail(first_line(&e.to_string())))?;
+        let output = match &source {
+            None => Output::Forward(0),
+            Some(FeatureSource::Method(m)) => Output::Method(m),
+            Some(FeatureSource::OutputIndex(i)) => Output::Forward(*i),
+        };
+        let out = self.backend.run(x, &output).map_err(&fail)?;
+        let out = match (target, self.spec.output) {
+            (Target::Probabilities, OutputKind::Logits) => out.f_softmax(-1, Kind::Float),
+            _ => out.f_to_kind(Kind::Float),
+        }
+        .map_err(|e| fail(first_line(&e.to_string())))?;
         let shape = out.size();
         if shape.first() != Some(&(n as i64))
             || (target == Target::Probabilities && shape.len() != 2)
@@ -378,50 +402,49 @@ impl Model {
         Ok((flat, width))
     }
 
-    fn feature_source(&self) -> Result<FeatureSource, tch::TchError> {
+    fn feature_source(&self) -> std::result::Result<FeatureSource, String> {
         match &self.spec.featurize {
-            None => Err(tch::TchError::FileFormat(
-                "the spec has no `featurize` entry, so this model cannot featurize".into(),
-            )),
-            Some(f) => f.source().map_err(tch::TchError::FileFormat),
+            None => {
+                Err("the spec has no `featurize` entry, so this model cannot featurize".into())
+            }
+            Some(f) => f.source(),
         }
     }
 }
 
-/// The tensor itself, or element `index` of a returned tuple/list.
-fn first_tensor(v: IValue, index: usize) -> Result<Tensor, tch::TchError> {
-    let items = match v {
-        IValue::Tensor(t) if index == 0 => return Ok(t),
-        IValue::Tuple(items) | IValue::GenericList(items) => items,
-        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
-        other => {
-            return Err(tch::TchError::Kind(format!(
-                "model returned {} where a tensor (or tuple of tensors) was expected",
-                ivalue_name(&other)
-            )));
-        }
-    };
-    let len = items.len();
-    match items.into_iter().nth(index) {
-        Some(IValue::Tensor(t)) => Ok(t),
-        Some(other) => Err(tch::TchError::Kind(format!(
-            "output {index} is {}, not a tensor",
-            ivalue_name(&other)
-        ))),
-        None => Err(tch::TchError::Kind(format!(
-            "output_index {index} is out of range: the model returns {len} outputs"
-        ))),
-    }
+/// Which of the network's outputs a forward pass returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Output<'a> {
+    /// Element `N` of forward's outputs (0 for a single tensor).
+    Forward(usize),
+    /// A featurize method (TorchScript) or the package's model of that name (AOTInductor).
+    Method(&'a str),
 }
 
-fn ivalue_name(v: &IValue) -> &'static str {
-    match v {
-        IValue::None => "None",
-        IValue::Tensor(_) => "a tensor",
-        IValue::Tuple(_) => "a tuple",
-        IValue::GenericDict(_) => "a dict",
-        IValue::String(_) => "a string",
-        _ => "a non-tensor value",
+/// How a model file is run. The batch code sees only [`Model::run`]; each backend turns an
+/// NCHW float batch (already in the layout and dtype the model was loaded for) into a tensor.
+#[derive(Debug)]
+enum Backend {
+    TorchScript(Script),
+    Aoti(Package),
+}
+
+impl Backend {
+    fn run(&self, x: Tensor, output: &Output<'_>) -> std::result::Result<Tensor, String> {
+        match self {
+            Backend::TorchScript(script) => script.forward(x, output),
+            Backend::Aoti(package) => {
+                let (method, index) = match output {
+                    Output::Forward(i) => (None, *i),
+                    Output::Method(m) => (Some(*m), 0),
+                };
+                let outputs = package.run(&x, method)?;
+                let len = outputs.len();
+                outputs.into_iter().nth(index).ok_or_else(|| {
+                    format!("output_index {index} is out of range: the package returns {len} outputs")
+                })
+            }
+        }
     }
 }
 

@@ -1,0 +1,112 @@
+//! The TorchScript backend: `.pt` files through tch's `CModule`.
+
+use std::path::Path;
+
+use tch::{CModule, Device, IValue, Kind, Tensor};
+
+use super::{Output, Precision};
+use crate::error::{Error, Result};
+
+/// A loaded TorchScript module.
+pub(crate) struct Script {
+    // Sharing one CModule between threads is sound: `forward`/`method` on a TorchScript module
+    // in eval mode under no_grad only reads its parameters, and libtorch's JIT executor guards its
+    // lazily compiled plans with its own mutex (libtorch documents concurrent inference on one
+    // module); we never call a `&mut` method after loading. tch marks CModule Send + Sync.
+    module: CModule,
+}
+
+impl std::fmt::Debug for Script {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Script")
+    }
+}
+
+impl Script {
+    pub(crate) fn load(
+        path: &Path,
+        bytes: &[u8],
+        device: Device,
+        precision: Precision,
+    ) -> Result<Script> {
+        let fail = |reason: String| Error::ModelLoad {
+            path: path.to_path_buf(),
+            format: super::Format::TorchScript.name(),
+            reason,
+        };
+        let mut module = CModule::load_data_on_device(&mut &bytes[..], device)
+            .map_err(|e| fail(super::first_line(&e.to_string())))?;
+        module.set_eval();
+        if precision == Precision::Bf16 {
+            // `to` casts parameters and buffers. A frozen module has none: freezing inlines
+            // the weights as graph constants, which no cast reaches, so its first forward would
+            // fail on a dtype mismatch. Say so now, once, instead of on every batch.
+            let has_params = module
+                .named_parameters()
+                .map(|p| !p.is_empty())
+                .unwrap_or(false);
+            if !has_params {
+                return Err(Error::config(
+                    "precision",
+                    format!(
+                        "bf16 casts the model's parameters, and {} has none: it was frozen \
+                         (torch.jit.freeze inlines weights as constants). Export it with \
+                         export_model(..., freeze=False) to score it in bf16, or as a bf16 \
+                         AOTInductor package (format=\"aoti\", precision=\"bf16\")",
+                        path.display()
+                    ),
+                ));
+            }
+            module.to(device, Kind::BFloat16, false);
+        }
+        Ok(Script { module })
+    }
+
+    pub(crate) fn forward(&self, x: Tensor, output: &Output<'_>) -> Result<Tensor, String> {
+        let args = [IValue::Tensor(x)];
+        let run = || -> Result<Tensor, tch::TchError> {
+            match output {
+                Output::Forward(i) => first_tensor(self.module.forward_is(&args)?, *i),
+                Output::Method(m) => first_tensor(self.module.method_is(m, &args)?, 0),
+            }
+        };
+        run().map_err(|e| super::first_line(&e.to_string()))
+    }
+}
+
+/// The tensor itself, or element `index` of a returned tuple/list.
+fn first_tensor(v: IValue, index: usize) -> Result<Tensor, tch::TchError> {
+    let items = match v {
+        IValue::Tensor(t) if index == 0 => return Ok(t),
+        IValue::Tuple(items) | IValue::GenericList(items) => items,
+        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
+        other => {
+            return Err(tch::TchError::Kind(format!(
+                "model returned {} where a tensor (or tuple of tensors) was expected",
+                ivalue_name(&other)
+            )));
+        }
+    };
+    let len = items.len();
+    match items.into_iter().nth(index) {
+        Some(IValue::Tensor(t)) => Ok(t),
+        Some(other) => Err(tch::TchError::Kind(format!(
+            "output {index} is {}, not a tensor",
+            ivalue_name(&other)
+        ))),
+        None => Err(tch::TchError::Kind(format!(
+            "output_index {index} is out of range: the model returns {len} outputs"
+        ))),
+    }
+}
+
+fn ivalue_name(v: &IValue) -> &'static str {
+    match v {
+        IValue::None => "None",
+        IValue::Tensor(_) => "a tensor",
+        IValue::Tuple(_) => "a tuple",
+        IValue::GenericDict(_) => "a dict",
+        IValue::String(_) => "a string",
+        _ => "a non-tensor value",
+    }
+}

@@ -1,0 +1,261 @@
+//! AOTInductor packages (`.pt2`) against PyTorch running the same package
+//! (`torch._inductor.aoti_load_package`, see tests/fixtures/make_fixtures.py).
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use common::*;
+use torchspark_core::{BatchOptions, ErrorKind, Format, ModelConfig, Precision, Scorer};
+
+/// JPEG decoders differ by a level here and there (see scoring.rs); lossless must match.
+fn tol(file: &str) -> f32 {
+    if file.ends_with(".jpg") { 2e-2 } else { 1e-5 }
+}
+
+fn open(name: &str) -> Scorer {
+    Scorer::open(&ModelConfig::new(fixtures().join(name))).unwrap()
+}
+
+/// Every fixture image, repeated to `n` rows at least.
+fn image_batch(exp: &[ModelExpected], n: usize) -> (RecordBatch, Vec<usize>) {
+    let bytes: Vec<Vec<u8>> = exp.iter().map(|e| image_bytes(&e.file)).collect();
+    let index: Vec<usize> = (0..n.max(exp.len())).map(|i| i % exp.len()).collect();
+    let rows: Vec<Option<&[u8]>> = index.iter().map(|&i| Some(bytes[i].as_slice())).collect();
+    (binary_batch(&rows), index)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("torchspark-aoti-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `package` and its spec copied into `dir` as `model.pt2` / `model.json`, with `edit` applied
+/// to the spec.
+fn copy_package(dir: &Path, package: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let pt2 = dir.join("model.pt2");
+    std::fs::copy(fixtures().join(package), &pt2).unwrap();
+    let spec_path = fixtures().join(package).with_extension("json");
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
+    edit(&mut spec);
+    std::fs::write(dir.join("model.json"), spec.to_string()).unwrap();
+    pt2
+}
+
+#[test]
+fn package_scores_like_pytorch_at_batch_sizes_1_7_256() {
+    let exp = expected_for("resnet20_aoti");
+    let (batch, index) = image_batch(&exp, 256);
+    let scorer = open("resnet20_aoti.pt2");
+    assert_eq!(scorer.model().format(), Format::Aoti);
+    for batch_size in [1, 7, 256] {
+        let o = BatchOptions {
+            batch_size,
+            ..BatchOptions::default()
+        };
+        let scored = scorer.score(&batch, &o).unwrap();
+        let features = scorer.featurize(&batch, &o).unwrap();
+        for (row, &i) in index.iter().enumerate() {
+            let e = &exp[i];
+            assert_eq!(str_row(&scored, "error", row), None, "{}", e.file);
+            let p = list_row(&scored, "probability", row).unwrap();
+            let d = max_abs_diff(&p, &e.probability);
+            assert!(d <= tol(&e.file), "bs {batch_size} {}: {d}", e.file);
+            // output_index 1: the 64 pooled features forward returns beside the logits.
+            let f = list_row(&features, "features", row).unwrap();
+            let scale = e.features.iter().fold(1f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(&f, &e.features);
+            assert!(d <= tol(&e.file) * scale, "bs {batch_size} {}: {d}", e.file);
+        }
+    }
+}
+
+#[test]
+fn package_and_torchscript_give_the_same_predictions() {
+    let exp = expected();
+    let (batch, _) = image_batch(&expected_for("resnet20_aoti"), 0);
+    let pt = open("resnet20.pt").score(&batch, &BatchOptions::default()).unwrap();
+    let pt2 = open("resnet20_aoti.pt2")
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
+    for i in 0..exp.len() {
+        let (a, b) = (
+            list_row(&pt, "probability", i).unwrap(),
+            list_row(&pt2, "probability", i).unwrap(),
+        );
+        // Different compilers of the same weights: equal up to float rounding.
+        assert!(max_abs_diff(&a, &b) <= 1e-4, "{}", exp[i].file);
+    }
+}
+
+#[test]
+fn featurize_method_is_a_model_of_that_name_in_the_package() {
+    for kind in ["aoti", "int8", "bf16"] {
+        let name = format!("tuple_net_{kind}");
+        let exp = expected_for(&name);
+        let (batch, _) = image_batch(&exp, 0);
+        let scorer = open(&format!("{name}.pt2"));
+        let o = BatchOptions {
+            batch_size: 7,
+            ..BatchOptions::default()
+        };
+        let scored = scorer.score(&batch, &o).unwrap();
+        let features = scorer.featurize(&batch, &o).unwrap();
+        for (i, e) in exp.iter().enumerate() {
+            // Output "probabilities": taken as the package returns them, no softmax.
+            let p = list_row(&scored, "probability", i).unwrap();
+            let d = max_abs_diff(&p, &e.probability);
+            assert!(d <= tol(&e.file), "{name} {}: {d}", e.file);
+            let f = list_row(&features, "features", i).unwrap();
+            let d = max_abs_diff(&f, &e.features);
+            assert!(d <= tol(&e.file), "{name} {}: {d}", e.file);
+        }
+    }
+}
+
+#[test]
+fn eight_threads_share_one_package_and_agree() {
+    let exp = expected_for("resnet20_aoti");
+    let (batch, _) = image_batch(&exp, 0);
+    let batch = Arc::new(batch);
+    let config = ModelConfig {
+        num_threads: Some(1),
+        ..ModelConfig::new(fixtures().join("resnet20_aoti.pt2"))
+    };
+    let first = Scorer::open(&config).unwrap();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (batch, config) = (batch.clone(), config.clone());
+            std::thread::spawn(move || {
+                let scorer = Scorer::open(&config).unwrap();
+                let o = BatchOptions {
+                    batch_size: 1 + t * 5,
+                    ..BatchOptions::default()
+                };
+                let mut out = scorer.score(&batch, &o).unwrap();
+                for _ in 0..2 {
+                    out = scorer.score(&batch, &o).unwrap();
+                }
+                (scorer, out)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (scorer, out) = h.join().unwrap();
+        assert!(
+            std::ptr::eq(scorer.model(), first.model()),
+            "one package per (file, device, precision) per process"
+        );
+        for (i, e) in exp.iter().enumerate() {
+            let p = list_row(&out, "probability", i).unwrap();
+            let d = max_abs_diff(&p, &e.probability);
+            assert!(d <= tol(&e.file), "{}: {d}", e.file);
+        }
+    }
+}
+
+#[test]
+fn corrupt_package_fails_every_time_with_its_path() {
+    let d = temp_dir("corrupt");
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |_| {});
+    let bytes = std::fs::read(&pt2).unwrap();
+    for content in [&bytes[..bytes.len() / 2], b"not a zip archive".as_slice()] {
+        std::fs::write(&pt2, content).unwrap();
+        for _ in 0..2 {
+            let e = Scorer::open(&ModelConfig::new(&pt2)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ModelLoad, "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("model.pt2") && msg.contains("AOTInductor package"),
+                "{msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn package_compiled_for_another_device_is_refused_naming_it() {
+    let e = Scorer::open(&ModelConfig::new(fixtures().join("tuple_net_cuda.pt2"))).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ModelLoad, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("tuple_net_cuda.pt2") && msg.contains("compiled for device `cuda`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_featurize_model_names_the_package_and_its_models() {
+    let d = temp_dir("nomethod");
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
+        s["featurize"] = serde_json::json!({"method": "nope"});
+    });
+    let e = Scorer::open(&ModelConfig::new(&pt2)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("model.pt2") && msg.contains("`nope`") && msg.contains("embed, model"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn pinned_sha256_is_enforced_for_packages() {
+    use sha2::{Digest, Sha256};
+    let d = temp_dir("sha");
+    let bytes = std::fs::read(fixtures().join("tuple_net_aoti.pt2")).unwrap();
+    let digest: String = Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| s["sha256"] = digest.into());
+    let exp = expected_for("tuple_net_aoti");
+    let (batch, _) = image_batch(&exp, 0);
+    let out = Scorer::open(&ModelConfig::new(&pt2))
+        .unwrap()
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
+    let p = list_row(&out, "probability", 0).unwrap();
+    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
+    // The verified copy it loaded from is gone.
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("torchspark-{}-", std::process::id()))
+        })
+        .count();
+    assert_eq!(leftovers, 0);
+
+    let d = temp_dir("sha-wrong");
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| s["sha256"] = "0".repeat(64).into());
+    let e = Scorer::open(&ModelConfig::new(&pt2)).unwrap_err();
+    assert!(e.to_string().contains("sha256") && e.to_string().contains("model.pt2"), "{e}");
+}
+
+#[test]
+fn bf16_option_needs_a_package_compiled_in_bf16() {
+    let config = |name: &str| ModelConfig {
+        precision: Precision::Bf16,
+        ..ModelConfig::new(fixtures().join(name))
+    };
+    let e = Scorer::open(&config("tuple_net_aoti.pt2")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("precision=\"bf16\""), "{e}");
+    // A bf16 package runs as compiled under either option.
+    let exp = expected_for("tuple_net_bf16");
+    let (batch, _) = image_batch(&exp, 0);
+    let out = Scorer::open(&config("tuple_net_bf16.pt2"))
+        .unwrap()
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
+    let p = list_row(&out, "probability", 0).unwrap();
+    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
+}
