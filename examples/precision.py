@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 import train_resnet20  # noqa: E402
 from demo import write_pngs  # noqa: E402
-
 from torchspark import NativeModel  # noqa: E402
 from torchspark.export import export_model  # noqa: E402
 from torchspark.models import ResNet20  # noqa: E402

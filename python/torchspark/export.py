@@ -155,9 +155,7 @@ def _quantize(ep, sample: torch.Tensor, dynamic) -> torch.export.ExportedProgram
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     except ImportError as e:
-        raise ImportError(
-            'precision="int8" needs torchao (pip install torchao==0.18.0)'
-        ) from e
+        raise ImportError('precision="int8" needs torchao (pip install torchao==0.18.0)') from e
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(ep.module(), quantizer)

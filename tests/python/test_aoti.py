@@ -68,7 +68,9 @@ def test_bad_packages_raise_naming_the_file(fixtures, tmp_path):
 def test_export_model_checks_its_options_before_compiling(tmp_path):
     spec = {"input": {"height": 32, "width": 32}}
     with pytest.raises(ValueError, match="sample"):
-        torchspark.export_model(ResNet20(), tmp_path / "m.pt2", spec, format="aoti", precision="int8")
+        torchspark.export_model(
+            ResNet20(), tmp_path / "m.pt2", spec, format="aoti", precision="int8"
+        )
     with pytest.raises(ValueError, match='format="aoti"'):
         torchspark.export_model(ResNet20(), tmp_path / "m.pt", spec, precision="bf16")
     with pytest.raises(ValueError, match="format"):
@@ -107,8 +109,7 @@ def test_sql_udfs_run_a_package(spark, fixtures, expected):
     torchspark.register_udfs(spark, "classify_pt2", str(fixtures / "resnet20_aoti.pt2"))
     _files(spark, fixtures, "digit_1*.png").createOrReplaceTempView("imgs_pt2")
     rows = spark.sql(
-        "SELECT path, classify_pt2(content) AS s, classify_pt2_features(content) AS f "
-        "FROM imgs_pt2"
+        "SELECT path, classify_pt2(content) AS s, classify_pt2_features(content) AS f FROM imgs_pt2"
     ).collect()
     assert len(rows) == 10
     for r in rows:

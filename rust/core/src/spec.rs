@@ -395,12 +395,14 @@ mod tests {
 
     #[test]
     fn precision_names_what_the_file_computes_in() {
-        let s = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int8"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let s =
+            ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int8"}"#)
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.precision, Some(FilePrecision::Int8));
-        let e = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int4"}"#)
-            .err()
-            .unwrap_or_default();
+        let e =
+            ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int4"}"#)
+                .err()
+                .unwrap_or_default();
         assert!(e.contains("int4"), "{e}");
     }
 }

@@ -87,7 +87,10 @@ pub(crate) fn load_libtorch_global() -> Result<(), String> {
                     return Ok(());
                 }
             }
-            Err(format!("could not load libtorch.so from {}", tried.join(" or ")))
+            Err(format!(
+                "could not load libtorch.so from {}",
+                tried.join(" or ")
+            ))
         })
         .clone()
 }

@@ -80,7 +80,9 @@ fn package_scores_like_pytorch_at_batch_sizes_1_7_256() {
 fn package_and_torchscript_give_the_same_predictions() {
     let exp = expected();
     let (batch, _) = image_batch(&expected_for("resnet20_aoti"), 0);
-    let pt = open("resnet20.pt").score(&batch, &BatchOptions::default()).unwrap();
+    let pt = open("resnet20.pt")
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
     let pt2 = open("resnet20_aoti.pt2")
         .score(&batch, &BatchOptions::default())
         .unwrap();
@@ -235,9 +237,14 @@ fn pinned_sha256_is_enforced_for_packages() {
     assert_eq!(leftovers, 0);
 
     let d = temp_dir("sha-wrong");
-    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| s["sha256"] = "0".repeat(64).into());
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
+        s["sha256"] = "0".repeat(64).into()
+    });
     let e = Scorer::open(&ModelConfig::new(&pt2)).unwrap_err();
-    assert!(e.to_string().contains("sha256") && e.to_string().contains("model.pt2"), "{e}");
+    assert!(
+        e.to_string().contains("sha256") && e.to_string().contains("model.pt2"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -124,7 +124,9 @@ fn metadata(path: &Path, model: &str) -> std::result::Result<HashMap<String, Str
         return Ok(HashMap::new());
     }
     // SAFETY: as in take_error: a malloc'd string we own.
-    let text = unsafe { CStr::from_ptr(json) }.to_string_lossy().into_owned();
+    let text = unsafe { CStr::from_ptr(json) }
+        .to_string_lossy()
+        .into_owned();
     // SAFETY: freed once.
     unsafe { ts_aoti_free(json.cast()) };
     serde_json::from_str(&text).map_err(|e| format!("package metadata: {e}"))

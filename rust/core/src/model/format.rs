@@ -102,7 +102,11 @@ fn zip_entry_names(b: &[u8]) -> Option<Vec<String>> {
         if u32_at(b, at)? != ENTRY {
             return None;
         }
-        let (name_len, extra, comment) = (u16_at(b, at + 28)?, u16_at(b, at + 30)?, u16_at(b, at + 32)?);
+        let (name_len, extra, comment) = (
+            u16_at(b, at + 28)?,
+            u16_at(b, at + 30)?,
+            u16_at(b, at + 32)?,
+        );
         let name = b.get(at + 46..at + 46 + name_len)?;
         names.push(String::from_utf8_lossy(name).into_owned());
         at += 46 + name_len + extra + comment;
@@ -118,8 +122,14 @@ mod tests {
     fn unreadable_content_goes_by_extension() {
         assert_eq!(Format::detect(Path::new("m.pt2"), b"junk"), Format::Aoti);
         assert_eq!(Format::detect(Path::new("m.PT2"), b""), Format::Aoti);
-        assert_eq!(Format::detect(Path::new("m.pt"), b"junk"), Format::TorchScript);
-        assert_eq!(Format::detect(Path::new("model"), b"junk"), Format::TorchScript);
+        assert_eq!(
+            Format::detect(Path::new("m.pt"), b"junk"),
+            Format::TorchScript
+        );
+        assert_eq!(
+            Format::detect(Path::new("model"), b"junk"),
+            Format::TorchScript
+        );
     }
 
     #[test]

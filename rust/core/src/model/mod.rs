@@ -404,9 +404,7 @@ impl Model {
 
     fn feature_source(&self) -> std::result::Result<FeatureSource, String> {
         match &self.spec.featurize {
-            None => {
-                Err("the spec has no `featurize` entry, so this model cannot featurize".into())
-            }
+            None => Err("the spec has no `featurize` entry, so this model cannot featurize".into()),
             Some(f) => f.source(),
         }
     }
@@ -441,7 +439,9 @@ impl Backend {
                 let outputs = package.run(&x, method)?;
                 let len = outputs.len();
                 outputs.into_iter().nth(index).ok_or_else(|| {
-                    format!("output_index {index} is out of range: the package returns {len} outputs")
+                    format!(
+                        "output_index {index} is out of range: the package returns {len} outputs"
+                    )
                 })
             }
         }
