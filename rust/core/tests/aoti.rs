@@ -86,13 +86,13 @@ fn package_and_torchscript_give_the_same_predictions() {
     let pt2 = open("resnet20_aoti.pt2")
         .score(&batch, &BatchOptions::default())
         .unwrap();
-    for i in 0..exp.len() {
+    for (i, e) in exp.iter().enumerate() {
         let (a, b) = (
             list_row(&pt, "probability", i).unwrap(),
             list_row(&pt2, "probability", i).unwrap(),
         );
         // Different compilers of the same weights: equal up to float rounding.
-        assert!(max_abs_diff(&a, &b) <= 1e-4, "{}", exp[i].file);
+        assert!(max_abs_diff(&a, &b) <= 1e-4, "{}", e.file);
     }
 }
 
