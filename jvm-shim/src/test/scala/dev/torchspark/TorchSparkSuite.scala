@@ -22,7 +22,11 @@ object TorchSparkSuite {
   var spark: SparkSession = _
 
   @BeforeClass def setUp(): Unit = {
-    if (!Files.exists(fixtures.resolve("expected.json")) || !Files.exists(fixtures.resolve("tuple_net_cuda.pt2"))) {
+    if (
+      !Files.exists(fixtures.resolve("expected.json")) || !Files.exists(
+        fixtures.resolve("tuple_net_cuda.pt2")
+      )
+    ) {
       val p = new ProcessBuilder(
         repo.resolve(".venv/bin/python").toString,
         repo.resolve("tests/fixtures/make_fixtures.py").toString,
