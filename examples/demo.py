@@ -6,7 +6,10 @@
 3. read them with Spark's binaryFile source and score with torchspark.ImageScorer (JVM, JNI);
 4. report accuracy, the confusion matrix (also saved as PNG) and images/s;
 5. score the same images through rdd.mapPartitions with NativeModel (Python workers) and
-   check that both paths give the same predictions.
+   check that both paths give the same predictions;
+6. transfer learning (examples/transfer_learning.py): ImageNet EfficientNet-Lite0 features of
+   real photographs (scikit-image's faces / non-faces) -> a Spark ML LogisticRegression,
+   against raw pixels and the ResNet-20's features; top-5 of a few photos.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pyspark.sql import functions as F  # noqa: E402
 
 import torchspark  # noqa: E402
 import train_resnet20  # noqa: E402
+import transfer_learning  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))
 VOLUME = int(os.environ.get("DEMO_IMAGES", "10000"))
@@ -119,6 +123,9 @@ def main() -> None:
     )
     if same != len(jvm):
         raise SystemExit("the two paths disagree")
+
+    print("\n[demo] part 2: transfer learning with ImageNet weights", flush=True)
+    transfer_learning.run(spark, model)
     print(f"[demo] done in {time.time() - t_start:.0f} s")
     spark.stop()
 
