@@ -119,14 +119,15 @@ def test_headless_featurizer_gives_pytorch_1280_dim_features(imagenet):
 
 def test_resize_is_within_one_grey_level_of_torchvision(tmp_path):
     """The native antialiased bilinear resize against torchvision's (PIL) on real photos,
-    through an identity model whose features are the preprocessed pixels themselves."""
+    through an identity model whose features are the preprocessed pixels themselves. The bar
+    is one grey level on average; the port of Pillow's resample in fact gives equal pixels."""
     from torchvision import transforms as T
 
     class Pixels(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x.flatten(1)
 
-    sizes = [(256, 256), (224, 224), (97, 130)]
+    sizes = [(256, 256), (97, 130), (700, 520)]  # down, down, up
     for h, w in sizes:
         spec = {
             "input": {"height": h, "width": w},
@@ -143,3 +144,4 @@ def test_resize_is_within_one_grey_level_of_torchvision(tmp_path):
             theirs = np.asarray(T.Resize((h, w))(pil), np.float32).transpose(2, 0, 1)
             diff = np.abs(ours - theirs)
             assert diff.mean() <= 1.0, (name, h, w, diff.mean())
+            assert diff.max() == 0, (name, h, w, diff.max())  # a port of Pillow's resample
