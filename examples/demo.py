@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "examples"))
 
+import transfer_learning  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 import torchspark  # noqa: E402
 import train_resnet20  # noqa: E402
-import transfer_learning  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))
 VOLUME = int(os.environ.get("DEMO_IMAGES", "10000"))

@@ -84,7 +84,9 @@ class MBConv(nn.Module):
             mid, mid, kernel, stride, groups=mid, image_size=image_size
         )
         self._bn1 = bn(mid)
-        self._project_conv = SameConv2d(mid, cout, 1, image_size=(image_size + stride - 1) // stride)
+        self._project_conv = SameConv2d(
+            mid, cout, 1, image_size=(image_size + stride - 1) // stride
+        )
         self._bn2 = bn(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
+import efficientnet_lite0  # noqa: E402
 from pyspark.ml import Pipeline  # noqa: E402
 from pyspark.ml.classification import LogisticRegression  # noqa: E402
 from pyspark.ml.evaluation import MulticlassClassificationEvaluator  # noqa: E402
 from pyspark.ml.linalg import Vectors  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
-import efficientnet_lite0  # noqa: E402
 import torchspark  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))

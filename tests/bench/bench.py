@@ -24,8 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
-import demo  # noqa: E402
 import featurize_bench  # noqa: E402
+
+import demo  # noqa: E402
 import torchspark  # noqa: E402
 import train_resnet20  # noqa: E402
 

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
 import efficientnet_lite0  # noqa: E402
+
 import torchspark  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output")) / "bench"

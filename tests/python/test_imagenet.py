@@ -96,13 +96,14 @@ def test_native_model_top5_and_probabilities_match_pytorch(imagenet):
 
 def test_image_scorer_top5_matches_pytorch_on_spark(spark, imagenet):
     df = spark.createDataFrame(
-        [(n, bytearray(b)) for n, b in zip(PHOTOS, imagenet["blobs"])], "name string, content binary"
+        [(n, bytearray(b)) for n, b in zip(PHOTOS, imagenet["blobs"])],
+        "name string, content binary",
     )
     scorer = ImageScorer(modelPath=imagenet["classifier"], inputCol="content", topK=5, batchSize=4)
     rows = {r.name: r for r in scorer.transform(df).collect()}
     for i, name in enumerate(PHOTOS):
         r = rows[name]
-        assert [t.index for t in r.topK] == _top5(imagenet["prob"][i]), name
+        assert [t["index"] for t in r.topK] == _top5(imagenet["prob"][i]), name
         assert np.abs(r.probability.toArray() - imagenet["prob"][i]).max() <= 1e-3, name
     assert rows["chelsea"].prediction in CAT_CLASSES
     assert "cat" in rows["chelsea"].predictedLabel

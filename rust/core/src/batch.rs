@@ -225,22 +225,23 @@ impl Scorer {
             };
             // Decoding gets the caller's thread budget, like the forward pass that follows it,
             // so concurrent tasks never use more than tasks x num_threads cores.
-            let status: Vec<std::result::Result<RowTimes, String>> = match decode_pool(self.num_threads) {
-                None => slots
-                    .chunks_mut(row_len)
-                    .zip(chunk)
-                    .enumerate()
-                    .map(fill)
-                    .collect(),
-                Some(pool) => pool.install(|| {
-                    slots
-                        .par_chunks_mut(row_len)
-                        .zip(chunk.par_iter())
+            let status: Vec<std::result::Result<RowTimes, String>> =
+                match decode_pool(self.num_threads) {
+                    None => slots
+                        .chunks_mut(row_len)
+                        .zip(chunk)
                         .enumerate()
                         .map(fill)
-                        .collect()
-                }),
-            };
+                        .collect(),
+                    Some(pool) => pool.install(|| {
+                        slots
+                            .par_chunks_mut(row_len)
+                            .zip(chunk.par_iter())
+                            .enumerate()
+                            .map(fill)
+                            .collect()
+                    }),
+                };
             // Move the good rows to the front so one forward pass takes them all.
             let mut good = 0;
             for (i, s) in status.iter().enumerate() {

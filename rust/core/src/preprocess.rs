@@ -337,11 +337,19 @@ impl Taps {
             let one = (1u32 << PRECISION_BITS) as f64;
             for (k, &w) in weights[xx * ksize..][..n].iter_mut().zip(&pre) {
                 let w = if total != 0.0 { w / total } else { w };
-                *k = if w < 0.0 { (-0.5 + w * one) as i32 } else { (0.5 + w * one) as i32 };
+                *k = if w < 0.0 {
+                    (-0.5 + w * one) as i32
+                } else {
+                    (0.5 + w * one) as i32
+                };
             }
             bounds.push((xmin as usize, n));
         }
-        Taps { ksize, bounds, weights }
+        Taps {
+            ksize,
+            bounds,
+            weights,
+        }
     }
 
     fn of(&self, i: usize) -> (usize, &[i32]) {
