@@ -39,7 +39,7 @@ jar: native ## the Spark jar, with the .so embedded
 dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), the jar, SHA256SUMS
 	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --out dist
 
-demo: setup ## the main job: train ResNet-20 on digits, score 10,000 PNGs on Spark, report
+demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
 test: setup dist ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark, clusters, dist, notebook)

@@ -6,7 +6,10 @@
 3. read them with Spark's binaryFile source and score with torchspark.ImageScorer (JVM, JNI);
 4. report accuracy, the confusion matrix (also saved as PNG) and images/s;
 5. score the same images through rdd.mapPartitions with NativeModel (Python workers) and
-   check that both paths give the same predictions.
+   check that both paths give the same predictions;
+6. transfer learning (examples/transfer_learning.py): ImageNet EfficientNet-Lite0 features of
+   real photographs (scikit-image's faces / non-faces) -> a Spark ML LogisticRegression,
+   against raw pixels and the ResNet-20's features; top-5 of a few photos.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "examples"))
 
+import transfer_learning  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 import torchspark  # noqa: E402
@@ -119,6 +123,9 @@ def main() -> None:
     )
     if same != len(jvm):
         raise SystemExit("the two paths disagree")
+
+    print("\n[demo] part 2: transfer learning with ImageNet weights", flush=True)
+    transfer_learning.run(spark, model)
     print(f"[demo] done in {time.time() - t_start:.0f} s")
     spark.stop()
 

@@ -24,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
+import featurize_bench  # noqa: E402
+
 import demo  # noqa: E402
 import torchspark  # noqa: E402
 import train_resnet20  # noqa: E402
@@ -234,64 +236,6 @@ def make_big_model(path: Path) -> float:
     return path.stat().st_size / 2**20
 
 
-def write_jpegs(folder: Path, count: int) -> None:
-    from PIL import Image
-
-    if folder.exists() and len(list(folder.glob("*.jpg"))) == count:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    for i in range(count):
-        small = np.roll(base, i, axis=(0, 1)) ^ np.uint8(i % 251)
-        im = Image.fromarray(small).resize((256, 256), Image.BILINEAR)
-        im.save(folder / f"img_{i:05d}.jpg", quality=90)
-
-
-def make_headless(path: Path) -> None:
-    import torch
-    import torchvision
-
-    if path.exists():
-        return
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18(num_classes=1000)
-    net.fc = torch.nn.Identity()  # headless: the 512-dim pooled embedding
-    spec = {
-        "input": {"height": 224, "width": 224},
-        "preprocess": {"resize": [256, 256], "center_crop": [224, 224],
-                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
-        "featurize": {"output_index": 0},
-    }  # fmt: skip
-    torchspark.export_model(net, path, spec)
-
-
-def torchvision_featurize_partition(model_path: str):
-    def run(rows):
-        import io
-
-        import torch
-        from PIL import Image
-        from torchvision import transforms as T
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        mod = torch.jit.load(model_path)
-        tf = T.Compose([T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor(),
-                        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
-        batch = []
-        for r in rows:
-            batch.append(tf(Image.open(io.BytesIO(r.content)).convert("RGB")))
-            if len(batch) == 32:
-                with torch.inference_mode():
-                    yield from (len(f) for f in mod(torch.stack(batch)))
-                batch = []
-        if batch:
-            with torch.inference_mode():
-                yield from (len(f) for f in mod(torch.stack(batch)))
-
-    return run
-
-
 def by_way(rows: list[dict], way: str) -> dict:
     return next(r for r in rows if r["way"] == way)
 
@@ -476,26 +420,9 @@ def main() -> None:
         f"{N:,} run (target <= 1.1); JVM peak RSS {scaling[1]:,.0f} MiB -> {scaling[2]:,.0f} MiB "
         f"(x{scaling[2] / scaling[1]:.2f}, target within 10%)")  # fmt: skip
 
-    # ImageNet-size featurizer.
-    jpegs = OUT / "bench" / "jpeg224"
+    # ImageNet-size featurizer: tests/bench/featurize_bench.py (EfficientNet-Lite0, ResNet-18).
     nj = 400 if QUICK else 2000
-    write_jpegs(jpegs, nj)
-    headless = OUT / "bench" / "resnet18_headless.pt"
-    make_headless(headless)
-    jdf = spark.read.format("binaryFile").load(str(jpegs))
-    feat = torchspark.ImageFeaturizer(modelPath=str(headless), inputCol="content", batchSize=32)
-    tf_cold, _ = timed(lambda: feat.transform(jdf).write.format("noop").mode("overwrite").save())
-    tf_warm, _ = timed(lambda: feat.transform(jdf).write.format("noop").mode("overwrite").save())
-    tv_cold, _ = timed(
-        lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count()
-    )
-    tv_warm, _ = timed(
-        lambda: jdf.rdd.mapPartitions(torchvision_featurize_partition(str(headless))).count()
-    )
-    log(f"\n== featurizer, {nj} JPEGs 256->224, headless ResNet-18 == torchspark {nj / tf_warm:.1f} img/s "
-        f"(cold {tf_cold:.1f} s), PIL+torchvision+torch {nj / tv_warm:.1f} img/s (cold {tv_cold:.1f} s): "
-        f"x{tv_warm / tf_warm:.2f} warm, x{tv_cold / tf_cold:.2f} cold")  # fmt: skip
-    featurizer = (nj, nj / tf_warm, nj / tv_warm)
+    featurizer = (nj, featurize_bench.run(spark, nj))
     spark.stop()
 
     # Memory with a ~100 MB model, fresh JVMs with 1 and 2 concurrent tasks.
@@ -535,9 +462,7 @@ def write_results(rows, ratios, startup, scaling, featurizer, memory, bf16, stag
         f"- `torchspark_df` {stages}.",
         f"- Scaling (fresh JVM): {scaling[3]:,} images, time per image x{scaling[0]:.2f} of the "
         f"{N:,} run; JVM peak RSS {scaling[1]:,.0f} -> {scaling[2]:,.0f} MiB.",
-        f"- Featurizer ({featurizer[0]} JPEGs, 224x224, headless ResNet-18): torchspark "
-        f"{featurizer[1]:.1f} img/s vs PIL + torchvision + torch {featurizer[2]:.1f} img/s "
-        f"(x{featurizer[1] / featurizer[2]:.2f}).",
+        featurize_bench.markdown(featurizer[1], featurizer[0]),
         f"- Memory ({f:.0f} MB model): peak RSS {rss1:,.0f} MiB with 1 task, {rss2:,.0f} MiB with 2 "
         f"(+{(rss2 - rss1) / f:.2f}x the model); model loads {l1} and {l2}.",
         f'- bf16 (`precision="bf16"`, CPU bf16 {bf16[4]}): {bf16[0]:,.0f} img/s end to end, '

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::model::{self, Model, ModelConfig, Target};
-use crate::preprocess::ImageInput;
+use crate::preprocess::{ImageInput, RowTimes};
 
 /// Per-call options (the FFI layers pass them as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -218,33 +218,36 @@ impl Scorer {
             let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
                 let row = first + i as u64;
                 match input {
-                    Ok(input) => pre.fill(*input, out),
+                    Ok(input) => pre.fill_timed(*input, out),
                     Err(e) => Err(e.clone()),
                 }
                 .map_err(|e| format!("row {row}: {e}"))
             };
             // Decoding gets the caller's thread budget, like the forward pass that follows it,
             // so concurrent tasks never use more than tasks x num_threads cores.
-            let status: Vec<std::result::Result<(), String>> = match decode_pool(self.num_threads) {
-                None => slots
-                    .chunks_mut(row_len)
-                    .zip(chunk)
-                    .enumerate()
-                    .map(fill)
-                    .collect(),
-                Some(pool) => pool.install(|| {
-                    slots
-                        .par_chunks_mut(row_len)
-                        .zip(chunk.par_iter())
+            let status: Vec<std::result::Result<RowTimes, String>> =
+                match decode_pool(self.num_threads) {
+                    None => slots
+                        .chunks_mut(row_len)
+                        .zip(chunk)
                         .enumerate()
                         .map(fill)
-                        .collect()
-                }),
-            };
+                        .collect(),
+                    Some(pool) => pool.install(|| {
+                        slots
+                            .par_chunks_mut(row_len)
+                            .zip(chunk.par_iter())
+                            .enumerate()
+                            .map(fill)
+                            .collect()
+                    }),
+                };
             // Move the good rows to the front so one forward pass takes them all.
             let mut good = 0;
             for (i, s) in status.iter().enumerate() {
-                if s.is_ok() {
+                if let Ok(t) = s {
+                    times.decode += t.decode;
+                    times.resize += t.resize;
                     if i != good {
                         slots.copy_within(i * row_len..(i + 1) * row_len, good * row_len);
                     }
@@ -263,7 +266,7 @@ impl Scorer {
             let mut outputs = values.chunks_exact(width.max(1));
             for s in status {
                 results.push(match s {
-                    Ok(()) => Ok(outputs.next().map(<[f32]>::to_vec).unwrap_or_default()),
+                    Ok(_) => Ok(outputs.next().map(<[f32]>::to_vec).unwrap_or_default()),
                     Err(e) => Err(e),
                 });
             }
@@ -273,24 +276,33 @@ impl Scorer {
 }
 
 /// Where a batch's native time went; travels as the output schema's metadata
-/// (`torchspark.preprocess_ns`, `torchspark.forward_ns`) so that callers can report it.
+/// (`torchspark.preprocess_ns`, `torchspark.forward_ns`, and the split of preprocessing in
+/// `torchspark.decode_ns`, `torchspark.resize_ns`) so that callers can report it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageTimes {
-    /// Decode, resize, crop, normalize (rayon).
+    /// Decode, resize, crop, normalize (rayon), wall time.
     pub preprocess: Duration,
     /// Tensor creation, the forward pass and reading its output back.
     pub forward: Duration,
+    /// Decoding, summed over rows (thread time: with a pool it can exceed `preprocess`).
+    pub decode: Duration,
+    /// Resizing, summed over rows (thread time).
+    pub resize: Duration,
 }
 
 impl StageTimes {
     pub const PREPROCESS_KEY: &'static str = "torchspark.preprocess_ns";
     pub const FORWARD_KEY: &'static str = "torchspark.forward_ns";
+    pub const DECODE_KEY: &'static str = "torchspark.decode_ns";
+    pub const RESIZE_KEY: &'static str = "torchspark.resize_ns";
 
     /// `schema` with these times as metadata.
     pub fn annotate(&self, schema: SchemaRef) -> SchemaRef {
         let mut meta = schema.metadata().clone();
         meta.insert(Self::PREPROCESS_KEY, self.preprocess.as_nanos().to_string());
         meta.insert(Self::FORWARD_KEY, self.forward.as_nanos().to_string());
+        meta.insert(Self::DECODE_KEY, self.decode.as_nanos().to_string());
+        meta.insert(Self::RESIZE_KEY, self.resize.as_nanos().to_string());
         Arc::new(schema.as_ref().clone().with_metadata(meta))
     }
 
@@ -301,6 +313,8 @@ impl StageTimes {
         Some(StageTimes {
             preprocess: read(Self::PREPROCESS_KEY)?,
             forward: read(Self::FORWARD_KEY)?,
+            decode: read(Self::DECODE_KEY).unwrap_or_default(),
+            resize: read(Self::RESIZE_KEY).unwrap_or_default(),
         })
     }
 }

@@ -4,8 +4,14 @@
 //! antialiased on downscale) → optional center crop → `(p * scale - mean) / std` per channel,
 //! written straight into the row's slice of the batch tensor. Errors are plain strings: the
 //! batch layer prefixes them with the row number.
+//!
+//! Decoding is the `image` crate's (zune-jpeg for JPEG, SIMD). Resizing is a port of Pillow's
+//! antialiased bilinear resample (what torchvision's Resize does to PIL images): the same
+//! coefficients, fixed-point arithmetic and rounding, so the pixels equal PIL's bit for bit;
+//! integer-only, it is also several times faster than `image::imageops::resize` (floats).
 
-use image::imageops::{self, FilterType};
+use std::time::{Duration, Instant};
+
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
 
 use crate::spec::ModelSpec;
@@ -26,6 +32,15 @@ pub enum ImageInput<'a> {
     Floats(&'a [f32]),
     /// Same, as f64 (Spark `array<double>`).
     Doubles(&'a [f64]),
+}
+
+/// Where one row's preprocessing went; the batch layer sums these over rows (thread time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowTimes {
+    /// Decoding the encoded bytes (or converting Spark's struct) to RGB/gray pixels.
+    pub decode: Duration,
+    /// The antialiased resize (zero when the image already has the target size).
+    pub resize: Duration,
 }
 
 /// What the spec asks for, precomputed once per model.
@@ -88,22 +103,28 @@ impl Preprocessor {
 
     /// Fills `out` (exactly `row_len()` floats, CHW) from one row.
     pub fn fill(&self, input: ImageInput<'_>, out: &mut [f32]) -> Result<(), String> {
+        self.fill_timed(input, out).map(|_| ())
+    }
+
+    /// [`Self::fill`], also saying how long decoding and resizing took.
+    pub fn fill_timed(&self, input: ImageInput<'_>, out: &mut [f32]) -> Result<RowTimes, String> {
+        let mut times = RowTimes::default();
         match input {
             ImageInput::Floats(v) => {
                 self.check_len(v.len())?;
                 out.copy_from_slice(v);
-                Ok(())
             }
             ImageInput::Doubles(v) => {
                 self.check_len(v.len())?;
                 for (o, &x) in out.iter_mut().zip(v) {
                     *o = x as f32;
                 }
-                Ok(())
             }
             ImageInput::Encoded(bytes) => {
+                let started = Instant::now();
                 let pixels = self.decode(bytes)?;
-                self.finish(pixels, out)
+                times.decode = started.elapsed();
+                self.finish(pixels, out, &mut times)?;
             }
             ImageInput::SparkImage {
                 height,
@@ -111,10 +132,13 @@ impl Preprocessor {
                 n_channels,
                 data,
             } => {
+                let started = Instant::now();
                 let pixels = self.spark_pixels(height, width, n_channels, data)?;
-                self.finish(pixels, out)
+                times.decode = started.elapsed();
+                self.finish(pixels, out, &mut times)?;
             }
         }
+        Ok(times)
     }
 
     fn check_len(&self, len: usize) -> Result<(), String> {
@@ -202,14 +226,28 @@ impl Preprocessor {
         Ok(self.to_pixels(img))
     }
 
-    fn finish(&self, mut pixels: Pixels, out: &mut [f32]) -> Result<(), String> {
+    fn finish(
+        &self,
+        mut pixels: Pixels,
+        out: &mut [f32],
+        times: &mut RowTimes,
+    ) -> Result<(), String> {
         if let Some([rh, rw]) = self.resize
             && pixels.dimensions() != (rw, rh)
         {
+            let started = Instant::now();
+            let (w, h) = pixels.dimensions();
             pixels = match pixels {
-                Pixels::Rgb(i) => Pixels::Rgb(imageops::resize(&i, rw, rh, FilterType::Triangle)),
-                Pixels::Gray(i) => Pixels::Gray(imageops::resize(&i, rw, rh, FilterType::Triangle)),
+                Pixels::Rgb(i) => {
+                    let v = resize_like_pillow(i.as_raw(), (w, h), (rw, rh), 3);
+                    Pixels::Rgb(ImageBuffer::from_raw(rw, rh, v).ok_or("resize: bad RGB buffer")?)
+                }
+                Pixels::Gray(i) => {
+                    let v = resize_like_pillow(i.as_raw(), (w, h), (rw, rh), 1);
+                    Pixels::Gray(ImageBuffer::from_raw(rw, rh, v).ok_or("resize: bad gray buffer")?)
+                }
             };
+            times.resize = started.elapsed();
         }
         let (mut x0, mut y0) = (0u32, 0u32);
         let (w, h) = pixels.dimensions();
@@ -263,6 +301,119 @@ impl Preprocessor {
         }
         Ok(())
     }
+}
+
+/// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in Resample.c).
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// One axis of a resample: per output index, the first input index, the tap count, and
+/// `ksize` fixed-point weights (Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc`).
+struct Taps {
+    ksize: usize,
+    bounds: Vec<(usize, usize)>,
+    weights: Vec<i32>,
+}
+
+impl Taps {
+    fn bilinear(in_size: usize, out_size: usize) -> Taps {
+        let scale = in_size as f64 / out_size as f64;
+        let filterscale = scale.max(1.0);
+        let support = filterscale; // the triangle filter's support is 1, widened on downscale
+        let ksize = support.ceil() as usize * 2 + 1;
+        let mut bounds = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * ksize];
+        let mut pre = vec![0f64; ksize];
+        for xx in 0..out_size {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
+            let n = ((xmax - xmin).max(0) as usize).min(ksize);
+            let mut total = 0.0;
+            for (x, w) in pre.iter_mut().enumerate().take(n) {
+                let t = ((x as i64 + xmin) as f64 - center + 0.5) / filterscale;
+                *w = (1.0 - t.abs()).max(0.0);
+                total += *w;
+            }
+            let one = (1u32 << PRECISION_BITS) as f64;
+            for (k, &w) in weights[xx * ksize..][..n].iter_mut().zip(&pre) {
+                let w = if total != 0.0 { w / total } else { w };
+                *k = if w < 0.0 {
+                    (-0.5 + w * one) as i32
+                } else {
+                    (0.5 + w * one) as i32
+                };
+            }
+            bounds.push((xmin as usize, n));
+        }
+        Taps {
+            ksize,
+            bounds,
+            weights,
+        }
+    }
+
+    fn of(&self, i: usize) -> (usize, &[i32]) {
+        let (start, n) = self.bounds[i];
+        (start, &self.weights[i * self.ksize..][..n])
+    }
+}
+
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Pillow's `ImagingResample` with the bilinear filter on packed u8 pixels (`c` channels,
+/// `from`/`to` as width x height): horizontal pass over the rows the vertical pass needs,
+/// rounded to u8, then the vertical pass. Equal to `PIL.Image.resize(..., BILINEAR)`.
+fn resize_like_pillow(src: &[u8], from: (u32, u32), to: (u32, u32), c: usize) -> Vec<u8> {
+    let (w, h) = (from.0 as usize, from.1 as usize);
+    let (ow, oh) = (to.0 as usize, to.1 as usize);
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let vert = Taps::bilinear(h, oh);
+    // Rows of the source that the vertical pass reads.
+    let (first, last) = if oh != h && oh > 0 {
+        let (s, n) = vert.bounds[oh - 1];
+        (vert.bounds[0].0, s + n)
+    } else {
+        (0, h)
+    };
+    let (tmp, tw) = if ow != w {
+        let horiz = Taps::bilinear(w, ow);
+        let mut tmp = vec![0u8; (last - first) * ow * c];
+        for (y, out_row) in tmp.chunks_exact_mut(ow * c).enumerate() {
+            let row = &src[(y + first) * w * c..][..w * c];
+            for xx in 0..ow {
+                let (x0, k) = horiz.of(xx);
+                for ch in 0..c {
+                    let mut acc = half;
+                    for (x, &kw) in k.iter().enumerate() {
+                        acc += row[(x0 + x) * c + ch] as i32 * kw;
+                    }
+                    out_row[xx * c + ch] = clip8(acc);
+                }
+            }
+        }
+        (tmp, ow)
+    } else {
+        (src[first * w * c..last * w * c].to_vec(), w)
+    };
+    if oh == h {
+        return tmp;
+    }
+    let stride = tw * c;
+    let mut out = vec![0u8; oh * stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+        let (y0, k) = vert.of(yy);
+        let y0 = y0 - first;
+        for (i, o) in out_row.iter_mut().enumerate() {
+            let mut acc = half;
+            for (y, &kw) in k.iter().enumerate() {
+                acc += tmp[(y0 + y) * stride + i] as i32 * kw;
+            }
+            *o = clip8(acc);
+        }
+    }
+    out
 }
 
 fn crop_offset(size: u32, crop: u32) -> u32 {

@@ -1,0 +1,261 @@
+"""ImageNet-size featurizer benchmark: 2,000 JPEGs (256x256) -> center crop 224 -> features.
+
+    python tests/bench/featurize_bench.py        (also run by `make bench` through bench.py)
+
+Models: EfficientNet-Lite0 with its packaged ImageNet weights (1280-dim) and a headless
+torchvision ResNet-18 (512-dim; random weights: only speed is measured here). The JPEGs are
+256x256 crops of scikit-image's packaged photographs (nothing is downloaded). Per model:
+
+- `engine`: the same native engine on pre-decoded, preprocessed float tensors, one process,
+  2 intra-op threads (NativeModel.featurize): the ceiling without decoding.
+- `torchspark`: binaryFile -> ImageFeaturizer (JVM, JNI), local[2], noop sink.
+- `pil_torch`: the same DataFrame (same partitions) through rdd.mapPartitions with PIL decode,
+  torchvision transforms and the same TorchScript model, batch 32, channels-last input,
+  inference_mode, one thread per task: its best mode that we found here.
+- `torchspark_bf16`: ImageFeaturizer with precision="bf16" (the unfrozen exports).
+
+Prints one line per way, the ratios against the targets (end to end >= 0.9 of `engine`,
+>= 1.8x `pil_torch`), and the stage times (read, decode, resize, normalize, forward).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
+
+import efficientnet_lite0  # noqa: E402
+
+import torchspark  # noqa: E402
+
+OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output")) / "bench"
+MEAN, STD = efficientnet_lite0.MEAN, efficientnet_lite0.STD
+BATCH = 32
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def write_photo_jpegs(folder: Path, count: int) -> None:
+    """`count` 256x256 JPEGs (quality 90): random crops, scales and flips of real photos."""
+    from PIL import Image
+    from skimage import data
+
+    if folder.exists() and len(list(folder.glob("*.jpg"))) == count:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [
+        Image.fromarray(getattr(data, n)()[..., :3])
+        for n in ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
+    ]  # fmt: skip
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        im = photos[i % len(photos)]
+        side = int(rng.integers(256, min(im.size) + 1))
+        x, y = (int(rng.integers(0, d - side + 1)) for d in im.size)
+        crop = im.crop((x, y, x + side, y + side)).resize((256, 256), Image.BILINEAR)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        crop.save(folder / f"img_{i:05d}.jpg", quality=90)
+
+
+def imagenet_spec(featurize: dict) -> dict:
+    return {
+        "input": {"height": 224, "width": 224},
+        "preprocess": {"resize": [256, 256], "center_crop": [224, 224], "mean": MEAN, "std": STD},
+        "featurize": featurize,
+    }
+
+
+def models(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """name -> (frozen featurizer, unfrozen twin for bf16)."""
+    import torch
+    import torchvision
+
+    _, lite0 = efficientnet_lite0.export(folder)
+    out = {"EfficientNet-Lite0": (lite0, folder / "efficientnet_lite0_params.pt")}
+    r18, r18_params = folder / "resnet18_headless.pt", folder / "resnet18_headless_params.pt"
+    if not (r18.exists() and r18_params.exists()):
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(num_classes=1000)
+        net.fc = torch.nn.Identity()  # headless: the 512-dim pooled embedding
+        torchspark.export_model(net, r18, imagenet_spec({"output_index": 0}))
+        torchspark.export_model(net, r18_params, imagenet_spec({"output_index": 0}), freeze=False)
+    out["ResNet-18 headless"] = (r18, r18_params)
+    return out
+
+
+def preprocessed(files: list[Path], n: int) -> np.ndarray:
+    """n float inputs (3x224x224), cycling through the first 64 files: the engine's input."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    tf = T.Compose([T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])
+    unique = np.stack([tf(Image.open(f).convert("RGB")).numpy() for f in files[:64]])
+    return unique[np.arange(n) % len(unique)]
+
+
+def engine_rate(model: Path, x: np.ndarray) -> float:
+    m = torchspark.NativeModel(model, num_threads=2)
+    m.featurize(x[:BATCH], batch_size=BATCH)  # load + warm up
+    t = time.perf_counter()
+    for i in range(0, len(x), 256):
+        m.featurize(x[i : i + 256], batch_size=BATCH)
+    return len(x) / (time.perf_counter() - t)
+
+
+def native_profile(model: Path, files: list[Path]) -> dict[str, float]:
+    """ms per image in decode / resize / normalize / forward: NativeModel on the JPEG bytes with
+    one thread (what each of the two Spark tasks has), from the batches' stage metadata."""
+    m = torchspark.NativeModel(model, num_threads=1)
+    blobs = [f.read_bytes() for f in files]
+    m.featurize([blobs[0]])
+    keys = ("preprocess", "forward", "decode", "resize")
+    tot = dict.fromkeys(keys, 0)
+    for i in range(0, len(blobs), BATCH):
+        meta = m.featurize(blobs[i : i + BATCH], batch_size=BATCH).schema.metadata
+        for k in keys:
+            tot[k] += int(meta[f"torchspark.{k}_ns".encode()])
+    per = {k: v / 1e6 / len(blobs) for k, v in tot.items()}
+    per["normalize"] = per["preprocess"] - per["decode"] - per["resize"]
+    return per
+
+
+def pil_torch_partition(model_path: str):
+    def run(rows):
+        import io
+
+        import torch
+        from PIL import Image
+        from torchvision import transforms as T
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        mod = torch.jit.load(model_path)
+        tf = T.Compose(
+            [T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)]
+        )
+
+        def flush(batch):
+            x = torch.stack(batch).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                return [len(f) for f in mod(x)]
+
+        batch = []
+        for r in rows:
+            batch.append(tf(Image.open(io.BytesIO(r.content)).convert("RGB")))
+            if len(batch) == BATCH:
+                yield from flush(batch)
+                batch = []
+        if batch:
+            yield from flush(batch)
+
+    return run
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run(spark, n: int = 2000) -> list[dict]:
+    """Every way for both models; returns one dict per model with the figures."""
+    jpegs = OUT / "jpeg256_photos"
+    write_photo_jpegs(jpegs, n)
+    files = sorted(jpegs.glob("*.jpg"))
+    df = spark.read.format("binaryFile").load(str(jpegs))
+    parts = df.rdd.getNumPartitions()
+    x = preprocessed(files, min(n, 512))
+    results = []
+    for name, (model, params) in models(OUT / "imagenet").items():
+        log(f"\n== featurizer: {n} JPEGs 256x256 -> crop 224, {name} ({parts} partitions) ==")
+        eng = engine_rate(model, x)
+        feat = torchspark.ImageFeaturizer(modelPath=str(model), inputCol="content", batchSize=BATCH)
+
+        def spark_run(f=feat):
+            f.transform(df).write.format("noop").mode("overwrite").save()
+
+        ts_cold, ts_warm = timed(spark_run), timed(spark_run)
+        m = feat.metrics()
+
+        def pil_run(path=str(model)):
+            df.rdd.mapPartitions(pil_torch_partition(path)).count()
+
+        pt_cold, pt_warm = timed(pil_run), timed(pil_run)
+        bf = torchspark.ImageFeaturizer(
+            modelPath=str(params), inputCol="content", batchSize=BATCH, precision="bf16"
+        )
+        timed(lambda f=bf: spark_run(f))
+        bf_warm = timed(lambda f=bf: spark_run(f))
+        prof = native_profile(model, files[: min(n, 256)])
+        r = {
+            "model": name,
+            "engine": eng,
+            "torchspark": n / ts_warm,
+            "torchspark_cold_s": ts_cold,
+            "pil_torch": n / pt_warm,
+            "pil_torch_cold_s": pt_cold,
+            "bf16": n / bf_warm,
+            "metrics": m,
+            "profile": prof,
+        }
+        results.append(r)
+        log(f"  engine (pre-decoded tensors, 1 process, 2 threads)  {eng:7.1f} img/s")
+        log(f"  torchspark ImageFeaturizer (local[2], JVM, JNI)      {r['torchspark']:7.1f} img/s "
+            f"(cold {ts_cold:.1f} s)")  # fmt: skip
+        log(f"  PIL + torchvision + torch in mapPartitions           {r['pil_torch']:7.1f} img/s "
+            f"(cold {pt_cold:.1f} s; batch {BATCH}, channels-last, 1 thread per task)")  # fmt: skip
+        log(f"  torchspark, precision=bf16                           {r['bf16']:7.1f} img/s "
+            f"(x{r['bf16'] / r['torchspark']:.2f} of fp32)")  # fmt: skip
+        log(f"  ratio end to end / engine        {r['torchspark'] / eng:5.2f}  (target >= 0.9)")
+        log(f"  ratio torchspark / PIL+torch     {r['torchspark'] / r['pil_torch']:5.2f}  "
+            "(target >= 1.8)")  # fmt: skip
+        task_s = sum(m.get(k, 0) for k in ("readTimeMs", "bridgeTimeMs", "nativeTimeMs")) / 1000
+        log(
+            f"  task time by stage (warm, summed over tasks, {task_s:.1f} s): "
+            f"read {m['readTimeMs'] / 1000:.2f} s, bridge {m['bridgeTimeMs'] / 1000:.2f} s, "
+            f"preprocess {m['preprocessTimeMs'] / 1000:.2f} s, "
+            f"forward {m['forwardTimeMs'] / 1000:.2f} s"
+        )
+        log(
+            "  native profile per image (1 thread, as in a task): "
+            + ", ".join(
+                f"{k} {prof[k]:.2f} ms" for k in ("decode", "resize", "normalize", "forward")
+            )
+        )
+    return results
+
+
+def markdown(results: list[dict], n: int) -> str:
+    """Lines for bench/results.md."""
+    out = []
+    for r in results:
+        p = r["profile"]
+        out.append(
+            f"- Featurizer ({n} JPEGs 256x256 -> 224, {r['model']}): torchspark "
+            f"{r['torchspark']:.1f} img/s, engine on pre-decoded tensors {r['engine']:.1f} "
+            f"(x{r['torchspark'] / r['engine']:.2f}, target 0.9), PIL + torchvision + torch "
+            f"{r['pil_torch']:.1f} (x{r['torchspark'] / r['pil_torch']:.2f}, target 1.8), "
+            f"bf16 {r['bf16']:.1f} (x{r['bf16'] / r['torchspark']:.2f}); per image decode "
+            f"{p['decode']:.2f} ms, resize {p['resize']:.2f} ms, normalize {p['normalize']:.2f} ms, "
+            f"forward {p['forward']:.2f} ms."
+        )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    session = torchspark.local_session(
+        "local[2]", **{"spark.ui.showConsoleProgress": "false", "spark.ui.enabled": "false"}
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    count = int(os.environ.get("FEATURIZE_IMAGES", "2000"))
+    res = run(session, count)
+    log("\n" + markdown(res, count))
+    session.stop()
