@@ -11,6 +11,9 @@ CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORC
 SO      := target/release/libtorchspark.so
 JAR     := jvm-shim/target/torchspark-0.1.0.jar
 MVN     := mvn -B -ntp -f jvm-shim/pom.xml
+# MiniDFS + MiniYARN for the cluster tests: Maven resolves hadoop-client-minicluster here.
+HARNESS_MVN := mvn -B -ntp -f tests/cluster/pom.xml
+HARNESS := tests/cluster/target/torchspark-cluster-harness-0.1.0.jar
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,10 +45,16 @@ dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glib
 demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark, clusters, dist, notebook)
+test: setup dist $(HARNESS) ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark, clusters, dist, notebook)
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
+
+test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
+	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python
+
+$(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
+	$(HARNESS_MVN) -q package
 
 bench: setup ## side-by-side performance, writes bench/results.md
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
@@ -56,14 +65,16 @@ lint: $(VENV)/.installed ## formatters and linters: rustfmt, clippy, ruff, scala
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(MVN) -q spotless:check
+	$(HARNESS_MVN) -q spotless:check
 
 fmt: $(VENV)/.installed ## format everything
 	cargo fmt --all
 	$(VENV)/bin/ruff format .
 	$(MVN) -q spotless:apply
+	$(HARNESS_MVN) -q spotless:apply
 
 clean: ## remove build outputs (keeps .venv)
 	cargo clean
-	rm -rf jvm-shim/target tests/fixtures/out
+	rm -rf jvm-shim/target tests/cluster/target tests/fixtures/out
 
-.PHONY: help setup native jar dist demo test bench lint fmt clean
+.PHONY: help setup native jar dist demo test test-cluster bench lint fmt clean

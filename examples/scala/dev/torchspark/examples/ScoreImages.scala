@@ -3,7 +3,7 @@ package dev.torchspark.examples
 import dev.torchspark.{ImageScorer, TorchSpark}
 import org.apache.spark.ml.functions.vector_to_array
 import org.apache.spark.sql.SparkSession
-import org.apache.spark.sql.functions.col
+import org.apache.spark.sql.functions.{col, when}
 
 /**
  * Scores every image under a directory and writes Parquet (path, prediction, label, probability).
@@ -38,7 +38,8 @@ object ScoreImages {
         col("path"),
         col("prediction").cast("int").as("prediction"),
         col("predictedLabel").as("label"),
-        vector_to_array(col("probability")).as("probability"),
+        // A row that failed (handleInvalid=keep) has no probability; vector_to_array rejects null.
+        when(col("probability").isNotNull, vector_to_array(col("probability"))).as("probability"),
         col("error"))
       .write
       .mode("overwrite")

@@ -1,0 +1,113 @@
+"""The PySpark driver of the cluster tests (scenario c and the executor-kill test), run with
+spark-submit against a real cluster; it writes what it saw as JSON for pytest to check.
+
+    driver.py scenario IMAGES MODEL OUT_JSON    ImageScorer twice, then rdd.mapPartitions
+    driver.py kill IMAGES MODEL OUT_JSON        one slow ImageScorer job; prints progress lines
+                                                so that the test can SIGKILL an executor mid-job
+
+MODEL is a path on every node or a --files name.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+from pyspark import SparkFiles
+from pyspark.sql import SparkSession
+
+import torchspark
+from torchspark import ImageScorer
+
+
+def read_images(spark, path: str, partitions: int | None = None):
+    reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+    if partitions:
+        # binaryFile splits by bytes (each file costs openCostInBytes more); the kill test
+        # wants about `partitions` small tasks.
+        spark.conf.set("spark.sql.files.openCostInBytes", "8192")
+        spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
+    return reader.load(path).select("path", "content")
+
+
+def executors(spark) -> int:
+    # The JVM's status tracker lists the driver too.
+    return len(spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()) - 1
+
+
+def scored_rows(df) -> list[list]:
+    return [
+        [r.path, r.prediction, r.error] for r in df.select("path", "prediction", "error").collect()
+    ]
+
+
+def scenario(spark, images: str, model: str) -> dict:
+    files = read_images(spark, images)
+    scorer = ImageScorer(modelPath=model, inputCol="content", handleInvalid="keep")
+    first = scored_rows(scorer.transform(files))
+    m1 = scorer.metrics()
+    second = scored_rows(scorer.transform(files))
+    m2 = scorer.metrics()
+
+    # The Python-worker way: the same native code, in the executors' Python workers.
+    def worker_path(rows):
+        local = SparkFiles.get(model) if "/" not in model else model
+        return torchspark.score_partitions(local)(rows)
+
+    rdd = [list(t) for t in files.rdd.mapPartitions(worker_path).collect()]
+    return {
+        "executors": executors(spark),
+        "first": {"rows": first, "metrics": m1},
+        "second": {"rows": second, "metrics": m2},
+        "rdd": {"rows": [[p, pred, e] for p, pred, _label, _prob, e in rdd]},
+    }
+
+
+def kill(spark, images: str, model: str) -> dict:
+    files = read_images(spark, images, partitions=24)
+
+    # A slow identity upstream of the scorer, in the same stage: the job lasts long enough
+    # for the test to kill an executor while tasks are still to run.
+    def slow(batches):
+        for b in batches:
+            time.sleep(0.4)
+            yield b
+
+    slowed = files.mapInArrow(slow, files.schema)
+    scorer = ImageScorer(modelPath=model, inputCol="content", handleInvalid="keep")
+    sc = spark.sparkContext
+    done = threading.Event()
+
+    def progress() -> None:
+        while not done.is_set():
+            for stage in sc.statusTracker().getActiveStageIds():
+                info = sc.statusTracker().getStageInfo(stage)
+                if info:
+                    print(
+                        f"PROGRESS {info.numCompletedTasks}/{info.numTasks}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            time.sleep(0.2)
+
+    threading.Thread(target=progress, daemon=True).start()
+    try:
+        rows = scored_rows(scorer.transform(slowed))
+    finally:
+        done.set()
+    return {"executors": executors(spark), "rows": rows, "metrics": scorer.metrics()}
+
+
+def main() -> None:
+    mode, images, model, out = sys.argv[1:5]
+    spark = SparkSession.builder.appName(f"torchspark-test-{mode}").getOrCreate()
+    result = {"scenario": scenario, "kill": kill}[mode](spark, images, model)
+    with open(out, "w") as f:
+        json.dump(result, f)
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""torchspark on a standalone cluster (a master and 2 workers of 1 core, on 127.0.0.1, started
+once for this module; see spark_clusters.py). `pytest -m cluster` runs only the cluster tests.
+
+a) spark-submit of the Scala example, b) of its Python twin examples/score_images.py, c) a
+PySpark driver (ImageScorer twice, then rdd.mapPartitions), and an executor SIGKILLed mid-job.
+Every image comes out exactly once, with NativeModel's prediction (computed here, in one
+process); the model is loaded once per executor on the first job and not again on the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+
+import pytest
+from spark_clusters import (
+    DRIVER,
+    EXAMPLE,
+    EXECUTORS,
+    SCALA_EXAMPLE,
+    Standalone,
+    check_driver,
+    check_rows,
+    model_loads,
+    read_parquet,
+    session_failed,
+    stop,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def standalone(request, tmp_path_factory):
+    before = request.session.testsfailed
+    c = None
+    try:
+        c = Standalone(tmp_path_factory.mktemp("standalone"))
+        yield c
+    finally:
+        if c is not None:
+            kept = c.close(failed=session_failed(request, before))
+            if kept:
+                print(f"standalone cluster logs kept in {kept}", file=sys.stderr)
+
+
+# ---- standalone --------------------------------------------------------------------------------
+
+
+def test_standalone_scala_example_writes_one_row_per_image(
+    standalone, spark, cluster_images, model_files, oracle, tmp_path
+):
+    from torchspark import jar_path
+
+    out = tmp_path / "scores.parquet"
+    log = standalone.submit(
+        ["--class", SCALA_EXAMPLE, jar_path(), cluster_images, "resnet20.pt", out],
+        files=model_files,
+    )
+    cols, rows = read_parquet(spark, str(out))
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    check_rows(rows, oracle, "Scala example")
+    assert model_loads(log) == EXECUTORS
+
+
+def test_standalone_python_example_writes_one_row_per_image(
+    standalone, spark, cluster_images, model_files, oracle, tmp_path
+):
+    out = tmp_path / "scores.parquet"
+    log = standalone.submit([EXAMPLE, cluster_images, "resnet20.pt", out], files=model_files)
+    cols, rows = read_parquet(spark, str(out))
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    check_rows(rows, oracle, "Python example")
+    assert model_loads(log) == EXECUTORS
+
+
+def test_standalone_pyspark_driver_loads_the_model_once_per_executor(
+    standalone, cluster_images, model_files, oracle, tmp_path
+):
+    out = tmp_path / "result.json"
+    standalone.submit([DRIVER, "scenario", cluster_images, "resnet20.pt", out], files=model_files)
+    check_driver(json.loads(out.read_text()), oracle)
+
+
+def test_standalone_executor_killed_mid_job_loses_and_repeats_no_row(
+    standalone, cluster_images, model_files, oracle, tmp_path
+):
+    out = tmp_path / "result.json"
+    p = standalone.popen([DRIVER, "kill", cluster_images, "resnet20.pt", out], files=model_files)
+    killed: list[tuple[int, str]] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not killed and p.poll() is None and time.monotonic() < deadline:
+            progress = re.findall(r"PROGRESS (\d+)/(\d+)", p.log_path.read_text(errors="replace"))
+            if progress and 3 <= int(progress[-1][0]) <= int(progress[-1][1]) - 8:
+                pids = standalone.executor_pids()
+                if len(pids) == EXECUTORS:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append((pids[0], progress[-1][0] + "/" + progress[-1][1]))
+            time.sleep(0.1)
+        p.wait(timeout=300)
+    finally:
+        stop([p])
+    log = p.log_path.read_text(errors="replace")
+    assert killed, f"the job ended before an executor could be killed:\n{log[-3000:]}"
+    assert p.returncode == 0, log[-6000:]
+    assert "Lost executor" in log or "lost executor" in log.lower(), "Spark never saw the kill"
+    result = json.loads(out.read_text())
+    check_rows(result["rows"], oracle, f"after SIGKILL of executor {killed[0]}")

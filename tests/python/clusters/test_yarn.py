@@ -1,0 +1,92 @@
+"""torchspark on YARN + HDFS, the HDInsight shape: MiniDFSCluster (1 datanode) and
+MiniYARNCluster (1 NodeManager) in one harness JVM (tests/cluster, `make cluster-harness`),
+started once for this module on 127.0.0.1. Images and model are on hdfs://; spark-submit runs
+in cluster deploy mode (scenarios a, b) and client mode (c). Same checks as the standalone tests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from spark_clusters import (
+    DRIVER,
+    EXAMPLE,
+    EXECUTORS,
+    SCALA_EXAMPLE,
+    Yarn,
+    app_id,
+    check_driver,
+    check_rows,
+    model_loads,
+    read_parquet,
+    session_failed,
+)
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def yarn(request, tmp_path_factory, cluster_images, model_files):
+    before = request.session.testsfailed
+    c = None
+    try:
+        c = Yarn(
+            tmp_path_factory.mktemp("yarn"),
+            put={
+                "/data/images": cluster_images,
+                **{f"/models/{Path(f).name}": Path(f) for f in model_files},
+            },
+        )
+        yield c
+    finally:
+        if c is not None:
+            kept = c.close(failed=session_failed(request, before))
+            if kept:
+                print(f"YARN cluster logs kept in {kept}", file=sys.stderr)
+
+
+# ---- YARN + HDFS -------------------------------------------------------------------------------
+
+
+def test_yarn_cluster_mode_scala_example_reads_and_writes_hdfs(yarn, spark, model_files, oracle):
+    from torchspark import jar_path
+
+    out = f"{yarn.fs}/out/scala.parquet"
+    log = yarn.submit(
+        ["--class", SCALA_EXAMPLE, jar_path(), f"{yarn.fs}/data/images", "resnet20.pt", out],
+        deploy_mode="cluster",
+        files=model_files,
+    )
+    cols, rows = read_parquet(spark, out)
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    assert all(str(p).startswith("hdfs://") for p, _, _ in rows)
+    check_rows(rows, oracle, "Scala example on YARN")
+    assert model_loads(yarn.driver_stdout(app_id(log))) == EXECUTORS
+
+
+def test_yarn_cluster_mode_python_example_reads_and_writes_hdfs(yarn, spark, model_files, oracle):
+    out = f"{yarn.fs}/out/python.parquet"
+    log = yarn.submit(
+        [EXAMPLE, f"{yarn.fs}/data/images", "resnet20.pt", out],
+        deploy_mode="cluster",
+        files=model_files,
+    )
+    cols, rows = read_parquet(spark, out)
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    check_rows(rows, oracle, "Python example on YARN")
+    assert model_loads(yarn.driver_stdout(app_id(log))) == EXECUTORS
+
+
+def test_yarn_client_mode_pyspark_driver_loads_the_model_once_per_executor(
+    yarn, model_files, oracle, tmp_path
+):
+    out = tmp_path / "result.json"
+    yarn.submit(
+        [DRIVER, "scenario", f"{yarn.fs}/data/images", "resnet20.pt", out],
+        deploy_mode="client",
+        files=model_files,
+    )
+    check_driver(json.loads(out.read_text()), oracle)
