@@ -181,11 +181,14 @@ class Cluster:
 
     def submit(self, app, deploy_mode="client", conf=None, files=(), timeout=600) -> str:
         """Runs spark-submit to the end; returns its output (raises with its tail on failure)."""
+        t0 = time.monotonic()
         p = self.popen(app, deploy_mode, conf, files)
         try:
             p.wait(timeout=timeout)
         finally:
             stop([p])
+        what = Path(str(app[0])).name if str(app[0]).endswith(".py") else app[1]
+        print(f"[timing] {self.name} {deploy_mode} {what}: {time.monotonic() - t0:.1f} s")
         out = p.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
         if p.returncode != 0:
             tail = out[-6000:]
@@ -301,7 +304,6 @@ class Yarn(Cluster):
                 "-Xmx1g",
                 # Start-up is class loading and cold code: C1 alone gets there sooner.
                 "-XX:TieredStopAtLevel=1",
-                *([os.environ["HARNESS_JVM_OPT"]] if os.environ.get("HARNESS_JVM_OPT") else []),
                 *opens,
                 "-cp",
                 cp,
@@ -402,6 +404,7 @@ def read_parquet(spark, path: str) -> tuple[list[str], list[tuple]]:
 
 
 def check_driver(result: dict, oracle) -> None:
+    print(f"[timing] ImageScorer jobs and rdd.mapPartitions, seconds: {result['seconds']}")
     assert result["executors"] == EXECUTORS
     check_rows(result["first"]["rows"], oracle, "ImageScorer, first job")
     check_rows(result["second"]["rows"], oracle, "ImageScorer, second job")

@@ -19,6 +19,7 @@ import org.apache.hadoop.yarn.server.MiniYARNCluster;
  * <pre>MiniCluster WORK_DIR [NM_MEMORY_MB [NM_VCORES [LOCAL=HDFS_PATH ...]]]</pre>
  *
  * <p>Each LOCAL=HDFS_PATH is copied onto HDFS before the cluster reports ready.
+ *
  * <p>Writes a minimal Hadoop conf dir (WORK_DIR/conf) for spark-submit, prints one line {@code
  * MINICLUSTER READY <json>} and stays up until stdin closes (or the process is killed).
  */
