@@ -2,12 +2,12 @@
 
 The Python twin of the Scala `dev.torchspark.examples.ScoreImages`, for spark-submit:
 
-    spark-submit --master yarn --jars torchspark-0.1.0.jar \
-      --files resnet20.pt,resnet20.json examples/score_images.py \
-      /data/images resnet20.pt /out/scores.parquet [--batch-size 64]
+    spark-submit --master yarn --jars torchspark-0.1.0.jar examples/score_images.py \
+      hdfs:///data/images hdfs:///models/resnet20.pt hdfs:///out/scores.parquet [--batch-size 64]
 
 The scoring runs natively in the JVM executors (ImageScorer); Python only drives. `model` may
-be a path present on every node or the name of a file shipped with --files. One JSON line
+be a cluster-storage URI (hdfs://, abfs://, s3a://, ...), a path present on every node, or the
+name of a file shipped with --files. One JSON line
 `torchspark: {...}` reports the job's counters (images scored, row errors, model loads).
 """
 
@@ -20,17 +20,14 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+import torchspark
 from torchspark import ImageScorer
 
 
 def read_images(spark: SparkSession, path: str) -> DataFrame:
-    """Every file under `path` (recursively) as rows of `path, content`."""
-    return (
-        spark.read.format("binaryFile")
-        .option("recursiveFileLookup", "true")
-        .load(path)
-        .select("path", "content")
-    )
+    """Every file under `path` (recursively) as rows of `path, content`, in a few partitions
+    per task slot (see torchspark.read_images)."""
+    return torchspark.read_images(spark, path).select("path", "content")
 
 
 def score(images: DataFrame, model: str, batch_size: int = 64) -> tuple[DataFrame, ImageScorer]:

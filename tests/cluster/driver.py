@@ -5,7 +5,7 @@ spark-submit against a real cluster; it writes what it saw as JSON for pytest to
     driver.py kill IMAGES MODEL OUT_JSON        one slow ImageScorer job; prints progress lines
                                                 so that the test can SIGKILL an executor mid-job
 
-MODEL is a path on every node or a --files name.
+MODEL is a cluster-storage URI, a path on every node or a --files name.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 
-from pyspark import SparkFiles
 from pyspark.sql import SparkSession
 
 import torchspark
@@ -23,12 +22,13 @@ from torchspark import ImageScorer
 
 
 def read_images(spark, path: str, partitions: int | None = None):
+    if not partitions:
+        return torchspark.read_images(spark, path).select("path", "content")
+    # The kill test wants many small tasks (read_images makes a few per slot): binaryFile
+    # splits by bytes, each file costing openCostInBytes more.
+    spark.conf.set("spark.sql.files.openCostInBytes", "8192")
+    spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
     reader = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-    if partitions:
-        # binaryFile splits by bytes (each file costs openCostInBytes more); the kill test
-        # wants about `partitions` small tasks.
-        spark.conf.set("spark.sql.files.openCostInBytes", "8192")
-        spark.conf.set("spark.sql.files.minPartitionNum", str(partitions))
     return reader.load(path).select("path", "content")
 
 
@@ -54,12 +54,9 @@ def scenario(spark, images: str, model: str) -> dict:
     m2 = scorer.metrics()
     t2 = time.monotonic()
 
-    # The Python-worker way: the same native code, in the executors' Python workers.
-    def worker_path(rows):
-        local = SparkFiles.get(model) if "/" not in model else model
-        return torchspark.score_partitions(local)(rows)
-
-    rdd = [list(t) for t in files.rdd.mapPartitions(worker_path).collect()]
+    # The Python-worker way: the same native code, in the executors' Python workers (a
+    # cluster-storage model is shipped to them by score_partitions).
+    rdd = [list(t) for t in files.rdd.mapPartitions(torchspark.score_partitions(model)).collect()]
     t3 = time.monotonic()
     return {
         # Cold: the executors load libtorch and the model; warm: they have them.

@@ -329,6 +329,7 @@ class Yarn(Cluster):
 
         wait_for("MiniDFS + MiniYARN", up, 300, self.procs)
         self.fs = ready["fs"]
+        self.model = f"{self.fs}/models/resnet20.pt"
         self.env["HADOOP_CONF_DIR"] = ready["conf"]
 
     def master_args(self, deploy_mode: str) -> list[str]:

@@ -1,6 +1,6 @@
 """torchspark on YARN + HDFS, the HDInsight shape: MiniDFSCluster (1 datanode) and
 MiniYARNCluster (1 NodeManager) in one harness JVM (tests/cluster, `make cluster-harness`),
-started once for this module on 127.0.0.1. Images and model are on hdfs://; spark-submit runs
+started once for this module on 127.0.0.1. Images and model are on hdfs:// (`modelPath=hdfs://...`, no --files); spark-submit runs
 in cluster deploy mode (scenarios a, b) and client mode (c). Same checks as the standalone tests.
 """
 
@@ -51,14 +51,13 @@ def yarn(request, tmp_path_factory, cluster_images, model_files):
 # ---- YARN + HDFS -------------------------------------------------------------------------------
 
 
-def test_yarn_cluster_mode_scala_example_reads_and_writes_hdfs(yarn, spark, model_files, oracle):
+def test_yarn_cluster_mode_scala_example_reads_and_writes_hdfs(yarn, spark, oracle):
     from torchspark import jar_path
 
     out = f"{yarn.fs}/out/scala.parquet"
     log = yarn.submit(
-        ["--class", SCALA_EXAMPLE, jar_path(), f"{yarn.fs}/data/images", "resnet20.pt", out],
+        ["--class", SCALA_EXAMPLE, jar_path(), f"{yarn.fs}/data/images", yarn.model, out],
         deploy_mode="cluster",
-        files=model_files,
     )
     cols, rows = read_parquet(spark, out)
     assert cols == ["path", "prediction", "label", "probability", "error"]
@@ -67,12 +66,11 @@ def test_yarn_cluster_mode_scala_example_reads_and_writes_hdfs(yarn, spark, mode
     assert model_loads(yarn.driver_stdout(app_id(log))) == EXECUTORS
 
 
-def test_yarn_cluster_mode_python_example_reads_and_writes_hdfs(yarn, spark, model_files, oracle):
+def test_yarn_cluster_mode_python_example_reads_and_writes_hdfs(yarn, spark, oracle):
     out = f"{yarn.fs}/out/python.parquet"
     log = yarn.submit(
-        [EXAMPLE, f"{yarn.fs}/data/images", "resnet20.pt", out],
+        [EXAMPLE, f"{yarn.fs}/data/images", yarn.model, out],
         deploy_mode="cluster",
-        files=model_files,
     )
     cols, rows = read_parquet(spark, out)
     assert cols == ["path", "prediction", "label", "probability", "error"]
@@ -80,13 +78,10 @@ def test_yarn_cluster_mode_python_example_reads_and_writes_hdfs(yarn, spark, mod
     assert model_loads(yarn.driver_stdout(app_id(log))) == EXECUTORS
 
 
-def test_yarn_client_mode_pyspark_driver_loads_the_model_once_per_executor(
-    yarn, model_files, oracle, tmp_path
-):
+def test_yarn_client_mode_pyspark_driver_loads_the_model_once_per_executor(yarn, oracle, tmp_path):
     out = tmp_path / "result.json"
     yarn.submit(
-        [DRIVER, "scenario", f"{yarn.fs}/data/images", "resnet20.pt", out],
+        [DRIVER, "scenario", f"{yarn.fs}/data/images", yarn.model, out],
         deploy_mode="client",
-        files=model_files,
     )
     check_driver(json.loads(out.read_text()), oracle)
