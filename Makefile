@@ -63,6 +63,8 @@ test: setup dist ## every suite: cargo, Maven (JVM + Spark) on both lines, pytes
 	$(MVN) test
 	$(MVN35) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
+	@# Its own process: a Connect session turns the whole interpreter into a Connect client.
+	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/connect
 	$(MAKE) --no-print-directory test-spark35
 
 # The DataFrame API, the Python-worker paths, bad input, UDFs and spark-submit on pyspark 3.5.
