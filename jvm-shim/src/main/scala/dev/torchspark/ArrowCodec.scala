@@ -170,7 +170,10 @@ private[torchspark] object ArrowCodec {
     try {
       val meta = reader.getVectorSchemaRoot.getSchema.getCustomMetadata
       def get(k: String): Long =
-        Option(meta).flatMap(m => Option(m.get(k))).flatMap(v => Try(v.toLong).toOption).getOrElse(0L)
+        Option(meta)
+          .flatMap(m => Option(m.get(k)))
+          .flatMap(v => Try(v.toLong).toOption)
+          .getOrElse(0L)
       (get("torchspark.preprocess_ns"), get("torchspark.forward_ns"))
     } finally reader.close()
   }
