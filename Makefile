@@ -20,7 +20,7 @@ PY35    := $(VENV35)/bin/python
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed $(VENV35)/.installed native jar ## idempotent: .venv, .venv-spark35, Rust build, both jars
 
@@ -71,7 +71,7 @@ test: setup dist ## every suite: cargo, Maven (JVM + Spark) on both lines, pytes
 test-spark35: setup ## pytest on pyspark 3.5 (.venv-spark35, the 3.5 jar)
 	PYTHONUNBUFFERED=1 TORCHSPARK_LIBTORCH_DIR=$(LIBTORCH) TORCHSPARK_FIXTURE_PYTHON=$(PY) \
 	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py \
-	  -k "not bf16 and not notebook"
+	  -k "not bf16"
 
 bench: setup ## side-by-side performance, writes bench/results.md
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
