@@ -53,7 +53,7 @@ jar: native ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12), with the .so
 	cp $(JAR) $(JAR35) python/torchspark/jars/
 
 dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), the jar, SHA256SUMS
-	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --out dist
+	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --jar $(JAR35) --out dist
 
 demo: setup ## the main job: train ResNet-20 on digits, score 10,000 PNGs on Spark, report
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
