@@ -9,16 +9,23 @@ PYTHON  ?= python3
 # torch-sys builds against the venv's torch (libtorch 2.13.0).
 CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
 SO      := target/release/libtorchspark.so
-JAR     := jvm-shim/target/torchspark-0.1.0.jar
+# One jar per Spark line, same classes and the same .so inside. JAR is the default line (4.1).
+JAR     := jvm-shim/target/torchspark-spark4.1_2.13-0.1.0.jar
+JAR35   := jvm-shim/target/torchspark-spark3.5_2.12-0.1.0.jar
 MVN     := mvn -B -ntp -f jvm-shim/pom.xml
 # MiniDFS + MiniYARN for the cluster tests: Maven resolves hadoop-client-minicluster here.
 HARNESS_MVN := mvn -B -ntp -f tests/cluster/pom.xml
 HARNESS := tests/cluster/target/torchspark-cluster-harness-0.1.0.jar
+MVN35   := $(MVN) -Pspark-3.5 -Pscala-2.12
+# pyspark 3.5 in a second venv; it borrows the main venv's libtorch instead of a second torch.
+VENV35  := $(CURDIR)/.venv-spark35
+PY35    := $(VENV35)/bin/python
+LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(VENV)/.installed native jar ## idempotent: .venv, Rust release build, jar
+setup: $(VENV)/.installed $(VENV35)/.installed native jar ## idempotent: .venv, .venv-spark35, Rust build, both jars
 
 $(VENV)/.installed: python/requirements.txt python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,28 +34,47 @@ $(VENV)/.installed: python/requirements.txt python/pyproject.toml
 	$(PY) -m pip install -q --no-deps -e python
 	touch $@
 
+$(VENV35)/.installed: python/requirements-spark35.txt python/pyproject.toml
+	test -x $(PY35) || $(PYTHON) -m venv $(VENV35)
+	$(PY35) -m pip install -q --upgrade pip
+	$(PY35) -m pip install -q -r python/requirements-spark35.txt
+	$(PY35) -m pip install -q --no-deps -e python
+	touch $@
+
 native: $(VENV)/.installed ## Rust release build of the cdylib
 	$(CARGO_ENV) cargo build --release --locked
 	@# The newest glibc it references: the loaders compare it with the node's before loading.
 	$(PY) python/torchspark/_elf.py $(SO) > $(SO).glibc
 
-jar: native ## the Spark jar, with the .so embedded
+jar: native ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12), with the .so embedded
 	$(MVN) -q -DskipTests package
-	@# So that a wheel of python/ (pip install ./python) carries both.
+	$(MVN35) -q -DskipTests package
+	@# So that a wheel of python/ (pip install ./python) carries the .so and both jars.
 	mkdir -p python/torchspark/lib python/torchspark/jars
+	rm -f python/torchspark/jars/torchspark-*.jar
 	cp $(SO) python/torchspark/lib/
-	cp $(JAR) python/torchspark/jars/
+	cp $(JAR) $(JAR35) python/torchspark/jars/
 
 dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), the jar, SHA256SUMS
-	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --out dist
+	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --jar $(JAR35) --out dist
 
 demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) ## every suite: cargo, Maven (JVM + Spark), pytest (PySpark, clusters, dist, notebook)
+test: setup dist $(HARNESS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
+	$(MVN35) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
+	@# Its own process: a Connect session turns the whole interpreter into a Connect client.
+	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/connect
+	$(MAKE) --no-print-directory test-spark35
+
+# The DataFrame API, the Python-worker paths, bad input, UDFs and spark-submit on pyspark 3.5.
+test-spark35: setup ## pytest on pyspark 3.5 (.venv-spark35, the 3.5 jar)
+	PYTHONUNBUFFERED=1 TORCHSPARK_LIBTORCH_DIR=$(LIBTORCH) TORCHSPARK_FIXTURE_PYTHON=$(PY) \
+	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py \
+	  -k "not bf16"
 
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
 	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python
@@ -77,4 +103,4 @@ clean: ## remove build outputs (keeps .venv)
 	cargo clean
 	rm -rf jvm-shim/target tests/cluster/target tests/fixtures/out
 
-.PHONY: help setup native jar dist demo test test-cluster bench lint fmt clean
+.PHONY: help setup native jar dist demo test test-cluster test-spark35 bench lint fmt clean

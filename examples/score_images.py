@@ -2,7 +2,7 @@
 
 The Python twin of the Scala `dev.torchspark.examples.ScoreImages`, for spark-submit:
 
-    spark-submit --master yarn --jars torchspark-0.1.0.jar examples/score_images.py \
+    spark-submit --master yarn --jars torchspark-spark4.1_2.13-0.1.0.jar examples/score_images.py \
       hdfs:///data/images hdfs:///models/resnet20.pt hdfs:///out/scores.parquet [--batch-size 64]
 
 The scoring runs natively in the JVM executors (ImageScorer); Python only drives. `model` may

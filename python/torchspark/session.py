@@ -9,15 +9,41 @@ from pathlib import Path
 _PKG = Path(__file__).resolve().parent
 
 
-def jar_path() -> str:
-    """The torchspark jar (with the .so inside), for `--jars` / `spark.jars`."""
-    for c in [
-        *sorted((_PKG / "jars").glob("torchspark-*.jar")),
-        _PKG.parent.parent / "jvm-shim" / "target" / "torchspark-0.1.0.jar",
-    ]:
-        if c.is_file():
+# Spark line (major.minor) -> the Scala binary version its jar is built with.
+SPARK_LINES = {"3.5": "2.12", "4.1": "2.13"}
+
+
+def jar_path(spark_version: str | None = None) -> str:
+    """The torchspark jar (with the .so inside) for `--jars` / `spark.jars`: the one built for the
+    installed pyspark's Spark line (or `spark_version`'s), e.g. torchspark-spark3.5_2.12-0.1.0.jar.
+    """
+    from torchspark import __version__
+    from torchspark.errors import ConfigError
+
+    if spark_version is None:
+        import pyspark
+
+        spark_version = pyspark.__version__
+    line = ".".join(spark_version.split(".")[:2])
+    if line not in SPARK_LINES:
+        lines = " and ".join(f"Spark {k} (Scala {v})" for k, v in SPARK_LINES.items())
+        raise ConfigError(
+            f"Spark {spark_version} has no torchspark jar: torchspark builds for {lines}"
+        )
+    stem = f"torchspark-spark{line}_{SPARK_LINES[line]}-"
+    dirs = [_PKG / "jars", _PKG.parent.parent / "jvm-shim" / "target"]
+    for d in dirs:
+        exact = d / f"{stem}{__version__}.jar"
+        if exact.is_file():
+            return str(exact)
+    for d in dirs:
+        for c in sorted(d.glob(f"{stem}*.jar")):
             return str(c)
-    raise FileNotFoundError("torchspark jar not found: run `make setup`")
+    raise FileNotFoundError(
+        f"{stem}{__version__}.jar (for Spark {spark_version}) not found in "
+        + ", ".join(map(str, dirs))
+        + ": run `make setup`"
+    )
 
 
 def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf):
@@ -48,5 +74,8 @@ def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf
 
 def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> None:
     """SQL UDFs `name(content)` and `name_features(content)` (see TorchSpark.register)."""
+    from torchspark.transformers import check_jar_line
+
     jvm = spark.sparkContext._jvm
+    check_jar_line(jvm)
     jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from pyspark import keyword_only
 from pyspark.ml.param import Param, Params, TypeConverters
-from pyspark.ml.util import JavaMLReadable, JavaMLReader, JavaMLWritable
+from pyspark.ml.util import JavaMLReadable, JavaMLWritable
 from pyspark.ml.wrapper import JavaTransformer
+from pyspark.sql.utils import is_remote
 
+from torchspark.errors import ConfigError, TorchSparkError
 
-class _Reader(JavaMLReader):
-    @classmethod
-    def _java_loader_class(cls, clazz: type) -> str:
-        return "dev.torchspark." + clazz.__name__
+# PySpark derives a stage's Java class from its Python module (pyspark.ml.X <-> org.apache.spark.ml.X),
+# for py4j loads and for Spark Connect's transform, read and write alike: the classes below live
+# in `dev.torchspark` (an alias module that torchspark/__init__ registers) to name dev.torchspark.X.
+_JAVA_PACKAGE = "dev.torchspark"
 
 
 class _TorchSparkParams(Params):
@@ -96,19 +98,66 @@ class _TorchSparkParams(Params):
         return self.getOrDefault(self.errorCol)
 
 
+def check_jar_line(jvm) -> None:
+    """Runs the jar's Spark-line check (plain Java) before any of its Scala classes loads: a jar
+    built for the other Scala version fails to load them, with a NoClassDefFoundError that names
+    a Scala class and not the jar."""
+    from py4j.java_gateway import JavaPackage
+    from py4j.protocol import Py4JJavaError
+
+    from torchspark.session import jar_path
+
+    check = jvm.dev.torchspark.SparkLineCheck
+    if isinstance(check, JavaPackage):
+        raise TorchSparkError(
+            f"the torchspark jar is not on the classpath: set spark.jars={jar_path()}"
+        )
+    try:
+        check.check()
+    except Py4JJavaError as e:
+        raise ConfigError(str(e.java_exception.getMessage())) from None
+
+
+def _checked_jvm_class(name: str) -> str:
+    if not is_remote():
+        from pyspark import SparkContext
+
+        sc = SparkContext._active_spark_context
+        if sc is not None:
+            check_jar_line(sc._jvm)
+    return name
+
+
 class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
     @classmethod
     def read(cls):
-        return _Reader(cls)
+        _checked_jvm_class(cls.__name__)
+        return super().read()
 
     @keyword_only
     def setParams(self, **kwargs):
         return self._set(**kwargs)
 
+    def _transform(self, dataset):
+        out = super()._transform(dataset)
+        if is_remote():
+            _check_connect_server(out, type(self).__name__)
+        return out
+
     def metrics(self) -> dict[str, int]:
         """Counters of the last transform (after an action): imagesScored, rowsWithErrors,
         rowsSkipped, modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
-        bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC."""
+        bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC.
+
+        Not over Spark Connect: the server builds a fresh transformer for every plan and lets
+        clients call no methods on it (the counters stay in its Spark UI, as accumulators
+        named `torchspark.<uid>.<counter>`)."""
+        if is_remote():
+            raise TorchSparkError(
+                f"{type(self).__name__}.metrics() is unavailable over Spark Connect: the server "
+                "creates a new transformer for each plan and allows no calls on it; the counters "
+                f"are accumulators named torchspark.{self.uid}.* in the server's Spark UI"
+            )
         m = self._java_obj.metrics()
         if m is None:
             return {}
@@ -116,8 +165,28 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
         return {str(k): int(values[k]) for k in values.keySet()}
 
 
+def _check_connect_server(df, name: str) -> None:
+    """Analyzes a Connect transform now, so that a server without the jar says so at once."""
+    from pyspark.errors import PySparkException
+
+    try:
+        _ = df.schema
+    except PySparkException as e:
+        if e.getCondition() != "CONNECT_ML.UNSUPPORTED_EXCEPTION":
+            raise
+        from torchspark.session import jar_path
+
+        raise TorchSparkError(
+            f"the Spark Connect server does not know {_JAVA_PACKAGE}.{name}: start it with "
+            f"--jars {jar_path()} (or spark.jars), e.g. spark-submit --class "
+            "org.apache.spark.sql.connect.service.SparkConnectServer --jars <jar> spark-internal"
+        ) from e
+
+
 class ImageScorer(_JavaBacked, _TorchSparkParams):
     """Scores images natively in the executors: prediction, probability, label, top-k."""
+
+    __module__ = _JAVA_PACKAGE
 
     predictionCol = Param(Params._dummy(), "predictionCol", "class index", TypeConverters.toString)
     probabilityCol = Param(
@@ -148,7 +217,9 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         topKCol="topK",
     ) -> None:
         super().__init__()
-        self._java_obj = self._new_java_obj("dev.torchspark.ImageScorer", self.uid)
+        self._java_obj = self._new_java_obj(
+            _checked_jvm_class("dev.torchspark.ImageScorer"), self.uid
+        )
         self._setDefault(
             predictionCol="prediction",
             probabilityCol="probability",
@@ -192,6 +263,8 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
 class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
     """Embeds images natively into `outputCol` (an ML Vector) for Spark ML estimators."""
 
+    __module__ = _JAVA_PACKAGE
+
     outputCol = Param(Params._dummy(), "outputCol", "the embedding", TypeConverters.toString)
 
     @keyword_only
@@ -209,7 +282,9 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         outputCol="features",
     ) -> None:
         super().__init__()
-        self._java_obj = self._new_java_obj("dev.torchspark.ImageFeaturizer", self.uid)
+        self._java_obj = self._new_java_obj(
+            _checked_jvm_class("dev.torchspark.ImageFeaturizer"), self.uid
+        )
         self._setDefault(outputCol="features")
         self._set(**self._input_kwargs)
 

@@ -4,6 +4,7 @@ local[2] SparkSession with the torchspark jar."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,10 @@ sys.path.insert(0, str(ROOT / "python"))
 
 def _ensure_fixtures() -> Path:
     if not all((FIXTURES / f).exists() for f in ("expected.json", "tuple_net_cuda.pt2")):
+        # PyTorch makes them: .venv-spark35 has no torch and names the main venv's Python.
+        python = os.environ.get("TORCHSPARK_FIXTURE_PYTHON", sys.executable)
         subprocess.run(
-            [sys.executable, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],
+            [python, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],
             check=True,
         )
     return FIXTURES

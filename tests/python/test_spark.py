@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from pyspark.ml.classification import LogisticRegression
 from pyspark.sql import functions as F
 
 import torchspark
-from conftest import ROOT, tol
+from conftest import tol
 from torchspark import ImageFeaturizer, ImageScorer
 
 
@@ -166,7 +168,7 @@ def test_sql_udfs(spark, fixtures, expected, model):
 
 def test_spark_submit_example_writes_one_row_per_image(spark, fixtures, model, tmp_path):
     out = tmp_path / "scores.parquet"
-    submit = ROOT / ".venv" / "bin" / "spark-submit"
+    submit = Path(sys.executable).parent / "spark-submit"  # this venv's pyspark
     cmd = [
         str(submit), "--master", "local[2]", "--class", "dev.torchspark.examples.ScoreImages",
         "--files", f"{model},{model[:-3]}.json", torchspark.jar_path(),

@@ -10,7 +10,7 @@ import org.apache.spark.sql.functions.{col, when}
  *
  * {{{
  * spark-submit --class dev.torchspark.examples.ScoreImages \
- *   --files model.pt,model.json torchspark-0.1.0.jar \
+ *   --files model.pt,model.json torchspark-spark4.1_2.13-0.1.0.jar \
  *   <image dir> model.pt <output.parquet> [batchSize]
  * }}}
  * `model.pt` may be a cluster-storage URI (`hdfs://`, `abfs://`, `s3a://`, ...), a local path on
@@ -19,6 +19,7 @@ import org.apache.spark.sql.functions.{col, when}
  */
 object ScoreImages {
   def main(args: Array[String]): Unit = {
+    dev.torchspark.SparkLineCheck.check() // a jar for another Spark line fails here, by name
     if (args.length < 3) {
       System.err.println("usage: ScoreImages <image dir> <model.pt> <output.parquet> [batchSize]")
       sys.exit(2)

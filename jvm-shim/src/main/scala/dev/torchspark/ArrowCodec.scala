@@ -3,6 +3,8 @@ package dev.torchspark
 import java.io.{ByteArrayInputStream, ByteArrayOutputStream}
 import java.nio.channels.Channels
 
+import scala.util.Try
+
 import org.apache.arrow.memory.{BufferAllocator, RootAllocator}
 import org.apache.arrow.vector.{
   FieldVector,
@@ -168,7 +170,10 @@ private[torchspark] object ArrowCodec {
     try {
       val meta = reader.getVectorSchemaRoot.getSchema.getCustomMetadata
       def get(k: String): Long =
-        Option(meta).flatMap(m => Option(m.get(k))).flatMap(_.toLongOption).getOrElse(0L)
+        Option(meta)
+          .flatMap(m => Option(m.get(k)))
+          .flatMap(v => Try(v.toLong).toOption)
+          .getOrElse(0L)
       (get("torchspark.preprocess_ns"), get("torchspark.forward_ns"))
     } finally reader.close()
   }

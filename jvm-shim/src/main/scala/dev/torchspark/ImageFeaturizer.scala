@@ -34,9 +34,11 @@ class ImageFeaturizer(override val uid: String)
     val df = dataset.toDF()
     val metrics = newMetrics(df)
     val decode = (bytes: Array[Byte]) =>
-      ArrowCodec.decodeFeatures(bytes).map[Either[String, Seq[Any]]] {
-        case (_, error) if error != null => Left(error)
-        case (f, _)                      => Right(Seq(Vectors.dense(f)))
+      ArrowCodec.decodeFeatures(bytes).map { case (f, error) =>
+        // Typed once here: Scala 2.12's Array.map takes no explicit result type.
+        val out: Either[String, Seq[Any]] =
+          if (error != null) Left(error) else Right(Seq(Vectors.dense(f)))
+        out
       }
     NativeRunner.transform(df, this, schema, metrics, NativeBridge.featurize, decode, Seq(null), "")
   }

@@ -81,10 +81,11 @@ class ImageScorer(override val uid: String)
     val df = dataset.toDF()
     val metrics = newMetrics(df)
     val decode = (bytes: Array[Byte]) =>
-      ArrowCodec.decodeScores(bytes).map[Either[String, Seq[Any]]] { s =>
-        if (s.error != null) Left(s.error)
-        else
-          Right(Seq(s.prediction.toDouble, Vectors.dense(s.probability), s.label, s.topK))
+      ArrowCodec.decodeScores(bytes).map { s =>
+        val out: Either[String, Seq[Any]] =
+          if (s.error != null) Left(s.error)
+          else Right(Seq(s.prediction.toDouble, Vectors.dense(s.probability), s.label, s.topK))
+        out
       }
     NativeRunner.transform(
       df,

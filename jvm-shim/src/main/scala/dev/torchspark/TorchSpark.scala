@@ -8,6 +8,7 @@ import org.apache.spark.sql.types._
 
 /** Entry points for SQL users and for checking the native side from a driver. */
 object TorchSpark {
+  SparkLineCheck.check()
 
   /** Result type of the scoring UDF. */
   val scoreType: StructType = StructType(

@@ -7,6 +7,9 @@ import org.apache.spark.sql.types.{StringType, StructField, StructType}
 /** Params shared by [[ImageScorer]] and [[ImageFeaturizer]] (the Python classes mirror them). */
 trait TorchSparkParams extends Params {
 
+  // First, before any Scala library call that differs between 2.12 and 2.13.
+  SparkLineCheck.check()
+
   final val modelPath: Param[String] = new Param[String](
     this,
     "modelPath",

@@ -285,6 +285,16 @@ class TorchSparkSuite {
     }
   }
 
+  @Test def jarOfThisLinePassesTheLineCheckAndOthersAreNamed(): Unit = {
+    SparkLineCheck.check() // the Spark this suite runs on is the one this build is for
+    val other = if (SparkLine.SPARK == "4.1") ("3.5.9", "2.12.18") else ("4.1.0", "2.13.17")
+    val wrong = SparkLineCheck.mismatch(other._1, other._2)
+    assertTrue(wrong, wrong.contains(s"built for Spark ${SparkLine.SPARK}"))
+    assertTrue(wrong, wrong.contains(s"this is Spark ${other._1}"))
+    val unknown = SparkLineCheck.mismatch("3.4.1", "2.12.17")
+    assertTrue(unknown, unknown.contains("Spark 3.5 (Scala 2.12) and Spark 4.1 (Scala 2.13)"))
+  }
+
   @Test def nativePanicBecomesAnException(): Unit = {
     val e = assertThrows(classOf[TorchSparkException], () => NativeBridge.panicForTest())
     assertTrue(e.getMessage, e.getMessage.contains("injected panic"))

@@ -1,0 +1,76 @@
+package dev.torchspark;
+
+import java.io.File;
+
+/**
+ * Refuses, at first use and naming both lines, a jar built for another Spark line than the running
+ * one: Scala 2.12 and 2.13 bytecode are not compatible, and the mismatch would otherwise surface as
+ * a NoSuchMethodError inside a task. Plain Java, so that it runs before any Scala library call.
+ */
+public final class SparkLineCheck {
+  /** The lines torchspark builds for, as shown in error messages. */
+  static final String LINES = "Spark 3.5 (Scala 2.12) and Spark 4.1 (Scala 2.13)";
+
+  private static volatile boolean checked;
+
+  private SparkLineCheck() {}
+
+  /** Throws a {@link ConfigException} when the running Spark or Scala differs from this build's. */
+  public static void check() {
+    if (checked) {
+      return;
+    }
+    String sparkVersion = org.apache.spark.package$.MODULE$.SPARK_VERSION();
+    String scalaVersion = scala.util.Properties$.MODULE$.versionNumberString();
+    String problem = mismatch(sparkVersion, scalaVersion);
+    if (problem != null) {
+      throw new ConfigException(problem);
+    }
+    checked = true;
+  }
+
+  /** The error for a jar of this build on Spark {@code spark} / Scala {@code scala}, or null. */
+  static String mismatch(String spark, String scala) {
+    String line = majorMinor(spark);
+    String scalaBinary = majorMinor(scala);
+    if (line.equals(SparkLine.SPARK) && scalaBinary.equals(SparkLine.SCALA)) {
+      return null;
+    }
+    String use;
+    if (line.equals("3.5") && scalaBinary.equals("2.12")) {
+      use = "use the torchspark-spark3.5_2.12 jar";
+    } else if (line.equals("4.1") && scalaBinary.equals("2.13")) {
+      use = "use the torchspark-spark4.1_2.13 jar";
+    } else {
+      use = "torchspark builds for " + LINES + " only";
+    }
+    return "torchspark: "
+        + jarName()
+        + " is built for Spark "
+        + SparkLine.SPARK
+        + " (Scala "
+        + SparkLine.SCALA
+        + ") but this is Spark "
+        + spark
+        + " (Scala "
+        + scala
+        + "); "
+        + use
+        + " (torchspark.jar_path() picks the one matching the installed pyspark)";
+  }
+
+  private static String majorMinor(String version) {
+    String[] parts = version.split("[.-]");
+    return parts.length >= 2 ? parts[0] + "." + parts[1] : version;
+  }
+
+  private static String jarName() {
+    try {
+      String path =
+          SparkLineCheck.class.getProtectionDomain().getCodeSource().getLocation().getPath();
+      return "this jar (" + new File(path).getName() + ")";
+    } catch (RuntimeException e) {
+      return "this torchspark jar";
+    }
+  }
+}

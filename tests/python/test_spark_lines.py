@@ -1,0 +1,55 @@
+"""One source tree, two Spark lines: the jar that matches the running pyspark, and a wrong-line jar
+refused by name at first use. Runs on pyspark 4.1 (.venv) and 3.5 (.venv-spark35)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pyspark
+import pytest
+
+import torchspark
+from torchspark.session import SPARK_LINES
+
+LINE = ".".join(pyspark.__version__.split(".")[:2])
+OTHER = {"3.5": "4.1.0", "4.1": "3.5.9"}[LINE]
+
+
+def test_jar_path_is_the_running_pysparks_line(spark):
+    jar = torchspark.jar_path()
+    assert f"torchspark-spark{LINE}_{SPARK_LINES[LINE]}-" in jar
+    assert spark.conf.get("spark.jars") == jar
+    with zipfile.ZipFile(jar) as z:  # both lines carry the same native library
+        assert "native/linux-x86_64/libtorchspark.so" in z.namelist()
+    assert spark.sparkContext._jvm.dev.torchspark.TorchSpark.nativeModelLoads() >= 0
+
+
+def test_spark_without_a_jar_is_named_with_both_lines():
+    with pytest.raises(torchspark.ConfigError) as e:
+        torchspark.jar_path("3.4.1")
+    assert "3.4.1" in str(e.value)
+    assert "Spark 3.5 (Scala 2.12) and Spark 4.1 (Scala 2.13)" in str(e.value)
+
+
+def test_wrong_line_jar_is_refused_by_name_at_first_use(model):
+    wrong = torchspark.jar_path(OTHER)
+    code = f"""
+import torchspark
+s = torchspark.local_session("local[1]", **{{"spark.jars": {wrong!r}, "spark.ui.enabled": "false"}})
+s.sparkContext.setLogLevel("OFF")
+try:
+    torchspark.ImageScorer(modelPath={model!r}, inputCol="content")
+except Exception as e:
+    print("REFUSED", e)
+s.stop()
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    ).stdout
+    assert "REFUSED" in out
+    assert wrong.rsplit("/", 1)[1] in out  # the jar, by name
+    assert f"but this is Spark {pyspark.__version__}" in out
+    assert f"use the torchspark-spark{LINE}_{SPARK_LINES[LINE]} jar" in out
+    assert "NoSuchMethodError" not in out
