@@ -10,9 +10,11 @@ PYTHON  ?= python3
 CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
 SO      := target/release/libtorchspark.so
 # One jar per Spark line, same classes and the same .so inside. JAR is the default line (4.1).
-JAR     := jvm-shim/target/torchspark-spark4.1_2.13-0.1.0.jar
-JAR35   := jvm-shim/target/torchspark-spark3.5_2.12-0.1.0.jar
-MVN     := mvn -B -ntp -f jvm-shim/pom.xml
+# The release version, in one place.
+VERSION := $(shell cat VERSION)
+JAR     := jvm-shim/target/torchspark-spark4.1_2.13-$(VERSION).jar
+JAR35   := jvm-shim/target/torchspark-spark3.5_2.12-$(VERSION).jar
+MVN     := mvn -B -ntp -f jvm-shim/pom.xml -Drevision=$(VERSION)
 # MiniDFS + MiniYARN for the cluster tests: Maven resolves hadoop-client-minicluster here.
 HARNESS_MVN := mvn -B -ntp -f tests/cluster/pom.xml
 HARNESS := tests/cluster/target/torchspark-cluster-harness-0.1.0.jar

@@ -7,6 +7,7 @@
 
 import sys
 import types
+from pathlib import Path as _Path
 
 from torchspark.cluster import read_images, ship_model
 from torchspark.errors import (
@@ -82,4 +83,5 @@ __all__ = [
     "score_partitions",
     "ship_model",
 ]
-__version__ = "0.1.0"
+# The release version: the repository's VERSION file, shipped in the package.
+__version__ = (_Path(__file__).parent / "VERSION").read_text().strip()
