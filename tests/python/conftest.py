@@ -59,3 +59,35 @@ def spark(fixtures):
 def tol(file: str) -> float:
     """JPEG decoders differ by a level here and there (see the README); lossless must match."""
     return 2e-2 if file.endswith(".jpg") else 1e-5
+
+
+# ---- the cluster tests' data (tests/python/clusters) ------------------------------------------
+# Kept here: a conftest module in the sub-folder would shadow this one for `from conftest import`.
+
+
+@pytest.fixture(scope="session")
+def cluster_images(fixtures) -> Path:
+    out = fixtures / "cluster_images"
+    if not (out / "truncated.png").exists():
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests/cluster/make_images.py"), str(out)], check=True
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def oracle(cluster_images, model) -> dict[str, int | None]:
+    """File name -> NativeModel's prediction in this process (None: a row error)."""
+    from torchspark import NativeModel
+
+    files = sorted(p for p in cluster_images.rglob("*") if p.is_file())
+    out = NativeModel(model).score([p.read_bytes() for p in files]).to_pydict()
+    assert sum(e is not None for e in out["error"]) == 1  # truncated.png
+    return {
+        p.name: (None if e else pred) for p, pred, e in zip(files, out["prediction"], out["error"])
+    }
+
+
+@pytest.fixture(scope="session")
+def model_files(model) -> list[str]:
+    return [model, model.replace(".pt", ".json")]
