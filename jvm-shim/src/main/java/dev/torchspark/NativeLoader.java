@@ -116,7 +116,8 @@ final class NativeLoader {
   /** This node's glibc version ({@code getconf GNU_LIBC_VERSION}), or "unknown". */
   static String nodeGlibc() {
     try {
-      Process p = new ProcessBuilder("getconf", "GNU_LIBC_VERSION").redirectErrorStream(true).start();
+      Process p =
+          new ProcessBuilder("getconf", "GNU_LIBC_VERSION").redirectErrorStream(true).start();
       String out;
       try (InputStream in = p.getInputStream()) {
         out = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();

@@ -9,8 +9,8 @@ import com.fasterxml.jackson.databind.ObjectMapper
 import org.apache.spark.SparkEnv
 import org.apache.spark.sql.SparkSession
 
-/** One executor's answer to the doctor: where it runs, what its CPU has, where libtorch came
-  * from, and whether the library loads and a tiny bundled model scores the expected numbers.
+/** One executor's answer to the doctor: where it runs, what its CPU has, where libtorch came from,
+  * and whether the library loads and a tiny bundled model scores the expected numbers.
   */
 final case class DoctorRow(
     host: String,
@@ -40,13 +40,24 @@ object Doctor {
   def cpuFlags(): Set[String] =
     try {
       val text = new String(Files.readAllBytes(Paths.get("/proc/cpuinfo")), StandardCharsets.UTF_8)
-      text.split("\n").find(_.startsWith("flags")).map(_.split(":", 2)(1).trim.split("\\s+").toSet)
+      text
+        .split("\n")
+        .find(_.startsWith("flags"))
+        .map(_.split(":", 2)(1).trim.split("\\s+").toSet)
         .getOrElse(Set.empty)
     } catch { case NonFatal(_) => Set.empty }
 
   def isaSummary(flags: Set[String]): (String, String) = {
-    val isa = Seq("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-      "amx_int8").filter(flags.contains)
+    val isa = Seq(
+      "avx2",
+      "fma",
+      "avx512f",
+      "avx512_vnni",
+      "avx512_bf16",
+      "amx_tile",
+      "amx_bf16",
+      "amx_int8"
+    ).filter(flags.contains)
     val bf16 =
       if (flags.contains("amx_bf16")) "native (AMX)"
       else if (flags.contains("avx512_bf16")) "native (avx512_bf16)"
@@ -58,7 +69,8 @@ object Doctor {
     val host = NativeLoader.hostName()
     val executor = Option(SparkEnv.get).map(_.executorId).getOrElse("none")
     val (isa, bf16) = isaSummary(cpuFlags())
-    val glibc = s"node has ${NativeLoader.nodeGlibc()}; torchspark needs ${NativeLoader.glibcNeeded()}"
+    val glibc =
+      s"node has ${NativeLoader.nodeGlibc()}; torchspark needs ${NativeLoader.glibcNeeded()}"
     def row(ok: Boolean, status: String) =
       DoctorRow(host, executor, NativeLoader.libtorchSource(), isa, bf16, glibc, ok, status)
     try {
@@ -67,7 +79,7 @@ object Doctor {
       if (diff < 1e-4) row(ok = true, f"loaded; tiny model max |diff| vs PyTorch $diff%.1e")
       else row(ok = false, f"loaded, but the tiny model is off by $diff%.1e")
     } catch {
-      case NonFatal(e) => row(ok = false, String.valueOf(e.getMessage))
+      case NonFatal(e)     => row(ok = false, String.valueOf(e.getMessage))
       case e: LinkageError => row(ok = false, e.toString)
     }
   }

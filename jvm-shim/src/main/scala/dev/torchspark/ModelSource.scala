@@ -54,7 +54,9 @@ object ModelSource {
   /** A URI with a scheme other than `file:` (a bare name or a local path is not remote). */
   def isRemote(path: String): Boolean = {
     val i = path.indexOf("://")
-    i > 1 && !path.startsWith("file:") && path.substring(0, i).forall(c => c.isLetterOrDigit || c == '+' || c == '-' || c == '.')
+    i > 1 && !path.startsWith("file:") && path
+      .substring(0, i)
+      .forall(c => c.isLetterOrDigit || c == '+' || c == '-' || c == '.')
   }
 
   /** The spec beside a model: `model.pt` → `model.json`. */
@@ -110,7 +112,8 @@ object ModelSource {
       .filter(_.nonEmpty)
     configured.map(new File(_)).getOrElse {
       val tmp = new File("/tmp")
-      val base = if (tmp.isDirectory && tmp.canWrite) tmp else new File(System.getProperty("java.io.tmpdir"))
+      val base =
+        if (tmp.isDirectory && tmp.canWrite) tmp else new File(System.getProperty("java.io.tmpdir"))
       new File(base, s"torchspark-${System.getProperty("user.name")}/models")
     }
   }
@@ -149,7 +152,7 @@ object ModelSource {
         } finally ch.close()
       } catch {
         case e: TorchSparkException => throw e
-        case e: IOException =>
+        case e: IOException         =>
           throw new ModelLoadException(
             s"cannot copy model $uri into the node cache $dir on host ${NativeLoader.hostName()}: $e",
             e
@@ -169,7 +172,12 @@ object ModelSource {
         }
       try Files.copy(in, tmp.toPath, StandardCopyOption.REPLACE_EXISTING)
       finally in.close()
-      Files.move(tmp.toPath, dest.toPath, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE)
+      Files.move(
+        tmp.toPath,
+        dest.toPath,
+        StandardCopyOption.REPLACE_EXISTING,
+        StandardCopyOption.ATOMIC_MOVE
+      )
     } finally { tmp.delete(); () }
   }
 

@@ -79,10 +79,10 @@ object TorchSpark {
     )
   }
 
-  /** Image files under `path` (binaryFile rows: path, modificationTime, length, content),
-    * searched recursively and filtered by the file-name glob `pattern`, in a few partitions per
-    * task slot: Spark's default of one partition per 4 MB of small files (`openCostInBytes`) would
-    * give thousands of tiny tasks, and a model call per few images.
+  /** Image files under `path` (binaryFile rows: path, modificationTime, length, content), searched
+    * recursively and filtered by the file-name glob `pattern`, in a few partitions per task slot:
+    * Spark's default of one partition per 4 MB of small files (`openCostInBytes`) would give
+    * thousands of tiny tasks, and a model call per few images.
     */
   def readImages(
       spark: SparkSession,
@@ -113,7 +113,10 @@ object TorchSpark {
   def taskSlots(spark: SparkSession): Int = {
     val conf = spark.sparkContext.getConf
     val asked = conf.getInt("spark.executor.instances", 0) * conf.getInt("spark.executor.cores", 1)
-    math.max(1, math.max(spark.sparkContext.defaultParallelism, asked) / conf.getInt("spark.task.cpus", 1))
+    math.max(
+      1,
+      math.max(spark.sparkContext.defaultParallelism, asked) / conf.getInt("spark.task.cpus", 1)
+    )
   }
 
   /** Checks every executor (host, executor, libtorch, ISA, bf16, loads and scores a tiny model),

@@ -9,9 +9,9 @@ import org.apache.spark.sql.SparkSession
 import org.junit.{AfterClass, BeforeClass, Test}
 import org.junit.Assert._
 
-/** Models in cluster storage through the real Hadoop client (its local file system stands in
-  * for HDFS here; the cluster tests use MiniDFS), the node cache and its lock, the image reader
-  * and the doctor, on a real local[2] session.
+/** Models in cluster storage through the real Hadoop client (its local file system stands in for
+  * HDFS here; the cluster tests use MiniDFS), the node cache and its lock, the image reader and the
+  * doctor, on a real local[2] session.
   */
 object ModelSourceSuite {
   var spark: SparkSession = _
@@ -50,7 +50,10 @@ class ModelSourceSuite {
     val conf = new Configuration()
     val first = ModelSource.fetch(uri, conf)
     assertTrue(first.startsWith(cache.toString))
-    assertArrayEquals(Files.readAllBytes(d.resolve("resnet20.pt")), Files.readAllBytes(new File(first).toPath))
+    assertArrayEquals(
+      Files.readAllBytes(d.resolve("resnet20.pt")),
+      Files.readAllBytes(new File(first).toPath)
+    )
     assertTrue(new File(new File(first).getParentFile, "resnet20.json").isFile)
     val stamp = new File(first).lastModified()
     assertEquals(first, ModelSource.fetch(uri, conf))
@@ -66,7 +69,9 @@ class ModelSourceSuite {
     val pool = Executors.newFixedThreadPool(8)
     try {
       val futures = (0 until 8).map { _ =>
-        pool.submit(new Callable[String] { def call(): String = ModelSource.fetch(uri, new Configuration()) })
+        pool.submit(new Callable[String] {
+          def call(): String = ModelSource.fetch(uri, new Configuration())
+        })
       }
       val paths = futures.map(_.get()).toSet
       assertEquals(1, paths.size)
@@ -77,16 +82,29 @@ class ModelSourceSuite {
   @Test def aMissingModelOrSpecNamesTheUri(): Unit = withCache { _ =>
     val d = store()
     val missing = s"file://$d/nope.pt"
-    val e = assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(missing, new Configuration()))
+    val e = assertThrows(
+      classOf[ModelLoadException],
+      () => ModelSource.fetch(missing, new Configuration())
+    )
     assertTrue(e.getMessage, e.getMessage.contains(s"model $missing not found"))
     Files.delete(d.resolve("resnet20.json"))
     val uri = s"file://$d/resnet20.pt"
-    val e2 = assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
-    assertTrue(e2.getMessage, e2.getMessage.contains(s"model spec (it sits beside the model) file://$d/resnet20.json not found"))
+    val e2 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(
+      e2.getMessage,
+      e2.getMessage.contains(
+        s"model spec (it sits beside the model) file://$d/resnet20.json not found"
+      )
+    )
   }
 
   @Test def unreachableStorageFailsOnTheDriverBeforeTheJob(): Unit = {
-    val port = { val s = new java.net.ServerSocket(0, 1, java.net.InetAddress.getByName("127.0.0.1")); try s.getLocalPort finally s.close() }
+    val port = {
+      val s = new java.net.ServerSocket(0, 1, java.net.InetAddress.getByName("127.0.0.1"));
+      try s.getLocalPort
+      finally s.close()
+    }
     val uri = s"hdfs://127.0.0.1:$port/models/resnet20.pt"
     spark.sparkContext.hadoopConfiguration.set("ipc.client.connect.max.retries", "0")
     val jobsBefore = spark.sparkContext.statusTracker.getJobIdsForGroup(null).length
@@ -96,7 +114,11 @@ class ModelSourceSuite {
       () => new ImageScorer().setModelPath(uri).setInputCol("content").transform(images)
     )
     assertTrue(e.getMessage, e.getMessage.contains(s"cannot reach model $uri"))
-    assertEquals("no job ran", jobsBefore, spark.sparkContext.statusTracker.getJobIdsForGroup(null).length)
+    assertEquals(
+      "no job ran",
+      jobsBefore,
+      spark.sparkContext.statusTracker.getJobIdsForGroup(null).length
+    )
   }
 
   @Test def readImagesGivesAFewPartitionsPerSlot(): Unit = {
