@@ -46,21 +46,21 @@ def java_home() -> str:
     return str(Path(java).resolve().parent.parent)
 
 
-def base_env(work: Path) -> dict[str, str]:
-    """What every process we start sees: this venv's Python for drivers and workers, Spark's
+def base_env(work: Path, spark_home: Path = SPARK_HOME, python: str = PY) -> dict[str, str]:
+    """What every process we start sees: a venv's Python for drivers and workers, its Spark's
     own home, an empty Spark conf dir (no user settings leak in), 127.0.0.1."""
     conf = work / "spark-conf"
     conf.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update(
-        SPARK_HOME=str(SPARK_HOME),
+        SPARK_HOME=str(spark_home),
         SPARK_CONF_DIR=str(conf),
         SPARK_LOCAL_IP="127.0.0.1",
         JAVA_HOME=java_home(),
-        PYSPARK_PYTHON=PY,
-        PYSPARK_DRIVER_PYTHON=PY,
-        TORCHSPARK_PYTHON=PY,
-        PATH=f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYSPARK_PYTHON=python,
+        PYSPARK_DRIVER_PYTHON=python,
+        TORCHSPARK_PYTHON=python,
+        PATH=f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}",
     )
     for k in ("HADOOP_CONF_DIR", "YARN_CONF_DIR", "SPARK_MASTER", "PYSPARK_SUBMIT_ARGS"):
         env.pop(k, None)
@@ -129,13 +129,25 @@ def wait_for(what: str, check, timeout: float, procs=()) -> None:
 
 
 class Cluster:
-    """Common spark-submit plumbing."""
+    """Common spark-submit plumbing. `spark_home`, `python` and `jar` default to this venv's
+    pyspark, Python and matching torchspark jar; another Spark line passes its own, and `env`
+    adds to what every process started sees."""
 
     name = "cluster"
 
-    def __init__(self, work: Path) -> None:
+    def __init__(
+        self,
+        work: Path,
+        spark_home: Path = SPARK_HOME,
+        python: str = PY,
+        jar: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        from torchspark import jar_path
+
         self.work = work
-        self.env = base_env(work)
+        self.spark_home, self.python, self.jar = spark_home, python, jar or jar_path()
+        self.env = {**base_env(work, spark_home, python), **(env or {})}
         self.procs: list[subprocess.Popen] = []
         self.submits = 0
 
@@ -144,10 +156,8 @@ class Cluster:
 
     def submit_cmd(self, app: list[str], deploy_mode: str, conf=None, files=()) -> list[str]:
         """spark-submit of `app`: [script.py, args...] or ["--class", name, jar, args...]."""
-        from torchspark import jar_path
-
         cmd = [
-            str(SPARK_HOME / "bin" / "spark-submit"),
+            str(self.spark_home / "bin" / "spark-submit"),
             *self.master_args(deploy_mode),
             "--driver-memory",
             "1g",
@@ -158,9 +168,9 @@ class Cluster:
             # The first job must see every executor: that is what modelLoads is checked against.
             "spark.scheduler.minRegisteredResourcesRatio": "1.0",
             "spark.scheduler.maxRegisteredResourcesWaitingTime": "120s",
-            "spark.pyspark.python": PY,
-            "spark.pyspark.driver.python": PY,
-            "spark.executorEnv.TORCHSPARK_PYTHON": PY,
+            "spark.pyspark.python": self.python,
+            "spark.pyspark.driver.python": self.python,
+            "spark.executorEnv.TORCHSPARK_PYTHON": self.python,
             "spark.ui.enabled": "false",
             **(conf or {}),
         }
@@ -169,7 +179,7 @@ class Cluster:
         if files:
             cmd += ["--files", ",".join(str(f) for f in files)]
         if str(app[0]).endswith(".py"):
-            cmd += ["--jars", jar_path()]
+            cmd += ["--jars", self.jar]
         return cmd + [str(a) for a in app]
 
     def popen(self, app, deploy_mode="client", conf=None, files=(), **kw) -> subprocess.Popen:
@@ -201,19 +211,21 @@ class Cluster:
 
 
 class Standalone(Cluster):
-    """A master and 2 workers, 1 core and 2 GiB each: 2 executors of 1 core per application."""
+    """A master and workers (by default 2 of 1 core and 2 GiB each: 2 executors of 1 core per
+    application)."""
 
     name = "standalone"
 
-    def __init__(self, work: Path, workers: int = 2) -> None:
-        super().__init__(work)
+    def __init__(self, work: Path, workers: int = 2, cores: int = 1, **line) -> None:
+        super().__init__(work, **line)
         # The daemons only schedule: small heaps, and C1 alone starts them sooner.
         self.env.update(
             SPARK_DAEMON_MEMORY="512m", SPARK_DAEMON_JAVA_OPTS="-XX:TieredStopAtLevel=1"
         )
+        self.cores = cores
         port, ui = free_port(), free_port()
         self.url = f"spark://127.0.0.1:{port}"
-        spark_class = str(SPARK_HOME / "bin" / "spark-class")
+        spark_class = str(self.spark_home / "bin" / "spark-class")
         self.master = start(
             [
                 spark_class,
@@ -239,7 +251,7 @@ class Standalone(Cluster):
                     "--host",
                     "127.0.0.1",
                     "--cores",
-                    "1",
+                    str(cores),
                     "--memory",
                     "2g",
                     "--webui-port",
@@ -264,7 +276,7 @@ class Standalone(Cluster):
 
     def master_args(self, deploy_mode: str) -> list[str]:
         # spark.cores.max: minRegisteredResourcesRatio counts against it (unset, it waits for none).
-        cores = str(len(self.workers))
+        cores = str(len(self.workers) * self.cores)
         return ["--master", self.url, "--deploy-mode", deploy_mode, "--total-executor-cores", cores]
 
     def executor_pids(self) -> list[int]:
