@@ -67,9 +67,9 @@ test: setup dist $(HARNESS) ## every suite: cargo, Maven on both Spark lines, py
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
-	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python
+	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python --durations=12
 	@# Its own process: a Connect session turns the whole interpreter into a Connect client.
-	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/connect
+	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/connect --durations=5
 	$(MAKE) --no-print-directory test-spark35
 
 # The DataFrame API, the Python-worker paths, bad input, UDFs and spark-submit on pyspark 3.5.
