@@ -20,7 +20,7 @@ from PIL import Image
 
 import torchspark
 from conftest import FIXTURES, ROOT
-from torchspark import ImageScorer, NativeModel
+from torchspark import ImageFeaturizer, ImageScorer, NativeModel
 
 sys.path.insert(0, str(ROOT / "examples"))
 import efficientnet_lite0 as lite0  # noqa: E402
@@ -183,3 +183,21 @@ def test_shorter_side_resize_and_crop_match_torchvision_on_non_square_photos(
               f"mean abs diff {diff.mean():.4f}, max {diff.max():.0f}")  # fmt: skip
         assert diff.mean() <= 1.0, (name, diff.mean())
         assert diff.max() == 0, (name, diff.max())
+
+
+def test_featurizer_metrics_split_preprocessing_into_decode_and_resize(spark, imagenet):
+    """JPEGs of the photos (none is 256 on its shorter side, so each is resized) through
+    ImageFeaturizer: metrics() has decodeTimeMs and resizeTimeMs, both parts of preprocessing."""
+    jpegs = []
+    for name in PHOTOS:
+        buf = io.BytesIO()
+        Image.fromarray(photo(name)).save(buf, format="JPEG", quality=90)
+        jpegs.append((name, bytearray(buf.getvalue())))
+    df = spark.createDataFrame(jpegs, "name string, content binary").coalesce(1)
+    f = ImageFeaturizer(modelPath=imagenet["featurizer"], inputCol="content", batchSize=4)
+    assert f.transform(df).filter("features IS NOT NULL").count() == len(PHOTOS)
+    m = f.metrics()
+    assert m["rowsWithErrors"] == 0, m
+    assert m["decodeTimeMs"] > 0 and m["resizeTimeMs"] > 0, m
+    # One thread per task (the default) preprocesses rows one after another.
+    assert m["decodeTimeMs"] + m["resizeTimeMs"] <= m["preprocessTimeMs"], m
