@@ -17,6 +17,7 @@ precision="bf16"). Nothing is downloaded: weights and labels come from installed
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -165,7 +166,7 @@ def spec(labels: list[str] | None, featurize: dict) -> dict:
     return {
         "input": {"height": IMAGE_SIZE, "width": IMAGE_SIZE, "channels": 3, "channel_order": "RGB"},
         "preprocess": {
-            "resize": [256, 256],
+            "resize": 256,  # torchvision's Resize(256): the shorter side, aspect kept
             "center_crop": [IMAGE_SIZE, IMAGE_SIZE],
             "scale": 1 / 255,
             "mean": MEAN,
@@ -177,21 +178,33 @@ def spec(labels: list[str] | None, featurize: dict) -> dict:
     }
 
 
+def already_exported(model: Path, wanted: dict) -> bool:
+    """Whether `model` and a spec equal to `wanted` are already there (an older export's spec,
+    e.g. with another resize, means exporting again)."""
+    spec_path = model.with_suffix(".json")
+    if not (model.exists() and spec_path.exists()):
+        return False
+    return json.loads(spec_path.read_text()) == json.loads(json.dumps(wanted))
+
+
 def export(out_dir: Path) -> tuple[Path, Path]:
     """(classifier .pt, featurizer .pt) in `out_dir`; reuses files already there."""
     out_dir = Path(out_dir)
     classifier = out_dir / "efficientnet_lite0.pt"
     featurizer = out_dir / "efficientnet_lite0_features.pt"
     params = out_dir / "efficientnet_lite0_params.pt"
-    wanted = [classifier, featurizer, params]
-    if all(p.exists() and p.with_suffix(".json").exists() for p in wanted):
+    wanted = {
+        classifier: spec(imagenet_labels(), {"method": "features"}),
+        params: spec(imagenet_labels(), {"method": "features"}),
+        featurizer: spec(None, {"output_index": 0}),
+    }
+    if all(already_exported(p, s) for p, s in wanted.items()):
         return classifier, featurizer
     net = pretrained()
-    labels = imagenet_labels()
-    export_model(net, classifier, spec(labels, {"method": "features"}))
+    export_model(net, classifier, wanted[classifier])
     # Unfrozen twin: precision="bf16" casts parameters, which a frozen module no longer has.
-    export_model(net, params, spec(labels, {"method": "features"}), freeze=False)
-    export_model(Headless(net), featurizer, spec(None, {"output_index": 0}))
+    export_model(net, params, wanted[params], freeze=False)
+    export_model(Headless(net), featurizer, wanted[featurizer])
     print(f"[imagenet] exported {classifier.name}, {featurizer.name} to {out_dir}", flush=True)
     return classifier, featurizer
 

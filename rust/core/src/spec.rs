@@ -13,6 +13,10 @@
 //! ```
 //!
 //! Each pixel `p` (0..=255) of channel `c` becomes `(p * scale - mean[c]) / std[c]`.
+//!
+//! `preprocess.resize` is `null`, `[height, width]` (every image becomes exactly that size), or
+//! an integer `N`: torchvision's `Resize(N)`, the shorter side becomes `N` and the longer keeps
+//! the aspect ratio (the ImageNet recipe is `"resize": 256, "center_crop": [224, 224]`).
 
 use std::path::{Path, PathBuf};
 
@@ -98,9 +102,9 @@ pub enum ChannelOrder {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
-    /// Resize every image to `[height, width]` first (bilinear), or `null`.
-    #[serde(default)]
-    pub resize: Option<[u32; 2]>,
+    /// Resize first (antialiased bilinear): `N` (shorter side), `[height, width]`, or `null`.
+    #[serde(default, deserialize_with = "resize_field")]
+    pub resize: Option<Resize>,
     /// Then cut the central `[height, width]`, or `null`.
     #[serde(default)]
     pub center_crop: Option<[u32; 2]>,
@@ -113,6 +117,77 @@ pub struct Preprocess {
     /// Divides per channel after the mean (one value or one per channel).
     #[serde(default = "one")]
     pub std: Vec<f32>,
+}
+
+/// `preprocess.resize`: a fixed size, or the length of the shorter side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// `N`: torchvision's `Resize(N)`; the shorter side becomes `N`, the longer keeps the
+    /// aspect ratio.
+    ShorterSide(u32),
+    /// `[height, width]`: every image becomes exactly this size (the aspect ratio is not kept).
+    Exact([u32; 2]),
+}
+
+impl Resize {
+    /// The `(width, height)` that an image of `width` x `height` is resized to.
+    ///
+    /// For `ShorterSide(n)` this is torchvision's `_compute_resized_output_size`: the longer
+    /// side becomes `int(n * long / short)`, truncated (integer division gives the same value).
+    pub fn target(self, width: u32, height: u32) -> (u32, u32) {
+        match self {
+            Resize::Exact([h, w]) => (w, h),
+            Resize::ShorterSide(n) => {
+                let (short, long) = (width.min(height).max(1), width.max(height));
+                let new_long = (u64::from(n) * u64::from(long) / u64::from(short))
+                    .min(u64::from(u32::MAX)) as u32;
+                if width <= height {
+                    (n, new_long)
+                } else {
+                    (new_long, n)
+                }
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Resize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resize::ShorterSide(n) => write!(f, "{n}"),
+            Resize::Exact([h, w]) => write!(f, "[{h}, {w}]"),
+        }
+    }
+}
+
+/// Reads `preprocess.resize` from any JSON value, so that a bad one gets a message that names
+/// the field and both accepted forms rather than serde's generic one.
+fn resize_field<'de, D>(d: D) -> std::result::Result<Option<Resize>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde_json::Value;
+    let v = Value::deserialize(d)?;
+    let side = |x: &Value| {
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n > 0)
+    };
+    let parsed = match &v {
+        Value::Null => return Ok(None),
+        Value::Number(_) => side(&v).map(Resize::ShorterSide),
+        Value::Array(a) if a.len() == 2 => match (side(&a[0]), side(&a[1])) {
+            (Some(h), Some(w)) => Some(Resize::Exact([h, w])),
+            _ => None,
+        },
+        _ => None,
+    };
+    parsed.map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "preprocess.resize must be a positive integer N (the shorter side becomes N), \
+             [height, width] with positive integers, or null; not {v}"
+        ))
+    })
 }
 
 fn default_scale() -> f32 {
@@ -227,26 +302,38 @@ impl ModelSpec {
         if p.std.contains(&0.0) {
             return Err("preprocess.std must not contain 0".into());
         }
-        for (name, size) in [("resize", p.resize), ("center_crop", p.center_crop)] {
-            if let Some([h, w]) = size
-                && (h == 0 || w == 0)
-            {
-                return Err(format!(
-                    "preprocess.{name} must be positive, not [{h}, {w}]"
-                ));
-            }
-        }
-        if let (Some([rh, rw]), Some([ch, cw])) = (p.resize, p.center_crop)
-            && (ch > rh || cw > rw)
+        if let Some([h, w]) = p.center_crop
+            && (h == 0 || w == 0)
         {
             return Err(format!(
-                "preprocess.center_crop [{ch}, {cw}] is larger than preprocess.resize [{rh}, {rw}]"
+                "preprocess.center_crop must be positive, not [{h}, {w}]"
             ));
+        }
+        match (p.resize, p.center_crop) {
+            (Some(Resize::Exact([rh, rw])), Some([ch, cw])) if ch > rh || cw > rw => {
+                return Err(format!(
+                    "preprocess.center_crop [{ch}, {cw}] is larger than preprocess.resize [{rh}, {rw}]"
+                ));
+            }
+            // The shorter side may be either one, so the crop must fit N both ways.
+            (Some(Resize::ShorterSide(n)), Some([ch, cw])) if ch > n || cw > n => {
+                return Err(format!(
+                    "preprocess.center_crop [{ch}, {cw}] is larger than preprocess.resize {n} \
+                     (the shorter side)"
+                ));
+            }
+            (Some(Resize::ShorterSide(n)), None) => {
+                return Err(format!(
+                    "preprocess.resize {n} (the shorter side) keeps each image's aspect ratio, so \
+                     it needs a center_crop to give the fixed input size (or use [height, width])"
+                ));
+            }
+            _ => {}
         }
         let (field, last) = match (p.center_crop, p.resize) {
             (Some(c), _) => ("preprocess.center_crop", Some(c)),
-            (None, Some(r)) => ("preprocess.resize", Some(r)),
-            (None, None) => ("", None),
+            (None, Some(Resize::Exact(r))) => ("preprocess.resize", Some(r)),
+            _ => ("", None),
         };
         if let Some([h, w]) = last
             && (h != i.height || w != i.width)
@@ -357,6 +444,63 @@ mod tests {
             .replace("\"center_crop\": null", "\"center_crop\": [32, 32]");
         let e = ModelSpec::from_json(&bad).err().unwrap_or_default();
         assert!(e.contains("larger than preprocess.resize"), "{e}");
+    }
+
+    fn resize_spec(resize: &str, crop: &str) -> std::result::Result<ModelSpec, String> {
+        ModelSpec::from_json(
+            &CIFAR
+                .replace("\"resize\": null", &format!("\"resize\": {resize}"))
+                .replace("\"center_crop\": null", &format!("\"center_crop\": {crop}")),
+        )
+    }
+
+    #[test]
+    fn resize_integer_is_the_shorter_side() {
+        let s = resize_spec("36", "[32, 32]").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.resize, Some(Resize::ShorterSide(36)));
+        let s = resize_spec("[40, 36]", "[32, 32]").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.resize, Some(Resize::Exact([40, 36])));
+        let s = resize_spec("null", "null").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.resize, None);
+    }
+
+    #[test]
+    fn shorter_side_keeps_the_aspect_ratio_like_torchvision() {
+        // (width, height) in and out; the longer side is int(n * long / short), truncated.
+        let r = Resize::ShorterSide(256);
+        assert_eq!(r.target(451, 300), (384, 256)); // landscape: 256 * 451 / 300 = 384.85
+        assert_eq!(r.target(400, 600), (256, 384)); // portrait
+        assert_eq!(r.target(640, 427), (383, 256)); // 383.70 truncated, not rounded
+        assert_eq!(r.target(512, 512), (256, 256)); // square
+        assert_eq!(r.target(100, 150), (256, 384)); // upscale
+        assert_eq!(r.target(25, 25), (256, 256));
+        assert_eq!(r.target(256, 300), (256, 300)); // already there: no resize
+        assert_eq!(Resize::Exact([224, 300]).target(640, 427), (300, 224));
+    }
+
+    #[test]
+    fn rejects_bad_resize_values_naming_the_field() {
+        for bad in [
+            "0",
+            "-256",
+            "256.5",
+            "[256]",
+            "[256, 256, 3]",
+            "[0, 32]",
+            "\"256\"",
+            "{}",
+        ] {
+            let e = resize_spec(bad, "[32, 32]").err().unwrap_or_default();
+            assert!(e.contains("preprocess.resize must be"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn shorter_side_resize_needs_a_crop_that_fits() {
+        let e = resize_spec("30", "[32, 32]").err().unwrap_or_default();
+        assert!(e.contains("larger than preprocess.resize 30"), "{e}");
+        let e = resize_spec("32", "null").err().unwrap_or_default();
+        assert!(e.contains("needs a center_crop"), "{e}");
     }
 
     #[test]

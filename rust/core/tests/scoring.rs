@@ -387,6 +387,36 @@ fn bad_spec_names_the_file_and_the_field() {
 }
 
 #[test]
+fn bad_resize_names_the_spec_file_and_the_accepted_forms() {
+    let d = temp_dir("badresize");
+    let pt = d.join("model.pt");
+    std::fs::copy(fixtures().join("resnet20.pt"), &pt).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("resnet20.json")).unwrap())
+            .unwrap();
+    spec["preprocess"]["center_crop"] = serde_json::json!([32, 32]);
+    for bad in [
+        serde_json::json!(0),
+        serde_json::json!(-36),
+        serde_json::json!([36]),
+        serde_json::json!("36"),
+    ] {
+        spec["preprocess"]["resize"] = bad.clone();
+        std::fs::write(d.join("model.json"), spec.to_string()).unwrap();
+        let e = Scorer::open(&ModelConfig::new(&pt)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Spec);
+        let msg = e.to_string();
+        assert!(
+            msg.contains("model.json") && msg.contains("preprocess.resize must be"),
+            "{bad}: {msg}"
+        );
+    }
+    spec["preprocess"]["resize"] = serde_json::json!(36);
+    std::fs::write(d.join("model.json"), spec.to_string()).unwrap();
+    Scorer::open(&ModelConfig::new(&pt)).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn pinned_sha256_is_enforced() {
     let d = temp_dir("sha");
     let pt = d.join("model.pt");

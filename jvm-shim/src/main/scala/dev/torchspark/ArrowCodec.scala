@@ -162,10 +162,10 @@ private[torchspark] object ArrowCodec {
     } finally reader.close()
   }
 
-  /** (preprocess, forward) nanoseconds that native code reports in a result's schema metadata;
-    * zeros when absent.
+  /** The stage nanoseconds that native code reports in a result's schema metadata; zeros when
+    * absent.
     */
-  def stageNanos(bytes: Array[Byte]): (Long, Long) = withAllocator { a =>
+  def stageNanos(bytes: Array[Byte]): StageNanos = withAllocator { a =>
     val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
     try {
       val meta = reader.getVectorSchemaRoot.getSchema.getCustomMetadata
@@ -174,7 +174,12 @@ private[torchspark] object ArrowCodec {
           .flatMap(m => Option(m.get(k)))
           .flatMap(v => Try(v.toLong).toOption)
           .getOrElse(0L)
-      (get("torchspark.preprocess_ns"), get("torchspark.forward_ns"))
+      StageNanos(
+        get("torchspark.preprocess_ns"),
+        get("torchspark.forward_ns"),
+        get("torchspark.decode_ns"),
+        get("torchspark.resize_ns")
+      )
     } finally reader.close()
   }
 

@@ -10,7 +10,10 @@ import org.apache.spark.util.LongAccumulator
   *   - `readTimeMs`: waiting for input rows (file reads and whatever runs upstream);
   *   - `bridgeTimeMs`: the JVM side of the bridge (Arrow encode, decode, building the rows);
   *   - `nativeTimeMs`: inside the JNI calls, which is `preprocessTimeMs` (decode, resize, crop,
-  *     normalize) plus `forwardTimeMs` (the model) plus the native Arrow IPC work.
+  *     normalize) plus `forwardTimeMs` (the model) plus the native Arrow IPC work;
+  *   - `decodeTimeMs`, `resizeTimeMs`: the decode and resize parts of `preprocessTimeMs`, summed
+  *     over rows (with `numThreads` > 1 rows are preprocessed in parallel, so these are thread time
+  *     and their sum can exceed `preprocessTimeMs`, which is wall time).
   */
 final class TorchSparkMetrics private (
     val imagesScored: LongAccumulator,
@@ -21,7 +24,9 @@ final class TorchSparkMetrics private (
     val readTimeMs: LongAccumulator,
     val bridgeTimeMs: LongAccumulator,
     val preprocessTimeMs: LongAccumulator,
-    val forwardTimeMs: LongAccumulator
+    val forwardTimeMs: LongAccumulator,
+    val decodeTimeMs: LongAccumulator,
+    val resizeTimeMs: LongAccumulator
 ) extends Serializable {
 
   /** Name → value of every counter. */
@@ -34,7 +39,9 @@ final class TorchSparkMetrics private (
     "readTimeMs" -> readTimeMs.value.longValue,
     "bridgeTimeMs" -> bridgeTimeMs.value.longValue,
     "preprocessTimeMs" -> preprocessTimeMs.value.longValue,
-    "forwardTimeMs" -> forwardTimeMs.value.longValue
+    "forwardTimeMs" -> forwardTimeMs.value.longValue,
+    "decodeTimeMs" -> decodeTimeMs.value.longValue,
+    "resizeTimeMs" -> resizeTimeMs.value.longValue
   )
 
   /** [[values]] for Java and py4j callers, in a stable order. */
@@ -60,16 +67,26 @@ object TorchSparkMetrics {
       acc("readTimeMs"),
       acc("bridgeTimeMs"),
       acc("preprocessTimeMs"),
-      acc("forwardTimeMs")
+      acc("forwardTimeMs"),
+      acc("decodeTimeMs"),
+      acc("resizeTimeMs")
     )
   }
 }
+
+/** Where native code says a batch's time went (nanoseconds, from the result's schema metadata). */
+private[torchspark] final case class StageNanos(
+    preprocess: Long,
+    forward: Long,
+    decode: Long,
+    resize: Long
+)
 
 /** One task's stage clocks, in nanoseconds, added to the accumulators once when it ends (adding per
   * batch would round every batch down to whole milliseconds).
   */
 private[torchspark] final class StageClock(metrics: TorchSparkMetrics) {
-  var read, bridge, native, preprocess, forward = 0L
+  var read, bridge, native, preprocess, forward, decode, resize = 0L
   private var flushed = false
 
   def flush(): Unit = if (!flushed) {
@@ -80,5 +97,7 @@ private[torchspark] final class StageClock(metrics: TorchSparkMetrics) {
     metrics.nativeTimeMs.add(ms(native))
     metrics.preprocessTimeMs.add(ms(preprocess))
     metrics.forwardTimeMs.add(ms(forward))
+    metrics.decodeTimeMs.add(ms(decode))
+    metrics.resizeTimeMs.add(ms(resize))
   }
 }

@@ -118,7 +118,7 @@ private[torchspark] object NativeRunner {
         val t1 = System.nanoTime()
         val answer = nativeCall(handle, encoded, options)
         val t2 = System.nanoTime()
-        val (pre, fwd) = ArrowCodec.stageNanos(answer)
+        val stages = ArrowCodec.stageNanos(answer)
         val result = decode(answer)
         offset += group.size
         val out = group.iterator
@@ -141,8 +141,10 @@ private[torchspark] object NativeRunner {
           }
           .toArray
         clock.native += t2 - t1
-        clock.preprocess += pre
-        clock.forward += fwd
+        clock.preprocess += stages.preprocess
+        clock.forward += stages.forward
+        clock.decode += stages.decode
+        clock.resize += stages.resize
         clock.bridge += (t1 - t0) + (System.nanoTime() - t2)
         out.iterator
       }

@@ -172,6 +172,41 @@ class TorchSparkSuite {
     // Native time holds preprocess and forward (each task floors its sums to milliseconds).
     assertTrue(m.toString, m("nativeTimeMs") + 2 >= m("preprocessTimeMs") + m("forwardTimeMs"))
     assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
+    assertEquals(m.toString, 0L, m("resizeTimeMs")) // 32x32 PNGs, a spec without resize
+  }
+
+  @Test def splitsPreprocessingIntoDecodeAndResize(): Unit = {
+    // Real JPEGs, landscape and portrait, that a shorter-side resize (32) then a crop must shrink.
+    val dir = Files.createTempDirectory("torchspark-resize")
+    val imgs = Files.createDirectories(dir.resolve("jpegs"))
+    val rng = new scala.util.Random(7)
+    for (i <- 0 until 16) {
+      val (w, h) = if (i % 2 == 0) (640, 480) else (480, 640)
+      val img = new java.awt.image.BufferedImage(w, h, java.awt.image.BufferedImage.TYPE_INT_RGB)
+      for (y <- 0 until h; x <- 0 until w)
+        img.setRGB(x, y, ((x * 255 / w) << 16) | ((y * 255 / h) << 8) | rng.nextInt(256))
+      assertTrue(javax.imageio.ImageIO.write(img, "jpg", imgs.resolve(f"img_$i%02d.jpg").toFile))
+    }
+    Files.copy(fixtures.resolve("resnet20.pt"), dir.resolve("model.pt"))
+    val mapper = new ObjectMapper()
+    val spec = mapper.readTree(fixtures.resolve("resnet20.json").toFile)
+    val pre = spec.get("preprocess").asInstanceOf[com.fasterxml.jackson.databind.node.ObjectNode]
+    pre.put("resize", 32)
+    pre.set[JsonNode]("center_crop", mapper.readTree("[32, 32]"))
+    mapper.writeValue(dir.resolve("model.json").toFile, spec)
+
+    val s = new ImageScorer()
+      .setModelPath(dir.resolve("model.pt").toString)
+      .setInputCol("content")
+      .setBatchSize(8)
+    val df = spark.read.format("binaryFile").load(imgs.toString).coalesce(1)
+    assertEquals(16L, s.transform(df).filter(col("prediction").isNotNull).count())
+    val m = s.metrics.values
+    assertEquals(m.toString, 0L, m("rowsWithErrors"))
+    assertTrue(m.toString, m("decodeTimeMs") > 0L && m("resizeTimeMs") > 0L)
+    // One thread per task decodes rows one after another: both are parts of preprocessing.
+    assertTrue(m.toString, m("decodeTimeMs") + m("resizeTimeMs") <= m("preprocessTimeMs"))
+    assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
   }
 
   @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
