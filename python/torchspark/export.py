@@ -142,15 +142,19 @@ def _save_aoti(
         for name, entry in entries.items():
             ep = torch.export.export(entry, (example,), dynamic_shapes=dynamic)
             if precision == "int8":
-                ep = _quantize(ep, sample, dynamic)
+                ep = _quantize(ep, sample, example, dynamic)
             files[name] = torch._inductor.aot_compile(
                 ep.module(), (example,), options={"aot_inductor.package": True}
             )
     package_aoti(str(path), files)
 
 
-def _quantize(ep, sample: torch.Tensor, dynamic) -> torch.export.ExportedProgram:
-    """PT2E post-training static quantization for x86 Inductor, calibrated on `sample`."""
+def _quantize(ep, sample: torch.Tensor, example, dynamic) -> torch.export.ExportedProgram:
+    """PT2E post-training static quantization for x86 Inductor, calibrated on `sample`.
+
+    The quantized graph is exported again on `example` (contiguous NCHW, as the engine passes
+    batches): a compiled package assumes its example's strides, so a channels-last view as the
+    example (what `permute` of NHWC images gives) would make it read the input wrongly."""
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -159,7 +163,7 @@ def _quantize(ep, sample: torch.Tensor, dynamic) -> torch.export.ExportedProgram
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(ep.module(), quantizer)
-    for chunk in sample.float().split(64):
+    for chunk in sample.float().contiguous().split(64):
         prepared(chunk)
     converted = convert_pt2e(prepared)
-    return torch.export.export(converted, (sample[:2].float(),), dynamic_shapes=dynamic)
+    return torch.export.export(converted, (example,), dynamic_shapes=dynamic)

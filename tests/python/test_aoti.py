@@ -51,6 +51,11 @@ def test_reduced_precision_packages_run_as_compiled(fixtures, expected, kind):
         assert np.abs(np.array(feats["features"][i]) - e["features"]).max() <= tol(n), n
     spec = json.loads((fixtures / f"tuple_net_{kind}.json").read_text())
     assert spec["precision"] == kind
+    # And the compiled precision stays close to the fp32 network (TorchScript, in PyTorch): a
+    # package that misreads its input (say, compiled for another memory layout) fails here.
+    for i, n in enumerate(names):
+        fp32 = np.array(expected[n]["tuple_net"]["probability"])
+        assert np.abs(np.array(out["probability"][i]) - fp32).max() <= 5e-3, n
 
 
 def test_bad_packages_raise_naming_the_file(fixtures, tmp_path):
