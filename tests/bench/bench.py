@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import subprocess
 import sys
 import time
@@ -473,7 +474,7 @@ def judge(by: dict[str, dict]) -> tuple[list[tuple], list[str]]:
     for name, v, target in targets:
         met = ""
         if target:
-            bound = float(target.split()[-1].rstrip("xs"))
+            bound = float(re.search(r"[\d.]+", target).group())
             met = {"<": v <= bound, ">": v >= bound, "w": abs(v) <= bound}[target[0]]
             met = "met" if met else "NOT MET"
         out.append((name, v, target, met))

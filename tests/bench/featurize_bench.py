@@ -1,11 +1,12 @@
-"""ImageNet-size featurizer benchmark: 2,000 JPEGs (256x256) -> resize 256 (shorter side) ->
-center crop 224 -> features (the JPEGs already have the shorter side 256: no resize happens).
+"""ImageNet-size featurizer benchmark: 2,000 JPEGs of ImageNet-like sizes -> resize 256 (shorter
+side) -> center crop 224 -> features.
 
     python tests/bench/featurize_bench.py        (also run by `make bench` through bench.py)
 
 Models: EfficientNet-Lite0 with its packaged ImageNet weights (1280-dim) and a headless
 torchvision ResNet-18 (512-dim; random weights: only speed is measured here). The JPEGs are
-256x256 crops of scikit-image's packaged photographs (nothing is downloaded). Per model:
+crops of scikit-image's packaged photographs (nothing is downloaded), sized like ImageNet's
+validation images: aspect 3:4 to 4:3, shorter side 300-500 pixels. Per model:
 
 - `engine`: the same native engine on pre-decoded, preprocessed float tensors, one process,
   2 intra-op threads (NativeModel.featurize): the ceiling without decoding.
@@ -46,7 +47,8 @@ def log(msg: str) -> None:
 
 
 def write_photo_jpegs(folder: Path, count: int) -> None:
-    """`count` 256x256 JPEGs (quality 90): random crops, scales and flips of real photos."""
+    """`count` JPEGs (quality 90) sized like ImageNet's: random crops (aspect 3:4 to 4:3),
+    scales (shorter side 300-500) and flips of real photos."""
     from PIL import Image
     from skimage import data
 
@@ -60,9 +62,13 @@ def write_photo_jpegs(folder: Path, count: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(count):
         im = photos[i % len(photos)]
-        side = int(rng.integers(256, min(im.size) + 1))
-        x, y = (int(rng.integers(0, d - side + 1)) for d in im.size)
-        crop = im.crop((x, y, x + side, y + side)).resize((256, 256), Image.BILINEAR)
+        aspect = float(rng.uniform(3 / 4, 4 / 3))  # width / height
+        h = int(rng.integers(min(im.size) * 2 // 3, min(im.size) + 1))
+        w = min(im.size[0], int(h * aspect))
+        x, y = int(rng.integers(0, im.size[0] - w + 1)), int(rng.integers(0, im.size[1] - h + 1))
+        short = int(rng.integers(300, 501))
+        size = (short, round(short * h / w)) if w < h else (round(short * w / h), short)
+        crop = im.crop((x, y, x + w, y + h)).resize(size, Image.BILINEAR)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
         crop.save(folder / f"img_{i:05d}.jpg", quality=90)
@@ -168,7 +174,7 @@ def timed(fn) -> float:
 
 def run(spark, n: int = 2000) -> list[dict]:
     """Every way for both models; returns one dict per model with the figures."""
-    jpegs = OUT / "jpeg256_photos"
+    jpegs = OUT / "jpeg_imagenet_sizes"
     write_photo_jpegs(jpegs, n)
     files = sorted(jpegs.glob("*.jpg"))
     df = spark.read.format("binaryFile").load(str(jpegs))
@@ -176,7 +182,7 @@ def run(spark, n: int = 2000) -> list[dict]:
     x = preprocessed(files, min(n, 512))
     results = []
     for name, (model, params) in models(OUT / "imagenet").items():
-        log(f"\n== featurizer: {n} JPEGs 256x256 -> resize 256 (no-op) -> crop 224, {name} "
+        log(f"\n== featurizer: {n} JPEGs (shorter side 300-500) -> resize 256 -> crop 224, {name} "
             f"({parts} partitions) ==")  # fmt: skip
         eng = engine_rate(model, x)
         feat = torchspark.ImageFeaturizer(modelPath=str(model), inputCol="content", batchSize=BATCH)
@@ -248,7 +254,7 @@ def markdown(results: list[dict], n: int) -> str:
     for r in results:
         p = r["profile"]
         out.append(
-            f"- Featurizer ({n} JPEGs 256x256 -> 224, {r['model']}): torchspark "
+            f"- Featurizer ({n} JPEGs, shorter side 300-500 -> 256 -> 224, {r['model']}): torchspark "
             f"{r['torchspark']:.1f} img/s, engine on pre-decoded tensors {r['engine']:.1f} "
             f"(x{r['torchspark'] / r['engine']:.2f}, target 0.9), PIL + torchvision + torch "
             f"{r['pil_torch']:.1f} (x{r['torchspark'] / r['pil_torch']:.2f}, target 1.8), "
