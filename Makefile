@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
+# Independent set-up steps overlap on a fresh machine: the 3.5 venv's and the cluster harness's
+# downloads run while cargo compiles. A recipe's own lines (the suites) still run one by one.
+MAKEFLAGS += --jobs=2
 
 VENV    := $(CURDIR)/.venv
 PY      := $(VENV)/bin/python
@@ -48,7 +51,8 @@ native: $(VENV)/.installed ## Rust release build of the cdylib
 	@# The newest glibc it references: the loaders compare it with the node's before loading.
 	$(PY) python/torchspark/_elf.py $(SO) > $(SO).glibc
 
-jar: native ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12), with the .so embedded
+# After the harness: two Maven processes must not write to one local repository at once.
+jar: native | $(HARNESS) ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12), with the .so embedded
 	$(MVN) -q -DskipTests package
 	$(MVN35) -q -DskipTests package
 	@# So that a wheel of python/ (pip install ./python) carries the .so and both jars.
