@@ -7,9 +7,11 @@
 //! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
+//! - [`host`]: this host's name and CPU flags (packages needing instructions it lacks are refused).
 
 pub mod batch;
 pub mod error;
+pub mod host;
 pub mod model;
 pub mod preprocess;
 pub mod spec;
@@ -18,4 +20,4 @@ mod sys;
 pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
-pub use spec::{FilePrecision, ModelSpec, Resize};
+pub use spec::{CpuSpec, FilePrecision, ModelSpec, Resize};

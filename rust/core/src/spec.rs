@@ -49,6 +49,24 @@ pub struct ModelSpec {
     /// means `fp32`). For an AOTInductor package it is a property of its compiled code.
     #[serde(default)]
     pub precision: Option<FilePrecision>,
+    /// The CPU an AOTInductor package's compiled code needs (written by `export_model`;
+    /// absent: nothing is known beyond the package's own metadata). Ignored for TorchScript,
+    /// which libtorch compiles on each host when it loads.
+    #[serde(default)]
+    pub cpu: Option<CpuSpec>,
+}
+
+/// `cpu`: what a package was compiled for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuSpec {
+    /// The `-march` it was compiled with (`x86-64-v3`, `x86-64-v4`, `native`...), for messages.
+    #[serde(default)]
+    pub march: Option<String>,
+    /// The `/proc/cpuinfo` flags its code needs (`avx2`, `fma`, `avx512f`, `abm`...): a host
+    /// without one of them refuses the package before loading its code.
+    #[serde(default)]
+    pub flags: Vec<String>,
 }
 
 /// What a model file computes in: fixed at export, unlike the runtime `precision` option.
@@ -356,6 +374,19 @@ impl ModelSpec {
         {
             return Err("sha256 must be 64 hex digits".into());
         }
+        if let Some(cpu) = &self.cpu
+            && let Some(bad) = cpu.flags.iter().find(|f| {
+                f.is_empty()
+                    || !f
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            })
+        {
+            return Err(format!(
+                "cpu.flags: {bad:?} is not a CPU flag as /proc/cpuinfo spells it \
+                 (lowercase letters, digits and _, e.g. \"avx2\", \"avx512_bf16\")"
+            ));
+        }
         Ok(())
     }
 
@@ -535,6 +566,34 @@ mod tests {
         assert_eq!(s.output, OutputKind::Logits);
         assert_eq!(s.mean_std(), (vec![0.0; 3], vec![1.0; 3]));
         assert_eq!(s.precision, None);
+        assert_eq!(s.cpu, None);
+    }
+
+    #[test]
+    fn cpu_names_the_flags_a_package_needs() {
+        let s = ModelSpec::from_json(
+            r#"{"input": {"height": 8, "width": 8},
+                "cpu": {"march": "x86-64-v3", "flags": ["avx2", "fma", "abm"]}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let cpu = s.cpu.unwrap_or_else(|| panic!("no cpu"));
+        assert_eq!(cpu.march.as_deref(), Some("x86-64-v3"));
+        assert_eq!(cpu.flags, ["avx2", "fma", "abm"]);
+        let only_flags =
+            ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "cpu": {"flags": []}}"#);
+        assert!(only_flags.is_ok(), "{only_flags:?}");
+        for bad in [
+            r#""cpu": {"flags": ["AVX2"]}"#,
+            r#""cpu": {"flags": [""]}"#,
+            r#""cpu": {"flagz": ["avx2"]}"#,
+        ] {
+            let e = ModelSpec::from_json(&format!(
+                r#"{{"input": {{"height": 8, "width": 8}}, {bad}}}"#
+            ))
+            .err()
+            .unwrap_or_default();
+            assert!(e.contains("cpu") || e.contains("flagz"), "{bad}: {e}");
+        }
     }
 
     #[test]

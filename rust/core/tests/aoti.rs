@@ -266,3 +266,38 @@ fn bf16_option_needs_a_package_compiled_in_bf16() {
     let p = list_row(&out, "probability", 0).unwrap();
     assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
 }
+
+#[test]
+fn package_needing_cpu_flags_this_host_lacks_is_refused_naming_file_host_and_flags() {
+    let d = temp_dir("cpu");
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
+        s["cpu"] = serde_json::json!({"flags": ["avx2", "torchspark_no_such_flag"]});
+    });
+    let host = torchspark_core::host::name();
+    // Refused before any of its code is loaded, every time (a failed load is retried).
+    for _ in 0..2 {
+        let e = Scorer::open(&ModelConfig::new(&pt2)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ModelLoad, "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("model.pt2")
+                && msg.contains(&format!("this host ({host})"))
+                && msg.contains("lacks: torchspark_no_such_flag;")
+                && msg.contains("cpu=\"x86-64-v3\""),
+            "{msg}"
+        );
+    }
+    // The same package whose spec names only flags this host has loads and scores.
+    let d = temp_dir("cpu-ok");
+    let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
+        s["cpu"] = serde_json::json!({"march": "x86-64-v3", "flags": ["avx2", "fma"]});
+    });
+    let exp = expected_for("tuple_net_aoti");
+    let (batch, _) = image_batch(&exp, 0);
+    let out = Scorer::open(&ModelConfig::new(&pt2))
+        .unwrap()
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
+    let p = list_row(&out, "probability", 0).unwrap();
+    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
+}

@@ -14,6 +14,7 @@ use std::ptr::NonNull;
 use tch::{Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::spec::CpuSpec;
 
 unsafe extern "C" {
     fn ts_aoti_package_metadata(
@@ -158,6 +159,7 @@ impl Package {
         bytes: &[u8],
         device: Device,
         methods: &[&str],
+        cpu: Option<&CpuSpec>,
     ) -> Result<Package> {
         let fail = |reason: String| Error::ModelLoad {
             path: path.to_path_buf(),
@@ -191,6 +193,8 @@ impl Package {
                  compile it again for {wanted}"
             )));
         }
+        // Also for GPU packages: their host-side wrapper is compiled with the same -march.
+        check_cpu(cpu, &meta).map_err(&fail)?;
         let libtorch = crate::sys::load_libtorch_global();
         let load = |name: &str| {
             Loader::load(file, name, device).map_err(|e| match &libtorch {
@@ -224,6 +228,36 @@ impl Package {
         };
         loader.run(x)
     }
+}
+
+/// Refuses a package whose code needs CPU instructions this host lacks: it would die with
+/// SIGILL (taking the JVM or Python worker with it) at its first unsupported instruction.
+/// The need is the spec's `cpu.flags` plus what the metadata's `AOTI_CPU_ISA` implies.
+fn check_cpu(
+    cpu: Option<&CpuSpec>,
+    meta: &HashMap<String, String>,
+) -> std::result::Result<(), String> {
+    let isa = meta.get("AOTI_CPU_ISA").map_or("", String::as_str);
+    let required = cpu
+        .iter()
+        .flat_map(|c| c.flags.iter().map(String::as_str))
+        .chain(crate::host::aoti_isa_flags(isa));
+    let missing = crate::host::missing_cpu_flags(required);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let target = match cpu.and_then(|c| c.march.as_deref()) {
+        Some(march) => format!("compiled for `{march}`"),
+        None if cpu.is_some() => "compiled for another CPU (its spec's cpu.flags)".to_string(),
+        None => format!("compiled for the vector ISA `{isa}` (its metadata's AOTI_CPU_ISA)"),
+    };
+    Err(format!(
+        "it was {target} and needs CPU instructions that this host ({}) lacks: {}; \
+         re-export it with export_model(..., format=\"aoti\", cpu=\"x86-64-v3\") to run on \
+         every AVX2 CPU, or run it on nodes whose CPUs have these flags",
+        crate::host::name(),
+        missing.join(", ")
+    ))
 }
 
 /// Where the AOTI backend must read the package from: when the spec pins a digest, a private

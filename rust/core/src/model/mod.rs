@@ -268,7 +268,14 @@ impl Model {
                     .collect();
                 // With a pinned digest, load the bytes that were checked, not the path again.
                 let source = aoti::Source::new(path, spec.sha256.is_some().then_some(&bytes[..]))?;
-                let package = Package::load(path, source.path(), &bytes, device, &methods)?;
+                let package = Package::load(
+                    path,
+                    source.path(),
+                    &bytes,
+                    device,
+                    &methods,
+                    spec.cpu.as_ref(),
+                )?;
                 (Backend::Aoti(package), false, Kind::Float)
             }
         };
