@@ -6,6 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import platform
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,8 @@ import torch
 
 FORMATS = ("torchscript", "aoti")
 PRECISIONS = ("fp32", "bf16", "int8")
+# AVX2 + FMA (Haswell, Zen 1 and later): every x86 node of a mixed cluster runs it.
+PORTABLE_CPU = "x86-64-v3"
 
 
 def export_model(
@@ -26,6 +31,7 @@ def export_model(
     sample: torch.Tensor | None = None,
     channels_last: bool = True,
     max_batch: int = 4096,
+    cpu: str | None = None,
 ) -> Path:
     """Write `module` to `path` in `format`, and the spec beside it; returns the spec's path.
 
@@ -47,12 +53,42 @@ def export_model(
       calibrated on `sample` (a float tensor of preprocessed inputs, N x C x H x W: a few hundred
       typical images); pays on CPUs with VNNI (avx512_vnni, avx_vnni, AMX).
 
+    `cpu` is the x86 CPU level the package's machine code is compiled for (format="aoti" only):
+
+    - "x86-64-v3" (default on x86-64): AVX2, FMA, BMI1/2, F16C, LZCNT, MOVBE; runs on every
+      x86 CPU since Haswell (2013) and Zen 1, i.e. on every node of a cluster that mixes
+      AVX2-only and AVX-512 machines. The default because a package compiled for the
+      exporting machine can die with SIGILL (killing the executor) on an older node; the cost
+      is small, as convolutions and matrix products run in libtorch's oneDNN/MKL, which pick
+      the best instructions of each host at run time (ResNet-20: see the README, "Precision");
+    - "native": Inductor's own default, `-march=native`: the fastest code for the exporting
+      machine's CPU, which only CPUs with all of its instruction sets can run;
+    - "x86-64-v4" (AVX-512) or any other GCC `-march` name ("znver4", "sapphirerapids"...).
+
+    Inductor's generated kernels get the matching vector width (256 bits up to v3, 512 from
+    v4; on an AVX-512 exporting CPU they may also use its VNNI/BF16/AMX extensions). The spec
+    records what the code needs, `"cpu": {"march": ..., "flags": [...]}` (flags as
+    /proc/cpuinfo spells them), and a host lacking one of them refuses the package with an
+    error naming it, the host and the flags, instead of crashing. On other machines (ARM) the
+    default is "native".
+
     Compiling takes tens of seconds (ResNet-20: ~30 s on 2 cores) and needs a C++ compiler.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {format!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if cpu is not None and format != "aoti":
+        raise ValueError(
+            'cpu= applies to format="aoti"; a TorchScript model is compiled by each host when '
+            "it loads"
+        )
+    if cpu is None:
+        cpu = PORTABLE_CPU if _is_x86() else "native"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", cpu):
+        raise ValueError(
+            f'cpu must be "native", "x86-64-v3", "x86-64-v4" or a -march name, not {cpu!r}'
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     spec = dict(spec)
@@ -68,7 +104,9 @@ def export_model(
                 )
             _save_torchscript(module, path, spec, freeze)
         else:
-            _save_aoti(module, path, spec, precision, sample, channels_last, max_batch)
+            spec["cpu"] = _save_aoti(
+                module, path, spec, precision, sample, channels_last, max_batch, cpu
+            )
             if precision != "fp32":
                 spec["precision"] = precision
     finally:
@@ -117,7 +155,9 @@ def _save_aoti(
     sample: torch.Tensor | None,
     channels_last: bool,
     max_batch: int,
-) -> None:
+    cpu: str,
+) -> dict:
+    """Compiles and writes the package; returns the spec's `cpu` entry (what its code needs)."""
     from torch._inductor.package import package_aoti
 
     inp = spec["input"]
@@ -138,7 +178,10 @@ def _save_aoti(
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     dynamic = ({0: batch},)
     files = {}
-    with torch._inductor.config.patch(freezing=True), torch.no_grad():
+    march, simdlen = _cpu_target(cpu)
+    target = {"freezing": True, "cpp.march": march, "cpp.simdlen": simdlen}
+    with torch._inductor.config.patch(target), torch.no_grad():
+        needs = _required_cpu(cpu, march)
         for name, entry in entries.items():
             ep = torch.export.export(entry, (example,), dynamic_shapes=dynamic)
             if precision == "int8":
@@ -147,6 +190,108 @@ def _save_aoti(
                 ep.module(), (example,), options={"aot_inductor.package": True}
             )
     package_aoti(str(path), files)
+    return needs
+
+
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _compiler_macros(flags: list[str]) -> set[str]:
+    """The macros the C++ compiler Inductor uses defines under `flags` (`__AVX2__`, ...)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        out = subprocess.run(
+            [get_cpp_compiler(), *flags, "-dM", "-E", "-x", "c++", "-"],
+            input="",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise ValueError(f"cannot compile for {' '.join(flags)}: {detail.strip()}") from e
+    return {line.split()[1] for line in out.splitlines() if line.startswith("#define ")}
+
+
+def _cpu_target(cpu: str) -> tuple[str | None, int | None]:
+    """(Inductor's `cpp.march`, `cpp.simdlen`) for `cpu`: "native" leaves both to Inductor.
+
+    The vector width follows the level (512 with AVX-512, 256 with AVX2), narrowed to what the
+    exporting CPU has: Inductor only vectorizes for an ISA it can check on this CPU, and would
+    otherwise emit scalar kernels."""
+    if cpu == "native":
+        return None, None
+    if not _is_x86():
+        return cpu, None
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    macros = _compiler_macros([f"-march={cpu}"])
+    width = 512 if "__AVX512F__" in macros else 256 if "__AVX2__" in macros else 0
+    here = {isa.bit_width() for isa in valid_vec_isa_list()}
+    simdlen = max((w for w in here if w <= width), default=0)
+    return cpu, simdlen
+
+
+# Compiler macro -> the /proc/cpuinfo flag of that instruction set (as the load check reads it).
+_MACRO_FLAGS = {
+    "__SSE3__": "pni",
+    "__SSSE3__": "ssse3",
+    "__SSE4_1__": "sse4_1",
+    "__SSE4_2__": "sse4_2",
+    "__POPCNT__": "popcnt",
+    "__AVX__": "avx",
+    "__AVX2__": "avx2",
+    "__FMA__": "fma",
+    "__F16C__": "f16c",
+    "__BMI__": "bmi1",
+    "__BMI2__": "bmi2",
+    "__LZCNT__": "abm",
+    "__MOVBE__": "movbe",
+    "__XSAVE__": "xsave",
+    "__ADX__": "adx",
+    "__AES__": "aes",
+    "__PCLMUL__": "pclmulqdq",
+    "__SHA__": "sha_ni",
+    "__GFNI__": "gfni",
+    "__VAES__": "vaes",
+    "__VPCLMULQDQ__": "vpclmulqdq",
+    "__AVXVNNI__": "avx_vnni",
+    "__AVX512F__": "avx512f",
+    "__AVX512BW__": "avx512bw",
+    "__AVX512CD__": "avx512cd",
+    "__AVX512DQ__": "avx512dq",
+    "__AVX512VL__": "avx512vl",
+    "__AVX512IFMA__": "avx512ifma",
+    "__AVX512VBMI__": "avx512vbmi",
+    "__AVX512VBMI2__": "avx512_vbmi2",
+    "__AVX512VNNI__": "avx512_vnni",
+    "__AVX512BITALG__": "avx512_bitalg",
+    "__AVX512VPOPCNTDQ__": "avx512_vpopcntdq",
+    "__AVX512BF16__": "avx512_bf16",
+    "__AVX512FP16__": "avx512_fp16",
+    "__AMX_TILE__": "amx_tile",
+    "__AMX_BF16__": "amx_bf16",
+    "__AMX_INT8__": "amx_int8",
+    "__AMX_FP16__": "amx_fp16",
+}
+
+
+def _required_cpu(cpu: str, march: str | None) -> dict:
+    """The spec's `cpu` entry: the instruction sets the compiled code may use, read from the
+    compiler under the flags Inductor compiles with (its -march plus its vector ISA's -m flags,
+    which on an AVX-512 CPU add VNNI/BF16/AMX), in /proc/cpuinfo's spelling."""
+    if not _is_x86():
+        return {"march": cpu, "flags": []}
+    from torch._inductor.cpu_vec_isa import invalid_vec_isa, pick_vec_isa
+
+    isa = pick_vec_isa()
+    flags = [f"-march={march or 'native'}"]
+    if isa != invalid_vec_isa:
+        flags += isa.build_arch_flags().split()
+    macros = _compiler_macros(flags)
+    return {"march": cpu, "flags": [f for m, f in _MACRO_FLAGS.items() if m in macros]}
 
 
 def _quantize(ep, sample: torch.Tensor, example, dynamic) -> torch.export.ExportedProgram:

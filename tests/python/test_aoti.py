@@ -5,7 +5,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
+import subprocess
+import tempfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -70,6 +75,80 @@ def test_bad_packages_raise_naming_the_file(fixtures, tmp_path):
             NativeModel(str(broken))
 
 
+def test_package_needing_cpu_flags_this_host_lacks_raises_naming_file_host_and_flag(
+    fixtures, tmp_path
+):
+    # What an AVX2-only node meets with a package exported on an AVX-512 machine: a clear
+    # error before any of the package's code loads, instead of SIGILL killing this process.
+    pt2 = tmp_path / "avx512_only.pt2"
+    shutil.copyfile(fixtures / "tuple_net_aoti.pt2", pt2)
+    spec = json.loads((fixtures / "tuple_net_aoti.json").read_text())
+    spec["cpu"] = {"flags": ["avx2", "torchspark_no_such_flag"]}
+    pt2.with_suffix(".json").write_text(json.dumps(spec))
+    host = re.escape(socket.gethostname())
+    wanted = rf"avx512_only\.pt2: .*this host \({host}\) lacks: torchspark_no_such_flag;"
+    for _ in range(2):
+        with pytest.raises(torchspark.ModelLoadError, match=wanted) as e:
+            NativeModel(str(pt2))
+        assert 'cpu="x86-64-v3"' in str(e.value)
+    # This process is alive and still scores with the package whose spec it can satisfy.
+    png = (fixtures / "images" / "digit_00_label0.png").read_bytes()
+    out = NativeModel(str(fixtures / "tuple_net_aoti.pt2")).score([png]).to_pydict()
+    assert out["error"][0] is None
+
+
+def test_package_metadata_isa_is_checked_when_the_spec_says_nothing_of_the_cpu(fixtures, tmp_path):
+    # Packages exported before `cpu` existed (or by other tools) still name their vector ISA
+    # in their metadata; an AMX one is refused on a host without AMX, loaded on one with it.
+    pt2 = tmp_path / "amx.pt2"
+    with (
+        zipfile.ZipFile(fixtures / "tuple_net_aoti.pt2") as zin,
+        zipfile.ZipFile(pt2, "w", zipfile.ZIP_STORED) as zout,
+    ):
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("_metadata.json"):
+                meta = json.loads(data)
+                meta["AOTI_CPU_ISA"] = "AVX512 AVX512_VNNI AMX_TILE"
+                data = json.dumps(meta).encode()
+            zout.writestr(item.filename, data)
+    spec = json.loads((fixtures / "tuple_net_aoti.json").read_text())
+    del spec["cpu"]
+    pt2.with_suffix(".json").write_text(json.dumps(spec))
+    from torchspark.node import cpu_flags
+
+    needed = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "fma"}
+    needed |= {"amx_tile", "amx_bf16", "amx_int8"}
+    missing = needed - cpu_flags()
+    if not missing:
+        assert NativeModel(str(pt2)).score([b"not an image"]).num_rows == 1
+        return
+    with pytest.raises(torchspark.ModelLoadError, match="AOTI_CPU_ISA") as e:
+        NativeModel(str(pt2))
+    assert "amx.pt2" in str(e.value) and all(f in str(e.value) for f in missing), e.value
+
+
+def test_export_records_the_portable_cpu_its_code_needs(fixtures):
+    # The fixture packages are export_model's default: x86-64-v3, no AVX-512 anywhere.
+    for name in ("resnet20_aoti", "tuple_net_aoti", "tuple_net_int8", "tuple_net_bf16"):
+        cpu = json.loads((fixtures / f"{name}.json").read_text())["cpu"]
+        assert cpu["march"] == "x86-64-v3", name
+        assert {"avx2", "fma", "bmi1", "bmi2", "f16c", "abm", "movbe"} <= set(cpu["flags"]), cpu
+        assert not [f for f in cpu["flags"] if f.startswith(("avx512", "amx"))], cpu
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump (binutils) is not installed")
+    with zipfile.ZipFile(fixtures / "resnet20_aoti.pt2") as z:
+        so = next(n for n in z.namelist() if n.endswith(".so"))
+        code = z.read(so)
+    with tempfile.NamedTemporaryFile(suffix=".so") as f:
+        f.write(code)
+        f.flush()
+        asm = subprocess.run([objdump, "-d", f.name], capture_output=True, text=True).stdout
+    # AVX-512 code names zmm registers; AVX2 code uses ymm.
+    assert "ymm" in asm and "zmm" not in asm
+
+
 def test_export_model_checks_its_options_before_compiling(tmp_path):
     spec = {"input": {"height": 32, "width": 32}}
     with pytest.raises(ValueError, match="sample"):
@@ -80,6 +159,10 @@ def test_export_model_checks_its_options_before_compiling(tmp_path):
         torchspark.export_model(ResNet20(), tmp_path / "m.pt", spec, precision="bf16")
     with pytest.raises(ValueError, match="format"):
         torchspark.export_model(ResNet20(), tmp_path / "m.pt", spec, format="onnx")
+    with pytest.raises(ValueError, match='cpu= applies to format="aoti"'):
+        torchspark.export_model(ResNet20(), tmp_path / "m.pt", spec, cpu="native")
+    with pytest.raises(ValueError, match="cpu must be"):
+        torchspark.export_model(ResNet20(), tmp_path / "m.pt2", spec, format="aoti", cpu="-O0")
 
 
 def _files(spark, fixtures, glob="*"):
