@@ -75,10 +75,21 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+# The /proc/cpuinfo flags of the x86-64 levels that export_model(format="aoti", cpu=...)
+# compiles for ("abm" is LZCNT).
+X86_64_V3 = {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave"}
+X86_64_V4 = X86_64_V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}
+
+
 def isa_summary(flags: set[str]) -> tuple[str, str]:
     """(instruction sets, bf16 support) in words."""
     isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
     isa += [f for f in ("amx_tile", "amx_bf16", "amx_int8") if f in flags]
+    level = next((n for n, s in (("v4", X86_64_V4), ("v3", X86_64_V3)) if s <= flags), None)
+    if isa and level:
+        # Which AOTInductor packages (export_model's cpu=...) this node can run.
+        runs = {"v4": "x86-64-v4 or x86-64-v3", "v3": "x86-64-v3"}[level]
+        isa.append(f"(runs .pt2 exported with cpu={runs})")
     if "amx_bf16" in flags:
         bf16 = "native (AMX)"
     elif "avx512_bf16" in flags:
