@@ -2,6 +2,7 @@
 export default) against cpu="native" (Inductor's own default), scored by NativeModel.
 
     .venv/bin/python tests/bench/cpu_target.py [native x86-64-v3 x86-64-v4 ...]
+    CPU_TARGET_PRECISION=int8 .venv/bin/python tests/bench/cpu_target.py   (or bf16)
 
 Exports the fixture ResNet-20 (seeded weights) once per target into bench/work/cpu_target/ (about
 30 s each), then scores the fixture PNGs cycled to IMAGES rows: decode + preprocess + forward,
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
 
-from make_fixtures import randomize_bn  # noqa: E402
+from make_fixtures import load_rgb, normalize, randomize_bn  # noqa: E402
 
 from torchspark import NativeModel  # noqa: E402
 from torchspark.export import export_model  # noqa: E402
@@ -38,6 +39,8 @@ OUT = ROOT / "bench" / "work" / "cpu_target"
 IMAGES = int(os.environ.get("CPU_TARGET_IMAGES", "4096"))
 THREADS = int(os.environ.get("CPU_TARGET_THREADS", "2"))
 ROUNDS = int(os.environ.get("CPU_TARGET_ROUNDS", "5"))
+# fp32 (default), bf16 or int8 (calibrated on the fixture images).
+PRECISION = os.environ.get("CPU_TARGET_PRECISION", "fp32")
 SPEC = {
     "input": {"height": 32, "width": 32, "channels": 3},
     "preprocess": {
@@ -70,17 +73,20 @@ def main() -> None:
     torch.manual_seed(0)
     net = ResNet20(num_classes=10)
     randomize_bn(net, torch.Generator().manual_seed(0))
-    paths = {}
-    for cpu in targets:
-        path = OUT / f"resnet20_{cpu}.pt2"
-        if not path.exists():
-            t = time.time()
-            export_model(net, path, SPEC, format="aoti", cpu=cpu)
-            print(f"[export] {path.name} in {time.time() - t:.0f} s", flush=True)
-        paths[cpu] = path
     images = sorted((ROOT / "tests" / "fixtures" / "out" / "images").glob("*.png"))
     if not images:
         sys.exit("no fixture images: run tests/fixtures/make_fixtures.py first")
+    sample = torch.stack([normalize(load_rgb(p), SPEC) for p in images])
+    paths = {}
+    for cpu in targets:
+        path = OUT / f"resnet20_{PRECISION}_{cpu}.pt2"
+        if not path.exists():
+            t = time.time()
+            export_model(
+                net, path, SPEC, format="aoti", cpu=cpu, precision=PRECISION, sample=sample
+            )
+            print(f"[export] {path.name} in {time.time() - t:.0f} s", flush=True)
+        paths[cpu] = path
     blobs = [p.read_bytes() for p in images]
     cycled = [blobs[i % len(blobs)] for i in range(IMAGES)]
     models = {cpu: NativeModel(str(p), num_threads=THREADS) for cpu, p in paths.items()}
@@ -106,7 +112,10 @@ def main() -> None:
          if ln.startswith("model name")),
         "?",
     )  # fmt: skip
-    print(f"\nCPU: {model}; {THREADS} threads, batch 256, {IMAGES} PNGs, best of {ROUNDS}\n")
+    print(
+        f"\nCPU: {model}; {PRECISION}, {THREADS} threads, batch 256, {IMAGES} PNGs, "
+        f"best of {ROUNDS}\n"
+    )
     print("| cpu= | images/s | images per CPU-s | × native | zmm instructions | spec flags |")
     print("|---|---:|---:|---:|---:|---|")
     base = IMAGES / best["native"][0] if "native" in best else None
