@@ -9,8 +9,8 @@ MAKEFLAGS += --jobs=2
 VENV    := $(CURDIR)/.venv
 PY      := $(VENV)/bin/python
 PYTHON  ?= python3
-# torch-sys builds against the venv's torch (libtorch 2.13.0).
-CARGO_ENV := PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
+# torch-sys builds against the venv's torch (libtorch 2.13.0); cargo runs its own jobs, not make's jobserver.
+CARGO_ENV := MAKEFLAGS= PATH="$(VENV)/bin:$$PATH" VIRTUAL_ENV="$(VENV)" LIBTORCH_USE_PYTORCH=1
 SO      := target/release/libtorchspark.so
 # One jar per Spark line, same classes and the same .so inside. JAR is the default line (4.1).
 # The release version, in one place.

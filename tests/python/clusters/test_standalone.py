@@ -1,8 +1,10 @@
 """torchspark on a standalone cluster (a master and 2 workers of 1 core, on 127.0.0.1, started
 once for this module; see spark_clusters.py). `pytest -m cluster` runs only the cluster tests.
 
-a) spark-submit of the Scala example, b) of its Python twin examples/score_images.py, c) a
-PySpark driver (ImageScorer twice, then rdd.mapPartitions), and an executor SIGKILLed mid-job.
+a) spark-submit of the Scala example, c) a PySpark driver (ImageScorer twice, then
+rdd.mapPartitions), and an executor SIGKILLed mid-job. b), the Python twin
+examples/score_images.py, runs on YARN (cluster deploy mode) and on the Spark 3.5 standalone
+cluster (test_spark35_standalone.py), so not again here.
 Every image comes out exactly once, with NativeModel's prediction (computed here, in one
 process); the model is loaded once per executor on the first job and not again on the next.
 """
@@ -19,7 +21,6 @@ import time
 import pytest
 from spark_clusters import (
     DRIVER,
-    EXAMPLE,
     EXECUTORS,
     SCALA_EXAMPLE,
     Standalone,
@@ -64,17 +65,6 @@ def test_standalone_scala_example_writes_one_row_per_image(
     cols, rows = read_parquet(spark, str(out))
     assert cols == ["path", "prediction", "label", "probability", "error"]
     check_rows(rows, oracle, "Scala example")
-    assert model_loads(log) == EXECUTORS
-
-
-def test_standalone_python_example_writes_one_row_per_image(
-    standalone, spark, cluster_images, model_files, oracle, tmp_path
-):
-    out = tmp_path / "scores.parquet"
-    log = standalone.submit([EXAMPLE, cluster_images, "resnet20.pt", out], files=model_files)
-    cols, rows = read_parquet(spark, str(out))
-    assert cols == ["path", "prediction", "label", "probability", "error"]
-    check_rows(rows, oracle, "Python example")
     assert model_loads(log) == EXECUTORS
 
 
