@@ -11,11 +11,15 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BinaryArray, Float32Builder, Int32Array, Int32Builder,
-    LargeBinaryArray, ListBuilder, RecordBatch, StringBuilder, StructArray, StructBuilder,
+use arrow_array::builder::{
+    ArrayBuilder, Float32Builder, Int32Builder, ListBuilder, StringBuilder, StructBuilder,
 };
-use arrow::datatypes::{DataType, Field, Fields, Float32Type, Float64Type, Schema, SchemaRef};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type};
+use arrow_array::{
+    Array, ArrayRef, BinaryArray, Int32Array, LargeBinaryArray, RecordBatch, StructArray,
+};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -348,7 +352,7 @@ fn top_k_fields() -> Fields {
     ])
 }
 
-fn struct_field<T: arrow::array::ArrayBuilder>(b: &mut StructBuilder, i: usize) -> &mut T {
+fn struct_field<T: ArrayBuilder>(b: &mut StructBuilder, i: usize) -> &mut T {
     // The builder is made from top_k_fields(), so the types are known.
     #[allow(clippy::expect_used)]
     b.field_builder::<T>(i).expect("top_k builder field type")
@@ -362,7 +366,7 @@ fn ranking(p: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-fn arrow_bug(e: arrow::error::ArrowError) -> Error {
+fn arrow_bug(e: arrow_schema::ArrowError) -> Error {
     Error::Internal {
         reason: format!("building the output batch: {e}"),
     }
@@ -503,7 +507,7 @@ fn float_rows(col: &dyn Array) -> Result<Vec<Row<'_>>> {
 fn struct_rows(s: &StructArray) -> Result<Vec<Option<ImageInput<'_>>>> {
     let int = |name: &str| -> Result<&Int32Array> {
         s.column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int32Type>())
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int32Type>())
             .ok_or_else(|| {
                 Error::input(format!(
                     "image struct needs an int field `{name}` (Spark's image schema)"

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow_array::RecordBatch;
 use common::*;
 use torchspark_core::{BatchOptions, ErrorKind, Format, ModelConfig, Precision, Scorer};
 
@@ -33,6 +33,19 @@ fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("torchspark-aoti-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A copy of the TupleNet package (spec edited) loads and scores the first fixture image as
+/// PyTorch ran the original.
+fn scores_first_image_like_pytorch(pt2: &Path) {
+    let exp = expected_for("tuple_net_aoti");
+    let (batch, _) = image_batch(&exp, 0);
+    let out = Scorer::open(&ModelConfig::new(pt2))
+        .unwrap()
+        .score(&batch, &BatchOptions::default())
+        .unwrap();
+    let p = list_row(&out, "probability", 0).unwrap();
+    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
 }
 
 /// `package` and its spec copied into `dir` as `model.pt2` / `model.json`, with `edit` applied
@@ -216,14 +229,7 @@ fn pinned_sha256_is_enforced_for_packages() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| s["sha256"] = digest.into());
-    let exp = expected_for("tuple_net_aoti");
-    let (batch, _) = image_batch(&exp, 0);
-    let out = Scorer::open(&ModelConfig::new(&pt2))
-        .unwrap()
-        .score(&batch, &BatchOptions::default())
-        .unwrap();
-    let p = list_row(&out, "probability", 0).unwrap();
-    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
+    scores_first_image_like_pytorch(&pt2);
     // The verified copy it loaded from is gone.
     let leftovers = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
@@ -292,12 +298,5 @@ fn package_needing_cpu_flags_this_host_lacks_is_refused_naming_file_host_and_fla
     let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
         s["cpu"] = serde_json::json!({"march": "x86-64-v3", "flags": ["avx2", "fma"]});
     });
-    let exp = expected_for("tuple_net_aoti");
-    let (batch, _) = image_batch(&exp, 0);
-    let out = Scorer::open(&ModelConfig::new(&pt2))
-        .unwrap()
-        .score(&batch, &BatchOptions::default())
-        .unwrap();
-    let p = list_row(&out, "probability", 0).unwrap();
-    assert!(max_abs_diff(&p, &exp[0].probability) <= 1e-5);
+    scores_first_image_like_pytorch(&pt2);
 }

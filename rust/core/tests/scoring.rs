@@ -6,8 +6,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::Int32Type;
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
 use common::*;
 use torchspark_core::{BatchOptions, ErrorKind, ModelConfig, Precision, Scorer, StageTimes};
 
@@ -88,7 +89,7 @@ fn labels_and_top_k_follow_the_probabilities() {
     let idx = top.column(0).as_primitive::<Int32Type>();
     let score = top
         .column(2)
-        .as_primitive::<arrow::datatypes::Float32Type>();
+        .as_primitive::<arrow_array::types::Float32Type>();
     assert_eq!(idx.value(0), pred);
     assert!(score.value(0) >= score.value(1) && score.value(1) >= score.value(2));
     assert!((score.value(1) - exp.probability[idx.value(1) as usize]).abs() <= TOL);
@@ -332,7 +333,7 @@ fn all_bad_batch_and_empty_batch_still_answer() {
 
 #[test]
 fn wrong_column_type_fails_the_batch_clearly() {
-    let col = std::sync::Arc::new(arrow::array::Int32Array::from(vec![1, 2]));
+    let col = std::sync::Arc::new(arrow_array::Int32Array::from(vec![1, 2]));
     let e = resnet().score(&batch_of("x", col), &opts()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Input);
     assert!(e.to_string().contains("Int32"), "{e}");

@@ -8,9 +8,9 @@
 use std::ffi::{CStr, CString, c_char};
 use std::ptr;
 
-use arrow::array::{Array, RecordBatch, StructArray};
+use arrow_array::{Array, RecordBatch, StructArray};
 
-use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
 use torchspark_core::{BatchOptions, Error, ModelConfig, Result, Scorer};
 
 use crate::guard;

@@ -7,9 +7,9 @@
 
 use std::io::Cursor;
 
-use arrow::array::RecordBatch;
-use arrow::ipc::reader::StreamReader;
-use arrow::ipc::writer::StreamWriter;
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
 use jni::JNIEnv;
 use jni::objects::{JByteArray, JClass, JString};
 use jni::sys::{jbyteArray, jlong};
@@ -138,7 +138,7 @@ fn call<'l>(
 
 /// One record batch from IPC stream bytes.
 pub fn read_ipc(bytes: &[u8]) -> Result<RecordBatch> {
-    let bad = |e: arrow::error::ArrowError| Error::Input {
+    let bad = |e: arrow_schema::ArrowError| Error::Input {
         reason: format!("cannot read the Arrow IPC batch: {e}"),
     };
     let reader = StreamReader::try_new(Cursor::new(bytes), None).map_err(bad)?;
@@ -151,13 +151,13 @@ pub fn read_ipc(bytes: &[u8]) -> Result<RecordBatch> {
             .into_iter()
             .next()
             .unwrap_or_else(|| RecordBatch::new_empty(schema))),
-        _ => arrow::compute::concat_batches(&schema, &batches).map_err(bad),
+        _ => arrow_select::concat::concat_batches(&schema, &batches).map_err(bad),
     }
 }
 
 /// IPC stream bytes of one record batch.
 pub fn write_ipc(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let fail = |e: arrow::error::ArrowError| Error::Internal {
+    let fail = |e: arrow_schema::ArrowError| Error::Internal {
         reason: format!("cannot write the Arrow IPC result: {e}"),
     };
     let mut out = Vec::new();

@@ -4,8 +4,9 @@
 use std::ffi::{CStr, CString, c_char};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BinaryArray, RecordBatch, StructArray};
-use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::cast::AsArray;
+use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
+use arrow_array::{Array, BinaryArray, RecordBatch, StructArray};
 use torchspark::capi::*;
 
 #[path = "../../core/tests/common/mod.rs"]

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{
-    ArrayRef, BinaryBuilder, Float32Builder, Int32Builder, ListBuilder, RecordBatch, StringBuilder,
-    StructArray,
+use arrow_array::builder::{
+    BinaryBuilder, Float32Builder, Int32Builder, ListBuilder, StringBuilder,
 };
-use arrow::datatypes::{DataType, Field};
+use arrow_array::{ArrayRef, RecordBatch, StructArray};
+use arrow_schema::{DataType, Field};
 use serde_json::Value;
 
 pub fn repo_root() -> PathBuf {
@@ -187,8 +187,9 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 pub fn list_row(batch: &RecordBatch, col: &str, i: usize) -> Option<Vec<f32>> {
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::Float32Type;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float32Type;
     let l = batch.column_by_name(col).unwrap().as_list::<i32>();
     if l.is_null(i) {
         return None;
@@ -197,7 +198,8 @@ pub fn list_row(batch: &RecordBatch, col: &str, i: usize) -> Option<Vec<f32>> {
 }
 
 pub fn str_row(batch: &RecordBatch, col: &str, i: usize) -> Option<String> {
-    use arrow::array::{Array, AsArray};
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
     let s = batch.column_by_name(col).unwrap().as_string::<i32>();
     (!s.is_null(i)).then(|| s.value(i).to_string())
 }
