@@ -281,11 +281,10 @@ def cpu_line() -> str:
     """What the CPU has for reduced precision, and whether oneDNN uses it."""
     import torch
 
-    flags = set(
-        next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    )  # fmt: skip
+    from torchspark.node import cpu_flags
+
     bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    vnni = bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
     return (f"{precision.cpu_flags()}; oneDNN bf16 {'native' if bf16 else 'EMULATED (slow)'}, "
             f"int8 {'VNNI' if vnni else 'no VNNI: EMULATED (slow)'}")  # fmt: skip
 

@@ -144,25 +144,7 @@ fn eight_threads_share_one_package_and_agree() {
         ..ModelConfig::new(fixtures().join("resnet20_aoti.pt2"))
     };
     let first = Scorer::open(&config).unwrap();
-    let handles: Vec<_> = (0..8)
-        .map(|t| {
-            let (batch, config) = (batch.clone(), config.clone());
-            std::thread::spawn(move || {
-                let scorer = Scorer::open(&config).unwrap();
-                let o = BatchOptions {
-                    batch_size: 1 + t * 5,
-                    ..BatchOptions::default()
-                };
-                let mut out = scorer.score(&batch, &o).unwrap();
-                for _ in 0..2 {
-                    out = scorer.score(&batch, &o).unwrap();
-                }
-                (scorer, out)
-            })
-        })
-        .collect();
-    for h in handles {
-        let (scorer, out) = h.join().unwrap();
+    for (scorer, out) in score_on_eight_threads(&config, &batch) {
         assert!(
             std::ptr::eq(scorer.model(), first.model()),
             "one package per (file, device, precision) per process"

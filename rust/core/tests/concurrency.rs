@@ -23,26 +23,7 @@ fn eight_threads_share_one_model_and_agree() {
         .unwrap()
         .score(&batch, &BatchOptions::default())
         .unwrap();
-    let handles: Vec<_> = (0..8)
-        .map(|t| {
-            let (batch, config) = (batch.clone(), config.clone());
-            std::thread::spawn(move || {
-                let scorer = Scorer::open(&config).unwrap();
-                let o = BatchOptions {
-                    batch_size: 1 + t * 5,
-                    ..BatchOptions::default()
-                };
-                // Several passes each, so the threads really overlap.
-                let mut out = scorer.score(&batch, &o).unwrap();
-                for _ in 0..2 {
-                    out = scorer.score(&batch, &o).unwrap();
-                }
-                out
-            })
-        })
-        .collect();
-    for h in handles {
-        let out = h.join().unwrap();
+    for (_, out) in score_on_eight_threads(&config, &batch) {
         for i in 0..exp.len() {
             let a = list_row(&out, "probability", i).unwrap();
             let b = list_row(&reference, "probability", i).unwrap();

@@ -60,12 +60,18 @@ fn floats(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-pub fn expected() -> Vec<Expected> {
+/// The per-image entries of the fixtures' `expected.json`.
+fn expected_images() -> Vec<Value> {
     let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["images"]
-        .as_array()
-        .unwrap()
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    match v["images"].take() {
+        Value::Array(images) => images,
+        other => panic!("expected.json: images is not a list: {other}"),
+    }
+}
+
+pub fn expected() -> Vec<Expected> {
+    expected_images()
         .iter()
         .map(|e| Expected {
             file: e["file"].as_str().unwrap().to_string(),
@@ -87,11 +93,7 @@ pub struct ModelExpected {
 }
 
 pub fn expected_for(model: &str) -> Vec<ModelExpected> {
-    let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["images"]
-        .as_array()
-        .unwrap()
+    expected_images()
         .iter()
         .map(|e| ModelExpected {
             file: e["file"].as_str().unwrap().to_string(),
@@ -202,4 +204,31 @@ pub fn str_row(batch: &RecordBatch, col: &str, i: usize) -> Option<String> {
     use arrow_array::cast::AsArray;
     let s = batch.column_by_name(col).unwrap().as_string::<i32>();
     (!s.is_null(i)).then(|| s.value(i).to_string())
+}
+
+/// 8 threads, each opening its own `Scorer` on `config` and scoring `batch` three times with
+/// batch sizes 1, 6, ..., 36 (several passes, so that the threads really overlap): each thread's
+/// scorer and last output.
+pub fn score_on_eight_threads(
+    config: &torchspark_core::ModelConfig,
+    batch: &Arc<RecordBatch>,
+) -> Vec<(torchspark_core::Scorer, RecordBatch)> {
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (batch, config) = (batch.clone(), config.clone());
+            std::thread::spawn(move || {
+                let scorer = torchspark_core::Scorer::open(&config).unwrap();
+                let o = torchspark_core::BatchOptions {
+                    batch_size: 1 + t * 5,
+                    ..torchspark_core::BatchOptions::default()
+                };
+                let mut out = scorer.score(&batch, &o).unwrap();
+                for _ in 0..2 {
+                    out = scorer.score(&batch, &o).unwrap();
+                }
+                (scorer, out)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
