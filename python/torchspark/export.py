@@ -60,7 +60,7 @@ def export_model(
       AVX2-only and AVX-512 machines. The default because a package compiled for the
       exporting machine can die with SIGILL (killing the executor) on an older node; the cost
       is small, as convolutions and matrix products run in libtorch's oneDNN/MKL, which pick
-      the best instructions of each host at run time (measured: see the README, "CPU level");
+      the best instructions of each host at run time (measured: see docs/model-formats.md, "CPU level");
     - "native": Inductor's own default, `-march=native`: the fastest code for the exporting
       machine's CPU, which only CPUs with all of its instruction sets can run;
     - "x86-64-v4" (AVX-512) or any other GCC `-march` name ("znver4", "sapphirerapids"...).
