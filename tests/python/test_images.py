@@ -25,8 +25,8 @@ from torchspark import ImageFeaturizer, NativeModel
 
 RNG_SEED = 16
 # Measured on these files (Pillow 13.0.0 / libjpeg-turbo vs zune-jpeg): see docs/images.md.
-JPEG_TOL = 4
-WEBP_LOSSY_TOL = 4
+JPEG_TOL = 3
+WEBP_LOSSY_TOL = 1
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +137,7 @@ def lossless_cases() -> dict[str, bytes]:
     c["png16_rgba"] = png16(wide)
     c["bmp_rgb"] = save(Image.fromarray(rgb), "BMP")
     c["gif_p"] = save(pal, "GIF")
+    c["gif_p_trns"] = save(pal, "GIF", transparency=3)
     for bits, a3, a4, a1 in (
         (8, rgb, rgba, grey),
         (16, wide[:, :, :3], wide, wide[:, :, 0]),
@@ -246,8 +247,9 @@ def test_truncated_files_are_row_errors_never_scores(ident):
         if name == "gif":
             cuts.discard(len(b) - 1)  # only the trailer: PIL reads the first frame too
         for cut in sorted(cuts):
-            with pytest.raises(OSError):  # PIL agrees that each is broken
-                Image.open(io.BytesIO(b[:cut])).load()
+            if not (name == "png" and cut == len(b) - 1):  # PIL reads a PNG with a cut IEND
+                with pytest.raises(OSError):  # PIL agrees that each is broken
+                    Image.open(io.BytesIO(b[:cut])).load()
             blobs.append(b[:cut])
             where.append((name, cut, len(b)))
     m = model(ident, "ident_c3_64")
@@ -255,7 +257,8 @@ def test_truncated_files_are_row_errors_never_scores(ident):
     for i, (g, w) in enumerate(zip(got, where)):
         assert isinstance(g, str), f"{w} was scored"
         assert g.startswith(f"row {i}: ") and "truncated" in g, (w, g)
-    # A PNG without its IEND chunk, and one whose IDAT is cut inside a complete chunk list.
+    # A PNG without its IEND chunk (PIL reads it; issue 16 asks for an error: the end of the
+    # file is not there, so nothing says the rest of the data is).
     png = _cut_cases()["png"]
     no_iend = png[: png.rindex(b"IEND") - 4]
     got = pixels(m, [no_iend], 64, 3)
@@ -264,14 +267,15 @@ def test_truncated_files_are_row_errors_never_scores(ident):
 
 def test_pixel_limit_refuses_bombs_from_the_header(ident):
     m = model(ident, "ident_c3_16")
-    header_bomb = png_raw(100_000, 100_000, 8, 2, None)
-    tiff_bomb = bytearray(tiff(np.zeros((16, 16), np.uint8)))
-    # The first IFD's ImageWidth/ImageLength (tags 256/257, SHORT or LONG) claim 100000x100000.
+    header_bomb = png_raw(100_000, 100_000, 8, 2, b"\0" * 1000)  # data for 3 pixels
+    tiff_bomb = bytearray(tiff(np.zeros((16, 16), np.uint8), compression="zlib"))
+    # The first IFD's ImageWidth, ImageLength and RowsPerStrip (one Deflate strip) claim
+    # 100000x100000: a consistent header.
     ifd = struct.unpack_from("<I", tiff_bomb, 4)[0]
     for k in range(struct.unpack_from("<H", tiff_bomb, ifd)[0]):
         e = ifd + 2 + 12 * k
         tag, typ = struct.unpack_from("<HH", tiff_bomb, e)
-        if tag in (256, 257):
+        if tag in (256, 257, 278):
             struct.pack_into("<HHII", tiff_bomb, e, tag, 4, 1, 100_000)
     got = m.featurize([header_bomb, bytes(tiff_bomb)]).to_pydict()["error"]
     for e in got:
@@ -413,7 +417,7 @@ def test_jvm_binary_files_decode_like_pil_and_name_truncation(spark, ident, tmp_
     ]
     files = {f"{n}.bin": cases[n] for n in pick}
     files["cut.jpg"] = _cut_cases()["jpeg_progressive"][:700]
-    files["huge.png"] = png_raw(100_000, 100_000, 8, 2, None)
+    files["huge.png"] = png_raw(100_000, 100_000, 8, 2, b"\0" * 1000)
     df = spark.read.format("binaryFile").load(_write(tmp_path / "bin", files))
     for c, mode in ((1, "L"), (3, "RGB")):
         out = (

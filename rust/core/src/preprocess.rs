@@ -212,6 +212,13 @@ impl Preprocessor {
                 format!("invalid {name}: {e}")
             }
         };
+        // The TIFF decoder drops an RGB file's 4th sample unless it is marked as alpha: for a
+        // 4-band spec, read it as alpha (the NIR band of an RGBN aerial tile).
+        let patched = match (format, self.channels) {
+            (ImageFormat::Tiff, 4) => tiff_extra_sample_as_alpha(bytes),
+            _ => None,
+        };
+        let bytes = patched.as_deref().unwrap_or(bytes);
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         // The image crate's own allocation cap (512 MiB by default) would refuse images under
         // the pixel limit: allow the largest decoded buffer (16 bytes a pixel, RGBA f32).
@@ -229,7 +236,10 @@ impl Preprocessor {
         if let Some(o) = orientation {
             img.apply_orientation(o);
         }
-        let bands = to_bands(img).map_err(|e| format!("{name}: {e}"))?;
+        let mut bands = to_bands(img).map_err(|e| format!("{name}: {e}"))?;
+        if format == ImageFormat::Gif && self.channels == 4 {
+            bands = gif_bands(bands);
+        }
         self.select(bands)
     }
 
@@ -415,6 +425,21 @@ fn to_bands(img: DynamicImage) -> Result<Pixels, String> {
     }
 }
 
+/// The GIF decoder always gives RGBA; a frame without transparent pixels has 3 bands, as PIL's
+/// `P` image without a transparency index.
+fn gif_bands(p: Pixels) -> Pixels {
+    if p.c == 4 && p.data.chunks_exact(4).all(|px| px[3] == 255) {
+        let data = p
+            .data
+            .chunks_exact(4)
+            .flat_map(|px| [px[0], px[1], px[2]])
+            .collect();
+        Pixels { c: 3, data, ..p }
+    } else {
+        p
+    }
+}
+
 fn band_names(c: usize) -> &'static str {
     match c {
         1 => "L",
@@ -444,8 +469,9 @@ fn check_complete(format: ImageFormat, b: &[u8]) -> Result<(), &'static str> {
         ImageFormat::Png => png_complete(b),
         ImageFormat::Gif => gif_complete(b),
         ImageFormat::WebP => webp_complete(b),
-        // TIFF and BMP decoders read strips / rows at known offsets and fail with an
-        // end-of-file error (mapped by `is_eof`).
+        ImageFormat::Tiff => tiff_complete(b),
+        // The BMP decoder reads rows at known offsets and fails with an end-of-file error
+        // (mapped by `is_eof`).
         _ => Ok(()),
     }
 }
@@ -563,6 +589,77 @@ fn gif_complete(b: &[u8]) -> Result<(), &'static str> {
             _ => return Ok(()),
         }
     }
+}
+
+/// Every strip or tile of the first TIFF page must lie inside the file: the decoders inflate a
+/// cut Deflate strip without complaint. An unreadable directory is left to the decoder.
+fn tiff_complete(b: &[u8]) -> Result<(), &'static str> {
+    use tiff::tags::Tag;
+    let Ok(mut d) = tiff::decoder::Decoder::new(Cursor::new(b)) else {
+        return Ok(());
+    };
+    let mut spans = |offsets, counts| -> Option<Vec<(u64, u64)>> {
+        let o = d.get_tag_u64_vec(offsets).ok()?;
+        let c = d.get_tag_u64_vec(counts).ok()?;
+        Some(o.into_iter().zip(c).collect())
+    };
+    let parts = spans(Tag::StripOffsets, Tag::StripByteCounts)
+        .or_else(|| spans(Tag::TileOffsets, Tag::TileByteCounts))
+        .unwrap_or_default();
+    if parts
+        .iter()
+        .any(|&(o, n)| o.saturating_add(n) > b.len() as u64)
+    {
+        Err("a strip or tile runs past the end of the file")
+    } else {
+        Ok(())
+    }
+}
+
+/// A copy of a classic TIFF whose first page is RGB with one *unspecified* extra sample
+/// (ExtraSamples = 0), marked as unassociated alpha (2) instead; `None` for any other file.
+fn tiff_extra_sample_as_alpha(b: &[u8]) -> Option<Vec<u8>> {
+    let le = match b.get(..4)? {
+        [b'I', b'I', 42, 0] => true,
+        [b'M', b'M', 0, 42] => false,
+        _ => return None, // BigTIFF or not TIFF
+    };
+    let u16_at = |i: usize| -> Option<u16> {
+        let v = [*b.get(i)?, *b.get(i + 1)?];
+        Some(if le {
+            u16::from_le_bytes(v)
+        } else {
+            u16::from_be_bytes(v)
+        })
+    };
+    let u32_at = |i: usize| -> Option<u32> {
+        let v = [*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, *b.get(i + 3)?];
+        Some(if le {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        })
+    };
+    let ifd = u32_at(4)? as usize;
+    let (mut rgb, mut extra) = (false, None);
+    for k in 0..usize::from(u16_at(ifd)?) {
+        let e = ifd + 2 + 12 * k;
+        let (tag, kind, count) = (u16_at(e)?, u16_at(e + 2)?, u32_at(e + 4)?);
+        match (tag, kind, count) {
+            (262, 3, 1) => rgb = u16_at(e + 8)? == 2, // PhotometricInterpretation: RGB
+            (338, 3, 1) if u16_at(e + 8)? == 0 => extra = Some(e + 8), // ExtraSamples
+            _ => {}
+        }
+    }
+    let at = extra.filter(|_| rgb)?;
+    let mut out = b.to_vec();
+    let two = if le {
+        2u16.to_le_bytes()
+    } else {
+        2u16.to_be_bytes()
+    };
+    out.get_mut(at..at + 2)?.copy_from_slice(&two);
+    Some(out)
 }
 
 /// A WebP file is one RIFF chunk whose header gives its size.
