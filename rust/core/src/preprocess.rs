@@ -813,7 +813,7 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{ImageBuffer, Rgb};
+    use image::{ImageBuffer, Luma, Rgb};
 
     fn spec(json: &str) -> ModelSpec {
         ModelSpec::from_json(json).unwrap()
@@ -957,6 +957,175 @@ mod tests {
             )
             .unwrap_err();
         assert!(e.starts_with("truncated PNG"), "{e}");
+    }
+
+    fn encode(img: DynamicImage, f: ImageFormat) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, f).unwrap();
+        out.into_inner()
+    }
+
+    fn gray_of(bytes: &[u8]) -> Result<Vec<f32>, String> {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2, "channels": 1}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 4];
+        p.fill(ImageInput::Encoded(bytes), &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn gray_is_pil_convert_l_not_rec709() {
+        // Pillow: L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (ITU-R 601-2).
+        assert_eq!(pil_luma(255, 0, 0), 76);
+        assert_eq!(pil_luma(0, 255, 0), 150);
+        assert_eq!(pil_luma(0, 0, 255), 29);
+        assert_eq!(pil_luma(255, 255, 255), 255);
+        let bytes = png(2, 2, |x, y| {
+            [[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 99, 199]][(y * 2 + x) as usize]
+        });
+        assert_eq!(gray_of(&bytes).unwrap(), [76.0, 150.0, 29.0, 83.0]);
+        // Spark's BGR struct gives the same.
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 2, "channels": 1}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 2];
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 2,
+            n_channels: 3,
+            data: &[0, 0, 255, 199, 99, 9],
+        };
+        p.fill(s, &mut out).unwrap();
+        assert_eq!(out, [76.0, 83.0]);
+    }
+
+    #[test]
+    fn sixteen_bit_follows_pillow_clamp_for_gray_high_byte_for_color() {
+        let g16 = ImageBuffer::from_fn(2, 2, |x, y| {
+            Luma([[200u16, 255, 256, 65535][(y * 2 + x) as usize]])
+        });
+        let bytes = encode(DynamicImage::ImageLuma16(g16), ImageFormat::Png);
+        assert_eq!(gray_of(&bytes).unwrap(), [200.0, 255.0, 255.0, 255.0]);
+        let c16 = ImageBuffer::from_fn(2, 2, |x, _| {
+            Rgb([x as u16 * 0x1234 + 0x00ff, 0x8000, 0xffff])
+        });
+        let bytes = encode(DynamicImage::ImageRgb16(c16), ImageFormat::Png);
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 12];
+        p.fill(ImageInput::Encoded(&bytes), &mut out).unwrap();
+        assert_eq!(&out[..4], &[0.0, 19.0, 0.0, 19.0]);
+        assert_eq!(
+            &out[4..],
+            &[128.0, 128.0, 128.0, 128.0, 255.0, 255.0, 255.0, 255.0]
+        );
+    }
+
+    #[test]
+    fn cut_files_are_truncated_not_filled() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(32, 32, |x, y| {
+            Rgb([(x * 8) as u8, (y * 8) as u8, 77])
+        }));
+        for f in [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+            ImageFormat::Gif,
+        ] {
+            let bytes = encode(img.clone(), f);
+            assert!(check_complete(f, &bytes).is_ok(), "{f:?} whole");
+            for cut in [bytes.len() / 2, bytes.len() * 9 / 10] {
+                let e = gray_of(&bytes[..cut]).unwrap_err();
+                assert!(e.contains("truncated"), "{f:?} cut at {cut}: {e}");
+            }
+        }
+        let jpeg = encode(img.clone(), ImageFormat::Jpeg);
+        assert_eq!(
+            jpeg_complete(&jpeg[..jpeg.len() - 2]),
+            Err("no end-of-image marker")
+        );
+        let png = encode(img, ImageFormat::Png);
+        assert!(png_complete(&png[..png.len() - 12]).is_err(), "no IEND");
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        // A PNG header claiming 100000 x 100000 RGB (30 GB decoded) with a few bytes of data.
+        let mut bytes = png(1, 1, |_, _| [0, 0, 0]);
+        bytes[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = gray_of(&bytes).unwrap_err();
+        assert!(
+            e.contains("100000x100000") && e.contains("limit of 178956970"),
+            "{e}"
+        );
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2}, "preprocess": {"max_pixels": 10}}"#,
+        ));
+        assert_eq!(p.pixel_limit(0), 10);
+        assert_eq!(p.pixel_limit(1_000), 10);
+        assert_eq!(p.pixel_limit(3), 3);
+        let small = png(2, 2, |_, _| [1, 2, 3]);
+        let e = p
+            .fill_limited(ImageInput::Encoded(&small), &mut [0f32; 12], 3)
+            .unwrap_err();
+        assert!(e.contains("2x2") && e.contains("limit of 3 "), "{e}");
+        assert!(
+            p.fill_limited(ImageInput::Encoded(&small), &mut [0f32; 12], 0)
+                .is_ok()
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn four_bands_from_rgba_and_bgra_struct_fewer_is_an_error() {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 1, "channels": 4, "channel_order": "RGBA"},
+                "preprocess": {"scale": 1.0}}"#,
+        ));
+        let rgba = encode(
+            DynamicImage::ImageRgba8(ImageBuffer::from_pixel(1, 1, image::Rgba([1, 2, 3, 4]))),
+            ImageFormat::Png,
+        );
+        let mut out = vec![0f32; 4];
+        p.fill(ImageInput::Encoded(&rgba), &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 1,
+            n_channels: 4,
+            data: &[3, 2, 1, 4],
+        };
+        p.fill(s, &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+        let e = p
+            .fill(ImageInput::Encoded(&png(1, 1, |_, _| [1, 2, 3])), &mut out)
+            .unwrap_err();
+        assert!(e.contains("asks for 4 bands but the image has 3"), "{e}");
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 1,
+            n_channels: 3,
+            data: &[3, 2, 1],
+        };
+        assert!(p.fill(s, &mut out).unwrap_err().contains("4 bands"));
     }
 
     #[test]

@@ -648,6 +648,58 @@ mod tests {
     }
 
     #[test]
+    fn four_channels_need_a_declared_band_order() {
+        let four = |order: &str| {
+            ModelSpec::from_json(&format!(
+                r#"{{"input": {{"height": 8, "width": 8, "channels": 4{order}}},
+                    "preprocess": {{"mean": [1, 2, 3, 4], "std": [1]}}}}"#
+            ))
+        };
+        for order in ["RGBA", "RGBN"] {
+            let s =
+                four(&format!(r#", "channel_order": "{order}""#)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.mean_std().0, [1.0, 2.0, 3.0, 4.0]);
+        }
+        let e = four("").err().unwrap_or_default();
+        assert!(e.contains("needs input.channel_order"), "{e}");
+        let e = four(r#", "channel_order": "RGB""#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("contradicts"), "{e}");
+        let e = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8, "channels": 2}}"#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("1, 3 or 4"), "{e}");
+    }
+
+    #[test]
+    fn max_pixels_and_exif_orientation_default_like_pil() {
+        let s = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.max_pixels, 178_956_970);
+        assert_eq!(s.preprocess.exif_orientation, ExifOrientation::Ignore);
+        let s = ModelSpec::from_json(
+            r#"{"input": {"height": 8, "width": 8},
+                "preprocess": {"max_pixels": 1000, "exif_orientation": "apply"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.max_pixels, 1000);
+        assert_eq!(s.preprocess.exif_orientation, ExifOrientation::Apply);
+        for bad in [
+            r#""max_pixels": 0"#,
+            r#""max_pixels": -1"#,
+            r#""exif_orientation": "auto""#,
+        ] {
+            let e = ModelSpec::from_json(&format!(
+                r#"{{"input": {{"height": 8, "width": 8}}, "preprocess": {{{bad}}}}}"#
+            ))
+            .err()
+            .unwrap_or_default();
+            assert!(!e.is_empty(), "{bad} accepted");
+        }
+    }
+
+    #[test]
     fn precision_names_what_the_file_computes_in() {
         let s =
             ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}, "precision": "int8"}"#)
