@@ -225,6 +225,7 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         precision="fp32",
         handleInvalid="error",
         errorCol="error",
+        maxPixels=0,
         predictionCol="prediction",
         probabilityCol="probability",
         predictedLabelCol="predictedLabel",
@@ -294,6 +295,7 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         precision="fp32",
         handleInvalid="error",
         errorCol="error",
+        maxPixels=0,
         outputCol="features",
     ) -> None:
         super().__init__()
