@@ -89,21 +89,31 @@ class NativeModel:
         top_k: int = 5,
         batch_size: int = 64,
         input_column: str | None = None,
+        max_pixels: int = 0,
     ) -> pa.RecordBatch:
-        """prediction, probability, predicted_label, top_k, error: one row per input row."""
-        return self._call(self._so.ts_score, batch, top_k, batch_size, input_column)
+        """prediction, probability, predicted_label, top_k, error: one row per input row.
+
+        `max_pixels` (width x height) lowers the spec's `preprocess.max_pixels` for this call
+        (0: the spec's); larger images are row errors, found from their headers."""
+        return self._call(self._so.ts_score, batch, top_k, batch_size, input_column, max_pixels)
 
     def featurize(
-        self, batch: Any, batch_size: int = 64, input_column: str | None = None
+        self,
+        batch: Any,
+        batch_size: int = 64,
+        input_column: str | None = None,
+        max_pixels: int = 0,
     ) -> pa.RecordBatch:
-        """features (list<float32>) and error: one row per input row."""
-        return self._call(self._so.ts_featurize, batch, 1, batch_size, input_column)
+        """features (list<float32>) and error: one row per input row (`max_pixels`: as score)."""
+        return self._call(self._so.ts_featurize, batch, 1, batch_size, input_column, max_pixels)
 
-    def _call(self, fn, batch, top_k, batch_size, input_column) -> pa.RecordBatch:
+    def _call(self, fn, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
         if not self._handle:
             raise ConfigError("this NativeModel is closed")
+        if not isinstance(max_pixels, int) or max_pixels < 0:
+            raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
         rb = as_record_batch(batch)
-        opts = {"top_k": top_k, "batch_size": batch_size}
+        opts = {"top_k": top_k, "batch_size": batch_size, "max_pixels": max_pixels}
         if input_column:
             opts["input_column"] = input_column
         in_a, in_s = _native.ArrowArray(), _native.ArrowSchema()

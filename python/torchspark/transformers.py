@@ -37,6 +37,12 @@ class _TorchSparkParams(Params):
     errorCol = Param(
         Params._dummy(), "errorCol", "reason a row failed (keep)", TypeConverters.toString
     )
+    maxPixels = Param(
+        Params._dummy(),
+        "maxPixels",
+        "largest width x height decoded; 0 = the spec's preprocess.max_pixels",
+        TypeConverters.toInt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -47,6 +53,7 @@ class _TorchSparkParams(Params):
             precision="fp32",
             handleInvalid="error",
             errorCol="error",
+            maxPixels=0,
         )
 
     def setModelPath(self, value: str):
@@ -96,6 +103,12 @@ class _TorchSparkParams(Params):
 
     def getErrorCol(self) -> str:
         return self.getOrDefault(self.errorCol)
+
+    def setMaxPixels(self, value: int):
+        return self._set(maxPixels=value)
+
+    def getMaxPixels(self) -> int:
+        return self.getOrDefault(self.maxPixels)
 
 
 def check_jar_line(jvm) -> None:
@@ -212,6 +225,7 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         precision="fp32",
         handleInvalid="error",
         errorCol="error",
+        maxPixels=0,
         predictionCol="prediction",
         probabilityCol="probability",
         predictedLabelCol="predictedLabel",
@@ -281,6 +295,7 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         precision="fp32",
         handleInvalid="error",
         errorCol="error",
+        maxPixels=0,
         outputCol="features",
     ) -> None:
         super().__init__()

@@ -60,7 +60,7 @@ def test_bad_rows_are_named_and_others_scored(fixtures, model):
     out = NativeModel(model).score([good, b"", good[:40], None, b"garbage"]).to_pydict()
     assert out["error"][0] is None and out["prediction"][0] is not None
     assert out["error"][1].startswith("row 1: empty")
-    assert out["error"][2].startswith("row 2: invalid PNG")
+    assert out["error"][2].startswith("row 2: truncated PNG")
     assert out["error"][3].startswith("row 3: input is null")
     assert out["error"][4].startswith("row 4: not a PNG")
     assert out["prediction"][1:] == [None] * 4

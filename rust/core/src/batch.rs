@@ -39,6 +39,9 @@ pub struct BatchOptions {
     pub row_offset: u64,
     /// The image column, when the batch has more than one.
     pub input_column: Option<String>,
+    /// A pixel limit for this call (width x height); 0 means the spec's
+    /// `preprocess.max_pixels`, and the smaller of the two applies.
+    pub max_pixels: u64,
 }
 
 impl Default for BatchOptions {
@@ -48,6 +51,7 @@ impl Default for BatchOptions {
             batch_size: 64,
             row_offset: 0,
             input_column: None,
+            max_pixels: 0,
         }
     }
 }
@@ -222,7 +226,7 @@ impl Scorer {
             let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
                 let row = first + i as u64;
                 match input {
-                    Ok(input) => pre.fill_timed(*input, out),
+                    Ok(input) => pre.fill_limited(*input, out, opts.max_pixels),
                     Err(e) => Err(e.clone()),
                 }
                 .map_err(|e| format!("row {row}: {e}"))

@@ -20,4 +20,4 @@ mod sys;
 pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
-pub use spec::{CpuSpec, FilePrecision, ModelSpec, Resize};
+pub use spec::{CpuSpec, DEFAULT_MAX_PIXELS, ExifOrientation, FilePrecision, ModelSpec, Resize};

@@ -1,26 +1,31 @@
 //! One row → the model's CHW float input, as the spec says.
 //!
-//! Pipeline: decode (or take Spark's BGR struct) → RGB or gray → optional resize (bilinear,
-//! antialiased on downscale; to a fixed size, or the shorter side to N as torchvision's
-//! `Resize(N)`) → optional center crop → `(p * scale - mean) / std` per channel,
-//! written straight into the row's slice of the batch tensor. Errors are plain strings: the
-//! batch layer prefixes them with the row number.
+//! Pipeline: check the encoded file is complete and within the pixel limit (from its header)
+//! → decode (or take Spark's BGR struct) → optional EXIF orientation → PIL's `convert("L")`,
+//! `convert("RGB")` or the four stored bands → optional resize (bilinear, antialiased on
+//! downscale; to a fixed size, or the shorter side to N as torchvision's `Resize(N)`) →
+//! optional center crop → `(p * scale - mean) / std` per channel, written straight into the
+//! row's slice of the batch tensor. Errors are plain strings: the batch layer prefixes them
+//! with the row number.
 //!
-//! Decoding is the `image` crate's (zune-jpeg for JPEG, SIMD). Resizing is a port of Pillow's
-//! antialiased bilinear resample (what torchvision's Resize does to PIL images): the same
-//! coefficients, fixed-point arithmetic and rounding, so the pixels equal PIL's bit for bit;
-//! integer-only, it is also several times faster than `image::imageops::resize` (floats).
+//! Decoding is the `image` crate's (zune-jpeg for JPEG, SIMD; pure-Rust PNG, GIF, BMP, TIFF and
+//! WebP decoders). The conversion to 8-bit L/RGB follows Pillow's rules bit for bit (see
+//! [`to_bands`] and docs/images.md). Resizing is a port of Pillow's antialiased bilinear
+//! resample (what torchvision's Resize does to PIL images): the same coefficients, fixed-point
+//! arithmetic and rounding, so the pixels equal PIL's bit for bit; integer-only, it is also
+//! several times faster than `image::imageops::resize` (floats).
 
+use std::io::Cursor;
 use std::time::{Duration, Instant};
 
-use image::{DynamicImage, ImageBuffer, ImageFormat, Luma, Rgb};
+use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use crate::spec::{ModelSpec, Resize};
+use crate::spec::{ExifOrientation, ModelSpec, Resize};
 
 /// One row of input, borrowed from the Arrow batch.
 #[derive(Debug, Clone, Copy)]
 pub enum ImageInput<'a> {
-    /// Encoded bytes: PNG, JPEG, BMP or GIF (first frame).
+    /// Encoded bytes: PNG, JPEG, BMP, GIF (first frame), TIFF (first page) or WebP.
     Encoded(&'a [u8]),
     /// Spark's image struct: row-major BGR (3), BGRA (4) or gray (1) bytes.
     SparkImage {
@@ -53,22 +58,25 @@ pub struct Preprocessor {
     bgr: bool,
     resize: Option<Resize>,
     center_crop: Option<[u32; 2]>,
+    max_pixels: u64,
+    exif: ExifOrientation,
     /// `lut[c][p] = (p * scale - mean[c]) / std[c]` for every byte value `p`.
     lut: Vec<[f32; 256]>,
 }
 
-enum Pixels {
-    Rgb(ImageBuffer<Rgb<u8>, Vec<u8>>),
-    Gray(ImageBuffer<Luma<u8>, Vec<u8>>),
+/// Decoded 8-bit pixels, row-major, `c` interleaved bands (1: L, 2: LA, 3: RGB, 4: RGBA).
+struct Pixels {
+    w: u32,
+    h: u32,
+    c: usize,
+    data: Vec<u8>,
 }
 
-impl Pixels {
-    fn dimensions(&self) -> (u32, u32) {
-        match self {
-            Pixels::Rgb(i) => i.dimensions(),
-            Pixels::Gray(i) => i.dimensions(),
-        }
-    }
+/// ITU-R 601-2 luma with Pillow's fixed-point rounding: `L24` in Pillow's Convert.c
+/// (`rgb2l`), which `Image.convert("L")` applies to RGB, RGBA, P and PA images.
+#[inline]
+pub fn pil_luma(r: u8, g: u8, b: u8) -> u8 {
+    ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
 }
 
 impl Preprocessor {
@@ -93,6 +101,8 @@ impl Preprocessor {
             bgr: spec.wants_bgr(),
             resize: spec.preprocess.resize,
             center_crop: spec.preprocess.center_crop,
+            max_pixels: spec.preprocess.max_pixels,
+            exif: spec.preprocess.exif_orientation,
             lut,
         }
     }
@@ -102,6 +112,15 @@ impl Preprocessor {
         self.channels * self.height as usize * self.width as usize
     }
 
+    /// The pixel limit in force when a call asks for `requested` (0: the spec's): the smaller.
+    pub fn pixel_limit(&self, requested: u64) -> u64 {
+        if requested == 0 {
+            self.max_pixels
+        } else {
+            requested.min(self.max_pixels)
+        }
+    }
+
     /// Fills `out` (exactly `row_len()` floats, CHW) from one row.
     pub fn fill(&self, input: ImageInput<'_>, out: &mut [f32]) -> Result<(), String> {
         self.fill_timed(input, out).map(|_| ())
@@ -109,6 +128,18 @@ impl Preprocessor {
 
     /// [`Self::fill`], also saying how long decoding and resizing took.
     pub fn fill_timed(&self, input: ImageInput<'_>, out: &mut [f32]) -> Result<RowTimes, String> {
+        self.fill_limited(input, out, 0)
+    }
+
+    /// [`Self::fill_timed`] with a caller's pixel limit (`max_pixels`, 0: the spec's; the
+    /// smaller of the two applies): a larger image is an error naming its size and the limit.
+    pub fn fill_limited(
+        &self,
+        input: ImageInput<'_>,
+        out: &mut [f32],
+        max_pixels: u64,
+    ) -> Result<RowTimes, String> {
+        let limit = self.pixel_limit(max_pixels);
         let mut times = RowTimes::default();
         match input {
             ImageInput::Floats(v) => {
@@ -123,7 +154,7 @@ impl Preprocessor {
             }
             ImageInput::Encoded(bytes) => {
                 let started = Instant::now();
-                let pixels = self.decode(bytes)?;
+                let pixels = self.decode(bytes, limit)?;
                 times.decode = started.elapsed();
                 self.finish(pixels, out, &mut times)?;
             }
@@ -134,7 +165,7 @@ impl Preprocessor {
                 data,
             } => {
                 let started = Instant::now();
-                let pixels = self.spark_pixels(height, width, n_channels, data)?;
+                let pixels = self.spark_pixels(height, width, n_channels, data, limit)?;
                 times.decode = started.elapsed();
                 self.finish(pixels, out, &mut times)?;
             }
@@ -156,30 +187,93 @@ impl Preprocessor {
         }
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Pixels, String> {
+    fn decode(&self, bytes: &[u8], limit: u64) -> Result<Pixels, String> {
         if bytes.is_empty() {
             return Err("empty image bytes".into());
         }
-        let format = image::guess_format(bytes).map_err(|_| {
-            let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-            format!(
-                "not a PNG, JPEG, BMP or GIF image (first bytes: {})",
-                head.join(" ")
-            )
-        })?;
-        let name = format_name(format);
-        let img = image::load_from_memory_with_format(bytes, format)
-            .map_err(|e| format!("invalid {name}: {e}"))?;
-        Ok(self.to_pixels(img))
+        let format = image::guess_format(bytes)
+            .ok()
+            .filter(|f| format_name(*f).is_some())
+            .ok_or_else(|| {
+                let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                format!(
+                    "not a PNG, JPEG, BMP, GIF, TIFF or WebP image (first bytes: {})",
+                    head.join(" ")
+                )
+            })?;
+        let name = format_name(format).unwrap_or("image");
+        if let Err(why) = check_complete(format, bytes) {
+            return Err(format!("truncated {name}: image file is truncated ({why})"));
+        }
+        let fail = |e: ImageError| {
+            if is_eof(&e) {
+                format!("truncated {name}: image file is truncated ({e})")
+            } else {
+                format!("invalid {name}: {e}")
+            }
+        };
+        // The TIFF decoder drops an RGB file's 4th sample unless it is marked as alpha: for a
+        // 4-band spec, read it as alpha (the NIR band of an RGBN aerial tile).
+        let patched = match (format, self.channels) {
+            (ImageFormat::Tiff, 4) => tiff_extra_sample_as_alpha(bytes),
+            _ => None,
+        };
+        let bytes = patched.as_deref().unwrap_or(bytes);
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        // The image crate's own allocation cap (512 MiB by default) would refuse images under
+        // the pixel limit: allow the largest decoded buffer (16 bytes a pixel, RGBA f32).
+        let mut limits = Limits::default();
+        limits.max_alloc = Some(limit.saturating_mul(16));
+        reader.limits(limits);
+        let mut decoder = reader.into_decoder().map_err(fail)?;
+        let (w, h) = decoder.dimensions();
+        check_pixels(w, h, limit)?;
+        let orientation = match self.exif {
+            ExifOrientation::Ignore => None,
+            ExifOrientation::Apply => Some(decoder.orientation().map_err(fail)?),
+        };
+        let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
+        if let Some(o) = orientation {
+            img.apply_orientation(o);
+        }
+        let mut bands = to_bands(img).map_err(|e| format!("{name}: {e}"))?;
+        if format == ImageFormat::Gif && self.channels == 4 {
+            bands = gif_bands(bands);
+        }
+        self.select(bands)
     }
 
-    fn to_pixels(&self, img: DynamicImage) -> Pixels {
-        if self.channels == 1 {
-            Pixels::Gray(img.into_luma8())
-        } else {
-            // Gray is expanded to three equal channels; alpha is dropped.
-            Pixels::Rgb(img.into_rgb8())
-        }
+    /// Makes `self.channels` bands out of the decoded ones, as PIL's `convert` does.
+    fn select(&self, p: Pixels) -> Result<Pixels, String> {
+        let Pixels { w, h, c, data } = p;
+        let data = match (self.channels, c) {
+            (1, 1) | (3, 3) | (4, 4) => data,
+            // LA -> L drops alpha (Pillow's la2l).
+            (1, 2) => data.chunks_exact(2).map(|px| px[0]).collect(),
+            // RGB(A) -> L: L24 (rgb2l / rgba2l).
+            (1, _) => data
+                .chunks_exact(c)
+                .map(|px| pil_luma(px[0], px[1], px[2]))
+                .collect(),
+            // L(A) -> RGB repeats L; RGBA -> RGB drops alpha.
+            (3, 1 | 2) => data.chunks_exact(c).flat_map(|px| [px[0]; 3]).collect(),
+            (3, _) => data
+                .chunks_exact(c)
+                .flat_map(|px| [px[0], px[1], px[2]])
+                .collect(),
+            (want, have) => {
+                return Err(format!(
+                    "the spec asks for {want} bands but the image has {have} ({})",
+                    band_names(have)
+                ));
+            }
+        };
+        Ok(Pixels {
+            w,
+            h,
+            c: self.channels,
+            data,
+        })
     }
 
     fn spark_pixels(
@@ -188,6 +282,7 @@ impl Preprocessor {
         width: i32,
         nc: i32,
         data: &[u8],
+        limit: u64,
     ) -> Result<Pixels, String> {
         if height <= 0 || width <= 0 {
             return Err(format!(
@@ -195,6 +290,7 @@ impl Preprocessor {
             ));
         }
         let (h, w) = (height as u32, width as u32);
+        check_pixels(w, h, limit)?;
         let npix = h as usize * w as usize;
         let nc_usize = match nc {
             1 | 3 | 4 => nc as usize,
@@ -211,20 +307,25 @@ impl Preprocessor {
                 npix * nc_usize
             ));
         }
-        let img = match nc_usize {
-            1 => DynamicImage::ImageLuma8(
-                ImageBuffer::from_raw(w, h, data.to_vec()).ok_or("bad gray buffer")?,
-            ),
-            _ => {
-                // Spark stores BGR / BGRA; turn it into RGB, dropping alpha.
-                let mut rgb = Vec::with_capacity(npix * 3);
-                for px in data.chunks_exact(nc_usize) {
-                    rgb.extend_from_slice(&[px[2], px[1], px[0]]);
-                }
-                DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, rgb).ok_or("bad color buffer")?)
-            }
+        // Spark stores BGR / BGRA; reorder to RGB(A) so that the rules of encoded files apply.
+        let bands = match nc_usize {
+            1 => data.to_vec(),
+            3 => data
+                .chunks_exact(3)
+                .flat_map(|px| [px[2], px[1], px[0]])
+                .collect(),
+            _ => data
+                .chunks_exact(4)
+                .flat_map(|px| [px[2], px[1], px[0], px[3]])
+                .collect(),
         };
-        Ok(self.to_pixels(img))
+        self.select(Pixels {
+            w,
+            h,
+            c: nc_usize,
+            data: bands,
+        })
+        .map_err(|e| format!("image struct: {e}"))
     }
 
     fn finish(
@@ -233,25 +334,22 @@ impl Preprocessor {
         out: &mut [f32],
         times: &mut RowTimes,
     ) -> Result<(), String> {
-        let (w, h) = pixels.dimensions();
+        let (w, h) = (pixels.w, pixels.h);
+        let c = pixels.c;
         let target = self.resize.map_or((w, h), |r| r.target(w, h));
         if target != (w, h) {
             let started = Instant::now();
             let (rw, rh) = target;
-            pixels = match pixels {
-                Pixels::Rgb(i) => {
-                    let v = resize_like_pillow(i.as_raw(), (w, h), (rw, rh), 3);
-                    Pixels::Rgb(ImageBuffer::from_raw(rw, rh, v).ok_or("resize: bad RGB buffer")?)
-                }
-                Pixels::Gray(i) => {
-                    let v = resize_like_pillow(i.as_raw(), (w, h), (rw, rh), 1);
-                    Pixels::Gray(ImageBuffer::from_raw(rw, rh, v).ok_or("resize: bad gray buffer")?)
-                }
+            pixels = Pixels {
+                w: rw,
+                h: rh,
+                c,
+                data: resize_like_pillow(&pixels.data, (w, h), (rw, rh), c),
             };
             times.resize = started.elapsed();
         }
-        let (mut x0, mut y0) = (0u32, 0u32);
-        let (w, h) = pixels.dimensions();
+        let (mut x0, mut y0) = (0usize, 0usize);
+        let (w, h) = (pixels.w, pixels.h);
         if let Some([ch, cw]) = self.center_crop {
             if cw > w || ch > h {
                 return Err(format!(
@@ -259,8 +357,8 @@ impl Preprocessor {
                 ));
             }
             // torchvision's CenterCrop: round((size - crop) / 2), half to even.
-            x0 = crop_offset(w, cw);
-            y0 = crop_offset(h, ch);
+            x0 = crop_offset(w, cw) as usize;
+            y0 = crop_offset(h, ch) as usize;
         } else if (w, h) != (self.width, self.height) {
             return Err(format!(
                 "image is {h}x{w} (height x width) but the model takes {}x{} and the spec has no resize",
@@ -269,37 +367,314 @@ impl Preprocessor {
         }
         let (ow, oh) = (self.width as usize, self.height as usize);
         let plane = ow * oh;
-        match &pixels {
-            Pixels::Gray(img) => {
-                let lut = &self.lut[0];
-                let stride = w as usize;
-                let raw = img.as_raw();
-                for y in 0..oh {
-                    let src = &raw[(y + y0 as usize) * stride + x0 as usize..][..ow];
-                    for (o, &p) in out[y * ow..][..ow].iter_mut().zip(src) {
-                        *o = lut[p as usize];
-                    }
-                }
-            }
-            Pixels::Rgb(img) => {
-                let stride = w as usize * 3;
-                let raw = img.as_raw();
-                let (p0, rest) = out.split_at_mut(plane);
-                let (p1, p2) = rest.split_at_mut(plane);
-                // Output plane k takes source channel k (RGB) or 2 - k (BGR).
-                let (s0, s2) = if self.bgr { (2, 0) } else { (0, 2) };
-                let (l0, l1, l2) = (&self.lut[0], &self.lut[1], &self.lut[2]);
-                for y in 0..oh {
-                    let src = &raw[(y + y0 as usize) * stride + x0 as usize * 3..][..ow * 3];
-                    let row = y * ow;
-                    for (x, px) in src.chunks_exact(3).enumerate() {
-                        p0[row + x] = l0[px[s0] as usize];
-                        p1[row + x] = l1[px[1] as usize];
-                        p2[row + x] = l2[px[s2] as usize];
-                    }
+        let stride = w as usize * c;
+        let raw = &pixels.data;
+        for (k, out_plane) in out.chunks_exact_mut(plane).enumerate().take(c) {
+            // Output plane k takes source band k, or 2 - k for a BGR model.
+            let band = if self.bgr && c == 3 { 2 - k } else { k };
+            let lut = &self.lut[k];
+            for y in 0..oh {
+                let src = &raw[(y + y0) * stride + x0 * c..][..ow * c];
+                let dst = &mut out_plane[y * ow..][..ow];
+                for (o, px) in dst.iter_mut().zip(src.chunks_exact(c)) {
+                    *o = lut[px[band] as usize];
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// A header's `width` x `height` against the pixel limit, before any pixel is allocated.
+fn check_pixels(w: u32, h: u32, limit: u64) -> Result<(), String> {
+    let n = u64::from(w) * u64::from(h);
+    if n > limit {
+        Err(format!(
+            "image is {w}x{h} (width x height) = {n} pixels, over the limit of {limit} \
+             (preprocess.max_pixels / maxPixels)"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The decoded image as 8-bit bands, by Pillow 13's rules for the same file (docs/images.md):
+/// 8-bit L, LA, RGB, RGBA as they are (palettes are expanded by the decoders, as PIL's
+/// `convert` does); 16-bit gray is opened as `I;16` and clamped to 0..=255 by `convert`
+/// (values above 255 become 255, not scaled); 16-bit LA, RGB and RGBA keep the high byte
+/// (Pillow's `LA;16B`, `RGB;16B`, `RGBA;16B` raw modes, and the same for TIFF).
+fn to_bands(img: DynamicImage) -> Result<Pixels, String> {
+    let (w, h) = (img.width(), img.height());
+    let px = |c: usize, data: Vec<u8>| Ok(Pixels { w, h, c, data });
+    let high = |v: &[u16]| v.iter().map(|&x| (x >> 8) as u8).collect::<Vec<u8>>();
+    match img {
+        DynamicImage::ImageLuma8(i) => px(1, i.into_raw()),
+        DynamicImage::ImageLumaA8(i) => px(2, i.into_raw()),
+        DynamicImage::ImageRgb8(i) => px(3, i.into_raw()),
+        DynamicImage::ImageRgba8(i) => px(4, i.into_raw()),
+        DynamicImage::ImageLuma16(i) => {
+            px(1, i.as_raw().iter().map(|&x| x.min(255) as u8).collect())
+        }
+        DynamicImage::ImageLumaA16(i) => px(2, high(i.as_raw())),
+        DynamicImage::ImageRgb16(i) => px(3, high(i.as_raw())),
+        DynamicImage::ImageRgba16(i) => px(4, high(i.as_raw())),
+        other => Err(format!(
+            "{:?} images (floating-point samples) are not supported",
+            other.color()
+        )),
+    }
+}
+
+/// The GIF decoder always gives RGBA; a frame without transparent pixels has 3 bands, as PIL's
+/// `P` image without a transparency index.
+fn gif_bands(p: Pixels) -> Pixels {
+    if p.c == 4 && p.data.chunks_exact(4).all(|px| px[3] == 255) {
+        let data = p
+            .data
+            .chunks_exact(4)
+            .flat_map(|px| [px[0], px[1], px[2]])
+            .collect();
+        Pixels { c: 3, data, ..p }
+    } else {
+        p
+    }
+}
+
+fn band_names(c: usize) -> &'static str {
+    match c {
+        1 => "L",
+        2 => "LA",
+        3 => "RGB",
+        _ => "RGBA",
+    }
+}
+
+/// Whether a decoder error means the data ended early.
+fn is_eof(e: &ImageError) -> bool {
+    match e {
+        ImageError::IoError(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        _ => {
+            let s = e.to_string().to_ascii_lowercase();
+            s.contains("eof") || s.contains("end of file") || s.contains("unexpected end")
+        }
+    }
+}
+
+/// Some decoders fill a cut-off image silently (zune-jpeg pads a cut scan; the PNG decoder
+/// stops after the pixel data): the file's own structure says whether all of it is there,
+/// as PIL's "image file is truncated" does.
+fn check_complete(format: ImageFormat, b: &[u8]) -> Result<(), &'static str> {
+    match format {
+        ImageFormat::Jpeg => jpeg_complete(b),
+        ImageFormat::Png => png_complete(b),
+        ImageFormat::Gif => gif_complete(b),
+        ImageFormat::WebP => webp_complete(b),
+        ImageFormat::Tiff => tiff_complete(b),
+        // The BMP decoder reads rows at known offsets and fails with an end-of-file error
+        // (mapped by `is_eof`).
+        _ => Ok(()),
+    }
+}
+
+fn be16(b: &[u8], i: usize) -> Option<usize> {
+    Some(usize::from(u16::from_be_bytes([
+        *b.get(i)?,
+        *b.get(i + 1)?,
+    ])))
+}
+
+/// Walks the JPEG's marker segments and entropy-coded scans up to the end-of-image marker
+/// (FFD9); a file that ends before it is truncated. Bytes after it are ignored, like libjpeg.
+fn jpeg_complete(b: &[u8]) -> Result<(), &'static str> {
+    const NO_EOI: &str = "no end-of-image marker";
+    let mut i = 2; // after SOI
+    loop {
+        // The next marker: 0xFF (fill bytes allowed), then its code.
+        while *b.get(i).ok_or(NO_EOI)? != 0xFF {
+            i += 1; // stray bytes between segments: libjpeg skips them too
+        }
+        while *b.get(i).ok_or(NO_EOI)? == 0xFF {
+            i += 1;
+        }
+        let marker = b[i];
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let len = be16(b, i).ok_or(NO_EOI)?;
+        i = i.checked_add(len).ok_or(NO_EOI)?;
+        if i > b.len() {
+            return Err("a marker segment runs past the end of the file");
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: 0xFF is followed by 0x00 (a stuffed byte) or a restart
+            // marker inside it; any other marker ends the scan.
+            loop {
+                i += b
+                    .get(i..)
+                    .ok_or(NO_EOI)?
+                    .iter()
+                    .position(|&x| x == 0xFF)
+                    .ok_or(NO_EOI)?;
+                let next = *b.get(i + 1).ok_or(NO_EOI)?;
+                if next == 0x00 || (0xD0..=0xD7).contains(&next) {
+                    i += 2;
+                } else if next == 0xFF {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Walks the PNG's chunks up to IEND; a chunk that runs past the end, or no IEND, is
+/// truncation.
+fn png_complete(b: &[u8]) -> Result<(), &'static str> {
+    // A file without a whole IHDR first is not a cut PNG but a broken one: the decoder says so.
+    if b.get(8..16) != Some(b"\0\0\0\x0dIHDR".as_slice()) || b.len() < 33 {
+        return Ok(());
+    }
+    let mut i = 8;
+    loop {
+        let len = b
+            .get(i..i + 4)
+            .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+            .ok_or("no IEND chunk")?;
+        let kind = b.get(i + 4..i + 8).ok_or("no IEND chunk")?;
+        let end = (i + 12).checked_add(len).ok_or("bad chunk length")?;
+        if end > b.len() {
+            return Err(if kind == b"IDAT" {
+                "an IDAT chunk runs past the end of the file"
+            } else {
+                "a chunk runs past the end of the file"
+            });
+        }
+        if kind == b"IEND" {
+            return Ok(());
+        }
+        i = end;
+    }
+}
+
+/// Walks the GIF's blocks to the end of the first image's data (what is decoded).
+fn gif_complete(b: &[u8]) -> Result<(), &'static str> {
+    const CUT: &str = "the first frame's data ends early";
+    let table = |flags: u8| {
+        if flags & 0x80 != 0 {
+            3usize << ((flags & 7) + 1)
+        } else {
+            0
+        }
+    };
+    let sub_blocks = |mut i: usize| -> Result<usize, &'static str> {
+        loop {
+            let n = usize::from(*b.get(i).ok_or(CUT)?);
+            i += 1 + n;
+            if n == 0 {
+                return if i <= b.len() { Ok(i) } else { Err(CUT) };
+            }
+        }
+    };
+    let mut i = 13 + table(*b.get(10).ok_or(CUT)?);
+    loop {
+        match *b.get(i).ok_or(CUT)? {
+            0x21 => i = sub_blocks(i + 2)?,
+            0x2C => {
+                let flags = *b.get(i + 9).ok_or(CUT)?;
+                // descriptor (10 bytes), local table, LZW code size, then the data sub-blocks
+                sub_blocks(i + 10 + table(flags) + 1)?;
+                return Ok(());
+            }
+            // A trailer or anything else: the decoder reports it.
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Every strip or tile of the first TIFF page must lie inside the file: the decoders inflate a
+/// cut Deflate strip without complaint. An unreadable directory is left to the decoder.
+fn tiff_complete(b: &[u8]) -> Result<(), &'static str> {
+    use tiff::tags::Tag;
+    let Ok(mut d) = tiff::decoder::Decoder::new(Cursor::new(b)) else {
+        return Ok(());
+    };
+    let mut spans = |offsets, counts| -> Option<Vec<(u64, u64)>> {
+        let o = d.get_tag_u64_vec(offsets).ok()?;
+        let c = d.get_tag_u64_vec(counts).ok()?;
+        Some(o.into_iter().zip(c).collect())
+    };
+    let parts = spans(Tag::StripOffsets, Tag::StripByteCounts)
+        .or_else(|| spans(Tag::TileOffsets, Tag::TileByteCounts))
+        .unwrap_or_default();
+    if parts
+        .iter()
+        .any(|&(o, n)| o.saturating_add(n) > b.len() as u64)
+    {
+        Err("a strip or tile runs past the end of the file")
+    } else {
+        Ok(())
+    }
+}
+
+/// A copy of a classic TIFF whose first page is RGB with one *unspecified* extra sample
+/// (ExtraSamples = 0), marked as unassociated alpha (2) instead; `None` for any other file.
+fn tiff_extra_sample_as_alpha(b: &[u8]) -> Option<Vec<u8>> {
+    let le = match b.get(..4)? {
+        [b'I', b'I', 42, 0] => true,
+        [b'M', b'M', 0, 42] => false,
+        _ => return None, // BigTIFF or not TIFF
+    };
+    let u16_at = |i: usize| -> Option<u16> {
+        let v = [*b.get(i)?, *b.get(i + 1)?];
+        Some(if le {
+            u16::from_le_bytes(v)
+        } else {
+            u16::from_be_bytes(v)
+        })
+    };
+    let u32_at = |i: usize| -> Option<u32> {
+        let v = [*b.get(i)?, *b.get(i + 1)?, *b.get(i + 2)?, *b.get(i + 3)?];
+        Some(if le {
+            u32::from_le_bytes(v)
+        } else {
+            u32::from_be_bytes(v)
+        })
+    };
+    let ifd = u32_at(4)? as usize;
+    let (mut rgb, mut extra) = (false, None);
+    for k in 0..usize::from(u16_at(ifd)?) {
+        let e = ifd + 2 + 12 * k;
+        let (tag, kind, count) = (u16_at(e)?, u16_at(e + 2)?, u32_at(e + 4)?);
+        match (tag, kind, count) {
+            (262, 3, 1) => rgb = u16_at(e + 8)? == 2, // PhotometricInterpretation: RGB
+            (338, 3, 1) if u16_at(e + 8)? == 0 => extra = Some(e + 8), // ExtraSamples
+            _ => {}
+        }
+    }
+    let at = extra.filter(|_| rgb)?;
+    let mut out = b.to_vec();
+    let two = if le {
+        2u16.to_le_bytes()
+    } else {
+        2u16.to_be_bytes()
+    };
+    out.get_mut(at..at + 2)?.copy_from_slice(&two);
+    Some(out)
+}
+
+/// A WebP file is one RIFF chunk whose header gives its size.
+fn webp_complete(b: &[u8]) -> Result<(), &'static str> {
+    let size = b
+        .get(4..8)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+        .ok_or("no RIFF header")?;
+    if b.len() < size.saturating_add(8) {
+        Err("shorter than its RIFF header says")
+    } else {
         Ok(())
     }
 }
@@ -427,19 +802,22 @@ fn crop_offset(size: u32, crop: u32) -> u32 {
     }
 }
 
-fn format_name(f: ImageFormat) -> &'static str {
-    match f {
+fn format_name(f: ImageFormat) -> Option<&'static str> {
+    Some(match f {
         ImageFormat::Png => "PNG",
         ImageFormat::Jpeg => "JPEG",
         ImageFormat::Bmp => "BMP",
         ImageFormat::Gif => "GIF",
-        _ => "image",
-    }
+        ImageFormat::Tiff => "TIFF",
+        ImageFormat::WebP => "WebP",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::{ImageBuffer, Luma, Rgb};
 
     fn spec(json: &str) -> ModelSpec {
         ModelSpec::from_json(json).unwrap()
@@ -582,7 +960,176 @@ mod tests {
                 &mut [0f32; 48],
             )
             .unwrap_err();
-        assert!(e.starts_with("invalid PNG"), "{e}");
+        assert!(e.starts_with("truncated PNG"), "{e}");
+    }
+
+    fn encode(img: DynamicImage, f: ImageFormat) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, f).unwrap();
+        out.into_inner()
+    }
+
+    fn gray_of(bytes: &[u8]) -> Result<Vec<f32>, String> {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2, "channels": 1}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 4];
+        p.fill(ImageInput::Encoded(bytes), &mut out).map(|_| out)
+    }
+
+    #[test]
+    fn gray_is_pil_convert_l_not_rec709() {
+        // Pillow: L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16 (ITU-R 601-2).
+        assert_eq!(pil_luma(255, 0, 0), 76);
+        assert_eq!(pil_luma(0, 255, 0), 150);
+        assert_eq!(pil_luma(0, 0, 255), 29);
+        assert_eq!(pil_luma(255, 255, 255), 255);
+        let bytes = png(2, 2, |x, y| {
+            [[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 99, 199]][(y * 2 + x) as usize]
+        });
+        assert_eq!(gray_of(&bytes).unwrap(), [76.0, 150.0, 29.0, 83.0]);
+        // Spark's BGR struct gives the same.
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 2, "channels": 1}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 2];
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 2,
+            n_channels: 3,
+            data: &[0, 0, 255, 199, 99, 9],
+        };
+        p.fill(s, &mut out).unwrap();
+        assert_eq!(out, [76.0, 83.0]);
+    }
+
+    #[test]
+    fn sixteen_bit_follows_pillow_clamp_for_gray_high_byte_for_color() {
+        let g16 = ImageBuffer::from_fn(2, 2, |x, y| {
+            Luma([[200u16, 255, 256, 65535][(y * 2 + x) as usize]])
+        });
+        let bytes = encode(DynamicImage::ImageLuma16(g16), ImageFormat::Png);
+        assert_eq!(gray_of(&bytes).unwrap(), [200.0, 255.0, 255.0, 255.0]);
+        let c16 = ImageBuffer::from_fn(2, 2, |x, _| {
+            Rgb([x as u16 * 0x1234 + 0x00ff, 0x8000, 0xffff])
+        });
+        let bytes = encode(DynamicImage::ImageRgb16(c16), ImageFormat::Png);
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2}, "preprocess": {"scale": 1.0}}"#,
+        ));
+        let mut out = vec![0f32; 12];
+        p.fill(ImageInput::Encoded(&bytes), &mut out).unwrap();
+        assert_eq!(&out[..4], &[0.0, 19.0, 0.0, 19.0]);
+        assert_eq!(
+            &out[4..],
+            &[128.0, 128.0, 128.0, 128.0, 255.0, 255.0, 255.0, 255.0]
+        );
+    }
+
+    #[test]
+    fn cut_files_are_truncated_not_filled() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(32, 32, |x, y| {
+            Rgb([(x * 8) as u8, (y * 8) as u8, 77])
+        }));
+        for f in [
+            ImageFormat::Jpeg,
+            ImageFormat::Png,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+            ImageFormat::Gif,
+        ] {
+            let bytes = encode(img.clone(), f);
+            assert!(check_complete(f, &bytes).is_ok(), "{f:?} whole");
+            for cut in [bytes.len() / 2, bytes.len() * 9 / 10] {
+                let e = gray_of(&bytes[..cut]).unwrap_err();
+                assert!(e.contains("truncated"), "{f:?} cut at {cut}: {e}");
+            }
+        }
+        let jpeg = encode(img.clone(), ImageFormat::Jpeg);
+        assert_eq!(
+            jpeg_complete(&jpeg[..jpeg.len() - 2]),
+            Err("no end-of-image marker")
+        );
+        let png = encode(img, ImageFormat::Png);
+        assert!(png_complete(&png[..png.len() - 12]).is_err(), "no IEND");
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_from_the_header() {
+        // A PNG header claiming 100000 x 100000 RGB (30 GB decoded) with a few bytes of data.
+        let mut bytes = png(1, 1, |_, _| [0, 0, 0]);
+        bytes[16..24].copy_from_slice(&[0, 1, 0x86, 0xa0, 0, 1, 0x86, 0xa0]);
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        let e = gray_of(&bytes).unwrap_err();
+        assert!(
+            e.contains("100000x100000") && e.contains("limit of 178956970"),
+            "{e}"
+        );
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 2, "width": 2}, "preprocess": {"max_pixels": 10}}"#,
+        ));
+        assert_eq!(p.pixel_limit(0), 10);
+        assert_eq!(p.pixel_limit(1_000), 10);
+        assert_eq!(p.pixel_limit(3), 3);
+        let small = png(2, 2, |_, _| [1, 2, 3]);
+        let e = p
+            .fill_limited(ImageInput::Encoded(&small), &mut [0f32; 12], 3)
+            .unwrap_err();
+        assert!(e.contains("2x2") && e.contains("limit of 3 "), "{e}");
+        assert!(
+            p.fill_limited(ImageInput::Encoded(&small), &mut [0f32; 12], 0)
+                .is_ok()
+        );
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in data {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+
+    #[test]
+    fn four_bands_from_rgba_and_bgra_struct_fewer_is_an_error() {
+        let p = Preprocessor::new(&spec(
+            r#"{"input": {"height": 1, "width": 1, "channels": 4, "channel_order": "RGBA"},
+                "preprocess": {"scale": 1.0}}"#,
+        ));
+        let rgba = encode(
+            DynamicImage::ImageRgba8(ImageBuffer::from_pixel(1, 1, image::Rgba([1, 2, 3, 4]))),
+            ImageFormat::Png,
+        );
+        let mut out = vec![0f32; 4];
+        p.fill(ImageInput::Encoded(&rgba), &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 1,
+            n_channels: 4,
+            data: &[3, 2, 1, 4],
+        };
+        p.fill(s, &mut out).unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+        let e = p
+            .fill(ImageInput::Encoded(&png(1, 1, |_, _| [1, 2, 3])), &mut out)
+            .unwrap_err();
+        assert!(e.contains("asks for 4 bands but the image has 3"), "{e}");
+        let s = ImageInput::SparkImage {
+            height: 1,
+            width: 1,
+            n_channels: 3,
+            data: &[3, 2, 1],
+        };
+        assert!(p.fill(s, &mut out).unwrap_err().contains("4 bands"));
     }
 
     #[test]

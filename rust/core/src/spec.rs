@@ -17,6 +17,11 @@
 //! `preprocess.resize` is `null`, `[height, width]` (every image becomes exactly that size), or
 //! an integer `N`: torchvision's `Resize(N)`, the shorter side becomes `N` and the longer keeps
 //! the aspect ratio (the ImageNet recipe is `"resize": 256, "center_crop": [224, 224]`).
+//!
+//! `input.channels` is 1 (PIL's `convert("L")`), 3 (`convert("RGB")`) or 4 (four bands as the
+//! file stores them: `channel_order` `"RGBA"` or `"RGBN"`, RGB + near-infrared; see
+//! docs/images.md). `preprocess.max_pixels` refuses larger images from their header, and
+//! `preprocess.exif_orientation` (`"ignore"` or `"apply"`) says whether EXIF rotations are applied.
 
 use std::path::{Path, PathBuf};
 
@@ -95,10 +100,12 @@ impl std::fmt::Display for FilePrecision {
 pub struct InputSpec {
     pub height: u32,
     pub width: u32,
-    /// 1 (gray) or 3 (color).
+    /// 1 (gray), 3 (color) or 4 (four bands: needs `channel_order` `RGBA` or `RGBN`).
     #[serde(default = "three")]
     pub channels: u32,
-    /// `RGB` or `BGR` for 3 channels, `L` for one; defaults to `RGB` / `L`.
+    /// `RGB` or `BGR` for 3 channels, `L` for one (defaults `RGB` / `L`); for 4 channels
+    /// `RGBA` or `RGBN` (required: the file's 4 samples in their stored order either way, the
+    /// name says what the 4th band is).
     #[serde(default)]
     pub channel_order: Option<ChannelOrder>,
 }
@@ -115,7 +122,27 @@ pub enum ChannelOrder {
     Bgr,
     #[serde(rename = "L")]
     Gray,
+    /// Red, green, blue, alpha (an RGBA PNG, Spark's BGRA struct reordered).
+    #[serde(rename = "RGBA")]
+    Rgba,
+    /// Red, green, blue, near-infrared: a 4-sample TIFF aerial tile.
+    #[serde(rename = "RGBN")]
+    Rgbn,
 }
+
+/// `preprocess.exif_orientation`: what to do with an EXIF Orientation tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExifOrientation {
+    /// Use the pixels as stored, as `PIL.Image.open` and torchvision's loaders do.
+    #[default]
+    Ignore,
+    /// Rotate/flip as the tag says, equal to `PIL.ImageOps.exif_transpose`.
+    Apply,
+}
+
+/// Pillow raises `DecompressionBombError` above twice its `MAX_IMAGE_PIXELS` (89,478,485).
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +162,17 @@ pub struct Preprocess {
     /// Divides per channel after the mean (one value or one per channel).
     #[serde(default = "one")]
     pub std: Vec<f32>,
+    /// Largest width x height decoded; larger images are row errors, found from the header
+    /// before any pixel is allocated. Default [`DEFAULT_MAX_PIXELS`] (Pillow's bomb limit).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    /// Whether an EXIF Orientation tag is applied (default: ignored, like PIL).
+    #[serde(default)]
+    pub exif_orientation: ExifOrientation,
+}
+
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_PIXELS
 }
 
 /// `preprocess.resize`: a fixed size, or the length of the shorter side.
@@ -226,6 +264,8 @@ impl Default for Preprocess {
             scale: default_scale(),
             mean: zero(),
             std: one(),
+            max_pixels: DEFAULT_MAX_PIXELS,
+            exif_orientation: ExifOrientation::Ignore,
         }
     }
 }
@@ -289,13 +329,21 @@ impl ModelSpec {
         match (i.channels, i.channel_order) {
             (3, None | Some(ChannelOrder::Rgb | ChannelOrder::Bgr)) => {}
             (1, None | Some(ChannelOrder::Gray)) => {}
-            (1 | 3, Some(order)) => {
+            (4, Some(ChannelOrder::Rgba | ChannelOrder::Rgbn)) => {}
+            (4, None) => {
+                return Err(
+                    "input.channels = 4 needs input.channel_order \"RGBA\" or \"RGBN\" \
+                            (what the 4th band is)"
+                        .into(),
+                );
+            }
+            (1 | 3 | 4, Some(order)) => {
                 return Err(format!(
                     "input.channel_order {order:?} contradicts input.channels = {}",
                     i.channels
                 ));
             }
-            (c, _) => return Err(format!("input.channels must be 1 or 3, not {c}")),
+            (c, _) => return Err(format!("input.channels must be 1, 3 or 4, not {c}")),
         }
         let p = &self.preprocess;
         if !p.scale.is_finite() || p.scale == 0.0 {
@@ -316,6 +364,9 @@ impl ModelSpec {
             if values.iter().any(|v| !v.is_finite()) {
                 return Err(format!("preprocess.{name} must be finite"));
             }
+        }
+        if p.max_pixels == 0 {
+            return Err("preprocess.max_pixels must be at least 1".into());
         }
         if p.std.contains(&0.0) {
             return Err("preprocess.std must not contain 0".into());
@@ -593,6 +644,58 @@ mod tests {
             .err()
             .unwrap_or_default();
             assert!(e.contains("cpu") || e.contains("flagz"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn four_channels_need_a_declared_band_order() {
+        let four = |order: &str| {
+            ModelSpec::from_json(&format!(
+                r#"{{"input": {{"height": 8, "width": 8, "channels": 4{order}}},
+                    "preprocess": {{"mean": [1, 2, 3, 4], "std": [1]}}}}"#
+            ))
+        };
+        for order in ["RGBA", "RGBN"] {
+            let s =
+                four(&format!(r#", "channel_order": "{order}""#)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.mean_std().0, [1.0, 2.0, 3.0, 4.0]);
+        }
+        let e = four("").err().unwrap_or_default();
+        assert!(e.contains("needs input.channel_order"), "{e}");
+        let e = four(r#", "channel_order": "RGB""#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("contradicts"), "{e}");
+        let e = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8, "channels": 2}}"#)
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("1, 3 or 4"), "{e}");
+    }
+
+    #[test]
+    fn max_pixels_and_exif_orientation_default_like_pil() {
+        let s = ModelSpec::from_json(r#"{"input": {"height": 8, "width": 8}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.max_pixels, 178_956_970);
+        assert_eq!(s.preprocess.exif_orientation, ExifOrientation::Ignore);
+        let s = ModelSpec::from_json(
+            r#"{"input": {"height": 8, "width": 8},
+                "preprocess": {"max_pixels": 1000, "exif_orientation": "apply"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.preprocess.max_pixels, 1000);
+        assert_eq!(s.preprocess.exif_orientation, ExifOrientation::Apply);
+        for bad in [
+            r#""max_pixels": 0"#,
+            r#""max_pixels": -1"#,
+            r#""exif_orientation": "auto""#,
+        ] {
+            let e = ModelSpec::from_json(&format!(
+                r#"{{"input": {{"height": 8, "width": 8}}, "preprocess": {{{bad}}}}}"#
+            ))
+            .err()
+            .unwrap_or_default();
+            assert!(!e.is_empty(), "{bad} accepted");
         }
     }
 

@@ -276,7 +276,7 @@ fn bad_rows_get_errors_and_the_rest_is_scored() {
         err[2]
             .as_deref()
             .unwrap()
-            .starts_with("row 102: invalid PNG"),
+            .starts_with("row 102: truncated PNG"),
         "{err:?}"
     );
     assert!(

@@ -91,6 +91,7 @@ private[torchspark] object NativeRunner {
     val source = ModelSource(df.sparkSession, p.getModelPath)
     source.check()
     val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
+    val maxPixels = p.getMaxPixels
     df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(source, device, threadsFor(numThreads), precision)
       val handle = openForTask(config, metrics)
@@ -113,7 +114,8 @@ private[torchspark] object NativeRunner {
       rows.grouped(batchSize).flatMap { group =>
         val t0 = System.nanoTime()
         val values = group.map(r => r.get(inIdx): Any).toArray
-        val options = s"""{"batch_size": $batchSize, "row_offset": $offset$optionsExtra}"""
+        val options =
+          s"""{"batch_size": $batchSize, "row_offset": $offset, "max_pixels": $maxPixels$optionsExtra}"""
         val encoded = ArrowCodec.encode(kind, values)
         val t1 = System.nanoTime()
         val answer = nativeCall(handle, encoded, options)

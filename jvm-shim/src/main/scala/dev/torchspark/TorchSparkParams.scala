@@ -23,7 +23,8 @@ trait TorchSparkParams extends Params {
   final val inputCol: Param[String] = new Param[String](
     this,
     "inputCol",
-    "image column: binary (encoded PNG/JPEG/BMP/GIF), Spark's image struct, or array<float>",
+    "image column: binary (encoded PNG/JPEG/BMP/GIF/TIFF/WebP), Spark's image struct, or " +
+      "array<float>",
     (c: String) => c != null && c.nonEmpty
   )
 
@@ -71,7 +72,16 @@ trait TorchSparkParams extends Params {
     (c: String) => c != null && c.nonEmpty
   )
 
+  final val maxPixels: LongParam = new LongParam(
+    this,
+    "maxPixels",
+    "largest image (width x height) decoded, checked from the file's header; 0 means the " +
+      "spec's preprocess.max_pixels (default 178,956,970), which a smaller value lowers",
+    ParamValidators.gtEq(0)
+  )
+
   setDefault(
+    maxPixels -> 0L,
     batchSize -> 64,
     device -> "cpu",
     numThreads -> 0,
@@ -88,6 +98,7 @@ trait TorchSparkParams extends Params {
   def setPrecision(v: String): this.type = set(precision, v)
   def setHandleInvalid(v: String): this.type = set(handleInvalid, v)
   def setErrorCol(v: String): this.type = set(errorCol, v)
+  def setMaxPixels(v: Long): this.type = set(maxPixels, v)
 
   final def getModelPath: String = $(modelPath)
   final def getInputCol: String = $(inputCol)
@@ -97,6 +108,7 @@ trait TorchSparkParams extends Params {
   final def getPrecision: String = $(precision)
   final def getHandleInvalid: String = $(handleInvalid)
   final def getErrorCol: String = $(errorCol)
+  final def getMaxPixels: Long = $(maxPixels)
 
   @transient private var lastMetrics: TorchSparkMetrics = _
 
