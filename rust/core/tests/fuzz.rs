@@ -49,6 +49,8 @@ static SEED: AtomicU64 = AtomicU64::new(0);
 static CURRENT: AtomicU64 = AtomicU64::new(u64::MAX);
 /// When the current input started (ms since the harness started, +1; 0 when idle).
 static STARTED_MS: AtomicU64 = AtomicU64::new(0);
+/// 1 while the input runs as a Spark image struct rather than as encoded bytes.
+static AS_STRUCT: AtomicUsize = AtomicUsize::new(0);
 
 const GIB: usize = 1 << 30;
 
@@ -76,6 +78,9 @@ fn refuse(size: usize, live: usize) {
     m.num(CURRENT.load(Relaxed));
     m.push(b" of seed ");
     m.num(SEED.load(Relaxed));
+    if AS_STRUCT.load(Relaxed) == 1 {
+        m.push(b" (as a Spark image struct)");
+    }
     m.push(b" asked for ");
     m.num((size >> 20) as u64);
     m.push(b" MiB with ");
@@ -649,6 +654,13 @@ impl Harness {
         }
         if index.is_multiple_of(8) {
             let (h, w, nc, px) = spark_struct(self.seed, index);
+            if verbose {
+                println!(
+                    "  as a Spark image struct {h}x{w}x{nc} with {} bytes:",
+                    px.len()
+                );
+            }
+            AS_STRUCT.store(1, Relaxed);
             for (name, pre, out) in &mut self.pres {
                 let s = ImageInput::SparkImage {
                     height: h,
@@ -666,6 +678,7 @@ impl Harness {
                     )),
                 }
             }
+            AS_STRUCT.store(0, Relaxed);
         }
         self.end(stats, heap_before, rss_before, t.elapsed());
         stats.inputs += 1;
@@ -945,6 +958,7 @@ fn corpus_bombs_are_refused_and_valid_classic_formats_decode() {
     let pre = Preprocessor::new(&spec);
     let mut out = vec![0f32; pre.row_len()];
     let mut checked = 0;
+    let mut truncated_ok = Vec::new();
     for s in &corpus {
         let r = catch_unwind(AssertUnwindSafe(|| {
             pre.fill(ImageInput::Encoded(&s.bytes), &mut out)
@@ -970,9 +984,15 @@ fn corpus_bombs_are_refused_and_valid_classic_formats_decode() {
                 }
                 checked += 1;
             }
+            // Reported, not asserted here: the truncation tests of issue 16 item 2 pin these.
+            "truncated" if r.is_ok() => truncated_ok.push(s.name.as_str()),
             _ => {}
         }
     }
+    println!(
+        "corpus: {} cut files decoded without error: {truncated_ok:?}",
+        truncated_ok.len()
+    );
     assert!(checked > 40, "only {checked} corpus files checked");
 }
 
