@@ -25,6 +25,8 @@ MVN35   := $(MVN) -Pspark-3.5 -Pscala-2.12
 # pyspark 3.5 in a second venv; it borrows the main venv's libtorch instead of a second torch.
 VENV35  := $(CURDIR)/.venv-spark35
 PY35    := $(VENV35)/bin/python
+# The fuzz pass's seed corpus (tests/fixtures/make_corpus.py; seconds, no download).
+CORPUS  := tests/fixtures/out/corpus/manifest.json
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
@@ -67,7 +69,7 @@ dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glib
 demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
+test: setup dist $(HARNESS) $(CORPUS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
@@ -84,6 +86,16 @@ test-spark35: setup ## pytest on pyspark 3.5 (.venv-spark35, the 3.5 jar)
 
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
 	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python
+
+$(CORPUS): tests/fixtures/make_corpus.py | $(VENV)/.installed
+	$(PY) tests/fixtures/make_corpus.py
+
+# The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
+fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md
+	test -f tests/fixtures/out/resnet20.pt || $(PY) tests/fixtures/make_fixtures.py
+	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=$${TORCHSPARK_FUZZ_SECONDS:-600} \
+	  TORCHSPARK_FUZZ_SEED=$${TORCHSPARK_FUZZ_SEED:-random} \
+	  cargo test --release --locked -p torchspark-core --test fuzz -- --nocapture
 
 $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 	$(HARNESS_MVN) -q package
@@ -109,4 +121,4 @@ clean: ## remove build outputs (keeps .venv)
 	cargo clean
 	rm -rf jvm-shim/target tests/cluster/target tests/fixtures/out
 
-.PHONY: help setup native jar dist demo test test-cluster test-spark35 bench lint fmt clean
+.PHONY: help setup native jar dist demo test test-cluster test-spark35 fuzz bench lint fmt clean
