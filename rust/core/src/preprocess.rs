@@ -336,39 +336,44 @@ impl Preprocessor {
     ) -> Result<(), String> {
         let (w, h) = (pixels.w, pixels.h);
         let c = pixels.c;
-        let target = self.resize.map_or((w, h), |r| r.target(w, h));
-        if target != (w, h) {
-            let started = Instant::now();
-            let (rw, rh) = target;
-            pixels = Pixels {
-                w: rw,
-                h: rh,
-                c,
-                data: resize_like_pillow(&pixels.data, (w, h), (rw, rh), c),
-            };
-            times.resize = started.elapsed();
-        }
-        let (mut x0, mut y0) = (0usize, 0usize);
-        let (w, h) = (pixels.w, pixels.h);
-        if let Some([ch, cw]) = self.center_crop {
-            if cw > w || ch > h {
+        let (rw, rh) = self.resize.map_or((w, h), |r| r.target(w, h));
+        let (ow, oh) = (self.width as usize, self.height as usize);
+        // Where the model's input lies in the resized image: the center crop, else all of it.
+        let (cx, cy) = if let Some([ch, cw]) = self.center_crop {
+            if cw > rw || ch > rh {
                 return Err(format!(
-                    "image is {h}x{w} (height x width), smaller than center_crop [{ch}, {cw}]"
+                    "image is {rh}x{rw} (height x width), smaller than center_crop [{ch}, {cw}]"
                 ));
             }
             // torchvision's CenterCrop: round((size - crop) / 2), half to even.
-            x0 = crop_offset(w, cw) as usize;
-            y0 = crop_offset(h, ch) as usize;
-        } else if (w, h) != (self.width, self.height) {
+            (crop_offset(rw, cw) as usize, crop_offset(rh, ch) as usize)
+        } else if (rw, rh) != (self.width, self.height) {
             return Err(format!(
-                "image is {h}x{w} (height x width) but the model takes {}x{} and the spec has no resize",
+                "image is {rh}x{rw} (height x width) but the model takes {}x{} and the spec has no resize",
                 self.height, self.width
             ));
-        }
-        let (ow, oh) = (self.width as usize, self.height as usize);
+        } else {
+            (0, 0)
+        };
+        // Only the crop window is resized: each output pixel has its own taps, so the pixels
+        // equal PIL's resize-then-crop, and a thin image's huge resize (1x65535 under resize
+        // 256 would be 256x16776960) never exists in memory.
+        let resized;
+        let (raw, stride, x0, y0) = if (rw, rh) != (w, h) {
+            let started = Instant::now();
+            let window = Window {
+                x0: cx,
+                y0: cy,
+                w: ow,
+                h: oh,
+            };
+            resized = resize_like_pillow(&pixels.data, (w, h), (rw, rh), c, window);
+            times.resize = started.elapsed();
+            (&resized, ow * c, 0, 0)
+        } else {
+            (&pixels.data, w as usize * c, cx, cy)
+        };
         let plane = ow * oh;
-        let stride = w as usize * c;
-        let raw = &pixels.data;
         for (k, out_plane) in out.chunks_exact_mut(plane).enumerate().take(c) {
             // Output plane k takes source band k, or 2 - k for a BGR model.
             let band = if self.bgr && c == 3 { 2 - k } else { k };
@@ -691,15 +696,17 @@ struct Taps {
 }
 
 impl Taps {
-    fn bilinear(in_size: usize, out_size: usize) -> Taps {
+    /// The taps of output indices `range` of an `in_size` -> `out_size` resample (indexed from
+    /// `range.start`).
+    fn bilinear(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Taps {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = filterscale; // the triangle filter's support is 1, widened on downscale
         let ksize = support.ceil() as usize * 2 + 1;
-        let mut bounds = Vec::with_capacity(out_size);
-        let mut weights = vec![0i32; out_size * ksize];
+        let mut bounds = Vec::with_capacity(range.len());
+        let mut weights = vec![0i32; range.len() * ksize];
         let mut pre = vec![0f64; ksize];
-        for xx in 0..out_size {
+        for (i, xx) in range.enumerate() {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0);
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64);
@@ -711,7 +718,7 @@ impl Taps {
                 total += *w;
             }
             let one = (1u32 << PRECISION_BITS) as f64;
-            for (k, &w) in weights[xx * ksize..][..n].iter_mut().zip(&pre) {
+            for (k, &w) in weights[i * ksize..][..n].iter_mut().zip(&pre) {
                 let w = if total != 0.0 { w / total } else { w };
                 *k = if w < 0.0 {
                     (-0.5 + w * one) as i32
@@ -738,27 +745,42 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// A rectangle of a resized image, in its pixels.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+}
+
 /// Pillow's `ImagingResample` with the bilinear filter on packed u8 pixels (`c` channels,
-/// `from`/`to` as width x height): horizontal pass over the rows the vertical pass needs,
-/// rounded to u8, then the vertical pass. Equal to `PIL.Image.resize(..., BILINEAR)`.
-fn resize_like_pillow(src: &[u8], from: (u32, u32), to: (u32, u32), c: usize) -> Vec<u8> {
+/// `from`/`to` as width x height), computing only `window` of the output: horizontal pass over
+/// the rows the vertical pass needs, rounded to u8, then the vertical pass. Equal to
+/// `PIL.Image.resize(..., BILINEAR).crop(window)`; memory and time follow the window.
+fn resize_like_pillow(
+    src: &[u8],
+    from: (u32, u32),
+    to: (u32, u32),
+    c: usize,
+    win: Window,
+) -> Vec<u8> {
     let (w, h) = (from.0 as usize, from.1 as usize);
     let (ow, oh) = (to.0 as usize, to.1 as usize);
     let half = 1i32 << (PRECISION_BITS - 1);
-    let vert = Taps::bilinear(h, oh);
-    // Rows of the source that the vertical pass reads.
-    let (first, last) = if oh != h && oh > 0 {
-        let (s, n) = vert.bounds[oh - 1];
-        (vert.bounds[0].0, s + n)
-    } else {
-        (0, h)
+    let vert = (oh != h).then(|| Taps::bilinear(h, oh, win.y0..win.y0 + win.h));
+    // Rows of the source that the vertical pass reads (the window's own rows without one).
+    let (first, last) = match &vert {
+        Some(v) if win.h > 0 => (v.bounds[0].0, v.bounds[win.h - 1].0 + v.bounds[win.h - 1].1),
+        _ => (win.y0, win.y0 + win.h),
     };
-    let (tmp, tw) = if ow != w {
-        let horiz = Taps::bilinear(w, ow);
-        let mut tmp = vec![0u8; (last - first) * ow * c];
-        for (y, out_row) in tmp.chunks_exact_mut(ow * c).enumerate() {
+    let row_len = win.w * c;
+    let mut tmp = vec![0u8; (last - first) * row_len];
+    if ow != w {
+        let horiz = Taps::bilinear(w, ow, win.x0..win.x0 + win.w);
+        for (y, out_row) in tmp.chunks_exact_mut(row_len.max(1)).enumerate() {
             let row = &src[(y + first) * w * c..][..w * c];
-            for xx in 0..ow {
+            for xx in 0..win.w {
                 let (x0, k) = horiz.of(xx);
                 for ch in 0..c {
                     let mut acc = half;
@@ -769,22 +791,22 @@ fn resize_like_pillow(src: &[u8], from: (u32, u32), to: (u32, u32), c: usize) ->
                 }
             }
         }
-        (tmp, ow)
     } else {
-        (src[first * w * c..last * w * c].to_vec(), w)
-    };
-    if oh == h {
-        return tmp;
+        for (y, out_row) in tmp.chunks_exact_mut(row_len.max(1)).enumerate() {
+            out_row.copy_from_slice(&src[((y + first) * w + win.x0) * c..][..row_len]);
+        }
     }
-    let stride = tw * c;
-    let mut out = vec![0u8; oh * stride];
-    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
+    let Some(vert) = vert else {
+        return tmp;
+    };
+    let mut out = vec![0u8; win.h * row_len];
+    for (yy, out_row) in out.chunks_exact_mut(row_len.max(1)).enumerate() {
         let (y0, k) = vert.of(yy);
         let y0 = y0 - first;
         for (i, o) in out_row.iter_mut().enumerate() {
             let mut acc = half;
             for (y, &kw) in k.iter().enumerate() {
-                acc += tmp[(y0 + y) * stride + i] as i32 * kw;
+                acc += tmp[(y0 + y) * row_len + i] as i32 * kw;
             }
             *o = clip8(acc);
         }
@@ -1130,6 +1152,58 @@ mod tests {
             data: &[3, 2, 1],
         };
         assert!(p.fill(s, &mut out).unwrap_err().contains("4 bands"));
+    }
+
+    #[test]
+    fn resizing_the_crop_window_equals_resize_then_crop() {
+        // Seeded noise; sizes that down- and upscale each axis, odd and even crops.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for &((w, h), (rw, rh), (cw, ch), c) in &[
+            (
+                (40usize, 30usize),
+                (25usize, 20usize),
+                (11usize, 9usize),
+                3usize,
+            ),
+            ((17, 50), (33, 64), (20, 31), 1),
+            ((64, 64), (64, 23), (64, 10), 4),
+            ((9, 70), (9, 140), (5, 100), 3),
+        ] {
+            let src: Vec<u8> = (0..w * h * c).map(|_| next() as u8).collect();
+            let from = (w as u32, h as u32);
+            let to = (rw as u32, rh as u32);
+            let full = Window {
+                x0: 0,
+                y0: 0,
+                w: rw,
+                h: rh,
+            };
+            let all = resize_like_pillow(&src, from, to, c, full);
+            let (x0, y0) = (
+                crop_offset(rw as u32, cw as u32) as usize,
+                crop_offset(rh as u32, ch as u32) as usize,
+            );
+            let win = Window {
+                x0,
+                y0,
+                w: cw,
+                h: ch,
+            };
+            let part = resize_like_pillow(&src, from, to, c, win);
+            for y in 0..ch {
+                assert_eq!(
+                    &part[y * cw * c..][..cw * c],
+                    &all[((y + y0) * rw + x0) * c..][..cw * c],
+                    "{from:?} -> {to:?}, crop {cw}x{ch}, row {y}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -996,13 +996,12 @@ fn corpus_bombs_are_refused_and_valid_classic_formats_decode() {
     assert!(checked > 40, "only {checked} corpus files checked");
 }
 
-/// Fuzz finding 1 (docs/fuzzing.md): a 300-byte GIF whose logical screen is 1x65535 decodes to
+/// Fuzz finding 1 (docs/fuzzing.md, fixed: only the crop window is resized): a 300-byte GIF whose logical screen is 1x65535 decodes to
 /// 65,535 pixels, and `resize: 256` then resizes the whole image to 256x16,776,960 (12 GiB)
 /// before the crop keeps 224x224: an allocation failure aborts the process (a JVM executor or
 /// a Python worker). Whatever the fix (resize only the crop window, or a row error over
 /// `max_pixels`), the row must end as a score or a reason with bounded memory.
 #[test]
-#[ignore = "fails (aborts) until preprocess.rs bounds `resize: N` on thin images; docs/fuzzing.md"]
 fn thin_image_under_shorter_side_resize_stays_within_memory() {
     let corpus = corpus();
     let gif = &corpus
