@@ -188,7 +188,7 @@ object ModelSource {
       e
     )
     val ready =
-      try (dir.exists() || Files.isSymbolicLink(dir.toPath)) && fresh().isEmpty
+      try { (dir.exists() || Files.isSymbolicLink(dir.toPath)) && fresh().isEmpty }
       catch { case e: IOException => throw cannotCopy(e) }
     if (ready) return local.getAbsolutePath
     val monitor = jvmLocks.computeIfAbsent(key, _ => new Object)
