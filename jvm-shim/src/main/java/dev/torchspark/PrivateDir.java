@@ -14,9 +14,10 @@ import java.util.Map;
  * The rule for every directory and file that torchspark writes and later trusts (the node's model
  * cache, the extracted native library): it must be this user's alone, as OpenSSH demands of {@code
  * ~/.ssh}. A directory or file is trusted when it is not a symbolic link, is owned by the JVM's
- * user, and is not writable by group or others; every ancestor of a trusted directory is owned by
- * root or this user and is not writable by group or others unless it is sticky (as {@code /tmp} is:
- * others can create entries there but not rename or delete ours). Anything else is refused, never
+ * user, and is not writable by group or others; no ancestor of a trusted directory is writable by
+ * group or others unless it is sticky (as {@code /tmp} is: others can create entries there but not
+ * rename or delete ours). An ancestor's owner is not checked: on YARN a container's tmp dir lies
+ * under the NodeManager's directories, owned by its service user. Anything else is refused, never
  * repaired: it may be another user's, and its presence is worth reporting.
  */
 final class PrivateDir {
@@ -138,10 +139,6 @@ final class PrivateDir {
       return "cannot be examined (" + e + ")";
     }
     int mode = (Integer) a.get("mode");
-    int owner = (Integer) a.get("uid");
-    if (owner != 0 && owner != myUid()) {
-      return "is owned by " + ownerName(p, owner) + ", who could replace what is below it";
-    }
     if ((mode & GROUP_OR_OTHERS_WRITE) != 0 && (mode & STICKY) == 0) {
       return "has mode "
           + octal(mode)

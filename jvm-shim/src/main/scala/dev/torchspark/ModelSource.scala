@@ -127,8 +127,8 @@ object ModelSource {
       s"(mode 0700); a directory of this user is fixed with `chmod go-w $dir`"
 
   /** [[cacheDir]], created with mode 0700 when missing, and checked: this user's, not writable by
-    * group or others, and every ancestor owned by root or this user and not writable by others
-    * unless sticky (see [[PrivateDir]]).
+    * group or others, and no ancestor writable by group or others unless sticky (see
+    * [[PrivateDir]]).
     * @throws ModelLoadException
     *   naming the directory, its owner and mode, and what to do
     */

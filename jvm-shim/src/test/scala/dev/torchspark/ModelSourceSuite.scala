@@ -169,6 +169,14 @@ class ModelSourceSuite {
     val e2 =
       assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
     assertTrue(e2.getMessage, e2.getMessage.contains("is owned by nobody (uid 65534) instead of"))
+    // A private cache under a directory that others can write (and that is not sticky): they
+    // could rename it away and put their own in its place.
+    val open = Files.createDirectories(cache.toPath.resolveSibling(cache.getName + "-open"))
+    Files.setPosixFilePermissions(open, PosixFilePermissions.fromString("rwxrwxrwx"))
+    System.setProperty("torchspark.cache.dir", open.resolve("cache").toString)
+    val e3 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e3.getMessage, e3.getMessage.contains(s"its ancestor $open has mode 0777"))
   }
 
   @Test def createsAMissingCacheRootForThisUserOnly(): Unit = withCache { parent =>
