@@ -1,4 +1,4 @@
-//! The model registry: one loaded model per (file, device, precision) per process.
+//! The model registry: one loaded model per (file version, spec, device, precision) per process.
 //!
 //! A model file is a TorchScript module (`.pt`, [`torchscript`]) or an AOTInductor package
 //! (`.pt2`, [`aoti`]); [`Format::detect`] tells them apart by content, and [`Model`] hides
@@ -8,6 +8,18 @@
 //! partitions in a row); they all get the same `Arc<Model>`. Loading is lazy and happens once:
 //! concurrent first callers wait on a per-key lock while one of them loads. A failed load
 //! leaves the slot empty, so the next call tries again and reports the same error.
+//!
+//! # When a model reloads
+//! A slot is keyed on the canonical model and spec paths, the device, precision and layout, and
+//! remembers the [`Version`] it was loaded from: the model file's identity (device, inode,
+//! length, mtime and ctime in ns, from `fstat` of the descriptor it is read through) and the
+//! sha256 of the spec's bytes (which holds the labels, preprocessing and any `sha256` pin).
+//! Every open re-checks both (one `fstat`, one read of a small JSON); a different version loads
+//! anew and replaces the slot's model, so the registry drops the stale one. Handles opened
+//! before keep their `Arc<Model>`: the old model is freed when the last of them closes.
+//! The one change this cannot see: the model rewritten in place (same inode) to the same length
+//! within one tick of the file system's timestamp clock. A `sha256` pin in the spec is the strict
+//! answer: a new model comes with a new pin, so its spec's digest differs and it always loads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -127,26 +139,80 @@ impl std::fmt::Debug for Model {
     }
 }
 
-type Key = (PathBuf, String, Precision, bool);
-type Slot = Arc<Mutex<Option<Arc<Model>>>>;
+/// Canonical model path, canonical spec path, device, precision, channels-last.
+type Key = (PathBuf, PathBuf, String, Precision, bool);
+type Slot = Arc<Mutex<Option<(Version, Arc<Model>)>>>;
+
+/// What one loaded model was made from. Two opens share a model only when both are equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    model: FileId,
+    /// sha256 of the spec file's bytes: exact, so a spec edit (labels, preprocess, a new
+    /// `sha256` pin) always reloads, whatever its timestamps say.
+    spec_sha256: [u8; 32],
+}
+
+/// A file's identity on this host (`stat(2)`): replacing it (rename, `cp` over it, a new
+/// upload) changes the inode or the times; rewriting it in place changes mtime/ctime, to the
+/// file system's timestamp granularity. ctime cannot be set by `touch` or `cp -p`, so a copy
+/// that preserves mtime and length is still seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.size(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
 
 static REGISTRY: Lazy<Mutex<HashMap<Key, Slot>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 static LOADS: AtomicU64 = AtomicU64::new(0);
 
-/// How many models this process has loaded from disk (the "once per executor" proof).
+/// How many models this process has loaded from disk (the "once per executor" proof). A model
+/// file or spec that changed on disk and was opened again counts as one more load.
 pub fn load_count() -> u64 {
     LOADS.load(Ordering::SeqCst)
 }
 
-/// The process-wide model for `config`, loading it on first use.
+/// The process-wide model for `config`, loading it on first use and again whenever the model
+/// file or its spec changed on disk since it was loaded (see the module docs).
+///
+/// Errors: [`Error::ModelNotFound`] (model missing or unreadable), [`Error::Spec`] (spec missing,
+/// unreadable or invalid), [`Error::Checksum`] (pinned sha256 differs), [`Error::Device`],
+/// [`Error::ModelLoad`], [`Error::Config`].
 pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let device = parse_device(&config.device)?;
-    let path = std::fs::canonicalize(&config.model_path).map_err(|e| Error::ModelNotFound {
+    let not_found = |e: std::io::Error| Error::ModelNotFound {
         path: config.model_path.clone(),
         reason: e.to_string(),
-    })?;
+    };
+    let path = std::fs::canonicalize(&config.model_path).map_err(not_found)?;
+    let spec_path = config
+        .spec_path
+        .clone()
+        .unwrap_or_else(|| ModelSpec::default_path(&config.model_path));
+    let spec_error = |e: std::io::Error| Error::Spec {
+        path: spec_path.clone(),
+        reason: format!("cannot read: {e}"),
+    };
+    let spec_canonical = std::fs::canonicalize(&spec_path).map_err(spec_error)?;
     let key = (
         path.clone(),
+        spec_canonical,
         format!("{device:?}"),
         config.precision,
         config.channels_last,
@@ -160,15 +226,28 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let mut guard = slot
         .lock()
         .map_err(|_| internal("model slot lock poisoned"))?;
-    if let Some(model) = guard.as_ref() {
+    // The identity comes from the descriptor the bytes are read through, so it names exactly
+    // the bytes loaded. The spec is hashed before `Model::load` parses it: if it changes in
+    // between, the next open sees a new digest and loads again (never the reverse).
+    let mut file = std::fs::File::open(&path).map_err(not_found)?;
+    let model_id = FileId::of(&file.metadata().map_err(not_found)?);
+    let spec_bytes = std::fs::read(&spec_path).map_err(spec_error)?;
+    let version = Version {
+        model: model_id,
+        spec_sha256: Sha256::digest(&spec_bytes).into(),
+    };
+    if let Some((loaded, model)) = guard.as_ref()
+        && *loaded == version
+    {
         return Ok(model.clone());
     }
-    let spec_path = config
-        .spec_path
-        .clone()
-        .unwrap_or_else(|| ModelSpec::default_path(&config.model_path));
-    let model = Arc::new(Model::load(&path, &spec_path, device, config)?);
-    *guard = Some(model.clone());
+    // A stale model leaves the registry now; handles that hold it keep it until they close.
+    *guard = None;
+    let mut bytes = Vec::with_capacity(usize::try_from(model_id.len).unwrap_or(0));
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(not_found)?;
+    drop(file);
+    let model = Arc::new(Model::load(&path, bytes, &spec_path, device, config)?);
+    *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
     Ok(model)
 }
@@ -217,12 +296,15 @@ pub enum Target {
 }
 
 impl Model {
-    fn load(path: &Path, spec_path: &Path, device: Device, config: &ModelConfig) -> Result<Model> {
+    /// Builds the model from the file's `bytes` (read by the caller) and the spec at `spec_path`.
+    fn load(
+        path: &Path,
+        bytes: Vec<u8>,
+        spec_path: &Path,
+        device: Device,
+        config: &ModelConfig,
+    ) -> Result<Model> {
         let precision = config.precision;
-        let bytes = std::fs::read(path).map_err(|e| Error::ModelNotFound {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let spec = ModelSpec::from_file(spec_path)?;
         if let Some(expected) = &spec.sha256 {
             let actual: String = Sha256::digest(&bytes)

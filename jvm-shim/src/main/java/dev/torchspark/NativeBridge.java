@@ -12,10 +12,16 @@ public final class NativeBridge {
     NativeLoader.load();
   }
 
-  /** Opens (or reuses, once per JVM) the model described by a JSON ModelConfig. */
+  /**
+   * Opens the model described by a JSON ModelConfig: the JVM's loaded model when neither the file
+   * nor its spec changed on disk since it was loaded, else a fresh load (docs/model-cache.md).
+   */
   public static native long openModel(String configJson);
 
-  /** Releases a handle; the model itself stays loaded for the life of the JVM. */
+  /**
+   * Releases a handle. The model stays loaded for later opens until its file or spec changes; a
+   * replaced model is freed when its last handle closes.
+   */
   public static native void closeModel(long handle);
 
   /** Scores one Arrow IPC batch; returns the result batch as Arrow IPC bytes. */
@@ -24,7 +30,7 @@ public final class NativeBridge {
   /** Featurizes one Arrow IPC batch; returns the result batch as Arrow IPC bytes. */
   public static native byte[] featurize(long handle, byte[] arrowIpc, String optionsJson);
 
-  /** How many models this JVM has loaded from disk. */
+  /** How many models this JVM has loaded from disk (a changed file counts once more). */
   public static native long loadCount();
 
   /** Test hook: panics inside native code; must surface as a TorchSparkException. */

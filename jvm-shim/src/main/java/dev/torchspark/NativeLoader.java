@@ -13,6 +13,7 @@ import java.nio.file.Paths;
 import java.nio.file.StandardCopyOption;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
@@ -23,8 +24,8 @@ import java.util.concurrent.TimeUnit;
  * -Dtorchspark.libtorch.dir} or {@code TORCHSPARK_LIBTORCH_DIR}, else from the torch package that
  * the node's Python ({@code TORCHSPARK_PYTHON}, {@code PYSPARK_PYTHON} or {@code python3}) has
  * installed, else through the library's own RUNPATH. Then the library itself: from {@code
- * java.library.path}, else extracted from this jar (under a file lock, to a path named by its
- * content hash). A failure is kept and rethrown, with its causes, on every later use.
+ * java.library.path}, else extracted from this jar into a directory only this user can write (see
+ * {@link #extract}). A failure is kept and rethrown, with its causes, on every later use.
  */
 final class NativeLoader {
   private static final String LIB = "torchspark";
@@ -198,12 +199,23 @@ final class NativeLoader {
         tried.add("java.library.path: " + e.getMessage());
       }
     }
-    Path file = extract();
+    Path file = extract(Paths.get(System.getProperty("java.io.tmpdir")));
     tried.add("extracted " + file);
     System.load(file.toString());
   }
 
-  private static Path extract() throws IOException {
+  /**
+   * Writes the jar's library to {@code base/torchspark-<user>/native-<hash>/libtorchspark.so}
+   * (hash: of its content) unless the same bytes are already there, and returns that path.
+   *
+   * <p>What {@code System.load} runs must be exactly the jar's bytes: both directories are created
+   * 0700 and checked by {@link PrivateDir} (a directory another user owns or can write is refused),
+   * and a file already there is reused only when its whole content equals the jar's; anything else
+   * (another size, same size but other bytes, not this user's) is replaced.
+   *
+   * @throws ModelLoadException when a directory is not this user's alone (naming it)
+   */
+  static Path extract(Path base) throws IOException {
     byte[] bytes;
     try (InputStream in = NativeLoader.class.getResourceAsStream(RESOURCE)) {
       if (in == null) {
@@ -222,20 +234,40 @@ final class NativeLoader {
     } catch (java.security.NoSuchAlgorithmException e) {
       throw new IOException(e);
     }
-    Path dir = Paths.get(System.getProperty("java.io.tmpdir"), "torchspark-" + hash);
-    Files.createDirectories(dir);
+    String what = "the torchspark native library directory";
+    String remedy =
+        "Remove it if it is not yours (or ask root to), or give the JVM -Djava.io.tmpdir=<a"
+            + " directory that only this user can write>";
+    Path root =
+        PrivateDir.ensure(
+            base.resolve("torchspark-" + System.getProperty("user.name")), what, remedy);
+    Path dir = PrivateDir.ensure(root.resolve("native-" + hash), what, remedy);
     Path target = dir.resolve("libtorchspark.so");
     // Several executors (JVMs) on one node may extract at once: serialize with a file lock,
-    // write to a temp name, then move into place atomically.
+    // write to a temp name (0600), then move into place atomically.
     try (FileChannel ch = new RandomAccessFile(dir.resolve(".lock").toFile(), "rw").getChannel();
         FileLock lock = ch.lock()) {
-      if (!Files.isRegularFile(target) || Files.size(target) != bytes.length) {
+      if (!sameContent(target, bytes)) {
         Path tmp = Files.createTempFile(dir, "libtorchspark", ".tmp");
-        Files.write(tmp, bytes);
-        Files.move(
-            tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        try {
+          Files.write(tmp, bytes);
+          Files.move(
+              tmp, target, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
+        } finally {
+          Files.deleteIfExists(tmp);
+        }
       }
     }
+    PrivateDir.check(target, false, "the extracted native library", remedy);
     return target;
+  }
+
+  /**
+   * True when {@code f} is this user's regular file, unwritable by others, holding {@code bytes}.
+   */
+  private static boolean sameContent(Path f, byte[] bytes) throws IOException {
+    return PrivateDir.problem(f, false) == null
+        && Files.size(f) == bytes.length
+        && Arrays.equals(Files.readAllBytes(f), bytes);
   }
 }

@@ -3,7 +3,7 @@ package dev.torchspark
 import java.io.{File, FileNotFoundException, IOException, ObjectInputStream, ObjectOutputStream}
 import java.io.RandomAccessFile
 import java.nio.charset.StandardCharsets
-import java.nio.file.{Files, StandardCopyOption}
+import java.nio.file.{Files, LinkOption, StandardCopyOption}
 import java.security.MessageDigest
 import java.util.concurrent.ConcurrentHashMap
 
@@ -102,9 +102,10 @@ object ModelSource {
     (model, stat(specOf(uri), "model spec (it sits beside the model)", conf))
   }
 
-  /** The node's model cache: `TORCHSPARK_CACHE_DIR`, `-Dtorchspark.cache.dir`, else a per-user
-    * folder in /tmp, shared by every executor on the node (YARN gives each container its own
-    * java.io.tmpdir, which would defeat the sharing).
+  /** The node's model cache: `-Dtorchspark.cache.dir`, `TORCHSPARK_CACHE_DIR`, else a per-user
+    * folder in /tmp, shared by every executor of this user on the node (YARN gives each container
+    * its own java.io.tmpdir, which would defeat the sharing). Not created or checked here: see
+    * [[privateCacheDir]].
     */
   def cacheDir(): File = {
     val configured = Option(System.getProperty("torchspark.cache.dir"))
@@ -118,60 +119,205 @@ object ModelSource {
     }
   }
 
+  private val cacheWhat = "the torchspark model cache"
+
+  private def cacheRemedy(dir: File): String =
+    s"Remove it if it is not yours (or ask root to), or set TORCHSPARK_CACHE_DIR (or " +
+      s"-Dtorchspark.cache.dir) on the executors to a directory that only this user can write " +
+      s"(mode 0700); a directory of this user is fixed with `chmod go-w $dir`"
+
+  /** [[cacheDir]], created with mode 0700 when missing, and checked: this user's, not writable by
+    * group or others, and no ancestor writable by group or others unless sticky (see
+    * [[PrivateDir]]).
+    * @throws ModelLoadException
+    *   naming the directory, its owner and mode, and what to do
+    */
+  def privateCacheDir(): File = {
+    val dir = cacheDir()
+    PrivateDir.ensure(dir.toPath, cacheWhat, cacheRemedy(dir)).toFile
+  }
+
   // Threads of one JVM must not take the same file lock twice (OverlappingFileLockException).
   private val jvmLocks = new ConcurrentHashMap[String, Object]()
 
-  /** Copies `uri` and its spec into the cache once per (URI, length, modification time) per node,
-    * under a file lock (several executors can share a node), and returns the local model path.
+  /** The cache entry of one version of a model: a hash of its URI and both files' lengths and
+    * modification times. Anyone can compute it, so it is a name, never a proof: what is found there
+    * is checked against the source before it is used.
     */
-  def fetch(uri: String, conf: Configuration): String = {
-    val (model, spec) = statBoth(uri, conf)
-    val key = hex(
+  def cacheKey(uri: String, model: FileStatus, spec: FileStatus): String =
+    hex(
       Seq(uri, model.getLen, model.getModificationTime, spec.getLen, spec.getModificationTime)
         .mkString("\n")
     )
-    val dir = new File(cacheDir(), key)
+
+  /** Copies `uri` and its spec into the node cache once per (URI, length, modification time), under
+    * a file lock (several executors can share a node), and returns the local model path.
+    *
+    * Before a cached copy is returned it is checked against the source, every time: the cache root,
+    * the entry's directory and both files must pass [[PrivateDir]]'s rule (else a refusal, never a
+    * repair: they may be another user's); the cached spec must equal the source's spec byte for
+    * byte (it is re-read from the source: it is small and holds the `sha256` pin), the cached
+    * model's length must equal the source's, and when the spec pins a `sha256` the cached model's
+    * digest must equal it. A copy of ours that fails these checks (a torn or stale copy) is copied
+    * again; one that still fails means the source changed during the copy, or does not match its
+    * own pin, and is refused.
+    */
+  def fetch(uri: String, conf: Configuration): String = {
+    val (model, spec) = statBoth(uri, conf)
+    val specBytes = readAll(spec.getPath, conf, specOf(uri))
+    val pin = pinnedSha256(specBytes, specOf(uri))
+    val root = privateCacheDir()
+    val key = cacheKey(uri, model, spec)
+    val dir = new File(root, key)
     val name = new HPath(uri).getName
     val local = new File(dir, name)
+    val localSpec = new File(dir, specOf(name))
     val done = new File(dir, ".complete")
-    if (done.isFile) return local.getAbsolutePath
+    val remedy = cacheRemedy(dir)
+    def fresh(): Option[String] = {
+      PrivateDir.check(dir.toPath, true, cacheWhat + " entry", remedy)
+      Seq(local, localSpec, done)
+        .filter(f => Files.exists(f.toPath, LinkOption.NOFOLLOW_LINKS))
+        .foreach { f =>
+          PrivateDir.check(f.toPath, false, "the cached file", remedy)
+        }
+      staleness(local, localSpec, done, model.getLen, specBytes, pin)
+    }
+    def cannotCopy(e: IOException) = new ModelLoadException(
+      s"cannot copy model $uri into the node cache $dir on host ${NativeLoader.hostName()}: $e",
+      e
+    )
+    val ready =
+      try { (dir.exists() || Files.isSymbolicLink(dir.toPath)) && fresh().isEmpty }
+      catch { case e: IOException => throw cannotCopy(e) }
+    if (ready) return local.getAbsolutePath
     val monitor = jvmLocks.computeIfAbsent(key, _ => new Object)
     monitor.synchronized {
       try {
-        Files.createDirectories(dir.toPath)
+        PrivateDir.ensure(dir.toPath, cacheWhat + " entry", remedy)
+        // Only locked, never read: inside a checked directory it needs no check of its own.
         val ch = new RandomAccessFile(new File(dir, ".lock"), "rw").getChannel
         try {
           val lock = ch.lock()
           try {
-            if (!done.isFile) {
+            if (fresh().nonEmpty) {
+              Files.deleteIfExists(done.toPath)
               copy(model.getPath, local, conf, uri)
-              copy(spec.getPath, new File(dir, specOf(name)), conf, specOf(uri))
-              Files.write(done.toPath, uri.getBytes(StandardCharsets.UTF_8))
+              write(localSpec, specBytes)
+              write(done, uri.getBytes(StandardCharsets.UTF_8))
+              fresh().foreach { why =>
+                throw new ModelLoadException(
+                  s"model $uri copied into the node cache $dir on host ${NativeLoader.hostName()} " +
+                    s"does not match its source: $why"
+                )
+              }
             }
           } finally lock.release()
         } finally ch.close()
       } catch {
         case e: TorchSparkException => throw e
-        case e: IOException         =>
-          throw new ModelLoadException(
-            s"cannot copy model $uri into the node cache $dir on host ${NativeLoader.hostName()}: $e",
-            e
-          )
+        case e: IOException         => throw cannotCopy(e)
       }
     }
     local.getAbsolutePath
   }
 
+  // Digests of cached models already checked by this JVM, by path and stat identity (inode,
+  // length, mtime, ctime): a file in a private directory changes only through this user (and
+  // fetch replaces files by rename), so it is hashed once, not per task.
+  private val verified = new ConcurrentHashMap[(String, String), String]()
+
+  /** Why the cached copy cannot be used as is, or None when it matches the source. */
+  private def staleness(
+      local: File,
+      localSpec: File,
+      done: File,
+      length: Long,
+      specBytes: Array[Byte],
+      pin: Option[String]
+  ): Option[String] = {
+    if (!done.isFile || !local.isFile || !localSpec.isFile) return Some("the copy is incomplete")
+    if (local.length() != length)
+      return Some(s"the cached model has ${local.length()} bytes, the source $length")
+    if (!java.util.Arrays.equals(Files.readAllBytes(localSpec.toPath), specBytes))
+      return Some("the cached spec differs from the source's")
+    pin.flatMap { expected =>
+      val stat = Files.readAttributes(
+        local.toPath,
+        "unix:ino,size,lastModifiedTime,ctime",
+        LinkOption.NOFOLLOW_LINKS
+      )
+      val id =
+        (local.getPath, Seq("ino", "size", "lastModifiedTime", "ctime").map(stat.get).mkString(" "))
+      val actual = Option(verified.get(id)).getOrElse {
+        val d = sha256File(local)
+        verified.put(id, d)
+        d
+      }
+      if (actual.equalsIgnoreCase(expected)) None
+      else Some(s"the cached model's sha256 is $actual, the spec pins $expected")
+    }
+  }
+
+  /** The spec's `sha256` pin, if any (the native side checks that it is well formed). */
+  private def pinnedSha256(specBytes: Array[Byte], specUri: String): Option[String] =
+    try {
+      val node = new com.fasterxml.jackson.databind.ObjectMapper().readTree(specBytes)
+      Option(node).flatMap(n => Option(n.get("sha256"))).filter(_.isTextual).map(_.asText)
+    } catch {
+      case e: IOException =>
+        throw new ModelSpecException(s"model spec $specUri is not valid JSON: ${e.getMessage}", e)
+    }
+
+  private def readAll(src: HPath, conf: Configuration, uri: String): Array[Byte] =
+    try {
+      val in = src.getFileSystem(conf).open(src)
+      try in.readAllBytes()
+      finally in.close()
+    } catch {
+      case e: IOException => throw new ModelLoadException(s"cannot read $uri: $e", e)
+    }
+
+  private def sha256File(f: File): String = {
+    val md = MessageDigest.getInstance("SHA-256")
+    val in = Files.newInputStream(f.toPath)
+    try {
+      val buf = new Array[Byte](1 << 20)
+      var n = in.read(buf)
+      while (n >= 0) { md.update(buf, 0, n); n = in.read(buf) }
+    } finally in.close()
+    md.digest().map(b => f"${b & 0xff}%02x").mkString
+  }
+
+  /** Writes `bytes` to `dest` through a temp file and an atomic rename. */
+  private def write(dest: File, bytes: Array[Byte]): Unit = {
+    // Files.createTempFile makes it 0600 whatever the umask, so the check above passes.
+    val tmp = Files.createTempFile(dest.getParentFile.toPath, dest.getName, ".part").toFile
+    try {
+      Files.write(tmp.toPath, bytes)
+      Files.move(
+        tmp.toPath,
+        dest.toPath,
+        StandardCopyOption.REPLACE_EXISTING,
+        StandardCopyOption.ATOMIC_MOVE
+      )
+    } finally { tmp.delete(); () }
+  }
+
   private def copy(src: HPath, dest: File, conf: Configuration, uri: String): Unit = {
-    val tmp = File.createTempFile(dest.getName, ".part", dest.getParentFile)
+    val tmp = Files.createTempFile(dest.getParentFile.toPath, dest.getName, ".part").toFile
     try {
       val in =
         try src.getFileSystem(conf).open(src)
         catch {
           case e: IOException => throw new ModelLoadException(s"cannot read $uri: $e", e)
         }
-      try Files.copy(in, tmp.toPath, StandardCopyOption.REPLACE_EXISTING)
-      finally in.close()
+      // Into the 0600 temp file itself (Files.copy would recreate it with the umask's mode).
+      try {
+        val out = Files.newOutputStream(tmp.toPath)
+        try { in.transferTo(out); () }
+        finally out.close()
+      } finally in.close()
       Files.move(
         tmp.toPath,
         dest.toPath,

@@ -2,6 +2,7 @@ package dev.torchspark
 
 import java.util.concurrent.ConcurrentHashMap
 
+import org.apache.spark.TaskContext
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.api.java.UDF1
 import org.apache.spark.sql.types._
@@ -20,15 +21,10 @@ object TorchSpark {
     )
   )
 
-  // One handle per (config) per executor JVM for the UDFs: they are called row by row, from
-  // any task thread; a Scorer is shareable between threads, so handles live for the JVM.
-  private val udfHandles = new ConcurrentHashMap[String, java.lang.Long]()
-
-  // UDFs run row by row: resolve (and, for a remote model, stat and fetch) once per JVM.
-  private val udfConfigs = new ConcurrentHashMap[(String, String, Int), String]()
-
-  private def handle(config: String): Long =
-    udfHandles.computeIfAbsent(config, c => java.lang.Long.valueOf(NativeBridge.openModel(c)))
+  // UDFs run row by row, from any task thread: each task resolves the model (fetching a remote
+  // one) and opens its handle once, and closes it when it completes, as the transformers' tasks
+  // do; so a model file changed on disk is what the next task scores with (see docs/model-cache.md).
+  private val udfHandles = new ConcurrentHashMap[(String, String, Int, Long), java.lang.Long]()
 
   /** Registers `name` (binary image → struct<prediction, label, probability, error>) and
     * `name_features` (binary image → array<double>, null for a bad row) for SQL:
@@ -68,15 +64,28 @@ object TorchSpark {
       content: Array[Byte],
       native: (Long, Array[Byte], String) => Array[Byte]
   ): Array[Byte] = {
-    val config = udfConfigs.computeIfAbsent(
-      (source.path, device, threads),
-      _ => NativeRunner.configJson(source, device, threads, "fp32")
-    )
-    native(
-      handle(config),
-      ArrowCodec.encode(InputKind.Binary, Array[Any](content)),
-      """{"top_k": 1}"""
-    )
+    val input = ArrowCodec.encode(InputKind.Binary, Array[Any](content))
+    def open(): Long =
+      NativeBridge.openModel(NativeRunner.configJson(source, device, threads, "fp32"))
+    Option(TaskContext.get()) match {
+      case Some(ctx) =>
+        val key = (source.path, device, threads, ctx.taskAttemptId())
+        val handle = udfHandles.computeIfAbsent(
+          key,
+          _ => {
+            val h = open()
+            ctx.addTaskCompletionListener[Unit] { _ =>
+              udfHandles.remove(key); NativeBridge.closeModel(h)
+            }
+            java.lang.Long.valueOf(h)
+          }
+        )
+        native(handle, input, """{"top_k": 1}""")
+      case None => // evaluated outside a task (e.g. on the driver): a handle for this call
+        val h = open()
+        try native(h, input, """{"top_k": 1}""")
+        finally NativeBridge.closeModel(h)
+    }
   }
 
   /** Image files under `path` (binaryFile rows: path, modificationTime, length, content), searched

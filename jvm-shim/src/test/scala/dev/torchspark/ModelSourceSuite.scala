@@ -1,10 +1,15 @@
 package dev.torchspark
 
 import java.io.File
-import java.nio.file.{Files, Path, StandardCopyOption}
+import java.nio.file.{Files, LinkOption, Path, StandardCopyOption}
+import java.nio.file.attribute.PosixFilePermissions
+import java.security.MessageDigest
 import java.util.concurrent.{Callable, Executors}
 
+import com.fasterxml.jackson.databind.ObjectMapper
+import com.fasterxml.jackson.databind.node.ObjectNode
 import org.apache.hadoop.conf.Configuration
+import org.apache.hadoop.fs.{Path => HPath}
 import org.apache.spark.sql.SparkSession
 import org.junit.{AfterClass, BeforeClass, Test}
 import org.junit.Assert._
@@ -97,6 +102,162 @@ class ModelSourceSuite {
         s"model spec (it sits beside the model) file://$d/resnet20.json not found"
       )
     )
+  }
+
+  private def mode(p: Path): String =
+    PrivateDir.octal(
+      Files.getAttribute(p, "unix:mode", LinkOption.NOFOLLOW_LINKS).asInstanceOf[Int]
+    )
+
+  /** Gives `p` (and everything below it) to `nobody` with mode 0777: another tenant's files. */
+  private def plantAsNobody(p: Path): Unit = {
+    val nobody = p.getFileSystem.getUserPrincipalLookupService.lookupPrincipalByName("nobody")
+    Files.walk(p).toArray.map(_.asInstanceOf[Path]).foreach { f =>
+      Files.setOwner(f, nobody)
+      Files.setPosixFilePermissions(f, PosixFilePermissions.fromString("rwxrwxrwx"))
+    }
+  }
+
+  /** The cache entry `fetch` uses for `uri` (a name anyone can compute). */
+  private def entryOf(cache: File, uri: String): Path = {
+    val conf = new Configuration()
+    def st(u: String) = { val p = new HPath(u); p.getFileSystem(conf).getFileStatus(p) }
+    cache.toPath.resolve(ModelSource.cacheKey(uri, st(uri), st(ModelSource.specOf(uri))))
+  }
+
+  private def sha256(p: Path): String =
+    MessageDigest
+      .getInstance("SHA-256")
+      .digest(Files.readAllBytes(p))
+      .map(b => f"${b & 0xff}%02x")
+      .mkString
+
+  @Test def refusesACacheEntryPlantedByAnotherUser(): Unit = withCache { cache =>
+    val d = store()
+    val uri = s"file://${d.resolve("resnet20.pt")}"
+    val planted = entryOf(cache, uri)
+    Files.createDirectories(planted)
+    Files.copy(fixtures.resolve("tuple_net.pt"), planted.resolve("resnet20.pt"))
+    Files.copy(fixtures.resolve("resnet20.json"), planted.resolve("resnet20.json"))
+    Files.write(planted.resolve(".complete"), uri.getBytes("UTF-8"))
+    plantAsNobody(planted)
+    val e =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    val m = e.getMessage
+    for (part <- Seq(s"refusing the torchspark model cache entry $planted", "nobody", "0777"))
+      assertTrue(m, m.contains(part))
+    assertTrue(m, m.contains("TORCHSPARK_CACHE_DIR"))
+    assertArrayEquals(
+      "the planted model is left as it was, and not used",
+      Files.readAllBytes(fixtures.resolve("tuple_net.pt")),
+      Files.readAllBytes(planted.resolve("resnet20.pt"))
+    )
+  }
+
+  @Test def refusesACacheRootOthersCanWriteOrDoNotOwn(): Unit = withCache { cache =>
+    val uri = s"file://${store().resolve("resnet20.pt")}"
+    Files.setPosixFilePermissions(cache.toPath, PosixFilePermissions.fromString("rwxrwxrwx"))
+    val e =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e.getMessage, e.getMessage.contains(s"refusing the torchspark model cache $cache"))
+    assertTrue(e.getMessage, e.getMessage.contains("is writable by group or others (owner "))
+    assertTrue(e.getMessage, e.getMessage.contains(", mode 0777)"))
+    Files.setPosixFilePermissions(cache.toPath, PosixFilePermissions.fromString("rwx------"))
+    val nobody =
+      cache.toPath.getFileSystem.getUserPrincipalLookupService.lookupPrincipalByName("nobody")
+    Files.setOwner(cache.toPath, nobody)
+    val e2 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e2.getMessage, e2.getMessage.contains("is owned by nobody (uid 65534) instead of"))
+    // A private cache under a directory that others can write (and that is not sticky): they
+    // could rename it away and put their own in its place.
+    val open = Files.createDirectories(cache.toPath.resolveSibling(cache.getName + "-open"))
+    Files.setPosixFilePermissions(open, PosixFilePermissions.fromString("rwxrwxrwx"))
+    System.setProperty("torchspark.cache.dir", open.resolve("cache").toString)
+    val e3 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e3.getMessage, e3.getMessage.contains(s"its ancestor $open has mode 0777"))
+  }
+
+  @Test def createsAMissingCacheRootForThisUserOnly(): Unit = withCache { parent =>
+    val root = new File(parent, "a/b")
+    System.setProperty("torchspark.cache.dir", root.toString)
+    val local = ModelSource.fetch(s"file://${store().resolve("resnet20.pt")}", new Configuration())
+    assertTrue(local.startsWith(root.toString))
+    for (p <- Seq(root, root.getParentFile, new File(local).getParentFile))
+      assertEquals(p.toString, "0700", mode(p.toPath))
+    assertEquals("0600", mode(new File(local).toPath))
+  }
+
+  @Test def aCachedCopyThatNoLongerMatchesItsSourceIsCopiedAgain(): Unit = withCache { _ =>
+    val d = store()
+    // Pin the model's digest in the source spec: a same-length corruption is then seen too.
+    val spec =
+      new ObjectMapper().readTree(d.resolve("resnet20.json").toFile).asInstanceOf[ObjectNode]
+    spec.put("sha256", sha256(d.resolve("resnet20.pt")))
+    new ObjectMapper().writeValue(d.resolve("resnet20.json").toFile, spec)
+    val uri = s"file://${d.resolve("resnet20.pt")}"
+    val local = new File(ModelSource.fetch(uri, new Configuration())).toPath
+    val good = Files.readAllBytes(d.resolve("resnet20.pt"))
+    val corruptions: Seq[(String, () => Unit)] = Seq(
+      "cut short" -> (() => Files.write(local, good.take(good.length / 2))),
+      // Written beside it and renamed over it, as any writer here (this user) replaces files.
+      "same length, other bytes" -> (() => {
+        val part = local.resolveSibling("corrupt.part")
+        Files.write(part, good.map(b => (b ^ 1).toByte))
+        Files.move(part, local, StandardCopyOption.REPLACE_EXISTING)
+      }),
+      "spec edited" -> (() =>
+        Files.write(local.resolveSibling("resnet20.json"), "{\"input\": {}}".getBytes("UTF-8"))
+      )
+    )
+    for ((what, corrupt) <- corruptions) {
+      corrupt()
+      assertEquals(what, local.toString, ModelSource.fetch(uri, new Configuration()))
+      assertArrayEquals(what, good, Files.readAllBytes(local))
+      assertArrayEquals(
+        what,
+        Files.readAllBytes(d.resolve("resnet20.json")),
+        Files.readAllBytes(local.resolveSibling("resnet20.json"))
+      )
+    }
+  }
+
+  @Test def aSourceThatDoesNotMatchItsOwnPinIsRefused(): Unit = withCache { _ =>
+    val d = store()
+    val spec =
+      new ObjectMapper().readTree(d.resolve("resnet20.json").toFile).asInstanceOf[ObjectNode]
+    spec.put("sha256", "0" * 64)
+    new ObjectMapper().writeValue(d.resolve("resnet20.json").toFile, spec)
+    val uri = s"file://${d.resolve("resnet20.pt")}"
+    val e =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e.getMessage, e.getMessage.contains(s"model $uri copied into the node cache"))
+    assertTrue(e.getMessage, e.getMessage.contains(s"the spec pins ${"0" * 64}"))
+  }
+
+  @Test def sqlUdfScoresWithTheModelNowAtItsPath(): Unit = {
+    val d = store()
+    val k = d.resolve("resnet20.pt")
+    TorchSpark.register(spark, "reload_probe", k.toString)
+    val images = TorchSpark.readImages(spark, fixtures.resolve("images").toString, "*.png")
+    images.createOrReplaceTempView("reload_images")
+    def labels() =
+      spark
+        .sql("SELECT reload_probe(content).label AS l FROM reload_images")
+        .collect()
+        .map(_.getString(0))
+        .toSet
+    val cifar = labels()
+    assertTrue(cifar.toString, cifar.nonEmpty && cifar.forall(_.length > 1))
+    // Replaced by rename (a new inode), with its spec: the next tasks score with the new model.
+    for (ext <- Seq(".pt", ".json")) {
+      val part = d.resolve(s"part$ext")
+      Files.copy(fixtures.resolve(s"tuple_net$ext"), part)
+      Files.move(part, d.resolve(s"resnet20$ext"), StandardCopyOption.REPLACE_EXISTING)
+    }
+    val tuple = labels()
+    assertTrue(tuple.toString, tuple.nonEmpty && tuple.subsetOf(Set("w", "x", "y", "z")))
   }
 
   @Test def unreachableStorageFailsOnTheDriverBeforeTheJob(): Unit = {
