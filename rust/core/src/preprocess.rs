@@ -330,7 +330,7 @@ impl Preprocessor {
 
     fn finish(
         &self,
-        mut pixels: Pixels,
+        pixels: Pixels,
         out: &mut [f32],
         times: &mut RowTimes,
     ) -> Result<(), String> {
