@@ -6,9 +6,10 @@ On local[2] the driver JVM is the executor: ImageScorer (the fixture ResNet-20, 
 batch 128) scores `--chunks` equal chunks of `--rows` in total, one Spark job each. A chunk's
 rows repeat the fixture PNGs (tests/fixtures/out/images, made by make_fixtures.py if absent)
 inside Spark: a range of row ids joined to the broadcast PNG bytes, so no file is written per
-row and every row is scored from a real encoded PNG. After each chunk the JVM's VmRSS
-(/proc/<pid>/status; the pid from the JVM's own ProcessHandle) and the chunk's images/s are
-recorded.
+row and every row is scored from a real encoded PNG. The 1 GiB heap is committed and touched
+at start-up (-Xms = -Xmx, AlwaysPreTouch), so that RSS growth is memory outside the Java heap.
+After each chunk the JVM's VmRSS (/proc/<pid>/status; the pid from the JVM's own ProcessHandle),
+its heap use, its thread count and the chunk's images/s are recorded.
 
 Pass (printed, and the exit status): after warm-up (chunk `--warmup`), the JVM's RSS grows at
 most 5% (the largest later RSS against the RSS after warm-up), and images/s stays flat (the
@@ -36,6 +37,7 @@ from torchspark.node import cpu_flags, isa_summary  # noqa: E402
 FIXTURES = ROOT / "tests" / "fixtures" / "out"
 RSS_GROWTH = 0.05
 SPEED_DROP = 0.10
+HEAP = "1g"
 
 
 def log(msg: str) -> None:
@@ -147,12 +149,17 @@ def main() -> int:
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
+            # The whole heap committed and touched up front: RSS growth is then what is not
+            # the Java heap (native memory, threads, code), where a leak would show.
+            "spark.driver.memory": HEAP,
+            "spark.driver.extraJavaOptions": f"-Xms{HEAP} -XX:+AlwaysPreTouch",
         },
     )
     spark.sparkContext.setLogLevel("ERROR")
     jvm = spark.sparkContext._jvm
     pid = int(jvm.java.lang.ProcessHandle.current().pid())
-    xmx = int(jvm.java.lang.Runtime.getRuntime().maxMemory()) / 2**20
+    runtime = jvm.java.lang.Runtime.getRuntime()
+    xmx = int(runtime.maxMemory()) / 2**20
 
     from pyspark.sql import functions as F
 
@@ -181,12 +188,16 @@ def main() -> int:
         dt = time.perf_counter() - t
         done += per_chunk
         s = status(pid)
+        committed = int(runtime.totalMemory())
+        used = committed - int(runtime.freeMemory())
         c = {"chunk": i, "rows": per_chunk, "scored": n, "done": done, "seconds": dt,
              "ips": per_chunk / dt, "rss_mib": s["VmRSS"] / 1024, "hwm_mib": s["VmHWM"] / 1024,
-             "threads": s["Threads"]}  # fmt: skip
+             "threads": s["Threads"], "heap_used_mib": used / 2**20,
+             "heap_mib": committed / 2**20}  # fmt: skip
         chunks.append(c)
         log(f"chunk {i:>3}  {done:>10,} images  {dt:7.1f} s  {c['ips']:7,.0f} img/s  "
             f"VmRSS {c['rss_mib']:7,.0f} MiB  VmHWM {c['hwm_mib']:7,.0f} MiB  "
+            f"heap used/committed {c['heap_used_mib']:5,.0f}/{c['heap_mib']:,.0f} MiB  "
             f"threads {c['threads']}")  # fmt: skip
     loads = scorer.metrics().get("modelLoads")
     spark.stop()
@@ -208,18 +219,21 @@ def main() -> int:
         f"- Workload: {title}; batch {a.batch_size}, {a.partitions} tasks per chunk; "
         f"{len(pngs)} fixture PNGs repeated inside Spark.",
         f"- CPU: {cpu()}",
-        f"- JVM: -Xmx {xmx:,.0f} MiB; VmRSS before the first chunk "
-        f"{before['VmRSS'] / 1024:,.0f} MiB.",
+        f"- JVM: -Xms = -Xmx = {HEAP} with -XX:+AlwaysPreTouch (the heap is resident from the"
+        f" start, so RSS growth is native memory, threads and code); max heap {xmx:,.0f} MiB;"
+        f" VmRSS before the first chunk {before['VmRSS'] / 1024:,.0f} MiB.",
         "",
         f"**Verdict: {'PASS' if ok else 'FAIL'}**",
         "",
         *[f"- {line}" for line in lines],
         "",
-        "| chunk | images scored | seconds | images/s | VmRSS MiB | VmHWM MiB | threads |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| chunk | images scored | seconds | images/s | VmRSS MiB | VmHWM MiB | heap used MiB |"
+        " threads |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
         *[
             f"| {c['chunk']} | {c['done']:,} | {c['seconds']:.1f} | {c['ips']:,.0f} | "
-            f"{c['rss_mib']:,.0f} | {c['hwm_mib']:,.0f} | {c['threads']} |"
+            f"{c['rss_mib']:,.0f} | {c['hwm_mib']:,.0f} | {c['heap_used_mib']:,.0f} | "
+            f"{c['threads']} |"
             for c in chunks
         ],
         "",
