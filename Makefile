@@ -102,6 +102,7 @@ $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 
 bench: setup ## side-by-side performance, writes bench/results.md
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/soak.py
 
 lint: $(VENV)/.installed ## formatters and linters: rustfmt, clippy, ruff, scalafmt + google-java-format
 	$(CARGO_ENV) cargo fmt --all -- --check

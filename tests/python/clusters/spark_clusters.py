@@ -209,6 +209,30 @@ class Cluster:
         stop(self.procs)
         return keep_logs(self.work, self.name) if failed else None
 
+    def executor_parents(self) -> list[subprocess.Popen]:
+        """The processes we started whose descendants are the executor JVMs."""
+        raise NotImplementedError
+
+    def executor_pids(self, app: str | None = None) -> list[int]:
+        """The executor JVMs (CoarseGrainedExecutorBackend, YARN's too) below the processes that
+        launch them, only application `app`'s (its `--app-id`) when given."""
+        pids = []
+        for parent in self.executor_parents():
+            try:
+                below = psutil.Process(parent.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for c in below:
+                try:
+                    args = c.cmdline()
+                except psutil.NoSuchProcess:
+                    continue
+                if any(a.endswith("CoarseGrainedExecutorBackend") for a in args) and (
+                    app is None or app in args
+                ):
+                    pids.append(c.pid)
+        return pids
+
 
 class Standalone(Cluster):
     """A master and workers (by default 2 of 1 core and 2 GiB each: 2 executors of 1 core per
@@ -279,17 +303,8 @@ class Standalone(Cluster):
         cores = str(len(self.workers) * self.cores)
         return ["--master", self.url, "--deploy-mode", deploy_mode, "--total-executor-cores", cores]
 
-    def executor_pids(self) -> list[int]:
-        """The executor JVMs of the workers we started: their children running the backend."""
-        pids = []
-        for w in self.workers:
-            for c in psutil.Process(w.pid).children():
-                try:
-                    if any("CoarseGrainedExecutorBackend" in a for a in c.cmdline()):
-                        pids.append(c.pid)
-                except psutil.NoSuchProcess:
-                    pass
-        return pids
+    def executor_parents(self) -> list[subprocess.Popen]:
+        return self.workers
 
 
 class Yarn(Cluster):
@@ -372,6 +387,10 @@ class Yarn(Cluster):
             "spark.yarn.maxAppAttempts=1",
         ]
 
+    def executor_parents(self) -> list[subprocess.Popen]:
+        # The NodeManager runs in the harness JVM and launches containers as its descendants.
+        return [self.harness]
+
     def driver_stdout(self, app_id: str) -> str:
         """A cluster-mode driver's stdout, from the NodeManager's container log dir."""
         logs = sorted(self.work.glob(f"target/**/{app_id}/container_*_000001/stdout"))
@@ -431,3 +450,36 @@ def app_id(log: str) -> str:
     m = re.search(r"(application_\d+_\d+)", log)
     assert m, f"no YARN application id in:\n{log[-3000:]}"
     return m.group(1)
+
+
+def kill_an_executor_mid_job(
+    cluster: Cluster, images, model: str, out: Path, files=(), timeout: float = 300
+) -> dict:
+    """Runs driver.py's slow `kill` job (client mode) and SIGKILLs one of its executor JVMs once
+    3 tasks are done and 8 or more remain; returns the driver's JSON after checking that the job
+    succeeded and Spark saw the executor go."""
+    p = cluster.popen([DRIVER, "kill", images, model, out], files=files)
+    killed: list[tuple[int, str]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while not killed and p.poll() is None and time.monotonic() < deadline:
+            log = p.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+            progress = re.findall(r"PROGRESS (\d+)/(\d+)", log)
+            if progress and 3 <= int(progress[-1][0]) <= int(progress[-1][1]) - 8:
+                # Only this application's executors: a finished one's may still be exiting.
+                app = re.search(r"(application_\d+_\d+|app-\d{14}-\d{4})", log)
+                pids = cluster.executor_pids(app.group(1) if app else None)
+                if len(pids) == EXECUTORS:
+                    os.kill(pids[0], signal.SIGKILL)
+                    killed.append((pids[0], "/".join(progress[-1])))
+            time.sleep(0.1)
+        p.wait(timeout=timeout)
+    finally:
+        stop([p])
+    log = p.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
+    assert killed, f"the job ended before an executor could be killed:\n{log[-3000:]}"
+    assert p.returncode == 0, log[-6000:]
+    assert "lost executor" in log.lower(), f"Spark never saw the kill of {killed[0]}"
+    result = json.loads(Path(out).read_text())
+    result["killed"] = killed[0]
+    return result

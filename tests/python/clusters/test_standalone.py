@@ -12,11 +12,7 @@ process); the model is loaded once per executor on the first job and not again o
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import sys
-import time
 
 import pytest
 from spark_clusters import (
@@ -26,10 +22,10 @@ from spark_clusters import (
     Standalone,
     check_driver,
     check_rows,
+    kill_an_executor_mid_job,
     model_loads,
     read_parquet,
     session_failed,
-    stop,
 )
 
 pytestmark = pytest.mark.cluster
@@ -80,24 +76,7 @@ def test_standalone_executor_killed_mid_job_loses_and_repeats_no_row(
     standalone, cluster_images, model_files, oracle, tmp_path
 ):
     out = tmp_path / "result.json"
-    p = standalone.popen([DRIVER, "kill", cluster_images, "resnet20.pt", out], files=model_files)
-    killed: list[tuple[int, str]] = []
-    try:
-        deadline = time.monotonic() + 300
-        while not killed and p.poll() is None and time.monotonic() < deadline:
-            progress = re.findall(r"PROGRESS (\d+)/(\d+)", p.log_path.read_text(errors="replace"))
-            if progress and 3 <= int(progress[-1][0]) <= int(progress[-1][1]) - 8:
-                pids = standalone.executor_pids()
-                if len(pids) == EXECUTORS:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed.append((pids[0], progress[-1][0] + "/" + progress[-1][1]))
-            time.sleep(0.1)
-        p.wait(timeout=300)
-    finally:
-        stop([p])
-    log = p.log_path.read_text(errors="replace")
-    assert killed, f"the job ended before an executor could be killed:\n{log[-3000:]}"
-    assert p.returncode == 0, log[-6000:]
-    assert "Lost executor" in log or "lost executor" in log.lower(), "Spark never saw the kill"
-    result = json.loads(out.read_text())
-    check_rows(result["rows"], oracle, f"after SIGKILL of executor {killed[0]}")
+    result = kill_an_executor_mid_job(
+        standalone, cluster_images, "resnet20.pt", out, files=model_files
+    )
+    check_rows(result["rows"], oracle, f"after SIGKILL of executor {result['killed']}")

@@ -1,7 +1,8 @@
 """torchspark on YARN + HDFS, the HDInsight shape: MiniDFSCluster (1 datanode) and
 MiniYARNCluster (1 NodeManager) in one harness JVM (tests/cluster, `make cluster-harness`),
 started once for this module on 127.0.0.1. Images and model are on hdfs:// (`modelPath=hdfs://...`, no --files); spark-submit runs
-in cluster deploy mode (scenarios a, b) and client mode (c). Same checks as the standalone tests.
+in cluster deploy mode (scenarios a, b) and client mode (c, and an executor container
+SIGKILLed mid-job). Same checks as the standalone tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from spark_clusters import (
     app_id,
     check_driver,
     check_rows,
+    kill_an_executor_mid_job,
     model_loads,
     read_parquet,
     session_failed,
@@ -85,3 +87,11 @@ def test_yarn_client_mode_pyspark_driver_loads_the_model_once_per_executor(yarn,
         deploy_mode="client",
     )
     check_driver(json.loads(out.read_text()), oracle)
+
+
+def test_yarn_executor_killed_mid_job_loses_and_repeats_no_row(yarn, oracle, tmp_path):
+    # YARN reports the killed container; Spark reruns its tasks and asks YARN for a new one.
+    result = kill_an_executor_mid_job(
+        yarn, f"{yarn.fs}/data/images", yarn.model, tmp_path / "result.json"
+    )
+    check_rows(result["rows"], oracle, f"after SIGKILL of YARN executor {result['killed']}")
