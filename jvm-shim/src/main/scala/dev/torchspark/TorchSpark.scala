@@ -28,7 +28,7 @@ object TorchSpark {
   private val udfConfigs = new ConcurrentHashMap[(String, String, Int), String]()
 
   private def handle(config: String): Long =
-    udfHandles.computeIfAbsent(config, c => java.lang.Long.valueOf(NativeBridge.openModel(c)))
+    udfHandles.computeIfAbsent(config, c => java.lang.Long.valueOf(NativeRunner.openModel(c)))
 
   /** Registers `name` (binary image → struct<prediction, label, probability, error>) and
     * `name_features` (binary image → array<double>, null for a bad row) for SQL:
@@ -43,7 +43,8 @@ object TorchSpark {
       numThreads: Int = 1
   ): Unit = {
     val path = ModelSource(spark, modelPath)
-    path.check()
+    // What the driver can know (the model, its spec, the device) fails here, before any query.
+    DriverCheck(spark, path, device, "fp32")
     val score: UDF1[Array[Byte], Row] = (content: Array[Byte]) => {
       val s =
         ArrowCodec.decodeScores(call(path, device, numThreads, content, NativeBridge.score))(0)
