@@ -11,8 +11,8 @@ import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
 import org.apache.hadoop.fs.{Path => HPath}
 import org.apache.spark.sql.SparkSession
 
-/** What the driver can know about a model, checked in `transform` / `register` before any task
-  * runs (see docs/errors.md). Throws the [[TorchSparkException]] subclass a task would throw.
+/** What the driver can know about a model, checked in `transform` / `register` before any task runs
+  * (see docs/errors.md). Throws the [[TorchSparkException]] subclass a task would throw.
   *
   *   - Local mode (`local`, `local[N]`, `local[N,F]`): the driver JVM is the executor, so the model
   *     is opened here exactly as a task opens it (the spec's full validation, the device, the

@@ -66,13 +66,13 @@ private[torchspark] object NativeRunner {
   private def onHost(e: TorchSparkException): TorchSparkException = {
     val m = s"${e.getMessage} (on host ${NativeLoader.hostName()})"
     e match {
-      case _: ModelLoadException  => new ModelLoadException(m, e)
-      case _: ModelSpecException  => new ModelSpecException(m, e)
-      case _: ConfigException     => new ConfigException(m, e)
-      case _: DeviceException     => new DeviceException(m, e)
-      case _: InputException      => new InputException(m, e)
-      case _: InferenceException  => new InferenceException(m, e)
-      case _                      => new TorchSparkException(m, e)
+      case _: ModelLoadException => new ModelLoadException(m, e)
+      case _: ModelSpecException => new ModelSpecException(m, e)
+      case _: ConfigException    => new ConfigException(m, e)
+      case _: DeviceException    => new DeviceException(m, e)
+      case _: InputException     => new InputException(m, e)
+      case _: InferenceException => new InferenceException(m, e)
+      case _                     => new TorchSparkException(m, e)
     }
   }
 

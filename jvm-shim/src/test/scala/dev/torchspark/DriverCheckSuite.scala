@@ -25,12 +25,15 @@ class DriverCheckSuite {
 
   private val fixtures = TorchSparkSuite.fixtures
   private def images: DataFrame =
-    spark.read.format("binaryFile").option("pathGlobFilter", "digit_0*.png").load(
-      fixtures.resolve("images").toString
-    )
+    spark.read
+      .format("binaryFile")
+      .option("pathGlobFilter", "digit_0*.png")
+      .load(
+        fixtures.resolve("images").toString
+      )
 
-  /** A copy of the fixture model in a folder of its own, with `spec` as its model.json (None:
-    * no spec).
+  /** A copy of the fixture model in a folder of its own, with `spec` as its model.json (None: no
+    * spec).
     */
   private def modelWith(spec: Option[String]): Path = {
     val d = Files.createTempDirectory("torchspark-check")
@@ -126,7 +129,9 @@ class DriverCheckSuite {
       }
     }
     assertTrue(specs.mkString(", "), specs.length >= 2)
-    specs.foreach(p => DriverCheck.checkSpec(p.toString, new String(Files.readAllBytes(p), "UTF-8")))
+    specs.foreach(p =>
+      DriverCheck.checkSpec(p.toString, new String(Files.readAllBytes(p), "UTF-8"))
+    )
     val cases = Seq(
       """{"input": {"height": 32""" -> "not JSON",
       "[1, 2]" -> "must be a JSON object",
@@ -143,7 +148,9 @@ class DriverCheckSuite {
   }
 
   @Test def validModelPassesAndItsTasksReuseTheDriverLoad(): Unit = {
-    val m = modelWith(Some(new String(Files.readAllBytes(fixtures.resolve("resnet20.json")), "UTF-8")))
+    val m = modelWith(
+      Some(new String(Files.readAllBytes(fixtures.resolve("resnet20.json")), "UTF-8"))
+    )
     val s = new ImageScorer().setModelPath(m.toString).setInputCol("content")
     val out = s.transform(images) // local mode: the model is loaded here, on the driver
     val loads = NativeBridge.loadCount()
