@@ -136,3 +136,19 @@ def install_py4j_handler() -> None:
         py4j.java_gateway.get_return_value = py4j.protocol.get_return_value
         return
     install_exception_handler()
+
+
+# A Spark Connect client gets the server's exception as text that starts `(class) message`.
+_CONNECT = re.compile(r"\(dev\.torchspark\.(\w+)\) (.*?)(?:\n\s*\nJVM stacktrace:|\Z)", re.DOTALL)
+
+
+def from_connect(exc: Exception) -> TorchSparkError | None:
+    """The torchspark error that a Spark Connect exception reports (the server's driver-side
+    checks fail `transform` this way), or None."""
+    m = _CONNECT.match(str(exc))
+    cls = BY_JAVA.get(m.group(1)) if m else None
+    if cls is None:
+        return None
+    err = cls(m.group(2).strip())
+    err.connect_exception = exc
+    return err

@@ -14,7 +14,13 @@ from pyspark.ml.util import JavaMLReadable, JavaMLWritable
 from pyspark.ml.wrapper import JavaTransformer
 from pyspark.sql.utils import is_remote
 
-from torchspark.errors import ConfigError, DeviceError, TorchSparkError, install_py4j_handler
+from torchspark.errors import (
+    ConfigError,
+    DeviceError,
+    TorchSparkError,
+    from_connect,
+    install_py4j_handler,
+)
 
 # PySpark derives a stage's Java class from its Python module (pyspark.ml.X <-> org.apache.spark.ml.X),
 # for py4j loads and for Spark Connect's transform, read and write alike: the classes below live
@@ -194,6 +200,10 @@ def _check_connect_server(df, name: str) -> None:
     try:
         _ = df.schema
     except PySparkException as e:
+        # The server's driver-side checks (model, spec, device) as torchspark's classes.
+        converted = from_connect(e)
+        if converted is not None:
+            raise converted from None
         if e.getCondition() != "CONNECT_ML.UNSUPPORTED_EXCEPTION":
             raise
         from torchspark.session import jar_path
