@@ -9,8 +9,10 @@ from Spark's Python workers, which have no Hadoop client: Spark fetches it once 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
 
 _REMOTE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
@@ -93,7 +95,10 @@ def ship_model(spark, uri: str) -> str:
 
 def resolve_local(model_path: str) -> str:
     """A model path usable in this process: the path itself, or a file shipped by name
-    (`--files`, `SparkContext.addFile`, `ship_model`) found through SparkFiles."""
+    (`--files`, `SparkContext.addFile`, `ship_model`) found through SparkFiles.
+
+    Raises ModelLoadError naming the path and the host when neither exists (with or without
+    a SparkContext), or for a cluster-storage URI (Python workers have no Hadoop client)."""
     from torchspark.errors import ModelLoadError
 
     if is_remote(model_path):
@@ -106,15 +111,68 @@ def resolve_local(model_path: str) -> str:
     path = path.removeprefix("//")
     if os.path.isfile(path):
         return path
+    name = os.path.basename(path)
+    shipped = _shipped(name)
+    if shipped:
+        return shipped
+    what = "is not a file" if os.path.exists(path) else "not found"
+    raise ModelLoadError(
+        f"model file {model_path} {what} on host {socket.gethostname()} (nor shipped as "
+        f"{name} with --files, SparkContext.addFile or torchspark.ship_model)"
+    )
+
+
+def _shipped(name: str) -> str:
+    """The SparkFiles copy of `name` in this process, or "" (no Spark, no SparkFiles root)."""
+    if not name:
+        return ""
     try:
         from pyspark import SparkFiles
 
-        shipped = SparkFiles.get(os.path.basename(path))
-    except (ImportError, TypeError, AttributeError):  # no Spark, or no SparkFiles root here
-        shipped = ""
-    return (
-        shipped if shipped and os.path.isfile(shipped) else model_path
-    )  # the native side reports the missing file by this name
+        shipped = SparkFiles.get(name)
+    # SparkFiles asserts (a bare AssertionError) when this process has no SparkContext.
+    except Exception:  # noqa: BLE001
+        return ""
+    return shipped if os.path.isfile(shipped) else ""
+
+
+def check_on_driver(spark, model_path: str) -> None:
+    """Checks on the driver, before any job, what it can know of a local model for the
+    Python-worker path: the file (required in local mode, where the driver's files are the
+    workers'; elsewhere checked when the driver has a copy) and its spec, which must be a JSON
+    object with an `input` object. The full validation runs where the model loads.
+
+    Raises ModelLoadError / ModelSpecError naming the path."""
+    from torchspark.errors import ModelLoadError
+
+    if spark is None or is_remote(model_path):
+        return
+    try:
+        local_mode = str(spark.sparkContext.master).startswith("local")
+    except Exception:  # noqa: BLE001  (Spark Connect: the files are the server's)
+        return
+    try:
+        local = resolve_local(model_path)
+    except ModelLoadError:
+        if local_mode:
+            raise
+        return  # a path that only the executors have
+    check_spec_file(spec_path(local))
+
+
+def check_spec_file(path: str) -> None:
+    """The spec at `path` exists, is readable and is a JSON object with an `input` object."""
+    from torchspark.errors import ModelSpecError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except OSError as e:
+        raise ModelSpecError(f"model spec {path}: cannot read: {e.strerror or e}") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelSpecError(f"model spec {path}: not JSON: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("input"), dict):
+        raise ModelSpecError(f"model spec {path}: must be a JSON object with an `input` object")
 
 
 def _java_message(e: Exception) -> str:

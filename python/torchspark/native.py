@@ -10,13 +10,14 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from typing import Any, Self
 
 import pyarrow as pa
 
 from torchspark import _native
-from torchspark.cluster import is_remote, resolve_local, ship_model
+from torchspark.cluster import check_on_driver, is_remote, resolve_local, ship_model
 from torchspark.errors import BY_CODE, ConfigError, TorchSparkError
 
 
@@ -28,6 +29,13 @@ def _default_threads() -> int:
 
 def _raise(so: ctypes.CDLL, code: int, err: ctypes.c_void_p) -> None:
     raise BY_CODE.get(code, TorchSparkError)(_native.take_error(so, err))
+
+
+def _raise_open(so: ctypes.CDLL, code: int, err: ctypes.c_void_p) -> None:
+    # Opening depends on the node (its files, GPU, libtorch): say which node, as the JVM does.
+    raise BY_CODE.get(code, TorchSparkError)(
+        f"{_native.take_error(so, err)} (on host {socket.gethostname()})"
+    )
 
 
 class NativeModel:
@@ -60,7 +68,7 @@ class NativeModel:
         handle, err = ctypes.c_uint64(0), ctypes.c_void_p()
         code = self._so.ts_open(config.encode(), ctypes.byref(handle), ctypes.byref(err))
         if code:
-            _raise(self._so, code, err)
+            _raise_open(self._so, code, err)
         self._handle = handle.value
 
     def close(self) -> None:
@@ -162,16 +170,24 @@ def as_record_batch(batch: Any) -> pa.RecordBatch:
 
 
 def _for_workers(model_path: str) -> str:
-    """On the driver, a cluster-storage model is shipped to the executors (see ship_model)."""
-    if not is_remote(model_path):
-        return model_path
+    """On the driver: a cluster-storage model is shipped to the executors (see ship_model), a
+    local one is checked before any job (see check_on_driver), and torchspark errors raised in
+    the workers come back to the action as their own classes (errors.install_py4j_handler)."""
     try:
         from pyspark.sql import SparkSession
+        from pyspark.sql.utils import is_remote as connect
 
         spark = SparkSession.getActiveSession()
-    except ImportError:  # pragma: no cover - no pyspark: NativeModel reports the URI
-        spark = None
-    return ship_model(spark, model_path) if spark is not None else model_path
+    except ImportError:  # pragma: no cover - no pyspark: NativeModel reports the path
+        spark, connect = None, lambda: True
+    if spark is not None and not connect():
+        from torchspark.errors import install_py4j_handler
+
+        install_py4j_handler()
+    if is_remote(model_path):
+        return ship_model(spark, model_path) if spark is not None else model_path
+    check_on_driver(spark, model_path)
+    return model_path
 
 
 SCORE_SCHEMA = (

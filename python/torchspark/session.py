@@ -69,13 +69,20 @@ def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf
     )
     for k, v in conf.items():
         b = b.config(k, v)
-    return b.getOrCreate()
+    spark = b.getOrCreate()
+    from torchspark.errors import install_py4j_handler
+
+    # torchspark's JVM exceptions (driver checks, failed tasks) as its Python classes.
+    install_py4j_handler()
+    return spark
 
 
 def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> None:
     """SQL UDFs `name(content)` and `name_features(content)` (see TorchSpark.register)."""
+    from torchspark.errors import install_py4j_handler
     from torchspark.transformers import check_jar_line
 
     jvm = spark.sparkContext._jvm
     check_jar_line(jvm)
+    install_py4j_handler()
     jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)

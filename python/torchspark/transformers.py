@@ -6,18 +6,42 @@ save/load and Pipeline support. The work runs in the JVM executors (JNI), not in
 
 from __future__ import annotations
 
+import re
+
 from pyspark import keyword_only
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.util import JavaMLReadable, JavaMLWritable
 from pyspark.ml.wrapper import JavaTransformer
 from pyspark.sql.utils import is_remote
 
-from torchspark.errors import ConfigError, TorchSparkError
+from torchspark.errors import (
+    ConfigError,
+    DeviceError,
+    TorchSparkError,
+    from_connect,
+    install_py4j_handler,
+)
 
 # PySpark derives a stage's Java class from its Python module (pyspark.ml.X <-> org.apache.spark.ml.X),
 # for py4j loads and for Spark Connect's transform, read and write alike: the classes below live
 # in `dev.torchspark` (an alias module that torchspark/__init__ registers) to name dev.torchspark.X.
 _JAVA_PACKAGE = "dev.torchspark"
+
+
+def _device(value) -> str:
+    """`cpu`, `cuda` or `cuda:N`, checked when set (the Scala param's rule), else DeviceError."""
+    v = TypeConverters.toString(value)
+    if v in ("cpu", "cuda") or re.fullmatch(r"cuda:\d+", v):
+        return v
+    raise DeviceError(f"device `{v}`: expected `cpu`, `cuda` or `cuda:N`")
+
+
+def _precision(value) -> str:
+    """`fp32` or `bf16`, checked when set (the Scala param's rule), else ConfigError."""
+    v = TypeConverters.toString(value)
+    if v in ("fp32", "bf16"):
+        return v
+    raise ConfigError(f"invalid option `precision`: expected `fp32` or `bf16`, not `{v}`")
 
 
 class _TorchSparkParams(Params):
@@ -26,11 +50,11 @@ class _TorchSparkParams(Params):
     )
     inputCol = Param(Params._dummy(), "inputCol", "image column", TypeConverters.toString)
     batchSize = Param(Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt)
-    device = Param(Params._dummy(), "device", "cpu or cuda:N", TypeConverters.toString)
+    device = Param(Params._dummy(), "device", "cpu or cuda:N", _device)
     numThreads = Param(
         Params._dummy(), "numThreads", "intra-op threads; 0 = spark.task.cpus", TypeConverters.toInt
     )
-    precision = Param(Params._dummy(), "precision", "fp32 or bf16", TypeConverters.toString)
+    precision = Param(Params._dummy(), "precision", "fp32 or bf16", _precision)
     handleInvalid = Param(
         Params._dummy(), "handleInvalid", "error, skip or keep", TypeConverters.toString
     )
@@ -138,6 +162,8 @@ def _checked_jvm_class(name: str) -> str:
         sc = SparkContext._active_spark_context
         if sc is not None:
             check_jar_line(sc._jvm)
+            # torchspark's JVM exceptions (driver checks, failed tasks) as its Python classes.
+            install_py4j_handler()
     return name
 
 
@@ -187,6 +213,10 @@ def _check_connect_server(df, name: str) -> None:
     try:
         _ = df.schema
     except PySparkException as e:
+        # The server's driver-side checks (model, spec, device) as torchspark's classes.
+        converted = from_connect(e)
+        if converted is not None:
+            raise converted from None
         if e.getCondition() != "CONNECT_ML.UNSUPPORTED_EXCEPTION":
             raise
         from torchspark.session import jar_path

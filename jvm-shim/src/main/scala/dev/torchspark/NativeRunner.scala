@@ -20,8 +20,8 @@ private[torchspark] object NativeRunner {
       catch { case _: Exception => None }
     shipped.map(_.getAbsolutePath).getOrElse {
       throw new ModelLoadException(
-        s"model file $path not found on this node (nor shipped as ${f.getName} with --files " +
-          "or SparkContext.addFile)"
+        s"model file $path not found on host ${NativeLoader.hostName()} (nor shipped as " +
+          s"${f.getName} with --files or SparkContext.addFile)"
       )
     }
   }
@@ -57,9 +57,28 @@ private[torchspark] object NativeRunner {
     math.max(0L, now - reportedLoads.getAndSet(now))
   }
 
+  /** NativeBridge.openModel, whose failures (this node's files, GPU, libtorch) name the host. */
+  def openModel(config: String): Long =
+    try NativeBridge.openModel(config)
+    catch { case e: TorchSparkException => throw onHost(e) }
+
+  /** The same exception class with " (on host H)" after its message; `e` is the cause. */
+  private def onHost(e: TorchSparkException): TorchSparkException = {
+    val m = s"${e.getMessage} (on host ${NativeLoader.hostName()})"
+    e match {
+      case _: ModelLoadException => new ModelLoadException(m, e)
+      case _: ModelSpecException => new ModelSpecException(m, e)
+      case _: ConfigException    => new ConfigException(m, e)
+      case _: DeviceException    => new DeviceException(m, e)
+      case _: InputException     => new InputException(m, e)
+      case _: InferenceException => new InferenceException(m, e)
+      case _                     => new TorchSparkException(m, e)
+    }
+  }
+
   /** Opens a handle for this task and closes it when the task completes. */
   def openForTask(config: String, metrics: TorchSparkMetrics): Long = {
-    val handle = NativeBridge.openModel(config)
+    val handle = openModel(config)
     metrics.modelLoads.add(newLoads())
     Option(TaskContext.get()).foreach { ctx =>
       ctx.addTaskCompletionListener[Unit](_ => NativeBridge.closeModel(handle))
@@ -87,9 +106,9 @@ private[torchspark] object NativeRunner {
     val kind = InputKind.of(p.getInputCol, df.schema(inIdx).dataType)
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
     val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
-    // A model in cluster storage that is missing fails here, on the driver, before the job.
+    // What the driver can know (the model, its spec, the device) fails here, before the job.
     val source = ModelSource(df.sparkSession, p.getModelPath)
-    source.check()
+    DriverCheck(df.sparkSession, source, device, precision)
     val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
     val maxPixels = p.getMaxPixels
     df.mapPartitions { input: Iterator[Row] =>

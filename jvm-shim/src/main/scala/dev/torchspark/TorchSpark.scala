@@ -39,7 +39,8 @@ object TorchSpark {
       numThreads: Int = 1
   ): Unit = {
     val path = ModelSource(spark, modelPath)
-    path.check()
+    // What the driver can know (the model, its spec, the device) fails here, before any query.
+    DriverCheck(spark, path, device, "fp32")
     val score: UDF1[Array[Byte], Row] = (content: Array[Byte]) => {
       val s =
         ArrowCodec.decodeScores(call(path, device, numThreads, content, NativeBridge.score))(0)
@@ -66,7 +67,7 @@ object TorchSpark {
   ): Array[Byte] = {
     val input = ArrowCodec.encode(InputKind.Binary, Array[Any](content))
     def open(): Long =
-      NativeBridge.openModel(NativeRunner.configJson(source, device, threads, "fp32"))
+      NativeRunner.openModel(NativeRunner.configJson(source, device, threads, "fp32"))
     Option(TaskContext.get()) match {
       case Some(ctx) =>
         val key = (source.path, device, threads, ctx.taskAttemptId())
