@@ -81,7 +81,7 @@ test: setup dist $(HARNESS) $(CORPUS) ## every suite: cargo, Maven on both Spark
 # The DataFrame API, the Python-worker paths, bad input, UDFs and spark-submit on pyspark 3.5.
 test-spark35: setup ## pytest on pyspark 3.5 (.venv-spark35, the 3.5 jar)
 	PYTHONUNBUFFERED=1 TORCHSPARK_LIBTORCH_DIR=$(LIBTORCH) TORCHSPARK_FIXTURE_PYTHON=$(PY) \
-	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py \
+	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py tests/python/test_errors.py \
 	  -k "not bf16"
 
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
