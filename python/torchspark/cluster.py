@@ -148,7 +148,8 @@ def check_on_driver(spark, model_path: str) -> None:
     if spark is None or is_remote(model_path):
         return
     try:
-        local_mode = str(spark.sparkContext.master).startswith("local")
+        master = str(spark.sparkContext.master)  # as the JVM's isLocal: not local-cluster[...]
+        local_mode = master == "local" or master.startswith("local[")
     except Exception:  # noqa: BLE001  (Spark Connect: the files are the server's)
         return
     try:

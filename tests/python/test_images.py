@@ -132,6 +132,9 @@ def lossless_cases() -> dict[str, bytes]:
     wide = rng.integers(0, 65536, (16, 16, 4), dtype=np.uint16)
     wide[0, :4, 0] = [200, 255, 256, 65535]  # where clamping and the high byte differ
     c["png16_l"] = png16(wide[:, :, 0])
+    # PIL opens it as I;16 (the tRNS value only in `info`) and clamps, like png16_l.
+    plain = png16(wide[:, :, 0])
+    c["png16_l_trns"] = plain[:33] + _chunk(b"tRNS", struct.pack(">H", 256)) + plain[33:]
     c["png16_la"] = png16(wide[:, :, :2])
     c["png16_rgb"] = png16(wide[:, :, :3])
     c["png16_rgba"] = png16(wide)
@@ -484,3 +487,59 @@ def test_jvm_spark_image_struct_grey_and_four_bands_like_pil(spark, ident, tmp_p
             assert r.error is None, (n, r.error)
             g = np.asarray(r.features.toArray()).reshape(c, 16, 16).transpose(1, 2, 0)
             np.testing.assert_array_equal(g, pil(files[n], mode), err_msg=f"{name} {n}")
+
+
+def test_a_low_pixel_limit_still_reads_small_images_with_big_metadata(ident):
+    # A 3 KB ICC profile is allocated before the header's size is known: the per-call limit
+    # must not turn it into "invalid PNG".
+    rng = np.random.default_rng(RNG_SEED)
+    rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    blob = save(Image.fromarray(rgb), "PNG", icc_profile=bytes(rng.integers(0, 256, 3000, np.uint8)))
+    (g,) = pixels(model(ident, "ident_c3_16"), [blob], 16, 3, max_pixels=256)
+    np.testing.assert_array_equal(g, rgb)
+    (e,) = pixels(model(ident, "ident_c3_16"), [blob], 16, 3, max_pixels=255)
+    assert "16x16" in e and "limit of 255 " in e, e
+
+
+def test_a_gif_frame_larger_than_its_screen_is_held_to_the_limit(ident):
+    # Logical screen 1x1, first frame 20000x20000: the frame's size is what gets decoded.
+    frame = struct.pack("<BHHHHB", 0x2C, 0, 0, 20000, 20000, 0)
+    gif = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0, 0, 0) + frame + b"\x02\x02\x4c\x01\x00\x3b"
+    (e,) = pixels(model(ident, "ident_c3_16"), [gif], 16, 3, max_pixels=1_000_000)
+    assert "20000x20000" in e and "limit of 1000000 " in e, e
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_truncated_and_over_limit_rows_in_error_and_skip_modes_on_every_path(
+    spark, ident, tmp_path, mode
+):
+    """keep is covered above; here the same bad files fail the job (error, naming the row and
+    the reason) or are dropped and counted (skip), on the JVM and in Python workers."""
+    import torchspark
+    from torchspark.errors import InputError
+
+    cases = lossless_cases()
+    files = {
+        "a_good.png": cases["png_rgb"],
+        "b_cut.png": cases["png_rgb"][: len(cases["png_rgb"]) // 2],
+        "c_huge.png": png_raw(100_000, 100_000, 8, 2, b"\0" * 1000),
+    }
+    df = spark.read.format("binaryFile").load(_write(tmp_path / "bad", files)).orderBy("path")
+    df = df.coalesce(1)
+    scorer = ImageFeaturizer(
+        modelPath=str(ident / "ident_c3_16.pt"), inputCol="content", handleInvalid=mode
+    )
+    worker = df.select("path", "content").mapInArrow(
+        torchspark.score_arrow(str(ident / "ident_c3_16.pt")), torchspark.SCORE_SCHEMA
+    )
+    if mode == "error":
+        with pytest.raises(InputError, match=r"row 1.*truncated PNG"):
+            scorer.transform(df).collect()
+        # The Python-worker path keeps bad rows with their reason (its contract); both named.
+        errs = sorted(r.error for r in worker.collect() if r.error)
+        assert len(errs) == 2 and "truncated PNG" in errs[0] + errs[1], errs
+        assert any("100000x100000" in e for e in errs), errs
+    else:
+        out = scorer.transform(df).select("path").collect()
+        assert [r.path.rsplit("/", 1)[-1] for r in out] == ["a_good.png"]
+        assert scorer.metrics()["rowsSkipped"] == 2

@@ -223,16 +223,33 @@ impl Preprocessor {
         // The image crate's own allocation cap (512 MiB by default) would refuse images under
         // the pixel limit: allow the largest decoded buffer (16 bytes a pixel, RGBA f32).
         let mut limits = Limits::default();
-        limits.max_alloc = Some(limit.saturating_mul(16));
+        // At least 64 MiB: metadata chunks (ICC, EXIF, text) are allocated against the same cap
+        // before the header's size is known, and a low max_pixels must not refuse them.
+        limits.max_alloc = Some(limit.saturating_mul(16).max(64 << 20));
         reader.limits(limits);
         let mut decoder = reader.into_decoder().map_err(fail)?;
         let (w, h) = decoder.dimensions();
         check_pixels(w, h, limit)?;
+        // A GIF's first frame may be larger than its logical screen (the header's size).
+        if let Some((fw, fh)) = gif_first_frame_size(format, bytes) {
+            check_pixels(fw, fh, limit)?;
+        }
         let orientation = match self.exif {
             ExifOrientation::Ignore => None,
             ExifOrientation::Apply => Some(decoder.orientation().map_err(fail)?),
         };
         let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
+        // PIL opens a 16-bit grey PNG with tRNS as I;16 (the transparent value only in `info`):
+        // drop the alpha band the decoder made of tRNS, so that the I;16 clamp applies.
+        if let DynamicImage::ImageLumaA16(la) = &img
+            && format == ImageFormat::Png
+            && bytes.get(24..26) == Some(&[16, 0])
+        {
+            let luma: Vec<u16> = la.as_raw().iter().step_by(2).copied().collect();
+            if let Some(i) = image::ImageBuffer::from_raw(la.width(), la.height(), luma) {
+                img = DynamicImage::ImageLuma16(i);
+            }
+        }
         if let Some(o) = orientation {
             img.apply_orientation(o);
         }
@@ -565,8 +582,24 @@ fn png_complete(b: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// The first frame's width and height from its image descriptor (GIF only).
+fn gif_first_frame_size(format: ImageFormat, b: &[u8]) -> Option<(u32, u32)> {
+    if format != ImageFormat::Gif {
+        return None;
+    }
+    let i = gif_first_descriptor(b).ok()??;
+    let at = |k: usize| Some(u32::from(u16::from_le_bytes([*b.get(k)?, *b.get(k + 1)?])));
+    Some((at(i + 5)?, at(i + 7)?))
+}
+
 /// Walks the GIF's blocks to the end of the first image's data (what is decoded).
 fn gif_complete(b: &[u8]) -> Result<(), &'static str> {
+    gif_first_descriptor(b).map(|_| ())
+}
+
+/// Walks the GIF's blocks to the end of the first image's data; the offset of that image's
+/// descriptor (`None`: no image before a trailer or unknown block, left to the decoder).
+fn gif_first_descriptor(b: &[u8]) -> Result<Option<usize>, &'static str> {
     const CUT: &str = "the first frame's data ends early";
     let table = |flags: u8| {
         if flags & 0x80 != 0 {
@@ -592,10 +625,10 @@ fn gif_complete(b: &[u8]) -> Result<(), &'static str> {
                 let flags = *b.get(i + 9).ok_or(CUT)?;
                 // descriptor (10 bytes), local table, LZW code size, then the data sub-blocks
                 sub_blocks(i + 10 + table(flags) + 1)?;
-                return Ok(());
+                return Ok(Some(i));
             }
             // A trailer or anything else: the decoder reports it.
-            _ => return Ok(()),
+            _ => return Ok(None),
         }
     }
 }

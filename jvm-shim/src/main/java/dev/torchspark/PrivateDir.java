@@ -139,10 +139,19 @@ final class PrivateDir {
       return "cannot be examined (" + e + ")";
     }
     int mode = (Integer) a.get("mode");
+    int owner = (Integer) a.get("uid");
     if ((mode & GROUP_OR_OTHERS_WRITE) != 0 && (mode & STICKY) == 0) {
       return "has mode "
           + octal(mode)
           + ": writable by group or others and not sticky, so they could replace what is below it";
+    }
+    // A sticky directory's owner may still rename anything in it: only root's (as /tmp) or ours.
+    if ((mode & GROUP_OR_OTHERS_WRITE) != 0 && owner != 0 && owner != myUid()) {
+      return "is writable by others and owned by "
+          + ownerName(p, owner)
+          + " (mode "
+          + octal(mode)
+          + "), who could replace what is below it";
     }
     return null;
   }

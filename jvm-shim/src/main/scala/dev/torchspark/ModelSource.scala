@@ -134,6 +134,11 @@ object ModelSource {
     */
   def privateCacheDir(): File = {
     val dir = cacheDir()
+    // The default's per-user folder first: whoever owns /tmp/torchspark-<user> could rename
+    // `models` inside it, so it must pass the same rule (another user may have made it first).
+    val parent = dir.getParentFile
+    if (parent != null && parent.getName == s"torchspark-${System.getProperty("user.name")}")
+      PrivateDir.ensure(parent.toPath, cacheWhat, cacheRemedy(parent))
     PrivateDir.ensure(dir.toPath, cacheWhat, cacheRemedy(dir)).toFile
   }
 

@@ -71,16 +71,15 @@ object TorchSpark {
     Option(TaskContext.get()) match {
       case Some(ctx) =>
         val key = (source.path, device, threads, ctx.taskAttemptId())
+        var opened = false
         val handle = udfHandles.computeIfAbsent(
           key,
-          _ => {
-            val h = open()
-            ctx.addTaskCompletionListener[Unit] { _ =>
-              udfHandles.remove(key); NativeBridge.closeModel(h)
-            }
-            java.lang.Long.valueOf(h)
-          }
+          _ => { opened = true; java.lang.Long.valueOf(open()) }
         )
+        // Outside computeIfAbsent: a listener may run at once, and it updates the same map.
+        if (opened) ctx.addTaskCompletionListener[Unit] { _ =>
+          Option(udfHandles.remove(key)).foreach(h => NativeBridge.closeModel(h))
+        }
         native(handle, input, """{"top_k": 1}""")
       case None => // evaluated outside a task (e.g. on the driver): a handle for this call
         val h = open()

@@ -177,6 +177,29 @@ class ModelSourceSuite {
     val e3 =
       assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
     assertTrue(e3.getMessage, e3.getMessage.contains(s"its ancestor $open has mode 0777"))
+    // The default layout's per-user folder, made first by another user (sticky, as in /tmp):
+    // its owner could rename `models` away, so it is refused even though it is sticky.
+    val planted = Files.createDirectories(
+      cache.toPath.resolveSibling(cache.getName + "-tmp").resolve(
+        s"torchspark-${System.getProperty("user.name")}"
+      )
+    )
+    Files.setPosixFilePermissions(planted, PosixFilePermissions.fromString("rwxr-xr-x"))
+    Files.setOwner(planted, nobody)
+    System.setProperty("torchspark.cache.dir", planted.resolve("models").toString)
+    val e4 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(e4.getMessage, e4.getMessage.contains(s"refusing the torchspark model cache $planted"))
+    assertTrue(e4.getMessage, e4.getMessage.contains("is owned by nobody"))
+    // Any sticky ancestor that others can write must be root's (as /tmp) or ours.
+    Files.setPosixFilePermissions(planted, PosixFilePermissions.fromString("rwxrwxrwt"))
+    System.setProperty("torchspark.cache.dir", planted.resolve("mine/models").toString)
+    val e5 =
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    assertTrue(
+      e5.getMessage,
+      e5.getMessage.contains(s"its ancestor $planted is writable by others and owned by nobody")
+    )
   }
 
   @Test def createsAMissingCacheRootForThisUserOnly(): Unit = withCache { parent =>
