@@ -494,7 +494,9 @@ def test_a_low_pixel_limit_still_reads_small_images_with_big_metadata(ident):
     # must not turn it into "invalid PNG".
     rng = np.random.default_rng(RNG_SEED)
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    blob = save(Image.fromarray(rgb), "PNG", icc_profile=bytes(rng.integers(0, 256, 3000, np.uint8)))
+    blob = save(
+        Image.fromarray(rgb), "PNG", icc_profile=bytes(rng.integers(0, 256, 3000, np.uint8))
+    )
     (g,) = pixels(model(ident, "ident_c3_16"), [blob], 16, 3, max_pixels=256)
     np.testing.assert_array_equal(g, rgb)
     (e,) = pixels(model(ident, "ident_c3_16"), [blob], 16, 3, max_pixels=255)

@@ -345,12 +345,7 @@ impl Preprocessor {
         .map_err(|e| format!("image struct: {e}"))
     }
 
-    fn finish(
-        &self,
-        pixels: Pixels,
-        out: &mut [f32],
-        times: &mut RowTimes,
-    ) -> Result<(), String> {
+    fn finish(&self, pixels: Pixels, out: &mut [f32], times: &mut RowTimes) -> Result<(), String> {
         let (w, h) = (pixels.w, pixels.h);
         let c = pixels.c;
         let (rw, rh) = self.resize.map_or((w, h), |r| r.target(w, h));
