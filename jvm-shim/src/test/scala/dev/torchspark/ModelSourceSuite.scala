@@ -192,7 +192,8 @@ class ModelSourceSuite {
     assertTrue(e4.getMessage, e4.getMessage.contains(s"refusing the torchspark model cache $planted"))
     assertTrue(e4.getMessage, e4.getMessage.contains("is owned by nobody"))
     // Any sticky ancestor that others can write must be root's (as /tmp) or ours.
-    Files.setPosixFilePermissions(planted, PosixFilePermissions.fromString("rwxrwxrwt"))
+    // (PosixFilePermissions has no sticky bit.)
+    assertEquals(0, new ProcessBuilder("chmod", "1777", planted.toString).start().waitFor())
     System.setProperty("torchspark.cache.dir", planted.resolve("mine/models").toString)
     val e5 =
       assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
