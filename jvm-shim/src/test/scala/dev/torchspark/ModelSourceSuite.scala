@@ -180,16 +180,21 @@ class ModelSourceSuite {
     // The default layout's per-user folder, made first by another user (sticky, as in /tmp):
     // its owner could rename `models` away, so it is refused even though it is sticky.
     val planted = Files.createDirectories(
-      cache.toPath.resolveSibling(cache.getName + "-tmp").resolve(
-        s"torchspark-${System.getProperty("user.name")}"
-      )
+      cache.toPath
+        .resolveSibling(cache.getName + "-tmp")
+        .resolve(
+          s"torchspark-${System.getProperty("user.name")}"
+        )
     )
     Files.setPosixFilePermissions(planted, PosixFilePermissions.fromString("rwxr-xr-x"))
     Files.setOwner(planted, nobody)
     System.setProperty("torchspark.cache.dir", planted.resolve("models").toString)
     val e4 =
       assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
-    assertTrue(e4.getMessage, e4.getMessage.contains(s"refusing the torchspark model cache $planted"))
+    assertTrue(
+      e4.getMessage,
+      e4.getMessage.contains(s"refusing the torchspark model cache $planted")
+    )
     assertTrue(e4.getMessage, e4.getMessage.contains("is owned by nobody"))
     // Any sticky ancestor that others can write must be root's (as /tmp) or ours.
     // (PosixFilePermissions has no sticky bit.)
