@@ -63,7 +63,7 @@ jar: native | $(HARNESS) ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12),
 	cp $(SO) python/torchspark/lib/
 	cp $(JAR) $(JAR35) python/torchspark/jars/
 
-dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), the jar, SHA256SUMS
+dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), both jars, SHA256SUMS
 	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --jar $(JAR35) --out dist
 
 demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
@@ -100,7 +100,7 @@ fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); s
 $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 	$(HARNESS_MVN) -q package
 
-bench: setup ## side-by-side performance, writes bench/results.md
+bench: setup ## side-by-side performance (tests/bench/results.md), then the soak (tests/bench/soak.md)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/soak.py
 

@@ -2,7 +2,8 @@
 
 `NativeModel` is what `rdd.mapPartitions` and `DataFrame.mapInArrow` functions use inside
 Spark's Python workers. Batches cross into Rust through the Arrow C Data Interface (no pickling,
-no copy of the image bytes); the model is loaded once per process and shared by every handle.
+no copy of the image bytes); the model is loaded once per process and shared by every handle, and
+loaded again when its model or spec file changes.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _raise_open(so: ctypes.CDLL, code: int, err: ctypes.c_void_p) -> None:
 
 
 class NativeModel:
-    """A TorchScript model (with its spec JSON beside it), scored natively.
+    """A TorchScript `.pt` or AOTInductor `.pt2` model (with its spec JSON beside it), scored
+    natively.
 
     >>> m = NativeModel("model.pt")                     # doctest: +SKIP
     >>> m.score([open("cat.png", "rb").read()])          # doctest: +SKIP
@@ -72,7 +74,7 @@ class NativeModel:
         self._handle = handle.value
 
     def close(self) -> None:
-        """Releases this handle; the model stays loaded for the process."""
+        """Releases this handle; the model stays loaded for the process (until its file changes)."""
         if getattr(self, "_handle", 0):
             self._so.ts_close(self._handle)
             self._handle = 0
