@@ -13,6 +13,7 @@ unsafe extern "C" {
 const M_TRIM_THRESHOLD: c_int = -1;
 const M_TOP_PAD: c_int = -2;
 const M_MMAP_THRESHOLD: c_int = -3;
+const M_ARENA_MAX: c_int = -8;
 const RTLD_NOW: c_int = 2;
 const RTLD_GLOBAL: c_int = 0x100;
 
@@ -24,14 +25,24 @@ static TUNE: Once = Once::new();
 /// back at once, so every forward pass page-faults its activations in again: measured here at
 /// ~2x slower. Raising the mmap and trim thresholds keeps those blocks in the heap. Users must
 /// not have to set `MALLOC_*` variables for this, so the library does it.
+///
+/// Kept blocks live in the arena of the thread that freed them, and glibc gives each new thread
+/// its own arena, up to 8 per core: in a long-lived executor, whose pools keep starting task
+/// threads, RSS then rose in steps of one arena's activations for hundreds of thousands of
+/// images (the soak, docs/soak.md). So arenas are capped at the cores (at least 2), the most
+/// forward passes that run at once; `MALLOC_ARENA_MAX` (YARN sets 4) wins when set.
 pub(crate) fn tune_process() {
     TUNE.call_once(|| {
         if std::env::var_os("TORCHSPARK_KEEP_MALLOC").is_none() {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
             // SAFETY: mallopt only changes allocator parameters; any value is accepted or refused.
             unsafe {
                 mallopt(M_MMAP_THRESHOLD, 32 << 20);
                 mallopt(M_TRIM_THRESHOLD, 256 << 20);
                 mallopt(M_TOP_PAD, 64 << 20);
+                if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+                    mallopt(M_ARENA_MAX, cores.min(c_int::MAX as usize) as c_int);
+                }
             }
         }
         crate::model::init_interop_once();
