@@ -295,23 +295,11 @@ object ModelSource {
   }
 
   /** Writes `bytes` to `dest` through a temp file and an atomic rename. */
-  private def write(dest: File, bytes: Array[Byte]): Unit = {
-    // Files.createTempFile makes it 0600 whatever the umask, so the check above passes.
-    val tmp = Files.createTempFile(dest.getParentFile.toPath, dest.getName, ".part").toFile
-    try {
-      Files.write(tmp.toPath, bytes)
-      Files.move(
-        tmp.toPath,
-        dest.toPath,
-        StandardCopyOption.REPLACE_EXISTING,
-        StandardCopyOption.ATOMIC_MOVE
-      )
-    } finally { tmp.delete(); () }
-  }
+  private def write(dest: File, bytes: Array[Byte]): Unit =
+    replaceAtomically(dest)(tmp => { Files.write(tmp, bytes); () })
 
-  private def copy(src: HPath, dest: File, conf: Configuration, uri: String): Unit = {
-    val tmp = Files.createTempFile(dest.getParentFile.toPath, dest.getName, ".part").toFile
-    try {
+  private def copy(src: HPath, dest: File, conf: Configuration, uri: String): Unit =
+    replaceAtomically(dest) { tmp =>
       val in =
         try src.getFileSystem(conf).open(src)
         catch {
@@ -319,10 +307,19 @@ object ModelSource {
         }
       // Into the 0600 temp file itself (Files.copy would recreate it with the umask's mode).
       try {
-        val out = Files.newOutputStream(tmp.toPath)
+        val out = Files.newOutputStream(tmp)
         try { in.transferTo(out); () }
         finally out.close()
       } finally in.close()
+    }
+
+  /** Fills a temp file beside `dest` (Files.createTempFile makes it 0600 whatever the umask, so the
+    * checks above pass), then renames it over `dest` atomically.
+    */
+  private def replaceAtomically(dest: File)(fill: java.nio.file.Path => Unit): Unit = {
+    val tmp = Files.createTempFile(dest.getParentFile.toPath, dest.getName, ".part").toFile
+    try {
+      fill(tmp.toPath)
       Files.move(
         tmp.toPath,
         dest.toPath,
