@@ -304,14 +304,22 @@ impl ModelSpec {
 
     /// Reads and validates the spec file; errors name `path` and the offending field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Spec {
+        let bytes = std::fs::read(path).map_err(|e| Error::Spec {
             path: path.to_path_buf(),
             reason: format!("cannot read: {e}"),
         })?;
-        Self::from_json(&text).map_err(|reason| Error::Spec {
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// The spec file `path` whose `bytes` the caller has read; errors name `path` and the field.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let spec_error = |reason: String| Error::Spec {
             path: path.to_path_buf(),
             reason,
-        })
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| spec_error(format!("cannot read: not UTF-8 ({e})")))?;
+        Self::from_json(text).map_err(spec_error)
     }
 
     /// Parses and validates; the error string names the field.

@@ -227,8 +227,7 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
         .lock()
         .map_err(|_| internal("model slot lock poisoned"))?;
     // The identity comes from the descriptor the bytes are read through, so it names exactly
-    // the bytes loaded. The spec is hashed before `Model::load` parses it: if it changes in
-    // between, the next open sees a new digest and loads again (never the reverse).
+    // the bytes loaded; the spec is parsed from the very bytes that were hashed.
     let mut file = std::fs::File::open(&path).map_err(not_found)?;
     let model_id = FileId::of(&file.metadata().map_err(not_found)?);
     let spec_bytes = std::fs::read(&spec_path).map_err(spec_error)?;
@@ -246,7 +245,8 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let mut bytes = Vec::with_capacity(usize::try_from(model_id.len).unwrap_or(0));
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(not_found)?;
     drop(file);
-    let model = Arc::new(Model::load(&path, bytes, &spec_path, device, config)?);
+    let spec = ModelSpec::from_bytes(&spec_path, &spec_bytes)?;
+    let model = Arc::new(Model::load(&path, bytes, spec, device, config)?);
     *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
     Ok(model)
@@ -296,16 +296,15 @@ pub enum Target {
 }
 
 impl Model {
-    /// Builds the model from the file's `bytes` (read by the caller) and the spec at `spec_path`.
+    /// Builds the model from the file's `bytes` and its parsed `spec` (both read by the caller).
     fn load(
         path: &Path,
         bytes: Vec<u8>,
-        spec_path: &Path,
+        spec: ModelSpec,
         device: Device,
         config: &ModelConfig,
     ) -> Result<Model> {
         let precision = config.precision;
-        let spec = ModelSpec::from_file(spec_path)?;
         if let Some(expected) = &spec.sha256 {
             let actual: String = Sha256::digest(&bytes)
                 .iter()
