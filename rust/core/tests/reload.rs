@@ -40,6 +40,17 @@ impl Drop for TempDir {
 
 /// Replaces `dest` by renaming a fresh copy of `src` over it: a new inode, as `mv`, `rsync` and
 /// most uploaders do.
+/// Fixture `name`'s model and spec copied into `dir` as `stem.pt` / `stem.json`.
+fn copy_fixture(fx: &Path, name: &str, dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let (model, spec) = (
+        dir.join(format!("{stem}.pt")),
+        dir.join(format!("{stem}.json")),
+    );
+    std::fs::copy(fx.join(format!("{name}.pt")), &model).unwrap();
+    std::fs::copy(fx.join(format!("{name}.json")), &spec).unwrap();
+    (model, spec)
+}
+
 fn replace_by_rename(src: &Path, dest: &Path) {
     let tmp = dest.with_extension("part");
     std::fs::copy(src, &tmp).unwrap();
@@ -85,9 +96,7 @@ fn a_model_replaced_at_the_same_path_loads_anew_and_old_handles_keep_theirs() {
     let tuple: Vec<Vec<f32>> = exp.iter().map(|e| e.tuple_probability.clone()).collect();
     let (files, batch) = images();
     let dir = TempDir::new("reload");
-    let (model, spec) = (dir.0.join("k.pt"), dir.0.join("k.json"));
-    std::fs::copy(fx.join("resnet20.pt"), &model).unwrap();
-    std::fs::copy(fx.join("resnet20.json"), &spec).unwrap();
+    let (model, spec) = copy_fixture(&fx, "resnet20", &dir.0, "k");
     let config = ModelConfig {
         num_threads: Some(1),
         ..ModelConfig::new(&model)
@@ -139,9 +148,7 @@ fn a_spec_edited_in_place_with_its_length_and_mtime_kept_reloads() {
     let _turn = serial();
     let fx = fixtures();
     let dir = TempDir::new("respec");
-    let (model, spec) = (dir.0.join("t.pt"), dir.0.join("t.json"));
-    std::fs::copy(fx.join("tuple_net.pt"), &model).unwrap();
-    std::fs::copy(fx.join("tuple_net.json"), &spec).unwrap();
+    let (model, spec) = copy_fixture(&fx, "tuple_net", &dir.0, "t");
     let config = ModelConfig::new(&model);
     let old = Scorer::open(&config).unwrap();
     let labels = |s: &Scorer| s.model().spec().labels.clone().unwrap();
@@ -174,9 +181,7 @@ fn a_model_that_fails_to_load_after_a_change_is_reported_and_not_served_stale() 
     let _turn = serial();
     let fx = fixtures();
     let dir = TempDir::new("broken");
-    let (model, spec) = (dir.0.join("m.pt"), dir.0.join("m.json"));
-    std::fs::copy(fx.join("resnet20.pt"), &model).unwrap();
-    std::fs::copy(fx.join("resnet20.json"), &spec).unwrap();
+    let (model, _spec) = copy_fixture(&fx, "resnet20", &dir.0, "m");
     let config = ModelConfig::new(&model);
     let good = Scorer::open(&config).unwrap();
     std::fs::write(&model, b"not a model").unwrap();
