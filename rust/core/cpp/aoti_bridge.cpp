@@ -95,12 +95,14 @@ char* ts_aoti_load(const char* path, const char* model_name, size_t num_runners,
 
 // Runs the package on one input; `*outputs` is a malloc'd array of `*n_outputs` new
 // at::Tensor* (the caller owns each tensor and frees the array with ts_aoti_free).
-char* ts_aoti_run(AOTIModelPackageLoader* loader, const at::Tensor* input,
-                  at::Tensor*** outputs, size_t* n_outputs) {
+char* ts_aoti_run(AOTIModelPackageLoader* loader, const at::Tensor* const* input,
+                  size_t n_inputs, at::Tensor*** outputs, size_t* n_outputs) {
   TS_TRY({
     *outputs = nullptr;
     *n_outputs = 0;
-    std::vector<at::Tensor> inputs{*input};
+    std::vector<at::Tensor> inputs;
+    inputs.reserve(n_inputs);
+    for (size_t i = 0; i < n_inputs; ++i) inputs.push_back(*input[i]);
     std::vector<at::Tensor> result = loader->run(inputs);
     auto** array = static_cast<at::Tensor**>(std::malloc(sizeof(at::Tensor*) * (result.size() + 1)));
     if (array == nullptr) throw std::bad_alloc();

@@ -42,6 +42,9 @@ pub struct BatchOptions {
     /// A pixel limit for this call (width x height); 0 means the spec's
     /// `preprocess.max_pixels`, and the smaller of the two applies.
     pub max_pixels: u64,
+    /// The general path ([`Scorer::predict`]): input name → the column(s) it reads, for
+    /// inputs whose columns differ from the spec's.
+    pub columns: HashMap<String, Vec<String>>,
 }
 
 impl Default for BatchOptions {
@@ -52,6 +55,7 @@ impl Default for BatchOptions {
             row_offset: 0,
             input_column: None,
             max_pixels: 0,
+            columns: HashMap::new(),
         }
     }
 }
@@ -84,6 +88,11 @@ impl Scorer {
 
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Intra-op threads (and image decoding threads) this caller's passes use.
+    pub fn threads(&self) -> usize {
+        self.num_threads
     }
 
     /// The schema [`Scorer::score`] returns.
@@ -123,7 +132,7 @@ impl Scorer {
     /// Class probabilities, prediction, label and top-k for every row.
     pub fn score(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
         let (rows, times) = self.run(batch, opts, Target::Probabilities)?;
-        let labels = self.model.spec().labels.as_deref();
+        let labels = self.model.image_spec()?.labels.as_deref();
         let mut prediction = Int32Builder::with_capacity(rows.len());
         let mut probability = ListBuilder::new(Float32Builder::new());
         let mut label = StringBuilder::new();
@@ -170,7 +179,7 @@ impl Scorer {
 
     /// The spec's featurize output, flattened, for every row.
     pub fn featurize(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
-        if let Some(f) = &self.model.spec().featurize {
+        if let Some(f) = &self.model.image_spec()?.featurize {
             f.source().map_err(|reason| Error::Spec {
                 path: self.model.path().with_extension("json"),
                 reason,
@@ -215,7 +224,7 @@ impl Scorer {
         }
         let column = input_column(batch, opts.input_column.as_deref())?;
         let inputs = read_rows(column.as_ref())?;
-        let pre = self.model.preprocessor();
+        let pre = self.model.preprocessor()?;
         let row_len = pre.row_len();
         let mut results = Vec::with_capacity(inputs.len());
         let mut buffer = vec![0f32; row_len * opts.batch_size.min(inputs.len().max(1))];

@@ -3,7 +3,9 @@
 //! This crate knows nothing of JNI or Python; the `torchspark` cdylib wraps it for both.
 //!
 //! - [`model`]: the process-wide registry (one model per file, device and precision).
-//! - [`spec`]: the JSON model spec beside each `.pt` / `.pt2`.
+//! - [`spec`]: the JSON model spec beside each `.pt` / `.pt2` (version 1: images; 2: any tensors).
+//! - [`plan`]: the general path (`Scorer::predict`): [`input`] readers → `forward` → [`output`]
+//!   writers, over the [`value`] tree a model returns.
 //! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
@@ -12,12 +14,18 @@
 pub mod batch;
 pub mod error;
 pub mod host;
+pub mod input;
 pub mod model;
+pub mod output;
+pub mod plan;
 pub mod preprocess;
 pub mod spec;
 mod sys;
+pub mod value;
 
 pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
-pub use spec::{CpuSpec, DEFAULT_MAX_PIXELS, ExifOrientation, FilePrecision, ModelSpec, Resize};
+pub use spec::{
+    CpuSpec, DEFAULT_MAX_PIXELS, ExifOrientation, FilePrecision, GeneralSpec, ModelSpec, Resize, Spec,
+};

@@ -151,7 +151,7 @@ fn a_spec_edited_in_place_with_its_length_and_mtime_kept_reloads() {
     let (model, spec) = copy_fixture(&fx, "tuple_net", &dir.0, "t");
     let config = ModelConfig::new(&model);
     let old = Scorer::open(&config).unwrap();
-    let labels = |s: &Scorer| s.model().spec().labels.clone().unwrap();
+    let labels = |s: &Scorer| s.model().image_spec().unwrap().labels.clone().unwrap();
     assert_eq!(labels(&old), ["w", "x", "y", "z"]);
     let text = std::fs::read_to_string(&spec).unwrap();
     let edited = text

@@ -157,6 +157,67 @@ pub unsafe extern "C" fn ts_featurize(
     }
 }
 
+/// Runs one batch through a model's general path (`Scorer::predict`: declared inputs in,
+/// one column per declared output plus `error` out); same contract as [`ts_score`].
+///
+/// # Safety
+/// As for [`ts_score`].
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_predict(
+    handle: u64,
+    options_json: *const c_char,
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.predict(b, o);
+    // SAFETY: forwarded contract.
+    unsafe {
+        call(
+            handle,
+            options_json,
+            in_array,
+            in_schema,
+            out_array,
+            out_schema,
+            err_out,
+            run,
+        )
+    }
+}
+
+/// The schema `ts_predict` returns for the spec JSON `spec_json`, without loading a model
+/// (`Scorer::describe`), written to `out_schema`, which the caller must import.
+///
+/// # Safety
+/// `spec_json` is a NUL-terminated string; `out_schema` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_describe(
+    spec_json: *const c_char,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    report(
+        guard(|| {
+            if out_schema.is_null() {
+                return Err(Error::Input {
+                    reason: "null Arrow C Data Interface pointer".into(),
+                });
+            }
+            let schema = Scorer::describe(c_str(spec_json, "spec")?)?;
+            let s = FFI_ArrowSchema::try_from(schema.as_ref()).map_err(|e| Error::Internal {
+                reason: format!("cannot export the schema: {e}"),
+            })?;
+            // SAFETY: checked non-null; the caller imports (and so releases) it.
+            unsafe { ptr::write(out_schema, s) };
+            Ok(())
+        }),
+        err_out,
+    )
+}
+
 #[allow(clippy::too_many_arguments)] // the C signature, spelled out once
 unsafe fn call(
     handle: u64,

@@ -119,6 +119,39 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_featurize<'l>(
     call(&mut env, handle, ipc, options_json, run)
 }
 
+/// The general path: declared inputs in, declared outputs (+ `error`) out.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_predict<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    handle: jlong,
+    ipc: JByteArray<'l>,
+    options_json: JString,
+) -> jbyteArray {
+    let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.predict(b, o);
+    call(&mut env, handle, ipc, options_json, run)
+}
+
+/// The schema `predict` returns for a spec's JSON text, as an IPC stream with no batches.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_describe<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    spec_json: JString,
+) -> jbyteArray {
+    with_env(&mut env, std::ptr::null_mut(), |env| {
+        let schema = Scorer::describe(&string(env, &spec_json)?)?;
+        let fail = |e: arrow_schema::ArrowError| Error::Internal {
+            reason: format!("cannot write the Arrow IPC schema: {e}"),
+        };
+        let mut out = Vec::new();
+        let mut w = StreamWriter::try_new(&mut out, &schema).map_err(fail)?;
+        w.finish().map_err(fail)?;
+        drop(w);
+        Ok(env.byte_array_from_slice(&out).map_err(jni_err)?.into_raw())
+    })
+}
+
 fn call<'l>(
     env: &mut JNIEnv<'l>,
     handle: jlong,

@@ -31,7 +31,8 @@ unsafe extern "C" {
     ) -> *mut c_char;
     fn ts_aoti_run(
         loader: *mut c_void,
-        input: *const torch_sys::C_tensor,
+        inputs: *const *const torch_sys::C_tensor,
+        n_inputs: usize,
         outputs: *mut *mut *mut torch_sys::C_tensor,
         n_outputs: *mut usize,
     ) -> *mut c_char;
@@ -91,11 +92,21 @@ impl Loader {
             .ok_or_else(|| "the loader returned no package".to_string())
     }
 
-    fn run(&self, input: &Tensor) -> std::result::Result<Vec<Tensor>, String> {
+    fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Vec<Tensor>, String> {
         let mut outputs = std::ptr::null_mut();
         let mut n = 0usize;
-        // SAFETY: the loader is live; `input` is a valid tensor for the duration of the call.
-        take_error(unsafe { ts_aoti_run(self.0.as_ptr(), input.as_ptr(), &mut outputs, &mut n) })?;
+        let ptrs: Vec<*const torch_sys::C_tensor> =
+            inputs.iter().map(|t| t.as_ptr()).collect();
+        // SAFETY: the loader is live; every input is a valid tensor for the duration of the call.
+        take_error(unsafe {
+            ts_aoti_run(
+                self.0.as_ptr(),
+                ptrs.as_ptr(),
+                ptrs.len(),
+                &mut outputs,
+                &mut n,
+            )
+        })?;
         if outputs.is_null() {
             return Ok(Vec::new());
         }
@@ -226,7 +237,23 @@ impl Package {
                 .get(m)
                 .ok_or_else(|| format!("the package has no model named `{m}`"))?,
         };
-        loader.run(x)
+        loader.run(&[x])
+    }
+
+    /// Runs `model` (or `method`'s model) on several inputs, in the order it was exported with.
+    pub(crate) fn run_many(
+        &self,
+        xs: &[Tensor],
+        method: Option<&str>,
+    ) -> std::result::Result<Vec<Tensor>, String> {
+        let loader = match method {
+            None => &self.main,
+            Some(m) => self
+                .methods
+                .get(m)
+                .ok_or_else(|| format!("the package has no model named `{m}`"))?,
+        };
+        loader.run(&xs.iter().collect::<Vec<_>>())
     }
 }
 

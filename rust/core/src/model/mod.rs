@@ -33,7 +33,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::preprocess::Preprocessor;
-use crate::spec::{FeatureSource, FilePrecision, ModelSpec, OutputKind};
+use crate::spec::{FeatureSource, FilePrecision, GeneralSpec, ModelSpec, OutputKind, Spec};
+use crate::value::{ModelInput, Value};
 
 mod aoti;
 mod format;
@@ -116,8 +117,11 @@ impl ModelConfig {
 /// A loaded model with its spec, shared by every thread of the process.
 pub struct Model {
     path: PathBuf,
-    spec: ModelSpec,
-    preprocessor: Preprocessor,
+    spec: Spec,
+    /// The spec in its general form (a version-1 spec as one image input and one output).
+    general: GeneralSpec,
+    /// A version-1 spec's preprocessing (what `ImageScorer`/`ImageFeaturizer` run).
+    preprocessor: Option<Preprocessor>,
     backend: Backend,
     device: Device,
     precision: Precision,
@@ -245,7 +249,7 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let mut bytes = Vec::with_capacity(usize::try_from(model_id.len).unwrap_or(0));
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(not_found)?;
     drop(file);
-    let spec = ModelSpec::from_bytes(&spec_path, &spec_bytes)?;
+    let spec = Spec::from_bytes(&spec_path, &spec_bytes)?;
     let model = Arc::new(Model::load(&path, bytes, spec, device, config)?);
     *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
@@ -300,12 +304,12 @@ impl Model {
     fn load(
         path: &Path,
         bytes: Vec<u8>,
-        spec: ModelSpec,
+        spec: Spec,
         device: Device,
         config: &ModelConfig,
     ) -> Result<Model> {
         let precision = config.precision;
-        if let Some(expected) = &spec.sha256 {
+        if let Some(expected) = spec.sha256() {
             let actual: String = Sha256::digest(&bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -313,7 +317,7 @@ impl Model {
             if !actual.eq_ignore_ascii_case(expected) {
                 return Err(Error::Checksum {
                     path: path.to_path_buf(),
-                    expected: expected.clone(),
+                    expected: expected.to_string(),
                     actual,
                 });
             }
@@ -329,7 +333,7 @@ impl Model {
                 },
             ),
             Format::Aoti => {
-                let compiled = spec.precision.unwrap_or_default();
+                let compiled = spec.precision().unwrap_or_default();
                 if precision == Precision::Bf16 && compiled != FilePrecision::Bf16 {
                     return Err(Error::config(
                         "precision",
@@ -341,28 +345,32 @@ impl Model {
                         ),
                     ));
                 }
-                let methods: Vec<&str> = spec
-                    .featurize
-                    .as_ref()
-                    .and_then(|f| f.method.as_deref())
-                    .into_iter()
-                    .collect();
+                let methods: Vec<&str> = match &spec {
+                    Spec::Image(s) => s.featurize.as_ref().and_then(|f| f.method.as_deref()),
+                    Spec::General(g) => g.method.as_deref(),
+                }
+                .into_iter()
+                .collect();
                 // With a pinned digest, load the bytes that were checked, not the path again.
-                let source = aoti::Source::new(path, spec.sha256.is_some().then_some(&bytes[..]))?;
+                let source = aoti::Source::new(path, spec.sha256().is_some().then_some(&bytes[..]))?;
                 let package = Package::load(
                     path,
                     source.path(),
                     &bytes,
                     device,
                     &methods,
-                    spec.cpu.as_ref(),
+                    spec.cpu(),
                 )?;
                 (Backend::Aoti(package), false, Kind::Float)
             }
         };
         Ok(Model {
             path: path.to_path_buf(),
-            preprocessor: Preprocessor::new(&spec),
+            preprocessor: match &spec {
+                Spec::Image(s) => Some(Preprocessor::new(s)),
+                Spec::General(_) => None,
+            },
+            general: spec.general(),
             spec,
             backend,
             device,
@@ -372,16 +380,41 @@ impl Model {
         })
     }
 
-    pub fn spec(&self) -> &ModelSpec {
+    pub fn spec(&self) -> &Spec {
         &self.spec
+    }
+
+    /// The spec in its general form (version 1 as one image input and one `output` vector).
+    pub fn general(&self) -> &GeneralSpec {
+        &self.general
+    }
+
+    /// A version-1 (image) spec; a version-2 spec is an error naming the spec file.
+    pub fn image_spec(&self) -> Result<&ModelSpec> {
+        match &self.spec {
+            Spec::Image(s) => Ok(s),
+            Spec::General(_) => Err(self.not_an_image_model()),
+        }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn preprocessor(&self) -> &Preprocessor {
-        &self.preprocessor
+    /// A version-1 spec's preprocessing; a version-2 spec is an error.
+    pub fn preprocessor(&self) -> Result<&Preprocessor> {
+        self.preprocessor
+            .as_ref()
+            .ok_or_else(|| self.not_an_image_model())
+    }
+
+    fn not_an_image_model(&self) -> Error {
+        Error::Spec {
+            path: self.path.with_extension("json"),
+            reason: "this is a general model (spec_version 2): run it with TorchModel \
+                     (NativeModel.predict in Python), not ImageScorer or ImageFeaturizer"
+                .into(),
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -405,7 +438,8 @@ impl Model {
         num_threads: usize,
         target: Target,
     ) -> Result<(Vec<f32>, usize)> {
-        let spec = &self.spec.input;
+        let image = self.image_spec()?;
+        let spec = &image.input;
         let fail = |reason: String| Error::Inference {
             path: self.path.clone(),
             reason,
@@ -450,7 +484,7 @@ impl Model {
             Some(FeatureSource::OutputIndex(i)) => Output::Forward(*i),
         };
         let out = self.backend.run(x, &output).map_err(&fail)?;
-        let out = match (target, self.spec.output) {
+        let out = match (target, image.output) {
             (Target::Probabilities, OutputKind::Logits) => out.f_softmax(-1, Kind::Float),
             _ => out.f_to_kind(Kind::Float),
         }
@@ -476,7 +510,7 @@ impl Model {
             .and_then(|t| Vec::<f32>::try_from(&t))
             .map_err(|e| fail(first_line(&e.to_string())))?;
         if target == Target::Probabilities
-            && let Some(labels) = &self.spec.labels
+            && let Some(labels) = &image.labels
             && labels.len() != width
         {
             return Err(Error::Spec {
@@ -490,8 +524,70 @@ impl Model {
         Ok((flat, width))
     }
 
+    /// The general forward pass: `inputs` in the spec's order (already in the dtype each
+    /// input declares), under no_grad with `num_threads` intra-op threads; calls the spec's
+    /// `method` when it names one. Float inputs are cast to bf16 for a TorchScript model
+    /// loaded in bf16, and floating outputs come back as float32.
+    ///
+    /// Errors: [`Error::Inference`] with libtorch's first line (a wrong shape or dtype, a
+    /// missing method, an input kind the backend cannot take).
+    pub fn forward(&self, inputs: Vec<ModelInput>, num_threads: usize) -> Result<Value> {
+        let fail = |reason: String| Error::Inference {
+            path: self.path.clone(),
+            reason,
+        };
+        crate::sys::set_threads(num_threads);
+        let _no_grad = tch::no_grad_guard();
+        let prepare = |t: Tensor| -> std::result::Result<Tensor, tch::TchError> {
+            let t = t.f_to_device(self.device)?;
+            if self.input_kind != Kind::Float && t.is_floating_point() {
+                t.f_to_kind(self.input_kind)
+            } else {
+                Ok(t)
+            }
+        };
+        let inputs = inputs
+            .into_iter()
+            .map(|x| match x {
+                ModelInput::Batch(t) => prepare(t).map(ModelInput::Batch),
+                ModelInput::List(ts) => ts
+                    .into_iter()
+                    .map(prepare)
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map(ModelInput::List),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| fail(first_line(&e.to_string())))?;
+        let method = self.general.method.as_deref();
+        let out = match &self.backend {
+            Backend::TorchScript(script) => script.call(inputs, method),
+            Backend::Aoti(package) => {
+                let tensors = inputs
+                    .into_iter()
+                    .map(|x| match x {
+                        ModelInput::Batch(t) => Ok(t),
+                        ModelInput::List(_) => Err(
+                            "an AOTInductor package takes batched tensors, not List[Tensor] \
+                             (ragged: \"list\"): export the model as TorchScript"
+                                .to_string(),
+                        ),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(&fail)?;
+                package
+                    .run_many(&tensors, method)
+                    .map(|ts| Value::List(ts.into_iter().map(Value::Tensor).collect()))
+            }
+        }
+        .map_err(&fail)?;
+        to_cpu_float(out).map_err(|e| fail(first_line(&e.to_string())))
+    }
+
     fn feature_source(&self) -> std::result::Result<FeatureSource, String> {
-        match &self.spec.featurize {
+        let Spec::Image(image) = &self.spec else {
+            return Err("a general model has no `featurize` entry".into());
+        };
+        match &image.featurize {
             None => Err("the spec has no `featurize` entry, so this model cannot featurize".into()),
             Some(f) => f.source(),
         }
@@ -534,6 +630,33 @@ impl Backend {
             }
         }
     }
+}
+
+/// Moves every tensor of `v` to the CPU; floating tensors (bf16 too) become float32.
+fn to_cpu_float(v: Value) -> std::result::Result<Value, tch::TchError> {
+    Ok(match v {
+        Value::Tensor(t) => {
+            let t = t.f_to_device(Device::Cpu)?;
+            Value::Tensor(if t.is_floating_point() && t.kind() != Kind::Float {
+                t.f_to_kind(Kind::Float)?
+            } else {
+                t
+            })
+        }
+        Value::List(items) => Value::List(
+            items
+                .into_iter()
+                .map(to_cpu_float)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        Value::Dict(items) => Value::Dict(
+            items
+                .into_iter()
+                .map(|(k, v)| to_cpu_float(v).map(|v| (k, v)))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        other => other,
+    })
 }
 
 /// libtorch messages carry a C++ backtrace after the first line; callers want the reason.

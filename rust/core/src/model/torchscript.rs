@@ -5,6 +5,7 @@ use std::path::Path;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::{Output, Precision};
+use crate::value::{ModelInput, Value};
 use crate::error::{Error, Result};
 
 /// A loaded TorchScript module.
@@ -71,6 +72,61 @@ impl Script {
             }
         };
         run().map_err(|e| super::first_line(&e.to_string()))
+    }
+}
+
+impl Script {
+    /// Calls `forward` (or `method`) with one argument per input: a tensor, or `List[Tensor]`.
+    pub(crate) fn call(
+        &self,
+        inputs: Vec<ModelInput>,
+        method: Option<&str>,
+    ) -> Result<Value, String> {
+        let args: Vec<IValue> = inputs
+            .into_iter()
+            .map(|x| match x {
+                ModelInput::Batch(t) => IValue::Tensor(t),
+                ModelInput::List(ts) => IValue::TensorList(ts),
+            })
+            .collect();
+        let out = match method {
+            None => self.module.forward_is(&args),
+            Some(m) => self.module.method_is(m, &args),
+        }
+        .map_err(|e| super::first_line(&e.to_string()))?;
+        Ok(value(out))
+    }
+}
+
+/// A returned `IValue` as a [`Value`] tree.
+fn value(v: IValue) -> Value {
+    match v {
+        IValue::Tensor(t) => Value::Tensor(t),
+        IValue::Double(x) => Value::Scalar(x),
+        IValue::Int(x) => Value::Scalar(x as f64),
+        IValue::Bool(b) => Value::Scalar(f64::from(u8::from(b))),
+        IValue::Tuple(items) | IValue::GenericList(items) => {
+            Value::List(items.into_iter().map(value).collect())
+        }
+        IValue::TensorList(ts) => Value::List(ts.into_iter().map(Value::Tensor).collect()),
+        IValue::DoubleList(xs) => Value::List(xs.into_iter().map(Value::Scalar).collect()),
+        IValue::IntList(xs) => Value::List(xs.into_iter().map(|x| Value::Scalar(x as f64)).collect()),
+        IValue::GenericDict(items) => {
+            let mut entries = Vec::with_capacity(items.len());
+            for (k, v) in items {
+                match k {
+                    IValue::String(k) => entries.push((k, value(v))),
+                    other => {
+                        return Value::Other(format!(
+                            "a dict whose keys are {}, not strings",
+                            ivalue_name(&other)
+                        ));
+                    }
+                }
+            }
+            Value::Dict(entries)
+        }
+        other => Value::Other(ivalue_name(&other).to_string()),
     }
 }
 

@@ -329,7 +329,7 @@ impl ModelSpec {
         Ok(spec)
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
         let i = &self.input;
         if i.height == 0 || i.width == 0 {
             return Err("input.height and input.width must be positive".into());

@@ -1,0 +1,86 @@
+//! Inputs of the general path: one reader per declared input turns its column(s) of an Arrow
+//! batch into per-row tensors ([`RowTensor`]), or a reason per row why not.
+//!
+//! - [`tensor`]: numbers: numeric scalars, (nested) lists, `FixedSizeList`, Spark ML vectors
+//!   (dense and sparse), gathered scalar columns, `arrow.fixed_shape_tensor`;
+//! - [`image`]: encoded images or Spark's image struct through [`crate::preprocess`];
+//! - [`assemble`]: good rows → the batched argument of `forward` (stack, pad + mask, list).
+//!
+//! A reason never holds the row number, input or column: the plan prefixes those
+//! (``row 17: input `meta` (column `bmi`): expected 10 values, got 9``).
+
+use std::ops::Range;
+
+use arrow_array::ArrayRef;
+
+use crate::preprocess::RowTimes;
+use crate::spec::general::{InputDecl, InputKind};
+
+pub mod assemble;
+pub mod image;
+pub mod tensor;
+
+/// One row of one input: values in the declared dtype, row-major, and their per-row shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowTensor {
+    pub data: RowData,
+    /// Per-row shape (the declared one, with each `-1` resolved for this row).
+    pub shape: Vec<i64>,
+    /// Decode and resize time (images; zero otherwise).
+    pub times: RowTimes,
+}
+
+/// A row's values in the input's declared dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+impl RowData {
+    pub fn len(&self) -> usize {
+        match self {
+            RowData::F32(v) => v.len(),
+            RowData::F64(v) => v.len(),
+            RowData::I64(v) => v.len(),
+            RowData::I32(v) => v.len(),
+            RowData::U8(v) => v.len(),
+            RowData::Bool(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads one declared input from its columns.
+pub trait InputReader: Send + Sync {
+    /// Rows `rows` of the batch, in order: each a tensor of the declared dtype and shape, or
+    /// the reason it cannot be read (null, wrong length or shape, NaN under `nan: "error"`,
+    /// a value the dtype cannot hold, an image that does not decode). `threads` bounds the
+    /// threads used (images decode in parallel).
+    fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>>;
+}
+
+/// The reader for `decl` over `columns` (its column(s) of the batch, in declared order).
+/// `max_pixels` is the caller's image pixel limit (0: the spec's). Errors (a column type the
+/// input cannot read) fail the whole batch and name the column and its type.
+pub fn reader<'a>(
+    decl: &'a InputDecl,
+    columns: Vec<(&'a str, &'a ArrayRef)>,
+    max_pixels: u64,
+) -> Result<Box<dyn InputReader + 'a>, String> {
+    match decl.kind {
+        InputKind::Tensor => tensor::reader(decl, columns),
+        InputKind::Image => image::reader(decl, columns, max_pixels),
+        InputKind::Mask => Err(format!(
+            "input `{}` is a mask: it is generated, not read",
+            decl.name
+        )),
+    }
+}

@@ -1,0 +1,264 @@
+//! The general path: any declared inputs → `forward` → any declared outputs.
+//!
+//! For each chunk of `batch_size` rows: every input's reader reads its rows (a row is good
+//! only if all its inputs are); the good rows are assembled into `forward`'s arguments (stack,
+//! pad + mask, list); one forward pass; each output's writer takes its part of the result
+//! (`from`, `post`) and writes a column, a null for each bad row. Bad rows carry their reason
+//! in `error`: ``row 17: input `meta` (column `bmi`): expected 10 values, got 9``.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::builder::StringBuilder;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use crate::batch::{BatchOptions, Scorer, StageTimes};
+use crate::error::{Error, Result};
+use crate::input::{self, RowTensor};
+use crate::output;
+use crate::spec::general::{GeneralSpec, InputKind, Ragged};
+use crate::spec::Spec;
+use crate::value::ModelInput;
+
+/// Schema metadata key: the inputs as JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`),
+/// so that callers know which columns to send.
+pub const INPUTS_KEY: &str = "torchspark.inputs";
+
+impl Scorer {
+    /// Runs the model's general path over `batch`: one column per declared output, then
+    /// `error` (null, or why the row has no outputs). `opts.columns` maps input names to
+    /// other columns than the spec's.
+    ///
+    /// Errors: [`Error::Input`] (a column missing or of a type its input cannot read),
+    /// [`Error::Inference`] (the forward pass failed, or returned something that does not
+    /// match a declared output: the message names the output and both shapes).
+    pub fn predict(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
+        let spec = self.model().general();
+        if opts.batch_size == 0 {
+            return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        let n = batch.num_rows();
+        let columns = resolve_columns(spec, opts)?;
+        let mut readers = Vec::new();
+        for (decl, cols) in spec.inputs.iter().zip(&columns) {
+            if decl.kind == InputKind::Mask {
+                readers.push(None);
+                continue;
+            }
+            let arrays = cols
+                .iter()
+                .map(|c| {
+                    batch
+                        .column_by_name(c)
+                        .map(|a| (c.as_str(), a))
+                        .ok_or_else(|| missing_column(batch, &decl.name, c))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let reader = input::reader(decl, arrays, opts.max_pixels).map_err(|e| {
+                Error::input(format!("input `{}` (column {}): {e}", decl.name, cols.join(", ")))
+            })?;
+            readers.push(Some(reader));
+        }
+        // `ragged: "single"` runs one row per forward pass.
+        let chunk = if spec.inputs.iter().any(|d| d.ragged == Some(Ragged::Single)) {
+            1
+        } else {
+            opts.batch_size
+        };
+        let mut writers: Vec<_> = spec.outputs.iter().map(output::writer).collect();
+        let mut error = StringBuilder::new();
+        let mut times = StageTimes::default();
+        let fail = |reason: String| Error::Inference {
+            path: self.model().path().to_path_buf(),
+            reason,
+        };
+        let mut start = 0;
+        while start < n {
+            let end = (start + chunk).min(n);
+            let started = Instant::now();
+            // Per input: this chunk's rows, or None for a mask.
+            let read: Vec<Option<Vec<std::result::Result<RowTensor, String>>>> = readers
+                .iter()
+                .map(|r| r.as_ref().map(|r| r.read(start..end, self.threads())))
+                .collect();
+            let mut good = vec![true; end - start];
+            let mut reasons: Vec<Option<String>> = vec![None; end - start];
+            for (i, rows) in read.iter().enumerate() {
+                let Some(rows) = rows else { continue };
+                let decl = &spec.inputs[i];
+                for (k, row) in rows.iter().enumerate() {
+                    match row {
+                        Ok(t) => {
+                            times.decode += t.times.decode;
+                            times.resize += t.times.resize;
+                        }
+                        Err(e) if good[k] => {
+                            good[k] = false;
+                            let row = opts.row_offset + (start + k) as u64;
+                            reasons[k] = Some(format!(
+                                "row {row}: input `{}` (column {}): {e}",
+                                decl.name,
+                                columns[i].join(", ")
+                            ));
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            let count = good.iter().filter(|&&g| g).count();
+            let mut args = Vec::with_capacity(spec.inputs.len());
+            let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
+            if count > 0 {
+                for (i, decl) in spec.inputs.iter().enumerate() {
+                    let Some(rows) = &read[i] else { continue };
+                    let ok: Vec<&RowTensor> = rows
+                        .iter()
+                        .zip(&good)
+                        .filter(|(_, g)| **g)
+                        .filter_map(|(r, _)| r.as_ref().ok())
+                        .collect();
+                    let mask_dtype = spec
+                        .inputs
+                        .iter()
+                        .find(|m| m.kind == InputKind::Mask && m.of.as_deref() == Some(&decl.name))
+                        .map(|m| m.dtype);
+                    let (arg, mask) = input::assemble::assemble(decl, &ok, mask_dtype)
+                        .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?;
+                    if let Some(m) = mask {
+                        masks.insert(decl.name.as_str(), m);
+                    }
+                    args.push((i, arg));
+                }
+            }
+            let assembled = Instant::now();
+            times.preprocess += assembled - started;
+            let value = if count > 0 {
+                // Masks take their place in the declared order.
+                let mut ordered = Vec::with_capacity(spec.inputs.len());
+                let mut args = args.into_iter().peekable();
+                for (i, decl) in spec.inputs.iter().enumerate() {
+                    if decl.kind == InputKind::Mask {
+                        let of = decl.of.as_deref().unwrap_or_default();
+                        let m = masks.remove(of).ok_or_else(|| {
+                            fail(format!("input `{}`: no mask was built for `{of}`", decl.name))
+                        })?;
+                        ordered.push(ModelInput::Batch(m));
+                    } else if let Some((_, arg)) = args.next_if(|(j, _)| *j == i) {
+                        ordered.push(arg);
+                    }
+                }
+                Some(self.model().forward(ordered, self.threads())?)
+            } else {
+                None
+            };
+            for (decl, w) in spec.outputs.iter().zip(writers.iter_mut()) {
+                let selected = match (&value, &decl.from) {
+                    (None, _) => None,
+                    (Some(v), None) => Some(v),
+                    (Some(v), Some(path)) => Some(
+                        v.select(&path.steps())
+                            .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
+                    ),
+                };
+                w.append_chunk(selected, &good)
+                    .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?;
+            }
+            for r in reasons {
+                error.append_option(r);
+            }
+            times.forward += assembled.elapsed();
+            start = end;
+        }
+        let mut arrays: Vec<ArrayRef> = writers.iter_mut().map(|w| w.finish()).collect();
+        arrays.push(Arc::new(error.finish()));
+        let schema = times.annotate(output_schema(spec));
+        RecordBatch::try_new(schema, arrays).map_err(|e| Error::Internal {
+            reason: format!("building the output batch: {e}"),
+        })
+    }
+
+    /// The schema [`Scorer::predict`] returns for the spec `spec_json`, without loading the
+    /// model: one field per output, then `error`; its metadata [`INPUTS_KEY`] lists the inputs.
+    pub fn describe(spec_json: &str) -> Result<SchemaRef> {
+        let spec = Spec::from_json(spec_json).map_err(|reason| Error::Spec {
+            path: "<spec>".into(),
+            reason,
+        })?;
+        Ok(output_schema(&spec.general()))
+    }
+}
+
+/// Output fields, `error`, and the inputs as metadata.
+pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
+    let mut fields: Vec<Field> = spec.outputs.iter().map(output::field).collect();
+    fields.push(Field::new("error", DataType::Utf8, true));
+    let inputs: Vec<serde_json::Value> = spec
+        .inputs
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name,
+                "kind": match d.kind {
+                    InputKind::Tensor => "tensor",
+                    InputKind::Image => "image",
+                    InputKind::Mask => "mask",
+                },
+                "columns": d.columns(),
+                "dtype": d.dtype.name(),
+                "shape": d.shape,
+            })
+        })
+        .collect();
+    let meta = HashMap::from([(
+        INPUTS_KEY.to_string(),
+        serde_json::Value::Array(inputs).to_string(),
+    )]);
+    Arc::new(Schema::new_with_metadata(fields, meta))
+}
+
+/// Each input's columns: the caller's `opts.columns[name]`, else the spec's.
+fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<String>>> {
+    for name in opts.columns.keys() {
+        if !spec
+            .inputs
+            .iter()
+            .any(|d| &d.name == name && d.kind != InputKind::Mask)
+        {
+            return Err(Error::config(
+                "columns",
+                format!(
+                    "no input is named `{name}` (the spec's inputs: {})",
+                    spec.inputs
+                        .iter()
+                        .filter(|d| d.kind != InputKind::Mask)
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(spec
+        .inputs
+        .iter()
+        .map(|d| match opts.columns.get(&d.name) {
+            Some(cols) if d.kind != InputKind::Mask => cols.clone(),
+            _ => d.columns(),
+        })
+        .collect())
+}
+
+fn missing_column(batch: &RecordBatch, input: &str, column: &str) -> Error {
+    Error::input(format!(
+        "input `{input}` reads column `{column}`, which the batch does not have (it has {})",
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("`{}`", f.name()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}

@@ -1,0 +1,711 @@
+//! Version 2 of the spec: any tensors in, any tensors out.
+//!
+//! ```json
+//! {"spec_version": 2,
+//!  "inputs": [
+//!   {"name": "image", "kind": "image", "column": "content", "shape": [3, 32, 32],
+//!    "preprocess": {"scale": 0.00392156862745098, "mean": [0.5], "std": [0.5]}},
+//!   {"name": "meta", "column": ["age", "bmi", "bp", "s1"], "dtype": "float32", "shape": [4]},
+//!   {"name": "ids", "dtype": "int64", "shape": [-1], "ragged": "pad", "pad_value": 0},
+//!   {"name": "ids_mask", "kind": "mask", "of": "ids", "dtype": "int64"}],
+//!  "outputs": [
+//!   {"name": "probability", "from": 0, "column": "vector", "post": [{"op": "softmax"}]},
+//!   {"name": "embedding", "from": 1, "column": "array", "shape": [8]},
+//!   {"name": "classes", "from": "out", "column": "array", "shape": [-1, -1],
+//!    "post": [{"op": "argmax", "axis": 0}]},
+//!   {"name": "detections", "from": 1, "column": "structs", "fields": [
+//!     {"name": "box", "from": "boxes", "shape": [4]},
+//!     {"name": "label", "from": "labels", "dtype": "int32"},
+//!     {"name": "score", "from": "scores"}]}]}
+//! ```
+//!
+//! `forward` takes the inputs in their declared order. Shapes are per row (the batch dimension
+//! is not written); `-1` is a variable dimension, which needs `ragged`. docs/models.md is the
+//! reference; every rule below is enforced by [`GeneralSpec::validate`], whose errors name the
+//! field (`inputs[1].shape`, `outputs.detections.fields[0].from`).
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+
+use super::image::{
+    ChannelOrder, CpuSpec, FilePrecision, InputSpec, ModelSpec, OutputKind, Preprocess,
+};
+
+/// The whole version-2 spec file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneralSpec {
+    /// Always 2 here.
+    pub spec_version: u32,
+    /// One entry per `forward` argument, in order.
+    pub inputs: Vec<InputDecl>,
+    /// One entry per output column, in column order.
+    pub outputs: Vec<OutputDecl>,
+    /// A TorchScript method to call instead of `forward` (a package: the model of that name).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// As in version 1: a pinned sha256 (hex) of the model file.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// As in version 1: what the model file computes in (absent: fp32).
+    #[serde(default)]
+    pub precision: Option<FilePrecision>,
+    /// As in version 1: the CPU a package's code needs.
+    #[serde(default)]
+    pub cpu: Option<CpuSpec>,
+}
+
+/// `inputs[i]`: one argument of `forward`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputDecl {
+    /// Unique among inputs; also the default column.
+    pub name: String,
+    #[serde(default)]
+    pub kind: InputKind,
+    /// The DataFrame column, or several numeric scalar columns gathered (in this order) into
+    /// one 1-D input. Default: `name`. Not allowed on a `mask`.
+    #[serde(default)]
+    pub column: Option<Columns>,
+    /// The tensor's dtype as `forward` receives it (default float32; images: float32 only).
+    #[serde(default)]
+    pub dtype: DType,
+    /// Per-row shape; `[]` a scalar per row; `-1` a variable dimension. An image's is
+    /// `[C, H, W]` (C 1, 3 or 4); a mask's is its padded input's and is not written.
+    #[serde(default)]
+    pub shape: Vec<i64>,
+    /// How rows of different lengths form a batch; required iff `shape` has a `-1`.
+    #[serde(default)]
+    pub ragged: Option<Ragged>,
+    /// The value padding fills (`ragged: "pad"`); default 0; must fit `dtype`.
+    #[serde(default)]
+    pub pad_value: Option<f64>,
+    /// A `mask` input: the name of the padded input it marks (1 real, 0 pad).
+    #[serde(default)]
+    pub of: Option<String>,
+    /// What a NaN in a row does: `pass` (default, the model gets it) or `error` (a row error).
+    #[serde(default)]
+    pub nan: NanPolicy,
+    /// An image's channel order, as in version 1's `input.channel_order`.
+    #[serde(default)]
+    pub channel_order: Option<ChannelOrder>,
+    /// An image's preprocessing, as in version 1 (resize, crop, scale, mean, std, limits).
+    #[serde(default)]
+    pub preprocess: Option<Preprocess>,
+}
+
+/// `inputs[i].kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// Numbers from the column(s).
+    #[default]
+    Tensor,
+    /// Encoded bytes or Spark's image struct, through `preprocess` (version 1's rules).
+    Image,
+    /// Generated: 1 where the input named in `of` has a real value, 0 where it was padded.
+    Mask,
+}
+
+/// `inputs[i].column`: one column, or scalar columns gathered into a vector.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Columns {
+    One(String),
+    Gather(Vec<String>),
+}
+
+impl Columns {
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Columns::One(c) => vec![c.as_str()],
+            Columns::Gather(cs) => cs.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// Tensor element types, in torch's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    #[default]
+    Float32,
+    Float64,
+    Int64,
+    Int32,
+    Uint8,
+    Bool,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Float32 => "float32",
+            DType::Float64 => "float64",
+            DType::Int64 => "int64",
+            DType::Int32 => "int32",
+            DType::Uint8 => "uint8",
+            DType::Bool => "bool",
+        }
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::Float32 | DType::Float64)
+    }
+
+    /// Whether `v` is a value of this type (pad values).
+    pub fn holds(self, v: f64) -> bool {
+        let int = v.fract() == 0.0;
+        match self {
+            DType::Float32 => !v.is_finite() || v.abs() <= f64::from(f32::MAX),
+            DType::Float64 => true,
+            DType::Int64 => int && v.abs() <= 9_007_199_254_740_992.0,
+            DType::Int32 => int && v >= f64::from(i32::MIN) && v <= f64::from(i32::MAX),
+            DType::Uint8 => int && (0.0..=255.0).contains(&v),
+            DType::Bool => v == 0.0 || v == 1.0,
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `inputs[i].ragged`: rows whose variable dimensions differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ragged {
+    /// Padded with `pad_value` to the batch's longest row in each variable dimension.
+    Pad,
+    /// `forward` takes a `List[Tensor]`, one per row (torchvision's detection models).
+    List,
+    /// One row per forward pass.
+    Single,
+}
+
+/// `inputs[i].nan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    #[default]
+    Pass,
+    Error,
+}
+
+/// `outputs[j]`: one output column.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputDecl {
+    /// The column's name (unique, not `error`).
+    pub name: String,
+    /// Where in what the model returns: absent (the whole result, a tensor or a per-row list),
+    /// an index into a tuple/list, a key of a dict, or a path of them (`[0, "out"]`).
+    #[serde(default)]
+    pub from: Option<FromPath>,
+    /// The column's kind (default `array`).
+    #[serde(default)]
+    pub column: ColumnKind,
+    /// The column's element type (defaults: `scalar` float64, `vector` float64, `array`
+    /// float32 or int32 after `argmax`; `png` is binary).
+    #[serde(default)]
+    pub dtype: Option<DType>,
+    /// The per-row shape after `post`; its length is the `array` column's nesting depth
+    /// (absent: a flat 1-D array). Fixed sizes are checked at the first batch.
+    #[serde(default)]
+    pub shape: Option<Vec<i64>>,
+    /// Applied in order to the per-row tensor before it is written.
+    #[serde(default)]
+    pub post: Vec<PostOp>,
+    /// A `structs` column's fields: keys of each row's dict.
+    #[serde(default)]
+    pub fields: Vec<FieldDecl>,
+}
+
+/// A step of `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Step {
+    Index(usize),
+    Key(String),
+}
+
+/// `outputs[j].from`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum FromPath {
+    One(Step),
+    Path(Vec<Step>),
+}
+
+impl FromPath {
+    pub fn steps(&self) -> Vec<Step> {
+        match self {
+            FromPath::One(s) => vec![s.clone()],
+            FromPath::Path(p) => p.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Index(i) => write!(f, "[{i}]"),
+            Step::Key(k) => write!(f, "[{k:?}]"),
+        }
+    }
+}
+
+/// `outputs[j].column`: how a row's tensor becomes a value. See docs/models.md for the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnKind {
+    /// One number per row.
+    Scalar,
+    /// A 1-D float64 array with field metadata `torchspark.column = vector` (an ML `Vector` in
+    /// the JVM).
+    Vector,
+    /// A (nested) array of `dtype`, nested as deep as `shape` is long.
+    #[default]
+    Array,
+    /// `array<struct<fields>>`: a per-row list of dicts of tensors (detections).
+    Structs,
+    /// An `[H, W]` class map (0..=255) as an 8-bit greyscale PNG.
+    Png,
+}
+
+/// `outputs[j].post[k]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostOp {
+    pub op: PostKind,
+    /// A per-row axis (negative counts from the end; default -1).
+    #[serde(default = "last_axis")]
+    pub axis: i64,
+}
+
+fn last_axis() -> i64 {
+    -1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostKind {
+    Softmax,
+    Sigmoid,
+    /// The index of the largest value (the first on ties, like `torch.argmax`); the axis goes.
+    Argmax,
+}
+
+/// `outputs[j].fields[k]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldDecl {
+    pub name: String,
+    /// The dict key (default: `name`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Default float32.
+    #[serde(default)]
+    pub dtype: Option<DType>,
+    /// Per-entry shape: `[]` (default) a scalar, `[4]` an array of 4.
+    #[serde(default)]
+    pub shape: Vec<i64>,
+}
+
+impl FieldDecl {
+    pub fn key(&self) -> &str {
+        self.from.as_deref().unwrap_or(&self.name)
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype.unwrap_or(DType::Float32)
+    }
+}
+
+impl InputDecl {
+    /// The column(s) the input reads (a `mask` reads none).
+    pub fn columns(&self) -> Vec<String> {
+        match (&self.kind, &self.column) {
+            (InputKind::Mask, _) => vec![],
+            (_, Some(c)) => c.names().into_iter().map(str::to_string).collect(),
+            (_, None) => vec![self.name.clone()],
+        }
+    }
+
+    /// Whether the shape has a variable dimension.
+    pub fn is_ragged(&self) -> bool {
+        self.shape.contains(&-1)
+    }
+
+    /// A fixed-size image input as a version-1 spec (what [`crate::preprocess::Preprocessor`]
+    /// is built from); `None` for other kinds or variable sizes.
+    pub fn image_spec(&self) -> Option<ModelSpec> {
+        if self.kind != InputKind::Image {
+            return None;
+        }
+        let [c, h, w] = self.shape[..] else {
+            return None;
+        };
+        if h < 1 || w < 1 {
+            return None;
+        }
+        Some(ModelSpec {
+            input: InputSpec {
+                height: h as u32,
+                width: w as u32,
+                channels: c as u32,
+                channel_order: self.channel_order,
+            },
+            preprocess: self.preprocess.clone().unwrap_or_default(),
+            labels: None,
+            output: OutputKind::Probabilities,
+            featurize: None,
+            sha256: None,
+            precision: None,
+            cpu: None,
+        })
+    }
+}
+
+impl OutputDecl {
+    /// The column's element type after `post` (see [`OutputDecl::dtype`]).
+    pub fn dtype(&self) -> DType {
+        let argmax = self.post.last().is_some_and(|p| p.op == PostKind::Argmax);
+        match (self.dtype, self.column) {
+            (Some(d), _) => d,
+            (None, ColumnKind::Png) => DType::Uint8,
+            (None, ColumnKind::Scalar) if argmax => DType::Int64,
+            (None, ColumnKind::Scalar | ColumnKind::Vector) => DType::Float64,
+            (None, _) if argmax => DType::Int32,
+            (None, _) => DType::Float32,
+        }
+    }
+
+    /// The per-row rank after `post`, where it is known (`array`: `shape`'s length or 1).
+    pub fn rank(&self) -> usize {
+        match self.column {
+            ColumnKind::Scalar => 0,
+            ColumnKind::Vector => 1,
+            ColumnKind::Png => 2,
+            ColumnKind::Structs => 1,
+            ColumnKind::Array => self.shape.as_ref().map_or(1, Vec::len),
+        }
+    }
+}
+
+impl GeneralSpec {
+    /// Parses and validates; the error names the field.
+    pub fn from_json(text: &str) -> std::result::Result<GeneralSpec, String> {
+        let spec: GeneralSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// A version-1 image spec as a general one: input `image` (column `image`) and output
+    /// `output`, a vector (softmax applied to `logits`).
+    pub fn from_image(s: &ModelSpec) -> GeneralSpec {
+        GeneralSpec {
+            spec_version: 2,
+            inputs: vec![InputDecl {
+                name: "image".into(),
+                kind: InputKind::Image,
+                column: None,
+                dtype: DType::Float32,
+                shape: vec![
+                    i64::from(s.input.channels),
+                    i64::from(s.input.height),
+                    i64::from(s.input.width),
+                ],
+                ragged: None,
+                pad_value: None,
+                of: None,
+                nan: NanPolicy::Pass,
+                channel_order: s.input.channel_order,
+                preprocess: Some(s.preprocess.clone()),
+            }],
+            outputs: vec![OutputDecl {
+                name: "output".into(),
+                from: Some(FromPath::One(Step::Index(0))),
+                column: ColumnKind::Vector,
+                dtype: None,
+                shape: None,
+                post: match s.output {
+                    OutputKind::Logits => vec![PostOp {
+                        op: PostKind::Softmax,
+                        axis: -1,
+                    }],
+                    OutputKind::Probabilities => vec![],
+                },
+                fields: vec![],
+            }],
+            method: None,
+            sha256: s.sha256.clone(),
+            precision: s.precision,
+            cpu: s.cpu.clone(),
+        }
+    }
+
+    /// Every rule of the format; the error names the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.spec_version != 2 {
+            return Err(format!("spec_version {} is not 2", self.spec_version));
+        }
+        if self.inputs.is_empty() {
+            return Err("inputs must have at least one entry".into());
+        }
+        if self.outputs.is_empty() {
+            return Err("outputs must have at least one entry".into());
+        }
+        let mut names = HashSet::new();
+        for (i, d) in self.inputs.iter().enumerate() {
+            let at = format!("inputs[{i}]");
+            if d.name.is_empty() || d.name == "error" {
+                return Err(format!("{at}.name must be non-empty and not `error`"));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(format!("{at}.name `{}` is declared twice", d.name));
+            }
+            self.validate_input(&at, d)?;
+        }
+        let mut names = HashSet::new();
+        for (j, o) in self.outputs.iter().enumerate() {
+            let at = format!("outputs[{j}]");
+            if o.name.is_empty() || o.name == "error" {
+                return Err(format!("{at}.name must be non-empty and not `error`"));
+            }
+            if !names.insert(o.name.as_str()) {
+                return Err(format!("{at}.name `{}` is declared twice", o.name));
+            }
+            validate_output(&format!("outputs.{}", o.name), o)?;
+        }
+        if let Some(sha) = &self.sha256
+            && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err("sha256 must be 64 hex digits".into());
+        }
+        if let Some(m) = &self.method
+            && m.is_empty()
+        {
+            return Err("method must not be empty (omit it to call forward)".into());
+        }
+        Ok(())
+    }
+
+    fn validate_input(&self, at: &str, d: &InputDecl) -> std::result::Result<(), String> {
+        if let Some(bad) = d.shape.iter().find(|&&s| s == 0 || s < -1) {
+            return Err(format!(
+                "{at}.shape: {bad} is not a size (positive, or -1 for a variable dimension)"
+            ));
+        }
+        if d.kind != InputKind::Image && (d.channel_order.is_some() || d.preprocess.is_some()) {
+            return Err(format!(
+                "{at}: channel_order and preprocess belong to `kind: \"image\"` inputs"
+            ));
+        }
+        if d.kind != InputKind::Mask && d.of.is_some() {
+            return Err(format!("{at}.of belongs to `kind: \"mask\"` inputs"));
+        }
+        match (d.is_ragged(), d.ragged) {
+            (true, None) => {
+                return Err(format!(
+                    "{at}.shape has a variable dimension (-1), so {at}.ragged must say how rows \
+                     form a batch: \"pad\", \"list\" or \"single\""
+                ));
+            }
+            (false, Some(_)) if d.kind != InputKind::Mask => {
+                return Err(format!(
+                    "{at}.ragged is set but {at}.shape has no variable dimension (-1)"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(v) = d.pad_value {
+            if d.ragged != Some(Ragged::Pad) {
+                return Err(format!("{at}.pad_value needs ragged: \"pad\""));
+            }
+            if !d.dtype.holds(v) {
+                return Err(format!("{at}.pad_value {v} is not a {} value", d.dtype));
+            }
+        }
+        if d.nan == NanPolicy::Error && !d.dtype.is_float() && d.kind == InputKind::Tensor {
+            return Err(format!("{at}.nan: \"error\" needs a float dtype"));
+        }
+        match d.kind {
+            InputKind::Tensor => {
+                if let Some(Columns::Gather(cs)) = &d.column {
+                    if cs.is_empty() {
+                        return Err(format!("{at}.column must not be an empty list"));
+                    }
+                    if d.shape != [cs.len() as i64] {
+                        return Err(format!(
+                            "{at}.column gathers {} scalar columns, so {at}.shape must be [{}], \
+                             not {:?}",
+                            cs.len(),
+                            cs.len(),
+                            d.shape
+                        ));
+                    }
+                }
+            }
+            InputKind::Image => {
+                if d.dtype != DType::Float32 {
+                    return Err(format!("{at}.dtype: an image input is float32"));
+                }
+                if matches!(d.column, Some(Columns::Gather(_))) {
+                    return Err(format!("{at}.column: an image input reads one column"));
+                }
+                let [c, h, w] = d.shape[..] else {
+                    return Err(format!(
+                        "{at}.shape: an image input's shape is [channels, height, width]"
+                    ));
+                };
+                if c < 1 {
+                    return Err(format!("{at}.shape: the channel count must be fixed"));
+                }
+                if h == -1 || w == -1 {
+                    if h != -1 || w != -1 || d.ragged != Some(Ragged::List) {
+                        return Err(format!(
+                            "{at}.shape: images of varying size are [C, -1, -1] with ragged: \
+                             \"list\" (each image at its own size)"
+                        ));
+                    }
+                    if let Some(p) = &d.preprocess
+                        && (p.resize.is_some() || p.center_crop.is_some())
+                    {
+                        return Err(format!(
+                            "{at}.preprocess: resize or center_crop give every image one size; \
+                             then declare it in {at}.shape"
+                        ));
+                    }
+                    // The channel rules and the numbers, on a stand-in 1x1 size.
+                    let mut probe = d.clone();
+                    probe.shape = vec![c, 1, 1];
+                    probe.ragged = None;
+                    check_image(at, &probe)?;
+                } else {
+                    check_image(at, d)?;
+                }
+            }
+            InputKind::Mask => {
+                if d.column.is_some() {
+                    return Err(format!("{at}.column: a mask is generated, not read"));
+                }
+                if !d.shape.is_empty() || d.ragged.is_some() || d.pad_value.is_some() {
+                    return Err(format!(
+                        "{at}: a mask takes its shape from the input in `of`; remove shape, \
+                         ragged and pad_value"
+                    ));
+                }
+                let Some(of) = &d.of else {
+                    return Err(format!("{at}.of must name the padded input this mask marks"));
+                };
+                match self.inputs.iter().find(|x| &x.name == of) {
+                    Some(x) if x.ragged == Some(Ragged::Pad) => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "{at}.of: input `{of}` is not padded (ragged: \"pad\"), so it has \
+                             nothing to mask"
+                        ));
+                    }
+                    None => return Err(format!("{at}.of: no input is named `{of}`")),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_image(at: &str, d: &InputDecl) -> std::result::Result<(), String> {
+    let spec = d
+        .image_spec()
+        .ok_or_else(|| format!("{at}.shape: not an image shape"))?;
+    spec.validate()
+        .map_err(|e| format!("{at}: {}", e.replace("input.channels", "shape[0]")))
+}
+
+fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> {
+    if let Some(FromPath::Path(p)) = &o.from
+        && p.is_empty()
+    {
+        return Err(format!("{at}.from must not be an empty path (omit it instead)"));
+    }
+    if let Some(shape) = &o.shape
+        && let Some(bad) = shape.iter().find(|&&s| s == 0 || s < -1)
+    {
+        return Err(format!("{at}.shape: {bad} is not a size (positive or -1)"));
+    }
+    let argmax_last = o.post.last().is_some_and(|p| p.op == PostKind::Argmax);
+    match o.column {
+        ColumnKind::Structs => {
+            if o.fields.is_empty() {
+                return Err(format!(
+                    "{at}.fields: a `structs` column needs its fields (dict keys)"
+                ));
+            }
+            if !o.post.is_empty() || o.shape.is_some() || o.dtype.is_some() {
+                return Err(format!(
+                    "{at}: post, shape and dtype belong to the fields of a `structs` column"
+                ));
+            }
+            let mut names = HashSet::new();
+            for (k, f) in o.fields.iter().enumerate() {
+                if !names.insert(f.name.as_str()) || f.name.is_empty() {
+                    return Err(format!("{at}.fields[{k}].name `{}` is empty or repeated", f.name));
+                }
+                if f.shape.len() > 1 || f.shape.iter().any(|&s| s == 0 || s < -1) {
+                    return Err(format!(
+                        "{at}.fields[{k}].shape must be [] or [N] (N positive or -1)"
+                    ));
+                }
+                if f.dtype == Some(DType::Bool) {
+                    return Err(format!("{at}.fields[{k}].dtype: bool fields are not supported"));
+                }
+            }
+        }
+        _ if !o.fields.is_empty() => {
+            return Err(format!("{at}.fields belongs to `column: \"structs\"`"));
+        }
+        ColumnKind::Png => {
+            if !argmax_last {
+                return Err(format!(
+                    "{at}: a `png` column encodes a class map, so its post must end with argmax"
+                ));
+            }
+            if o.dtype.is_some_and(|d| d != DType::Uint8) {
+                return Err(format!("{at}.dtype: a png column's pixels are uint8"));
+            }
+            if o.shape.as_ref().is_some_and(|s| s.len() != 2) {
+                return Err(format!("{at}.shape: a png column is [height, width]"));
+            }
+        }
+        ColumnKind::Scalar => {
+            if o.shape.as_ref().is_some_and(|s| !(s.is_empty() || s == &[1])) {
+                return Err(format!(
+                    "{at}.shape: a `scalar` column holds one value per row ([] or [1])"
+                ));
+            }
+        }
+        ColumnKind::Vector => {
+            if o.shape.as_ref().is_some_and(|s| s.len() != 1) {
+                return Err(format!("{at}.shape: a `vector` column is 1-D ([N] or [-1])"));
+            }
+            if o.dtype.is_some_and(|d| d != DType::Float64) {
+                return Err(format!("{at}.dtype: an ML vector holds float64"));
+            }
+        }
+        ColumnKind::Array => {}
+    }
+    if o.dtype == Some(DType::Bool) {
+        return Err(format!("{at}.dtype: bool columns are not supported; use uint8"));
+    }
+    if o.column != ColumnKind::Png
+        && o.column != ColumnKind::Structs
+        && argmax_last
+        && o.dtype.is_some_and(DType::is_float)
+    {
+        return Err(format!("{at}.dtype: argmax gives integer class indices"));
+    }
+    Ok(())
+}
