@@ -1,7 +1,8 @@
 """torchspark: native TorchScript scoring and featurizing for Apache Spark.
 
-- DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`.
-- Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`.
+- DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`, `TorchModel`.
+- Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`,
+  `predict_arrow`, `describe`.
 - `local_session`, `jar_path`, `export_model`, `evaluate`.
 """
 
@@ -20,7 +21,14 @@ from torchspark.errors import (
     TorchSparkError,
 )
 from torchspark.evaluate import Evaluation, evaluate
-from torchspark.native import SCORE_SCHEMA, NativeModel, score_arrow, score_partitions
+from torchspark.native import (
+    SCORE_SCHEMA,
+    NativeModel,
+    describe,
+    predict_arrow,
+    score_arrow,
+    score_partitions,
+)
 from torchspark.session import jar_path, local_session, register_udfs
 
 
@@ -40,7 +48,7 @@ def doctor(spark, **kwargs):
 
 def __getattr__(name):
     # The py4j wrappers import pyspark; load them on first use.
-    if name in ("ImageScorer", "ImageFeaturizer"):
+    if name in ("ImageScorer", "ImageFeaturizer", "TorchModel"):
         from torchspark import transformers
 
         return getattr(transformers, name)
@@ -71,12 +79,15 @@ __all__ = [
     "ModelLoadError",
     "ModelSpecError",
     "NativeModel",
+    "TorchModel",
     "TorchSparkError",
+    "describe",
     "doctor",
     "evaluate",
     "export_model",
     "jar_path",
     "local_session",
+    "predict_arrow",
     "read_images",
     "register_udfs",
     "score_arrow",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
@@ -70,6 +71,19 @@ def _check_glibc(so: Path) -> None:
         raise OSError(f"this node's libstdc++ has GLIBCXX {have}; torchspark needs {need}")
 
 
+def _import_torchvision_first() -> None:
+    """Imports torchvision, when installed, before the .so can register its CPU `torchvision::nms`.
+
+    torchspark registers that op at run time only when the dispatcher lacks it (scripted detectors
+    need it); torchvision registers it statically when imported, and a second registration of the
+    same op aborts the process. Imported first, torchvision's op is found and ours is skipped."""
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    # A torchvision that fails to import registers nothing; it must not stop scoring.
+    with contextlib.suppress(Exception):
+        import torchvision  # noqa: F401
+
+
 def lib() -> ctypes.CDLL:
     """Loads the library once per process; a failure is kept and raised again."""
     global _lib, _failure
@@ -81,6 +95,7 @@ def lib() -> ctypes.CDLL:
         try:
             so_path = library_path()
             _check_glibc(so_path)
+            _import_torchvision_first()
             d = libtorch_dir()
             if d is not None:
                 for name in ("libc10.so", "libtorch_cpu.so"):
@@ -118,6 +133,10 @@ def lib() -> ctypes.CDLL:
                 errp,
             ]
             f.restype = i32
+        so.ts_predict.argtypes = so.ts_score.argtypes
+        so.ts_predict.restype = i32
+        so.ts_describe.argtypes = [cp, ctypes.POINTER(ArrowSchema), errp]
+        so.ts_describe.restype = i32
         so.ts_load_count.argtypes = []
         so.ts_load_count.restype = u64
         so.ts_string_free.argtypes = [ctypes.c_void_p]

@@ -140,7 +140,8 @@ def check_on_driver(spark, model_path: str) -> None:
     """Checks on the driver, before any job, what it can know of a local model for the
     Python-worker path: the file (required in local mode, where the driver's files are the
     workers'; elsewhere checked when the driver has a copy) and its spec, which must be a JSON
-    object with an `input` object. The full validation runs where the model loads.
+    object with an `input` object or an `inputs` list. The full validation runs where the model
+    loads.
 
     Raises ModelLoadError / ModelSpecError naming the path."""
     from torchspark.errors import ModelLoadError
@@ -162,7 +163,8 @@ def check_on_driver(spark, model_path: str) -> None:
 
 
 def check_spec_file(path: str) -> None:
-    """The spec at `path` exists, is readable and is a JSON object with an `input` object."""
+    """The spec at `path` exists, is readable and is a JSON object with an `input` object (an
+    image spec) or an `inputs` list (version 2)."""
     from torchspark.errors import ModelSpecError
 
     try:
@@ -172,8 +174,12 @@ def check_spec_file(path: str) -> None:
         raise ModelSpecError(f"model spec {path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ModelSpecError(f"model spec {path}: not JSON: {e}") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("input"), dict):
-        raise ModelSpecError(f"model spec {path}: must be a JSON object with an `input` object")
+    if not isinstance(spec, dict) or not (
+        isinstance(spec.get("input"), dict) or isinstance(spec.get("inputs"), list)
+    ):
+        raise ModelSpecError(
+            f"model spec {path}: must be a JSON object with an `input` object or an `inputs` list"
+        )
 
 
 def _java_message(e: Exception) -> str:

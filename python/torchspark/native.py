@@ -12,14 +12,22 @@ import ctypes
 import json
 import os
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Self
 
 import pyarrow as pa
 
 from torchspark import _native
-from torchspark.cluster import check_on_driver, is_remote, resolve_local, ship_model
-from torchspark.errors import BY_CODE, ConfigError, TorchSparkError
+from torchspark.cluster import (
+    _shipped,
+    check_on_driver,
+    is_remote,
+    resolve_local,
+    ship_model,
+    spec_path,
+)
+from torchspark.errors import BY_CODE, ConfigError, InputError, ModelSpecError, TorchSparkError
 
 
 def _default_threads() -> int:
@@ -117,15 +125,51 @@ class NativeModel:
         """features (list<float32>) and error: one row per input row (`max_pixels`: as score)."""
         return self._call(self._so.ts_featurize, batch, 1, batch_size, input_column, max_pixels)
 
+    def predict(
+        self,
+        batch: pa.RecordBatch | pa.Table,
+        *,
+        columns: Mapping[str, Sequence[str] | str] | None = None,
+        batch_size: int = 64,
+        row_offset: int = 0,
+        max_pixels: int = 0,
+    ) -> pa.RecordBatch:
+        """Runs any model through its spec's `inputs` and `outputs` (spec version 2, or a
+        version-1 image spec): one column per declared output, in order, then `error`.
+
+        The batch holds the inputs' columns (the spec's `column`s, or `columns` maps an input's
+        name to other column(s)): numeric scalars, lists (nested or not), FixedSizeList,
+        `arrow.fixed_shape_tensor`, Spark's vector struct, or encoded images. Output column
+        types: see `output_schema()` (docs/models-python.md). A row that cannot be read or
+        converted gets nulls and its reason in `error`, naming the row (`row_offset` + its
+        position), the input, the column, and the expected and actual shapes; the other rows
+        are still run. Raises InputError when a column is missing or of a type its input cannot
+        read, InferenceError when the model's outputs do not match the declared ones."""
+        opts: dict[str, Any] = {
+            "batch_size": _positive("batch_size", batch_size),
+            "row_offset": _non_negative("row_offset", row_offset),
+            "max_pixels": _non_negative("max_pixels", max_pixels),
+        }
+        if columns:
+            opts["columns"] = _column_map(columns)
+        return self._run(self._so.ts_predict, as_record_batch(batch), opts)
+
+    def output_schema(self) -> pa.Schema:
+        """The schema `predict` returns (as `describe` of this model's spec)."""
+        return describe(self.model_path)
+
     def _call(self, fn, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
-        if not self._handle:
-            raise ConfigError("this NativeModel is closed")
         if not isinstance(max_pixels, int) or max_pixels < 0:
             raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
         rb = as_record_batch(batch)
         opts = {"top_k": top_k, "batch_size": batch_size, "max_pixels": max_pixels}
         if input_column:
             opts["input_column"] = input_column
+        return self._run(fn, rb, opts)
+
+    def _run(self, fn, rb: pa.RecordBatch, opts: dict[str, Any]) -> pa.RecordBatch:
+        if not self._handle:
+            raise ConfigError("this NativeModel is closed")
         in_a, in_s = _native.ArrowArray(), _native.ArrowSchema()
         out_a, out_s = _native.ArrowArray(), _native.ArrowSchema()
         rb._export_to_c(ctypes.addressof(in_a), ctypes.addressof(in_s))
@@ -144,16 +188,71 @@ class NativeModel:
         return pa.RecordBatch._import_from_c(ctypes.addressof(out_a), ctypes.addressof(out_s))
 
 
+def _positive(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, not {value!r}")
+    return value
+
+
+def _non_negative(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+def _column_map(columns: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
+    """{input name: [column, ...]}; a single string is one column."""
+    if not isinstance(columns, Mapping):
+        raise ConfigError(f"columns must map input names to columns, not {columns!r}")
+    out = {}
+    for name, cols in columns.items():
+        cols = [cols] if isinstance(cols, str) else list(cols)
+        if not cols or not all(isinstance(c, str) and c for c in cols):
+            raise ConfigError(f"columns[{name!r}]: expected a column name or a list of them")
+        out[str(name)] = cols
+    return out
+
+
+def _spec_text(spec_or_model_path: str | os.PathLike) -> str:
+    """The spec JSON of a spec file, or of the spec beside a model (`model.pt` -> `model.json`)."""
+    path = os.fspath(spec_or_model_path)
+    if not path.endswith(".json"):
+        path = spec_path(path)
+    if not os.path.isfile(path):
+        # A spec shipped by name (`--files`, `ship_model`) in a worker or on the driver.
+        path = _shipped(Path(path).name) or path
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise ModelSpecError(f"cannot read the model spec {path}: {e.strerror or e}") from None
+
+
+def describe(spec_or_model_path: str | os.PathLike) -> pa.Schema:
+    """The schema `NativeModel.predict` returns for a spec, without loading the model.
+
+    Takes the spec JSON's path or the model's (its spec beside it). One field per declared
+    output, then `error` (Utf8); a `vector` output is List<Float64> with field metadata
+    `torchspark.column: vector`. The schema metadata `torchspark.inputs` lists the inputs as
+    JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`). Raises ModelSpecError naming the
+    field that is wrong."""
+    so = _native.lib()
+    out_s, err = _native.ArrowSchema(), ctypes.c_void_p()
+    code = so.ts_describe(
+        _spec_text(spec_or_model_path).encode(), ctypes.byref(out_s), ctypes.byref(err)
+    )
+    if code:
+        _raise(so, code, err)
+    return pa.Schema._import_from_c(ctypes.addressof(out_s))
+
+
 def as_record_batch(batch: Any) -> pa.RecordBatch:
     """A RecordBatch from a RecordBatch, a Table, a list of bytes, or a float array (N,C,H,W)."""
     if isinstance(batch, pa.RecordBatch):
         return batch
     if isinstance(batch, pa.Table):
-        return (
-            batch.combine_chunks().to_batches()[0]
-            if batch.num_rows
-            else pa.RecordBatch.from_pylist([])
-        )
+        if not batch.num_rows:
+            return pa.RecordBatch.from_pylist([], schema=batch.schema)
+        return batch.combine_chunks().to_batches()[0]
     try:
         import numpy as np
 
@@ -261,3 +360,126 @@ def score_arrow(
             )
 
     return run
+
+
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
+def spark_type(t: pa.DataType):
+    """The Spark SQL type that mapInArrow reads an Arrow output column of type `t` as (a
+    `vector` output, List<Float64>, is array<double> here; the JVM's TorchModel makes it an ML
+    Vector)."""
+    from pyspark.sql import types as T
+
+    simple = {
+        pa.float64(): T.DoubleType(),
+        pa.float32(): T.FloatType(),
+        pa.int64(): T.LongType(),
+        pa.int32(): T.IntegerType(),
+        pa.int16(): T.ShortType(),
+        pa.int8(): T.ByteType(),
+        pa.bool_(): T.BooleanType(),
+        pa.string(): T.StringType(),
+        pa.large_string(): T.StringType(),
+        pa.binary(): T.BinaryType(),
+        pa.large_binary(): T.BinaryType(),
+    }
+    if t in simple:
+        return simple[t]
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return T.ArrayType(spark_type(t.value_type), containsNull=True)
+    if pa.types.is_struct(t):
+        return T.StructType(
+            [
+                T.StructField(t.field(i).name, spark_type(t.field(i).type))
+                for i in range(t.num_fields)
+            ]
+        )
+    raise ConfigError(f"no Spark type for the Arrow type {t}")
+
+
+def predict_arrow(
+    model_path: str | os.PathLike,
+    *,
+    keep: Sequence[str] = (),
+    input_schema: Any = None,
+    columns: Mapping[str, Sequence[str] | str] | None = None,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+    handle_invalid: str = "error",
+    device: str = "cpu",
+    precision: str = "fp32",
+    max_pixels: int = 0,
+):
+    """`(fn, schema)` for `df.mapInArrow(fn, schema)`: any model (spec version 2, or an image
+    spec) in Spark's Python workers, its output schema derived from the spec.
+
+    >>> fn, schema = predict_arrow("mlp.pt", keep=["id"], input_schema=df.schema)  # doctest: +SKIP
+    >>> df.mapInArrow(fn, schema)                                                  # doctest: +SKIP
+
+    The schema: the `keep` columns (their types from `input_schema`, e.g. `df.schema`), one
+    column per declared output (`describe`; a `vector` output is array<double>), and `error`
+    (string) when `handle_invalid="keep"`. `handle_invalid`: `error` fails the task with the
+    first bad row's reason (InputError naming the row in its partition, the input, the column
+    and the shapes), `skip` drops bad rows, `keep` keeps them with null outputs and the reason.
+    `columns` maps input names to other columns than the spec's. `model_path` as for
+    `score_partitions`; the model is loaded once per Python worker process."""
+    if handle_invalid not in HANDLE_INVALID:
+        raise ConfigError(
+            f"handle_invalid must be one of {', '.join(HANDLE_INVALID)}, not {handle_invalid!r}"
+        )
+    _positive("batch_size", batch_size)
+    _non_negative("max_pixels", max_pixels)
+    keep = [keep] if isinstance(keep, str) else list(keep)
+    column_map = _column_map(columns) if columns else None
+    model_path = _for_workers(os.fspath(model_path))
+    described = describe(model_path)
+    outputs = [f for f in described if f.name != "error"]
+    from pyspark.sql import types as T
+
+    kept: list[Any] = []
+    if keep:
+        if input_schema is None:
+            raise ConfigError("keep needs input_schema (the DataFrame's schema: df.schema)")
+        by_name = {f.name: f for f in input_schema.fields}
+        for k in keep:
+            if k not in by_name:
+                raise ConfigError(
+                    f"keep: no column `{k}` in the input (it has {', '.join(by_name)})"
+                )
+            kept.append(by_name[k])
+    names = [*keep, *(f.name for f in outputs)] + (["error"] if handle_invalid == "keep" else [])
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"keep: {', '.join(dup)} would also be an output column's name")
+    schema = T.StructType(
+        kept
+        + [T.StructField(f.name, spark_type(f.type)) for f in outputs]
+        + ([T.StructField("error", T.StringType())] if handle_invalid == "keep" else [])
+    )
+    n_out = len(outputs)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = NativeModel(model_path, device=device, num_threads=num_threads, precision=precision)
+        offset = 0  # rows are numbered by their position in the partition, as the JVM does
+        for b in batches:
+            out = model.predict(
+                b,
+                columns=column_map,
+                batch_size=batch_size,
+                row_offset=offset,
+                max_pixels=max_pixels,
+            )
+            offset += b.num_rows
+            error = out.column(n_out)
+            if handle_invalid == "error" and error.null_count < len(error):
+                raise InputError(next(e for e in error.to_pylist() if e is not None))
+            arrays = [b.column(k) for k in keep] + [out.column(i) for i in range(n_out)]
+            if handle_invalid == "keep":
+                arrays.append(error)
+            result = pa.RecordBatch.from_arrays(arrays, names=names)
+            if handle_invalid == "skip" and error.null_count < len(error):
+                result = result.filter(error.is_null())
+            yield result
+
+    return run, schema

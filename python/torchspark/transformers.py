@@ -1,4 +1,5 @@
-"""PySpark wrappers of the Scala transformers `dev.torchspark.ImageScorer` / `ImageFeaturizer`.
+"""PySpark wrappers of the Scala transformers `dev.torchspark.ImageScorer`, `ImageFeaturizer`
+and `TorchModel`.
 
 Same class names, same param names and defaults, `setX`/`getX`, keyword constructors,
 save/load and Pipeline support. The work runs in the JVM executors (JNI), not in Python.
@@ -44,11 +45,12 @@ def _precision(value) -> str:
     raise ConfigError(f"invalid option `precision`: expected `fp32` or `bf16`, not `{v}`")
 
 
-class _TorchSparkParams(Params):
+class _CommonParams(Params):
+    """The params every torchspark transformer has (the Scala trait of the same params)."""
+
     modelPath = Param(
         Params._dummy(), "modelPath", "path of the model (.pt or .pt2)", TypeConverters.toString
     )
-    inputCol = Param(Params._dummy(), "inputCol", "image column", TypeConverters.toString)
     batchSize = Param(Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt)
     device = Param(Params._dummy(), "device", "cpu or cuda:N", _device)
     numThreads = Param(
@@ -85,12 +87,6 @@ class _TorchSparkParams(Params):
 
     def getModelPath(self) -> str:
         return self.getOrDefault(self.modelPath)
-
-    def setInputCol(self, value: str):
-        return self._set(inputCol=value)
-
-    def getInputCol(self) -> str:
-        return self.getOrDefault(self.inputCol)
 
     def setBatchSize(self, value: int):
         return self._set(batchSize=value)
@@ -133,6 +129,18 @@ class _TorchSparkParams(Params):
 
     def getMaxPixels(self) -> int:
         return self.getOrDefault(self.maxPixels)
+
+
+class _TorchSparkParams(_CommonParams):
+    """The image transformers' params: the common ones and the image column."""
+
+    inputCol = Param(Params._dummy(), "inputCol", "image column", TypeConverters.toString)
+
+    def setInputCol(self, value: str):
+        return self._set(inputCol=value)
+
+    def getInputCol(self) -> str:
+        return self.getOrDefault(self.inputCol)
 
 
 def check_jar_line(jvm) -> None:
@@ -340,3 +348,62 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
 
     def getOutputCol(self) -> str:
         return self.getOrDefault(self.outputCol)
+
+
+class TorchModel(_JavaBacked, _CommonParams):
+    """Runs any TorchScript / `.pt2` model natively in the executors, as its spec declares
+    (spec version 2, docs/models-python.md): the inputs' columns in, one column per declared
+    output appended (scalars, arrays, ML Vectors, arrays of structs, PNG masks).
+
+    `inputCols`: `["input=column"]` or `["input=c1,c2"]` (scalar columns gathered into one
+    input) for inputs whose columns differ from the spec's; `outputCols`: `["output=column"]`
+    renames an output column. Row errors follow `handleInvalid` as in ImageScorer."""
+
+    __module__ = _JAVA_PACKAGE
+
+    inputCols = Param(
+        Params._dummy(),
+        "inputCols",
+        "input=column or input=c1,c2 for inputs read from other columns than the spec's",
+        TypeConverters.toListString,
+    )
+    outputCols = Param(
+        Params._dummy(),
+        "outputCols",
+        "output=column to rename an output column",
+        TypeConverters.toListString,
+    )
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        modelPath=None,
+        batchSize=64,
+        device="cpu",
+        numThreads=0,
+        precision="fp32",
+        handleInvalid="error",
+        errorCol="error",
+        maxPixels=0,
+        inputCols=None,
+        outputCols=None,
+    ) -> None:
+        super().__init__()
+        self._java_obj = self._new_java_obj(
+            _checked_jvm_class("dev.torchspark.TorchModel"), self.uid
+        )
+        self._setDefault(inputCols=[], outputCols=[])
+        self._set(**self._input_kwargs)
+
+    def setInputCols(self, value: list[str]):
+        return self._set(inputCols=value)
+
+    def getInputCols(self) -> list[str]:
+        return self.getOrDefault(self.inputCols)
+
+    def setOutputCols(self, value: list[str]):
+        return self._set(outputCols=value)
+
+    def getOutputCols(self) -> list[str]:
+        return self.getOrDefault(self.outputCols)
