@@ -23,6 +23,7 @@ _spec = importlib.util.spec_from_file_location("python_conftest", ROOT / "tests/
 _shared = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_shared)
 fixtures, expected, model = _shared.fixtures, _shared.expected, _shared.model
+general, diabetes = _shared.general, _shared.diabetes
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """Spark Connect 4.1 clients: ImageScorer/ImageFeaturizer, a Pipeline with save/load, and
-mapInArrow, each checked against NativeModel in this process; metrics() and a server without
-the jar fail with errors that say what to do."""
+mapInArrow, each checked against NativeModel in this process; TorchModel's regression against
+PyTorch; metrics() and a server without the jar fail with errors that say what to do."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import torchspark
-from torchspark import ImageFeaturizer, ImageScorer, NativeModel
+from torchspark import ImageFeaturizer, ImageScorer, NativeModel, TorchModel
 
 
 def _files(spark, fixtures, glob="*"):
@@ -98,6 +98,25 @@ def test_map_in_arrow_over_connect_matches_native_model(spark, fixtures, model):
         pred, prob, _ = native[_name(r[0])]
         assert r[1] == pred
         np.testing.assert_array_equal(np.float32(r[3]), np.float32(prob))
+
+
+def test_torch_model_regression_over_connect(spark, general, diabetes):
+    from pyspark.ml.evaluation import RegressionEvaluator
+    from pyspark.ml.feature import VectorAssembler
+
+    names = diabetes["feature_names"]
+    rows = [
+        (i, float(y), *map(float, x)) for i, (x, y) in enumerate(zip(diabetes["X"], diabetes["y"]))
+    ]
+    schema = "id int, y double, " + ", ".join(f"`{n}` double" for n in names)
+    df = VectorAssembler(inputCols=names, outputCol="features").transform(
+        spark.createDataFrame(rows, schema)
+    )
+    out = TorchModel(modelPath=str(general / "diabetes_mlp.pt")).transform(df)
+    got = sorted((r.id, r.prediction) for r in out.select("id", "prediction").collect())
+    np.testing.assert_allclose([p for _, p in got], diabetes["pred"], rtol=0, atol=1e-5)
+    rmse = RegressionEvaluator(labelCol="y", predictionCol="prediction").evaluate(out)
+    assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
 
 
 def test_metrics_over_connect_say_they_are_unavailable(spark, fixtures, model):

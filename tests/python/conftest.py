@@ -32,6 +32,27 @@ def fixtures() -> Path:
     return _ensure_fixtures()
 
 
+def _ensure_general() -> Path:
+    out = FIXTURES / "general"
+    if not (out / "manifest.json").exists():  # written last: the others are complete
+        python = os.environ.get("TORCHSPARK_FIXTURE_PYTHON", sys.executable)
+        subprocess.run(
+            [python, str(ROOT / "tests/fixtures/make_general_fixtures.py"), str(out)], check=True
+        )
+    return out
+
+
+@pytest.fixture(scope="session")
+def general() -> Path:
+    """The four general-model proofs' models, specs, inputs and PyTorch's outputs."""
+    return _ensure_general()
+
+
+@pytest.fixture(scope="session")
+def diabetes(general) -> dict:
+    return json.loads((general / "diabetes.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def expected(fixtures) -> dict[str, dict]:
     data = json.loads((fixtures / "expected.json").read_text())

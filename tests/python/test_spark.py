@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 import torchspark
 from conftest import tol
-from torchspark import ImageFeaturizer, ImageScorer
+from torchspark import ImageFeaturizer, ImageScorer, TorchModel
 
 
 def _files(spark, fixtures, glob="*"):
@@ -95,14 +95,18 @@ def test_all_three_paths_agree_exactly(spark, fixtures, model):
 
 
 def test_param_lists_mirror_scala(spark):
-    for cls in (ImageScorer, ImageFeaturizer):
+    from py4j.java_collections import JavaArray
+
+    for cls in (ImageScorer, ImageFeaturizer, TorchModel):
         py = cls()
         java = py._java_obj
         java_params = {p.name(): p for p in java.params()}
-        assert sorted(p.name for p in py.params) == sorted(java_params)
+        assert sorted(p.name for p in py.params) == sorted(java_params), cls.__name__
         for p in py.params:
             if py.hasDefault(p):
-                assert py.getOrDefault(p) == java.getOrDefault(java_params[p.name]), p.name
+                value = java.getOrDefault(java_params[p.name])
+                value = list(value) if isinstance(value, JavaArray) else value
+                assert py.getOrDefault(p) == value, (cls.__name__, p.name)
 
 
 def test_python_pipeline_save_load(spark, fixtures, model, tmp_path):

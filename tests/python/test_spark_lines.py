@@ -1,5 +1,6 @@
-"""One source tree, two Spark lines: the jar that matches the running pyspark, and a wrong-line jar
-refused by name at first use. Runs on pyspark 4.1 (.venv) and 3.5 (.venv-spark35)."""
+"""One source tree, two Spark lines: the jar that matches the running pyspark, a wrong-line jar
+refused by name at first use, and TorchModel's regression proof. Runs on pyspark 4.1 (.venv) and
+3.5 (.venv-spark35)."""
 
 from __future__ import annotations
 
@@ -53,3 +54,23 @@ s.stop()
     assert f"but this is Spark {pyspark.__version__}" in out
     assert f"use the torchspark-spark{LINE}_{SPARK_LINES[LINE]} jar" in out
     assert "NoSuchMethodError" not in out
+
+
+def test_torch_model_regression_on_this_line(spark, general, diabetes):
+    from pyspark.ml.evaluation import RegressionEvaluator
+    from pyspark.ml.feature import VectorAssembler
+
+    names = diabetes["feature_names"]
+    rows = [
+        (i, float(y), *map(float, x)) for i, (x, y) in enumerate(zip(diabetes["X"], diabetes["y"]))
+    ]
+    schema = "id int, y double, " + ", ".join(f"`{n}` double" for n in names)
+    df = VectorAssembler(inputCols=names, outputCol="features").transform(
+        spark.createDataFrame(rows, schema)
+    )
+    out = torchspark.TorchModel(modelPath=str(general / "diabetes_mlp.pt")).transform(df)
+    got = sorted((r.id, r.prediction) for r in out.select("id", "prediction").collect())
+    assert len(got) == len(diabetes["pred"])
+    assert max(abs(p - e) for (_, p), e in zip(got, diabetes["pred"])) <= 1e-5
+    rmse = RegressionEvaluator(labelCol="y", predictionCol="prediction").evaluate(out)
+    assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
