@@ -9,7 +9,9 @@
    check that both paths give the same predictions;
 6. transfer learning (examples/transfer_learning.py): ImageNet EfficientNet-Lite0 features of
    real photographs (scikit-image's faces / non-faces) -> a Spark ML LogisticRegression,
-   against raw pixels and the ResNet-20's features; top-5 of a few photos.
+   against raw pixels and the ResNet-20's features; top-5 of a few photos;
+7. regression (examples/regression.py): an MLP on scikit-learn's diabetes data scored by
+   TorchModel from a VectorAssembler column; Spark's RegressionEvaluator RMSE beside PyTorch's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "examples"))
 
+import regression  # noqa: E402
 import transfer_learning  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
@@ -126,6 +129,11 @@ def main() -> None:
 
     print("\n[demo] part 2: transfer learning with ImageNet weights", flush=True)
     transfer_learning.run(spark, model)
+
+    print("\n[demo] part 3: any tensor model: regression on tabular data", flush=True)
+    rmse, torch_rmse, diff = regression.run(spark)
+    if abs(rmse - torch_rmse) > 1e-4 or diff > 1e-5:
+        raise SystemExit("TorchModel's regression differs from PyTorch's")
     print(f"[demo] done in {time.time() - t_start:.0f} s")
     spark.stop()
 

@@ -33,4 +33,5 @@ def test_notebook_runs_without_errors(tmp_path, monkeypatch):
     assert "predictions identical to the DataFrame way" in text
     assert "logistic regression on torchspark features: accuracy" in text
     assert "faces vs non-faces on ImageNet features: held-out accuracy" in text
+    assert "diabetes MLP: RMSE " in text
     assert "chelsea: " in text and "cat (" in text.split("chelsea: ", 1)[1].split("\n", 1)[0]
