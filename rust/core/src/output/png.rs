@@ -14,6 +14,8 @@ use super::{OutputWriter, post, shape_text};
 use crate::spec::general::{OutputDecl, PostOp};
 use crate::value::Value;
 
+/// A `png` column: per chunk a tensor `[rows, ...]` that `post` turns into `[rows, H, W]`
+/// class indices in 0..=255.
 pub struct PngWriter {
     shape: Option<Vec<i64>>,
     post: Vec<PostOp>,
@@ -37,8 +39,9 @@ impl PngWriter {
     }
 }
 
-/// `map` (`h * w` classes, row-major) as an 8-bit greyscale PNG.
-pub fn encode(map: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
+/// `map` (`h * w` classes, row-major) as an 8-bit greyscale PNG; decoding it gives `map`
+/// back exactly.
+pub(crate) fn encode(map: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
     let mut png = Vec::new();
     // Fast deflate: class maps are long runs, which it already shrinks well.
     PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)

@@ -14,6 +14,8 @@ use super::{OutputWriter, shape_text, struct_fields};
 use crate::spec::general::{FieldDecl, OutputDecl};
 use crate::value::Value;
 
+/// A `structs` column: per chunk a list of one dict per row that ran; each declared field
+/// reads its key, all with the same entry count K.
 pub struct StructsWriter {
     fields: Vec<FieldDecl>,
     arrow_fields: Fields,

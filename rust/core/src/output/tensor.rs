@@ -153,7 +153,9 @@ impl Level {
     }
 }
 
-/// A `scalar`, `vector` or `array` column.
+/// A `scalar`, `vector` or `array` column: per chunk a tensor `[rows, ...]`, `post` applied,
+/// the per-row shape checked (scalar `[]`/`[1]`, vector 1-D, array the declared rank and fixed
+/// sizes), values converted to the column dtype in one bulk copy.
 pub struct TensorWriter {
     column: ColumnKind,
     dtype: DType,
