@@ -539,3 +539,48 @@ fn finish_starts_afresh() {
     let a = w.finish();
     assert_eq!((a.len(), a.as_list::<i32>().values().len()), (1, 2));
 }
+
+#[test]
+fn structs_fields_of_any_length_and_converted_dtypes() {
+    let d = decl(
+        r#"{"name": "kp", "column": "structs", "fields": [
+            {"name": "points", "shape": [-1], "dtype": "float64"},
+            {"name": "label", "from": "labels", "dtype": "int32"}]}"#,
+    );
+    let row = |k: i64, n: i64| {
+        Value::Dict(vec![
+            (
+                "labels".into(),
+                Value::Tensor(Tensor::arange(k, (Kind::Int64, Device::Cpu)).reshape([k, 1])),
+            ),
+            (
+                "points".into(),
+                Value::Tensor(Tensor::ones([k, n], (Kind::Float, Device::Cpu))),
+            ),
+        ])
+    };
+    let v = Value::List(vec![row(2, 3), row(1, 5)]);
+    let a = write(&d, &[(Some(v), vec![true, true])]).unwrap();
+    let a = a.as_list::<i32>();
+    let second = a.value(1);
+    let second = second.as_struct();
+    let points = second.column(0).as_list::<i32>();
+    assert_eq!(
+        points
+            .value(0)
+            .as_primitive::<Float64Type>()
+            .values()
+            .to_vec(),
+        [1.0; 5]
+    );
+    let first = a.value(0);
+    assert_eq!(
+        first
+            .as_struct()
+            .column(1)
+            .as_primitive::<Int32Type>()
+            .values()
+            .to_vec(),
+        [0, 1]
+    );
+}
