@@ -1,20 +1,249 @@
 //! Good rows of one input → the argument `forward` takes.
+//!
+//! - fixed shape: one tensor `[n, ...shape]`;
+//! - `ragged: "pad"`: each variable dimension padded to the chunk's longest row with
+//!   `pad_value` (default 0), values at the start of each dimension (as
+//!   `torch.nn.utils.rnn.pad_sequence`), and the mask (1 real, 0 pad) when one is declared;
+//! - `ragged: "list"`: `List[Tensor]`, one `[...shape]` tensor per row (torchvision's
+//!   detection models);
+//! - `ragged: "single"`: as `pad` (the plan passes one row at a time, so nothing is padded).
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use super::RowTensor;
-use crate::spec::general::{DType, InputDecl};
+use super::{RowData, RowTensor};
+use crate::spec::general::{DType, InputDecl, Ragged};
 use crate::value::ModelInput;
+
+/// Runs `$body` with `$t` the Rust type of `$dtype`.
+macro_rules! dispatch {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::Float32 => {
+                type $t = f32;
+                $body
+            }
+            DType::Float64 => {
+                type $t = f64;
+                $body
+            }
+            DType::Int64 => {
+                type $t = i64;
+                $body
+            }
+            DType::Int32 => {
+                type $t = i32;
+                $body
+            }
+            DType::Uint8 => {
+                type $t = u8;
+                $body
+            }
+            DType::Bool => {
+                type $t = bool;
+                $body
+            }
+        }
+    };
+}
 
 /// Stacks `rows` (all read for `decl`) into `[n, ...shape]`; with `ragged: "pad"` pads each
 /// variable dimension to the longest row with `pad_value`; with `ragged: "list"` gives
 /// `List[Tensor]`. Also returns, for a padded input, the mask (`[n, ...padded shape]`, 1 real,
 /// 0 pad) in `mask_dtype` when the spec declares a mask of it.
+///
+/// Errors (a bug upstream, never bad data: readers check every row): no rows, a row whose
+/// values do not fill its shape or are not of the declared dtype, fixed-shape rows of
+/// different shapes, a tensor libtorch cannot make.
 pub fn assemble(
     decl: &InputDecl,
     rows: &[&RowTensor],
     mask_dtype: Option<DType>,
 ) -> Result<(ModelInput, Option<Tensor>), String> {
-    let _ = (decl, rows, mask_dtype);
-    Err("assembly: not built yet".into())
+    let Some(first) = rows.first() else {
+        return Err("no rows to assemble".into());
+    };
+    for r in rows {
+        let want: i64 = r.shape.iter().product();
+        if r.shape.len() != first.shape.len() || want != r.data.len() as i64 {
+            return Err(format!(
+                "a row of shape {:?} holds {} values (the first row has shape {:?})",
+                r.shape,
+                r.data.len(),
+                first.shape
+            ));
+        }
+    }
+    match decl.ragged {
+        None => {
+            if let Some(r) = rows.iter().find(|r| r.shape != first.shape) {
+                return Err(format!(
+                    "rows of shapes {:?} and {:?} in a fixed-shape input",
+                    first.shape, r.shape
+                ));
+            }
+            let mut dims = vec![rows.len() as i64];
+            dims.extend_from_slice(&first.shape);
+            let t = dispatch!(decl.dtype, T => stack::<T>(rows, &dims))?;
+            Ok((ModelInput::Batch(t), None))
+        }
+        Some(Ragged::List) => {
+            let ts = rows
+                .iter()
+                .map(|r| dispatch!(decl.dtype, T => stack::<T>(&[*r], &r.shape)))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ModelInput::List(ts), None))
+        }
+        Some(Ragged::Pad | Ragged::Single) => {
+            let pad = decl.pad_value.unwrap_or(0.0);
+            let (t, mask) =
+                dispatch!(decl.dtype, T => padded::<T>(rows, pad, mask_dtype.is_some()))?;
+            let mask = match (mask, mask_dtype) {
+                (Some(m), Some(d)) => Some(m.f_to_kind(kind(d)).map_err(torch)?),
+                _ => None,
+            };
+            Ok((ModelInput::Batch(t), mask))
+        }
+    }
+}
+
+/// The torch kind of a dtype.
+pub fn kind(d: DType) -> Kind {
+    match d {
+        DType::Float32 => Kind::Float,
+        DType::Float64 => Kind::Double,
+        DType::Int64 => Kind::Int64,
+        DType::Int32 => Kind::Int,
+        DType::Uint8 => Kind::Uint8,
+        DType::Bool => Kind::Bool,
+    }
+}
+
+fn torch(e: tch::TchError) -> String {
+    format!("libtorch: {e}")
+}
+
+/// A row element type: its slice in [`RowData`] and how a tensor of it is made.
+trait Elem: Copy + 'static {
+    const DTYPE: DType;
+    fn slice(d: &RowData) -> Option<&[Self]>;
+    fn pad(v: f64) -> Self;
+    fn tensor(v: &[Self], dims: &[i64]) -> Result<Tensor, String>;
+}
+
+macro_rules! elem {
+    ($t:ty, $dtype:expr, $variant:ident) => {
+        impl Elem for $t {
+            const DTYPE: DType = $dtype;
+            fn slice(d: &RowData) -> Option<&[$t]> {
+                match d {
+                    RowData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn pad(v: f64) -> $t {
+                // The spec's validation makes `v` a value of this dtype.
+                v as $t
+            }
+            fn tensor(v: &[$t], dims: &[i64]) -> Result<Tensor, String> {
+                Tensor::f_from_slice(v)
+                    .and_then(|t| t.f_view(dims))
+                    .map_err(torch)
+            }
+        }
+    };
+}
+elem!(f32, DType::Float32, F32);
+elem!(f64, DType::Float64, F64);
+elem!(i64, DType::Int64, I64);
+elem!(i32, DType::Int32, I32);
+elem!(u8, DType::Uint8, U8);
+
+impl Elem for bool {
+    const DTYPE: DType = DType::Bool;
+    fn slice(d: &RowData) -> Option<&[bool]> {
+        match d {
+            RowData::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn pad(v: f64) -> bool {
+        v != 0.0
+    }
+    fn tensor(v: &[bool], dims: &[i64]) -> Result<Tensor, String> {
+        let bytes: Vec<u8> = v.iter().map(|&b| u8::from(b)).collect();
+        u8::tensor(&bytes, dims)?
+            .f_to_kind(Kind::Bool)
+            .map_err(torch)
+    }
+}
+
+fn values<T: Elem>(r: &RowTensor) -> Result<&[T], String> {
+    T::slice(&r.data).ok_or_else(|| format!("a row is not of the input's dtype {}", T::DTYPE))
+}
+
+/// Rows of one shape, concatenated, as a tensor of `dims`.
+fn stack<T: Elem>(rows: &[&RowTensor], dims: &[i64]) -> Result<Tensor, String> {
+    if let [one] = rows {
+        return T::tensor(values::<T>(one)?, dims);
+    }
+    let mut all = Vec::with_capacity(rows.iter().map(|r| r.data.len()).sum());
+    for r in rows {
+        all.extend_from_slice(values::<T>(r)?);
+    }
+    T::tensor(&all, dims)
+}
+
+/// Rows padded to the largest size in each dimension, and (when `with_mask`) the uint8 mask.
+fn padded<T: Elem>(
+    rows: &[&RowTensor],
+    pad: f64,
+    with_mask: bool,
+) -> Result<(Tensor, Option<Tensor>), String> {
+    let rank = rows.first().map_or(0, |r| r.shape.len());
+    let mut max = vec![0i64; rank];
+    for r in rows {
+        for (m, &d) in max.iter_mut().zip(&r.shape) {
+            *m = (*m).max(d);
+        }
+    }
+    let per_row: i64 = max.iter().product();
+    let total = per_row as usize * rows.len();
+    let mut out = vec![T::pad(pad); total];
+    let mut mask = if with_mask { vec![0u8; total] } else { vec![] };
+    // Row-major strides of the padded shape.
+    let mut stride = vec![1usize; rank];
+    for k in (0..rank.saturating_sub(1)).rev() {
+        stride[k] = stride[k + 1] * max[k + 1] as usize;
+    }
+    for (n, r) in rows.iter().enumerate() {
+        let v = values::<T>(r)?;
+        let base = n * per_row as usize;
+        let line = r.shape.last().map_or(1, |&d| d as usize);
+        let outer = &r.shape[..rank.saturating_sub(1)];
+        // Each innermost line of the row goes to its place in the padded row.
+        let mut index = vec![0usize; outer.len()];
+        for src in v.chunks_exact(line.max(1)) {
+            let dst = base + index.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
+            out[dst..dst + src.len()].copy_from_slice(src);
+            if with_mask {
+                mask[dst..dst + src.len()].fill(1);
+            }
+            for k in (0..index.len()).rev() {
+                index[k] += 1;
+                if (index[k] as i64) < outer[k] {
+                    break;
+                }
+                index[k] = 0;
+            }
+        }
+    }
+    let mut dims = vec![rows.len() as i64];
+    dims.extend_from_slice(&max);
+    let t = T::tensor(&out, &dims)?;
+    let m = if with_mask {
+        Some(u8::tensor(&mask, &dims)?)
+    } else {
+        None
+    };
+    Ok((t, m))
 }
