@@ -49,6 +49,16 @@ pub struct RowTimes {
     pub resize: Duration,
 }
 
+/// An image decoded at its own size ([`Preprocessor::fill_native`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeImage {
+    /// `channels x height x width` floats, CHW, normalized.
+    pub values: Vec<f32>,
+    pub height: u32,
+    pub width: u32,
+    pub times: RowTimes,
+}
+
 /// What the spec asks for, precomputed once per model.
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
@@ -174,7 +184,7 @@ impl Preprocessor {
     }
 
     /// One image at its own size, for inputs of shape `[C, -1, -1]`: its `C x h x w` floats
-    /// (CHW) and `(h, w)`. The same decoding, channel conversion (PIL's `convert`), EXIF
+    /// (CHW) and its size. The same decoding, channel conversion (PIL's `convert`), EXIF
     /// orientation, pixel limit (`max_pixels` as in [`Self::fill_limited`]) and
     /// `(p * scale - mean) / std` as [`Self::fill`]; no resize or crop (such a spec has none:
     /// asking for one is an error). Floats carry no size, so only encoded bytes and Spark's
@@ -183,7 +193,7 @@ impl Preprocessor {
         &self,
         input: ImageInput<'_>,
         max_pixels: u64,
-    ) -> Result<(Vec<f32>, (u32, u32), RowTimes), String> {
+    ) -> Result<NativeImage, String> {
         if self.resize.is_some() || self.center_crop.is_some() {
             return Err("an image at its own size takes no resize or center_crop".into());
         }
@@ -210,7 +220,12 @@ impl Preprocessor {
         let (w, h) = (pixels.w, pixels.h);
         let mut out = vec![0f32; self.channels * w as usize * h as usize];
         self.finish(pixels, &mut out, &mut times, (w, h))?;
-        Ok((out, (h, w), times))
+        Ok(NativeImage {
+            values: out,
+            height: h,
+            width: w,
+            times,
+        })
     }
 
     fn check_len(&self, len: usize) -> Result<(), String> {

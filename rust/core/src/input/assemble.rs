@@ -247,3 +247,121 @@ fn padded<T: Elem>(
     };
     Ok((t, m))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::preprocess::RowTimes;
+
+    fn decl(json: &str) -> InputDecl {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn row(data: RowData, shape: &[i64]) -> RowTensor {
+        RowTensor {
+            data,
+            shape: shape.to_vec(),
+            times: RowTimes::default(),
+        }
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    #[test]
+    fn fixed_rows_stack_into_one_batch_of_the_dtype() {
+        let d = decl(r#"{"name": "x", "shape": [2, 2], "dtype": "int32"}"#);
+        let (a, b) = (
+            row(RowData::I32(vec![1, 2, 3, 4]), &[2, 2]),
+            row(RowData::I32(vec![5, 6, 7, 8]), &[2, 2]),
+        );
+        let (ModelInput::Batch(t), None) = assemble(&d, &[&a, &b], None).unwrap() else {
+            panic!("not a batch without mask")
+        };
+        assert_eq!(t.size(), vec![2, 2, 2]);
+        assert_eq!(t.kind(), Kind::Int);
+        assert_eq!(values(&t), (1..=8).map(f64::from).collect::<Vec<_>>());
+        let d = decl(r#"{"name": "x", "shape": [3], "dtype": "bool"}"#);
+        let r = row(RowData::Bool(vec![true, false, true]), &[3]);
+        let (ModelInput::Batch(t), _) = assemble(&d, &[&r], None).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!((t.kind(), t.size()), (Kind::Bool, vec![1, 3]));
+        assert_eq!(values(&t), vec![1.0, 0.0, 1.0]);
+    }
+
+    #[test]
+    fn padding_fills_each_variable_dimension_and_the_mask_marks_real_values() {
+        let d = decl(
+            r#"{"name": "ids", "shape": [-1], "dtype": "int64", "ragged": "pad", "pad_value": -1}"#,
+        );
+        let (a, b) = (
+            row(RowData::I64(vec![7, 8]), &[2]),
+            row(RowData::I64(vec![1, 2, 3, 4]), &[4]),
+        );
+        let (ModelInput::Batch(t), Some(m)) = assemble(&d, &[&a, &b], Some(DType::Int64)).unwrap()
+        else {
+            panic!("no mask")
+        };
+        assert_eq!((t.size(), t.kind()), (vec![2, 4], Kind::Int64));
+        assert_eq!(values(&t), vec![7.0, 8.0, -1.0, -1.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!((m.size(), m.kind()), (vec![2, 4], Kind::Int64));
+        assert_eq!(values(&m), vec![1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
+        // Two variable dimensions: [1, 2] and [2, 1] -> [2, 2, 2], zeros padding by default.
+        let d = decl(r#"{"name": "x", "shape": [-1, -1], "ragged": "pad"}"#);
+        let (a, b) = (
+            row(RowData::F32(vec![1.0, 2.0]), &[1, 2]),
+            row(RowData::F32(vec![3.0, 4.0]), &[2, 1]),
+        );
+        let (ModelInput::Batch(t), Some(m)) = assemble(&d, &[&a, &b], Some(DType::Bool)).unwrap()
+        else {
+            panic!("no mask")
+        };
+        assert_eq!(t.size(), vec![2, 2, 2]);
+        assert_eq!(values(&t), vec![1.0, 2.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+        assert_eq!(m.kind(), Kind::Bool);
+        assert_eq!(values(&m), vec![1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
+        // Without a declared mask, none is made.
+        assert!(assemble(&d, &[&a, &b], None).unwrap().1.is_none());
+    }
+
+    #[test]
+    fn list_gives_one_tensor_per_row_and_single_a_batch_of_one() {
+        let d = decl(r#"{"name": "images", "shape": [1, -1, -1], "ragged": "list"}"#);
+        let (a, b) = (
+            row(RowData::F32(vec![1.0; 6]), &[1, 2, 3]),
+            row(RowData::F32(vec![2.0; 4]), &[1, 4, 1]),
+        );
+        let (ModelInput::List(ts), None) = assemble(&d, &[&a, &b], None).unwrap() else {
+            panic!("not a list")
+        };
+        assert_eq!(ts[0].size(), vec![1, 2, 3]);
+        assert_eq!(ts[1].size(), vec![1, 4, 1]);
+        assert_eq!(values(&ts[1]), vec![2.0; 4]);
+        let d = decl(r#"{"name": "x", "shape": [-1], "ragged": "single", "dtype": "float64"}"#);
+        let r = row(RowData::F64(vec![0.5, 1.5, 2.5]), &[3]);
+        let (ModelInput::Batch(t), None) = assemble(&d, &[&r], None).unwrap() else {
+            panic!("not a batch")
+        };
+        assert_eq!((t.size(), t.kind()), (vec![1, 3], Kind::Double));
+    }
+
+    #[test]
+    fn rows_that_do_not_fit_the_declaration_are_refused() {
+        let d = decl(r#"{"name": "x", "shape": [2]}"#);
+        let bad = row(RowData::F32(vec![1.0]), &[2]);
+        assert!(
+            assemble(&d, &[&bad], None)
+                .unwrap_err()
+                .contains("holds 1 values")
+        );
+        let wrong = row(RowData::F64(vec![1.0, 2.0]), &[2]);
+        assert!(
+            assemble(&d, &[&wrong], None)
+                .unwrap_err()
+                .contains("dtype float32")
+        );
+        assert!(assemble(&d, &[], None).is_err());
+    }
+}

@@ -72,11 +72,11 @@ impl ImageReader<'_> {
             .ok_or_else(|| format!("row {i} is beyond the column"))?
             .clone()?;
         if self.native {
-            let (out, (h, w), times) = self.pre.fill_native(input, self.max_pixels)?;
+            let img = self.pre.fill_native(input, self.max_pixels)?;
             return Ok(RowTensor {
-                data: RowData::F32(out),
-                shape: vec![self.shape[0], i64::from(h), i64::from(w)],
-                times,
+                data: RowData::F32(img.values),
+                shape: vec![self.shape[0], i64::from(img.height), i64::from(img.width)],
+                times: img.times,
             });
         }
         let mut out = vec![0f32; self.pre.row_len()];
@@ -244,5 +244,145 @@ fn float_rows(col: &dyn Array) -> Result<Vec<Row<'_>>, String> {
             "a list of {other} cannot be read as an image (a list of float or double, or binary, \
              or Spark's image struct)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::BinaryArray;
+    use arrow_array::builder::{BinaryBuilder, Int32Builder, StringBuilder};
+    use arrow_schema::{Field, Fields};
+    use image::{ImageBuffer, ImageFormat, Rgb};
+
+    use super::*;
+
+    fn decl(json: &str) -> InputDecl {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = ImageBuffer::from_fn(w, h, |x, y| Rgb([(x * 40) as u8, (y * 60) as u8, 200]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    const NORM: &str = r#""preprocess": {"scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}"#;
+
+    #[test]
+    fn native_size_equals_the_fixed_path_on_an_image_of_the_declared_size() {
+        let (a, b) = (png(5, 4), png(3, 7));
+        let col: ArrayRef = Arc::new(BinaryArray::from(vec![
+            Some(a.as_slice()),
+            Some(b.as_slice()),
+            None,
+            Some(b"not an image".as_slice()),
+        ]));
+        let fixed = decl(&format!(
+            r#"{{"name": "image", "kind": "image", "shape": [3, 4, 5], {NORM}}}"#
+        ));
+        let native = decl(&format!(
+            r#"{{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list", {NORM}}}"#
+        ));
+        let f = reader(&fixed, vec![("image", &col)], 0)
+            .unwrap()
+            .read(0..4, 1);
+        let n = reader(&native, vec![("image", &col)], 0)
+            .unwrap()
+            .read(0..4, 2);
+        let (f0, n0) = (f[0].as_ref().unwrap(), n[0].as_ref().unwrap());
+        assert_eq!(n0.shape, vec![3, 4, 5]);
+        assert_eq!(n0.data, f0.data);
+        assert_eq!(n[1].as_ref().unwrap().shape, vec![3, 7, 3]);
+        assert_eq!(n[1].as_ref().unwrap().data.len(), 3 * 7 * 3);
+        assert!(f[1].as_ref().unwrap_err().contains("no resize"));
+        assert_eq!(n[2].as_ref().unwrap_err(), "input is null");
+        assert!(n[3].as_ref().unwrap_err().contains("not a PNG"));
+        // The pixel limit applies to each image.
+        let small = reader(&native, vec![("image", &col)], 20)
+            .unwrap()
+            .read(0..2, 1);
+        assert!(
+            small[1]
+                .as_ref()
+                .unwrap_err()
+                .contains("over the limit of 20")
+        );
+        assert!(small[0].is_ok());
+    }
+
+    #[test]
+    fn spark_image_struct_at_native_size_matches_the_encoded_file() {
+        let (w, h) = (3usize, 2usize);
+        let mut bgr = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                bgr.extend_from_slice(&[200, (y * 60) as u8, (x * 40) as u8]);
+            }
+        }
+        let mut origin = StringBuilder::new();
+        origin.append_value("mem");
+        let int = |v: i32| {
+            let mut b = Int32Builder::new();
+            b.append_value(v);
+            Arc::new(b.finish()) as ArrayRef
+        };
+        let mut data = BinaryBuilder::new();
+        data.append_value(&bgr);
+        let fields = Fields::from(vec![
+            Field::new("origin", DataType::Utf8, true),
+            Field::new("height", DataType::Int32, true),
+            Field::new("width", DataType::Int32, true),
+            Field::new("nChannels", DataType::Int32, true),
+            Field::new("mode", DataType::Int32, true),
+            Field::new("data", DataType::Binary, true),
+        ]);
+        let s: ArrayRef = Arc::new(StructArray::new(
+            fields,
+            vec![
+                Arc::new(origin.finish()),
+                int(h as i32),
+                int(w as i32),
+                int(3),
+                int(16),
+                Arc::new(data.finish()),
+            ],
+            None,
+        ));
+        let encoded = png(w as u32, h as u32);
+        let bin: ArrayRef = Arc::new(BinaryArray::from(vec![Some(encoded.as_slice())]));
+        let native = decl(&format!(
+            r#"{{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list", {NORM}}}"#
+        ));
+        let a = reader(&native, vec![("s", &s)], 0).unwrap().read(0..1, 1);
+        let b = reader(&native, vec![("b", &bin)], 0).unwrap().read(0..1, 1);
+        let (a, b) = (a[0].as_ref().unwrap(), b[0].as_ref().unwrap());
+        assert_eq!((&a.data, &a.shape), (&b.data, &b.shape));
+    }
+
+    #[test]
+    fn float_lists_are_fixed_size_only_and_other_types_fail_the_batch() {
+        let native =
+            decl(r#"{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list"}"#);
+        let mut b =
+            arrow_array::builder::ListBuilder::new(arrow_array::builder::Float32Builder::new());
+        b.values().append_slice(&[0.5; 12]);
+        b.append(true);
+        let floats: ArrayRef = Arc::new(b.finish());
+        let e = reader(&native, vec![("x", &floats)], 0).err().unwrap();
+        assert!(e.contains("cannot be read as an image"), "{e}");
+        let fixed = decl(r#"{"name": "image", "kind": "image", "shape": [3, 2, 2]}"#);
+        let rows = reader(&fixed, vec![("x", &floats)], 0)
+            .unwrap()
+            .read(0..1, 1);
+        assert_eq!(rows[0].as_ref().unwrap().data, RowData::F32(vec![0.5; 12]));
+        let ints: ArrayRef = Arc::new(Int32Array::from(vec![1]));
+        let e = reader(&fixed, vec![("x", &ints)], 0).err().unwrap();
+        assert!(
+            e.starts_with("Arrow type Int32 cannot be read as an image"),
+            "{e}"
+        );
     }
 }

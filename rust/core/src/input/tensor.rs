@@ -330,8 +330,8 @@ trait Target: Copy {
 #[inline]
 fn whole(v: f64) -> Option<i64> {
     // 2^63 is exact in f64; every whole f64 in [-2^63, 2^63) is an i64.
-    (v.fract() == 0.0 && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&v))
-        .then_some(v as i64)
+    let two_63 = -(i64::MIN as f64);
+    (v.fract() == 0.0 && (-two_63..two_63).contains(&v)).then_some(v as i64)
 }
 
 impl Target for f32 {
