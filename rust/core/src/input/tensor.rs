@@ -137,11 +137,11 @@ enum Source<'a> {
     Scalar(Leaf<'a>),
     /// One value per row from each column, in order (shape `[K]`).
     Gather(Vec<(&'a str, Leaf<'a>)>),
-    /// List levels over a leaf array; `flat` when one level fills a shape of another rank.
+    /// List levels over a leaf array; one level is read flat and reshaped, more must be as
+    /// many as the shape's dimensions.
     Nested {
         levels: Vec<Level<'a>>,
         leaf: Leaf<'a>,
-        flat: bool,
     },
     /// Spark's ML vector struct.
     Vector(VectorCols<'a>),
@@ -526,8 +526,7 @@ fn single_source<'a>(decl: &InputDecl, col: &'a dyn Array) -> Result<Source<'a>,
     };
     let depth = levels.len();
     // One level is read flat (and reshaped), whatever the rank; deeper ones must match it.
-    let flat = depth == 1;
-    if flat {
+    if depth == 1 {
         flat_check(shape)?;
     } else if depth != rank {
         return Err(format!(
@@ -536,7 +535,7 @@ fn single_source<'a>(decl: &InputDecl, col: &'a dyn Array) -> Result<Source<'a>,
             col.data_type()
         ));
     }
-    Ok(Source::Nested { levels, leaf, flat })
+    Ok(Source::Nested { levels, leaf })
 }
 
 /// A flat list fills `shape` only if at most one dimension is variable.
@@ -735,12 +734,20 @@ impl TensorReader<'_> {
                 }));
                 (data.map_err(|b| b.reason(&shape, dtype))?, shape)
             }
-            Source::Nested { levels, leaf, flat } => {
-                let (range, dims) = self.walk(levels, i)?;
-                let shape = if *flat {
-                    flat_shape(self.shape, range.1 - range.0)?
-                } else {
-                    self.nested_shape(&dims)?
+            Source::Nested { levels, leaf } => {
+                let (range, shape) = match &levels[..] {
+                    // One level (the common case): no walk.
+                    [level] => {
+                        if level.array().is_null(i) {
+                            return Err("input is null".into());
+                        }
+                        let range = level.span(i);
+                        (range, flat_shape(self.shape, range.1 - range.0)?)
+                    }
+                    _ => {
+                        let (range, dims) = self.walk(levels, i)?;
+                        (range, self.nested_shape(&dims)?)
+                    }
                 };
                 let data = with_dtype!(dtype, T => row_of::<T>(range.1 - range.0, |out| {
                     leaf.convert_into(range, nan, 0, out)
