@@ -207,9 +207,25 @@ fn padded<T: Elem>(
         }
     }
     let per_row: i64 = max.iter().product();
-    let total = per_row as usize * rows.len();
-    let mut out = vec![T::pad(pad); total];
-    let mut mask = if with_mask { vec![0u8; total] } else { vec![] };
+    // Row sizes are data: a padded batch too large to allocate is an error, not an abort.
+    let too_big = || {
+        format!(
+            "padding {} rows to shape {max:?} needs more memory than can be allocated; lower \
+             batchSize or use ragged: \"list\"",
+            rows.len()
+        )
+    };
+    let total = (per_row as usize)
+        .checked_mul(rows.len())
+        .ok_or_else(too_big)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(total).map_err(|_| too_big())?;
+    out.resize(total, T::pad(pad));
+    let mut mask = Vec::new();
+    if with_mask {
+        mask.try_reserve_exact(total).map_err(|_| too_big())?;
+        mask.resize(total, 0u8);
+    }
     // Row-major strides of the padded shape.
     let mut stride = vec![1usize; rank];
     for k in (0..rank.saturating_sub(1)).rev() {
@@ -363,5 +379,18 @@ mod tests {
                 .contains("dtype float32")
         );
         assert!(assemble(&d, &[], None).is_err());
+    }
+
+    #[test]
+    fn a_padded_batch_too_large_to_allocate_is_an_error_not_an_abort() {
+        let d = decl(r#"{"name": "x", "shape": [-1, -1, -1], "ragged": "pad"}"#);
+        let n = 1i64 << 20;
+        let rows: Vec<RowTensor> = [[1, 1, n], [1, n, 1], [n, 1, 1]]
+            .iter()
+            .map(|s| row(RowData::F32(vec![0.0; n as usize]), s))
+            .collect();
+        let refs: Vec<&RowTensor> = rows.iter().collect();
+        let e = assemble(&d, &refs, None).unwrap_err();
+        assert!(e.contains("needs more memory than can be allocated"), "{e}");
     }
 }

@@ -575,8 +575,12 @@ fn vector_cols(s: &StructArray) -> Result<VectorCols<'_>, String> {
     })
 }
 
-/// Row `i` of a vector column, dense, as float64.
-fn vector_row(v: &VectorCols<'_>, i: usize) -> Result<Vec<f64>, String> {
+/// The most values a sparse vector of a variable-size input may expand to (1 GiB of float64).
+const MAX_SPARSE_SIZE: usize = 1 << 27;
+
+/// Row `i` of a vector column, dense, as float64. `shape` is the declared one: a fixed shape
+/// bounds a sparse vector's size before it is expanded.
+fn vector_row(v: &VectorCols<'_>, i: usize, shape: &[i64]) -> Result<Vec<f64>, String> {
     if v.all.is_null(i) || v.kind.is_null(i) {
         return Err("input is null".into());
     }
@@ -609,6 +613,21 @@ fn vector_row(v: &VectorCols<'_>, i: usize) -> Result<Vec<f64>, String> {
             }
             let size = usize::try_from(size)
                 .map_err(|_| format!("sparse vector has negative size {size}"))?;
+            // A size that cannot fit is refused before it is expanded (it is data: a huge
+            // one must be a row error, not an allocation abort).
+            if !shape.contains(&-1) {
+                let want = shape.iter().product::<i64>() as usize;
+                if size != want {
+                    return Err(format!(
+                        "expected shape {shape:?} ({want} values), got a sparse vector of size \
+                         {size}"
+                    ));
+                }
+            } else if size > MAX_SPARSE_SIZE {
+                return Err(format!(
+                    "sparse vector of size {size} is larger than {MAX_SPARSE_SIZE} values"
+                ));
+            }
             let mut dense = vec![0f64; size];
             for (k, &x) in values.iter().enumerate() {
                 let j = iv.value(c + k);
@@ -727,7 +746,7 @@ impl TensorReader<'_> {
                 (data, self.shape.to_vec())
             }
             Source::Vector(v) => {
-                let dense = vector_row(v, i)?;
+                let dense = vector_row(v, i, self.shape)?;
                 let shape = flat_shape(self.shape, dense.len())?;
                 let data = with_dtype!(dtype, T => row_of::<T>(dense.len(), |out| {
                     convert(&dense, nan, 0, out)
@@ -1158,6 +1177,7 @@ mod tests {
             (0, 5, vec![1, 3], vec![2.0, 4.0]),
             (0, 5, vec![1, 7], vec![2.0, 4.0]),
             (1, 0, vec![], vec![1.0]),
+            (0, i32::MAX, vec![1], vec![2.0]),
         ]);
         let rows = read(&decl(r#"{"name": "features", "shape": [5]}"#), &col);
         assert_eq!(
@@ -1173,6 +1193,15 @@ mod tests {
             "sparse vector index 7 is out of range for size 5"
         );
         assert_eq!(err(&rows[3]), "expected shape [5] (5 values), got 1 value");
+        // A huge size is refused before it is expanded.
+        assert_eq!(
+            err(&rows[4]),
+            "expected shape [5] (5 values), got a sparse vector of size 2147483647"
+        );
+        let var = decl(r#"{"name": "x", "shape": [-1], "ragged": "pad"}"#);
+        let rows = read(&var, &col);
+        assert_eq!(rows[1].as_ref().unwrap().shape, vec![5]);
+        assert!(err(&rows[4]).contains("larger than"), "{}", err(&rows[4]));
     }
 
     #[test]
