@@ -106,6 +106,49 @@ pub fn assemble(
     }
 }
 
+/// The good rows of a fixed-shape chunk read by [`super::InputReader::read_dense`] →
+/// `[count, ...shape]`: rows with `good[i]` moved to the front, in order, in place.
+///
+/// Errors (a bug upstream): `data` is not of the declared dtype or not `good.len()` rows of
+/// the declared shape, no row is good, or libtorch cannot make the tensor.
+pub fn assemble_dense(
+    decl: &InputDecl,
+    data: RowData,
+    good: &[bool],
+) -> Result<ModelInput, String> {
+    if decl.shape.contains(&-1) {
+        return Err(format!("shape {:?} is not fixed", decl.shape));
+    }
+    dispatch!(decl.dtype, T => compact::<T>(data, good, &decl.shape)).map(ModelInput::Batch)
+}
+
+fn compact<T: Elem>(data: RowData, good: &[bool], shape: &[i64]) -> Result<Tensor, String> {
+    let mut v =
+        T::take(data).ok_or_else(|| format!("rows are not of the input's dtype {}", T::DTYPE))?;
+    let row_len = shape.iter().product::<i64>() as usize;
+    if v.len() != row_len * good.len() {
+        return Err(format!(
+            "{} values for {} rows of shape {shape:?}",
+            v.len(),
+            good.len()
+        ));
+    }
+    let mut count = 0;
+    for (i, _) in good.iter().enumerate().filter(|(_, g)| **g) {
+        if i != count {
+            v.copy_within(i * row_len..(i + 1) * row_len, count * row_len);
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err("no rows to assemble".into());
+    }
+    v.truncate(count * row_len);
+    let mut dims = vec![count as i64];
+    dims.extend_from_slice(shape);
+    T::tensor(&v, &dims)
+}
+
 /// The torch kind of a dtype.
 pub fn kind(d: DType) -> Kind {
     match d {
@@ -126,6 +169,7 @@ fn torch(e: tch::TchError) -> String {
 trait Elem: Copy + 'static {
     const DTYPE: DType;
     fn slice(d: &RowData) -> Option<&[Self]>;
+    fn take(d: RowData) -> Option<Vec<Self>>;
     fn pad(v: f64) -> Self;
     fn tensor(v: &[Self], dims: &[i64]) -> Result<Tensor, String>;
 }
@@ -135,6 +179,12 @@ macro_rules! elem {
         impl Elem for $t {
             const DTYPE: DType = $dtype;
             fn slice(d: &RowData) -> Option<&[$t]> {
+                match d {
+                    RowData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn take(d: RowData) -> Option<Vec<$t>> {
                 match d {
                     RowData::$variant(v) => Some(v),
                     _ => None,
@@ -161,6 +211,12 @@ elem!(u8, DType::Uint8, U8);
 impl Elem for bool {
     const DTYPE: DType = DType::Bool;
     fn slice(d: &RowData) -> Option<&[bool]> {
+        match d {
+            RowData::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+    fn take(d: RowData) -> Option<Vec<bool>> {
         match d {
             RowData::Bool(v) => Some(v),
             _ => None,
@@ -361,6 +417,22 @@ mod tests {
             panic!("not a batch")
         };
         assert_eq!((t.size(), t.kind()), (vec![1, 3], Kind::Double));
+    }
+
+    #[test]
+    fn a_dense_chunk_keeps_its_good_rows_in_order() {
+        let d = decl(r#"{"name": "x", "shape": [2]}"#);
+        let data = RowData::F32(vec![1.0, 2.0, 0.0, 0.0, 5.0, 6.0, 7.0, 8.0]);
+        let ModelInput::Batch(t) = assemble_dense(&d, data, &[true, false, true, true]).unwrap()
+        else {
+            panic!("not a batch")
+        };
+        assert_eq!(t.size(), vec![3, 2]);
+        assert_eq!(values(&t), vec![1.0, 2.0, 5.0, 6.0, 7.0, 8.0]);
+        let short = RowData::F32(vec![1.0]);
+        assert!(assemble_dense(&d, short, &[true]).is_err());
+        let none = RowData::F32(vec![0.0, 0.0]);
+        assert!(assemble_dense(&d, none, &[false]).is_err());
     }
 
     #[test]

@@ -17,8 +17,8 @@ use arrow_schema::DataType;
 use once_cell::sync::Lazy;
 use rayon::prelude::*;
 
-use super::{InputReader, RowData, RowTensor};
-use crate::preprocess::{ImageInput, Preprocessor};
+use super::{DenseRows, InputReader, RowData, RowTensor};
+use crate::preprocess::{ImageInput, Preprocessor, RowTimes};
 use crate::spec::general::InputDecl;
 
 /// See [`super::reader`].
@@ -96,6 +96,38 @@ impl InputReader for ImageReader<'_> {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }
+    }
+
+    fn read_dense(&self, rows: Range<usize>, threads: usize) -> Option<DenseRows> {
+        if self.native {
+            return None;
+        }
+        let row_len = self.pre.row_len().max(1);
+        let first = rows.start;
+        let mut out = vec![0f32; row_len * rows.len()];
+        // Each row decodes straight into its slot of the batch (as batch.rs does).
+        let fill = |(k, slot): (usize, &mut [f32])| -> Result<RowTimes, String> {
+            let input = self
+                .rows
+                .get(first + k)
+                .ok_or_else(|| format!("row {} is beyond the column", first + k))?
+                .clone()?;
+            let res = self.pre.fill_limited(input, slot, self.max_pixels);
+            if res.is_err() {
+                slot.fill(0.0);
+            }
+            res
+        };
+        let status = match decode_pool(threads) {
+            None => out.chunks_mut(row_len).enumerate().map(fill).collect(),
+            Some(pool) => {
+                pool.install(|| out.par_chunks_mut(row_len).enumerate().map(fill).collect())
+            }
+        };
+        Some(DenseRows {
+            data: RowData::F32(out),
+            status,
+        })
     }
 }
 
@@ -300,6 +332,23 @@ mod tests {
         assert!(f[1].as_ref().unwrap_err().contains("no resize"));
         assert_eq!(n[2].as_ref().unwrap_err(), "input is null");
         assert!(n[3].as_ref().unwrap_err().contains("not a PNG"));
+        // The dense path gives the same rows in one buffer, zeros for bad rows.
+        let dense = reader(&fixed, vec![("image", &col)], 0)
+            .unwrap()
+            .read_dense(0..4, 2)
+            .unwrap();
+        let RowData::F32(all) = &dense.data else {
+            panic!("not f32")
+        };
+        assert_eq!(RowData::F32(all[..60].to_vec()), f0.data);
+        assert!(all[60..].iter().all(|&x| x == 0.0));
+        assert!(dense.status[0].is_ok() && dense.status[1..].iter().all(Result::is_err));
+        assert!(
+            reader(&native, vec![("image", &col)], 0)
+                .unwrap()
+                .read_dense(0..4, 1)
+                .is_none()
+        );
         // The pixel limit applies to each image.
         let small = reader(&native, vec![("image", &col)], 20)
             .unwrap()

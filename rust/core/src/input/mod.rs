@@ -65,6 +65,23 @@ pub trait InputReader: Send + Sync {
     /// a value the dtype cannot hold, an image that does not decode). `threads` bounds the
     /// threads used (images decode in parallel).
     fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>>;
+
+    /// For an input of fixed shape, [`InputReader::read`] into one buffer: `None` when this
+    /// reader has no such path (the caller then uses `read`). Saves an allocation per row
+    /// and the stacking copy ([`assemble::assemble_dense`] takes the result).
+    fn read_dense(&self, rows: Range<usize>, threads: usize) -> Option<DenseRows> {
+        let _ = (rows, threads);
+        None
+    }
+}
+
+/// Rows of a fixed-shape input in one buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseRows {
+    /// `[n, ...shape]` values, row-major, in the declared dtype; a bad row's slot is zeros.
+    pub data: RowData,
+    /// Each row's decode times, or the reason it cannot be read (as [`InputReader::read`]).
+    pub status: Vec<Result<RowTimes, String>>,
 }
 
 /// The reader for `decl` over `columns` (its column(s) of the batch, in declared order).

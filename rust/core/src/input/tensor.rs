@@ -27,7 +27,7 @@ use arrow_array::types::{
 use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray, StructArray};
 use arrow_schema::{DataType, Field};
 
-use super::{InputReader, RowData, RowTensor};
+use super::{DenseRows, InputReader, RowData, RowTensor};
 use crate::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl, NanPolicy};
 
@@ -321,6 +321,7 @@ float_num!(f32, f64);
 
 /// A declared dtype's Rust type.
 trait Target: Copy {
+    const ZERO: Self;
     fn from_f64(v: f64) -> Option<Self>;
     fn from_int(v: i128) -> Option<Self>;
     fn wrap(v: Vec<Self>) -> RowData;
@@ -335,6 +336,7 @@ fn whole(v: f64) -> Option<i64> {
 }
 
 impl Target for f32 {
+    const ZERO: f32 = 0.0;
     #[inline]
     fn from_f64(v: f64) -> Option<f32> {
         let y = v as f32;
@@ -351,6 +353,7 @@ impl Target for f32 {
 }
 
 impl Target for f64 {
+    const ZERO: f64 = 0.0;
     #[inline]
     fn from_f64(v: f64) -> Option<f64> {
         Some(v)
@@ -367,6 +370,7 @@ impl Target for f64 {
 macro_rules! int_target {
     ($t:ty, $variant:ident) => {
         impl Target for $t {
+            const ZERO: $t = 0;
             #[inline]
             fn from_f64(v: f64) -> Option<$t> {
                 whole(v).and_then(|i| <$t>::try_from(i).ok())
@@ -386,6 +390,7 @@ int_target!(i32, I32);
 int_target!(u8, U8);
 
 impl Target for bool {
+    const ZERO: bool = false;
     #[inline]
     fn from_f64(v: f64) -> Option<bool> {
         if v == 0.0 {
@@ -434,16 +439,6 @@ fn convert<S: Num, T: Target>(
         }
     }
     Ok(())
-}
-
-/// A row's values as `T`, produced by `fill`.
-fn row_of<T: Target>(
-    len: usize,
-    fill: impl FnOnce(&mut Vec<T>) -> Result<(), Bad>,
-) -> Result<RowData, Bad> {
-    let mut v = Vec::with_capacity(len);
-    fill(&mut v)?;
-    Ok(T::wrap(v))
 }
 
 /// Runs `$body` with `$t` the Rust type of `$dtype`.
@@ -649,19 +644,24 @@ fn vector_row(v: &VectorCols<'_>, i: usize, shape: &[i64]) -> Result<Vec<f64>, S
 
 /// The shape of a row given as one flat list of `n` values.
 fn flat_shape(shape: &[i64], n: usize) -> Result<Vec<i64>, String> {
+    let resolved = flat_len(shape, n)?;
+    Ok(shape
+        .iter()
+        .map(|&d| if d == -1 { resolved } else { d })
+        .collect())
+}
+
+/// Checks that `n` values fill `shape` (at most one `-1`); the size of its `-1` (or 1).
+fn flat_len(shape: &[i64], n: usize) -> Result<i64, String> {
     let known: i64 = shape.iter().filter(|&&d| d != -1).product();
     let n = n as i64;
     match shape.iter().position(|&d| d == -1) {
-        None if n == known => Ok(shape.to_vec()),
+        None if n == known => Ok(1),
         None => Err(format!(
             "expected shape {shape:?} ({known} values), got {n} value{}",
             plural(n)
         )),
-        Some(v) if n > 0 && n % known == 0 => {
-            let mut s = shape.to_vec();
-            s[v] = n / known;
-            Ok(s)
-        }
+        Some(_) if n > 0 && n % known == 0 => Ok(n / known),
         Some(_) if known == 1 => Err(format!(
             "expected shape {shape:?} (at least one value), got 0 values"
         )),
@@ -718,67 +718,118 @@ impl Bad {
 
 impl TensorReader<'_> {
     fn row(&self, i: usize) -> Result<RowTensor, String> {
+        let (data, shape) = with_dtype!(self.dtype, T => {
+            let mut out = Vec::<T>::new();
+            let shape = self.fill(i, &mut out, true)?;
+            (T::wrap(out), shape)
+        });
+        Ok(RowTensor {
+            data,
+            shape,
+            times: RowTimes::default(),
+        })
+    }
+
+    /// Rows `rows` into one buffer (fixed shapes only: each good row adds `row_len` values).
+    fn dense<T: Target>(&self, rows: Range<usize>) -> (Vec<T>, Vec<Result<RowTimes, String>>) {
+        let row_len = self.shape.iter().product::<i64>() as usize;
+        let mut out = Vec::with_capacity(row_len * rows.len());
+        let status = rows
+            .map(|i| {
+                let start = out.len();
+                let res = self.fill(i, &mut out, false).and_then(|_| {
+                    if out.len() - start == row_len {
+                        Ok(RowTimes::default())
+                    } else {
+                        Err(format!(
+                            "expected shape {:?} ({row_len} values), got {} values",
+                            self.shape,
+                            out.len() - start
+                        ))
+                    }
+                });
+                if res.is_err() {
+                    out.truncate(start);
+                    out.resize(start + row_len, T::ZERO);
+                }
+                res
+            })
+            .collect();
+        (out, status)
+    }
+
+    /// Appends row `i`'s values to `out` (on error, maybe some of them); its shape when
+    /// `want_shape` (else an empty vector: no allocation).
+    fn fill<T: Target>(
+        &self,
+        i: usize,
+        out: &mut Vec<T>,
+        want_shape: bool,
+    ) -> Result<Vec<i64>, String> {
         let (dtype, nan) = (self.dtype, self.nan_error);
-        let (data, shape) = match &self.source {
+        let declared = || {
+            if want_shape {
+                self.shape.to_vec()
+            } else {
+                vec![]
+            }
+        };
+        match &self.source {
             Source::Scalar(leaf) => {
                 if leaf.array().is_null(i) {
                     return Err("input is null".into());
                 }
-                let data = with_dtype!(dtype, T => row_of::<T>(1, |out| {
-                    leaf.convert_into(( i, i + 1), nan, 0, out)
-                }));
-                (data.map_err(|b| b.reason(&[], dtype))?, self.shape.to_vec())
+                leaf.convert_into((i, i + 1), nan, 0, out)
+                    .map_err(|b| b.reason(&[], dtype))?;
+                Ok(declared())
             }
             Source::Gather(leaves) => {
-                let data = with_dtype!(dtype, T => row_of::<T>(leaves.len(), |out| {
-                    for (k, (_, leaf)) in leaves.iter().enumerate() {
-                        leaf.convert_into((i, i + 1), nan, k, out)?;
-                    }
-                    Ok(())
-                }));
-                let data = data.map_err(|b| {
-                    let at = match &b {
-                        Bad::Null(k) | Bad::Nan(k) | Bad::Value { at: k, .. } => *k,
-                    };
-                    let column = leaves.get(at).map_or("", |(c, _)| *c);
-                    format!("{} (column `{column}`)", b.reason(self.shape, dtype))
-                })?;
-                (data, self.shape.to_vec())
+                for (k, (column, leaf)) in leaves.iter().enumerate() {
+                    leaf.convert_into((i, i + 1), nan, k, out).map_err(|b| {
+                        format!("{} (column `{column}`)", b.reason(self.shape, dtype))
+                    })?;
+                }
+                Ok(declared())
             }
             Source::Vector(v) => {
                 let dense = vector_row(v, i, self.shape)?;
                 let shape = flat_shape(self.shape, dense.len())?;
-                let data = with_dtype!(dtype, T => row_of::<T>(dense.len(), |out| {
-                    convert(&dense, nan, 0, out)
-                }));
-                (data.map_err(|b| b.reason(&shape, dtype))?, shape)
+                convert(&dense, nan, 0, out).map_err(|b| b.reason(&shape, dtype))?;
+                Ok(shape)
             }
             Source::Nested { levels, leaf } => {
                 let (range, shape) = match &levels[..] {
-                    // One level (the common case): no walk.
+                    // One level (the common case): no walk, no allocation.
                     [level] => {
                         if level.array().is_null(i) {
                             return Err("input is null".into());
                         }
                         let range = level.span(i);
-                        (range, flat_shape(self.shape, range.1 - range.0)?)
+                        let n = range.1 - range.0;
+                        flat_len(self.shape, n)?;
+                        let shape = if want_shape {
+                            flat_shape(self.shape, n)?
+                        } else {
+                            vec![]
+                        };
+                        (range, shape)
                     }
                     _ => {
                         let (range, dims) = self.walk(levels, i)?;
                         (range, self.nested_shape(&dims)?)
                     }
                 };
-                let data = with_dtype!(dtype, T => row_of::<T>(range.1 - range.0, |out| {
-                    leaf.convert_into(range, nan, 0, out)
-                }));
-                (data.map_err(|b| b.reason(&shape, dtype))?, shape)
+                leaf.convert_into(range, nan, 0, out).map_err(|b| {
+                    if shape.is_empty() {
+                        let at = flat_shape(self.shape, range.1 - range.0).unwrap_or_default();
+                        b.reason(&at, dtype)
+                    } else {
+                        b.reason(&shape, dtype)
+                    }
+                })?;
+                Ok(shape)
             }
-        };
-        Ok(RowTensor {
-            data,
-            shape,
-            times: RowTimes::default(),
-        })
+        }
     }
 
     /// Follows row `i` down the list levels: its leaf range and the common length of the
@@ -849,6 +900,17 @@ impl InputReader for TensorReader<'_> {
     fn read(&self, rows: Range<usize>, _threads: usize) -> Vec<Result<RowTensor, String>> {
         rows.map(|i| self.row(i)).collect()
     }
+
+    fn read_dense(&self, rows: Range<usize>, _threads: usize) -> Option<DenseRows> {
+        if self.shape.contains(&-1) {
+            return None;
+        }
+        let (data, status) = with_dtype!(self.dtype, T => {
+            let (v, status) = self.dense::<T>(rows);
+            (T::wrap(v), status)
+        });
+        Some(DenseRows { data, status })
+    }
 }
 
 #[cfg(test)]
@@ -915,6 +977,32 @@ mod tests {
             "expected shape [10] (10 values), got 9 values"
         );
         assert_eq!(err(&rows[2]), "input is null");
+    }
+
+    #[test]
+    fn the_dense_path_reads_what_rows_read_into_one_buffer() {
+        let d = decl(r#"{"name": "features", "shape": [2], "dtype": "int64"}"#);
+        let col = doubles(&[
+            some(&[1.0, 2.0]),
+            some(&[3.0]),
+            None,
+            some(&[5.0, 6.5]),
+            some(&[7.0, 8.0]),
+        ]);
+        let r = reader(&d, vec![("x", &col)]).unwrap();
+        let rows = r.read(1..5, 1);
+        let dense = r.read_dense(1..5, 1).unwrap();
+        assert_eq!(dense.data, RowData::I64(vec![0, 0, 0, 0, 0, 0, 7, 8]));
+        let reasons: Vec<Option<&String>> = dense.status.iter().map(|s| s.as_ref().err()).collect();
+        let expected: Vec<Option<&String>> = rows.iter().map(|r| r.as_ref().err()).collect();
+        assert_eq!(reasons, expected);
+        let var = decl(r#"{"name": "x", "shape": [-1], "ragged": "pad"}"#);
+        assert!(
+            reader(&var, vec![("x", &col)])
+                .unwrap()
+                .read_dense(0..1, 1)
+                .is_none()
+        );
     }
 
     #[test]
