@@ -16,6 +16,7 @@
 //! only 0 or 1. Each row costs one pass over its values: the source and target types are
 //! matched once per row, then a monomorphic loop converts (no dispatch per value).
 
+use std::borrow::Cow;
 use std::fmt::Display;
 use std::ops::Range;
 
@@ -573,9 +574,10 @@ fn vector_cols(s: &StructArray) -> Result<VectorCols<'_>, String> {
 /// The most values a sparse vector of a variable-size input may expand to (1 GiB of float64).
 const MAX_SPARSE_SIZE: usize = 1 << 27;
 
-/// Row `i` of a vector column, dense, as float64. `shape` is the declared one: a fixed shape
-/// bounds a sparse vector's size before it is expanded.
-fn vector_row(v: &VectorCols<'_>, i: usize, shape: &[i64]) -> Result<Vec<f64>, String> {
+/// Row `i` of a vector column, dense, as float64 (a dense vector borrowed, a sparse one
+/// expanded). `shape` is the declared one: a fixed shape bounds a sparse vector's size before
+/// it is expanded.
+fn vector_row<'a>(v: &VectorCols<'a>, i: usize, shape: &[i64]) -> Result<Cow<'a, [f64]>, String> {
     if v.all.is_null(i) || v.kind.is_null(i) {
         return Err("input is null".into());
     }
@@ -591,7 +593,7 @@ fn vector_row(v: &VectorCols<'_>, i: usize, shape: &[i64]) -> Result<Vec<f64>, S
     }
     let values = &vv.values()[a..b];
     match v.kind.value(i) {
-        1 => Ok(values.to_vec()),
+        1 => Ok(Cow::Borrowed(values)),
         0 => {
             let (io, il, iv) = v.indices;
             if v.size.is_null(i) || il.is_null(i) {
@@ -634,7 +636,7 @@ fn vector_row(v: &VectorCols<'_>, i: usize, shape: &[i64]) -> Result<Vec<f64>, S
                     })?;
                 *slot = x;
             }
-            Ok(dense)
+            Ok(Cow::Owned(dense))
         }
         t => Err(format!(
             "vector type {t} is neither 0 (sparse) nor 1 (dense)"
@@ -793,9 +795,16 @@ impl TensorReader<'_> {
             }
             Source::Vector(v) => {
                 let dense = vector_row(v, i, self.shape)?;
-                let shape = flat_shape(self.shape, dense.len())?;
-                convert(&dense, nan, 0, out).map_err(|b| b.reason(&shape, dtype))?;
-                Ok(shape)
+                flat_len(self.shape, dense.len())?;
+                convert(&dense, nan, 0, out).map_err(|b| {
+                    let at = flat_shape(self.shape, dense.len()).unwrap_or_default();
+                    b.reason(&at, dtype)
+                })?;
+                if want_shape {
+                    flat_shape(self.shape, dense.len())
+                } else {
+                    Ok(vec![])
+                }
             }
             Source::Nested { levels, leaf } => {
                 let (range, shape) = match &levels[..] {
@@ -1281,6 +1290,21 @@ mod tests {
             "sparse vector index 7 is out of range for size 5"
         );
         assert_eq!(err(&rows[3]), "expected shape [5] (5 values), got 1 value");
+        // The dense path: the same values in one buffer, zeros for bad rows.
+        let d = decl(r#"{"name": "features", "shape": [5]}"#);
+        let dense = reader(&d, vec![("x", &col)])
+            .unwrap()
+            .read_dense(0..3, 1)
+            .unwrap();
+        let RowData::F32(all) = dense.data else {
+            panic!("not f32")
+        };
+        assert_eq!(
+            &all[..10],
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 2.0, 0.0, 4.0, 0.0]
+        );
+        assert_eq!(&all[10..], &[0.0; 5]);
+        assert!(dense.status[2].is_err());
         // A huge size is refused before it is expanded.
         assert_eq!(
             err(&rows[4]),
