@@ -7,7 +7,7 @@
 
 mod common;
 
-use torchspark_core::Spec;
+use torchspark_core::{ModelConfig, Scorer, Spec};
 
 use common::general_fixtures;
 
@@ -23,4 +23,60 @@ fn fixture_specs_are_valid() {
             Err(e) => panic!("{name}.json: {e}"),
         }
     }
+}
+
+/// torchspark's CPU `torchvision::nms` (registered when a TorchScript model loads) keeps the
+/// same boxes in the same order as torchvision's, ties in score included, in float32 and 64.
+#[test]
+fn nms_matches_torchvision() {
+    use tch::{CModule, IValue, Kind, Tensor};
+    let dir = general_fixtures();
+    // Opening any TorchScript model registers the op (the detector needs it to load at all).
+    Scorer::open(&ModelConfig::new(dir.join("det.pt"))).unwrap();
+    let nms = CModule::load(dir.join("nms.pt")).unwrap();
+    let cases = common::general_json("nms_cases.json");
+    for (c, case) in cases.as_array().unwrap().iter().enumerate() {
+        let kind = match case["dtype"].as_str().unwrap() {
+            "float64" => Kind::Double,
+            _ => Kind::Float,
+        };
+        let boxes: Vec<f64> = case["boxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+            .collect();
+        let scores: Vec<f64> = floats64(&case["scores"]);
+        let n = scores.len() as i64;
+        let boxes = Tensor::from_slice(&boxes).reshape([n, 4]).to_kind(kind);
+        let scores = Tensor::from_slice(&scores).to_kind(kind);
+        let iou = case["iou"].as_f64().unwrap();
+        let out = nms
+            .forward_is(&[
+                IValue::Tensor(boxes),
+                IValue::Tensor(scores),
+                IValue::Double(iou),
+            ])
+            .unwrap();
+        let IValue::Tensor(keep) = out else {
+            panic!("case {c}: nms returned {out:?}")
+        };
+        assert_eq!(keep.kind(), Kind::Int64, "case {c}: keep indices are int64");
+        let keep: Vec<i64> = Vec::try_from(keep).unwrap();
+        let expected: Vec<i64> = case["keep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect();
+        assert_eq!(keep, expected, "case {c} ({n} boxes, iou {iou})");
+    }
+}
+
+fn floats64(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }

@@ -39,6 +39,7 @@ use crate::value::{ModelInput, Value};
 mod aoti;
 mod format;
 mod torchscript;
+mod vision_ops;
 
 pub use format::Format;
 
@@ -321,6 +322,9 @@ impl Model {
                     actual,
                 });
             }
+        }
+        if Format::detect(path, &bytes) == Format::TorchScript {
+            vision_ops::ensure_registered(path)?;
         }
         crate::sys::tune_process();
         let (backend, channels_last, input_kind) = match Format::detect(path, &bytes) {
