@@ -10,11 +10,13 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow_array::builder::{BinaryBuilder, FixedSizeListBuilder, Float64Builder, ListBuilder};
+use arrow_array::builder::{
+    BinaryBuilder, FixedSizeListBuilder, Float64Builder, Int8Builder, Int32Builder, ListBuilder,
+};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::DataType;
+use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
+use arrow_schema::{DataType, Field};
 use serde_json::Value;
 use torchspark_core::{BatchOptions, ModelConfig, Scorer, Spec};
 
@@ -134,6 +136,53 @@ fn fixed_f64(rows: &[Vec<f64>], k: i32) -> ArrayRef {
     Arc::new(b.finish())
 }
 
+/// Spark ML vectors as Arrow sees `VectorUDT`: `struct<type: int8, size: int32, indices:
+/// list<int32>, values: list<float64>>`; even rows dense (type 1), odd rows sparse (type 0,
+/// every nonzero listed).
+fn ml_vectors(rows: &[Vec<f64>]) -> ArrayRef {
+    let mut kind = Int8Builder::new();
+    let mut size = Int32Builder::new();
+    let mut indices = ListBuilder::new(Int32Builder::new());
+    let mut values = ListBuilder::new(Float64Builder::new());
+    for (i, r) in rows.iter().enumerate() {
+        if i % 2 == 0 {
+            kind.append_value(1);
+            size.append_null();
+            indices.append(false);
+            values.values().append_slice(r);
+        } else {
+            kind.append_value(0);
+            size.append_value(r.len() as i32);
+            for (k, &v) in r.iter().enumerate().filter(|(_, v)| **v != 0.0) {
+                indices.values().append_value(k as i32);
+                values.values().append_value(v);
+            }
+            indices.append(true);
+        }
+        values.append(true);
+    }
+    let field = |name: &str, t: DataType, nullable: bool| Arc::new(Field::new(name, t, nullable));
+    let list = |t: DataType| DataType::List(Arc::new(Field::new_list_field(t, true)));
+    Arc::new(StructArray::from(vec![
+        (
+            field("type", DataType::Int8, false),
+            Arc::new(kind.finish()) as ArrayRef,
+        ),
+        (
+            field("size", DataType::Int32, true),
+            Arc::new(size.finish()) as ArrayRef,
+        ),
+        (
+            field("indices", list(DataType::Int32), true),
+            Arc::new(indices.finish()) as ArrayRef,
+        ),
+        (
+            field("values", list(DataType::Float64), true),
+            Arc::new(values.finish()) as ArrayRef,
+        ),
+    ]))
+}
+
 fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -197,16 +246,20 @@ fn assert_no_errors(out: &RecordBatch) {
 // ---------------------------------------------------------------------------------------------
 // The four proofs
 
-/// Regression: the diabetes MLP from a `List<Float64>` and a `FixedSizeList<Float64>` column
-/// gives PyTorch's predictions (<= 1e-5) and its RMSE.
+/// Regression: the diabetes MLP from a `List<Float64>`, a `FixedSizeList<Float64>` and an ML
+/// vector column (dense and sparse rows) gives PyTorch's predictions (<= 1e-5) and its RMSE.
 #[test]
-fn regression_matches_pytorch_from_list_and_fixed_size_list() {
+fn regression_matches_pytorch_from_list_fixed_size_list_and_ml_vector() {
     let data = common::general_json("diabetes.json");
     let x = rows_f64(&data["X"]);
     let (y, pred) = (f64s(&data["y"]), f64s(&data["pred"]));
     let scorer = open("diabetes_mlp.pt");
     let list = list_f64(&x.iter().cloned().map(Some).collect::<Vec<_>>());
-    for (kind, column) in [("List", list), ("FixedSizeList", fixed_f64(&x, 10))] {
+    for (kind, column) in [
+        ("List", list),
+        ("FixedSizeList", fixed_f64(&x, 10)),
+        ("VectorUDT", ml_vectors(&x)),
+    ] {
         // One chunk of all 442 rows, as the oracle ran them.
         let out = scorer
             .predict(&batch(vec![("features", column)]), &opts(512))
