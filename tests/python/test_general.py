@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 import torchspark
+from conftest import ROOT
 from torchspark import InputError, NativeModel, TorchModel, predict_arrow
 
 # A wrong-length row's reason, as every surface reports it: the row, the input, the column, the
@@ -341,3 +345,20 @@ def test_two_io_column_types(spark, general):
     assert python.simpleString() == (
         "struct<name:string,probability:array<double>,embedding:array<float>>"
     )
+
+
+def test_torchvision_imports_after_a_model_loaded(general):
+    """torchspark registers torchvision::nms when missing as a TorchScript model loads; a later
+    `import torchvision` in the same worker must not abort on a second registration (torchspark
+    loads torchvision's ops first)."""
+    pytest.importorskip("torchvision")
+    code = (
+        "from torchspark import NativeModel\n"
+        f"NativeModel({str(general / 'diabetes_mlp.pt')!r})\n"
+        "import torch, torchvision\n"
+        "print(torch.ops.torchvision.nms.default.name())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "torchvision::nms"
