@@ -383,13 +383,6 @@ def memory(seg224: Path) -> list[dict]:
         ("diabetes MLP, batch 8192", "tabular", GENERAL / "diabetes_mlp.pt", 8192, None),
         ("LR-ASPP 224, batch 16", "image", seg224, 16, WORK / "seg224"),
         ("SSDlite320, 5 images of 3 sizes", "image", GENERAL / "det.pt", 5, GENERAL / "det"),
-        (
-            "two in, two out 32x32, batch 64",
-            "image2",
-            GENERAL / "two_io.pt",
-            64,
-            GENERAL / "two_io",
-        ),
     ]
     rows = []
     for name, kind, model, batch, images in cases:
