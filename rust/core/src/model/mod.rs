@@ -661,9 +661,15 @@ fn to_cpu_float(v: Value) -> std::result::Result<Value, tch::TchError> {
 }
 
 /// libtorch messages carry a C++ backtrace after the first line; callers want the reason.
+/// TorchScript load errors start with a bare "Internal torch error:" line; the reason
+/// ("Unknown builtin op: torchvision::roi_align") is on the next one.
 fn first_line(s: &str) -> String {
-    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim();
-    line.to_string()
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or(s.trim());
+    match (first.trim_end_matches(':'), lines.next()) {
+        ("Internal torch error" | "Internal torch error -", Some(next)) => next.to_string(),
+        _ => first.to_string(),
+    }
 }
 
 static INTEROP: Once = Once::new();
