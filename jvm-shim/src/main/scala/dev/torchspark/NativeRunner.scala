@@ -89,21 +89,28 @@ private[torchspark] object NativeRunner {
   def threadsFor(numThreads: Int): Int =
     if (numThreads > 0) numThreads else Option(TaskContext.get()).map(_.cpus()).getOrElse(1).max(1)
 
+  /** The encoder of an image transformer's batches: the one column `column` of `df`. */
+  def imageInput(df: DataFrame, column: String): Seq[Row] => Array[Byte] = {
+    val idx = df.schema.fieldIndex(column)
+    val kind = InputKind.of(column, df.schema(idx).dataType)
+    rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
+  }
+
   /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
-    * row order; `decode` turns a native result into per-row outputs or an error.
+    * row order; `encode` turns a batch of rows into the native call's Arrow input, `decode` turns a
+    * native result into per-row outputs or an error.
     */
   def transform(
       df: DataFrame,
-      p: TorchSparkParams,
+      p: TorchSparkModelParams,
       outSchema: StructType,
       metrics: TorchSparkMetrics,
       nativeCall: (Long, Array[Byte], String) => Array[Byte],
+      encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
       optionsExtra: String
   ): DataFrame = {
-    val inIdx = df.schema.fieldIndex(p.getInputCol)
-    val kind = InputKind.of(p.getInputCol, df.schema(inIdx).dataType)
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
     val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
     // What the driver can know (the model, its spec, the device) fails here, before the job.
@@ -132,10 +139,9 @@ private[torchspark] object NativeRunner {
       var offset = 0L
       rows.grouped(batchSize).flatMap { group =>
         val t0 = System.nanoTime()
-        val values = group.map(r => r.get(inIdx): Any).toArray
         val options =
           s"""{"batch_size": $batchSize, "row_offset": $offset, "max_pixels": $maxPixels$optionsExtra}"""
-        val encoded = ArrowCodec.encode(kind, values)
+        val encoded = encode(group)
         val t1 = System.nanoTime()
         val answer = nativeCall(handle, encoded, options)
         val t2 = System.nanoTime()
