@@ -100,8 +100,9 @@ fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); s
 $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 	$(HARNESS_MVN) -q package
 
-bench: setup ## side-by-side performance (tests/bench/results.md), then the soak (tests/bench/soak.md)
+bench: setup ## side-by-side performance (tests/bench/results.md, general.md), then the soak (soak.md)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/general_bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/soak.py
 
 lint: $(VENV)/.installed ## formatters and linters: rustfmt, clippy, ruff, scalafmt + google-java-format

@@ -27,5 +27,6 @@ pub use batch::{BatchOptions, Scorer, StageTimes};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
 pub use spec::{
-    CpuSpec, DEFAULT_MAX_PIXELS, ExifOrientation, FilePrecision, GeneralSpec, ModelSpec, Resize, Spec,
+    CpuSpec, DEFAULT_MAX_PIXELS, ExifOrientation, FilePrecision, GeneralSpec, ModelSpec, Resize,
+    Spec,
 };

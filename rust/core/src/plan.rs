@@ -18,8 +18,8 @@ use crate::batch::{BatchOptions, Scorer, StageTimes};
 use crate::error::{Error, Result};
 use crate::input::{self, RowTensor};
 use crate::output;
-use crate::spec::general::{GeneralSpec, InputKind, Ragged};
 use crate::spec::Spec;
+use crate::spec::general::{GeneralSpec, InputKind, Ragged};
 use crate::value::ModelInput;
 
 /// Schema metadata key: the inputs as JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`),
@@ -57,7 +57,11 @@ impl Scorer {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let reader = input::reader(decl, arrays, opts.max_pixels).map_err(|e| {
-                Error::input(format!("input `{}` (column {}): {e}", decl.name, cols.join(", ")))
+                Error::input(format!(
+                    "input `{}` (column {}): {e}",
+                    decl.name,
+                    cols.join(", ")
+                ))
             })?;
             readers.push(Some(reader));
         }
@@ -142,7 +146,10 @@ impl Scorer {
                     if decl.kind == InputKind::Mask {
                         let of = decl.of.as_deref().unwrap_or_default();
                         let m = masks.remove(of).ok_or_else(|| {
-                            fail(format!("input `{}`: no mask was built for `{of}`", decl.name))
+                            fail(format!(
+                                "input `{}`: no mask was built for `{of}`",
+                                decl.name
+                            ))
                         })?;
                         ordered.push(ModelInput::Batch(m));
                     } else if let Some((_, arg)) = args.next_if(|(j, _)| *j == i) {

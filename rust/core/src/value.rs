@@ -50,7 +50,11 @@ impl Value {
                 return Err(format!(
                     "`from` {walked}{step}: the model returned {} at {}",
                     v.describe(),
-                    if walked.is_empty() { "the top" } else { &walked },
+                    if walked.is_empty() {
+                        "the top"
+                    } else {
+                        &walked
+                    },
                 ));
             };
             walked.push_str(&step.to_string());

@@ -95,8 +95,7 @@ impl Loader {
     fn run(&self, inputs: &[&Tensor]) -> std::result::Result<Vec<Tensor>, String> {
         let mut outputs = std::ptr::null_mut();
         let mut n = 0usize;
-        let ptrs: Vec<*const torch_sys::C_tensor> =
-            inputs.iter().map(|t| t.as_ptr()).collect();
+        let ptrs: Vec<*const torch_sys::C_tensor> = inputs.iter().map(|t| t.as_ptr()).collect();
         // SAFETY: the loader is live; every input is a valid tensor for the duration of the call.
         take_error(unsafe {
             ts_aoti_run(

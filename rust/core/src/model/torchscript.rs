@@ -5,8 +5,8 @@ use std::path::Path;
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::{Output, Precision};
-use crate::value::{ModelInput, Value};
 use crate::error::{Error, Result};
+use crate::value::{ModelInput, Value};
 
 /// A loaded TorchScript module.
 pub(crate) struct Script {
@@ -110,7 +110,9 @@ fn value(v: IValue) -> Value {
         }
         IValue::TensorList(ts) => Value::List(ts.into_iter().map(Value::Tensor).collect()),
         IValue::DoubleList(xs) => Value::List(xs.into_iter().map(Value::Scalar).collect()),
-        IValue::IntList(xs) => Value::List(xs.into_iter().map(|x| Value::Scalar(x as f64)).collect()),
+        IValue::IntList(xs) => {
+            Value::List(xs.into_iter().map(|x| Value::Scalar(x as f64)).collect())
+        }
         IValue::GenericDict(items) => {
             let mut entries = Vec::with_capacity(items.len());
             for (k, v) in items {

@@ -599,7 +599,9 @@ impl GeneralSpec {
                     ));
                 }
                 let Some(of) = &d.of else {
-                    return Err(format!("{at}.of must name the padded input this mask marks"));
+                    return Err(format!(
+                        "{at}.of must name the padded input this mask marks"
+                    ));
                 };
                 match self.inputs.iter().find(|x| &x.name == of) {
                     Some(x) if x.ragged == Some(Ragged::Pad) => {}
@@ -629,7 +631,9 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
     if let Some(FromPath::Path(p)) = &o.from
         && p.is_empty()
     {
-        return Err(format!("{at}.from must not be an empty path (omit it instead)"));
+        return Err(format!(
+            "{at}.from must not be an empty path (omit it instead)"
+        ));
     }
     if let Some(shape) = &o.shape
         && let Some(bad) = shape.iter().find(|&&s| s == 0 || s < -1)
@@ -652,7 +656,10 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
             let mut names = HashSet::new();
             for (k, f) in o.fields.iter().enumerate() {
                 if !names.insert(f.name.as_str()) || f.name.is_empty() {
-                    return Err(format!("{at}.fields[{k}].name `{}` is empty or repeated", f.name));
+                    return Err(format!(
+                        "{at}.fields[{k}].name `{}` is empty or repeated",
+                        f.name
+                    ));
                 }
                 if f.shape.len() > 1 || f.shape.iter().any(|&s| s == 0 || s < -1) {
                     return Err(format!(
@@ -660,7 +667,9 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
                     ));
                 }
                 if f.dtype == Some(DType::Bool) {
-                    return Err(format!("{at}.fields[{k}].dtype: bool fields are not supported"));
+                    return Err(format!(
+                        "{at}.fields[{k}].dtype: bool fields are not supported"
+                    ));
                 }
             }
         }
@@ -681,7 +690,10 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
             }
         }
         ColumnKind::Scalar => {
-            if o.shape.as_ref().is_some_and(|s| !(s.is_empty() || s == &[1])) {
+            if o.shape
+                .as_ref()
+                .is_some_and(|s| !(s.is_empty() || s == &[1]))
+            {
                 return Err(format!(
                     "{at}.shape: a `scalar` column holds one value per row ([] or [1])"
                 ));
@@ -689,7 +701,9 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
         }
         ColumnKind::Vector => {
             if o.shape.as_ref().is_some_and(|s| s.len() != 1) {
-                return Err(format!("{at}.shape: a `vector` column is 1-D ([N] or [-1])"));
+                return Err(format!(
+                    "{at}.shape: a `vector` column is 1-D ([N] or [-1])"
+                ));
             }
             if o.dtype.is_some_and(|d| d != DType::Float64) {
                 return Err(format!("{at}.dtype: an ML vector holds float64"));
@@ -698,7 +712,9 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
         ColumnKind::Array => {}
     }
     if o.dtype == Some(DType::Bool) {
-        return Err(format!("{at}.dtype: bool columns are not supported; use uint8"));
+        return Err(format!(
+            "{at}.dtype: bool columns are not supported; use uint8"
+        ));
     }
     if o.column != ColumnKind::Png
         && o.column != ColumnKind::Structs
