@@ -335,6 +335,18 @@ class TorchModelSuite {
     }
   }
 
+  @Test def driverSpecCheckLeavesGeneralSpecsToDescribe(): Unit = {
+    // A driver outside local mode checks a spec's JSON; version 2 has no `input` object.
+    Seq("diabetes_mlp.json", "seg.json", "det.json", "two_io.json").foreach { f =>
+      DriverCheck.checkSpec(f, new String(Files.readAllBytes(general.resolve(f)), "UTF-8"))
+    }
+    val e = assertThrows(
+      classOf[ModelSpecException],
+      () => ModelSchema.of("""{"spec_version": 2, "inputs": [], "outputs": [], "oops": 1}""")
+    )
+    assertTrue(e.getMessage, e.getMessage.contains("oops"))
+  }
+
   @Test def missingInputColumnFailsInTransformSchemaNamingIt(): Unit = {
     val df = diabetesDf.select("id", "y")
     val e = assertThrows(classOf[IllegalArgumentException], () => mlp.transformSchema(df.schema))
