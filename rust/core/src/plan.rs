@@ -16,7 +16,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use crate::batch::{BatchOptions, Scorer, StageTimes};
 use crate::error::{Error, Result};
-use crate::input::{self, RowTensor};
+use crate::input;
 use crate::output;
 use crate::spec::Spec;
 use crate::spec::general::{GeneralSpec, InputKind, Ragged};
@@ -56,7 +56,17 @@ impl Scorer {
                         .ok_or_else(|| missing_column(batch, &decl.name, c))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let reader = input::reader(decl, arrays, opts.max_pixels).map_err(|e| {
+            // Field metadata (arrow.fixed_shape_tensor's shape) is checked here: readers see
+            // arrays only.
+            let schema = batch.schema_ref();
+            let checked = cols
+                .iter()
+                .try_for_each(|c| match schema.field_with_name(c) {
+                    Ok(f) if decl.kind == InputKind::Tensor => input::tensor::check_field(decl, f),
+                    _ => Ok(()),
+                });
+            let reader = checked.and_then(|()| input::reader(decl, arrays, opts.max_pixels));
+            let reader = reader.map_err(|e| {
                 Error::input(format!(
                     "input `{}` (column {}): {e}",
                     decl.name,
@@ -83,20 +93,24 @@ impl Scorer {
             let end = (start + chunk).min(n);
             let started = Instant::now();
             // Per input: this chunk's rows, or None for a mask.
-            let read: Vec<Option<Vec<std::result::Result<RowTensor, String>>>> = readers
+            let mut read: Vec<Option<input::Chunk>> = readers
                 .iter()
-                .map(|r| r.as_ref().map(|r| r.read(start..end, self.threads())))
+                .zip(&spec.inputs)
+                .map(|(r, decl)| {
+                    r.as_ref()
+                        .map(|r| input::Chunk::read(r.as_ref(), decl, start..end, self.threads()))
+                })
                 .collect();
             let mut good = vec![true; end - start];
             let mut reasons: Vec<Option<String>> = vec![None; end - start];
             for (i, rows) in read.iter().enumerate() {
                 let Some(rows) = rows else { continue };
                 let decl = &spec.inputs[i];
-                for (k, row) in rows.iter().enumerate() {
+                for (k, row) in rows.status().into_iter().enumerate() {
                     match row {
                         Ok(t) => {
-                            times.decode += t.times.decode;
-                            times.resize += t.times.resize;
+                            times.decode += t.decode;
+                            times.resize += t.resize;
                         }
                         Err(e) if good[k] => {
                             good[k] = false;
@@ -116,19 +130,14 @@ impl Scorer {
             let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
             if count > 0 {
                 for (i, decl) in spec.inputs.iter().enumerate() {
-                    let Some(rows) = &read[i] else { continue };
-                    let ok: Vec<&RowTensor> = rows
-                        .iter()
-                        .zip(&good)
-                        .filter(|(_, g)| **g)
-                        .filter_map(|(r, _)| r.as_ref().ok())
-                        .collect();
+                    let Some(rows) = read[i].take() else { continue };
                     let mask_dtype = spec
                         .inputs
                         .iter()
                         .find(|m| m.kind == InputKind::Mask && m.of.as_deref() == Some(&decl.name))
                         .map(|m| m.dtype);
-                    let (arg, mask) = input::assemble::assemble(decl, &ok, mask_dtype)
+                    let (arg, mask) = rows
+                        .assemble(decl, &good, mask_dtype)
                         .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?;
                     if let Some(m) = mask {
                         masks.insert(decl.name.as_str(), m);

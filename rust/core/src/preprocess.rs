@@ -49,6 +49,16 @@ pub struct RowTimes {
     pub resize: Duration,
 }
 
+/// An image decoded at its own size ([`Preprocessor::fill_native`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NativeImage {
+    /// `channels x height x width` floats, CHW, normalized.
+    pub values: Vec<f32>,
+    pub height: u32,
+    pub width: u32,
+    pub times: RowTimes,
+}
+
 /// What the spec asks for, precomputed once per model.
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
@@ -156,7 +166,7 @@ impl Preprocessor {
                 let started = Instant::now();
                 let pixels = self.decode(bytes, limit)?;
                 times.decode = started.elapsed();
-                self.finish(pixels, out, &mut times)?;
+                self.finish(pixels, out, &mut times, (self.width, self.height))?;
             }
             ImageInput::SparkImage {
                 height,
@@ -167,10 +177,55 @@ impl Preprocessor {
                 let started = Instant::now();
                 let pixels = self.spark_pixels(height, width, n_channels, data, limit)?;
                 times.decode = started.elapsed();
-                self.finish(pixels, out, &mut times)?;
+                self.finish(pixels, out, &mut times, (self.width, self.height))?;
             }
         }
         Ok(times)
+    }
+
+    /// One image at its own size, for inputs of shape `[C, -1, -1]`: its `C x h x w` floats
+    /// (CHW) and its size. The same decoding, channel conversion (PIL's `convert`), EXIF
+    /// orientation, pixel limit (`max_pixels` as in [`Self::fill_limited`]) and
+    /// `(p * scale - mean) / std` as [`Self::fill`]; no resize or crop (such a spec has none:
+    /// asking for one is an error). Floats carry no size, so only encoded bytes and Spark's
+    /// image struct are read.
+    pub fn fill_native(
+        &self,
+        input: ImageInput<'_>,
+        max_pixels: u64,
+    ) -> Result<NativeImage, String> {
+        if self.resize.is_some() || self.center_crop.is_some() {
+            return Err("an image at its own size takes no resize or center_crop".into());
+        }
+        let limit = self.pixel_limit(max_pixels);
+        let mut times = RowTimes::default();
+        let started = Instant::now();
+        let pixels = match input {
+            ImageInput::Encoded(bytes) => self.decode(bytes, limit)?,
+            ImageInput::SparkImage {
+                height,
+                width,
+                n_channels,
+                data,
+            } => self.spark_pixels(height, width, n_channels, data, limit)?,
+            ImageInput::Floats(_) | ImageInput::Doubles(_) => {
+                return Err(
+                    "floats have no height and width: images of varying size come as encoded \
+                     bytes or Spark's image struct"
+                        .into(),
+                );
+            }
+        };
+        times.decode = started.elapsed();
+        let (w, h) = (pixels.w, pixels.h);
+        let mut out = vec![0f32; self.channels * w as usize * h as usize];
+        self.finish(pixels, &mut out, &mut times, (w, h))?;
+        Ok(NativeImage {
+            values: out,
+            height: h,
+            width: w,
+            times,
+        })
     }
 
     fn check_len(&self, len: usize) -> Result<(), String> {
@@ -345,11 +400,18 @@ impl Preprocessor {
         .map_err(|e| format!("image struct: {e}"))
     }
 
-    fn finish(&self, pixels: Pixels, out: &mut [f32], times: &mut RowTimes) -> Result<(), String> {
+    /// Resizes, crops and normalizes `pixels` into `out`, the model's `width` x `height`.
+    fn finish(
+        &self,
+        pixels: Pixels,
+        out: &mut [f32],
+        times: &mut RowTimes,
+        (width, height): (u32, u32),
+    ) -> Result<(), String> {
         let (w, h) = (pixels.w, pixels.h);
         let c = pixels.c;
         let (rw, rh) = self.resize.map_or((w, h), |r| r.target(w, h));
-        let (ow, oh) = (self.width as usize, self.height as usize);
+        let (ow, oh) = (width as usize, height as usize);
         // Where the model's input lies in the resized image: the center crop, else all of it.
         let (cx, cy) = if let Some([ch, cw]) = self.center_crop {
             if cw > rw || ch > rh {
@@ -359,10 +421,9 @@ impl Preprocessor {
             }
             // torchvision's CenterCrop: round((size - crop) / 2), half to even.
             (crop_offset(rw, cw) as usize, crop_offset(rh, ch) as usize)
-        } else if (rw, rh) != (self.width, self.height) {
+        } else if (rw, rh) != (width, height) {
             return Err(format!(
-                "image is {rh}x{rw} (height x width) but the model takes {}x{} and the spec has no resize",
-                self.height, self.width
+                "image is {rh}x{rw} (height x width) but the model takes {height}x{width} and the spec has no resize",
             ));
         } else {
             (0, 0)

@@ -14,7 +14,8 @@ use std::ops::Range;
 use arrow_array::ArrayRef;
 
 use crate::preprocess::RowTimes;
-use crate::spec::general::{InputDecl, InputKind};
+use crate::spec::general::{DType, InputDecl, InputKind};
+use crate::value::ModelInput;
 
 pub mod assemble;
 pub mod image;
@@ -65,6 +66,23 @@ pub trait InputReader: Send + Sync {
     /// a value the dtype cannot hold, an image that does not decode). `threads` bounds the
     /// threads used (images decode in parallel).
     fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>>;
+
+    /// For an input of fixed shape, [`InputReader::read`] into one buffer: `None` when this
+    /// reader has no such path (the caller then uses `read`). Saves an allocation per row
+    /// and the stacking copy ([`assemble::assemble_dense`] takes the result).
+    fn read_dense(&self, rows: Range<usize>, threads: usize) -> Option<DenseRows> {
+        let _ = (rows, threads);
+        None
+    }
+}
+
+/// Rows of a fixed-shape input in one buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseRows {
+    /// `[n, ...shape]` values, row-major, in the declared dtype; a bad row's slot is zeros.
+    pub data: RowData,
+    /// Each row's decode times, or the reason it cannot be read (as [`InputReader::read`]).
+    pub status: Vec<Result<RowTimes, String>>,
 }
 
 /// The reader for `decl` over `columns` (its column(s) of the batch, in declared order).
@@ -82,5 +100,60 @@ pub fn reader<'a>(
             "input `{}` is a mask: it is generated, not read",
             decl.name
         )),
+    }
+}
+
+/// One chunk of one input as read: per-row tensors, or (fixed shapes) one dense buffer.
+#[derive(Debug)]
+pub enum Chunk {
+    Rows(Vec<Result<RowTensor, String>>),
+    Dense(DenseRows),
+}
+
+impl Chunk {
+    /// Rows `rows` of `decl` through `reader`: densely when the shape is fixed and the reader
+    /// can, else row by row.
+    pub fn read(
+        reader: &dyn InputReader,
+        decl: &InputDecl,
+        rows: Range<usize>,
+        threads: usize,
+    ) -> Chunk {
+        if decl.ragged.is_none()
+            && let Some(d) = reader.read_dense(rows.clone(), threads)
+        {
+            return Chunk::Dense(d);
+        }
+        Chunk::Rows(reader.read(rows, threads))
+    }
+
+    /// Each row's decode times, or the reason it cannot be read.
+    pub fn status(&self) -> Vec<Result<RowTimes, &String>> {
+        match self {
+            Chunk::Rows(rows) => rows.iter().map(|r| r.as_ref().map(|t| t.times)).collect(),
+            Chunk::Dense(d) => d.status.iter().map(|s| s.as_ref().copied()).collect(),
+        }
+    }
+
+    /// The rows with `good[i]` → `forward`'s argument (and the mask, for a padded input that
+    /// has one; see [`assemble::assemble`]).
+    pub fn assemble(
+        self,
+        decl: &InputDecl,
+        good: &[bool],
+        mask_dtype: Option<DType>,
+    ) -> Result<(ModelInput, Option<tch::Tensor>), String> {
+        match self {
+            Chunk::Dense(d) => assemble::assemble_dense(decl, d.data, good).map(|a| (a, None)),
+            Chunk::Rows(rows) => {
+                let ok: Vec<&RowTensor> = rows
+                    .iter()
+                    .zip(good)
+                    .filter(|(_, g)| **g)
+                    .filter_map(|(r, _)| r.as_ref().ok())
+                    .collect();
+                assemble::assemble(decl, &ok, mask_dtype)
+            }
+        }
     }
 }
