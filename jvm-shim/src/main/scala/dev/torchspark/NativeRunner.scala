@@ -5,6 +5,7 @@ import java.util.concurrent.atomic.AtomicLong
 
 import org.apache.spark.{SparkFiles, TaskContext}
 import org.apache.spark.sql.{DataFrame, Encoders, Row}
+import org.apache.spark.sql.catalyst.expressions.GenericRow
 import org.apache.spark.sql.types.StructType
 
 /** Executor-side plumbing shared by the transformers and the UDFs. */
@@ -96,6 +97,17 @@ private[torchspark] object NativeRunner {
     rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
   }
 
+  /** `row`'s values, then `outputs`, then `error` when `withError`: one copy into a new row. */
+  private def appended(row: Row, outputs: Seq[Any], withError: Boolean, error: String): Row = {
+    val w = row.length
+    val values = new Array[Any](w + outputs.size + (if (withError) 1 else 0))
+    var i = 0
+    while (i < w) { values(i) = row.get(i); i += 1 }
+    outputs.copyToArray(values, w)
+    if (withError) values(values.length - 1) = error
+    new GenericRow(values)
+  }
+
   /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
     * row order; `encode` turns a batch of rows into the native call's Arrow input, `decode` turns a
     * native result into per-row outputs or an error.
@@ -147,13 +159,19 @@ private[torchspark] object NativeRunner {
         val t2 = System.nanoTime()
         val stages = ArrowCodec.stageNanos(answer)
         val result = decode(answer)
+        if (result.length != group.size)
+          throw new InferenceException(
+            s"torchspark: partition $partition: native code returned ${result.length} rows for " +
+              s"${group.size}"
+          )
         offset += group.size
+        var scored = 0L
         val out = group.iterator
           .zip(result.iterator)
           .flatMap {
             case (row, Right(outputs)) =>
-              metrics.imagesScored.add(1)
-              Some(Row.fromSeq(row.toSeq ++ outputs ++ (if (mode == "keep") Seq(null) else Nil)))
+              scored += 1
+              Some(appended(row, outputs, mode == "keep", null))
             case (row, Left(error)) =>
               metrics.rowsWithErrors.add(1)
               val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
@@ -163,10 +181,11 @@ private[torchspark] object NativeRunner {
                 case "skip" =>
                   metrics.rowsSkipped.add(1)
                   None
-                case _ => Some(Row.fromSeq(row.toSeq ++ nullOutputs :+ error))
+                case _ => Some(appended(row, nullOutputs, true, error))
               }
           }
           .toArray
+        metrics.imagesScored.add(scored)
         clock.native += t2 - t1
         clock.preprocess += stages.preprocess
         clock.forward += stages.forward

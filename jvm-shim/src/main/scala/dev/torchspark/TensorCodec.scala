@@ -1,6 +1,7 @@
 package dev.torchspark
 
 import java.io.ByteArrayInputStream
+import java.nio.{ByteBuffer, ByteOrder}
 import java.util.concurrent.ConcurrentHashMap
 
 import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
@@ -257,6 +258,43 @@ private[torchspark] object TensorCodec {
     def finish(): Unit = vector.setValueCount(n)
   }
 
+  /** Fixed-width numbers packed into a little-endian buffer and copied into `vector` at once:
+    * setting them one by one through Arrow's checked setters cost more than the forward pass of a
+    * small tabular model.
+    */
+  private final class Packed(
+      vector: BaseFixedWidthVector,
+      width: Int,
+      put: (ByteBuffer, Any) => Unit
+  ) extends Appender {
+    private var buf = ByteBuffer.allocate(width * 1024).order(ByteOrder.LITTLE_ENDIAN)
+    private val nulls = new java.util.BitSet()
+    def append(v: Any): Unit = {
+      if (buf.remaining < width) {
+        val bigger = ByteBuffer.allocate(buf.capacity * 2).order(ByteOrder.LITTLE_ENDIAN)
+        buf.flip()
+        buf = bigger.put(buf)
+      }
+      if (v == null) { nulls.set(n); buf.position(buf.position + width) }
+      else put(buf, v)
+      n += 1
+    }
+    def finish(): Unit = {
+      vector.allocateNew(math.max(n, 1))
+      buf.flip()
+      vector.getDataBuffer.setBytes(0, buf)
+      val valid = Array.fill[Byte]((n + 7) / 8)(-1)
+      if (n % 8 != 0) valid(n / 8) = ((1 << (n % 8)) - 1).toByte
+      var i = nulls.nextSetBit(0)
+      while (i >= 0) {
+        valid(i >> 3) = (valid(i >> 3) & ~(1 << (i & 7))).toByte
+        i = nulls.nextSetBit(i + 1)
+      }
+      vector.getValidityBuffer.setBytes(0, valid, 0, valid.length.toLong)
+      vector.setValueCount(n)
+    }
+  }
+
   private final class Binaries(vector: VarBinaryVector) extends Appender {
     def append(v: Any): Unit = {
       v match {
@@ -325,15 +363,14 @@ private[torchspark] object TensorCodec {
   }
 
   private def appender(v: ValueVector, dt: DataType): Appender = (v, dt) match {
-    case (x: Float8Vector, _: DecimalType) => new Scalars(x, (i, y) => x.setSafe(i, toDouble(y)))
-    case (x: Float8Vector, _)   => new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Double]))
-    case (x: Float4Vector, _)   => new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Float]))
-    case (x: BigIntVector, _)   => new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Long]))
-    case (x: IntVector, _)      => new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Int]))
-    case (x: SmallIntVector, _) =>
-      new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Short]))
-    case (x: TinyIntVector, _) => new Scalars(x, (i, y) => x.setSafe(i, y.asInstanceOf[Byte]))
-    case (x: BitVector, _)     =>
+    case (x: Float8Vector, _: DecimalType) => new Packed(x, 8, (b, y) => b.putDouble(toDouble(y)))
+    case (x: Float8Vector, _)   => new Packed(x, 8, (b, y) => b.putDouble(y.asInstanceOf[Double]))
+    case (x: Float4Vector, _)   => new Packed(x, 4, (b, y) => b.putFloat(y.asInstanceOf[Float]))
+    case (x: BigIntVector, _)   => new Packed(x, 8, (b, y) => b.putLong(y.asInstanceOf[Long]))
+    case (x: IntVector, _)      => new Packed(x, 4, (b, y) => b.putInt(y.asInstanceOf[Int]))
+    case (x: SmallIntVector, _) => new Packed(x, 2, (b, y) => b.putShort(y.asInstanceOf[Short]))
+    case (x: TinyIntVector, _)  => new Packed(x, 1, (b, y) => b.put(y.asInstanceOf[Byte]))
+    case (x: BitVector, _)      =>
       new Scalars(x, (i, y) => x.setSafe(i, if (y.asInstanceOf[Boolean]) 1 else 0))
     case (x: VarBinaryVector, _)          => new Binaries(x)
     case (x: ListVector, ArrayType(e, _)) => new Lists(x, appender(x.getDataVector, e))
@@ -381,12 +418,17 @@ private[torchspark] object TensorCodec {
           s"the native result has columns ${(0 until fields.size).map(fields.get(_).getName)}" +
             s", expected $outputs outputs and `error`"
         )
-      val getters = (0 until outputs).map(i => getter(root.getVector(i), fields.get(i)))
+      val getters = Array.tabulate(outputs)(i => getter(root.getVector(i), fields.get(i)))
       val err = root.getVector(outputs).asInstanceOf[VarCharVector]
       Array.tabulate(root.getRowCount) { i =>
         val out: Either[String, Seq[Any]] =
           if (!err.isNull(i)) Left(new String(err.get(i), "UTF-8"))
-          else Right(getters.map(_(i)))
+          else {
+            val values = new Array[Any](outputs)
+            var k = 0
+            while (k < outputs) { values(k) = getters(k)(i); k += 1 }
+            Right(values.toSeq)
+          }
         out
       }
     }
