@@ -9,7 +9,7 @@ import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
 import org.apache.spark.ml.{Pipeline, PipelineModel}
 import org.apache.spark.ml.evaluation.RegressionEvaluator
 import org.apache.spark.ml.feature.VectorAssembler
-import org.apache.spark.ml.linalg.Vector
+import org.apache.spark.ml.linalg.{SQLDataTypes, Vector, Vectors}
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
@@ -53,16 +53,21 @@ object TorchModelSuite {
     diabetes.get("feature_names").elements().asScala.map(_.asText).toSeq
   lazy val pred: Array[Double] = doubles(diabetes.get("pred"))
 
-  /** id, y, x (array<double>), and one double column per feature. */
+  /** id, y, x (array<double>), sv (the same values as a sparse ML Vector), and one double column
+    * per feature.
+    */
   lazy val diabetesDf: DataFrame = {
     val xs = diabetes.get("X").elements().asScala.map(doubles).toSeq
     val ys = doubles(diabetes.get("y"))
-    val rows = xs.zipWithIndex.map { case (x, i) => Row.fromSeq(Seq(i, ys(i), x.toSeq) ++ x) }
+    val rows = xs.zipWithIndex.map { case (x, i) =>
+      Row.fromSeq(Seq(i, ys(i), x.toSeq, Vectors.dense(x).toSparse) ++ x)
+    }
     val schema = StructType(
       Seq(
         StructField("id", IntegerType),
         StructField("y", DoubleType),
-        StructField("x", ArrayType(DoubleType))
+        StructField("x", ArrayType(DoubleType)),
+        StructField("sv", SQLDataTypes.VectorType)
       ) ++ featureNames.map(StructField(_, DoubleType))
     )
     spark.createDataFrame(spark.sparkContext.parallelize(rows, 2), schema).cache()
@@ -89,7 +94,7 @@ class TorchModelSuite {
     assertEquals(diabetes.get("rmse").asDouble, rmse, 1e-4)
   }
 
-  @Test def regressionFromVectorAssemblerArrayAndScalarColumnsMatchesPyTorch(): Unit = {
+  @Test def regressionFromVectorAssemblerArraySparseVectorAndScalarColumnsMatchesPyTorch(): Unit = {
     val assembled = new VectorAssembler()
       .setInputCols(featureNames.toArray)
       .setOutputCol("features")
@@ -98,6 +103,7 @@ class TorchModelSuite {
     assertEquals(DoubleType, scored.schema("prediction").dataType)
     checkPredictions(scored)
     checkPredictions(mlp.setInputCols(Array("features=x")).transform(diabetesDf))
+    checkPredictions(mlp.setInputCols(Array("features=sv")).transform(diabetesDf))
     // Ten numeric columns gathered into the one [10] input.
     checkPredictions(
       mlp.setInputCols(Array(s"features=${featureNames.mkString(",")}")).transform(diabetesDf)
