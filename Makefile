@@ -27,6 +27,8 @@ VENV35  := $(CURDIR)/.venv-spark35
 PY35    := $(VENV35)/bin/python
 # The fuzz pass's seed corpus (tests/fixtures/make_corpus.py; seconds, no download).
 CORPUS  := tests/fixtures/out/corpus/manifest.json
+# The general models' proofs (tests/fixtures/make_general_fixtures.py; ~20 s, no download).
+GENERAL := tests/fixtures/out/general/manifest.json
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
@@ -69,7 +71,7 @@ dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glib
 demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) $(CORPUS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
+test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
 	$(CARGO_ENV) cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
@@ -89,6 +91,9 @@ test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + 
 
 $(CORPUS): tests/fixtures/make_corpus.py | $(VENV)/.installed
 	$(PY) tests/fixtures/make_corpus.py
+
+$(GENERAL): tests/fixtures/make_general_fixtures.py | $(VENV)/.installed
+	$(PY) tests/fixtures/make_general_fixtures.py
 
 # The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
 fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md

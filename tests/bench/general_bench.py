@@ -130,7 +130,9 @@ def tabular(spark) -> list[dict]:
 
     best_bs = {}
     for bs in (1024, 8192):
-        fn, schema = torchspark.predict_arrow(model, keep=["id"], batch_size=bs, num_threads=1)
+        fn, schema = torchspark.predict_arrow(
+            model, keep=["id"], input_schema=df.schema, batch_size=bs, num_threads=1
+        )
         cold, best = steady(total(df.mapInArrow(fn, schema)))
         best_bs[bs] = (cold, best)
     bs = min(best_bs, key=lambda b: best_bs[b][1])
@@ -340,7 +342,65 @@ def segmentation(spark) -> list[dict]:
     return rows
 
 
-def write(tab: list[dict], seg: list[dict], cpu: str) -> str:
+# ---- native memory per model kind -------------------------------------------------------------
+
+PROBE = r"""
+import json, sys
+from pathlib import Path
+import numpy as np, pyarrow as pa
+import torchspark
+
+def hwm():
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+kind, model, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+g = Path(model).parent
+if kind == "tabular":
+    x = np.asarray(json.loads((g / "diabetes.json").read_text())["X"], np.float64)
+    x = np.tile(x, (-(-batch // len(x)), 1))[:batch]
+    b = pa.RecordBatch.from_arrays(
+        [pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 10)], names=["features"])
+else:
+    files = sorted(Path(sys.argv[4]).glob("*.png"))
+    data = [f.read_bytes() for f in files]
+    data = (data * (batch // len(data) + 1))[:batch]
+    b = pa.RecordBatch.from_arrays([pa.array(data, pa.binary())], names=["image"])
+base = hwm()
+m = torchspark.NativeModel(model, num_threads=2)
+for _ in range(3):
+    out = m.predict(b, batch_size=batch)
+print(json.dumps({"base": base, "peak": hwm(), "rows": out.num_rows}))
+"""
+
+
+def memory(seg224: Path) -> list[dict]:
+    """Peak RSS of a Python process over its baseline (torch, pyarrow and torchspark imported),
+    after loading each model and running 3 batches: libtorch's native memory, which on YARN
+    or Kubernetes must fit in spark.executor.memoryOverhead."""
+    cases = [
+        ("diabetes MLP, batch 8192", "tabular", GENERAL / "diabetes_mlp.pt", 8192, None),
+        ("LR-ASPP 224, batch 16", "image", seg224, 16, WORK / "seg224"),
+        ("SSDlite320, 5 images of 3 sizes", "image", GENERAL / "det.pt", 5, GENERAL / "det"),
+    ]
+    rows = []
+    for name, kind, model, batch, images in cases:
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, kind, str(model), str(batch), str(images or "")],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            log(f"  memory {name}: failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"name": name, "delta": r["peak"] - r["base"]})
+        log(f"  memory {name}: +{r['peak'] - r['base']:.0f} MiB over {r['base']:.0f} MiB")
+    return rows
+
+
+def write(tab: list[dict], seg: list[dict], cpu: str, mem: list[dict]) -> str:
     lines = [
         f"# General models: measured {date.today()} (`make bench`, tests/bench/general_bench.py)",
         "",
@@ -370,6 +430,14 @@ def write(tab: list[dict], seg: list[dict], cpu: str) -> str:
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, value, goal in verdicts:
         lines.append(f"| {name} | {value:.2f} | {'yes' if value >= goal else 'NO'} |")
+    lines += [
+        "",
+        "## Native memory (peak RSS over a process with torch and torchspark imported)",
+        "",
+        "| model, batch | MiB |",
+        "|---|---|",
+    ]
+    lines += [f"| {m['name']} | {m['delta']:.0f} |" for m in mem]
     text = "\n".join(lines) + "\n"
     (RESULTS / "general.md").write_text(text)
     return text
@@ -393,7 +461,8 @@ def main() -> None:
         seg = segmentation(spark)
     finally:
         spark.stop()
-    log(write(tab, seg, cpu))
+    mem = memory(WORK / "seg224.pt")
+    log(write(tab, seg, cpu, mem))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ use crate::value::{ModelInput, Value};
 mod aoti;
 mod format;
 mod torchscript;
+mod vision_ops;
 
 pub use format::Format;
 
@@ -322,6 +323,9 @@ impl Model {
                 });
             }
         }
+        if Format::detect(path, &bytes) == Format::TorchScript {
+            vision_ops::ensure_registered(path)?;
+        }
         crate::sys::tune_process();
         let (backend, channels_last, input_kind) = match Format::detect(path, &bytes) {
             Format::TorchScript => (
@@ -522,7 +526,7 @@ impl Model {
     /// The general forward pass: `inputs` in the spec's order (already in the dtype each
     /// input declares), under no_grad with `num_threads` intra-op threads; calls the spec's
     /// `method` when it names one. Float inputs are cast to bf16 for a TorchScript model
-    /// loaded in bf16, and floating outputs come back as float32.
+    /// loaded in bf16, and bf16/half outputs come back as float32 (float64 ones as they are).
     ///
     /// Errors: [`Error::Inference`] with libtorch's first line (a wrong shape or dtype, a
     /// missing method, an input kind the backend cannot take).
@@ -627,12 +631,14 @@ impl Backend {
     }
 }
 
-/// Moves every tensor of `v` to the CPU; floating tensors (bf16 too) become float32.
+/// Moves every tensor of `v` to the CPU; bf16 and half tensors become float32 (float64 stays:
+/// rounding a float64 model's output through float32 would lose its digits).
 fn to_cpu_float(v: Value) -> std::result::Result<Value, tch::TchError> {
     Ok(match v {
         Value::Tensor(t) => {
             let t = t.f_to_device(Device::Cpu)?;
-            Value::Tensor(if t.is_floating_point() && t.kind() != Kind::Float {
+            let wide = matches!(t.kind(), Kind::Float | Kind::Double);
+            Value::Tensor(if t.is_floating_point() && !wide {
                 t.f_to_kind(Kind::Float)?
             } else {
                 t
@@ -655,9 +661,15 @@ fn to_cpu_float(v: Value) -> std::result::Result<Value, tch::TchError> {
 }
 
 /// libtorch messages carry a C++ backtrace after the first line; callers want the reason.
+/// TorchScript load errors start with a bare "Internal torch error:" line; the reason
+/// ("Unknown builtin op: torchvision::roi_align") is on the next one.
 fn first_line(s: &str) -> String {
-    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or(s).trim();
-    line.to_string()
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or(s.trim());
+    match (first.trim_end_matches(':'), lines.next()) {
+        ("Internal torch error" | "Internal torch error -", Some(next)) => next.to_string(),
+        _ => first.to_string(),
+    }
 }
 
 static INTEROP: Once = Once::new();
