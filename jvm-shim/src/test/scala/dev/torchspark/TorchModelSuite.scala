@@ -76,8 +76,6 @@ object TorchModelSuite {
   def messages(e: Throwable): String =
     Iterator.iterate(e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
 
-  /** Max |a - b| scaled by max(1, |b|): float32 values of ~100 carry ~1e-5 of rounding. */
-  def relDiff(a: Double, b: Double): Double = math.abs(a - b) / math.max(1.0, math.abs(b))
 }
 
 class TorchModelSuite {
@@ -88,7 +86,7 @@ class TorchModelSuite {
   private def checkPredictions(df: DataFrame): Unit = {
     val rows = df.select("id", "prediction").collect()
     assertEquals(442, rows.length)
-    val worst = rows.map(r => relDiff(r.getDouble(1), pred(r.getInt(0)))).max
+    val worst = rows.map(r => math.abs(r.getDouble(1) - pred(r.getInt(0)))).max
     assertTrue(s"max diff $worst", worst <= 1e-5)
     val rmse = new RegressionEvaluator().setLabelCol("y").setMetricName("rmse").evaluate(df)
     assertEquals(diabetes.get("rmse").asDouble, rmse, 1e-4)
@@ -155,6 +153,7 @@ class TorchModelSuite {
   @Test def detectionsOfThreeImageSizesInOnePartitionAreStructs(): Unit = {
     val expected = json("det_expected.json")
     val files = expected.get("files").elements().asScala.map(_.asText).toSeq
+    val sizes = expected.get("sizes").elements().asScala.map(doubles).toSeq
     val det = new TorchModel()
       .setModelPath(model("det.pt"))
       .setInputCols(Array("images=content"))
@@ -168,15 +167,20 @@ class TorchModelSuite {
     assertTrue(rows.map(r => name(r.getString(0)).split("_")(2)).toSet.size == 3)
     rows.foreach { r =>
       val file = name(r.getString(0))
-      val want = expected.get("detections").get(files.indexOf(file)).elements().asScala.toSeq
+      val i = files.indexOf(file)
+      val want = expected.get("detections").get(i).elements().asScala.toSeq
+      // Boxes in units of the image's size: pixel boxes round differently per batch size.
+      val scale = Seq(sizes(i)(1), sizes(i)(0), sizes(i)(1), sizes(i)(0))
       val got = r.getSeq[Row](1)
       assertEquals(file, want.size, got.size)
       want.zip(got).foreach { case (w, g) =>
         assertEquals(file, w.get("label").asLong, g.getAs[Long]("label"))
-        val box = g.getAs[Seq[Float]]("box").map(_.toDouble)
+        val box = g.getAs[scala.collection.Seq[Float]]("box").map(_.toDouble)
         val wbox = doubles(w.get("box"))
         assertEquals(4, box.size)
-        box.zip(wbox).foreach { case (a, b) => assertTrue(s"$file box", relDiff(a, b) <= 1e-5) }
+        box.zip(wbox).zip(scale).foreach { case ((a, b), s) =>
+          assertEquals(s"$file box", b / s, a / s, 1e-5)
+        }
         val score = g.get(g.fieldIndex("score")).asInstanceOf[Number].doubleValue
         assertEquals(file, w.get("score").asDouble, score, 1e-5)
       }
@@ -230,7 +234,7 @@ class TorchModelSuite {
         assertEquals(wp.length, p.length)
         assertEquals(we.length, e.length)
         p.zip(wp).foreach { case (a, b) => assertEquals(s"$file ${r.getString(0)}", b, a, 1e-5) }
-        e.zip(we).foreach { case (a, b) => assertTrue(s"$file embedding", relDiff(a, b) <= 1e-5) }
+        e.zip(we).foreach { case (a, b) => assertEquals(s"$file embedding", b, a, 1e-5) }
       }
     }
   }
@@ -271,7 +275,7 @@ class TorchModelSuite {
     val a = fitted.transform(diabetesDf).select("id", "progression").collect()
     val b = reloaded.transform(diabetesDf).select("id", "progression").collect()
     assertEquals(a.toSeq, b.toSeq)
-    a.foreach(r => assertTrue(relDiff(r.getDouble(1), pred(r.getInt(0))) <= 1e-5))
+    a.foreach(r => assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5))
   }
 
   @Test def sqlFunctionReturnsTheOutputsAsAStruct(): Unit = {
@@ -284,7 +288,7 @@ class TorchModelSuite {
     rows.foreach { r =>
       val s = r.getStruct(1)
       assertTrue(s.isNullAt(1))
-      assertTrue(relDiff(s.getDouble(0), pred(r.getInt(0))) <= 1e-5)
+      assertEquals(pred(r.getInt(0)), s.getDouble(0), 1e-5)
     }
     // Two arguments, two outputs; a short row is the error field.
     TorchSpark.register(spark, "two_io", model("two_io.pt"))
@@ -336,7 +340,7 @@ class TorchModelSuite {
       if (r.getInt(0) == 5) { assertTrue(r.isNullAt(1)); check(r.getString(2)) }
       else {
         assertTrue(r.isNullAt(2))
-        assertTrue(relDiff(r.getDouble(1), pred(r.getInt(0))) <= 1e-5)
+        assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5)
       }
     }
   }
