@@ -275,7 +275,7 @@ private[torchspark] object TensorCodec {
         buf.flip()
         buf = bigger.put(buf)
       }
-      if (v == null) { nulls.set(n); buf.position(buf.position + width) }
+      if (v == null) { nulls.set(n); buf.position(buf.position() + width) }
       else put(buf, v)
       n += 1
     }
