@@ -259,8 +259,8 @@ private[torchspark] object TensorCodec {
   }
 
   /** Fixed-width numbers packed into a little-endian buffer and copied into `vector` at once:
-    * setting them one by one through Arrow's checked setters cost more than the forward pass of a
-    * small tabular model.
+    * Arrow's checked setter per value (bounds, validity bit) topped the bridge's profile on 1M rows
+    * of a small tabular model.
     */
   private final class Packed(
       vector: BaseFixedWidthVector,
