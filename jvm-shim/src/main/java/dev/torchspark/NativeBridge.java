@@ -31,17 +31,17 @@ public final class NativeBridge {
   public static native byte[] featurize(long handle, byte[] arrowIpc, String optionsJson);
 
   /**
-   * Runs one Arrow IPC batch through a model's general path (spec_version 2, or a version-1
-   * image spec as one input and one output): one column per declared output, then {@code
-   * error}. Options may map input names to columns ({@code {"columns": {"meta": ["a","b"]}}}).
+   * Runs one Arrow IPC batch through a model's general path (spec_version 2, or a version-1 image
+   * spec as one input and one output): one column per declared output, then {@code error}. Options
+   * may map input names to columns ({@code {"columns": {"meta": ["a","b"]}}}).
    */
   public static native byte[] predict(long handle, byte[] arrowIpc, String optionsJson);
 
   /**
-   * The schema {@link #predict} returns for a spec's JSON text, without loading any model: an
-   * Arrow IPC stream with the schema and no batches. Its metadata {@code torchspark.inputs}
-   * lists the inputs (name, kind, columns, dtype, shape) as JSON; a {@code vector} output's field
-   * carries {@code torchspark.column = vector}.
+   * The schema {@link #predict} returns for a spec's JSON text, without loading any model: an Arrow
+   * IPC stream with the schema and no batches. Its metadata {@code torchspark.inputs} lists the
+   * inputs (name, kind, columns, dtype, shape) as JSON; a {@code vector} output's field carries
+   * {@code torchspark.column = vector}.
    */
   public static native byte[] describe(String specJson);
 

@@ -58,7 +58,7 @@ private[torchspark] final case class Scored(
 private[torchspark] object ArrowCodec {
   private lazy val root: RootAllocator = new RootAllocator(Long.MaxValue)
 
-  private def withAllocator[T](f: BufferAllocator => T): T = {
+  private[torchspark] def withAllocator[T](f: BufferAllocator => T): T = {
     val a = root.newChildAllocator("torchspark-batch", 0, Long.MaxValue)
     try f(a)
     finally a.close()
@@ -81,10 +81,15 @@ private[torchspark] object ArrowCodec {
         }
         v.setValueCount(n)
         v
-      case InputKind.SparkImage                         => encodeImages(a, values)
+      case InputKind.SparkImage                         => encodeImages(a, "image", values)
       case InputKind.FloatArray | InputKind.DoubleArray => encodeArrays(a, kind, values)
     }
-    val root = VectorSchemaRoot.of(vector)
+    ipc(Seq(vector), n)
+  }
+
+  /** One batch of `n` rows with `vectors` as its columns, as an IPC stream; closes them. */
+  private[torchspark] def ipc(vectors: Seq[FieldVector], n: Int): Array[Byte] = {
+    val root = VectorSchemaRoot.of(vectors: _*)
     try {
       root.setRowCount(n)
       val out = new ByteArrayOutputStream()
@@ -96,8 +101,13 @@ private[torchspark] object ArrowCodec {
 
   private def int32 = FieldType.nullable(new ArrowType.Int(32, true))
 
-  private def encodeImages(a: BufferAllocator, values: Array[Any]): FieldVector = {
-    val s = StructVector.empty("image", a)
+  /** Spark's image struct column `name`, as the native image reader takes it. */
+  private[torchspark] def encodeImages(
+      a: BufferAllocator,
+      name: String,
+      values: Array[Any]
+  ): FieldVector = {
+    val s = StructVector.empty(name, a)
     val origin =
       s.addOrGet("origin", FieldType.nullable(ArrowType.Utf8.INSTANCE), classOf[VarCharVector])
     val h = s.addOrGet("height", int32, classOf[IntVector])
@@ -154,13 +164,14 @@ private[torchspark] object ArrowCodec {
     l
   }
 
-  private def read[T](bytes: Array[Byte])(f: VectorSchemaRoot => T): T = withAllocator { a =>
-    val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
-    try {
-      reader.loadNextBatch()
-      f(reader.getVectorSchemaRoot)
-    } finally reader.close()
-  }
+  private[torchspark] def read[T](bytes: Array[Byte])(f: VectorSchemaRoot => T): T =
+    withAllocator { a =>
+      val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
+      try {
+        reader.loadNextBatch()
+        f(reader.getVectorSchemaRoot)
+      } finally reader.close()
+    }
 
   /** The stage nanoseconds that native code reports in a result's schema metadata; zeros when
     * absent.

@@ -21,7 +21,8 @@ import org.apache.spark.sql.SparkSession
   *   - Otherwise the driver needs no libtorch: the model must exist (a cluster-storage URI is
   *     stat'ed; a local path or `--files` name is checked when the driver has a copy, since it may
   *     exist on the nodes only) and its spec must be readable JSON with an `input` object whose
-  *     `height` and `width` are positive integers. The rest is validated where the model loads.
+  *     `height` and `width` are positive integers (a version-2 spec is described natively by
+  *     TorchModel and SQL instead). The rest is validated where the model loads.
   */
 private[torchspark] object DriverCheck {
 
@@ -81,6 +82,9 @@ private[torchspark] object DriverCheck {
           throw bad(s"not JSON: ${e.getOriginalMessage}$at")
       }
     if (root == null || !root.isObject) throw bad("must be a JSON object")
+    // A general spec (version 2): TorchModel and SQL validate it on the driver with
+    // NativeBridge.describe, which knows all of its rules.
+    if (Option(root.get("spec_version")).exists(v => v.isIntegralNumber && v.asInt >= 2)) return
     val input = root.get("input")
     if (input == null || !input.isObject)
       throw bad("missing field `input` (an object with height and width)")

@@ -40,7 +40,17 @@ class ImageFeaturizer(override val uid: String)
           if (error != null) Left(error) else Right(Seq(Vectors.dense(f)))
         out
       }
-    NativeRunner.transform(df, this, schema, metrics, NativeBridge.featurize, decode, Seq(null), "")
+    NativeRunner.transform(
+      df,
+      this,
+      schema,
+      metrics,
+      NativeBridge.featurize,
+      NativeRunner.imageInput(df, getInputCol),
+      decode,
+      Seq(null),
+      ""
+    )
   }
 
   override def copy(extra: ParamMap): ImageFeaturizer = defaultCopy(extra)

@@ -93,6 +93,7 @@ class ImageScorer(override val uid: String)
       schema,
       metrics,
       NativeBridge.score,
+      NativeRunner.imageInput(df, getInputCol),
       decode,
       Seq(null, null, null, null),
       s""", "top_k": $getTopK"""

@@ -28,6 +28,26 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
   def localPath(): String =
     if (isRemote) ModelSource.fetch(path, conf.value) else NativeRunner.resolveModel(path)
 
+  /** The text of the spec beside the model, read from cluster storage for a remote model, else
+    * beside the local (or `--files`) model that this JVM sees.
+    * @throws ModelLoadException
+    *   the model is not found here
+    * @throws ModelSpecException
+    *   its spec cannot be read
+    */
+  def specText(): String = {
+    val spec = ModelSource.specOf(if (isRemote) path else NativeRunner.resolveModel(path))
+    val bytes =
+      if (isRemote) ModelSource.readAll(new HPath(spec), conf.value, spec)
+      else
+        try Files.readAllBytes(new File(spec).toPath)
+        catch {
+          case e: IOException =>
+            throw new ModelSpecException(s"model spec $spec: cannot read: $e", e)
+        }
+    new String(bytes, StandardCharsets.UTF_8)
+  }
+
   /** Checks that the model and its spec exist; driver-side, before a job starts. */
   def check(): Unit = if (isRemote) ModelSource.statBoth(path, conf.value)
 }
@@ -274,7 +294,7 @@ object ModelSource {
         throw new ModelSpecException(s"model spec $specUri is not valid JSON: ${e.getMessage}", e)
     }
 
-  private def readAll(src: HPath, conf: Configuration, uri: String): Array[Byte] =
+  private[torchspark] def readAll(src: HPath, conf: Configuration, uri: String): Array[Byte] =
     try {
       val in = src.getFileSystem(conf).open(src)
       try in.readAllBytes()

@@ -5,6 +5,7 @@ import java.util.concurrent.atomic.AtomicLong
 
 import org.apache.spark.{SparkFiles, TaskContext}
 import org.apache.spark.sql.{DataFrame, Encoders, Row}
+import org.apache.spark.sql.catalyst.expressions.GenericRow
 import org.apache.spark.sql.types.StructType
 
 /** Executor-side plumbing shared by the transformers and the UDFs. */
@@ -89,21 +90,39 @@ private[torchspark] object NativeRunner {
   def threadsFor(numThreads: Int): Int =
     if (numThreads > 0) numThreads else Option(TaskContext.get()).map(_.cpus()).getOrElse(1).max(1)
 
+  /** The encoder of an image transformer's batches: the one column `column` of `df`. */
+  def imageInput(df: DataFrame, column: String): Seq[Row] => Array[Byte] = {
+    val idx = df.schema.fieldIndex(column)
+    val kind = InputKind.of(column, df.schema(idx).dataType)
+    rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
+  }
+
+  /** `row`'s values, then `outputs`, then `error` when `withError`: one copy into a new row. */
+  private def appended(row: Row, outputs: Seq[Any], withError: Boolean, error: String): Row = {
+    val w = row.length
+    val values = new Array[Any](w + outputs.size + (if (withError) 1 else 0))
+    var i = 0
+    while (i < w) { values(i) = row.get(i); i += 1 }
+    outputs.copyToArray(values, w)
+    if (withError) values(values.length - 1) = error
+    new GenericRow(values)
+  }
+
   /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
-    * row order; `decode` turns a native result into per-row outputs or an error.
+    * row order; `encode` turns a batch of rows into the native call's Arrow input, `decode` turns a
+    * native result into per-row outputs or an error.
     */
   def transform(
       df: DataFrame,
-      p: TorchSparkParams,
+      p: TorchSparkModelParams,
       outSchema: StructType,
       metrics: TorchSparkMetrics,
       nativeCall: (Long, Array[Byte], String) => Array[Byte],
+      encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
       optionsExtra: String
   ): DataFrame = {
-    val inIdx = df.schema.fieldIndex(p.getInputCol)
-    val kind = InputKind.of(p.getInputCol, df.schema(inIdx).dataType)
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
     val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
     // What the driver can know (the model, its spec, the device) fails here, before the job.
@@ -132,22 +151,27 @@ private[torchspark] object NativeRunner {
       var offset = 0L
       rows.grouped(batchSize).flatMap { group =>
         val t0 = System.nanoTime()
-        val values = group.map(r => r.get(inIdx): Any).toArray
         val options =
           s"""{"batch_size": $batchSize, "row_offset": $offset, "max_pixels": $maxPixels$optionsExtra}"""
-        val encoded = ArrowCodec.encode(kind, values)
+        val encoded = encode(group)
         val t1 = System.nanoTime()
         val answer = nativeCall(handle, encoded, options)
         val t2 = System.nanoTime()
         val stages = ArrowCodec.stageNanos(answer)
         val result = decode(answer)
+        if (result.length != group.size)
+          throw new InferenceException(
+            s"torchspark: partition $partition: native code returned ${result.length} rows for " +
+              s"${group.size}"
+          )
         offset += group.size
+        var scored = 0L
         val out = group.iterator
           .zip(result.iterator)
           .flatMap {
             case (row, Right(outputs)) =>
-              metrics.imagesScored.add(1)
-              Some(Row.fromSeq(row.toSeq ++ outputs ++ (if (mode == "keep") Seq(null) else Nil)))
+              scored += 1
+              Some(appended(row, outputs, mode == "keep", null))
             case (row, Left(error)) =>
               metrics.rowsWithErrors.add(1)
               val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
@@ -157,10 +181,11 @@ private[torchspark] object NativeRunner {
                 case "skip" =>
                   metrics.rowsSkipped.add(1)
                   None
-                case _ => Some(Row.fromSeq(row.toSeq ++ nullOutputs :+ error))
+                case _ => Some(appended(row, nullOutputs, true, error))
               }
           }
           .toArray
+        metrics.imagesScored.add(scored)
         clock.native += t2 - t1
         clock.preprocess += stages.preprocess
         clock.forward += stages.forward

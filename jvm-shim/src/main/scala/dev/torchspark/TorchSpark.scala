@@ -2,9 +2,11 @@ package dev.torchspark
 
 import java.util.concurrent.ConcurrentHashMap
 
+import scala.util.Try
+
 import org.apache.spark.TaskContext
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
-import org.apache.spark.sql.api.java.UDF1
+import org.apache.spark.sql.api.java._
 import org.apache.spark.sql.types._
 
 /** Entry points for SQL users and for checking the native side from a driver. */
@@ -26,10 +28,17 @@ object TorchSpark {
   // do; so a model file changed on disk is what the next task scores with (see docs/model-cache.md).
   private val udfHandles = new ConcurrentHashMap[(String, String, Int, Long), java.lang.Long]()
 
-  /** Registers `name` (binary image → struct<prediction, label, probability, error>) and
-    * `name_features` (binary image → array<double>, null for a bad row) for SQL:
-    * {{{SELECT classify_image(content).label FROM images}}} Rows are scored one at a time; the
-    * transformers batch and are much faster.
+  /** Registers a model for SQL, one row per call (the transformers batch and are much faster).
+    *
+    * An image classifier (a version-1 spec) registers `name` (binary image → struct<prediction,
+    * label, probability, error>) and `name_features` (binary image → array<double>, null for a bad
+    * row): {{{SELECT classify_image(content).label FROM images}}}
+    *
+    * A general model (`"spec_version": 2`, whose spec this driver can read) registers `name(c1,
+    * ..., cN)`, one argument per input of the spec in order (a generated mask is not one),
+    * returning struct<one field per output, error>: {{{SELECT diabetes(features).prediction FROM
+    * patients}}} An input that gathers several columns takes them as one array argument
+    * (`array(age, bmi, bp, s1)`).
     */
   def register(
       spark: SparkSession,
@@ -41,31 +50,148 @@ object TorchSpark {
     val path = ModelSource(spark, modelPath)
     // What the driver can know (the model, its spec, the device) fails here, before any query.
     DriverCheck(spark, path, device, "fp32")
+    Try(path.specText()).toOption.filter(ModelSchema.specVersion(_) >= 2) match {
+      case Some(spec) =>
+        registerGeneral(spark, name, path, ModelSchema.of(spec), device, numThreads)
+      case None => registerImage(spark, name, path, device, numThreads)
+    }
+  }
+
+  private def registerImage(
+      spark: SparkSession,
+      name: String,
+      path: ModelSource,
+      device: String,
+      numThreads: Int
+  ): Unit = {
+    def input(content: Array[Byte]) = ArrowCodec.encode(InputKind.Binary, Array[Any](content))
+    val options = """{"top_k": 1}"""
     val score: UDF1[Array[Byte], Row] = (content: Array[Byte]) => {
-      val s =
-        ArrowCodec.decodeScores(call(path, device, numThreads, content, NativeBridge.score))(0)
+      val s = ArrowCodec.decodeScores(
+        call(path, device, numThreads, input(content), NativeBridge.score, options)
+      )(0)
       if (s.error != null) Row(null, null, null, s.error)
       else Row(s.prediction, s.label, s.probability.toSeq, null)
     }
     spark.udf.register(name, score, scoreType)
     val features: UDF1[Array[Byte], Seq[Double]] = (content: Array[Byte]) => {
-      val (f, _) =
-        ArrowCodec.decodeFeatures(call(path, device, numThreads, content, NativeBridge.featurize))(
-          0
-        )
+      val (f, _) = ArrowCodec.decodeFeatures(
+        call(path, device, numThreads, input(content), NativeBridge.featurize, options)
+      )(0)
       if (f == null) null else f.toSeq
     }
     spark.udf.register(s"${name}_features", features, ArrayType(DoubleType, containsNull = false))
   }
 
+  /** The most inputs a general model's SQL function takes (Spark's Java UDFs go to 22). */
+  val maxSqlInputs = 10
+
+  private def registerGeneral(
+      spark: SparkSession,
+      name: String,
+      path: ModelSource,
+      model: ModelSchema,
+      device: String,
+      numThreads: Int
+  ): Unit = {
+    val inputs = model.dataInputs
+    require(
+      inputs.nonEmpty && inputs.size <= maxSqlInputs,
+      s"$name: a SQL function takes 1 to $maxSqlInputs inputs, the spec declares ${inputs.size}"
+    )
+    val resultType = StructType(model.outputs :+ StructField("error", StringType))
+    val count = model.outputs.size
+    // Each input reads the argument sent under its own name.
+    val columns = inputs
+      .map(d => s"${NativeRunner.json(d.name)}: [${NativeRunner.json(d.name)}]")
+      .mkString("{", ", ", "}")
+    val options = s"""{"batch_size": 1, "columns": $columns}"""
+    val run = (args: Seq[Any]) => {
+      val cols = inputs.zip(args).map { case (d, v) =>
+        val dt =
+          try TensorCodec.typeOfValue(v).getOrElse(nullType(d))
+          catch {
+            case e: IllegalArgumentException =>
+              throw new IllegalArgumentException(s"$name: input `${d.name}`: ${e.getMessage}", e)
+          }
+        TensorCodec.Column(d.name, dt, Array(v))
+      }
+      val answer =
+        call(path, device, numThreads, TensorCodec.encode(cols, 1), NativeBridge.predict, options)
+      TensorCodec.decode(answer, count)(0) match {
+        case Right(outputs) => Row.fromSeq(outputs :+ null)
+        case Left(error)    => Row.fromSeq(Seq.fill[Any](count)(null) :+ error)
+      }
+    }
+    val udf = spark.udf
+    // One Java UDF interface per arity: SQL functions have fixed argument counts.
+    inputs.size match {
+      case 1 =>
+        val u: UDF1[Any, Row] = (x1: Any) => run(Seq(x1))
+        udf.register(name, u, resultType)
+      case 2 =>
+        val u: UDF2[Any, Any, Row] = (x1: Any, x2: Any) => run(Seq(x1, x2))
+        udf.register(name, u, resultType)
+      case 3 =>
+        val u: UDF3[Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any) => run(Seq(x1, x2, x3))
+        udf.register(name, u, resultType)
+      case 4 =>
+        val u: UDF4[Any, Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any, x4: Any) =>
+          run(Seq(x1, x2, x3, x4))
+        udf.register(name, u, resultType)
+      case 5 =>
+        val u: UDF5[Any, Any, Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any) =>
+          run(Seq(x1, x2, x3, x4, x5))
+        udf.register(name, u, resultType)
+      case 6 =>
+        val u: UDF6[Any, Any, Any, Any, Any, Any, Row] =
+          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any) => run(Seq(x1, x2, x3, x4, x5, x6))
+        udf.register(name, u, resultType)
+      case 7 =>
+        val u: UDF7[Any, Any, Any, Any, Any, Any, Any, Row] =
+          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any) =>
+            run(Seq(x1, x2, x3, x4, x5, x6, x7))
+        udf.register(name, u, resultType)
+      case 8 =>
+        val u: UDF8[Any, Any, Any, Any, Any, Any, Any, Any, Row] =
+          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any, x8: Any) =>
+            run(Seq(x1, x2, x3, x4, x5, x6, x7, x8))
+        udf.register(name, u, resultType)
+      case 9 =>
+        val u: UDF9[Any, Any, Any, Any, Any, Any, Any, Any, Any, Row] =
+          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any, x8: Any, x9: Any) =>
+            run(Seq(x1, x2, x3, x4, x5, x6, x7, x8, x9))
+        udf.register(name, u, resultType)
+      case 10 =>
+        val u: UDF10[Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Row] = (
+            x1: Any,
+            x2: Any,
+            x3: Any,
+            x4: Any,
+            x5: Any,
+            x6: Any,
+            x7: Any,
+            x8: Any,
+            x9: Any,
+            x10: Any
+        ) => run(Seq(x1, x2, x3, x4, x5, x6, x7, x8, x9, x10))
+        udf.register(name, u, resultType)
+      case n => throw new IllegalArgumentException(s"$name: $n inputs")
+    }
+  }
+
+  /** A null argument's type: what the input's reader expects, so that it reports the null. */
+  private def nullType(d: ModelInput): DataType =
+    if (d.isImage) BinaryType else if (d.shape.isEmpty) DoubleType else ArrayType(DoubleType)
+
   private def call(
       source: ModelSource,
       device: String,
       threads: Int,
-      content: Array[Byte],
-      native: (Long, Array[Byte], String) => Array[Byte]
+      input: Array[Byte],
+      native: (Long, Array[Byte], String) => Array[Byte],
+      options: String
   ): Array[Byte] = {
-    val input = ArrowCodec.encode(InputKind.Binary, Array[Any](content))
     def open(): Long =
       NativeRunner.openModel(NativeRunner.configJson(source, device, threads, "fp32"))
     Option(TaskContext.get()) match {
@@ -80,10 +206,10 @@ object TorchSpark {
         if (opened) ctx.addTaskCompletionListener[Unit] { _ =>
           Option(udfHandles.remove(key)).foreach(h => NativeBridge.closeModel(h))
         }
-        native(handle, input, """{"top_k": 1}""")
+        native(handle, input, options)
       case None => // evaluated outside a task (e.g. on the driver): a handle for this call
         val h = open()
-        try native(h, input, """{"top_k": 1}""")
+        try native(h, input, options)
         finally NativeBridge.closeModel(h)
     }
   }

@@ -4,8 +4,11 @@ import org.apache.spark.ml.param._
 import org.apache.spark.sql.DataFrame
 import org.apache.spark.sql.types.{StringType, StructField, StructType}
 
-/** Params shared by [[ImageScorer]] and [[ImageFeaturizer]] (the Python classes mirror them). */
-trait TorchSparkParams extends Params {
+/** Params shared by every torchspark transformer ([[ImageScorer]], [[ImageFeaturizer]],
+  * [[TorchModel]]; the Python classes mirror them): the model, where and how it runs, and what a
+  * row that cannot be scored does.
+  */
+trait TorchSparkModelParams extends Params {
 
   // First, before any Scala library call that differs between 2.12 and 2.13.
   SparkLineCheck.check()
@@ -18,14 +21,6 @@ trait TorchSparkParams extends Params {
       "local path on every node, or the name of " +
       "a file shipped with --files / SparkContext.addFile",
     (p: String) => p != null && p.nonEmpty
-  )
-
-  final val inputCol: Param[String] = new Param[String](
-    this,
-    "inputCol",
-    "image column: binary (encoded PNG/JPEG/BMP/GIF/TIFF/WebP), Spark's image struct, or " +
-      "array<float>",
-    (c: String) => c != null && c.nonEmpty
   )
 
   final val batchSize: IntParam =
@@ -91,7 +86,6 @@ trait TorchSparkParams extends Params {
   )
 
   def setModelPath(v: String): this.type = set(modelPath, v)
-  def setInputCol(v: String): this.type = set(inputCol, v)
   def setBatchSize(v: Int): this.type = set(batchSize, v)
   def setDevice(v: String): this.type = set(device, v)
   def setNumThreads(v: Int): this.type = set(numThreads, v)
@@ -101,7 +95,6 @@ trait TorchSparkParams extends Params {
   def setMaxPixels(v: Long): this.type = set(maxPixels, v)
 
   final def getModelPath: String = $(modelPath)
-  final def getInputCol: String = $(inputCol)
   final def getBatchSize: Int = $(batchSize)
   final def getDevice: String = $(device)
   final def getNumThreads: Int = $(numThreads)
@@ -121,6 +114,39 @@ trait TorchSparkParams extends Params {
     lastMetrics
   }
 
+  /** Appends `outputs` (and `errorCol` with handleInvalid=keep) to `schema`, refusing a name the
+    * input already has or one used twice.
+    */
+  protected def appendOutputs(schema: StructType, outputs: Seq[StructField]): StructType = {
+    val who = getClass.getSimpleName
+    val out = outputs ++
+      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
+    out.foreach { f =>
+      require(!schema.fieldNames.contains(f.name), s"$who: column `${f.name}` already exists")
+    }
+    val twice = out.map(_.name).diff(out.map(_.name).distinct)
+    require(twice.isEmpty, s"$who: column `${twice.headOption.orNull}` would be written twice")
+    StructType(schema.fields ++ out)
+  }
+}
+
+/** The params of the image transformers ([[ImageScorer]], [[ImageFeaturizer]]): the common ones and
+  * `inputCol`.
+  */
+trait TorchSparkParams extends TorchSparkModelParams {
+
+  final val inputCol: Param[String] = new Param[String](
+    this,
+    "inputCol",
+    "image column: binary (encoded PNG/JPEG/BMP/GIF/TIFF/WebP), Spark's image struct, or " +
+      "array<float>",
+    (c: String) => c != null && c.nonEmpty
+  )
+
+  def setInputCol(v: String): this.type = set(inputCol, v)
+
+  final def getInputCol: String = $(inputCol)
+
   /** Checks the shared params against `schema` and appends `outputs` (and `errorCol` with
     * handleInvalid=keep), refusing a name the input already has.
     */
@@ -130,11 +156,6 @@ trait TorchSparkParams extends Params {
     require(isDefined(inputCol), s"$who: set inputCol")
     require(schema.fieldNames.contains(getInputCol), s"$who: no input column `$getInputCol`")
     InputKind.of(getInputCol, schema(getInputCol).dataType)
-    val out = outputs ++
-      (if (getHandleInvalid == "keep") Seq(StructField(getErrorCol, StringType)) else Nil)
-    out.foreach { f =>
-      require(!schema.fieldNames.contains(f.name), s"$who: column `${f.name}` already exists")
-    }
-    StructType(schema.fields ++ out)
+    appendOutputs(schema, outputs)
   }
 }

@@ -1,0 +1,177 @@
+package dev.torchspark
+
+import org.apache.spark.ml.Transformer
+import org.apache.spark.ml.param._
+import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.sql.{DataFrame, Dataset, Row, SparkSession}
+import org.apache.spark.sql.types._
+
+/** Runs any TorchScript or AOTInductor model whose inputs and outputs are tensors, natively, with
+  * the model opened once per executor: the spec beside the model (`"spec_version": 2`, see
+  * docs/models-jvm.md) declares `forward`'s inputs (which columns, dtype, per-row shape) and its
+  * outputs (which part of what it returns, post-processing, and the column kind).
+  *
+  * Appends one column per declared output, in the spec's order (named as the outputs, or as
+  * `outputCols` renames them): a scalar (double, float, long, int), an ML Vector, a nested array,
+  * an `array<struct<...>>` or a binary PNG; and, with `handleInvalid=keep`, `errorCol`. Inputs read
+  * the spec's columns unless `inputCols` maps them elsewhere. A version-1 (image) spec also runs:
+  * input `image`, output `output` (a Vector).
+  */
+class TorchModel(override val uid: String)
+    extends Transformer
+    with TorchSparkModelParams
+    with DefaultParamsWritable {
+
+  def this() = this(Identifiable.randomUID("TorchModel"))
+
+  final val inputCols: StringArrayParam = new StringArrayParam(
+    this,
+    "inputCols",
+    "input=column or input=col1,col2,...: the DataFrame column(s) an input of the spec reads " +
+      "(default: the spec's `column`); several numeric columns are gathered into one 1-D input, " +
+      "and one column for an input the spec gathers holds the whole vector",
+    (a: Array[String]) => a != null && a.forall(TorchModel.pair(_).isDefined)
+  )
+
+  final val outputCols: StringArrayParam = new StringArrayParam(
+    this,
+    "outputCols",
+    "output=column: the column an output of the spec is written to (default: the output's name)",
+    (a: Array[String]) => a != null && a.forall(TorchModel.pair(_).exists(_._2.size == 1))
+  )
+
+  setDefault(inputCols -> Array.empty[String], outputCols -> Array.empty[String])
+
+  def setInputCols(v: Array[String]): this.type = set(inputCols, v)
+  def setOutputCols(v: Array[String]): this.type = set(outputCols, v)
+
+  final def getInputCols: Array[String] = $(inputCols)
+  final def getOutputCols: Array[String] = $(outputCols)
+
+  private def who = s"TorchModel($getModelPath)"
+
+  /** The spec's inputs and outputs (read beside the model on this JVM, described natively). */
+  private def modelSchema(): ModelSchema = {
+    require(isDefined(modelPath), "TorchModel: set modelPath")
+    ModelSchema.of(ModelSource(SparkSession.active, getModelPath).specText())
+  }
+
+  /** Each data input with the columns it reads from `schema`, and each output's Spark field. */
+  private def plan(schema: StructType): (Seq[(ModelInput, Seq[String])], Seq[StructField]) = {
+    val model = modelSchema()
+    val data = model.dataInputs
+    val inputMap = pairs(getInputCols, "inputCols", data.map(_.name), "input")
+    val outputMap =
+      pairs(getOutputCols, "outputCols", model.outputs.map(_.name), "output").map { case (k, v) =>
+        k -> v.head
+      }
+    val inputs = data.map(d => d -> inputMap.getOrElse(d.name, d.columns))
+    inputs.foreach { case (d, cols) => checkInput(d, cols, schema) }
+    val outputs = model.outputs.map(f => f.copy(name = outputMap.getOrElse(f.name, f.name)))
+    (inputs, outputs)
+  }
+
+  /** `name=value` entries of `param` as a map, each name one of `known`. */
+  private def pairs(
+      entries: Array[String],
+      param: String,
+      known: Seq[String],
+      what: String
+  ): Map[String, Seq[String]] = {
+    val parsed = entries.toSeq.map { e =>
+      TorchModel.pair(e).getOrElse {
+        throw new IllegalArgumentException(s"$who: $param entry `$e` is not $what=column")
+      }
+    }
+    parsed.foreach { case (name, _) =>
+      require(
+        known.contains(name),
+        s"$who: $param names $what `$name`, which the spec does not declare (its ${what}s: " +
+          s"${known.mkString(", ")})"
+      )
+    }
+    val twice = parsed.map(_._1).diff(parsed.map(_._1).distinct)
+    require(twice.isEmpty, s"$who: $param names $what `${twice.headOption.orNull}` twice")
+    parsed.toMap
+  }
+
+  private def checkInput(d: ModelInput, cols: Seq[String], schema: StructType): Unit = {
+    val where = s"$who: input `${d.name}` (${d.kind} ${d.dtype} ${d.shapeText})"
+    cols.foreach { c =>
+      require(
+        schema.fieldNames.contains(c),
+        s"$where reads column `$c`, which the DataFrame does not have (its columns: " +
+          s"${schema.fieldNames.mkString(", ")}); map the input to a column with inputCols " +
+          s"""("${d.name}=<column>")"""
+      )
+      TensorCodec.unsupported(schema(c).dataType).foreach { why =>
+        throw new IllegalArgumentException(s"$where: column `$c` $why")
+      }
+    }
+    if (d.isImage) {
+      val dt = schema(cols.head).dataType
+      require(
+        cols.size == 1 && (dt == BinaryType || TensorCodec.isImageStruct(dt)),
+        s"$where reads ${cols.mkString(", ")}: an image input reads one column, binary " +
+          s"(encoded images) or Spark's image struct, not ${dt.simpleString}"
+      )
+    } else if (cols.size > 1)
+      cols.filterNot(c => TensorCodec.isScalar(schema(c).dataType)).foreach { c =>
+        throw new IllegalArgumentException(
+          s"$where gathers ${cols.mkString(", ")}: each must be a numeric column, but `$c` is " +
+            schema(c).dataType.simpleString
+        )
+      }
+  }
+
+  override def transformSchema(schema: StructType): StructType = {
+    val (_, outputs) = plan(schema)
+    appendOutputs(schema, outputs)
+  }
+
+  override def transform(dataset: Dataset[_]): DataFrame = {
+    val schema = transformSchema(dataset.schema, logging = true)
+    val (inputs, outputs) = plan(dataset.schema)
+    val df = dataset.toDF()
+    val metrics = newMetrics(df)
+    val columns =
+      inputs.flatMap(_._2).distinct.map(c => (c, df.schema.fieldIndex(c), df.schema(c).dataType))
+    val encode = (rows: Seq[Row]) =>
+      TensorCodec.encode(
+        columns.map { case (name, i, dt) =>
+          TensorCodec.Column(name, dt, rows.map(r => r.get(i): Any).toArray)
+        },
+        rows.size
+      )
+    val count = outputs.size
+    val decode = (bytes: Array[Byte]) => TensorCodec.decode(bytes, count)
+    val mapping = inputs
+      .map { case (d, cols) =>
+        s"${NativeRunner.json(d.name)}: ${cols.map(NativeRunner.json).mkString("[", ", ", "]")}"
+      }
+      .mkString("{", ", ", "}")
+    NativeRunner.transform(
+      df,
+      this,
+      schema,
+      metrics,
+      NativeBridge.predict,
+      encode,
+      decode,
+      Seq.fill(count)(null),
+      s""", "columns": $mapping"""
+    )
+  }
+
+  override def copy(extra: ParamMap): TorchModel = defaultCopy(extra)
+}
+
+object TorchModel extends DefaultParamsReadable[TorchModel] {
+
+  /** `name=a` or `name=a,b,c` as (name, columns); None when malformed. */
+  private[torchspark] def pair(entry: String): Option[(String, Seq[String])] =
+    Option(entry).map(_.split("=", 2)).collect {
+      case Array(name, cols) if name.trim.nonEmpty && cols.split(",").forall(_.trim.nonEmpty) =>
+        (name.trim, cols.split(",").toSeq.map(_.trim))
+    }
+}

@@ -1,0 +1,381 @@
+package dev.torchspark
+
+import java.io.ByteArrayInputStream
+import java.nio.file.{Files, Path}
+
+import scala.jdk.CollectionConverters._
+
+import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
+import org.apache.spark.ml.{Pipeline, PipelineModel}
+import org.apache.spark.ml.evaluation.RegressionEvaluator
+import org.apache.spark.ml.feature.VectorAssembler
+import org.apache.spark.ml.linalg.{SQLDataTypes, Vector, Vectors}
+import org.apache.spark.sql.{DataFrame, Row, SparkSession}
+import org.apache.spark.sql.functions._
+import org.apache.spark.sql.types._
+import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.Assert._
+
+/** TorchModel on the general fixtures (tests/fixtures/make_general_fixtures.py): a real local[2]
+  * SparkSession, the real .so, PyTorch's numbers.
+  */
+object TorchModelSuite {
+  val general: Path = TorchSparkSuite.repo.resolve("tests/fixtures/out/general")
+  var spark: SparkSession = _
+
+  @BeforeClass def setUp(): Unit = {
+    if (!Files.exists(general.resolve("manifest.json"))) {
+      val p = new ProcessBuilder(
+        TorchSparkSuite.repo.resolve(".venv/bin/python").toString,
+        TorchSparkSuite.repo.resolve("tests/fixtures/make_general_fixtures.py").toString,
+        general.toString
+      ).inheritIO().start()
+      assertEquals("make_general_fixtures.py", 0, p.waitFor())
+    }
+    spark = SparkSession
+      .builder()
+      .master("local[2]")
+      .appName("torchspark-general-tests")
+      .config("spark.ui.enabled", "false")
+      .config("spark.sql.shuffle.partitions", "2")
+      .getOrCreate()
+  }
+
+  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
+
+  private val mapper = new ObjectMapper()
+  def json(name: String): JsonNode = mapper.readTree(general.resolve(name).toFile)
+  def doubles(n: JsonNode): Array[Double] = n.elements().asScala.map(_.asDouble).toArray
+  def model(name: String): String = general.resolve(name).toString
+
+  lazy val diabetes: JsonNode = json("diabetes.json")
+  lazy val featureNames: Seq[String] =
+    diabetes.get("feature_names").elements().asScala.map(_.asText).toSeq
+  lazy val pred: Array[Double] = doubles(diabetes.get("pred"))
+
+  /** id, y, x (array<double>), sv (the same values as a sparse ML Vector), and one double column
+    * per feature.
+    */
+  lazy val diabetesDf: DataFrame = {
+    val xs = diabetes.get("X").elements().asScala.map(doubles).toSeq
+    val ys = doubles(diabetes.get("y"))
+    val rows = xs.zipWithIndex.map { case (x, i) =>
+      Row.fromSeq(Seq(i, ys(i), x.toSeq, Vectors.dense(x).toSparse) ++ x)
+    }
+    val schema = StructType(
+      Seq(
+        StructField("id", IntegerType),
+        StructField("y", DoubleType),
+        StructField("x", ArrayType(DoubleType)),
+        StructField("sv", SQLDataTypes.VectorType)
+      ) ++ featureNames.map(StructField(_, DoubleType))
+    )
+    spark.createDataFrame(spark.sparkContext.parallelize(rows, 2), schema).cache()
+  }
+
+  def messages(e: Throwable): String =
+    Iterator.iterate(e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+
+}
+
+class TorchModelSuite {
+  import TorchModelSuite._
+
+  private def mlp = new TorchModel().setModelPath(model("diabetes_mlp.pt")).setBatchSize(64)
+
+  private def checkPredictions(df: DataFrame): Unit = {
+    val rows = df.select("id", "prediction").collect()
+    assertEquals(442, rows.length)
+    val worst = rows.map(r => math.abs(r.getDouble(1) - pred(r.getInt(0)))).max
+    assertTrue(s"max diff $worst", worst <= 1e-5)
+    val rmse = new RegressionEvaluator().setLabelCol("y").setMetricName("rmse").evaluate(df)
+    assertEquals(diabetes.get("rmse").asDouble, rmse, 1e-4)
+  }
+
+  @Test def regressionFromVectorAssemblerArraySparseVectorAndScalarColumnsMatchesPyTorch(): Unit = {
+    val assembled = new VectorAssembler()
+      .setInputCols(featureNames.toArray)
+      .setOutputCol("features")
+      .transform(diabetesDf)
+    val scored = mlp.transform(assembled)
+    assertEquals(DoubleType, scored.schema("prediction").dataType)
+    checkPredictions(scored)
+    checkPredictions(mlp.setInputCols(Array("features=x")).transform(diabetesDf))
+    checkPredictions(mlp.setInputCols(Array("features=sv")).transform(diabetesDf))
+    // Ten numeric columns gathered into the one [10] input.
+    checkPredictions(
+      mlp.setInputCols(Array(s"features=${featureNames.mkString(",")}")).transform(diabetesDf)
+    )
+  }
+
+  private def binary(dir: String): DataFrame =
+    spark.read.format("binaryFile").load(general.resolve(dir).toString)
+
+  private def name(path: String) = path.substring(path.lastIndexOf('/') + 1)
+
+  @Test def segmentationClassMapIsExactAndItsPngDecodesToIt(): Unit = {
+    val expected = json("seg_expected.json")
+    val files = expected.get("files").elements().asScala.map(_.asText).toSeq
+    val seg = new TorchModel()
+      .setModelPath(model("seg.pt"))
+      .setInputCols(Array("image=content"))
+      .setOutputCols(Array("mask=mask_png"))
+      .setBatchSize(4)
+    val out = seg.transform(binary("seg"))
+    assertEquals(ArrayType(ArrayType(IntegerType)), out.schema("classes").dataType)
+    assertEquals(BinaryType, out.schema("mask_png").dataType)
+    val rows = out.select("path", "classes", "mask_png").collect()
+    assertEquals(files.size, rows.length)
+    var compared = 0
+    rows.foreach { r =>
+      val i = files.indexOf(name(r.getString(0)))
+      val want = expected.get("classes").get(i)
+      val skip = expected
+        .get("ambiguous")
+        .get(i)
+        .elements()
+        .asScala
+        .map(p => (p.get(0).asInt, p.get(1).asInt))
+        .toSet
+      val got = r.getSeq[Seq[Int]](1)
+      val png = javax.imageio.ImageIO.read(new ByteArrayInputStream(r.getAs[Array[Byte]](2)))
+      assertEquals((64, 64), (png.getHeight, png.getWidth))
+      for (y <- 0 until 64; x <- 0 until 64 if !skip((y, x))) {
+        val c = want.get(y).get(x).asInt
+        assertEquals(s"${r.getString(0)} ($y, $x)", c, got(y)(x))
+        assertEquals(s"png ${r.getString(0)} ($y, $x)", c, png.getRaster.getSample(x, y, 0))
+        compared += 1
+      }
+    }
+    assertTrue(compared > 6 * 64 * 64 - 10)
+  }
+
+  @Test def detectionsOfThreeImageSizesInOnePartitionAreStructs(): Unit = {
+    val expected = json("det_expected.json")
+    val files = expected.get("files").elements().asScala.map(_.asText).toSeq
+    val sizes = expected.get("sizes").elements().asScala.map(doubles).toSeq
+    val det = new TorchModel()
+      .setModelPath(model("det.pt"))
+      .setInputCols(Array("images=content"))
+      .setBatchSize(8)
+    val df = binary("det").coalesce(1)
+    val out = det.transform(df)
+    val t = out.schema("detections").dataType.asInstanceOf[ArrayType].elementType
+    assertEquals(Seq("box", "label", "score"), t.asInstanceOf[StructType].fieldNames.toSeq)
+    val rows = out.select("path", "detections").collect()
+    assertEquals(files.size, rows.length)
+    assertTrue(rows.map(r => name(r.getString(0)).split("_")(2)).toSet.size == 3)
+    rows.foreach { r =>
+      val file = name(r.getString(0))
+      val i = files.indexOf(file)
+      val want = expected.get("detections").get(i).elements().asScala.toSeq
+      // Boxes in units of the image's size: pixel boxes round differently per batch size.
+      val scale = Seq(sizes(i)(1), sizes(i)(0), sizes(i)(1), sizes(i)(0))
+      val got = r.getSeq[Row](1)
+      assertEquals(file, want.size, got.size)
+      want.zip(got).foreach { case (w, g) =>
+        assertEquals(file, w.get("label").asLong, g.getAs[Long]("label"))
+        val box = g.getAs[scala.collection.Seq[Float]]("box").map(_.toDouble)
+        val wbox = doubles(w.get("box"))
+        assertEquals(4, box.size)
+        box.zip(wbox).zip(scale).foreach { case ((a, b), s) =>
+          assertEquals(s"$file box", b / s, a / s, 1e-5)
+        }
+        val score = g.get(g.fieldIndex("score")).asInstanceOf[Number].doubleValue
+        assertEquals(file, w.get("score").asDouble, score, 1e-5)
+      }
+    }
+  }
+
+  /** The two_io images with their meta vectors: path, content, image (Spark's struct), meta. */
+  private def twoIoDf(): DataFrame = {
+    val expected = json("two_io_expected.json")
+    val files = expected.get("files").elements().asScala.map(_.asText).toSeq
+    val meta = files.zip(expected.get("meta").elements().asScala.map(doubles).toSeq).toMap
+    val metaDf = spark.createDataFrame(
+      spark.sparkContext.parallelize(meta.toSeq.map { case (f, m) => Row(f, m.toSeq) }),
+      StructType.fromDDL("file string, meta array<double>")
+    )
+    val images = spark.read
+      .format("image")
+      .load(general.resolve("two_io").toString)
+      .withColumn("file", regexp_extract(col("image.origin"), "([^/]+)$", 1))
+    binary("two_io")
+      .withColumn("file", regexp_extract(col("path"), "([^/]+)$", 1))
+      .join(metaDf, "file")
+      .join(images, "file")
+  }
+
+  @Test def twoInputsGiveTwoOutputColumnsFromOneForward(): Unit = {
+    val expected = json("two_io_expected.json")
+    val files = expected.get("files").elements().asScala.map(_.asText).toSeq
+    val df = twoIoDf().cache()
+    // TorchScript from encoded bytes; the AOTInductor package from Spark's image struct (BGR).
+    for (
+      (file, inputs, suffix) <- Seq(
+        ("two_io.pt", Array("image=content"), ""),
+        ("two_io_aoti.pt2", Array.empty[String], "_aoti")
+      )
+    ) {
+      val out = new TorchModel()
+        .setModelPath(model(file))
+        .setInputCols(inputs)
+        .setBatchSize(3)
+        .transform(df)
+      assertEquals(ArrayType(FloatType), out.schema("embedding").dataType)
+      val rows = out.select("file", "probability", "embedding").collect()
+      assertEquals(files.size, rows.length)
+      rows.foreach { r =>
+        val i = files.indexOf(r.getString(0))
+        val p = r.getAs[Vector](1).toArray
+        val e = r.getSeq[Float](2).map(_.toDouble).toArray
+        val wp = doubles(expected.get(s"probability$suffix").get(i))
+        val we = doubles(expected.get(s"embedding$suffix").get(i))
+        assertEquals(wp.length, p.length)
+        assertEquals(we.length, e.length)
+        p.zip(wp).foreach { case (a, b) => assertEquals(s"$file ${r.getString(0)}", b, a, 1e-5) }
+        e.zip(we).foreach { case (a, b) => assertEquals(s"$file embedding", b, a, 1e-5) }
+      }
+    }
+  }
+
+  @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
+    val dir = Files.createTempDirectory("torchspark-torchmodel")
+    val m = mlp
+      .setInputCols(Array("features=x"))
+      .setOutputCols(Array("prediction=progression"))
+      .setHandleInvalid("keep")
+    m.write.overwrite().save(dir.resolve("model").toString)
+    val loaded = TorchModel.load(dir.resolve("model").toString)
+    def params(t: TorchModel) = t
+      .extractParamMap()
+      .toSeq
+      .map { p =>
+        p.param.name -> (p.value match {
+          case a: Array[_] => a.toSeq
+          case v           => v
+        })
+      }
+      .toMap
+    assertEquals(params(m), params(loaded))
+    assertEquals(Seq("features=x"), loaded.getInputCols.toSeq)
+
+    val pipeline = new Pipeline().setStages(
+      Array(
+        new VectorAssembler().setInputCols(featureNames.toArray).setOutputCol("f"),
+        new TorchModel()
+          .setModelPath(model("diabetes_mlp.pt"))
+          .setInputCols(Array("features=f"))
+          .setOutputCols(Array("prediction=progression"))
+      )
+    )
+    val fitted = pipeline.fit(diabetesDf)
+    fitted.write.overwrite().save(dir.resolve("pipeline").toString)
+    val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
+    val a = fitted.transform(diabetesDf).select("id", "progression").collect()
+    val b = reloaded.transform(diabetesDf).select("id", "progression").collect()
+    assertEquals(a.toSeq, b.toSeq)
+    a.foreach(r => assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5))
+  }
+
+  @Test def sqlFunctionReturnsTheOutputsAsAStruct(): Unit = {
+    TorchSpark.register(spark, "diabetes_mlp", model("diabetes_mlp.pt"))
+    diabetesDf.where("id < 24").createOrReplaceTempView("patients")
+    val rows = spark.sql("SELECT id, diabetes_mlp(x) AS s FROM patients").collect()
+    assertEquals(24, rows.length)
+    val t = spark.sql("SELECT diabetes_mlp(x) AS s FROM patients").schema("s").dataType
+    assertEquals(StructType.fromDDL("prediction double, error string"), t)
+    rows.foreach { r =>
+      val s = r.getStruct(1)
+      assertTrue(s.isNullAt(1))
+      assertEquals(pred(r.getInt(0)), s.getDouble(0), 1e-5)
+    }
+    // Two arguments, two outputs; a short row is the error field.
+    TorchSpark.register(spark, "two_io", model("two_io.pt"))
+    twoIoDf().createOrReplaceTempView("two_io_rows")
+    val two = spark
+      .sql(
+        "SELECT two_io(content, meta).probability AS p, two_io(content, slice(meta, 1, 3)) AS bad " +
+          "FROM two_io_rows"
+      )
+      .collect()
+    assertEquals(8, two.length)
+    two.foreach { r =>
+      assertEquals(5, r.getAs[Vector](0).size)
+      val err = r.getStruct(1).getString(2)
+      assertTrue(err, err != null && err.contains("meta") && r.getStruct(1).isNullAt(0))
+    }
+  }
+
+  /** diabetesDf's x, row 5 one value short. */
+  private def withShortRow(): DataFrame =
+    diabetesDf
+      .where("id < 12")
+      .withColumn("x", when(col("id") === 5, slice(col("x"), 1, 9)).otherwise(col("x")))
+      .coalesce(1) // diabetesDf's first partition, in order: row 5 is id 5
+
+  @Test def wrongLengthRowIsAnErrorRowNamingRowInputColumnAndShapes(): Unit = {
+    def check(msg: String): Unit = {
+      Seq("row 5", "`features`", "10", "9").foreach { s =>
+        assertTrue(s"`$s` in: $msg", msg.contains(s))
+      }
+      assertTrue(msg, msg.contains("column x") || msg.contains("column `x`"))
+    }
+    val m = mlp.setInputCols(Array("features=x"))
+    val e = assertThrows(classOf[Exception], () => m.transform(withShortRow()).collect())
+    check(messages(e))
+
+    val skip = mlp.setInputCols(Array("features=x")).setHandleInvalid("skip")
+    assertEquals(11L, skip.transform(withShortRow()).count())
+    assertEquals(1L, skip.metrics.rowsSkipped.value.longValue)
+
+    val kept = mlp
+      .setInputCols(Array("features=x"))
+      .setHandleInvalid("keep")
+      .transform(withShortRow())
+      .select("id", "prediction", "error")
+      .collect()
+    assertEquals(12, kept.length)
+    kept.foreach { r =>
+      if (r.getInt(0) == 5) { assertTrue(r.isNullAt(1)); check(r.getString(2)) }
+      else {
+        assertTrue(r.isNullAt(2))
+        assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5)
+      }
+    }
+  }
+
+  @Test def driverSpecCheckLeavesGeneralSpecsToDescribe(): Unit = {
+    // A driver outside local mode checks a spec's JSON; version 2 has no `input` object.
+    Seq("diabetes_mlp.json", "seg.json", "det.json", "two_io.json").foreach { f =>
+      DriverCheck.checkSpec(f, new String(Files.readAllBytes(general.resolve(f)), "UTF-8"))
+    }
+    val e = assertThrows(
+      classOf[ModelSpecException],
+      () => ModelSchema.of("""{"spec_version": 2, "inputs": [], "outputs": [], "oops": 1}""")
+    )
+    assertTrue(e.getMessage, e.getMessage.contains("oops"))
+  }
+
+  @Test def missingInputColumnFailsInTransformSchemaNamingIt(): Unit = {
+    val df = diabetesDf.select("id", "y")
+    val e = assertThrows(classOf[IllegalArgumentException], () => mlp.transformSchema(df.schema))
+    assertTrue(e.getMessage, e.getMessage.contains("`features`") && e.getMessage.contains("id, y"))
+    val e2 = assertThrows(
+      classOf[IllegalArgumentException],
+      () => mlp.setInputCols(Array("feats=x")).transformSchema(diabetesDf.schema)
+    )
+    assertTrue(
+      e2.getMessage,
+      e2.getMessage.contains("`feats`") && e2.getMessage.contains("features")
+    )
+    val e3 = assertThrows(
+      classOf[IllegalArgumentException],
+      () => mlp.setInputCols(Array("features=id,x")).transformSchema(diabetesDf.schema)
+    )
+    assertTrue(
+      e3.getMessage,
+      e3.getMessage.contains("`x`") && e3.getMessage.contains("array<double>")
+    )
+  }
+}
