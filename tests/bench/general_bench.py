@@ -120,6 +120,10 @@ def tabular(spark) -> list[dict]:
         return lambda: frame.agg(F.sum(col)).collect()
 
     log(f"tabular: diabetes MLP, {ROWS:,} rows, 4 partitions, local[2]")
+    # What Spark alone costs: the same scan of the cached rows and a sum, no model. Every way
+    # below pays it; it bounds how far any engine can be ahead of another here.
+    floor = steady(total(df.select(F.element_at("features", 1).alias("prediction"))))
+    record("Spark alone (scan + sum, no model)", *floor, "the floor every Spark way pays")
     best_bs = {}
     for bs in (1024, 8192):
         tm = torchspark.TorchModel(modelPath=model, batchSize=bs, numThreads=1)
@@ -197,11 +201,16 @@ def tabular(spark) -> list[dict]:
                 mod(xt[i : i + 8192])
 
     record("PyTorch, one process", *steady(torch_all), "batch 8192, 2 threads")
-    ours = rows[0]["best"]
+    ours = rows[1]["best"]
     rows.append(
         {
             "targets": [
                 ("TorchModel >= 3x the best peer", best_peer / ours, 3.0),
+                (
+                    "TorchModel >= 3x the best peer, above the Spark floor",
+                    (best_peer - floor[1]) / max(ours - floor[1], 1e-9),
+                    3.0,
+                ),
                 ("TorchModel >= 0.8 of the native engine", engine / ours, 0.8),
             ]
         }
@@ -424,7 +433,7 @@ def write(tab: list[dict], seg: list[dict], cpu: str, mem: list[dict]) -> str:
                 verdicts += r["targets"]
                 continue
             lines.append(
-                f"| {r['way']} | {r['cold']:.2f} | {r['best']:.2f} | {r['rows_s']:,.1f} | {r['note']} |"
+                f"| {r['way']} | {r['cold']:.2f} | {r['best']:.2f} | {r['rows_s']:,.{0 if r['rows_s'] > 1000 else 1}f} | {r['note']} |"
             )
         lines.append("")
     lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
@@ -439,7 +448,11 @@ def write(tab: list[dict], seg: list[dict], cpu: str, mem: list[dict]) -> str:
     ]
     lines += [f"| {m['name']} | {m['delta']:.0f} |" for m in mem]
     text = "\n".join(lines) + "\n"
-    (RESULTS / "general.md").write_text(text)
+    # A partial run (GENERAL_BENCH_ONLY) does not replace the committed results.
+    out = RESULTS / "general.md"
+    if os.environ.get("GENERAL_BENCH_ONLY"):
+        out = WORK / "general-partial.md"
+    out.write_text(text)
     return text
 
 
@@ -457,11 +470,12 @@ def main() -> None:
         },
     )
     try:
-        tab = tabular(spark)
-        seg = segmentation(spark)
+        only = os.environ.get("GENERAL_BENCH_ONLY", "")
+        tab = tabular(spark) if only in ("", "tabular") else []
+        seg = segmentation(spark) if only in ("", "segmentation") else []
     finally:
         spark.stop()
-    mem = memory(WORK / "seg224.pt")
+    mem = memory(WORK / "seg224.pt") if not os.environ.get("GENERAL_BENCH_ONLY") else []
     log(write(tab, seg, cpu, mem))
 
 
