@@ -89,6 +89,8 @@ def test_yarn_client_mode_pyspark_driver_loads_the_model_once_per_executor(yarn,
     check_driver(json.loads(out.read_text()), oracle)
 
 
+# 67 s: make bench runs it (the standalone kill in make test covers the same fault class).
+@pytest.mark.slow
 def test_yarn_executor_killed_mid_job_loses_and_repeats_no_row(yarn, oracle, tmp_path):
     # YARN reports the killed container; Spark reruns its tasks and asks YARN for a new one.
     result = kill_an_executor_mid_job(
