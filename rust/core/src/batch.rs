@@ -337,7 +337,7 @@ impl StageTimes {
 }
 
 /// A rayon pool of `n` threads per distinct `n` (a handful per process), none for one thread.
-fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
+pub(crate) fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
     static POOLS: Lazy<Mutex<HashMap<usize, &'static rayon::ThreadPool>>> =
         Lazy::new(|| Mutex::new(HashMap::new()));
     if n <= 1 {

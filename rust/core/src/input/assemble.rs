@@ -14,38 +14,6 @@ use super::{RowData, RowTensor};
 use crate::spec::general::{DType, InputDecl, Ragged};
 use crate::value::ModelInput;
 
-/// Runs `$body` with `$t` the Rust type of `$dtype`.
-macro_rules! dispatch {
-    ($dtype:expr, $t:ident => $body:expr) => {
-        match $dtype {
-            DType::Float32 => {
-                type $t = f32;
-                $body
-            }
-            DType::Float64 => {
-                type $t = f64;
-                $body
-            }
-            DType::Int64 => {
-                type $t = i64;
-                $body
-            }
-            DType::Int32 => {
-                type $t = i32;
-                $body
-            }
-            DType::Uint8 => {
-                type $t = u8;
-                $body
-            }
-            DType::Bool => {
-                type $t = bool;
-                $body
-            }
-        }
-    };
-}
-
 /// Stacks `rows` (all read for `decl`) into `[n, ...shape]`; with `ragged: "pad"` pads each
 /// variable dimension to the longest row with `pad_value`; with `ragged: "list"` gives
 /// `List[Tensor]`. Also returns, for a padded input, the mask (`[n, ...padded shape]`, 1 real,
@@ -83,20 +51,20 @@ pub fn assemble(
             }
             let mut dims = vec![rows.len() as i64];
             dims.extend_from_slice(&first.shape);
-            let t = dispatch!(decl.dtype, T => stack::<T>(rows, &dims))?;
+            let t = with_dtype!(decl.dtype, T => stack::<T>(rows, &dims))?;
             Ok((ModelInput::Batch(t), None))
         }
         Some(Ragged::List) => {
             let ts = rows
                 .iter()
-                .map(|r| dispatch!(decl.dtype, T => stack::<T>(&[*r], &r.shape)))
+                .map(|r| with_dtype!(decl.dtype, T => stack::<T>(&[*r], &r.shape)))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((ModelInput::List(ts), None))
         }
         Some(Ragged::Pad | Ragged::Single) => {
             let pad = decl.pad_value.unwrap_or(0.0);
             let (t, mask) =
-                dispatch!(decl.dtype, T => padded::<T>(rows, pad, mask_dtype.is_some()))?;
+                with_dtype!(decl.dtype, T => padded::<T>(rows, pad, mask_dtype.is_some()))?;
             let mask = match (mask, mask_dtype) {
                 (Some(m), Some(d)) => Some(m.f_to_kind(kind(d)).map_err(torch)?),
                 _ => None,
@@ -119,7 +87,7 @@ pub fn assemble_dense(
     if decl.shape.contains(&-1) {
         return Err(format!("shape {:?} is not fixed", decl.shape));
     }
-    dispatch!(decl.dtype, T => compact::<T>(data, good, &decl.shape)).map(ModelInput::Batch)
+    with_dtype!(decl.dtype, T => compact::<T>(data, good, &decl.shape)).map(ModelInput::Batch)
 }
 
 fn compact<T: Elem>(data: RowData, good: &[bool], shape: &[i64]) -> Result<Tensor, String> {

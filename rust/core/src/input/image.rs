@@ -6,15 +6,12 @@
 //! `[C, -1, -1]` (`ragged: "list"`) decodes each image at its own size
 //! ([`Preprocessor::fill_native`]). Rows decode in parallel on a pool of `threads` threads.
 
-use std::collections::HashMap;
 use std::ops::Range;
-use std::sync::Mutex;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type};
 use arrow_array::{Array, ArrayRef, Int32Array, StructArray};
 use arrow_schema::DataType;
-use once_cell::sync::Lazy;
 use rayon::prelude::*;
 
 use super::{DenseRows, InputReader, RowData, RowTensor};
@@ -92,7 +89,7 @@ impl ImageReader<'_> {
 impl InputReader for ImageReader<'_> {
     fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>> {
         // Decoding gets the caller's thread budget, like the forward pass that follows it.
-        match decode_pool(threads) {
+        match crate::batch::decode_pool(threads) {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }
@@ -118,7 +115,7 @@ impl InputReader for ImageReader<'_> {
             }
             res
         };
-        let status = match decode_pool(threads) {
+        let status = match crate::batch::decode_pool(threads) {
             None => out.chunks_mut(row_len).enumerate().map(fill).collect(),
             Some(pool) => {
                 pool.install(|| out.par_chunks_mut(row_len).enumerate().map(fill).collect())
@@ -129,28 +126,6 @@ impl InputReader for ImageReader<'_> {
             status,
         })
     }
-}
-
-/// A rayon pool of `n` threads per distinct `n` (a handful per process), none for one thread
-/// (as batch.rs's, for the general path).
-fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
-    static POOLS: Lazy<Mutex<HashMap<usize, &'static rayon::ThreadPool>>> =
-        Lazy::new(|| Mutex::new(HashMap::new()));
-    if n <= 1 {
-        return None;
-    }
-    let mut pools = POOLS.lock().ok()?;
-    if let Some(p) = pools.get(&n) {
-        return Some(p);
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("torchspark-decode-{i}"))
-        .build()
-        .ok()?;
-    let pool: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
-    pools.insert(n, pool);
-    Some(pool)
 }
 
 /// Borrows every row of the column; nulls and malformed structs become row errors.

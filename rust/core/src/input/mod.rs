@@ -17,6 +17,39 @@ use crate::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl, InputKind};
 use crate::value::ModelInput;
 
+/// Runs `$body` with `$t` the Rust type of `$dtype` (a [`DType`]); the readers and the
+/// assembly use it so that each dtype's code is written once, generically.
+macro_rules! with_dtype {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            DType::Float32 => {
+                type $t = f32;
+                $body
+            }
+            DType::Float64 => {
+                type $t = f64;
+                $body
+            }
+            DType::Int64 => {
+                type $t = i64;
+                $body
+            }
+            DType::Int32 => {
+                type $t = i32;
+                $body
+            }
+            DType::Uint8 => {
+                type $t = u8;
+                $body
+            }
+            DType::Bool => {
+                type $t = bool;
+                $body
+            }
+        }
+    };
+}
+
 pub mod assemble;
 pub mod image;
 pub mod tensor;

@@ -442,38 +442,6 @@ fn convert<S: Num, T: Target>(
     Ok(())
 }
 
-/// Runs `$body` with `$t` the Rust type of `$dtype`.
-macro_rules! with_dtype {
-    ($dtype:expr, $t:ident => $body:expr) => {
-        match $dtype {
-            DType::Float32 => {
-                type $t = f32;
-                $body
-            }
-            DType::Float64 => {
-                type $t = f64;
-                $body
-            }
-            DType::Int64 => {
-                type $t = i64;
-                $body
-            }
-            DType::Int32 => {
-                type $t = i32;
-                $body
-            }
-            DType::Uint8 => {
-                type $t = u8;
-                $body
-            }
-            DType::Bool => {
-                type $t = bool;
-                $body
-            }
-        }
-    };
-}
-
 /// The source of one column, or why the input cannot read it.
 fn single_source<'a>(decl: &InputDecl, col: &'a dyn Array) -> Result<Source<'a>, String> {
     let shape = &decl.shape;

@@ -313,13 +313,7 @@ impl ModelSpec {
 
     /// The spec file `path` whose `bytes` the caller has read; errors name `path` and the field.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let spec_error = |reason: String| Error::Spec {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| spec_error(format!("cannot read: not UTF-8 ({e})")))?;
-        Self::from_json(text).map_err(spec_error)
+        super::parse_bytes(path, bytes, Self::from_json)
     }
 
     /// Parses and validates; the error string names the field.

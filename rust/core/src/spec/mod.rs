@@ -32,13 +32,7 @@ pub enum Spec {
 impl Spec {
     /// Parses `bytes` (read from `path`, which errors name) as either version.
     pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Spec> {
-        let spec_error = |reason: String| Error::Spec {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let text = std::str::from_utf8(bytes)
-            .map_err(|e| spec_error(format!("cannot read: not UTF-8 ({e})")))?;
-        Self::from_json(text).map_err(spec_error)
+        parse_bytes(path, bytes, Self::from_json)
     }
 
     /// Parses and validates either version; the error names the field.
@@ -99,6 +93,21 @@ impl Spec {
             Spec::General(g) => g.clone(),
         }
     }
+}
+
+/// `bytes` (the spec file `path`) as UTF-8 JSON through `parse`; errors name `path`.
+fn parse_bytes<T>(
+    path: &Path,
+    bytes: &[u8],
+    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+) -> Result<T> {
+    let spec_error = |reason: String| Error::Spec {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| spec_error(format!("cannot read: not UTF-8 ({e})")))?;
+    parse(text).map_err(spec_error)
 }
 
 /// `spec_version` of a JSON object: absent means 1.
