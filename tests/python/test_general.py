@@ -362,3 +362,35 @@ def test_torchvision_imports_after_a_model_loaded(general):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "torchvision::nms"
+
+
+def test_an_error_raised_inside_the_model_names_torchs_reason(tmp_path):
+    import torch
+
+    class Lookup(torch.nn.Module):
+        """An embedding lookup: an id outside the table makes the model itself raise."""
+
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(20, 3)
+
+        def forward(self, ids):
+            return self.table(ids).sum(1)
+
+    path = tmp_path / "lookup.pt"
+    torch.jit.script(Lookup()).save(str(path))
+    spec = {
+        "spec_version": 2,
+        "inputs": [{"name": "ids", "dtype": "int64", "shape": [2]}],
+        "outputs": [{"name": "v", "shape": [3]}],
+    }
+    path.with_suffix(".json").write_text(json.dumps(spec))
+    model = NativeModel(str(path), num_threads=1)
+    good = pa.RecordBatch.from_arrays([pa.array([[1, 2], [3, 4]], pa.list_(pa.int64()))], ["ids"])
+    assert model.predict(good).column("error").null_count == 2
+    bad = pa.RecordBatch.from_arrays([pa.array([[1, 2], [3, 50]], pa.list_(pa.int64()))], ["ids"])
+    with pytest.raises(torchspark.InferenceError) as info:
+        model.predict(bad)
+    # The exception line of TorchScript's interpreter, not its "operation failed" header.
+    assert "RuntimeError: index out of range in self" in str(info.value), str(info.value)
+    assert str(path) in str(info.value)

@@ -661,14 +661,54 @@ fn to_cpu_float(v: Value) -> std::result::Result<Value, tch::TchError> {
 }
 
 /// libtorch messages carry a C++ backtrace after the first line; callers want the reason.
-/// TorchScript load errors start with a bare "Internal torch error:" line; the reason
-/// ("Unknown builtin op: torchvision::roi_align") is on the next one.
+/// The reason in a libtorch message, without its C++ backtrace. TorchScript load errors start
+/// with a bare "Internal torch error:" line and give the reason on the next one; errors raised
+/// inside a scripted model start with "The following operation failed in the TorchScript
+/// interpreter." and end with the Python-style exception line ("RuntimeError: mat1 and mat2
+/// must have the same dtype..."), which is the reason.
 fn first_line(s: &str) -> String {
-    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or(s.trim());
-    match (first.trim_end_matches(':'), lines.next()) {
-        ("Internal torch error" | "Internal torch error -", Some(next)) => next.to_string(),
+    let lines: Vec<&str> = s.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let first = lines.first().copied().unwrap_or(s.trim());
+    if s.contains("The following operation failed in the TorchScript interpreter")
+        && let Some(reason) = lines.iter().rev().find(|l| {
+            l.split_once(':')
+                .is_some_and(|(kind, _)| kind.ends_with("Error") && !kind.contains(' '))
+        })
+    {
+        return reason.to_string();
+    }
+    match (first.trim_end_matches(':'), lines.get(1)) {
+        ("Internal torch error" | "Internal torch error -", Some(next)) => {
+            if next.starts_with("The following operation failed") {
+                // The interpreter's header without an exception line: say what there is.
+                lines.last().copied().unwrap_or(next).to_string()
+            } else {
+                next.to_string()
+            }
+        }
         _ => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod first_line_tests {
+    use super::first_line;
+
+    #[test]
+    fn keeps_the_reason_of_load_and_interpreter_errors() {
+        let load = "Internal torch error:\nUnknown builtin op: torchvision::roi_align.\nHere are some suggestions";
+        assert_eq!(
+            first_line(load),
+            "Unknown builtin op: torchvision::roi_align."
+        );
+        let run = "Internal torch error:\nThe following operation failed in the TorchScript interpreter.\n\
+                   Traceback of TorchScript (most recent call last):\n  File \"<string>\", line 3\n\
+                   RuntimeError: mat1 and mat2 must have the same dtype, but got Double and Float\n";
+        assert_eq!(
+            first_line(run),
+            "RuntimeError: mat1 and mat2 must have the same dtype, but got Double and Float"
+        );
+        assert_eq!(first_line("shape mismatch\n frame #0"), "shape mismatch");
     }
 }
 

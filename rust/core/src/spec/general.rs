@@ -507,6 +507,14 @@ impl GeneralSpec {
         if d.kind != InputKind::Mask && d.of.is_some() {
             return Err(format!("{at}.of belongs to `kind: \"mask\"` inputs"));
         }
+        if d.kind == InputKind::Mask
+            && (!d.shape.is_empty() || d.ragged.is_some() || d.pad_value.is_some())
+        {
+            return Err(format!(
+                "{at}: a mask takes its shape from the input in `of`; remove shape, ragged and \
+                 pad_value"
+            ));
+        }
         match (d.is_ragged(), d.ragged) {
             (true, None) => {
                 return Err(format!(
@@ -526,7 +534,10 @@ impl GeneralSpec {
                 return Err(format!("{at}.pad_value needs ragged: \"pad\""));
             }
             if !d.dtype.holds(v) {
-                return Err(format!("{at}.pad_value {v} is not a {} value", d.dtype));
+                return Err(format!(
+                    "{at}.pad_value {v} is not a value of dtype {}",
+                    d.dtype
+                ));
             }
         }
         if d.nan == NanPolicy::Error && !d.dtype.is_float() && d.kind == InputKind::Tensor {

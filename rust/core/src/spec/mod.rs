@@ -210,7 +210,7 @@ mod tests {
             ),
             (
                 |v| v["inputs"][2]["pad_value"] = serde_json::json!(0.5),
-                "inputs[2].pad_value 0.5 is not a int64",
+                "inputs[2].pad_value 0.5 is not a value of dtype int64",
             ),
             (
                 |v| v["inputs"][0]["shape"] = serde_json::json!([2, 32, 32]),
