@@ -690,6 +690,21 @@ fn first_line(s: &str) -> String {
     }
 }
 
+static INTEROP: Once = Once::new();
+
+/// Called by [`crate::sys`] before the first forward pass of the process.
+pub(crate) fn init_interop_once() {
+    INTEROP.call_once(|| {
+        // Fails (and tch panics) if the pool was already started, e.g. by torch in the same
+        // Python process; then it is already set and there is nothing to do.
+        let _ = std::panic::catch_unwind(|| {
+            if tch::get_num_interop_threads() != 1 {
+                tch::set_num_interop_threads(1);
+            }
+        });
+    });
+}
+
 #[cfg(test)]
 mod first_line_tests {
     use super::first_line;
@@ -710,19 +725,4 @@ mod first_line_tests {
         );
         assert_eq!(first_line("shape mismatch\n frame #0"), "shape mismatch");
     }
-}
-
-static INTEROP: Once = Once::new();
-
-/// Called by [`crate::sys`] before the first forward pass of the process.
-pub(crate) fn init_interop_once() {
-    INTEROP.call_once(|| {
-        // Fails (and tch panics) if the pool was already started, e.g. by torch in the same
-        // Python process; then it is already set and there is nothing to do.
-        let _ = std::panic::catch_unwind(|| {
-            if tch::get_num_interop_threads() != 1 {
-                tch::set_num_interop_threads(1);
-            }
-        });
-    });
 }
