@@ -16,9 +16,7 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type};
-use arrow_array::{
-    Array, ArrayRef, BinaryArray, Int32Array, LargeBinaryArray, RecordBatch, StructArray,
-};
+use arrow_array::{Array, ArrayRef, BinaryArray, LargeBinaryArray, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -516,34 +514,8 @@ fn float_rows(col: &dyn Array) -> Result<Vec<Row<'_>>> {
     Ok(rows)
 }
 
-/// Spark's image struct: `origin, height, width, nChannels, mode, data`.
+/// Spark's image struct: `origin, height, width, nChannels, mode, data` (as the general path
+/// reads it).
 fn struct_rows(s: &StructArray) -> Result<Vec<Option<ImageInput<'_>>>> {
-    let int = |name: &str| -> Result<&Int32Array> {
-        s.column_by_name(name)
-            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int32Type>())
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "image struct needs an int field `{name}` (Spark's image schema)"
-                ))
-            })
-    };
-    let (h, w, c) = (int("height")?, int("width")?, int("nChannels")?);
-    let data = s
-        .column_by_name("data")
-        .and_then(|c| c.as_binary_opt::<i32>())
-        .ok_or_else(|| Error::input("image struct needs a binary field `data`"))?;
-    Ok((0..s.len())
-        .map(|i| {
-            if s.is_null(i) || data.is_null(i) || h.is_null(i) || w.is_null(i) || c.is_null(i) {
-                None
-            } else {
-                Some(ImageInput::SparkImage {
-                    height: h.value(i),
-                    width: w.value(i),
-                    n_channels: c.value(i),
-                    data: data.value(i),
-                })
-            }
-        })
-        .collect())
+    crate::input::image::struct_rows(s).map_err(Error::input)
 }

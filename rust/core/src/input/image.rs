@@ -161,8 +161,8 @@ fn read_rows(col: &dyn Array, native: bool) -> Result<Vec<Row<'_>>, String> {
     Ok(rows.into_iter().map(|r| r.map_or_else(null, Ok)).collect())
 }
 
-/// Spark's image struct: `origin, height, width, nChannels, mode, data`.
-fn struct_rows(s: &StructArray) -> Result<Vec<Option<ImageInput<'_>>>, String> {
+/// Spark's image struct: `origin, height, width, nChannels, mode, data` (nulls: `None`).
+pub(crate) fn struct_rows(s: &StructArray) -> Result<Vec<Option<ImageInput<'_>>>, String> {
     let int = |name: &str| -> Result<&Int32Array, String> {
         s.column_by_name(name)
             .and_then(|c| c.as_primitive_opt::<Int32Type>())

@@ -229,14 +229,7 @@ impl Package {
         x: &Tensor,
         method: Option<&str>,
     ) -> std::result::Result<Vec<Tensor>, String> {
-        let loader = match method {
-            None => &self.main,
-            Some(m) => self
-                .methods
-                .get(m)
-                .ok_or_else(|| format!("the package has no model named `{m}`"))?,
-        };
-        loader.run(&[x])
+        self.run_many(std::slice::from_ref(x), method)
     }
 
     /// Runs `model` (or `method`'s model) on several inputs, in the order it was exported with.
