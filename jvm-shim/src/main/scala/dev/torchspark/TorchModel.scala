@@ -130,8 +130,9 @@ class TorchModel(override val uid: String)
   }
 
   override def transform(dataset: Dataset[_]): DataFrame = {
-    val schema = transformSchema(dataset.schema, logging = true)
+    // One read of the spec (it may be in cluster storage) and one describe per transform.
     val (inputs, outputs) = plan(dataset.schema)
+    val schema = appendOutputs(dataset.schema, outputs)
     val df = dataset.toDF()
     val metrics = newMetrics(df)
     val columns =
