@@ -36,10 +36,11 @@ help: ## list the targets
 
 setup: $(VENV)/.installed $(VENV35)/.installed native jar ## idempotent: .venv, .venv-spark35, Rust build, both jars
 
-$(VENV)/.installed: python/requirements.txt python/pyproject.toml
+$(VENV)/.installed: python/requirements.txt python/requirements-nodeps.txt python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r python/requirements.txt
+	$(PY) -m pip install -q --no-deps -r python/requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e python
 	touch $@
 

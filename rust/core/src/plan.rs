@@ -220,6 +220,8 @@ pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
                     InputKind::Tensor => "tensor",
                     InputKind::Image => "image",
                     InputKind::Mask => "mask",
+                    InputKind::Text => "text",
+                    InputKind::TypeIds => "type_ids",
                 },
                 "columns": d.columns(),
                 "dtype": d.dtype.name(),

@@ -129,7 +129,12 @@ pub fn reader<'a>(
     match decl.kind {
         InputKind::Tensor => tensor::reader(decl, columns),
         InputKind::Image => image::reader(decl, columns, max_pixels),
-        InputKind::Mask => Err(format!(
+        // Issue 18 (contract stub): input/text.rs reads strings through the model's tokenizer.
+        InputKind::Text => Err(format!(
+            "input `{}`: text inputs are not built yet",
+            decl.name
+        )),
+        InputKind::Mask | InputKind::TypeIds => Err(format!(
             "input `{}` is a mask: it is generated, not read",
             decl.name
         )),

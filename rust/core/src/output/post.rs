@@ -14,6 +14,7 @@ pub fn apply(t: &Tensor, post: &[PostOp]) -> Result<Tensor, String> {
     for (k, p) in post.iter().enumerate() {
         let rank = t.dim() as i64 - 1;
         let name = op_name(p.op);
+        let a = p.axis();
         if p.op != PostKind::Sigmoid {
             if rank < 1 {
                 return Err(format!(
@@ -22,22 +23,26 @@ pub fn apply(t: &Tensor, post: &[PostOp]) -> Result<Tensor, String> {
                     t.size()
                 ));
             }
-            if p.axis >= rank || p.axis < -rank {
+            if a >= rank || a < -rank {
                 return Err(format!(
                     "post[{k}] {name} axis {} is out of range: each row is a tensor {:?} ({rank} \
                      dims)",
-                    p.axis,
+                    a,
                     &t.size()[1..]
                 ));
             }
         }
-        let axis = if p.axis >= 0 { p.axis + 1 } else { p.axis };
+        let axis = if a >= 0 { a + 1 } else { a };
         let r = match p.op {
             PostKind::Softmax => t.f_softmax(axis, float_kind(&t)),
             PostKind::Sigmoid => t.f_to_kind(float_kind(&t)).and_then(|x| x.f_sigmoid()),
             // torch.max(dim).indices is torch.argmax (the first index on ties, NaN the
             // largest) and, over a non-last axis, several times faster on the CPU.
             PostKind::Argmax => t.f_max_dim(axis, false).map(|(_, i)| i),
+            // Issue 18 (contract stub): pooling over a mask and L2 normalisation.
+            PostKind::MeanPool | PostKind::ClsPool | PostKind::MaxPool | PostKind::L2Normalize => {
+                return Err(format!("post[{k}] {name} is not built yet"));
+            }
         };
         t = r.map_err(|e| format!("post[{k}] {name} on a tensor {:?}: {e}", t.size()))?;
     }
@@ -57,13 +62,17 @@ pub(crate) fn op_name(op: PostKind) -> &'static str {
         PostKind::Softmax => "softmax",
         PostKind::Sigmoid => "sigmoid",
         PostKind::Argmax => "argmax",
+        PostKind::MeanPool => "mean_pool",
+        PostKind::ClsPool => "cls_pool",
+        PostKind::MaxPool => "max_pool",
+        PostKind::L2Normalize => "l2_normalize",
     }
 }
 
 /// `post` in words for messages: "softmax axis -1, argmax axis 0".
 pub(crate) fn describe(post: &[PostOp]) -> String {
     post.iter()
-        .map(|p| format!("{} axis {}", op_name(p.op), p.axis))
+        .map(|p| format!("{} axis {}", op_name(p.op), p.axis()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -73,7 +82,11 @@ mod tests {
     use super::*;
 
     fn op(op: PostKind, axis: i64) -> PostOp {
-        PostOp { op, axis }
+        PostOp {
+            op,
+            axis: Some(axis),
+            mask: None,
+        }
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
