@@ -76,7 +76,7 @@ demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on S
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
 test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
-	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=30 cargo test --release --locked
+	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m "not slow" --durations=12
@@ -116,7 +116,8 @@ bench: setup $(TEXT) ## side-by-side performance (tests/bench/results.md, genera
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/general_bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/text_bench.py
-	@# Checks too slow for make test's 25 minutes (pytest -m slow): the YARN executor kill.
+	@# Checks too slow for make test's 25 minutes (pytest -m slow): the YARN executor kill, the
+	@# YARN Scala cluster-mode job, the standalone PySpark driver, the wheel in a fresh venv.
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m slow --durations=5
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/soak.py
 
