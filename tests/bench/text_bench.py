@@ -10,7 +10,8 @@ partitions on local[2]. Ways:
 - torchspark embed_arrow in mapInArrow (Python workers, native tokenizer + model);
 - Spark ML's predict_batch_udf loading SentenceTransformer(folder) once per worker,
   torch.set_num_threads(1), encode(batch, batch_size=b, normalize_embeddings=True);
-- SentenceTransformer.encode in one process (2 threads, no Spark): the engine's ceiling.
+- in one process (2 threads, no Spark): torchspark's NativeModel.predict on an Arrow table and
+  SentenceTransformer.encode (the reference: the ceiling a Spark way approaches).
 
 Each Spark way: a cold pass at batch 64 (model loads, first shapes), then the batch size tuned
 among 32/64/128 on 2,000 rows, then two passes at the best: warm = the 3rd pass. Every pass
@@ -225,6 +226,24 @@ class Bench:
             "SentenceTransformer.encode, one process", cold, warm, best, "2 threads, no Spark"
         )
 
+    def native_one_process(self, model: str):
+        import pyarrow as pa
+
+        native = torchspark.NativeModel(model, num_threads=2)
+        table = pa.table({"text": self.texts})
+        log(f"native engine, one process: cold pass, {ROWS:,} rows, batch {COLD_BATCH}")
+
+        def run(t, b):
+            return lambda: native.predict(t, batch_size=b)
+
+        cold = timed(run(table, COLD_BATCH))
+        tuned = {b: timed(run(table.slice(0, TUNE_ROWS), b)) for b in BATCHES}
+        best = min(tuned, key=tuned.get)
+        warm = timed(run(table, best))
+        return self.record(
+            "native engine, one process (NativeModel)", cold, warm, best, "2 threads, no Spark"
+        )
+
     def bf16(self, flags: set[str], folder: Path, fp32_tuned: dict, batch: int) -> dict:
         if not ({"avx512_bf16", "amx_bf16"} & flags):
             return {"status": "skipped: no avx512_bf16 / amx_bf16 here (emulated, ~8x slower)"}
@@ -338,6 +357,7 @@ def main() -> None:
     finally:
         spark.stop()
     if only in ("", "one"):
+        bench.native_one_process(model)
         st = bench.one_process(str(folder))
     targets = []
     if te and udf:
