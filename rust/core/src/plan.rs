@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::input;
 use crate::output;
 use crate::spec::Spec;
-use crate::spec::general::{GeneralSpec, InputKind, Ragged};
+use crate::spec::general::{DType, GeneralSpec, InputDecl, InputKind, Ragged};
 use crate::value::ModelInput;
 
 /// Schema metadata key: the inputs as JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`),
@@ -43,7 +43,7 @@ impl Scorer {
         let columns = resolve_columns(spec, opts)?;
         let mut readers = Vec::new();
         for (decl, cols) in spec.inputs.iter().zip(&columns) {
-            if decl.kind == InputKind::Mask {
+            if decl.kind.is_generated() {
                 readers.push(None);
                 continue;
             }
@@ -127,15 +127,13 @@ impl Scorer {
             }
             let count = good.iter().filter(|&&g| g).count();
             let mut args = Vec::with_capacity(spec.inputs.len());
+            // Padded input name -> its mask; mask input name -> the mask (for `post` pools).
             let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
+            let mut post_masks: HashMap<String, tch::Tensor> = HashMap::new();
             if count > 0 {
                 for (i, decl) in spec.inputs.iter().enumerate() {
                     let Some(rows) = read[i].take() else { continue };
-                    let mask_dtype = spec
-                        .inputs
-                        .iter()
-                        .find(|m| m.kind == InputKind::Mask && m.of.as_deref() == Some(&decl.name))
-                        .map(|m| m.dtype);
+                    let mask_dtype = mask_dtype(spec, &decl.name);
                     let (arg, mask) = rows
                         .assemble(decl, &good, mask_dtype)
                         .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?;
@@ -148,19 +146,29 @@ impl Scorer {
             let assembled = Instant::now();
             times.preprocess += assembled - started;
             let value = if count > 0 {
-                // Masks take their place in the declared order.
+                // Masks and type ids take their place in the declared order.
                 let mut ordered = Vec::with_capacity(spec.inputs.len());
                 let mut args = args.into_iter().peekable();
                 for (i, decl) in spec.inputs.iter().enumerate() {
-                    if decl.kind == InputKind::Mask {
+                    if decl.kind.is_generated() {
                         let of = decl.of.as_deref().unwrap_or_default();
-                        let m = masks.remove(of).ok_or_else(|| {
+                        let m = masks.get(of).ok_or_else(|| {
                             fail(format!(
                                 "input `{}`: no mask was built for `{of}`",
                                 decl.name
                             ))
                         })?;
-                        ordered.push(ModelInput::Batch(m));
+                        let arg = if decl.kind == InputKind::TypeIds {
+                            // One segment: type id 0 for every token, padding included (as
+                            // the tokenizer's single-sequence template gives).
+                            m.f_zeros_like()
+                                .and_then(|z| z.f_to_kind(input::assemble::kind(decl.dtype)))
+                                .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?
+                        } else {
+                            post_masks.insert(decl.name.clone(), m.shallow_clone());
+                            m.shallow_clone()
+                        };
+                        ordered.push(ModelInput::Batch(arg));
                     } else if let Some((_, arg)) = args.next_if(|(j, _)| *j == i) {
                         ordered.push(arg);
                     }
@@ -178,7 +186,7 @@ impl Scorer {
                             .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
                     ),
                 };
-                w.append_chunk(selected, &good)
+                w.append_chunk(selected, &good, &post_masks)
                     .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?;
             }
             for r in reasons {
@@ -236,13 +244,32 @@ pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, meta))
 }
 
+/// The dtype of the mask `assemble` builds for the padded input `name`: its mask input's, or
+/// int64 when only a `type_ids` input needs it (for its shape); `None` when nothing does.
+fn mask_dtype(spec: &GeneralSpec, name: &str) -> Option<DType> {
+    let generated: Vec<&InputDecl> = spec
+        .inputs
+        .iter()
+        .filter(|d| d.kind.is_generated() && d.of.as_deref() == Some(name))
+        .collect();
+    if generated.is_empty() {
+        return None;
+    }
+    Some(
+        generated
+            .iter()
+            .find(|d| d.kind == InputKind::Mask)
+            .map_or(DType::Int64, |m| m.dtype),
+    )
+}
+
 /// Each input's columns: the caller's `opts.columns[name]`, else the spec's.
 fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<String>>> {
     for name in opts.columns.keys() {
         if !spec
             .inputs
             .iter()
-            .any(|d| &d.name == name && d.kind != InputKind::Mask)
+            .any(|d| &d.name == name && !d.kind.is_generated())
         {
             return Err(Error::config(
                 "columns",
@@ -250,7 +277,7 @@ fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<St
                     "no input is named `{name}` (the spec's inputs: {})",
                     spec.inputs
                         .iter()
-                        .filter(|d| d.kind != InputKind::Mask)
+                        .filter(|d| !d.kind.is_generated())
                         .map(|d| d.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -262,7 +289,7 @@ fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<St
         .inputs
         .iter()
         .map(|d| match opts.columns.get(&d.name) {
-            Some(cols) if d.kind != InputKind::Mask => cols.clone(),
+            Some(cols) if !d.kind.is_generated() => cols.clone(),
             _ => d.columns(),
         })
         .collect())

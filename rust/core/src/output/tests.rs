@@ -1,6 +1,7 @@
 //! Every column kind end to end: the declared field, the values written (torch is the oracle),
 //! nulls for rows that did not run, and the errors for results that do not fit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -25,7 +26,7 @@ fn randn(shape: &[i64]) -> Tensor {
 fn write(d: &OutputDecl, chunks: &[(Option<Value>, Vec<bool>)]) -> Result<ArrayRef, String> {
     let mut w = writer(d);
     for (v, good) in chunks {
-        w.append_chunk(v.as_ref(), good)?;
+        w.append_chunk(v.as_ref(), good, &HashMap::new())?;
     }
     let array = w.finish();
     assert_eq!(array.data_type(), field(d).data_type());
@@ -522,7 +523,7 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
         assert_eq!((a.len(), a.null_count()), (3, 3), "{d}");
     }
     let e = writer(&decl(decls[0]))
-        .append_chunk(None, &[true])
+        .append_chunk(None, &[true], &HashMap::new())
         .unwrap_err();
     assert!(e.contains("no output for the 1 rows that ran"), "{e}");
 }
@@ -531,11 +532,19 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
 fn finish_starts_afresh() {
     let d = decl(r#"{"name": "a", "shape": [2]}"#);
     let mut w = writer(&d);
-    w.append_chunk(Some(&Value::Tensor(randn(&[3, 2]))), &[true; 3])
-        .unwrap();
+    w.append_chunk(
+        Some(&Value::Tensor(randn(&[3, 2]))),
+        &[true; 3],
+        &HashMap::new(),
+    )
+    .unwrap();
     assert_eq!(w.finish().len(), 3);
-    w.append_chunk(Some(&Value::Tensor(randn(&[1, 2]))), &[true])
-        .unwrap();
+    w.append_chunk(
+        Some(&Value::Tensor(randn(&[1, 2]))),
+        &[true],
+        &HashMap::new(),
+    )
+    .unwrap();
     let a = w.finish();
     assert_eq!((a.len(), a.as_list::<i32>().values().len()), (1, 2));
 }
