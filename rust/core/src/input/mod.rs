@@ -107,6 +107,12 @@ pub trait InputReader: Send + Sync {
         let _ = (rows, threads);
         None
     }
+
+    /// How many rows read so far were cut to fit (a text input's `max_length`); 0 for
+    /// inputs that never cut.
+    fn truncated(&self) -> u64 {
+        0
+    }
 }
 
 /// Rows of a fixed-shape input in one buffer.
