@@ -1,19 +1,180 @@
-//! Text through the general path (issue 18): generated `type_ids` and masks in their declared
-//! places, pooling `post` ops over the mask, rows sorted by length and put back in order.
-//! A tiny model traced here from tch ops shows exactly what the plan passes to `forward`.
+//! Text through the general path (issue 18): all-MiniLM-L6-v2's embeddings equal
+//! sentence-transformers' (tests/fixtures/make_text_fixtures.py); generated `type_ids` and
+//! masks in their declared places, pooling `post` ops over the mask, rows sorted by length and
+//! put back in order. Tiny models traced here from tch ops show what the plan passes to
+//! `forward`.
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_array::builder::{Int64Builder, ListBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
+use serde_json::Value;
 use tch::{CModule, Kind, Tensor};
 use torchspark_core::{BatchOptions, ModelConfig, Scorer};
+
+/// `tests/fixtures/out/text`, made by make_text_fixtures.py when missing.
+fn text_fixtures() -> PathBuf {
+    static MAKE: Mutex<()> = Mutex::new(());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = root.join("tests/fixtures/out/text");
+    let _lock = MAKE.lock().unwrap_or_else(|e| e.into_inner());
+    if !out.join("text_expected.json").exists() {
+        let python = std::env::var("TORCHSPARK_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join(".venv/bin/python"));
+        let status = Command::new(python)
+            .arg(root.join("tests/fixtures/make_text_fixtures.py"))
+            .status()
+            .expect("run make_text_fixtures.py (run `make setup` first)");
+        assert!(status.success(), "make_text_fixtures.py failed");
+    }
+    out
+}
+
+/// text_expected.json, read once.
+fn expected() -> &'static Value {
+    static EXPECTED: OnceLock<Value> = OnceLock::new();
+    EXPECTED.get_or_init(|| {
+        let text = std::fs::read_to_string(text_fixtures().join("text_expected.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+fn texts() -> Vec<String> {
+    let t = expected()["texts"].as_array().unwrap();
+    t.iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+/// MiniLM, opened once for every test of this binary (the registry shares it anyway).
+fn minilm() -> &'static Scorer {
+    static MINILM: OnceLock<Scorer> = OnceLock::new();
+    MINILM.get_or_init(|| open(&text_fixtures().join("minilm.pt")))
+}
+
+fn text_batch(rows: &[Option<&str>]) -> RecordBatch {
+    let col: ArrayRef = Arc::new(StringArray::from(rows.to_vec()));
+    RecordBatch::try_from_iter([("text", col)]).unwrap()
+}
+
+fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Every text of text_expected.json (ASCII, accents, CJK, Arabic, emoji, control characters,
+/// empty, whitespace, a 300-token and a 3,000-word text) embeds within 1e-5 of
+/// `SentenceTransformer.encode(normalize_embeddings=True)`; the pair's cosine is theirs.
+#[test]
+fn minilm_embeddings_match_sentence_transformers() {
+    let texts = texts();
+    let rows: Vec<Option<&str>> = texts.iter().map(|t| Some(t.as_str())).collect();
+    let opts = BatchOptions {
+        batch_size: 8,
+        ..BatchOptions::default()
+    };
+    let out = minilm().predict(&text_batch(&rows), &opts).unwrap();
+    assert!(
+        errors(&out).iter().all(Option::is_none),
+        "{:?}",
+        errors(&out)
+    );
+    let want = expected()["embeddings"].as_array().unwrap();
+    let mut got = Vec::new();
+    for (i, w) in want.iter().enumerate() {
+        let w: Vec<f64> = w
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let g = row_f64(&out, "embedding", i).unwrap();
+        let d = max_abs_diff(&g, &w);
+        assert!(d <= 1e-5, "text {i} {:?}: max abs diff {d:e}", texts[i]);
+        got.push(g);
+    }
+    let truncated: usize = expected()["truncated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t.as_bool().unwrap())
+        .count();
+    let meta = out.schema_ref().metadata();
+    assert_eq!(
+        meta.get("torchspark.truncated_rows"),
+        Some(&truncated.to_string())
+    );
+    let pair = expected()["pair"].as_array().unwrap();
+    let (a, b) = (
+        pair[0].as_u64().unwrap() as usize,
+        pair[1].as_u64().unwrap() as usize,
+    );
+    let cosine = dot(&got[a], &got[b]);
+    let theirs = expected()["cosine_pair"].as_f64().unwrap();
+    assert!((cosine - theirs).abs() <= 1e-5, "{cosine} vs {theirs}");
+    assert!((cosine - 0.755).abs() <= 1e-3, "{cosine}");
+}
+
+/// With sorting on and off (batch 4), every row's embedding is the same within 1e-6 and in
+/// input order; a null row is named by its own row number, offset included.
+#[test]
+fn sorting_by_length_keeps_row_order_and_values() {
+    let texts = texts();
+    // Short and long rows mixed (a text cut at 256 tokens among them), a null in the middle.
+    let mut rows: Vec<Option<&str>> = [0usize, 37, 4, 21, 26, 8, 30, 16, 1]
+        .iter()
+        .map(|&i| Some(texts[i].as_str()))
+        .collect();
+    rows.insert(5, None);
+    let batch = text_batch(&rows);
+    let run = |sort_by_length| {
+        let opts = BatchOptions {
+            batch_size: 4,
+            row_offset: 100,
+            sort_by_length,
+            ..BatchOptions::default()
+        };
+        minilm().predict(&batch, &opts).unwrap()
+    };
+    let (sorted, unsorted) = (run(true), run(false));
+    for out in [&sorted, &unsorted] {
+        let e = errors(out);
+        assert_eq!(
+            e[5].as_deref(),
+            Some("row 105: input `input_ids` (column text): null")
+        );
+        assert!(e.iter().enumerate().all(|(i, e)| (i == 5) == e.is_some()));
+        assert!(row_f64(out, "embedding", 5).is_none());
+    }
+    let want = expected()["embeddings"].as_array().unwrap();
+    let first: Vec<f64> = want[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(max_abs_diff(&row_f64(&sorted, "embedding", 0).unwrap(), &first) <= 1e-5);
+    for i in (0..rows.len()).filter(|&i| i != 5) {
+        let (a, b) = (
+            row_f64(&sorted, "embedding", i).unwrap(),
+            row_f64(&unsorted, "embedding", i).unwrap(),
+        );
+        assert!(max_abs_diff(&a, &b) <= 1e-6, "row {i}");
+    }
+}
 
 /// Writes `name.pt`, traced from `f` on `args`, and `name.json` = `spec` into a fresh folder of
 /// this test binary's temporary directory; returns the model path.
@@ -103,7 +264,7 @@ fn errors(out: &RecordBatch) -> Vec<Option<String>> {
         .collect()
 }
 
-fn open(path: &PathBuf) -> Scorer {
+fn open(path: &Path) -> Scorer {
     Scorer::open(&ModelConfig::new(path)).unwrap()
 }
 
@@ -176,4 +337,41 @@ fn pools_read_the_mask_of_each_chunk() {
         );
         assert!(e.iter().enumerate().all(|(i, e)| (i == 2) == e.is_some()));
     }
+}
+
+/// A model that takes ids and type ids but no mask still gets type ids: zeros shaped like the
+/// padded ids, in their declared dtype.
+#[test]
+fn type_ids_without_a_mask_input_are_shaped_like_the_padded_ids() {
+    let ids = Tensor::from_slice(&[1i64, 2, 3, 4]).reshape([2, 2]);
+    let spec = r#"{"spec_version": 2,
+        "inputs": [
+          {"name": "input_ids", "kind": "text", "column": "text", "dtype": "int64",
+           "tokenizer": "tok.json", "max_length": 16},
+          {"name": "token_type_ids", "kind": "type_ids", "of": "input_ids", "dtype": "int32"}],
+        "outputs": [{"name": "tokens", "column": "array", "dtype": "int64", "shape": [-1, 2]}]}"#;
+    let path = traced(
+        "ids_types",
+        &[ids.shallow_clone(), ids.zeros_like().to_kind(Kind::Int)],
+        &mut |a| {
+            // int32 wraps at 2^31 (int64 does not): shows the dtype the type ids came in.
+            let wrapped = (&a[1] + i32::MAX as i64 + 1).to_kind(Kind::Int64);
+            vec![Tensor::stack(&[a[0].shallow_clone(), wrapped], -1)]
+        },
+        spec,
+    );
+    let tok = text_fixtures().join("minilm.tokenizer.json");
+    std::fs::copy(tok, path.with_file_name("tok.json")).unwrap();
+    let batch = text_batch(&[Some("a"), Some("This is an example sentence")]);
+    let out = open(&path)
+        .predict(&batch, &BatchOptions::default())
+        .unwrap();
+    let w = -2147483648.0;
+    // "a" is [CLS] a [SEP], padded with 0 to the other row's 7 tokens.
+    let ids = [101.0, 1037.0, 102.0, 0.0, 0.0, 0.0, 0.0];
+    let want: Vec<f64> = ids.iter().flat_map(|&i| [i, w]).collect();
+    assert_eq!(row_f64(&out, "tokens", 0).unwrap(), want);
+    let ids = [101.0, 2023.0, 2003.0, 2019.0, 2742.0, 6251.0, 102.0];
+    let want: Vec<f64> = ids.iter().flat_map(|&i| [i, w]).collect();
+    assert_eq!(row_f64(&out, "tokens", 1).unwrap(), want);
 }
