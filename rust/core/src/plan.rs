@@ -270,7 +270,7 @@ pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
 
 /// The order in which to run `batch`'s rows (a permutation of `0..n`), longest text first, or
 /// `None` to run them as they come: with `opts.sort_by_length` off, no text input, at most one
-/// pass of rows, or a column missing (then reading it fails, naming the batch's columns).
+/// pass of rows or one row per pass, or a column missing (then reading it fails, naming the batch's columns).
 /// Stable: rows of equal length keep their order.
 fn length_order(
     spec: &GeneralSpec,
@@ -280,7 +280,7 @@ fn length_order(
     chunk: usize,
 ) -> Option<Vec<u32>> {
     let n = batch.num_rows();
-    if !opts.sort_by_length || n <= chunk || u32::try_from(n).is_err() {
+    if !opts.sort_by_length || chunk == 1 || n <= chunk || u32::try_from(n).is_err() {
         return None;
     }
     let text = spec.inputs.iter().position(|d| d.kind == InputKind::Text)?;
@@ -484,14 +484,18 @@ mod tests {
         let spec = text_spec();
         let cols = vec![vec!["t".to_string()]];
         let b = batch(&[Some("a"), Some("abc")]);
-        assert!(length_order(&spec, &cols, &b, &opts(2, false), 2).is_none());
-        assert!(length_order(&spec, &cols, &b, &opts(1, false), 1).is_none());
-        // One pass holds every row.
+        let b3 = batch(&[Some("a"), Some("abc"), Some("ab")]);
+        assert_eq!(
+            length_order(&spec, &cols, &b3, &opts(2, true), 2).unwrap(),
+            [1, 2, 0]
+        );
+        assert!(length_order(&spec, &cols, &b3, &opts(2, false), 2).is_none());
+        // One pass holds every row, or each pass one row (`ragged: "single"`).
         assert!(length_order(&spec, &cols, &b, &opts(2, true), 2).is_none());
-        assert!(length_order(&spec, &cols, &b, &opts(1, true), 1).is_some());
+        assert!(length_order(&spec, &cols, &b3, &opts(1, true), 1).is_none());
         // A missing column is left to the reader's error.
         let missing = vec![vec!["nope".to_string()]];
-        assert!(length_order(&spec, &missing, &b, &opts(1, true), 1).is_none());
+        assert!(length_order(&spec, &missing, &b3, &opts(2, true), 2).is_none());
     }
 
     #[test]
