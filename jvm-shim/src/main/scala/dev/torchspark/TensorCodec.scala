@@ -59,9 +59,6 @@ private[torchspark] final case class ModelSchema(
 
   /** The inputs read from columns (a mask or type_ids is generated natively). */
   def dataInputs: Seq[ModelInput] = inputs.filterNot(_.isGenerated)
-
-  /** True when an input is tokenized text (the native side sorts a call's rows by length). */
-  def hasText: Boolean = inputs.exists(_.isText)
 }
 
 private[torchspark] object ModelSchema {

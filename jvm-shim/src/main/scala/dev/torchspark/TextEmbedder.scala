@@ -86,6 +86,10 @@ class TextEmbedder(override val uid: String)
       s"$who: input `${text.name}` (text) reads column `$getInputCol` of type ${dt.simpleString}: " +
         "a text input reads a string or binary (UTF-8) column"
     )
+    require(
+      !schema.fieldNames.contains(getOutputCol),
+      s"$who: column `$getOutputCol` already exists; set outputCol"
+    )
     // Same uid: the metrics' accumulators are named after this transformer.
     copyValues(new TorchModel(uid))
       .setInputCols(Array(s"${text.name}=$getInputCol"))

@@ -14,8 +14,9 @@ import org.apache.spark.sql.types._
   * Appends one column per declared output, in the spec's order (named as the outputs, or as
   * `outputCols` renames them): a scalar (double, float, long, int), an ML Vector, a nested array,
   * an `array<struct<...>>` or a binary PNG; and, with `handleInvalid=keep`, `errorCol`. Inputs read
-  * the spec's columns unless `inputCols` maps them elsewhere. A version-1 (image) spec also runs:
-  * input `image`, output `output` (a Vector).
+  * the spec's columns unless `inputCols` maps them elsewhere; a `text` input reads a string (or
+  * UTF-8 binary) column, tokenized natively ([[TextEmbedder]] is its preset for embeddings). A
+  * version-1 (image) spec also runs: input `image`, output `output` (a Vector).
   */
 class TorchModel(override val uid: String)
     extends Transformer
