@@ -29,6 +29,9 @@ PY35    := $(VENV35)/bin/python
 CORPUS  := tests/fixtures/out/corpus/manifest.json
 # The general models' proofs (tests/fixtures/make_general_fixtures.py; ~20 s, no download).
 GENERAL := tests/fixtures/out/general/manifest.json
+# The text models' proofs: all-MiniLM-L6-v2 from its package, sentence-transformers the oracle
+# (tests/fixtures/make_text_fixtures.py; ~20 s, no download).
+TEXT    := tests/fixtures/out/text/text_expected.json
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
@@ -69,11 +72,11 @@ jar: native | $(HARNESS) ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12),
 dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), both jars, SHA256SUMS
 	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --jar $(JAR35) --out dist
 
-demo: setup ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
+demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
-	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=30 cargo test --release --locked
+test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
+	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m "not slow" --durations=12
@@ -96,6 +99,9 @@ $(CORPUS): tests/fixtures/make_corpus.py | $(VENV)/.installed
 $(GENERAL): tests/fixtures/make_general_fixtures.py | $(VENV)/.installed
 	$(PY) tests/fixtures/make_general_fixtures.py
 
+$(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py | $(VENV)/.installed
+	$(PY) tests/fixtures/make_text_fixtures.py
+
 # The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
 fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md
 	test -f tests/fixtures/out/resnet20.pt || $(PY) tests/fixtures/make_fixtures.py
@@ -106,10 +112,11 @@ fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); s
 $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 	$(HARNESS_MVN) -q package
 
-bench: setup ## side-by-side performance (tests/bench/results.md, general.md), then the soak (soak.md)
+bench: setup $(TEXT) ## side-by-side performance (tests/bench/results.md, general.md), then the soak (soak.md)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/general_bench.py
-	@# Checks too slow for make test's 25 minutes (pytest -m slow): the YARN executor kill.
+	@# Checks too slow for make test's 25 minutes (pytest -m slow): the YARN executor kill, the
+	@# YARN Scala cluster-mode job, the standalone PySpark driver, the wheel in a fresh venv.
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m slow --durations=5
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/soak.py
 

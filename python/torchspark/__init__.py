@@ -41,6 +41,13 @@ def export_model(module, path, spec, **kwargs):
     return _export(module, path, spec, **kwargs)
 
 
+def export_text_model(source_dir, out_path, **kwargs):
+    """Export a Hugging Face text encoder with its spec and tokenizer (see torchspark.export_text)."""
+    from torchspark.export_text import export_text_model as _export
+
+    return _export(source_dir, out_path, **kwargs)
+
+
 def doctor(spark, **kwargs):
     """The node check on every executor, as a table (see torchspark.node.doctor)."""
     from torchspark.node import doctor as _doctor
@@ -89,6 +96,7 @@ __all__ = [
     "embed_arrow",
     "evaluate",
     "export_model",
+    "export_text_model",
     "jar_path",
     "local_session",
     "predict_arrow",

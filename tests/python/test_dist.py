@@ -100,6 +100,9 @@ print("fresh venv ok:", len(pngs), "NativeModel,", len(got), "ImageScorer")
 """
 
 
+# 51 s (a venv, pyspark and torch installed from scratch): make bench runs it; make test checks
+# the wheel's tags, contents and checksums above.
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_fresh_venv_with_only_the_wheel_torch_and_pyspark(tmp_path, fixtures):
     venv = tmp_path / "venv"

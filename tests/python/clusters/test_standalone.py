@@ -64,6 +64,9 @@ def test_standalone_scala_example_writes_one_row_per_image(
     assert model_loads(log) == EXECUTORS
 
 
+# 40 s: make bench runs it; in make test the YARN client-mode test checks the same rule (the
+# PySpark driver's model loads once per executor) on the cluster manager of the mission.
+@pytest.mark.slow
 def test_standalone_pyspark_driver_loads_the_model_once_per_executor(
     standalone, cluster_images, model_files, oracle, tmp_path
 ):

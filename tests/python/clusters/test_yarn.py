@@ -53,6 +53,9 @@ def yarn(request, tmp_path_factory, cluster_images, model_files):
 # ---- YARN + HDFS -------------------------------------------------------------------------------
 
 
+# 47 s: make bench runs it; in make test the standalone Scala example and the YARN Python
+# cluster-mode example cover its two halves (the Scala job; cluster mode reading HDFS).
+@pytest.mark.slow
 def test_yarn_cluster_mode_scala_example_reads_and_writes_hdfs(yarn, spark, oracle):
     from torchspark import jar_path
 
