@@ -45,7 +45,7 @@ def _precision(value) -> str:
     raise ConfigError(f"invalid option `precision`: expected `fp32` or `bf16`, not `{v}`")
 
 
-class _BaseParams(Params):
+class _CommonParams(Params):
     """The params every torchspark transformer has (the Scala trait of the same params)."""
 
     modelPath = Param(
@@ -63,6 +63,12 @@ class _BaseParams(Params):
     errorCol = Param(
         Params._dummy(), "errorCol", "reason a row failed (keep)", TypeConverters.toString
     )
+    maxPixels = Param(
+        Params._dummy(),
+        "maxPixels",
+        "largest width x height decoded; 0 = the spec's preprocess.max_pixels",
+        TypeConverters.toInt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -73,6 +79,7 @@ class _BaseParams(Params):
             precision="fp32",
             handleInvalid="error",
             errorCol="error",
+            maxPixels=0,
         )
 
     def setModelPath(self, value: str):
@@ -116,21 +123,6 @@ class _BaseParams(Params):
 
     def getErrorCol(self) -> str:
         return self.getOrDefault(self.errorCol)
-
-
-class _CommonParams(_BaseParams):
-    """The common params and `maxPixels` (the transformers that decode images)."""
-
-    maxPixels = Param(
-        Params._dummy(),
-        "maxPixels",
-        "largest width x height decoded; 0 = the spec's preprocess.max_pixels",
-        TypeConverters.toInt,
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._setDefault(maxPixels=0)
 
     def setMaxPixels(self, value: int):
         return self._set(maxPixels=value)
@@ -417,7 +409,7 @@ class TorchModel(_JavaBacked, _CommonParams):
         return self.getOrDefault(self.outputCols)
 
 
-class TextEmbedder(_JavaBacked, _BaseParams):
+class TextEmbedder(_JavaBacked, _CommonParams):
     """Embeds a string column natively in the executors: the spec's tokenizer (a Hugging Face
     `tokenizer.json` beside the model), the model, then the spec's pooling and normalisation
     (docs/text.md), into `outputCol`, an ML Vector (e.g. 384 doubles for all-MiniLM-L6-v2).
@@ -444,6 +436,7 @@ class TextEmbedder(_JavaBacked, _BaseParams):
         precision="fp32",
         handleInvalid="error",
         errorCol="error",
+        maxPixels=0,
         inputCol="text",
         outputCol="embedding",
     ) -> None:
