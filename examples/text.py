@@ -2,7 +2,7 @@
 snippets labelled fresh or rotten, tokenized and embedded natively by `TextEmbedder`, then:
 
 1. `Pipeline([TextEmbedder, LogisticRegression])`: held-out accuracy, beside a
-   `Tokenizer + HashingTF + IDF + LogisticRegression` baseline;
+   `Tokenizer + HashingTF (2^16) + IDF + LogisticRegression` baseline;
 2. `KMeans` (k = 2, 4, 8) on the embeddings, with the cosine silhouette;
 3. the 5 snippets nearest to a query sentence, by cosine, computed in Spark.
 
@@ -111,7 +111,7 @@ def run(spark, out, rows: int | None = None) -> dict:
     baseline = Pipeline(
         stages=[
             Tokenizer(inputCol="text", outputCol="words"),
-            HashingTF(inputCol="words", outputCol="tf", numFeatures=2**18),
+            HashingTF(inputCol="words", outputCol="tf", numFeatures=2**16),
             IDF(inputCol="tf", outputCol="features"),
             LogisticRegression(maxIter=100, regParam=0.01),
         ]
