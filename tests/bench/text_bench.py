@@ -49,6 +49,7 @@ TUNE_ROWS = max(min(2000, ROWS // 10), min(200, ROWS))
 COSINE_ROWS = min(1000, ROWS)
 BATCHES = (32, 64, 128)
 COLD_BATCH = 64
+ONE_MODE = "2 threads, no Spark; warm: the 2nd full pass"
 TEXT = ROOT / "tests" / "fixtures" / "out" / "text"
 WORK = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output")) / "text-bench"
 RESULTS = ROOT / "tests" / "bench"
@@ -223,9 +224,7 @@ class Bench:
         tuned = {b: timed(run(self.texts[:TUNE_ROWS], b)) for b in BATCHES}
         best = min(tuned, key=tuned.get)
         warm = timed(run(self.texts, best))
-        return self.record(
-            "SentenceTransformer.encode, one process", cold, warm, best, "2 threads, no Spark"
-        )
+        return self.record("SentenceTransformer.encode, one process", cold, warm, best, ONE_MODE)
 
     def native_one_process(self, model: str):
         import pyarrow as pa
@@ -241,9 +240,7 @@ class Bench:
         tuned = {b: timed(run(table.slice(0, TUNE_ROWS), b)) for b in BATCHES}
         best = min(tuned, key=tuned.get)
         warm = timed(run(table, best))
-        return self.record(
-            "native engine, one process (NativeModel)", cold, warm, best, "2 threads, no Spark"
-        )
+        return self.record("native engine, one process (NativeModel)", cold, warm, best, ONE_MODE)
 
     def bf16(self, flags: set[str], folder: Path, fp32_tuned: dict, batch: int) -> dict:
         if not ({"avx512_bf16", "amx_bf16"} & flags):
