@@ -117,8 +117,9 @@ def test_text_embedder_in_a_pipeline_with_logistic_regression(
     assert isinstance(back.stages[0], TextEmbedder)
     assert back.stages[0].getModelPath() == minilm
     assert back.stages[0].getOutputCol() == "features"
-    again = sorted(back.transform(sentences).select("id", "prediction").collect())
-    assert again == [(r.id, r.prediction) for r in rows]
+    few = sentences.filter("id < 8")  # the round trip on a few rows: each pass embeds again
+    again = sorted(back.transform(few).select("id", "prediction").collect())
+    assert again == [(r.id, r.prediction) for r in rows[:8]]
 
 
 def test_text_embedder_keeps_a_null_row_with_its_reason(spark, minilm, reference):
@@ -134,7 +135,7 @@ def test_embed_arrow_in_map_in_arrow(spark, minilm, reference):
     texts = reference["texts"]
     df = spark.createDataFrame(
         [(i, t) for i, t in enumerate(texts)] + [(len(texts), None)], "id int, sentence string"
-    )
+    ).coalesce(1)  # one Python worker loads the model, not two
     fn, schema = embed_arrow(
         minilm,
         input_col="sentence",
