@@ -43,6 +43,11 @@ pub struct BatchOptions {
     /// The general path ([`Scorer::predict`]): input name → the column(s) it reads, for
     /// inputs whose columns differ from the spec's.
     pub columns: HashMap<String, Vec<String>>,
+    /// The general path with a text input: order the rows of this call longest first (in
+    /// characters, as sentence-transformers' `encode` does) before cutting them into
+    /// `batch_size` passes, so each pass pads little. Outputs and errors stay in input order.
+    /// Default true.
+    pub sort_by_length: bool,
 }
 
 impl Default for BatchOptions {
@@ -54,6 +59,7 @@ impl Default for BatchOptions {
             input_column: None,
             max_pixels: 0,
             columns: HashMap::new(),
+            sort_by_length: true,
         }
     }
 }

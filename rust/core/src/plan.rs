@@ -11,20 +11,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::builder::StringBuilder;
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_select::take::{take, take_record_batch};
 
 use crate::batch::{BatchOptions, Scorer, StageTimes};
 use crate::error::{Error, Result};
 use crate::input;
 use crate::output;
 use crate::spec::Spec;
-use crate::spec::general::{GeneralSpec, InputKind, Ragged};
+use crate::spec::general::{DType, GeneralSpec, InputDecl, InputKind, Ragged};
 use crate::value::ModelInput;
 
 /// Schema metadata key: the inputs as JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`),
 /// so that callers know which columns to send.
 pub const INPUTS_KEY: &str = "torchspark.inputs";
+
+/// Schema metadata key of a result whose spec has a text input: how many of its rows had their
+/// text cut at `max_length` (a decimal string).
+pub const TRUNCATED_ROWS_KEY: &str = "torchspark.truncated_rows";
 
 impl Scorer {
     /// Runs the model's general path over `batch`: one column per declared output, then
@@ -41,9 +46,27 @@ impl Scorer {
         }
         let n = batch.num_rows();
         let columns = resolve_columns(spec, opts)?;
+        // `ragged: "single"` runs one row per forward pass.
+        let chunk = if spec.inputs.iter().any(|d| d.ragged == Some(Ragged::Single)) {
+            1
+        } else {
+            opts.batch_size
+        };
+        // Longest text first, so that each pass pads little; undone before returning.
+        let order = length_order(spec, &columns, batch, opts, chunk);
+        let sorted;
+        let batch = match &order {
+            Some(o) => {
+                sorted = take_rows(batch, &columns, o)?;
+                &sorted
+            }
+            None => batch,
+        };
+        // Row `j` of `batch` is the caller's row `original(j)`.
+        let original = |j: usize| order.as_ref().map_or(j, |o| o[j] as usize);
         let mut readers = Vec::new();
         for (decl, cols) in spec.inputs.iter().zip(&columns) {
-            if decl.kind == InputKind::Mask {
+            if decl.kind.is_generated() {
                 readers.push(None);
                 continue;
             }
@@ -82,12 +105,6 @@ impl Scorer {
             })?;
             readers.push(Some(reader));
         }
-        // `ragged: "single"` runs one row per forward pass.
-        let chunk = if spec.inputs.iter().any(|d| d.ragged == Some(Ragged::Single)) {
-            1
-        } else {
-            opts.batch_size
-        };
         let mut writers: Vec<_> = spec.outputs.iter().map(output::writer).collect();
         let mut error = StringBuilder::new();
         let mut times = StageTimes::default();
@@ -121,7 +138,7 @@ impl Scorer {
                         }
                         Err(e) if good[k] => {
                             good[k] = false;
-                            let row = opts.row_offset + (start + k) as u64;
+                            let row = opts.row_offset + original(start + k) as u64;
                             reasons[k] = Some(format!(
                                 "row {row}: input `{}` (column {}): {e}",
                                 decl.name,
@@ -134,15 +151,13 @@ impl Scorer {
             }
             let count = good.iter().filter(|&&g| g).count();
             let mut args = Vec::with_capacity(spec.inputs.len());
+            // Padded input name -> its mask; mask input name -> the mask (for `post` pools).
             let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
+            let mut post_masks: HashMap<String, tch::Tensor> = HashMap::new();
             if count > 0 {
                 for (i, decl) in spec.inputs.iter().enumerate() {
                     let Some(rows) = read[i].take() else { continue };
-                    let mask_dtype = spec
-                        .inputs
-                        .iter()
-                        .find(|m| m.kind == InputKind::Mask && m.of.as_deref() == Some(&decl.name))
-                        .map(|m| m.dtype);
+                    let mask_dtype = mask_dtype(spec, &decl.name);
                     let (arg, mask) = rows
                         .assemble(decl, &good, mask_dtype)
                         .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?;
@@ -155,19 +170,29 @@ impl Scorer {
             let assembled = Instant::now();
             times.preprocess += assembled - started;
             let value = if count > 0 {
-                // Masks take their place in the declared order.
+                // Masks and type ids take their place in the declared order.
                 let mut ordered = Vec::with_capacity(spec.inputs.len());
                 let mut args = args.into_iter().peekable();
                 for (i, decl) in spec.inputs.iter().enumerate() {
-                    if decl.kind == InputKind::Mask {
+                    if decl.kind.is_generated() {
                         let of = decl.of.as_deref().unwrap_or_default();
-                        let m = masks.remove(of).ok_or_else(|| {
+                        let m = masks.get(of).ok_or_else(|| {
                             fail(format!(
                                 "input `{}`: no mask was built for `{of}`",
                                 decl.name
                             ))
                         })?;
-                        ordered.push(ModelInput::Batch(m));
+                        let arg = if decl.kind == InputKind::TypeIds {
+                            // One segment: type id 0 for every token, padding included (as
+                            // the tokenizer's single-sequence template gives).
+                            m.f_zeros_like()
+                                .and_then(|z| z.f_to_kind(input::assemble::kind(decl.dtype)))
+                                .map_err(|e| fail(format!("input `{}`: {e}", decl.name)))?
+                        } else {
+                            post_masks.insert(decl.name.clone(), m.shallow_clone());
+                            m.shallow_clone()
+                        };
+                        ordered.push(ModelInput::Batch(arg));
                     } else if let Some((_, arg)) = args.next_if(|(j, _)| *j == i) {
                         ordered.push(arg);
                     }
@@ -185,7 +210,7 @@ impl Scorer {
                             .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
                     ),
                 };
-                w.append_chunk(selected, &good)
+                w.append_chunk(selected, &good, &post_masks)
                     .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?;
             }
             for r in reasons {
@@ -196,10 +221,17 @@ impl Scorer {
         }
         let mut arrays: Vec<ArrayRef> = writers.iter_mut().map(|w| w.finish()).collect();
         arrays.push(Arc::new(error.finish()));
-        let schema = times.annotate(output_schema(spec));
-        RecordBatch::try_new(schema, arrays).map_err(|e| Error::Internal {
-            reason: format!("building the output batch: {e}"),
-        })
+        if let Some(o) = &order {
+            arrays = unsort(&arrays, o)?;
+        }
+        let mut schema = times.annotate(output_schema(spec));
+        if spec.inputs.iter().any(|d| d.kind == InputKind::Text) {
+            let truncated: u64 = readers.iter().flatten().map(|r| r.truncated()).sum();
+            let mut meta = schema.metadata().clone();
+            meta.insert(TRUNCATED_ROWS_KEY.to_string(), truncated.to_string());
+            schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
+        }
+        RecordBatch::try_new(schema, arrays).map_err(|e| internal("building the output batch", e))
     }
 
     /// The schema [`Scorer::predict`] returns for the spec `spec_json`, without loading the
@@ -243,13 +275,119 @@ pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, meta))
 }
 
+/// The order in which to run `batch`'s rows (a permutation of `0..n`), longest text first, or
+/// `None` to run them as they come: with `opts.sort_by_length` off, no text input, at most one
+/// pass of rows or one row per pass, or a column missing (then reading it fails, naming the batch's columns).
+/// Stable: rows of equal length keep their order.
+fn length_order(
+    spec: &GeneralSpec,
+    columns: &[Vec<String>],
+    batch: &RecordBatch,
+    opts: &BatchOptions,
+    chunk: usize,
+) -> Option<Vec<u32>> {
+    let n = batch.num_rows();
+    if !opts.sort_by_length || chunk == 1 || n <= chunk || u32::try_from(n).is_err() {
+        return None;
+    }
+    let text = spec.inputs.iter().position(|d| d.kind == InputKind::Text)?;
+    if columns
+        .iter()
+        .flatten()
+        .any(|c| batch.column_by_name(c).is_none())
+    {
+        return None;
+    }
+    let keys = sort_keys(batch.column_by_name(columns[text].first()?)?)?;
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(keys[i as usize]));
+    Some(order)
+}
+
+/// Each row's length for sorting: chars of a string, bytes of a binary value, 0 for a null;
+/// `None` for a column that is not text.
+// TODO(merge): crate::input::text::sort_keys (wt-tin) replaces this copy.
+fn sort_keys(array: &ArrayRef) -> Option<Vec<usize>> {
+    use arrow_array::cast::AsArray;
+    fn keys(n: usize, valid: impl Fn(usize) -> bool, len: impl Fn(usize) -> usize) -> Vec<usize> {
+        (0..n).map(|i| if valid(i) { len(i) } else { 0 }).collect()
+    }
+    let a = array.as_ref();
+    let n = a.len();
+    let valid = |i| a.is_valid(i);
+    Some(match a.data_type() {
+        DataType::Utf8 => keys(n, valid, |i| a.as_string::<i32>().value(i).chars().count()),
+        DataType::LargeUtf8 => keys(n, valid, |i| a.as_string::<i64>().value(i).chars().count()),
+        DataType::Utf8View => keys(n, valid, |i| a.as_string_view().value(i).chars().count()),
+        DataType::Binary => keys(n, valid, |i| a.as_binary::<i32>().value(i).len()),
+        DataType::LargeBinary => keys(n, valid, |i| a.as_binary::<i64>().value(i).len()),
+        _ => return None,
+    })
+}
+
+/// The columns the inputs read, their rows in `order` (other columns are not copied).
+fn take_rows(batch: &RecordBatch, columns: &[Vec<String>], order: &[u32]) -> Result<RecordBatch> {
+    let schema = batch.schema_ref();
+    let mut read: Vec<usize> = columns
+        .iter()
+        .flatten()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    read.sort_unstable();
+    read.dedup();
+    let projected = batch
+        .project(&read)
+        .map_err(|e| internal("selecting the input columns", e))?;
+    let indices = UInt32Array::from(order.to_vec());
+    take_record_batch(&projected, &indices).map_err(|e| internal("sorting the rows by length", e))
+}
+
+/// `arrays` (rows in `order`) back in input order.
+fn unsort(arrays: &[ArrayRef], order: &[u32]) -> Result<Vec<ArrayRef>> {
+    let mut inverse = vec![0u32; order.len()];
+    for (j, &i) in order.iter().enumerate() {
+        inverse[i as usize] = j as u32;
+    }
+    let inverse = UInt32Array::from(inverse);
+    arrays
+        .iter()
+        .map(|a| take(a.as_ref(), &inverse, None))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| internal("putting the rows back in input order", e))
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// The dtype of the mask `assemble` builds for the padded input `name`: its mask input's, or
+/// int64 when only a `type_ids` input needs it (for its shape); `None` when nothing does.
+fn mask_dtype(spec: &GeneralSpec, name: &str) -> Option<DType> {
+    let generated: Vec<&InputDecl> = spec
+        .inputs
+        .iter()
+        .filter(|d| d.kind.is_generated() && d.of.as_deref() == Some(name))
+        .collect();
+    if generated.is_empty() {
+        return None;
+    }
+    Some(
+        generated
+            .iter()
+            .find(|d| d.kind == InputKind::Mask)
+            .map_or(DType::Int64, |m| m.dtype),
+    )
+}
+
 /// Each input's columns: the caller's `opts.columns[name]`, else the spec's.
 fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<String>>> {
     for name in opts.columns.keys() {
         if !spec
             .inputs
             .iter()
-            .any(|d| &d.name == name && d.kind != InputKind::Mask)
+            .any(|d| &d.name == name && !d.kind.is_generated())
         {
             return Err(Error::config(
                 "columns",
@@ -257,7 +395,7 @@ fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<St
                     "no input is named `{name}` (the spec's inputs: {})",
                     spec.inputs
                         .iter()
-                        .filter(|d| d.kind != InputKind::Mask)
+                        .filter(|d| !d.kind.is_generated())
                         .map(|d| d.name.as_str())
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -269,7 +407,7 @@ fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<St
         .inputs
         .iter()
         .map(|d| match opts.columns.get(&d.name) {
-            Some(cols) if d.kind != InputKind::Mask => cols.clone(),
+            Some(cols) if !d.kind.is_generated() => cols.clone(),
             _ => d.columns(),
         })
         .collect())
@@ -286,4 +424,94 @@ fn missing_column(batch: &RecordBatch, input: &str, column: &str) -> Error {
             .collect::<Vec<_>>()
             .join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int32Type;
+    use arrow_array::{BinaryArray, Int32Array, StringArray};
+
+    fn text_spec() -> GeneralSpec {
+        let spec = r#"{"spec_version": 2,
+            "inputs": [{"name": "ids", "kind": "text", "column": "t", "dtype": "int64",
+                        "tokenizer": "tok.json", "max_length": 8}],
+            "outputs": [{"name": "o"}]}"#;
+        match Spec::from_json(spec).unwrap() {
+            Spec::General(g) => g,
+            Spec::Image(_) => unreachable!(),
+        }
+    }
+
+    fn batch(texts: &[Option<&str>]) -> RecordBatch {
+        let t: ArrayRef = Arc::new(StringArray::from(texts.to_vec()));
+        let other: ArrayRef = Arc::new(Int32Array::from_iter_values(0..texts.len() as i32));
+        RecordBatch::try_from_iter([("other", other), ("t", t)]).unwrap()
+    }
+
+    fn opts(batch_size: usize, sort_by_length: bool) -> BatchOptions {
+        BatchOptions {
+            batch_size,
+            sort_by_length,
+            ..BatchOptions::default()
+        }
+    }
+
+    #[test]
+    fn rows_run_longest_text_first_and_ties_keep_their_order() {
+        let spec = text_spec();
+        let cols = vec![vec!["t".to_string()]];
+        // "é" is one character; a null counts 0.
+        let b = batch(&[
+            Some("ab"),
+            None,
+            Some("éé"),
+            Some("abcd"),
+            Some("x"),
+            Some("ba"),
+        ]);
+        let order = length_order(&spec, &cols, &b, &opts(2, true), 2).unwrap();
+        assert_eq!(order, [3, 0, 2, 5, 4, 1]);
+        // Only the columns read travel, in the new order; unsort gives input order back.
+        let sorted = take_rows(&b, &cols, &order).unwrap();
+        assert_eq!(sorted.num_columns(), 1);
+        let t = sorted.column(0).as_string::<i32>();
+        assert_eq!(t.value(0), "abcd");
+        let rows: ArrayRef = Arc::new(Int32Array::from_iter_values(
+            order.iter().map(|&i| i as i32),
+        ));
+        let back = unsort(&[rows], &order).unwrap();
+        let back: Vec<i32> = back[0].as_primitive::<Int32Type>().values().to_vec();
+        assert_eq!(back, [0, 1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn rows_keep_their_order_when_sorting_saves_nothing() {
+        let spec = text_spec();
+        let cols = vec![vec!["t".to_string()]];
+        let b = batch(&[Some("a"), Some("abc")]);
+        let b3 = batch(&[Some("a"), Some("abc"), Some("ab")]);
+        assert_eq!(
+            length_order(&spec, &cols, &b3, &opts(2, true), 2).unwrap(),
+            [1, 2, 0]
+        );
+        assert!(length_order(&spec, &cols, &b3, &opts(2, false), 2).is_none());
+        // One pass holds every row, or each pass one row (`ragged: "single"`).
+        assert!(length_order(&spec, &cols, &b, &opts(2, true), 2).is_none());
+        assert!(length_order(&spec, &cols, &b3, &opts(1, true), 1).is_none());
+        // A missing column is left to the reader's error.
+        let missing = vec![vec!["nope".to_string()]];
+        assert!(length_order(&spec, &missing, &b3, &opts(2, true), 2).is_none());
+    }
+
+    #[test]
+    fn sort_keys_count_characters_of_strings_and_bytes_of_binary() {
+        let s: ArrayRef = Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")]));
+        assert_eq!(sort_keys(&s).unwrap(), [5, 0, 0]);
+        let b: ArrayRef = Arc::new(BinaryArray::from(vec![Some("héllo".as_bytes()), None]));
+        assert_eq!(sort_keys(&b).unwrap(), [6, 0]);
+        let i: ArrayRef = Arc::new(Int32Array::from(vec![1]));
+        assert!(sort_keys(&i).is_none());
+    }
 }

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use arrow_array::ArrayRef;
 use arrow_schema::{DataType, Field, Fields};
+use tch::Tensor;
 
 use crate::spec::general::{ColumnKind, DType, FieldDecl, OutputDecl};
 use crate::value::Value;
@@ -38,9 +39,15 @@ pub trait OutputWriter: Send {
     /// Appends one chunk of rows: `good[i]` says whether row `i` of the chunk ran (a row
     /// that did not gets a null); `value` is the selected output for the rows that ran, in
     /// order (a tensor whose first dimension is their count, or a per-row list), `None` when
-    /// none ran. Errors (the returned shape or kind differs from the declaration) name the
-    /// output and both shapes.
-    fn append_chunk(&mut self, value: Option<&Value>, good: &[bool]) -> Result<(), String>;
+    /// none ran. `masks`: the chunk's masks by mask input name (`[count, T]`, the rows that
+    /// ran), which pooling `post` ops read. Errors (the returned shape or kind differs from the
+    /// declaration) name the output and both shapes.
+    fn append_chunk(
+        &mut self,
+        value: Option<&Value>,
+        good: &[bool],
+        masks: &HashMap<String, Tensor>,
+    ) -> Result<(), String>;
     /// The column of every row appended so far (the writer starts afresh).
     fn finish(&mut self) -> ArrayRef;
 }

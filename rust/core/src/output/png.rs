@@ -6,8 +6,9 @@ use arrow_array::ArrayRef;
 use arrow_array::builder::BinaryBuilder;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
+use std::collections::HashMap;
 use std::sync::Arc;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use super::tensor::{batch_tensor, returned};
 use super::{OutputWriter, post, shape_text};
@@ -51,7 +52,12 @@ pub(crate) fn encode(map: &[u8], w: u32, h: u32) -> Result<Vec<u8>, String> {
 }
 
 impl OutputWriter for PngWriter {
-    fn append_chunk(&mut self, value: Option<&Value>, good: &[bool]) -> Result<(), String> {
+    fn append_chunk(
+        &mut self,
+        value: Option<&Value>,
+        good: &[bool],
+        masks: &HashMap<String, Tensor>,
+    ) -> Result<(), String> {
         let count = good.iter().filter(|&&g| g).count();
         let Some(value) = value else {
             if count > 0 {
@@ -61,7 +67,7 @@ impl OutputWriter for PngWriter {
             return Ok(());
         };
         let t = batch_tensor(value, count, &self.declared())?;
-        let p = post::apply(t, &self.post)?;
+        let p = post::apply(t, &self.post, masks)?;
         let size = p.size();
         let fits = match (&size[1..], &self.shape) {
             ([_, _], None) => true,

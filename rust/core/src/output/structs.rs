@@ -2,6 +2,7 @@
 //! row's entry count K (torchvision's detection models: `boxes [K, 4]`, `labels [K]`,
 //! `scores [K]`), written as `array<struct<fields>>`, one struct per entry.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::NullBufferBuilder;
@@ -114,7 +115,12 @@ impl StructsWriter {
 }
 
 impl OutputWriter for StructsWriter {
-    fn append_chunk(&mut self, value: Option<&Value>, good: &[bool]) -> Result<(), String> {
+    fn append_chunk(
+        &mut self,
+        value: Option<&Value>,
+        good: &[bool],
+        _masks: &HashMap<String, Tensor>,
+    ) -> Result<(), String> {
         let count = good.iter().filter(|&&g| g).count();
         let Some(value) = value else {
             if count > 0 {

@@ -2,6 +2,7 @@
 //! per-row shape checked against the declaration, copied out in one bulk copy per chunk and
 //! written as a primitive column or as lists nested once per per-row dimension.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{NullBufferBuilder, OffsetBufferBuilder};
@@ -281,7 +282,12 @@ pub(crate) fn batch_tensor<'v>(
 }
 
 impl OutputWriter for TensorWriter {
-    fn append_chunk(&mut self, value: Option<&Value>, good: &[bool]) -> Result<(), String> {
+    fn append_chunk(
+        &mut self,
+        value: Option<&Value>,
+        good: &[bool],
+        masks: &HashMap<String, Tensor>,
+    ) -> Result<(), String> {
         let count = good.iter().filter(|&&g| g).count();
         let Some(value) = value else {
             if count > 0 {
@@ -291,7 +297,7 @@ impl OutputWriter for TensorWriter {
             return Ok(());
         };
         let t = batch_tensor(value, count, &self.declared())?;
-        let p = post::apply(t, &self.post)?;
+        let p = post::apply(t, &self.post, masks)?;
         let size = p.size();
         let row = &size[1..];
         let Some(w) = self.written(row) else {

@@ -1,6 +1,7 @@
 //! Every column kind end to end: the declared field, the values written (torch is the oracle),
 //! nulls for rows that did not run, and the errors for results that do not fit.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -25,7 +26,7 @@ fn randn(shape: &[i64]) -> Tensor {
 fn write(d: &OutputDecl, chunks: &[(Option<Value>, Vec<bool>)]) -> Result<ArrayRef, String> {
     let mut w = writer(d);
     for (v, good) in chunks {
-        w.append_chunk(v.as_ref(), good)?;
+        w.append_chunk(v.as_ref(), good, &HashMap::new())?;
     }
     let array = w.finish();
     assert_eq!(array.data_type(), field(d).data_type());
@@ -182,6 +183,54 @@ fn scalar_converts_to_the_declared_dtype() {
     )
     .unwrap();
     assert_eq!(a.as_primitive::<Int32Type>().values().to_vec(), [7, 200]);
+}
+
+/// A sentence embedding: each chunk's mask (its good rows only) reaches `post`; rows that did
+/// not run are null.
+#[test]
+fn vector_mean_pools_each_chunk_with_its_mask() {
+    let d = decl(
+        r#"{"name": "embedding", "column": "vector", "shape": [3],
+            "post": [{"op": "mean_pool", "mask": "m"}, {"op": "l2_normalize"}]}"#,
+    );
+    let mut w = writer(&d);
+    let mut want = Vec::new();
+    // Chunk 1: rows 0 and 2 ran (2 and 1 tokens of T = 2); chunk 2: its one row, 3 tokens.
+    for (t, lens, good) in [
+        (randn(&[2, 2, 3]), vec![2i64, 1], vec![true, false, true]),
+        (randn(&[1, 3, 3]), vec![3], vec![true]),
+    ] {
+        let tokens = t.size()[1];
+        let rows: Vec<i64> = lens
+            .iter()
+            .flat_map(|&l| (0..tokens).map(move |k| i64::from(k < l)))
+            .collect();
+        let m = Tensor::from_slice(&rows).reshape([lens.len() as i64, tokens]);
+        for (i, &l) in lens.iter().enumerate() {
+            let mean = t
+                .get(i as i64)
+                .slice(0, 0, l, 1)
+                .mean_dim(0, false, Kind::Float);
+            let norm = mean.norm().double_value(&[]);
+            want.push(floats64(&(mean / norm)));
+        }
+        let masks = HashMap::from([("m".to_string(), m)]);
+        w.append_chunk(Some(&Value::Tensor(t)), &good, &masks)
+            .unwrap();
+    }
+    let a = w.finish();
+    let a = a.as_list::<i32>();
+    assert_eq!((a.len(), a.null_count(), a.is_null(1)), (4, 1, true));
+    for (i, exp) in [0usize, 2, 3].iter().zip(&want) {
+        let row = a.value(*i);
+        let row = row.as_primitive::<Float64Type>().values().to_vec();
+        let diff = row
+            .iter()
+            .zip(exp)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max);
+        assert!(diff < 1e-6, "row {i}: {row:?} vs {exp:?}");
+    }
 }
 
 #[test]
@@ -522,7 +571,7 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
         assert_eq!((a.len(), a.null_count()), (3, 3), "{d}");
     }
     let e = writer(&decl(decls[0]))
-        .append_chunk(None, &[true])
+        .append_chunk(None, &[true], &HashMap::new())
         .unwrap_err();
     assert!(e.contains("no output for the 1 rows that ran"), "{e}");
 }
@@ -531,11 +580,19 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
 fn finish_starts_afresh() {
     let d = decl(r#"{"name": "a", "shape": [2]}"#);
     let mut w = writer(&d);
-    w.append_chunk(Some(&Value::Tensor(randn(&[3, 2]))), &[true; 3])
-        .unwrap();
+    w.append_chunk(
+        Some(&Value::Tensor(randn(&[3, 2]))),
+        &[true; 3],
+        &HashMap::new(),
+    )
+    .unwrap();
     assert_eq!(w.finish().len(), 3);
-    w.append_chunk(Some(&Value::Tensor(randn(&[1, 2]))), &[true])
-        .unwrap();
+    w.append_chunk(
+        Some(&Value::Tensor(randn(&[1, 2]))),
+        &[true],
+        &HashMap::new(),
+    )
+    .unwrap();
     let a = w.finish();
     assert_eq!((a.len(), a.as_list::<i32>().values().len()), (1, 2));
 }
