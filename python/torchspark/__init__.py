@@ -1,8 +1,9 @@
 """torchspark: native TorchScript scoring and featurizing for Apache Spark.
 
-- DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`, `TorchModel`.
+- DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`, `TorchModel`,
+  `TextEmbedder`.
 - Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`,
-  `predict_arrow`, `describe`.
+  `predict_arrow`, `embed_arrow`, `describe`.
 - `local_session`, `jar_path`, `export_model`, `evaluate`.
 """
 
@@ -25,6 +26,7 @@ from torchspark.native import (
     SCORE_SCHEMA,
     NativeModel,
     describe,
+    embed_arrow,
     predict_arrow,
     score_arrow,
     score_partitions,
@@ -55,7 +57,7 @@ def doctor(spark, **kwargs):
 
 def __getattr__(name):
     # The py4j wrappers import pyspark; load them on first use.
-    if name in ("ImageScorer", "ImageFeaturizer", "TorchModel"):
+    if name in ("ImageScorer", "ImageFeaturizer", "TorchModel", "TextEmbedder"):
         from torchspark import transformers
 
         return getattr(transformers, name)
@@ -86,10 +88,12 @@ __all__ = [
     "ModelLoadError",
     "ModelSpecError",
     "NativeModel",
+    "TextEmbedder",
     "TorchModel",
     "TorchSparkError",
     "describe",
     "doctor",
+    "embed_arrow",
     "evaluate",
     "export_model",
     "export_text_model",

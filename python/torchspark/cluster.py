@@ -2,9 +2,9 @@
 
 `read_images` gives binaryFile rows in a few partitions per task slot (Spark's default packs
 small files one partition per 4 MB, i.e. thousands of tiny tasks). `ship_model` makes a model
-that lives at a Hadoop FileSystem URI (`hdfs://`, `abfs://`, `s3a://`, ...) reachable by name
-from Spark's Python workers, which have no Hadoop client: Spark fetches it once per executor
-(`SparkContext.addFile`). The JVM transformers read such URIs themselves.
+(with its spec and, for a text model, its tokenizer) that lives at a Hadoop FileSystem URI
+(`hdfs://`, `abfs://`, `s3a://`, ...) reachable by name from Spark's Python workers, which have
+no Hadoop client: Spark fetches it once per executor (`SparkContext.addFile`). The JVM transformers read such URIs themselves.
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def read_images(spark, path: str, pattern: str = "*", partitions_per_slot: int =
 
 
 def ship_model(spark, uri: str) -> str:
-    """Makes the model at `uri` (and its spec beside it) available to every executor.
+    """Makes the model at `uri` (its spec beside it, and the tokenizer file a text model's spec
+    names) available to every executor.
 
     `uri` is a cluster-storage URI or a file on the driver (a path or `file:` URI). Both files
     go through `SparkContext.addFile` (Spark copies them once per executor) and the file's name
@@ -90,7 +91,65 @@ def ship_model(spark, uri: str) -> str:
             raise ModelLoadError(f"{what} {u} not found")
     for u in (uri, spec_path(uri)):
         sc.addFile(u)
+    # A text model's tokenizer is a file named by its spec, in the spec's folder: it ships too,
+    # and lands beside the shipped spec, where the native loader looks for it. The spec is read
+    # from the driver's copy that addFile just fetched.
+    spec_name = spec_path(uri).rsplit("/", 1)[-1]
+    shipped_spec = _shipped(spec_name)
+    if shipped_spec:
+        folder = spec_path(uri).rsplit("/", 1)[0] if "/" in spec_path(uri) else "."
+        for _, name, _ in tokenizer_files(_read_json(shipped_spec)):
+            u = f"{folder}/{name}"
+            p = jvm.org.apache.hadoop.fs.Path(u)
+            what = f"tokenizer {u} (named by the spec {spec_path(uri)})"
+            try:
+                exists = p.getFileSystem(sc._jsc.hadoopConfiguration()).exists(p)
+            except Exception as e:  # noqa: BLE001  (as above)
+                raise ModelLoadError(f"cannot reach {what}: {_java_message(e)}") from None
+            if not exists:
+                raise ModelLoadError(f"{what} not found: it must sit beside the model")
+            sc.addFile(u)
     return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def tokenizer_files(spec: dict) -> list[tuple[str, str, str | None]]:
+    """(input name, tokenizer file name, sha256 pin or None) of each `text` input of a spec
+    (spec version 2; the file is named relative to the spec's folder, docs/text.md)."""
+    out = []
+    inputs = spec.get("inputs") if isinstance(spec, dict) else None
+    for decl in inputs if isinstance(inputs, list) else []:
+        if isinstance(decl, dict) and decl.get("kind") == "text" and decl.get("tokenizer"):
+            pin = decl.get("tokenizer_sha256")
+            out.append((str(decl.get("name")), str(decl["tokenizer"]), pin and str(pin)))
+    return out
+
+
+def check_tokenizers(spec_file: str, spec: dict) -> None:
+    """Each tokenizer file the spec names exists beside it (or was shipped by name) and matches
+    its `tokenizer_sha256` pin. Raises ModelLoadError (missing) / ModelSpecError (pin) naming
+    the file and the input; the native loader checks the same when the model loads."""
+    import hashlib
+
+    from torchspark.errors import ModelLoadError, ModelSpecError
+
+    folder = os.path.dirname(spec_file)
+    for name, file, pin in tokenizer_files(spec):
+        path = os.path.join(folder, file)
+        if not os.path.isfile(path):
+            path = _shipped(os.path.basename(file)) or path
+        if not os.path.isfile(path):
+            raise ModelLoadError(
+                f"tokenizer {path} (input `{name}` of the spec {spec_file}) not found on host "
+                f"{socket.gethostname()}: it must sit beside the model (ship_model ships it)"
+            )
+        if pin:
+            with open(path, "rb") as f:
+                actual = hashlib.sha256(f.read()).hexdigest()
+            if actual != pin.lower():
+                raise ModelSpecError(
+                    f"tokenizer {path} (input `{name}` of the spec {spec_file}): sha256 "
+                    f"{actual} does not match the spec's tokenizer_sha256 {pin}"
+                )
 
 
 def resolve_local(model_path: str) -> str:
@@ -159,27 +218,35 @@ def check_on_driver(spark, model_path: str) -> None:
         if local_mode:
             raise
         return  # a path that only the executors have
-    check_spec_file(spec_path(local))
+    spec_file = spec_path(local)
+    check_tokenizers(spec_file, check_spec_file(spec_file))
 
 
-def check_spec_file(path: str) -> None:
-    """The spec at `path` exists, is readable and is a JSON object with an `input` object (an
-    image spec) or an `inputs` list (version 2)."""
+def _read_json(path: str):
     from torchspark.errors import ModelSpecError
 
     try:
         with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ModelSpecError(f"model spec {path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ModelSpecError(f"model spec {path}: not JSON: {e}") from None
+
+
+def check_spec_file(path: str) -> dict:
+    """The spec at `path` exists, is readable and is a JSON object with an `input` object (an
+    image spec) or an `inputs` list (version 2); returns it."""
+    from torchspark.errors import ModelSpecError
+
+    spec = _read_json(path)
     if not isinstance(spec, dict) or not (
         isinstance(spec.get("input"), dict) or isinstance(spec.get("inputs"), list)
     ):
         raise ModelSpecError(
             f"model spec {path}: must be a JSON object with an `input` object or an `inputs` list"
         )
+    return spec
 
 
 def _java_message(e: Exception) -> str:

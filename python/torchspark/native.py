@@ -424,16 +424,110 @@ def predict_arrow(
     and the shapes), `skip` drops bad rows, `keep` keeps them with null outputs and the reason.
     `columns` maps input names to other columns than the spec's. `model_path` as for
     `score_partitions`; the model is loaded once per Python worker process."""
+    _check_worker_options(handle_invalid, batch_size)
+    _non_negative("max_pixels", max_pixels)
+    column_map = _column_map(columns) if columns else None
+    model_path = _for_workers(os.fspath(model_path))
+    return _map_in_arrow(
+        model_path,
+        describe(model_path),
+        keep=keep,
+        input_schema=input_schema,
+        column_map=column_map,
+        rename={},
+        batch_size=batch_size,
+        num_threads=num_threads,
+        handle_invalid=handle_invalid,
+        device=device,
+        precision=precision,
+        max_pixels=max_pixels,
+    )
+
+
+def embed_arrow(
+    model_path: str | os.PathLike,
+    *,
+    input_col: str = "text",
+    output_col: str = "embedding",
+    keep: Sequence[str] = (),
+    input_schema: Any = None,
+    batch_size: int = 64,
+    num_threads: int | None = None,
+    handle_invalid: str = "error",
+    device: str = "cpu",
+    precision: str = "fp32",
+):
+    """`(fn, schema)` for `df.mapInArrow(fn, schema)`: a text model (a spec with one `text`
+    input, e.g. from `export_text_model`) embeds the string column `input_col` in Spark's
+    Python workers, tokenized natively with the spec's tokenizer.
+
+    >>> fn, schema = embed_arrow("minilm.pt", keep=["id"], input_schema=df.schema)  # doctest: +SKIP
+    >>> df.mapInArrow(fn, schema)                                                   # doctest: +SKIP
+
+    The schema: the `keep` columns, `output_col` (the spec's one output, e.g. 384 floats of
+    all-MiniLM-L6-v2 as array<double>; `pyspark.ml.functions.array_to_vector` makes it an ML
+    Vector), and `error` (string) when `handle_invalid="keep"`. `input_col`: string or binary
+    (UTF-8). A null or non-UTF-8 row is a row error (handled as in `predict_arrow`: `error`
+    raises InputError naming the row in its partition, the input and the column); empty text
+    embeds as `[CLS] [SEP]`; text over the spec's `max_length` tokens is truncated. Raises
+    ConfigError when the spec has no text input or more than one output."""
+    _check_worker_options(handle_invalid, batch_size)
+    if not isinstance(input_col, str) or not input_col:
+        raise ConfigError(f"input_col must be a column name, not {input_col!r}")
+    if not isinstance(output_col, str) or not output_col:
+        raise ConfigError(f"output_col must be a column name, not {output_col!r}")
+    path = _for_workers(os.fspath(model_path))
+    described = describe(path)
+    inputs = json.loads((described.metadata or {}).get(b"torchspark.inputs", b"[]"))
+    text = [i["name"] for i in inputs if i.get("kind") == "text"]
+    outputs = [f.name for f in described if f.name != "error"]
+    if len(text) != 1 or len(outputs) != 1:
+        raise ConfigError(
+            f"{os.fspath(model_path)}: embed_arrow needs a spec with one `text` input and one "
+            f"output, this one has {len(text)} text input(s) and outputs "
+            f"{', '.join(outputs) or 'none'} (predict_arrow runs any spec)"
+        )
+    return _map_in_arrow(
+        path,
+        described,
+        keep=keep,
+        input_schema=input_schema,
+        column_map={text[0]: [input_col]},
+        rename={outputs[0]: output_col},
+        batch_size=batch_size,
+        num_threads=num_threads,
+        handle_invalid=handle_invalid,
+        device=device,
+        precision=precision,
+        max_pixels=0,
+    )
+
+
+def _check_worker_options(handle_invalid: str, batch_size: int) -> None:
     if handle_invalid not in HANDLE_INVALID:
         raise ConfigError(
             f"handle_invalid must be one of {', '.join(HANDLE_INVALID)}, not {handle_invalid!r}"
         )
     _positive("batch_size", batch_size)
-    _non_negative("max_pixels", max_pixels)
+
+
+def _map_in_arrow(
+    model_path: str,
+    described: pa.Schema,
+    *,
+    keep: Sequence[str],
+    input_schema: Any,
+    column_map: dict[str, list[str]] | None,
+    rename: Mapping[str, str],
+    batch_size: int,
+    num_threads: int | None,
+    handle_invalid: str,
+    device: str,
+    precision: str,
+    max_pixels: int,
+):
+    """predict_arrow's `(fn, schema)`, the outputs named by `rename` (output -> column)."""
     keep = [keep] if isinstance(keep, str) else list(keep)
-    column_map = _column_map(columns) if columns else None
-    model_path = _for_workers(os.fspath(model_path))
-    described = describe(model_path)
     outputs = [f for f in described if f.name != "error"]
     from pyspark.sql import types as T
 
@@ -448,13 +542,14 @@ def predict_arrow(
                     f"keep: no column `{k}` in the input (it has {', '.join(by_name)})"
                 )
             kept.append(by_name[k])
-    names = [*keep, *(f.name for f in outputs)] + (["error"] if handle_invalid == "keep" else [])
+    out_names = [rename.get(f.name, f.name) for f in outputs]
+    names = [*keep, *out_names] + (["error"] if handle_invalid == "keep" else [])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ConfigError(f"keep: {', '.join(dup)} would also be an output column's name")
     schema = T.StructType(
         kept
-        + [T.StructField(f.name, spark_type(f.type)) for f in outputs]
+        + [T.StructField(n, spark_type(f.type)) for n, f in zip(out_names, outputs)]
         + ([T.StructField("error", T.StringType())] if handle_invalid == "keep" else [])
     )
     n_out = len(outputs)

@@ -1,5 +1,5 @@
-"""PySpark wrappers of the Scala transformers `dev.torchspark.ImageScorer`, `ImageFeaturizer`
-and `TorchModel`.
+"""PySpark wrappers of the Scala transformers `dev.torchspark.ImageScorer`, `ImageFeaturizer`,
+`TorchModel` and `TextEmbedder`.
 
 Same class names, same param names and defaults, `setX`/`getX`, keyword constructors,
 save/load and Pipeline support. The work runs in the JVM executors (JNI), not in Python.
@@ -407,3 +407,54 @@ class TorchModel(_JavaBacked, _CommonParams):
 
     def getOutputCols(self) -> list[str]:
         return self.getOrDefault(self.outputCols)
+
+
+class TextEmbedder(_JavaBacked, _CommonParams):
+    """Embeds a string column natively in the executors: the spec's tokenizer (a Hugging Face
+    `tokenizer.json` beside the model), the model, then the spec's pooling and normalisation
+    (docs/text.md), into `outputCol`, an ML Vector (e.g. 384 doubles for all-MiniLM-L6-v2).
+
+    `inputCol` (default `text`): a string or binary (UTF-8) column. A null or non-UTF-8 row is a
+    row error handled by `handleInvalid` (`error` fails the task naming the row and column,
+    `skip` drops it, `keep` keeps it with a null vector and the reason in `errorCol`); empty
+    strings embed as the reference does (`[CLS] [SEP]`); text over the spec's `max_length`
+    tokens is truncated, as sentence-transformers does."""
+
+    __module__ = _JAVA_PACKAGE
+
+    inputCol = Param(Params._dummy(), "inputCol", "text column", TypeConverters.toString)
+    outputCol = Param(Params._dummy(), "outputCol", "the embedding", TypeConverters.toString)
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        modelPath=None,
+        batchSize=64,
+        device="cpu",
+        numThreads=0,
+        precision="fp32",
+        handleInvalid="error",
+        errorCol="error",
+        maxPixels=0,
+        inputCol="text",
+        outputCol="embedding",
+    ) -> None:
+        super().__init__()
+        self._java_obj = self._new_java_obj(
+            _checked_jvm_class("dev.torchspark.TextEmbedder"), self.uid
+        )
+        self._setDefault(inputCol="text", outputCol="embedding")
+        self._set(**self._input_kwargs)
+
+    def setInputCol(self, value: str):
+        return self._set(inputCol=value)
+
+    def getInputCol(self) -> str:
+        return self.getOrDefault(self.inputCol)
+
+    def setOutputCol(self, value: str):
+        return self._set(outputCol=value)
+
+    def getOutputCol(self) -> str:
+        return self.getOrDefault(self.outputCol)

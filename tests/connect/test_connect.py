@@ -1,8 +1,11 @@
 """Spark Connect 4.1 clients: ImageScorer/ImageFeaturizer, a Pipeline with save/load, and
 mapInArrow, each checked against NativeModel in this process; TorchModel's regression against
-PyTorch; metrics() and a server without the jar fail with errors that say what to do."""
+PyTorch; TextEmbedder against sentence-transformers; metrics() and a server without the jar fail with errors that say what to do."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import torchspark
-from torchspark import ImageFeaturizer, ImageScorer, NativeModel, TorchModel
+from torchspark import ImageFeaturizer, ImageScorer, NativeModel, TextEmbedder, TorchModel
 
 
 def _files(spark, fixtures, glob="*"):
@@ -117,6 +120,16 @@ def test_torch_model_regression_over_connect(spark, general, diabetes):
     np.testing.assert_allclose([p for _, p in got], diabetes["pred"], rtol=0, atol=1e-5)
     rmse = RegressionEvaluator(labelCol="y", predictionCol="prediction").evaluate(out)
     assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
+
+
+def test_text_embedder_over_connect_matches_sentence_transformers(spark):
+    # Made by tests/fixtures/make_text_fixtures.py (`make test` makes them first).
+    text = Path(__file__).resolve().parents[2] / "tests/fixtures/out/text"
+    ref = json.loads((text / "text_expected.json").read_text())
+    df = spark.createDataFrame(list(enumerate(ref["texts"])), "id int, text string")
+    out = TextEmbedder(modelPath=str(text / "minilm.pt"), batchSize=16).transform(df)
+    got = [r.embedding.toArray() for r in sorted(out.select("id", "embedding").collect())]
+    np.testing.assert_allclose(got, ref["embeddings"], rtol=0, atol=1e-5)
 
 
 def test_metrics_over_connect_say_they_are_unavailable(spark, fixtures, model):

@@ -23,6 +23,11 @@ def test_notebook_runs_without_errors(tmp_path, monkeypatch):
         out = tmp_path / "demo-output"
         monkeypatch.setenv("TRAIN_EPOCHS", os.environ.get("TRAIN_EPOCHS", "2"))
     monkeypatch.setenv("DEMO_OUT", str(out))
+    # The text section on 200 of the ~4,900 snippets, with the test fixture's export of MiniLM.
+    monkeypatch.setenv("TEXT_ROWS", os.environ.get("TEXT_ROWS", "200"))
+    minilm = ROOT / "tests" / "fixtures" / "out" / "text" / "minilm.pt"
+    if minilm.exists():
+        monkeypatch.setenv("TEXT_MODEL", str(minilm))
     client = NotebookClient(
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
@@ -34,4 +39,7 @@ def test_notebook_runs_without_errors(tmp_path, monkeypatch):
     assert "logistic regression on torchspark features: accuracy" in text
     assert "faces vs non-faces on ImageNet features: held-out accuracy" in text
     assert "diabetes MLP: RMSE " in text
+    assert "384-dim embeddings; cosine of the two sentences: 0.75" in text
+    assert "TextEmbedder (all-MiniLM-L6-v2) + LogisticRegression accuracy" in text
+    assert "cosine silhouette: k=2" in text and "the 5 snippets nearest to" in text
     assert "chelsea: " in text and "cat (" in text.split("chelsea: ", 1)[1].split("\n", 1)[0]

@@ -1,9 +1,10 @@
 """One source tree, two Spark lines: the jar that matches the running pyspark, a wrong-line jar
-refused by name at first use, and TorchModel's regression proof. Runs on pyspark 4.1 (.venv) and
+refused by name at first use, TorchModel's regression proof and TextEmbedder's embeddings. Runs on pyspark 4.1 (.venv) and
 3.5 (.venv-spark35)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,7 @@ import pyspark
 import pytest
 
 import torchspark
+from conftest import FIXTURES
 from torchspark.session import SPARK_LINES
 
 LINE = ".".join(pyspark.__version__.split(".")[:2])
@@ -74,3 +76,17 @@ def test_torch_model_regression_on_this_line(spark, general, diabetes):
     assert max(abs(p - e) for (_, p), e in zip(got, diabetes["pred"])) <= 1e-5
     rmse = RegressionEvaluator(labelCol="y", predictionCol="prediction").evaluate(out)
     assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
+
+
+def test_text_embedder_matches_sentence_transformers_on_this_line(spark):
+    # The text fixtures come from .venv's PyTorch (make_text_fixtures.py; `make test` runs it).
+    text = FIXTURES / "text"
+    ref = json.loads((text / "text_expected.json").read_text())
+    df = spark.createDataFrame(list(enumerate(ref["texts"])), "id int, text string")
+    out = torchspark.TextEmbedder(modelPath=str(text / "minilm.pt"), batchSize=16).transform(df)
+    rows = sorted(out.select("id", "embedding").collect())
+    assert len(rows) == len(ref["texts"])
+    diff = max(
+        abs(g - e) for r, want in zip(rows, ref["embeddings"]) for g, e in zip(r.embedding, want)
+    )
+    assert diff <= 1e-5

@@ -88,7 +88,14 @@ impl Scorer {
                     Ok(f) if decl.kind == InputKind::Tensor => input::tensor::check_field(decl, f),
                     _ => Ok(()),
                 });
-            let reader = checked.and_then(|()| input::reader(decl, arrays, opts.max_pixels));
+            let reader = checked.and_then(|()| {
+                input::reader(
+                    decl,
+                    arrays,
+                    opts.max_pixels,
+                    self.model().tokenizer(&decl.name),
+                )
+            });
             let reader = reader.map_err(|e| {
                 Error::input(format!(
                     "input `{}` (column {}): {e}",

@@ -4,6 +4,7 @@
 //! - [`tensor`]: numbers: numeric scalars, (nested) lists, `FixedSizeList`, Spark ML vectors
 //!   (dense and sparse), gathered scalar columns, `arrow.fixed_shape_tensor`;
 //! - [`image`]: encoded images or Spark's image struct through [`crate::preprocess`];
+//! - [`text`]: strings through the model's Hugging Face tokenizer into token ids;
 //! - [`assemble`]: good rows → the batched argument of `forward` (stack, pad + mask, list).
 //!
 //! A reason never holds the row number, input or column: the plan prefixes those
@@ -53,6 +54,7 @@ macro_rules! with_dtype {
 pub mod assemble;
 pub mod image;
 pub mod tensor;
+pub mod text;
 
 /// One row of one input: values in the declared dtype, row-major, and their per-row shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -125,24 +127,33 @@ pub struct DenseRows {
 }
 
 /// The reader for `decl` over `columns` (its column(s) of the batch, in declared order).
-/// `max_pixels` is the caller's image pixel limit (0: the spec's). Errors (a column type the
-/// input cannot read) fail the whole batch and name the column and its type.
+/// `max_pixels` is the caller's image pixel limit (0: the spec's); `tokenizer` is the model's
+/// tokenizer for a text input ([`crate::model::Model::tokenizer`]). Errors (a column type the input
+/// cannot read) fail the whole batch and name the column and its type.
 pub fn reader<'a>(
     decl: &'a InputDecl,
     columns: Vec<(&'a str, &'a ArrayRef)>,
     max_pixels: u64,
+    tokenizer: Option<&'a text::TextTokenizer>,
 ) -> Result<Box<dyn InputReader + 'a>, String> {
     match decl.kind {
         InputKind::Tensor => tensor::reader(decl, columns),
         InputKind::Image => image::reader(decl, columns, max_pixels),
-        // Issue 18 (contract stub): input/text.rs reads strings through the model's tokenizer.
-        InputKind::Text => Err(format!(
-            "input `{}`: text inputs are not built yet",
-            decl.name
-        )),
+        InputKind::Text => match tokenizer {
+            Some(tok) => text::reader(decl, columns, tok),
+            None => Err(format!(
+                "input `{}`: no tokenizer was loaded for this text input",
+                decl.name
+            )),
+        },
         InputKind::Mask | InputKind::TypeIds => Err(format!(
-            "input `{}` is a mask: it is generated, not read",
-            decl.name
+            "input `{}` is generated ({}), not read",
+            decl.name,
+            if decl.kind == InputKind::Mask {
+                "a mask"
+            } else {
+                "type ids"
+            }
         )),
     }
 }

@@ -32,7 +32,9 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::input::text::TextTokenizer;
 use crate::preprocess::Preprocessor;
+use crate::spec::general::InputKind;
 use crate::spec::{FeatureSource, FilePrecision, GeneralSpec, ModelSpec, OutputKind, Spec};
 use crate::value::{ModelInput, Value};
 
@@ -121,6 +123,9 @@ pub struct Model {
     spec: Spec,
     /// The spec in its general form (a version-1 spec as one image input and one output).
     general: GeneralSpec,
+    /// Per input of `general`, in order: the tokenizer of a `text` input (loaded once, shared
+    /// by every thread), `None` for other kinds.
+    tokenizers: Vec<Option<Arc<TextTokenizer>>>,
     /// A version-1 spec's preprocessing (what `ImageScorer`/`ImageFeaturizer` run).
     preprocessor: Option<Preprocessor>,
     backend: Backend,
@@ -242,6 +247,7 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     };
     if let Some((loaded, model)) = guard.as_ref()
         && *loaded == version
+        && model.tokenizers_unchanged()
     {
         return Ok(model.clone());
     }
@@ -251,7 +257,9 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(not_found)?;
     drop(file);
     let spec = Spec::from_bytes(&spec_path, &spec_bytes)?;
-    let model = Arc::new(Model::load(&path, bytes, spec, device, config)?);
+    // A text input's tokenizer file is named relative to the spec's folder.
+    let spec_dir = spec_path.parent().unwrap_or(Path::new("."));
+    let model = Arc::new(Model::load(&path, bytes, spec, spec_dir, device, config)?);
     *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
     Ok(model)
@@ -301,15 +309,30 @@ pub enum Target {
 }
 
 impl Model {
-    /// Builds the model from the file's `bytes` and its parsed `spec` (both read by the caller).
+    /// Builds the model from the file's `bytes` and its parsed `spec` (both read by the caller);
+    /// a text input's tokenizer is read from `spec_dir`.
     fn load(
         path: &Path,
         bytes: Vec<u8>,
         spec: Spec,
+        spec_dir: &Path,
         device: Device,
         config: &ModelConfig,
     ) -> Result<Model> {
         let precision = config.precision;
+        // Before the (slower) model: a bad tokenizer is a spec error naming its file.
+        let general = spec.general();
+        let tokenizers = general
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d.kind {
+                InputKind::Text => TextTokenizer::load(spec_dir, &format!("inputs[{i}]"), d)
+                    .map(Arc::new)
+                    .map(Some),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         if let Some(expected) = spec.sha256() {
             let actual: String = Sha256::digest(&bytes)
                 .iter()
@@ -369,7 +392,8 @@ impl Model {
                 Spec::Image(s) => Some(Preprocessor::new(s)),
                 Spec::General(_) => None,
             },
-            general: spec.general(),
+            general,
+            tokenizers,
             spec,
             backend,
             device,
@@ -386,6 +410,26 @@ impl Model {
     /// The spec in its general form (version 1 as one image input and one `output` vector).
     pub fn general(&self) -> &GeneralSpec {
         &self.general
+    }
+
+    /// Whether every tokenizer file is still the one loaded (as [`FileId`] tells a model
+    /// file): a tokenizer replaced beside an unchanged spec without a `tokenizer_sha256` pin
+    /// still reloads the model.
+    fn tokenizers_unchanged(&self) -> bool {
+        self.tokenizers.iter().flatten().all(|t| {
+            std::fs::metadata(t.file())
+                .is_ok_and(|now| FileId::of(&now) == FileId::of(t.metadata()))
+        })
+    }
+
+    /// The tokenizer of the `text` input named `input`; `None` for another kind or name.
+    pub fn tokenizer(&self, input: &str) -> Option<&TextTokenizer> {
+        self.general
+            .inputs
+            .iter()
+            .zip(&self.tokenizers)
+            .find(|(d, _)| d.name == input)
+            .and_then(|(_, t)| t.as_deref())
     }
 
     /// A version-1 (image) spec; a version-2 spec is an error naming the spec file.

@@ -19,6 +19,20 @@
 //!     {"name": "score", "from": "scores"}]}]}
 //! ```
 //!
+//! A text model (sentence-transformers' all-MiniLM-L6-v2, as `export_text_model` writes it):
+//!
+//! ```json
+//! {"spec_version": 2,
+//!  "inputs": [
+//!   {"name": "input_ids", "kind": "text", "column": "text", "dtype": "int64",
+//!    "tokenizer": "minilm.tokenizer.json", "max_length": 256, "vocab_size": 30522},
+//!   {"name": "attention_mask", "kind": "mask", "of": "input_ids", "dtype": "int64"},
+//!   {"name": "token_type_ids", "kind": "type_ids", "of": "input_ids", "dtype": "int64"}],
+//!  "outputs": [
+//!   {"name": "embedding", "column": "vector", "shape": [384],
+//!    "post": [{"op": "mean_pool", "mask": "attention_mask"}, {"op": "l2_normalize"}]}]}
+//! ```
+//!
 //! `forward` takes the inputs in their declared order. Shapes are per row (the batch dimension
 //! is not written); `-1` is a variable dimension, which needs `ragged`. docs/models.md is the
 //! reference; every rule below is enforced by [`GeneralSpec::validate`], whose errors name the
@@ -375,7 +389,8 @@ impl FieldDecl {
 }
 
 impl InputDecl {
-    /// The column(s) the input reads (a `mask` reads none).
+    /// The column(s) the input reads (generated kinds, `mask` and `type_ids`, read none; a
+    /// `text` input reads its one column).
     pub fn columns(&self) -> Vec<String> {
         match (&self.kind, &self.column) {
             (k, _) if k.is_generated() => vec![],
@@ -448,9 +463,29 @@ impl OutputDecl {
 impl GeneralSpec {
     /// Parses and validates; the error names the field.
     pub fn from_json(text: &str) -> std::result::Result<GeneralSpec, String> {
-        let spec: GeneralSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut spec: GeneralSpec = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        spec.normalize();
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Fills what a kind implies: a `text` input's rows are `[len]` token ids padded to the
+    /// batch's longest (`shape: [-1]`, `ragged: "pad"`, `pad_value` 0 unless written), so the
+    /// padding and mask code of tensor inputs serves it unchanged.
+    pub fn normalize(&mut self) {
+        for d in &mut self.inputs {
+            if d.kind == InputKind::Text {
+                if d.shape.is_empty() {
+                    d.shape = vec![-1];
+                }
+                if d.ragged.is_none() {
+                    d.ragged = Some(Ragged::Pad);
+                }
+                if d.pad_value.is_none() {
+                    d.pad_value = Some(0.0);
+                }
+            }
+        }
     }
 
     /// A version-1 image spec as a general one: input `image` (column `image`) and output
@@ -534,7 +569,9 @@ impl GeneralSpec {
             if !names.insert(o.name.as_str()) {
                 return Err(format!("{at}.name `{}` is declared twice", o.name));
             }
-            validate_output(&format!("outputs.{}", o.name), o)?;
+            let at = format!("outputs.{}", o.name);
+            validate_output(&at, o)?;
+            self.validate_post(&at, o)?;
         }
         if let Some(sha) = &self.sha256
             && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
@@ -550,6 +587,10 @@ impl GeneralSpec {
     }
 
     fn validate_input(&self, at: &str, d: &InputDecl) -> std::result::Result<(), String> {
+        // First: a text input's shape and ragged are implied, and its messages say so.
+        if d.kind == InputKind::Text {
+            check_text(at, d)?;
+        }
         if let Some(bad) = d.shape.iter().find(|&&s| s == 0 || s < -1) {
             return Err(format!(
                 "{at}.shape: {bad} is not a size (positive, or -1 for a variable dimension)"
@@ -560,14 +601,32 @@ impl GeneralSpec {
                 "{at}: channel_order and preprocess belong to `kind: \"image\"` inputs"
             ));
         }
-        if d.kind != InputKind::Mask && d.of.is_some() {
-            return Err(format!("{at}.of belongs to `kind: \"mask\"` inputs"));
+        if !d.kind.is_generated() && d.of.is_some() {
+            return Err(format!(
+                "{at}.of belongs to `kind: \"mask\"` and `kind: \"type_ids\"` inputs"
+            ));
         }
-        if d.kind == InputKind::Mask
+        if d.kind != InputKind::Text {
+            let text_only = [
+                ("tokenizer", d.tokenizer.is_some()),
+                ("max_length", d.max_length.is_some()),
+                ("vocab_size", d.vocab_size.is_some()),
+                ("tokenizer_sha256", d.tokenizer_sha256.is_some()),
+                ("add_special_tokens", d.add_special_tokens.is_some()),
+            ];
+            if let Some((field, _)) = text_only.iter().find(|(_, set)| *set) {
+                return Err(format!("{at}.{field} belongs to `kind: \"text\"` inputs"));
+            }
+        }
+        if d.kind.is_generated()
             && (!d.shape.is_empty() || d.ragged.is_some() || d.pad_value.is_some())
         {
+            let what = match d.kind {
+                InputKind::Mask => "a mask takes its",
+                _ => "type_ids take their",
+            };
             return Err(format!(
-                "{at}: a mask takes its shape from the input in `of`; remove shape, ragged and \
+                "{at}: {what} shape from the input in `of`; remove shape, ragged and \
                  pad_value"
             ));
         }
@@ -681,11 +740,148 @@ impl GeneralSpec {
                     None => return Err(format!("{at}.of: no input is named `{of}`")),
                 }
             }
-            // Issue 18 (contract stub): the text and type_ids rules.
-            InputKind::Text | InputKind::TypeIds => {}
+            // Checked first, in validate_input.
+            InputKind::Text => {}
+            InputKind::TypeIds => {
+                if d.column.is_some() {
+                    return Err(format!("{at}.column: type_ids are generated, not read"));
+                }
+                if !d.shape.is_empty() || d.ragged.is_some() || d.pad_value.is_some() {
+                    return Err(format!(
+                        "{at}: type_ids take their shape from the text input in `of`; remove \
+                         shape, ragged and pad_value"
+                    ));
+                }
+                if d.nan != NanPolicy::Pass {
+                    return Err(format!("{at}.nan: type_ids are generated, never NaN"));
+                }
+                let Some(of) = &d.of else {
+                    return Err(format!(
+                        "{at}.of must name the text input these type ids go with"
+                    ));
+                };
+                match self.inputs.iter().find(|x| &x.name == of) {
+                    Some(x) if x.kind == InputKind::Text => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "{at}.of: input `{of}` is not a `kind: \"text\"` input"
+                        ));
+                    }
+                    None => return Err(format!("{at}.of: no input is named `{of}`")),
+                }
+            }
         }
         Ok(())
     }
+
+    /// The rules of `post` that need the inputs: a pooling op's `mask` names a `kind: "mask"`
+    /// input; pooling ops take no `axis` (they reduce the rows' token axis 0); only pooling
+    /// ops take a `mask`.
+    fn validate_post(&self, at: &str, o: &OutputDecl) -> std::result::Result<(), String> {
+        for (k, p) in o.post.iter().enumerate() {
+            let at = format!("{at}.post[{k}]");
+            let pool = matches!(
+                p.op,
+                PostKind::MeanPool | PostKind::ClsPool | PostKind::MaxPool
+            );
+            if !pool {
+                if p.mask.is_some() {
+                    return Err(format!(
+                        "{at}.mask belongs to the pooling ops (mean_pool, cls_pool, max_pool)"
+                    ));
+                }
+                continue;
+            }
+            if p.axis.is_some() {
+                return Err(format!(
+                    "{at}.axis: a pooling op reduces the tokens (axis 0 of each [T, H] row); \
+                     remove axis"
+                ));
+            }
+            let Some(mask) = &p.mask else {
+                return Err(format!(
+                    "{at}.mask must name the `kind: \"mask\"` input that marks the real tokens"
+                ));
+            };
+            match self.inputs.iter().find(|x| &x.name == mask) {
+                Some(x) if x.kind == InputKind::Mask => {}
+                Some(_) => {
+                    return Err(format!(
+                        "{at}.mask: input `{mask}` is not a `kind: \"mask\"` input"
+                    ));
+                }
+                None => return Err(format!("{at}.mask: no input is named `{mask}`")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `text` input (after [`GeneralSpec::normalize`]): token ids from one string column.
+fn check_text(at: &str, d: &InputDecl) -> std::result::Result<(), String> {
+    if !matches!(d.dtype, DType::Int64 | DType::Int32) {
+        return Err(format!(
+            "{at}.dtype: a text input gives token ids, int64 or int32, not {}; write \
+             \"dtype\": \"int64\"",
+            d.dtype
+        ));
+    }
+    if matches!(d.column, Some(Columns::Gather(_))) {
+        return Err(format!("{at}.column: a text input reads one column"));
+    }
+    if d.shape != [-1] {
+        return Err(format!(
+            "{at}.shape: a text input's rows are [-1] (token ids of any length), not {:?}; \
+             omit shape",
+            d.shape
+        ));
+    }
+    if d.ragged != Some(Ragged::Pad) {
+        return Err(format!(
+            "{at}.ragged: a text input is padded to the batch's longest row (\"pad\"); omit \
+             ragged"
+        ));
+    }
+    if d.nan != NanPolicy::Pass {
+        return Err(format!("{at}.nan: token ids are never NaN; remove nan"));
+    }
+    match d.tokenizer.as_deref() {
+        None | Some("") => {
+            return Err(format!(
+                "{at}.tokenizer must name the tokenizer.json file beside the spec"
+            ));
+        }
+        Some(t) if t.contains('/') || t.contains('\\') || t.contains("..") || t == "." => {
+            return Err(format!(
+                "{at}.tokenizer `{t}` must be a file name in the spec's folder (no `/` or \
+                 `..`): the tokenizer ships with the model"
+            ));
+        }
+        Some(_) => {}
+    }
+    match d.max_length {
+        None => {
+            return Err(format!(
+                "{at}.max_length must be set: the most tokens per row, [CLS] and [SEP] \
+                 included (the model's max_seq_length)"
+            ));
+        }
+        Some(n) if n < 2 => {
+            return Err(format!(
+                "{at}.max_length {n} is too small: at least 2 ([CLS] and [SEP])"
+            ));
+        }
+        Some(_) => {}
+    }
+    if d.vocab_size == Some(0) {
+        return Err(format!("{at}.vocab_size must be positive"));
+    }
+    if let Some(sha) = &d.tokenizer_sha256
+        && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(format!("{at}.tokenizer_sha256 must be 64 hex digits"));
+    }
+    Ok(())
 }
 
 fn check_image(at: &str, d: &InputDecl) -> std::result::Result<(), String> {
@@ -793,4 +989,242 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
         return Err(format!("{at}.dtype: argmax gives integer class indices"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed unwrap is a failed test, with its location.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    const TEXT: &str = r#"{"spec_version": 2,
+      "inputs": [
+        {"name": "input_ids", "kind": "text", "column": "text", "dtype": "int64",
+         "tokenizer": "minilm.tokenizer.json", "max_length": 256, "vocab_size": 30522},
+        {"name": "attention_mask", "kind": "mask", "of": "input_ids", "dtype": "int64"},
+        {"name": "token_type_ids", "kind": "type_ids", "of": "input_ids", "dtype": "int64"}],
+      "outputs": [
+        {"name": "embedding", "column": "vector", "shape": [384],
+         "post": [{"op": "mean_pool", "mask": "attention_mask"}, {"op": "l2_normalize"}]}]}"#;
+
+    fn text_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<GeneralSpec, String> {
+        let mut v: serde_json::Value = serde_json::from_str(TEXT).unwrap();
+        edit(&mut v);
+        GeneralSpec::from_json(&v.to_string())
+    }
+
+    fn refused(edit: impl FnOnce(&mut serde_json::Value), needles: &[&str]) {
+        let e = text_with(edit).unwrap_err();
+        for n in needles {
+            assert!(e.contains(n), "`{e}` does not contain `{n}`");
+        }
+    }
+
+    #[test]
+    fn text_input_is_normalized_to_padded_ids() {
+        let g = text_with(|_| {}).unwrap();
+        let d = &g.inputs[0];
+        assert_eq!(d.shape, vec![-1]);
+        assert_eq!(d.ragged, Some(Ragged::Pad));
+        assert_eq!(d.pad_value, Some(0.0));
+        assert_eq!(d.columns(), vec!["text".to_string()]);
+        assert!(g.inputs[1].columns().is_empty());
+        assert!(g.inputs[2].columns().is_empty());
+        assert_eq!(g.outputs[0].post[1].axis(), -1);
+        // A written pad value (RoBERTa's pad id is 1) is kept.
+        let g = text_with(|v| v["inputs"][0]["pad_value"] = 1.into()).unwrap();
+        assert_eq!(g.inputs[0].pad_value, Some(1.0));
+        // Writing the implied shape and ragged is allowed.
+        text_with(|v| {
+            v["inputs"][0]["shape"] = serde_json::json!([-1]);
+            v["inputs"][0]["ragged"] = "pad".into();
+        })
+        .unwrap();
+        // int32 ids, no optional fields.
+        text_with(|v| {
+            v["inputs"][0]["dtype"] = "int32".into();
+            v["inputs"][0].as_object_mut().unwrap().remove("vocab_size");
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn text_input_rules_name_the_field() {
+        refused(
+            |v| {
+                v["inputs"][0].as_object_mut().unwrap().remove("dtype");
+            },
+            &["inputs[0].dtype", "float32", "\"dtype\": \"int64\""],
+        );
+        refused(
+            |v| {
+                v["inputs"][0].as_object_mut().unwrap().remove("tokenizer");
+            },
+            &["inputs[0].tokenizer"],
+        );
+        for bad in ["../t.json", "sub/t.json", "..", "a\\b.json"] {
+            refused(
+                |v| v["inputs"][0]["tokenizer"] = bad.into(),
+                &["inputs[0].tokenizer", "file name"],
+            );
+        }
+        refused(
+            |v| {
+                v["inputs"][0].as_object_mut().unwrap().remove("max_length");
+            },
+            &["inputs[0].max_length must be set"],
+        );
+        refused(
+            |v| v["inputs"][0]["max_length"] = 1.into(),
+            &["inputs[0].max_length 1", "at least 2"],
+        );
+        refused(
+            |v| v["inputs"][0]["column"] = serde_json::json!(["a", "b"]),
+            &["inputs[0].column", "one column"],
+        );
+        refused(
+            |v| v["inputs"][0]["shape"] = serde_json::json!([5]),
+            &["inputs[0].shape", "[-1]"],
+        );
+        refused(
+            |v| v["inputs"][0]["ragged"] = "list".into(),
+            &["inputs[0].ragged", "pad"],
+        );
+        refused(
+            |v| v["inputs"][0]["nan"] = "error".into(),
+            &["inputs[0].nan"],
+        );
+        refused(
+            |v| v["inputs"][0]["channel_order"] = "BGR".into(),
+            &["inputs[0]", "channel_order"],
+        );
+        refused(
+            |v| v["inputs"][0]["preprocess"] = serde_json::json!({"scale": 1.0}),
+            &["inputs[0]", "preprocess"],
+        );
+        refused(
+            |v| v["inputs"][0]["tokenizer_sha256"] = "abc".into(),
+            &["inputs[0].tokenizer_sha256", "64 hex"],
+        );
+        refused(
+            |v| v["inputs"][0]["vocab_size"] = 0.into(),
+            &["inputs[0].vocab_size"],
+        );
+        refused(
+            |v| v["inputs"][0]["pad_value"] = 0.5.into(),
+            &["inputs[0].pad_value"],
+        );
+    }
+
+    #[test]
+    fn tokenizer_fields_belong_to_text_inputs() {
+        for (field, value) in [
+            ("tokenizer", serde_json::json!("t.json")),
+            ("max_length", serde_json::json!(8)),
+            ("vocab_size", serde_json::json!(8)),
+            ("tokenizer_sha256", serde_json::json!("0".repeat(64))),
+            ("add_special_tokens", serde_json::json!(false)),
+        ] {
+            refused(
+                |v| v["inputs"][1][field] = value.clone(),
+                &[&format!("inputs[1].{field} belongs to"), "text"],
+            );
+        }
+    }
+
+    #[test]
+    fn type_ids_need_a_text_input() {
+        refused(
+            |v| {
+                v["inputs"][2].as_object_mut().unwrap().remove("of");
+            },
+            &["inputs[2].of must name"],
+        );
+        refused(
+            |v| v["inputs"][2]["of"] = "attention_mask".into(),
+            &["inputs[2].of", "`attention_mask` is not", "text"],
+        );
+        refused(
+            |v| v["inputs"][2]["of"] = "nope".into(),
+            &["inputs[2].of: no input is named `nope`"],
+        );
+        refused(
+            |v| v["inputs"][2]["column"] = "t".into(),
+            &["inputs[2].column", "generated"],
+        );
+        refused(
+            |v| v["inputs"][2]["shape"] = serde_json::json!([-1]),
+            &["inputs[2]", "remove shape"],
+        );
+        // `of` stays refused on kinds that are not generated.
+        refused(
+            |v| v["inputs"][0]["of"] = "x".into(),
+            &["inputs[0].of belongs to"],
+        );
+    }
+
+    #[test]
+    fn pooling_ops_need_a_mask_input_and_no_axis() {
+        refused(
+            |v| {
+                v["outputs"][0]["post"][0]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("mask");
+            },
+            &["outputs.embedding.post[0].mask must name"],
+        );
+        for op in ["cls_pool", "max_pool"] {
+            refused(
+                |v| {
+                    v["outputs"][0]["post"][0] = serde_json::json!({"op": op});
+                },
+                &["outputs.embedding.post[0].mask"],
+            );
+        }
+        refused(
+            |v| v["outputs"][0]["post"][0]["mask"] = "input_ids".into(),
+            &["outputs.embedding.post[0].mask", "`input_ids` is not"],
+        );
+        refused(
+            |v| v["outputs"][0]["post"][0]["mask"] = "nope".into(),
+            &["outputs.embedding.post[0].mask: no input is named `nope`"],
+        );
+        refused(
+            |v| v["outputs"][0]["post"][0]["axis"] = 0.into(),
+            &["outputs.embedding.post[0].axis", "remove axis"],
+        );
+        // l2_normalize: an axis is fine, a mask is not; neither for softmax/sigmoid/argmax.
+        text_with(|v| v["outputs"][0]["post"][1]["axis"] = 0.into()).unwrap();
+        for (k, op) in [
+            (1, "l2_normalize"),
+            (1, "softmax"),
+            (1, "sigmoid"),
+            (1, "argmax"),
+        ] {
+            refused(
+                |v| {
+                    v["outputs"][0]["post"][k] =
+                        serde_json::json!({"op": op, "mask": "attention_mask"});
+                },
+                &[&format!("outputs.embedding.post[{k}].mask belongs to")],
+            );
+        }
+        for op in ["cls_pool", "max_pool"] {
+            text_with(|v| v["outputs"][0]["post"][0]["op"] = op.into()).unwrap();
+        }
+    }
+
+    #[test]
+    fn mask_of_may_name_a_text_input() {
+        let g = text_with(|_| {}).unwrap();
+        assert_eq!(g.inputs[1].of.as_deref(), Some("input_ids"));
+        // A model with no type ids and no mask (ids only) is fine too.
+        text_with(|v| {
+            v["inputs"] = serde_json::json!([v["inputs"][0].clone()]);
+            v["outputs"][0]["post"] = serde_json::json!([{"op": "l2_normalize"}]);
+        })
+        .unwrap();
+    }
 }

@@ -189,7 +189,8 @@ private[torchspark] object ArrowCodec {
         get("torchspark.preprocess_ns"),
         get("torchspark.forward_ns"),
         get("torchspark.decode_ns"),
-        get("torchspark.resize_ns")
+        get("torchspark.resize_ns"),
+        get("torchspark.truncated_rows")
       )
     } finally reader.close()
   }

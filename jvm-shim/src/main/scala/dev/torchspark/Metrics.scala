@@ -14,6 +14,9 @@ import org.apache.spark.util.LongAccumulator
   *   - `decodeTimeMs`, `resizeTimeMs`: the decode and resize parts of `preprocessTimeMs`, summed
   *     over rows (with `numThreads` > 1 rows are preprocessed in parallel, so these are thread time
   *     and their sum can exceed `preprocessTimeMs`, which is wall time).
+  *
+  * `truncatedRows` counts text rows cut at the spec's `max_length` (the rest of the text is not
+  * embedded); `decodeTimeMs` holds the tokenizing time of text rows.
   */
 final class TorchSparkMetrics private (
     val imagesScored: LongAccumulator,
@@ -26,7 +29,8 @@ final class TorchSparkMetrics private (
     val preprocessTimeMs: LongAccumulator,
     val forwardTimeMs: LongAccumulator,
     val decodeTimeMs: LongAccumulator,
-    val resizeTimeMs: LongAccumulator
+    val resizeTimeMs: LongAccumulator,
+    val truncatedRows: LongAccumulator
 ) extends Serializable {
 
   /** Name → value of every counter. */
@@ -41,7 +45,8 @@ final class TorchSparkMetrics private (
     "preprocessTimeMs" -> preprocessTimeMs.value.longValue,
     "forwardTimeMs" -> forwardTimeMs.value.longValue,
     "decodeTimeMs" -> decodeTimeMs.value.longValue,
-    "resizeTimeMs" -> resizeTimeMs.value.longValue
+    "resizeTimeMs" -> resizeTimeMs.value.longValue,
+    "truncatedRows" -> truncatedRows.value.longValue
   )
 
   /** [[values]] for Java and py4j callers, in a stable order. */
@@ -69,7 +74,8 @@ object TorchSparkMetrics {
       acc("preprocessTimeMs"),
       acc("forwardTimeMs"),
       acc("decodeTimeMs"),
-      acc("resizeTimeMs")
+      acc("resizeTimeMs"),
+      acc("truncatedRows")
     )
   }
 }
@@ -79,7 +85,8 @@ private[torchspark] final case class StageNanos(
     preprocess: Long,
     forward: Long,
     decode: Long,
-    resize: Long
+    resize: Long,
+    truncatedRows: Long = 0L
 )
 
 /** One task's stage clocks, in nanoseconds, added to the accumulators once when it ends (adding per

@@ -48,8 +48,19 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
     new String(bytes, StandardCharsets.UTF_8)
   }
 
-  /** Checks that the model and its spec exist; driver-side, before a job starts. */
-  def check(): Unit = if (isRemote) ModelSource.statBoth(path, conf.value)
+  /** Checks that the model, its spec and the tokenizer files the spec names exist; driver-side,
+    * before a job starts.
+    */
+  def check(): Unit = if (isRemote) {
+    val (_, spec) = ModelSource.statBoth(path, conf.value)
+    val specBytes = ModelSource.readAll(spec.getPath, conf.value, ModelSource.specOf(path))
+    ModelSource.statTokenizers(
+      path,
+      ModelSource.tokenizersOf(specBytes, ModelSource.specOf(path)),
+      conf.value
+    )
+    ()
+  }
 }
 
 object ModelSource {
@@ -165,15 +176,79 @@ object ModelSource {
   // Threads of one JVM must not take the same file lock twice (OverlappingFileLockException).
   private val jvmLocks = new ConcurrentHashMap[String, Object]()
 
-  /** The cache entry of one version of a model: a hash of its URI and both files' lengths and
-    * modification times. Anyone can compute it, so it is a name, never a proof: what is found there
-    * is checked against the source before it is used.
+  /** The cache entry of one version of a model: a hash of its URI and the lengths and modification
+    * times of the model, its spec and the spec's tokenizer files. Anyone can compute it, so it is a
+    * name, never a proof: what is found there is checked against the source before it is used.
     */
-  def cacheKey(uri: String, model: FileStatus, spec: FileStatus): String =
+  def cacheKey(
+      uri: String,
+      model: FileStatus,
+      spec: FileStatus,
+      tokenizers: Seq[FileStatus] = Nil
+  ): String =
     hex(
-      Seq(uri, model.getLen, model.getModificationTime, spec.getLen, spec.getModificationTime)
+      (Seq(uri, model.getLen, model.getModificationTime, spec.getLen, spec.getModificationTime) ++
+        tokenizers.flatMap(t => Seq(t.getPath.getName, t.getLen, t.getModificationTime)))
         .mkString("\n")
     )
+
+  /** A tokenizer file a text input of the spec names (`tokenizer`, a plain file name beside the
+    * spec) and its `tokenizer_sha256` pin, if any.
+    */
+  private[torchspark] final case class TokenizerFile(name: String, pin: Option[String])
+
+  /** The tokenizer files of the spec's text inputs, in order, each once.
+    * @throws ModelSpecException
+    *   the spec is not JSON, or a `tokenizer` is not a plain file name (it is cached beside the
+    *   model under that name)
+    */
+  private[torchspark] def tokenizersOf(
+      specBytes: Array[Byte],
+      specUri: String
+  ): Seq[TokenizerFile] = {
+    val root =
+      try new com.fasterxml.jackson.databind.ObjectMapper().readTree(specBytes)
+      catch {
+        case e: IOException =>
+          throw new ModelSpecException(s"model spec $specUri is not valid JSON: ${e.getMessage}", e)
+      }
+    val inputs = Option(root).flatMap(r => Option(r.get("inputs"))).filter(_.isArray)
+    val found = inputs.toSeq.flatMap { arr =>
+      (0 until arr.size).flatMap { i =>
+        val d = arr.get(i)
+        Option(d.get("tokenizer")).filter(_.isTextual).map(_.asText).map { name =>
+          if (
+            name.isEmpty || name.contains('/') || name.contains('\\') || name == "." || name == ".."
+          )
+            throw new ModelSpecException(
+              s"model spec $specUri: inputs[$i].tokenizer `$name` must be a plain file name " +
+                "beside the spec"
+            )
+          TokenizerFile(
+            name,
+            Option(d.get("tokenizer_sha256")).filter(_.isTextual).map(_.asText)
+          )
+        }
+      }
+    }
+    found.groupBy(_.name).values.map(_.head).toSeq.sortBy(t => found.indexWhere(_.name == t.name))
+  }
+
+  /** The status of each tokenizer file beside the model `uri` (an error names a missing one). */
+  private def statTokenizers(
+      uri: String,
+      tokenizers: Seq[TokenizerFile],
+      conf: Configuration
+  ): Seq[FileStatus] =
+    tokenizers.map { t =>
+      val st = stat(beside(uri, t.name), s"tokenizer ${t.name} (named by the model spec)", conf)
+      if (!st.isFile)
+        throw new ModelLoadException(s"tokenizer ${beside(uri, t.name)} is not a file")
+      st
+    }
+
+  private def beside(uri: String, name: String): String =
+    new HPath(new HPath(uri).getParent, name).toString
 
   /** Copies `uri` and its spec into the node cache once per (URI, length, modification time), under
     * a file lock (several executors can share a node), and returns the local model path.
@@ -186,27 +261,37 @@ object ModelSource {
     * digest must equal it. A copy of ours that fails these checks (a torn or stale copy) is copied
     * again; one that still fails means the source changed during the copy, or does not match its
     * own pin, and is refused.
+    *
+    * The tokenizer files a text input of the spec names (`tokenizer`, beside the spec) are copied
+    * with it and checked the same way: length, and `tokenizer_sha256` when pinned. A missing one is
+    * a [[ModelLoadException]] naming its URI.
     */
   def fetch(uri: String, conf: Configuration): String = {
     val (model, spec) = statBoth(uri, conf)
     val specBytes = readAll(spec.getPath, conf, specOf(uri))
     val pin = pinnedSha256(specBytes, specOf(uri))
+    // The spec's tokenizers travel with it: the native side reads them beside the spec.
+    val tokenizers = tokenizersOf(specBytes, specOf(uri))
+    val tokenizerStats = statTokenizers(uri, tokenizers, conf)
     val root = privateCacheDir()
-    val key = cacheKey(uri, model, spec)
+    val key = cacheKey(uri, model, spec, tokenizerStats)
     val dir = new File(root, key)
     val name = new HPath(uri).getName
     val local = new File(dir, name)
     val localSpec = new File(dir, specOf(name))
     val done = new File(dir, ".complete")
+    val localTokenizers = tokenizers.zip(tokenizerStats).map { case (t, st) =>
+      CachedTokenizer(new File(dir, t.name), st.getLen, t.pin)
+    }
     val remedy = cacheRemedy(dir)
     def fresh(): Option[String] = {
       PrivateDir.check(dir.toPath, true, cacheWhat + " entry", remedy)
-      Seq(local, localSpec, done)
+      (Seq(local, localSpec, done) ++ localTokenizers.map(_.file))
         .filter(f => Files.exists(f.toPath, LinkOption.NOFOLLOW_LINKS))
         .foreach { f =>
           PrivateDir.check(f.toPath, false, "the cached file", remedy)
         }
-      staleness(local, localSpec, done, model.getLen, specBytes, pin)
+      staleness(local, localSpec, done, model.getLen, specBytes, pin, localTokenizers)
     }
     def cannotCopy(e: IOException) = new ModelLoadException(
       s"cannot copy model $uri into the node cache $dir on host ${NativeLoader.hostName()}: $e",
@@ -229,6 +314,9 @@ object ModelSource {
               Files.deleteIfExists(done.toPath)
               copy(model.getPath, local, conf, uri)
               write(localSpec, specBytes)
+              tokenizerStats.zip(localTokenizers).foreach { case (st, t) =>
+                copy(st.getPath, t.file, conf, beside(uri, t.file.getName))
+              }
               write(done, uri.getBytes(StandardCharsets.UTF_8))
               fresh().foreach { why =>
                 throw new ModelLoadException(
@@ -252,6 +340,9 @@ object ModelSource {
   // fetch replaces files by rename), so it is hashed once, not per task.
   private val verified = new ConcurrentHashMap[(String, String), String]()
 
+  /** A tokenizer's place in a cache entry, its source's length and its pin. */
+  private final case class CachedTokenizer(file: File, length: Long, pin: Option[String])
+
   /** Why the cached copy cannot be used as is, or None when it matches the source. */
   private def staleness(
       local: File,
@@ -259,28 +350,49 @@ object ModelSource {
       done: File,
       length: Long,
       specBytes: Array[Byte],
-      pin: Option[String]
+      pin: Option[String],
+      tokenizers: Seq[CachedTokenizer]
   ): Option[String] = {
-    if (!done.isFile || !local.isFile || !localSpec.isFile) return Some("the copy is incomplete")
+    if (!done.isFile || !local.isFile || !localSpec.isFile || !tokenizers.forall(_.file.isFile))
+      return Some("the copy is incomplete")
     if (local.length() != length)
       return Some(s"the cached model has ${local.length()} bytes, the source $length")
     if (!java.util.Arrays.equals(Files.readAllBytes(localSpec.toPath), specBytes))
       return Some("the cached spec differs from the source's")
-    pin.flatMap { expected =>
-      val stat = Files.readAttributes(
-        local.toPath,
+    val tokenizerWhy = tokenizers.iterator.map { t =>
+      val name = t.file.getName
+      if (t.file.length() != t.length)
+        Some(s"the cached tokenizer $name has ${t.file.length()} bytes, the source ${t.length}")
+      else
+        t.pin.flatMap { expected =>
+          val actual = digest(t.file)
+          if (actual.equalsIgnoreCase(expected)) None
+          else Some(s"the tokenizer $name's sha256 is $actual, the spec pins $expected")
+        }
+    }
+    tokenizerWhy.collectFirst { case Some(why) => why }.orElse {
+      pin.flatMap { expected =>
+        val actual = digest(local)
+        if (actual.equalsIgnoreCase(expected)) None
+        else Some(s"the cached model's sha256 is $actual, the spec pins $expected")
+      }
+    }
+  }
+
+  /** `f`'s sha256, hashed once per stat identity (see [[verified]]). */
+  private def digest(f: File): String = {
+    val stat =
+      Files.readAttributes(
+        f.toPath,
         "unix:ino,size,lastModifiedTime,ctime",
         LinkOption.NOFOLLOW_LINKS
       )
-      val id =
-        (local.getPath, Seq("ino", "size", "lastModifiedTime", "ctime").map(stat.get).mkString(" "))
-      val actual = Option(verified.get(id)).getOrElse {
-        val d = sha256File(local)
-        verified.put(id, d)
-        d
-      }
-      if (actual.equalsIgnoreCase(expected)) None
-      else Some(s"the cached model's sha256 is $actual, the spec pins $expected")
+    val id =
+      (f.getPath, Seq("ino", "size", "lastModifiedTime", "ctime").map(stat.get).mkString(" "))
+    Option(verified.get(id)).getOrElse {
+      val d = sha256File(f)
+      verified.put(id, d)
+      d
     }
   }
 

@@ -110,7 +110,8 @@ private[torchspark] object NativeRunner {
 
   /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
     * row order; `encode` turns a batch of rows into the native call's Arrow input, `decode` turns a
-    * native result into per-row outputs or an error.
+    * native result into per-row outputs or an error. `rowsPerCall` (0: `batchSize`) rows go into
+    * one native call, which runs them in forward passes of `batchSize` rows.
     */
   def transform(
       df: DataFrame,
@@ -121,7 +122,8 @@ private[torchspark] object NativeRunner {
       encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
-      optionsExtra: String
+      optionsExtra: String,
+      rowsPerCall: Int = 0
   ): DataFrame = {
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
     val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
@@ -129,6 +131,7 @@ private[torchspark] object NativeRunner {
     val source = ModelSource(df.sparkSession, p.getModelPath)
     DriverCheck(df.sparkSession, source, device, precision)
     val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
+    val perCall = if (rowsPerCall > 0) rowsPerCall else batchSize
     val maxPixels = p.getMaxPixels
     df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(source, device, threadsFor(numThreads), precision)
@@ -149,7 +152,7 @@ private[torchspark] object NativeRunner {
         }
       }
       var offset = 0L
-      rows.grouped(batchSize).flatMap { group =>
+      rows.grouped(perCall).flatMap { group =>
         val t0 = System.nanoTime()
         val options =
           s"""{"batch_size": $batchSize, "row_offset": $offset, "max_pixels": $maxPixels$optionsExtra}"""
@@ -186,6 +189,7 @@ private[torchspark] object NativeRunner {
           }
           .toArray
         metrics.imagesScored.add(scored)
+        if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
         clock.native += t2 - t1
         clock.preprocess += stages.preprocess
         clock.forward += stages.forward

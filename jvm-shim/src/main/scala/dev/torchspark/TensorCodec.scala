@@ -30,7 +30,8 @@ import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
 /** One declared input of a model, as `NativeBridge.describe` lists it (`torchspark.inputs`): `kind`
-  * is tensor, image or mask; `columns` the spec's columns.
+  * is tensor, image, text, mask or type_ids; `columns` the spec's columns (none for a generated
+  * input).
   */
 private[torchspark] final case class ModelInput(
     name: String,
@@ -40,6 +41,10 @@ private[torchspark] final case class ModelInput(
     shape: Seq[Long]
 ) {
   def isMask: Boolean = kind == "mask"
+
+  /** Made natively from another input (`mask`, `type_ids`): it reads no column. */
+  def isGenerated: Boolean = kind == "mask" || kind == "type_ids"
+  def isText: Boolean = kind == "text"
   def isImage: Boolean = kind == "image"
   def shapeText: String = shape.mkString("[", ", ", "]")
 }
@@ -52,8 +57,8 @@ private[torchspark] final case class ModelSchema(
     outputs: Seq[StructField]
 ) {
 
-  /** The inputs read from columns (a mask is generated natively). */
-  def dataInputs: Seq[ModelInput] = inputs.filterNot(_.isMask)
+  /** The inputs read from columns (a mask or type_ids is generated natively). */
+  def dataInputs: Seq[ModelInput] = inputs.filterNot(_.isGenerated)
 }
 
 private[torchspark] object ModelSchema {
@@ -154,6 +159,9 @@ private[torchspark] object TensorCodec {
   /** A numeric scalar type (one value per row, gathered with others into a vector). */
   def isScalar(dt: DataType): Boolean = isNumeric(dt)
 
+  /** A column a text input reads: a string, or binary holding UTF-8 bytes. */
+  def isText(dt: DataType): Boolean = dt == StringType || dt == BinaryType
+
   /** Spark's image struct (the `image` data source's column). */
   def isImageStruct(dt: DataType): Boolean = dt match {
     case s: StructType => Seq("height", "width", "nChannels", "data").forall(s.fieldNames.contains)
@@ -161,10 +169,10 @@ private[torchspark] object TensorCodec {
   }
 
   /** Why a column of type `dt` cannot be sent, or None: numeric scalars, (nested) arrays of them,
-    * ML Vectors, binary and Spark's image struct can.
+    * ML Vectors, binary, strings (for text inputs: see [[isText]]) and Spark's image struct can.
     */
   def unsupported(dt: DataType): Option[String] = dt match {
-    case BinaryType                               => None
+    case BinaryType | StringType                  => None
     case d if isNumeric(d)                        => None
     case d if d == SQLDataTypes.VectorType        => None
     case s: StructType if isImageStruct(s)        => None
@@ -172,7 +180,8 @@ private[torchspark] object TensorCodec {
     case other                                    =>
       Some(
         s"has type ${other.simpleString}; torchspark reads numbers (numeric columns, nested " +
-          "arrays of numbers, ML Vectors), binary (encoded images) and Spark's image struct"
+          "arrays of numbers, ML Vectors), binary (encoded images, UTF-8 text), strings (text) " +
+          "and Spark's image struct"
       )
   }
 
@@ -235,6 +244,7 @@ private[torchspark] object TensorCodec {
       case ByteType        => nullable(new ArrowType.Int(8, true))
       case BooleanType     => nullable(ArrowType.Bool.INSTANCE)
       case BinaryType      => nullable(ArrowType.Binary.INSTANCE)
+      case StringType      => nullable(ArrowType.Utf8.INSTANCE)
       case ArrayType(e, _) => nullable(ArrowType.List.INSTANCE, arrowField("item", e))
       case d if d == SQLDataTypes.VectorType => vectorStruct
       case other                             =>
@@ -300,6 +310,18 @@ private[torchspark] object TensorCodec {
       v match {
         case b: Array[Byte] => vector.setSafe(n, b)
         case _              => vector.setNull(n)
+      }
+      n += 1
+    }
+    def finish(): Unit = vector.setValueCount(n)
+  }
+
+  /** Strings as Arrow Utf8; a null stays null (the native text reader makes it a row error). */
+  private final class Strings(vector: VarCharVector) extends Appender {
+    def append(v: Any): Unit = {
+      v match {
+        case s: String => vector.setSafe(n, s.getBytes(java.nio.charset.StandardCharsets.UTF_8))
+        case _         => vector.setNull(n)
       }
       n += 1
     }
@@ -373,6 +395,7 @@ private[torchspark] object TensorCodec {
     case (x: BitVector, _)      =>
       new Scalars(x, (i, y) => x.setSafe(i, if (y.asInstanceOf[Boolean]) 1 else 0))
     case (x: VarBinaryVector, _)          => new Binaries(x)
+    case (x: VarCharVector, _)            => new Strings(x)
     case (x: ListVector, ArrayType(e, _)) => new Lists(x, appender(x.getDataVector, e))
     case (x: StructVector, _)             => new VectorStructs(x)
     case (x, _)                           =>
@@ -385,6 +408,7 @@ private[torchspark] object TensorCodec {
   def typeOfValue(v: Any): Option[DataType] = v match {
     case null                       => None
     case _: Array[Byte]             => Some(BinaryType)
+    case _: String                  => Some(StringType)
     case _: Vector                  => Some(SQLDataTypes.VectorType)
     case r: Row if r.schema != null => Some(r.schema)
     case _: java.lang.Double        => Some(DoubleType)
@@ -403,7 +427,7 @@ private[torchspark] object TensorCodec {
       )
     case other =>
       throw new IllegalArgumentException(
-        s"a value of ${other.getClass.getName}: ${unsupported(StringType).orNull}"
+        s"a value of ${other.getClass.getName}: ${unsupported(CalendarIntervalType).orNull}"
       )
   }
 

@@ -14,8 +14,9 @@ import org.apache.spark.sql.types._
   * Appends one column per declared output, in the spec's order (named as the outputs, or as
   * `outputCols` renames them): a scalar (double, float, long, int), an ML Vector, a nested array,
   * an `array<struct<...>>` or a binary PNG; and, with `handleInvalid=keep`, `errorCol`. Inputs read
-  * the spec's columns unless `inputCols` maps them elsewhere. A version-1 (image) spec also runs:
-  * input `image`, output `output` (a Vector).
+  * the spec's columns unless `inputCols` maps them elsewhere; a `text` input reads a string (or
+  * UTF-8 binary) column, tokenized natively ([[TextEmbedder]] is its preset for embeddings). A
+  * version-1 (image) spec also runs: input `image`, output `output` (a Vector).
   */
 class TorchModel(override val uid: String)
     extends Transformer
@@ -51,14 +52,16 @@ class TorchModel(override val uid: String)
   private def who = s"TorchModel($getModelPath)"
 
   /** The spec's inputs and outputs (read beside the model on this JVM, described natively). */
-  private def modelSchema(): ModelSchema = {
+  private[torchspark] def modelSchema(): ModelSchema = {
     require(isDefined(modelPath), "TorchModel: set modelPath")
     ModelSchema.of(ModelSource(SparkSession.active, getModelPath).specText())
   }
 
   /** Each data input with the columns it reads from `schema`, and each output's Spark field. */
-  private def plan(schema: StructType): (Seq[(ModelInput, Seq[String])], Seq[StructField]) = {
-    val model = modelSchema()
+  private def plan(
+      schema: StructType,
+      model: ModelSchema
+  ): (Seq[(ModelInput, Seq[String])], Seq[StructField]) = {
     val data = model.dataInputs
     val inputMap = pairs(getInputCols, "inputCols", data.map(_.name), "input")
     val outputMap =
@@ -104,11 +107,30 @@ class TorchModel(override val uid: String)
           s"${schema.fieldNames.mkString(", ")}); map the input to a column with inputCols " +
           s"""("${d.name}=<column>")"""
       )
-      TensorCodec.unsupported(schema(c).dataType).foreach { why =>
-        throw new IllegalArgumentException(s"$where: column `$c` $why")
+      val dt = schema(c).dataType
+      if (d.isText)
+        require(
+          TensorCodec.isText(dt),
+          s"$where reads column `$c` of type ${dt.simpleString}: a text input reads a string or " +
+            "binary (UTF-8) column"
+        )
+      else {
+        TensorCodec.unsupported(dt).foreach { why =>
+          throw new IllegalArgumentException(s"$where: column `$c` $why")
+        }
+        require(
+          dt != StringType,
+          s"$where reads column `$c` of type string: only a text input (kind text, with a " +
+            "tokenizer) reads strings"
+        )
       }
     }
-    if (d.isImage) {
+    if (d.isText)
+      require(
+        cols.size == 1,
+        s"$where reads ${cols.mkString(", ")}: a text input reads one string column"
+      )
+    else if (d.isImage) {
       val dt = schema(cols.head).dataType
       require(
         cols.size == 1 && (dt == BinaryType || TensorCodec.isImageStruct(dt)),
@@ -125,13 +147,16 @@ class TorchModel(override val uid: String)
   }
 
   override def transformSchema(schema: StructType): StructType = {
-    val (_, outputs) = plan(schema)
+    val (_, outputs) = plan(schema, modelSchema())
     appendOutputs(schema, outputs)
   }
 
-  override def transform(dataset: Dataset[_]): DataFrame = {
-    // One read of the spec (it may be in cluster storage) and one describe per transform.
-    val (inputs, outputs) = plan(dataset.schema)
+  // One read of the spec (it may be in cluster storage) and one describe per transform.
+  override def transform(dataset: Dataset[_]): DataFrame = run(dataset, modelSchema())
+
+  /** transform with the spec `model` already read (TextEmbedder reads it to check it). */
+  private[torchspark] def run(dataset: Dataset[_], model: ModelSchema): DataFrame = {
+    val (inputs, outputs) = plan(dataset.schema, model)
     val schema = appendOutputs(dataset.schema, outputs)
     val df = dataset.toDF()
     val metrics = newMetrics(df)
@@ -160,7 +185,11 @@ class TorchModel(override val uid: String)
       encode,
       decode,
       Seq.fill(count)(null),
-      s""", "columns": $mapping"""
+      s""", "columns": $mapping""",
+      // Text rows are sorted by length natively within a call: give it several batches to sort.
+      if (inputs.exists(_._1.isText))
+        math.min(TorchModel.textBatchesPerCall.toLong * getBatchSize, Int.MaxValue).toInt
+      else 0
     )
   }
 
@@ -168,6 +197,9 @@ class TorchModel(override val uid: String)
 }
 
 object TorchModel extends DefaultParamsReadable[TorchModel] {
+
+  /** Forward passes of `batchSize` rows per native call for a spec with a text input. */
+  private[torchspark] val textBatchesPerCall = 8
 
   /** `name=a` or `name=a,b,c` as (name, columns); None when malformed. */
   private[torchspark] def pair(entry: String): Option[(String, Seq[String])] =

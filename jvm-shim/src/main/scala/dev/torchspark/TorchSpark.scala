@@ -38,7 +38,8 @@ object TorchSpark {
     * ..., cN)`, one argument per input of the spec in order (a generated mask is not one),
     * returning struct<one field per output, error>: {{{SELECT diabetes(features).prediction FROM
     * patients}}} An input that gathers several columns takes them as one array argument
-    * (`array(age, bmi, bp, s1)`).
+    * (`array(age, bmi, bp, s1)`). A text input takes a string (or UTF-8 binary) argument: {{{SELECT
+    * embed_text(text).embedding FROM docs}}}
     */
   def register(
       spark: SparkSession,
@@ -182,7 +183,10 @@ object TorchSpark {
 
   /** A null argument's type: what the input's reader expects, so that it reports the null. */
   private def nullType(d: ModelInput): DataType =
-    if (d.isImage) BinaryType else if (d.shape.isEmpty) DoubleType else ArrayType(DoubleType)
+    if (d.isImage) BinaryType
+    else if (d.isText) StringType
+    else if (d.shape.isEmpty) DoubleType
+    else ArrayType(DoubleType)
 
   private def call(
       source: ModelSource,

@@ -114,6 +114,9 @@ trait TorchSparkModelParams extends Params {
     lastMetrics
   }
 
+  /** Keeps `m` as [[metrics]] (a preset keeps the counters of the transformer it runs). */
+  protected def keepMetrics(m: TorchSparkMetrics): Unit = lastMetrics = m
+
   /** Appends `outputs` (and `errorCol` with handleInvalid=keep) to `schema`, refusing a name the
     * input already has or one used twice.
     */
