@@ -124,16 +124,6 @@ class TextEmbedderSuite {
   }
 
   @Test def roundTripsThroughSaveLoadAndAPipelineWithLogisticRegression(): Unit = {
-    val dir = Files.createTempDirectory("torchspark-text")
-    val e = embedder.setBatchSize(16).setHandleInvalid("keep").setErrorCol("why")
-    e.write.overwrite().save(dir.resolve("embedder").toString)
-    val loaded = TextEmbedder.load(dir.resolve("embedder").toString)
-    assertEquals(
-      e.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap,
-      loaded.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap
-    )
-    assertEquals("text", loaded.getInputCol)
-
     // A learnable label (is the text mostly ASCII letters?) on the 36 texts under 40 tokens.
     val labelled = textsDf
       .where("id < 36")
@@ -144,20 +134,29 @@ class TextEmbedderSuite {
       )
       .coalesce(1) // one task per LogisticRegression pass
       .cache()
-    val pipeline = new Pipeline().setStages(
-      Array(
-        embedder.setBatchSize(16).setOutputCol("features"),
-        new LogisticRegression().setMaxIter(5)
-      )
-    )
-    val fitted = pipeline.fit(labelled)
+    val e = embedder
+      .setBatchSize(16)
+      .setOutputCol("features")
+      .setHandleInvalid("keep")
+      .setErrorCol("why")
+    val fitted =
+      new Pipeline().setStages(Array(e, new LogisticRegression().setMaxIter(5))).fit(labelled)
+    // The pipeline's save/load is TextEmbedder's (DefaultParams) and LogisticRegression's.
+    val dir = Files.createTempDirectory("torchspark-text")
     fitted.write.overwrite().save(dir.resolve("pipeline").toString)
     val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
+    def params(t: TextEmbedder) = t.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap
+    val back = reloaded.stages(0).asInstanceOf[TextEmbedder]
+    assertEquals(params(e), params(back))
+    assertEquals(
+      ("text", "features", "why"),
+      (back.getInputCol, back.getOutputCol, back.getErrorCol)
+    )
     val lr = (m: PipelineModel) => m.stages(1).asInstanceOf[LogisticRegressionModel]
     assertEquals(lr(fitted).coefficients, lr(reloaded).coefficients)
-    assertEquals("features", reloaded.stages(0).asInstanceOf[TextEmbedder].getOutputCol)
-    val out = reloaded.transform(labelled).select("label", "prediction").collect()
+    val out = reloaded.transform(labelled).select("label", "prediction", "why").collect()
     assertEquals(36, out.length)
+    assertTrue(out.forall(_.isNullAt(2)))
     val right = out.count(r => r.getDouble(0) == r.getDouble(1))
     assertTrue(s"$right of 36 right on the training rows", right >= 27)
   }
