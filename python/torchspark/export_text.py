@@ -80,7 +80,8 @@ def export_text_model(
       token_type_ids [n, T] int64]) -> last_hidden_state [n, T, H] float32` (the mask when the
       model's forward takes one; type ids when it also has `type_vocab_size > 0`). Traced on a
       padded batch, then frozen (`freeze=False` keeps the weights as parameters, as the runtime
-      option `precision="bf16"` needs).
+      option `precision="bf16"` needs; integer buffers then become graph constants, which
+      that cast leaves alone).
     - `minilm.json`: the spec (version 2): a `text` input `input_ids` reading `column` (the
       tokenizer file, `max_length`, `vocab_size`, `tokenizer_sha256`, `pad_value` = the
       tokenizer's pad id), the generated `attention_mask` / `token_type_ids`, and one `vector`
@@ -165,6 +166,8 @@ def export_text_model(
             raise ValueError(
                 f"{tok_file}: one sequence gets type ids {probe} (torchspark generates zeros)"
             )
+    if not freeze:
+        _int_buffers_as_constants(model)
     encoder = _Encoder(model, with_mask, with_type_ids).eval()
     hidden = int(config.get("hidden_size") or 0)
 
@@ -206,6 +209,17 @@ def export_text_model(
     spec_path = out.with_suffix(".json")
     spec_path.write_text(json.dumps(spec, indent=2) + "\n")
     return spec_path
+
+
+def _int_buffers_as_constants(model: nn.Module) -> None:
+    """Integer buffers (BERT's `position_ids`, `token_type_ids`) become plain attributes, which
+    the trace keeps as graph constants, as freezing would: libtorch's `Module::to(bf16)` (the
+    runtime option precision="bf16") casts every buffer, integer ones too, breaking lookups."""
+    for module in model.modules():
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and not buf.is_floating_point():
+                del module._buffers[name]
+                object.__setattr__(module, name, buf)
 
 
 def _read_layout(src: Path) -> dict[str, Any]:

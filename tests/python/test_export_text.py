@@ -165,6 +165,24 @@ def test_plain_transformers_folder_defaults_and_overrides(text, tmp_path):
     assert [p["op"] for p in spec["outputs"][0]["post"]] == ["cls_pool", "l2_normalize"]
 
 
+def test_unfrozen_export_keeps_weights_and_no_integer_buffers(text, tmp_path):
+    """freeze=False is for the runtime option precision="bf16", whose libtorch cast reaches
+    every buffer: BERT's integer position_ids must be graph constants, not buffers."""
+    from transformers import BertConfig, BertModel
+
+    src = tmp_path / "plain"
+    config = BertConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+    )
+    assert any(not b.is_floating_point() for b in BertModel(config).buffers())
+    BertModel(config).eval().save_pretrained(src)
+    shutil.copy(text / "src" / "tokenizer.json", src / "tokenizer.json")
+    path = export_text_model(src, tmp_path / "u.pt", freeze=False, max_length=64)
+    module = torch.jit.load(str(path.with_suffix(".pt")))
+    assert len(list(module.parameters())) > 0
+    assert [n for n, b in module.named_buffers() if not b.is_floating_point()] == []
+
+
 def _st_copy(text: Path, dst: Path) -> Path:
     """The MiniLM folder without its weights (refusals come before the model is loaded)."""
     shutil.copytree(text / "src", dst, ignore=shutil.ignore_patterns("*.safetensors"))
