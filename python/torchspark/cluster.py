@@ -4,7 +4,8 @@
 small files one partition per 4 MB, i.e. thousands of tiny tasks). `ship_model` makes a model
 (with its spec and, for a text model, its tokenizer) that lives at a Hadoop FileSystem URI
 (`hdfs://`, `abfs://`, `s3a://`, ...) reachable by name from Spark's Python workers, which have
-no Hadoop client: Spark fetches it once per executor (`SparkContext.addFile`). The JVM transformers read such URIs themselves.
+no Hadoop client: Spark fetches it once per executor (`SparkContext.addFile`). The JVM
+transformers read such URIs themselves.
 """
 
 from __future__ import annotations

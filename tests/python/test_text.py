@@ -56,8 +56,13 @@ def minilm(text) -> str:
 
 @pytest.fixture(scope="module")
 def sentences(spark, reference):
-    """id, text (the reference texts, in order), label (even id: 1.0)."""
-    rows = [(i, t, float(i % 2 == 0)) for i, t in enumerate(reference["texts"])]
+    """id, text, label (even id: 1.0): the reference texts that fit in max_length (the long ones
+    cost most of a forward pass; NativeModel's and embed_arrow's tests run them all)."""
+    rows = [
+        (i, t, float(i % 2 == 0))
+        for i, (t, cut) in enumerate(zip(reference["texts"], reference["truncated"]))
+        if not cut
+    ]
     return spark.createDataFrame(rows, "id int, text string, label double").cache()
 
 
@@ -107,18 +112,24 @@ def test_text_embedder_in_a_pipeline_with_logistic_regression(
 ):
     embedder = TextEmbedder(modelPath=minilm, outputCol="features", batchSize=16)
     assert (embedder.getInputCol(), embedder.getBatchSize()) == ("text", 16)
-    fitted = Pipeline(stages=[embedder, LogisticRegression(maxIter=20)]).fit(sentences)
+    fitted = Pipeline(stages=[embedder, LogisticRegression(maxIter=10)]).fit(sentences)
     out = fitted.transform(sentences)
     assert isinstance(out.schema["features"].dataType, VectorUDT)
     rows = sorted(out.select("id", "features", "prediction").collect())
-    _close([_vec(r.features) for r in rows], reference["embeddings"])
-    fitted.write().overwrite().save(str(tmp_path / "pipeline"))
-    back = PipelineModel.load(str(tmp_path / "pipeline"))
-    assert isinstance(back.stages[0], TextEmbedder)
-    assert back.stages[0].getModelPath() == minilm
-    assert back.stages[0].getOutputCol() == "features"
-    again = sorted(back.transform(sentences).select("id", "prediction").collect())
-    assert again == [(r.id, r.prediction) for r in rows]
+    assert len(rows) == len(reference["texts"]) - sum(reference["truncated"])
+    _close([_vec(r.features) for r in rows], [reference["embeddings"][r.id] for r in rows])
+    # Saved and loaded in a PipelineModel: Spark finds the Python class from the Java one.
+    PipelineModel(stages=[fitted.stages[0]]).write().overwrite().save(str(tmp_path / "p"))
+    back = PipelineModel.load(str(tmp_path / "p")).stages[0]
+    assert isinstance(back, TextEmbedder) and back.uid == embedder.uid
+    assert (back.getModelPath(), back.getOutputCol(), back.getBatchSize()) == (
+        minilm,
+        "features",
+        16,
+    )
+    again = sorted(back.transform(sentences.filter("id < 4")).select("id", "features").collect())
+    # Other rows in the batch, other padding: the same values to float rounding.
+    _close([_vec(r.features) for r in again], [_vec(r.features) for r in rows[:4]], atol=1e-6)
 
 
 def test_text_embedder_keeps_a_null_row_with_its_reason(spark, minilm, reference):
@@ -134,7 +145,7 @@ def test_embed_arrow_in_map_in_arrow(spark, minilm, reference):
     texts = reference["texts"]
     df = spark.createDataFrame(
         [(i, t) for i, t in enumerate(texts)] + [(len(texts), None)], "id int, sentence string"
-    )
+    ).coalesce(1)  # one Python worker loads the model, not two
     fn, schema = embed_arrow(
         minilm,
         input_col="sentence",

@@ -298,31 +298,10 @@ fn length_order(
     {
         return None;
     }
-    let keys = sort_keys(batch.column_by_name(columns[text].first()?)?)?;
+    let keys = input::text::sort_keys(batch.column_by_name(columns[text].first()?)?)?;
     let mut order: Vec<u32> = (0..n as u32).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(keys[i as usize]));
     Some(order)
-}
-
-/// Each row's length for sorting: chars of a string, bytes of a binary value, 0 for a null;
-/// `None` for a column that is not text.
-// TODO(merge): crate::input::text::sort_keys (wt-tin) replaces this copy.
-fn sort_keys(array: &ArrayRef) -> Option<Vec<usize>> {
-    use arrow_array::cast::AsArray;
-    fn keys(n: usize, valid: impl Fn(usize) -> bool, len: impl Fn(usize) -> usize) -> Vec<usize> {
-        (0..n).map(|i| if valid(i) { len(i) } else { 0 }).collect()
-    }
-    let a = array.as_ref();
-    let n = a.len();
-    let valid = |i| a.is_valid(i);
-    Some(match a.data_type() {
-        DataType::Utf8 => keys(n, valid, |i| a.as_string::<i32>().value(i).chars().count()),
-        DataType::LargeUtf8 => keys(n, valid, |i| a.as_string::<i64>().value(i).chars().count()),
-        DataType::Utf8View => keys(n, valid, |i| a.as_string_view().value(i).chars().count()),
-        DataType::Binary => keys(n, valid, |i| a.as_binary::<i32>().value(i).len()),
-        DataType::LargeBinary => keys(n, valid, |i| a.as_binary::<i64>().value(i).len()),
-        _ => return None,
-    })
 }
 
 /// The columns the inputs read, their rows in `order` (other columns are not copied).
@@ -431,7 +410,7 @@ mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
     use arrow_array::types::Int32Type;
-    use arrow_array::{BinaryArray, Int32Array, StringArray};
+    use arrow_array::{Int32Array, StringArray};
 
     fn text_spec() -> GeneralSpec {
         let spec = r#"{"spec_version": 2,
@@ -503,15 +482,5 @@ mod tests {
         // A missing column is left to the reader's error.
         let missing = vec![vec!["nope".to_string()]];
         assert!(length_order(&spec, &missing, &b3, &opts(2, true), 2).is_none());
-    }
-
-    #[test]
-    fn sort_keys_count_characters_of_strings_and_bytes_of_binary() {
-        let s: ArrayRef = Arc::new(StringArray::from(vec![Some("héllo"), None, Some("")]));
-        assert_eq!(sort_keys(&s).unwrap(), [5, 0, 0]);
-        let b: ArrayRef = Arc::new(BinaryArray::from(vec![Some("héllo".as_bytes()), None]));
-        assert_eq!(sort_keys(&b).unwrap(), [6, 0]);
-        let i: ArrayRef = Arc::new(Int32Array::from(vec![1]));
-        assert!(sort_keys(&i).is_none());
     }
 }

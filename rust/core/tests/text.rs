@@ -262,6 +262,78 @@ fn spec_overrides_tokenizer_padding_and_truncation() {
     assert!(ids.is_empty());
 }
 
+/// Long texts tokenize only their head when that is exact (BERT normalizer and
+/// pre-tokenizer): the same ids and truncation flags as tokenizing the whole text, at several
+/// max_length, for the fixture texts and long texts built to trip a cut (no spaces, CJK,
+/// control and Unicode whitespace, "[SEP]" and accents near every cut point).
+#[test]
+fn long_texts_give_the_ids_of_the_whole_text() {
+    use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+    let exp = expected();
+    let spec = ids_spec();
+    let file = text_fixtures().join("minilm.tokenizer.json");
+    let words = [
+        "alpha",
+        "Beta\u{85}gamma",
+        "déjà\tvu",
+        "[SEP]",
+        "naïve",
+        "\u{3000}",
+        "東京",
+        "e\u{301}",
+        "x\u{1c}y",
+        "\n",
+        "supercalifragilistic",
+        "🍕",
+        "a,b",
+        "",
+    ];
+    let mut texts: Vec<String> = exp.texts.clone();
+    for seed in 0..6usize {
+        let n = 400 + seed * 700;
+        let t: Vec<&str> = (0..n)
+            .map(|i| words[(i * 7 + seed * 3 + i / 5) % words.len()])
+            .collect();
+        texts.push(t.join(if seed % 2 == 0 { " " } else { "  " }));
+    }
+    // max_length 8 reads 1,024 characters: cut at the U+0085 (BERT deletes it: "playi|ngx.."
+    // is one word) the head would give "play ##i", the text "playing".
+    let trap = format!(
+        "{}playi\u{85}ng{} more",
+        format!("{} ", "z".repeat(200)).repeat(5),
+        "x".repeat(20)
+    );
+    texts.push(format!("{trap}{}", " words".repeat(400)));
+    texts.push("東京".repeat(3000));
+    texts.push("word ".repeat(3000));
+    for max_length in [8, 32, 256, 512] {
+        let mut d = spec.inputs[0].clone();
+        d.max_length = Some(max_length);
+        let tok = tokenizer(&d);
+        let mut whole = Tokenizer::from_file(&file).unwrap();
+        whole.with_padding(None);
+        whole
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .unwrap();
+        for (i, text) in texts.iter().enumerate() {
+            let want = whole.encode_fast(text.as_str(), true).unwrap();
+            let want_ids: Vec<i64> = want.get_ids().iter().map(|&v| i64::from(v)).collect();
+            let (ids, cut) = tok.encode(text).unwrap();
+            assert_eq!(ids, want_ids, "text {i} at max_length {max_length}");
+            assert_eq!(
+                cut,
+                !want.get_overflowing().is_empty(),
+                "text {i} at {max_length}"
+            );
+        }
+    }
+}
+
 /// A null, bad UTF-8 in a binary column and a good row: row errors name the row, the input
 /// and the column, the good rows are scored; an int column fails the batch naming the
 /// input, the column and its type.

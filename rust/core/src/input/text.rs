@@ -34,6 +34,9 @@ pub struct TextTokenizer {
     /// Without special tokens, tokenizers 0.23.2's post-processor drops the overflowing
     /// parts, so a row of exactly `max_length` ids is re-encoded untruncated to tell a cut.
     untruncated: Option<Tokenizer>,
+    /// The most characters of a longer text worth tokenizing (see [`prefix_cut_safe`]); 0:
+    /// always the whole text.
+    prefix_chars: usize,
     file: PathBuf,
     /// The file as it was read (fstat of the descriptor): the registry reloads the model
     /// when the file on disk no longer matches.
@@ -138,9 +141,16 @@ impl TextTokenizer {
                     .into(),
             ));
         }
+        // ~8 characters a token: English averages ~4-5 with the space, CJK 1.
+        let prefix_chars = if prefix_cut_safe(&inner) {
+            max_length.saturating_mul(8).max(1024)
+        } else {
+            0
+        };
         Ok(TextTokenizer {
             inner,
             untruncated,
+            prefix_chars,
             file,
             meta,
             add_special,
@@ -166,7 +176,14 @@ impl TextTokenizer {
     /// `text`'s token ids (special tokens added unless the spec says not) and whether it was
     /// truncated at `max_length`. Errors: the tokenizer's own, as a row's reason.
     pub fn encode(&self, text: &str) -> std::result::Result<(Vec<i64>, bool), String> {
-        // A panic inside the tokenizer on some input fails that row, not the batch.
+        if let Some(head) = self.head(text) {
+            // A head that is cut itself gives the whole text's ids (see `prefix_cut_safe`).
+            let enc = encode(&self.inner, head, self.add_special)?;
+            if !enc.get_overflowing().is_empty() {
+                let ids = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
+                return Ok((ids, true));
+            }
+        }
         let enc = encode(&self.inner, text, self.add_special)?;
         let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
         let cut = match &self.untruncated {
@@ -177,6 +194,40 @@ impl TextTokenizer {
         };
         Ok((ids, cut))
     }
+}
+
+impl TextTokenizer {
+    /// A long text's first `prefix_chars` characters or fewer, ending before a space; `None`
+    /// when the text is short, the tokenizer not [`prefix_cut_safe`], or there is no space.
+    fn head<'t>(&self, text: &'t str) -> Option<&'t str> {
+        // Only the add_special path reports overflow (see `untruncated`).
+        if self.prefix_chars == 0 || self.untruncated.is_some() || text.len() <= self.prefix_chars {
+            return None;
+        }
+        let (end, _) = text.char_indices().nth(self.prefix_chars)?;
+        // An ASCII space only: other "whitespace" (U+0085, ...) BERT's clean_text deletes.
+        let cut = text[..end].rfind(' ')?;
+        (cut > 0).then(|| &text[..cut])
+    }
+}
+
+/// Whether tokenizing a text's head that ends before a space gives exactly the first tokens
+/// of the whole text: true when every step is local to the words spaces separate (no normalizer or BERT's, which maps characters one by one; BERT's, Whitespace
+/// or WhitespaceSplit pre-tokenizer, which split at every space; added tokens that hold no
+/// space). Then a head whose tokens overflow `max_length` is the text's result, and a
+/// 20,000-character text costs a 2,000-character one.
+fn prefix_cut_safe(tok: &Tokenizer) -> bool {
+    use tokenizers::{NormalizerWrapper as N, PreTokenizerWrapper as P};
+    let normalizer = matches!(tok.get_normalizer(), None | Some(N::BertNormalizer(_)));
+    let pre = matches!(
+        tok.get_pre_tokenizer(),
+        Some(P::BertPreTokenizer(_) | P::Whitespace(_) | P::WhitespaceSplit(_))
+    );
+    let added = tok
+        .get_added_tokens_decoder()
+        .values()
+        .all(|t| !t.content.contains(' '));
+    normalizer && pre && added
 }
 
 /// One text through `tok`; the tokenizer's error, or a panic inside it, is the row's reason.

@@ -19,6 +19,20 @@
 //!     {"name": "score", "from": "scores"}]}]}
 //! ```
 //!
+//! A text model (sentence-transformers' all-MiniLM-L6-v2, as `export_text_model` writes it):
+//!
+//! ```json
+//! {"spec_version": 2,
+//!  "inputs": [
+//!   {"name": "input_ids", "kind": "text", "column": "text", "dtype": "int64",
+//!    "tokenizer": "minilm.tokenizer.json", "max_length": 256, "vocab_size": 30522},
+//!   {"name": "attention_mask", "kind": "mask", "of": "input_ids", "dtype": "int64"},
+//!   {"name": "token_type_ids", "kind": "type_ids", "of": "input_ids", "dtype": "int64"}],
+//!  "outputs": [
+//!   {"name": "embedding", "column": "vector", "shape": [384],
+//!    "post": [{"op": "mean_pool", "mask": "attention_mask"}, {"op": "l2_normalize"}]}]}
+//! ```
+//!
 //! `forward` takes the inputs in their declared order. Shapes are per row (the batch dimension
 //! is not written); `-1` is a variable dimension, which needs `ragged`. docs/models.md is the
 //! reference; every rule below is enforced by [`GeneralSpec::validate`], whose errors name the
@@ -375,7 +389,8 @@ impl FieldDecl {
 }
 
 impl InputDecl {
-    /// The column(s) the input reads (a `mask` reads none).
+    /// The column(s) the input reads (generated kinds, `mask` and `type_ids`, read none; a
+    /// `text` input reads its one column).
     pub fn columns(&self) -> Vec<String> {
         match (&self.kind, &self.column) {
             (k, _) if k.is_generated() => vec![],

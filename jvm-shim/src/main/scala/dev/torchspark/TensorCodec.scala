@@ -168,6 +168,10 @@ private[torchspark] object TensorCodec {
     case _             => false
   }
 
+  private val readable =
+    "torchspark reads numbers (numeric columns, nested arrays of numbers, ML Vectors), binary " +
+      "(encoded images, UTF-8 text), strings (text) and Spark's image struct"
+
   /** Why a column of type `dt` cannot be sent, or None: numeric scalars, (nested) arrays of them,
     * ML Vectors, binary, strings (for text inputs: see [[isText]]) and Spark's image struct can.
     */
@@ -179,9 +183,7 @@ private[torchspark] object TensorCodec {
     case ArrayType(e, _) if arrayLeaf(e).nonEmpty => None
     case other                                    =>
       Some(
-        s"has type ${other.simpleString}; torchspark reads numbers (numeric columns, nested " +
-          "arrays of numbers, ML Vectors), binary (encoded images, UTF-8 text), strings (text) " +
-          "and Spark's image struct"
+        s"has type ${other.simpleString}; $readable"
       )
   }
 
@@ -427,7 +429,7 @@ private[torchspark] object TensorCodec {
       )
     case other =>
       throw new IllegalArgumentException(
-        s"a value of ${other.getClass.getName}: ${unsupported(CalendarIntervalType).orNull}"
+        s"a value of ${other.getClass.getName}: $readable"
       )
   }
 
