@@ -9,7 +9,7 @@ partitions on local[2]. Ways:
 - torchspark TextEmbedder (JVM executors), one thread per task;
 - torchspark embed_arrow in mapInArrow (Python workers, native tokenizer + model);
 - Spark ML's predict_batch_udf loading SentenceTransformer(folder) once per worker,
-  torch.set_num_threads(1), 8 x b rows per call (as TextEmbedder sends), encode(batch_size=b,
+  torch.set_num_threads(1), 32 x b rows per call (as TextEmbedder sends), encode(batch_size=b,
   normalize_embeddings=True), which sorts them by length;
 - in one process (2 threads, no Spark): torchspark's NativeModel.predict on an Arrow table and
   SentenceTransformer.encode (the reference: the ceiling a Spark way approaches).
@@ -190,7 +190,7 @@ class Bench:
                 st = SentenceTransformer(folder, device="cpu", local_files_only=True)
 
                 def predict(texts: np.ndarray) -> np.ndarray:
-                    # encode sorts its input by length and runs passes of b: handed 8 x b rows
+                    # encode sorts its input by length and runs passes of b: handed 32 x b rows
                     # per call, as TextEmbedder's native call gets, it pads as little.
                     return st.encode(
                         list(texts),
@@ -205,14 +205,14 @@ class Bench:
 
         def make(b):
             fn = predict_batch_udf(
-                make_predict(b), return_type=ArrayType(FloatType()), batch_size=8 * b
+                make_predict(b), return_type=ArrayType(FloatType()), batch_size=32 * b
             )
             return lambda df: df.select("id", fn("text").alias("embedding"))
 
         return self.spark_way(
             "predict_batch_udf (SentenceTransformer)",
             make,
-            "1 torch thread/task, model once per worker; 8 x batch rows per call, encode sorts them",
+            "1 torch thread/task, model once per worker; 32 x batch rows per call, encode sorts them",
         )
 
     def one_process(self, folder: str):

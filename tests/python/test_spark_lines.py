@@ -84,9 +84,16 @@ def test_text_embedder_matches_sentence_transformers_on_this_line(spark):
     ref = json.loads((text / "text_expected.json").read_text())
     df = spark.createDataFrame(list(enumerate(ref["texts"])), "id int, text string")
     out = torchspark.TextEmbedder(modelPath=str(text / "minilm.pt"), batchSize=16).transform(df)
-    rows = sorted(out.select("id", "embedding").collect())
-    assert len(rows) == len(ref["texts"])
-    diff = max(
-        abs(g - e) for r, want in zip(rows, ref["embeddings"]) for g, e in zip(r.embedding, want)
+    # And in this line's Python workers (mapInArrow; the native tokenizer and model there).
+    fn, schema = torchspark.embed_arrow(
+        str(text / "minilm.pt"), keep=["id"], input_schema=df.schema, batch_size=16
     )
-    assert diff <= 1e-5
+    for way, frame in (("TextEmbedder", out), ("embed_arrow", df.mapInArrow(fn, schema))):
+        rows = sorted(frame.select("id", "embedding").collect())
+        assert len(rows) == len(ref["texts"]), way
+        diff = max(
+            abs(g - e)
+            for r, want in zip(rows, ref["embeddings"])
+            for g, e in zip(r.embedding, want)
+        )
+        assert diff <= 1e-5, (way, diff)

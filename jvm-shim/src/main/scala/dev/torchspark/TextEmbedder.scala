@@ -16,7 +16,7 @@ import org.apache.spark.sql.types._
   * feeds the text input; `outputCol` (default `embedding`) receives the vector; with
   * `handleInvalid=keep`, `errorCol` the reason a row failed (a null string, invalid UTF-8). Text
   * over the spec's `max_length` tokens is truncated and counted in `metrics.truncatedRows`. Rows
-  * are sorted by length natively within each call of `8 x batchSize` rows (less padding); the
+  * are sorted by length natively within each call of `32 x batchSize` rows (less padding); the
   * output keeps the input's order.
   */
 class TextEmbedder(override val uid: String)

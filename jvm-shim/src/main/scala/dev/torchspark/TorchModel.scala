@@ -199,7 +199,7 @@ class TorchModel(override val uid: String)
 object TorchModel extends DefaultParamsReadable[TorchModel] {
 
   /** Forward passes of `batchSize` rows per native call for a spec with a text input. */
-  private[torchspark] val textBatchesPerCall = 8
+  private[torchspark] val textBatchesPerCall = 32
 
   /** `name=a` or `name=a,b,c` as (name, columns); None when malformed. */
   private[torchspark] def pair(entry: String): Option[(String, Seq[String])] =
