@@ -78,7 +78,14 @@ def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf
 
 
 def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> None:
-    """SQL UDFs `name(content)` and `name_features(content)` (see TorchSpark.register)."""
+    """Registers SQL functions for the model at `model_path` (TorchSpark.register, in the JVM).
+
+    An image spec (version 1): `name(content)` -> struct<prediction, label, probability, error>
+    and `name_features(content)`. A version-2 spec (tensor or text models): `name(c1, ..., cN)`,
+    one argument per input that reads columns, in the spec's order, returning
+    struct<outputs..., error>; e.g. a text model: `embed_text(text).embedding` (an ML vector).
+    A row that fails gives null outputs and `error` naming the row and the reason.
+    """
     from torchspark.errors import install_py4j_handler
     from torchspark.transformers import check_jar_line
 
