@@ -17,8 +17,9 @@ import pytest
 from conftest import ROOT
 
 DIST = ROOT / "dist"
-sys.path.insert(0, str(ROOT / "python" / "torchspark"))
-import _elf  # noqa: E402
+# As a submodule: python/torchspark on sys.path would shadow packages by its module names
+# (its transformers.py hid Hugging Face's `transformers` from the tests collected after this).
+from torchspark import _elf  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not list(DIST.glob("torchspark-*.whl")), reason="run `make dist` first (make test does)"
