@@ -7,8 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 use arrow_array::builder::{Int64Builder, ListBuilder};
 use arrow_array::cast::AsArray;
@@ -19,24 +18,8 @@ use serde_json::Value;
 use tch::{CModule, Kind, Tensor};
 use torchspark_core::{BatchOptions, ModelConfig, Scorer};
 
-/// `tests/fixtures/out/text`, made by make_text_fixtures.py when missing.
-fn text_fixtures() -> PathBuf {
-    static MAKE: Mutex<()> = Mutex::new(());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let out = root.join("tests/fixtures/out/text");
-    let _lock = MAKE.lock().unwrap_or_else(|e| e.into_inner());
-    if !out.join("text_expected.json").exists() {
-        let python = std::env::var("TORCHSPARK_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join(".venv/bin/python"));
-        let status = Command::new(python)
-            .arg(root.join("tests/fixtures/make_text_fixtures.py"))
-            .status()
-            .expect("run make_text_fixtures.py (run `make setup` first)");
-        assert!(status.success(), "make_text_fixtures.py failed");
-    }
-    out
-}
+mod common;
+use common::text_fixtures;
 
 /// text_expected.json, read once.
 fn expected() -> &'static Value {
