@@ -25,7 +25,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python")]
+
+from benchlib import cpu_info, log, timed  # noqa: E402  (tests/bench, the script's folder)
 
 import torchspark  # noqa: E402
 
@@ -45,16 +46,6 @@ WORK = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output")) / "general-bench"
 RESULTS = ROOT / "tests" / "bench"
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def steady(fn) -> tuple[float, float]:
     """(cold seconds, best warm seconds)."""
     cold = timed(fn)
@@ -62,13 +53,7 @@ def steady(fn) -> tuple[float, float]:
 
 
 def cpu_line() -> str:
-    flags = set()
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and model == "?":
-            model = line.split(":", 1)[1].strip()
+    model, flags = cpu_info()
     has = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
     return f"{model}; {os.cpu_count()} cores; {', '.join(has)}"
 

@@ -28,7 +28,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -41,6 +40,8 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "python")]
+
+from benchlib import cpu_info, log, timed  # noqa: E402  (tests/bench, the script's folder)
 
 import torchspark  # noqa: E402
 
@@ -57,24 +58,8 @@ RESULTS = ROOT / "tests" / "bench"
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def cpu_flags() -> tuple[str, set[str]]:
-    flags: set[str] = set()
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and model == "?":
-            model = line.split(":", 1)[1].strip()
+    model, flags = cpu_info()
     has = [f for f in FLAGS if f in flags]
     return (
         f"{model}; {os.cpu_count()} cores; flags: {', '.join(has) or 'none of ' + str(FLAGS)}",
