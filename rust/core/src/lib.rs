@@ -7,11 +7,13 @@
 //! - [`plan`]: the general path (`Scorer::predict`): [`input`] readers → `forward` → [`output`]
 //!   writers, over the [`value`] tree a model returns.
 //! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
+//! - [`engine`]: one forward-pass scheduler per model and sizing (batches across tasks).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
 //! - [`host`]: this host's name and CPU flags (packages needing instructions it lacks are refused).
 
 pub mod batch;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod input;
@@ -24,6 +26,7 @@ mod sys;
 pub mod value;
 
 pub use batch::{BatchOptions, Scorer, StageTimes};
+pub use engine::{EngineConfig, EngineMode, EngineStats, Op, Pending, TaskId};
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
 pub use spec::{

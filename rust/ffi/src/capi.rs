@@ -11,7 +11,7 @@ use std::ptr;
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
-use torchspark_core::{BatchOptions, Error, ModelConfig, Result, Scorer};
+use torchspark_core::{BatchOptions, Error, ModelConfig, Op, Pending, Result, Scorer};
 
 use crate::guard;
 
@@ -231,47 +231,204 @@ unsafe fn call(
 ) -> i32 {
     report(
         guard(|| {
-            if [
-                in_array.is_null(),
-                in_schema.is_null(),
-                out_array.is_null(),
-                out_schema.is_null(),
-            ]
-            .contains(&true)
-            {
+            if out_array.is_null() || out_schema.is_null() {
                 return Err(Error::Input {
                     reason: "null Arrow C Data Interface pointer".into(),
                 });
             }
-            // Take ownership first, so the input is released whatever happens next.
-            // SAFETY: valid exported structs (checked non-null), moved out exactly once.
-            let (array, schema) = unsafe {
-                (
-                    FFI_ArrowArray::from_raw(in_array),
-                    FFI_ArrowSchema::from_raw(in_schema),
-                )
-            };
+            // SAFETY: forwarded contract (the input is released whatever happens next).
+            let batch = unsafe { import(in_array, in_schema) }?;
             let scorer = scorer(handle)?;
             let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
-            // SAFETY: the struct pair describes one array, as the C Data Interface requires.
-            let data = unsafe { from_ffi(array, &schema) }.map_err(|e| Error::Input {
-                reason: format!("cannot import the Arrow batch: {e}"),
-            })?;
-            let batch = RecordBatch::from(StructArray::from(data));
             let out = run(scorer, &batch, &options)?;
-            // The schema goes out from the batch's own schema, so that its metadata (the stage
-            // times) crosses too; a struct array's type alone would drop it.
-            let s = FFI_ArrowSchema::try_from(out.schema_ref().as_ref()).map_err(|e| {
+            // SAFETY: checked non-null; the caller imports (and so releases) them.
+            unsafe { export(out, out_array, out_schema) }
+        }),
+        err_out,
+    )
+}
+
+/// Takes ownership of an exported struct array (released on return) as a batch.
+///
+/// # Safety
+/// The pointers are null or valid Arrow C Data Interface structs, moved out exactly once.
+unsafe fn import(
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+) -> Result<RecordBatch> {
+    if in_array.is_null() || in_schema.is_null() {
+        return Err(Error::Input {
+            reason: "null Arrow C Data Interface pointer".into(),
+        });
+    }
+    // Take ownership first, so the input is released whatever happens next.
+    // SAFETY: valid exported structs (checked non-null), moved out exactly once.
+    let (array, schema) = unsafe {
+        (
+            FFI_ArrowArray::from_raw(in_array),
+            FFI_ArrowSchema::from_raw(in_schema),
+        )
+    };
+    // SAFETY: the struct pair describes one array, as the C Data Interface requires.
+    let data = unsafe { from_ffi(array, &schema) }.map_err(|e| Error::Input {
+        reason: format!("cannot import the Arrow batch: {e}"),
+    })?;
+    Ok(RecordBatch::from(StructArray::from(data)))
+}
+
+/// Exports `out` into the caller's structs.
+///
+/// # Safety
+/// `out_array` and `out_schema` are non-null and writable.
+unsafe fn export(
+    out: RecordBatch,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+) -> Result<()> {
+    // The schema goes out from the batch's own schema, so that its metadata (the stage
+    // times) crosses too; a struct array's type alone would drop it.
+    let s = FFI_ArrowSchema::try_from(out.schema_ref().as_ref()).map_err(|e| Error::Internal {
+        reason: format!("cannot export the result schema: {e}"),
+    })?;
+    let a = FFI_ArrowArray::new(&StructArray::from(out).into_data());
+    // SAFETY: the caller passes writable structs; it imports (and so releases) them.
+    unsafe {
+        ptr::write(out_array, a);
+        ptr::write(out_schema, s);
+    }
+    Ok(())
+}
+
+/// Prepares one batch on the calling thread and queues its forward passes in the model's
+/// engine (`Scorer::submit`); `op` is 0 score, 1 featurize, 2 predict; `task` identifies the
+/// caller for [`ts_cancel_task`]. Takes ownership of `in_array`/`in_schema`. Stores a pending
+/// handle in `pending_out`, to be given once to [`ts_collect`] (until it is ready or fails) or
+/// [`ts_discard`].
+///
+/// # Safety
+/// As for [`ts_score`]; `pending_out` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_submit(
+    handle: u64,
+    op: i32,
+    options_json: *const c_char,
+    in_array: *mut FFI_ArrowArray,
+    in_schema: *mut FFI_ArrowSchema,
+    task: u64,
+    pending_out: *mut u64,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    report(
+        guard(|| {
+            // SAFETY: forwarded contract.
+            let batch = unsafe { import(in_array, in_schema) }?;
+            if pending_out.is_null() {
+                return Err(Error::Input {
+                    reason: "null pending_out pointer".into(),
+                });
+            }
+            let scorer = scorer(handle)?;
+            let op = Op::from_code(op)?;
+            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+            let pending = scorer.submit(op, &batch, &options, task)?;
+            // SAFETY: checked non-null.
+            unsafe { *pending_out = Box::into_raw(Box::new(pending)) as u64 };
+            Ok(())
+        }),
+        err_out,
+    )
+}
+
+/// Waits at most `wait_ms` for a pending batch. Ready: fills `out_array`/`out_schema` (the
+/// caller imports them), sets `*ready_out = 1` and frees the pending handle. Not ready yet:
+/// `*ready_out = 0` (call again). An error frees the handle too.
+///
+/// # Safety
+/// `pending` came from [`ts_submit`] and was not freed; the out pointers are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_collect(
+    pending: u64,
+    wait_ms: u64,
+    out_array: *mut FFI_ArrowArray,
+    out_schema: *mut FFI_ArrowSchema,
+    ready_out: *mut i32,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    report(
+        guard(|| {
+            if pending == 0 || out_array.is_null() || out_schema.is_null() || ready_out.is_null() {
+                return Err(Error::Input {
+                    reason: "null pending handle or out pointer".into(),
+                });
+            }
+            // SAFETY: a live handle from ts_submit (the caller's contract).
+            let p = unsafe { &mut *(pending as *mut Pending) };
+            let result = p.wait(std::time::Duration::from_millis(wait_ms));
+            if matches!(result, Ok(None)) {
+                // SAFETY: checked non-null.
+                unsafe { *ready_out = 0 };
+                return Ok(());
+            }
+            // SAFETY: the last use of this handle; the caller forgets it now.
+            drop(unsafe { Box::from_raw(pending as *mut Pending) });
+            let out = result?.ok_or_else(|| Error::Internal {
+                reason: "pending result vanished".into(),
+            })?;
+            // SAFETY: checked non-null.
+            unsafe {
+                export(out, out_array, out_schema)?;
+                *ready_out = 1;
+            }
+            Ok(())
+        }),
+        err_out,
+    )
+}
+
+/// Frees a pending handle without its result.
+///
+/// # Safety
+/// `pending` came from [`ts_submit`] and is freed once (or is 0).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_discard(pending: u64) {
+    if pending != 0 {
+        // SAFETY: the caller's contract.
+        drop(unsafe { Box::from_raw(pending as *mut Pending) });
+    }
+}
+
+/// Drops `task`'s queued work from the model's engine; returns the jobs dropped (0 for a null
+/// handle).
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_cancel_task(handle: u64, task: u64) -> u64 {
+    scorer(handle).map_or(0, |s| s.cancel_task(task) as u64)
+}
+
+/// The engine's stats as JSON in `*json_out` (free it with [`ts_string_free`]).
+///
+/// # Safety
+/// `json_out` and `err_out` are writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_engine_stats(
+    handle: u64,
+    json_out: *mut *mut c_char,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    report(
+        guard(|| {
+            if json_out.is_null() {
+                return Err(Error::Input {
+                    reason: "null json_out pointer".into(),
+                });
+            }
+            let stats = serde_json::to_string(&scorer(handle)?.engine_stats()).map_err(|e| {
                 Error::Internal {
-                    reason: format!("cannot export the result schema: {e}"),
+                    reason: format!("engine stats: {e}"),
                 }
             })?;
-            let a = FFI_ArrowArray::new(&StructArray::from(out).into_data());
-            // SAFETY: checked non-null; the caller imports (and so releases) them.
-            unsafe {
-                ptr::write(out_array, a);
-                ptr::write(out_schema, s);
-            }
+            let text = CString::new(stats).unwrap_or_default();
+            // SAFETY: checked non-null.
+            unsafe { *json_out = text.into_raw() };
             Ok(())
         }),
         err_out,

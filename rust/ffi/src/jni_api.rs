@@ -12,8 +12,8 @@ use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use jni::JNIEnv;
 use jni::objects::{JByteArray, JClass, JString};
-use jni::sys::{jbyteArray, jlong};
-use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Result, Scorer};
+use jni::sys::{jbyteArray, jint, jlong, jstring};
+use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Op, Pending, Result, Scorer};
 
 use crate::guard;
 
@@ -130,6 +130,112 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_predict<'l>(
 ) -> jbyteArray {
     let run = |s: &Scorer, b: &RecordBatch, o: &BatchOptions| s.predict(b, o);
     call(&mut env, handle, ipc, options_json, run)
+}
+
+/// Prepares one Arrow IPC batch on the calling thread and queues its forward passes in the
+/// model's engine; returns a pending handle for `collect` or `discard` (exactly one of them).
+/// `op`: 0 score, 1 featurize, 2 predict.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_submit<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    handle: jlong,
+    op: jint,
+    ipc: JByteArray<'l>,
+    options_json: JString,
+    task_id: jlong,
+) -> jlong {
+    with_env(&mut env, 0, |env| {
+        let scorer = scorer(handle)?;
+        let op = Op::from_code(op)?;
+        let options = BatchOptions::from_json(&string(env, &options_json)?)?;
+        let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
+        let batch = read_ipc(&bytes)?;
+        let pending = scorer.submit(op, &batch, &options, task_id as u64)?;
+        Ok(Box::into_raw(Box::new(pending)) as jlong)
+    })
+}
+
+/// The result of a `submit` as Arrow IPC bytes, waiting at most `wait_ms`; null when it is not
+/// ready yet (call again). Frees the pending handle once it returns bytes or throws.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_collect<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    pending: jlong,
+    wait_ms: jlong,
+) -> jbyteArray {
+    with_env(&mut env, std::ptr::null_mut(), |env| {
+        if pending == 0 {
+            return Err(Error::Internal {
+                reason: "null pending handle (collected or discarded already)".into(),
+            });
+        }
+        // SAFETY: non-zero pending handles come from submit's Box::into_raw and are freed
+        // below exactly once (on a result or an error); Java forgets the handle then.
+        let p = unsafe { &mut *(pending as *mut Pending) };
+        let wait = std::time::Duration::from_millis(wait_ms.max(0) as u64);
+        let result = p.wait(wait);
+        if matches!(result, Ok(None)) {
+            return Ok(std::ptr::null_mut());
+        }
+        // SAFETY: as above; the last use of this handle.
+        drop(unsafe { Box::from_raw(pending as *mut Pending) });
+        let batch = result?.ok_or_else(|| Error::Internal {
+            reason: "pending result vanished".into(),
+        })?;
+        Ok(env
+            .byte_array_from_slice(&write_ipc(&batch)?)
+            .map_err(jni_err)?
+            .into_raw())
+    })
+}
+
+/// Frees a pending handle without waiting for it (its task failed or was killed); its result,
+/// when it comes, is dropped.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_discard(
+    mut env: JNIEnv,
+    _class: JClass,
+    pending: jlong,
+) {
+    with_env(&mut env, (), |_| {
+        if pending != 0 {
+            // SAFETY: the handle came from submit; Java releases it once.
+            drop(unsafe { Box::from_raw(pending as *mut Pending) });
+        }
+        Ok(())
+    })
+}
+
+/// Drops a task's queued work in the model's engine; returns the number of jobs dropped.
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_cancelTask(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+    task_id: jlong,
+) -> jlong {
+    with_env(&mut env, 0, |_| {
+        Ok(scorer(handle)?.cancel_task(task_id as u64) as jlong)
+    })
+}
+
+/// The engine's sizes and counters as JSON (`EngineStats`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_engineStats(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) -> jstring {
+    with_env(&mut env, std::ptr::null_mut(), |env| {
+        let stats = serde_json::to_string(&scorer(handle)?.engine_stats()).map_err(|e| {
+            Error::Internal {
+                reason: format!("engine stats: {e}"),
+            }
+        })?;
+        Ok(env.new_string(stats).map_err(jni_err)?.into_raw())
+    })
 }
 
 /// The schema `predict` returns for a spec's JSON text, as an IPC stream with no batches.

@@ -73,6 +73,10 @@ pub struct ModelConfig {
     /// rounding. Packages take the layout they were compiled for (see [`aoti`]).
     #[serde(default = "yes")]
     pub channels_last: bool,
+    /// The inference engine this caller's forward passes go through (see [`crate::engine`]);
+    /// not part of the model's identity: every engine of a file shares one loaded model.
+    #[serde(default)]
+    pub engine: crate::engine::EngineConfig,
 }
 
 fn yes() -> bool {
@@ -100,6 +104,7 @@ impl ModelConfig {
             num_threads: None,
             precision: Precision::Fp32,
             channels_last: true,
+            engine: crate::engine::EngineConfig::default(),
         }
     }
 

@@ -45,6 +45,32 @@ public final class NativeBridge {
    */
   public static native byte[] describe(String specJson);
 
+  /**
+   * Prepares one Arrow IPC batch on the calling thread (read, decode, assemble) and queues its
+   * forward passes in the model's engine (docs/engine.md). Returns a pending handle that must be
+   * given once to {@link #collect} (until it returns bytes or throws) or to {@link #discard}.
+   *
+   * @param op 0 score, 1 featurize, 2 predict
+   * @param taskId the task's id ({@code TaskContext.taskAttemptId}), for {@link #cancelTask}
+   */
+  public static native long submit(
+      long handle, int op, byte[] arrowIpc, String optionsJson, long taskId);
+
+  /**
+   * The result of a {@link #submit} as Arrow IPC bytes, waiting at most {@code waitMs}; {@code
+   * null} when it is not ready yet. The pending handle is freed when this returns bytes or throws.
+   */
+  public static native byte[] collect(long pending, long waitMs);
+
+  /** Frees a pending handle without its result (its task failed or was killed). */
+  public static native void discard(long pending);
+
+  /** Drops a task's queued work from the model's engine; returns the number of jobs dropped. */
+  public static native long cancelTask(long handle, long taskId);
+
+  /** The engine's sizes and counters as JSON (mode, workers, threads_per_worker, queued_rows...). */
+  public static native String engineStats(long handle);
+
   /** How many models this JVM has loaded from disk (a changed file counts once more). */
   public static native long loadCount();
 
