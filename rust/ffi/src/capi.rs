@@ -404,6 +404,12 @@ pub extern "C" fn ts_cancel_task(handle: u64, task: u64) -> u64 {
     scorer(handle).map_or(0, |s| s.cancel_task(task) as u64)
 }
 
+/// The rows per forward pass this model's "auto" batch size means (0 for a null handle).
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_auto_batch_size(handle: u64) -> u64 {
+    scorer(handle).map_or(0, |s| s.auto_batch_size() as u64)
+}
+
 /// The engine's stats as JSON in `*json_out` (free it with [`ts_string_free`]).
 ///
 /// # Safety

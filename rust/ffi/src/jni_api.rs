@@ -221,6 +221,18 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_cancelTask(
     })
 }
 
+/// The rows per forward pass this model's "auto" batch size means (`Scorer::auto_batch_size`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_autoBatchSize(
+    mut env: JNIEnv,
+    _class: JClass,
+    handle: jlong,
+) -> jint {
+    with_env(&mut env, 0, |_| {
+        Ok(scorer(handle)?.auto_batch_size().min(i32::MAX as usize) as jint)
+    })
+}
+
 /// The engine's sizes and counters as JSON (`EngineStats`).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_engineStats(

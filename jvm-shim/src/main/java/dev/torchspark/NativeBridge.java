@@ -68,7 +68,12 @@ public final class NativeBridge {
   /** Drops a task's queued work from the model's engine; returns the number of jobs dropped. */
   public static native long cancelTask(long handle, long taskId);
 
-  /** The engine's sizes and counters as JSON (mode, workers, threads_per_worker, queued_rows...). */
+  /** The rows per forward pass that batch size 0 ("auto") means for this model. */
+  public static native int autoBatchSize(long handle);
+
+  /**
+   * The engine's sizes and counters as JSON (mode, workers, threads_per_worker, queued_rows...).
+   */
   public static native String engineStats(long handle);
 
   /** How many models this JVM has loaded from disk (a changed file counts once more). */

@@ -8,13 +8,17 @@
 //! tokenize, assemble), so decoding the next batch overlaps the running forward pass when the
 //! caller submits batch k+1 before it collects batch k.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_array::RecordBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{BatchOptions, Scorer};
 use crate::error::{Error, Result};
+use crate::model::{Model, Target};
+use crate::value::{ModelInput, Value};
+
+mod pending;
+pub use pending::Pending;
 
 /// A task's identity: Spark's `taskAttemptId` on the JVM, a per-process counter in Python.
 pub type TaskId = u64;
@@ -121,69 +125,117 @@ pub struct EngineStats {
     pub timeouts: u64,
 }
 
-/// A submitted batch: [`Pending::wait`] returns its result once. `Send`: it may be collected on
-/// another thread than the one that submitted it.
-pub struct Pending {
-    state: PendingState,
+/// One unit of forward work a task submits: the assembled inputs of `rows` good rows (one
+/// forward pass's worth when run alone). Rows of different jobs may share a pass.
+pub struct Job {
+    pub task: TaskId,
+    /// Rows in `work` (dim 0 of its tensors).
+    pub rows: usize,
+    /// Input bytes held (counted against `queue_bytes`).
+    pub bytes: usize,
+    /// The caller's batch size: a merged pass never holds more rows than this.
+    pub max_batch: usize,
+    pub work: Work,
 }
 
-enum PendingState {
-    Ready(Result<RecordBatch>),
-    Taken,
+/// The inputs of a job.
+pub enum Work {
+    /// Preprocessed CHW float rows (`rows x row_len` values) for [`Model::run`].
+    Image { pixels: Vec<f32>, target: Target },
+    /// `forward`'s arguments for [`Model::forward`] (masks and type ids included).
+    General { args: Vec<ModelInput> },
 }
 
-impl Pending {
-    pub(crate) fn ready(result: Result<RecordBatch>) -> Pending {
-        Pending {
-            state: PendingState::Ready(result),
-        }
-    }
-
-    /// The result, waiting at most `timeout`: `Ok(None)` when it is not ready yet (call again),
-    /// `Ok(Some(batch))` or the call's error once; later calls fail.
-    pub fn wait(&mut self, _timeout: Duration) -> Result<Option<RecordBatch>> {
-        match std::mem::replace(&mut self.state, PendingState::Taken) {
-            PendingState::Ready(r) => r.map(Some),
-            PendingState::Taken => Err(Error::Internal {
-                reason: "this pending batch was already collected".into(),
-            }),
-        }
-    }
+/// A job's outputs: [`Model::run`]'s `(values, width)`, or [`Model::forward`]'s value.
+pub enum Done {
+    Image { values: Vec<f32>, width: usize },
+    General(Value),
 }
 
-impl Scorer {
-    /// Prepares `batch` on the caller's thread (read, decode, assemble) and queues its forward
-    /// passes for the engine; [`Pending::wait`] gives the same batch [`Scorer::score`],
-    /// [`Scorer::featurize`] or [`Scorer::predict`] returns. Errors of the batch as a whole
-    /// (a missing column, a bad option) come from here; a forward pass's errors from `wait`.
-    pub fn submit(
-        &self,
-        op: Op,
-        batch: &RecordBatch,
-        opts: &BatchOptions,
-        _task: TaskId,
-    ) -> Result<Pending> {
-        let result = match op {
-            Op::Score => self.score(batch, opts),
-            Op::Featurize => self.featurize(batch, opts),
-            Op::Predict => self.predict(batch, opts),
-        };
-        Ok(Pending::ready(result))
+/// Where a job's time went in the engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobTimes {
+    /// From submit to the start of its forward pass.
+    pub queued: Duration,
+    /// Its forward pass (shared with the other jobs in it).
+    pub forward: Duration,
+    /// Rows and jobs of the pass it ran in.
+    pub batch_rows: usize,
+    pub batch_jobs: usize,
+}
+
+/// The forward worker(s) of one model and sizing (see the module docs).
+pub struct Engine {
+    model: Arc<Model>,
+    config: EngineConfig,
+    threads: usize,
+}
+
+/// A submitted job's result, once.
+pub struct Ticket {
+    result: Option<Result<(Done, JobTimes)>>,
+}
+
+impl Engine {
+    /// The process's engine for `model` and `config` (one per model and sizing; created on
+    /// first use, its workers stop when the last handle drops). `threads`: intra-op threads
+    /// of a pass when the config leaves it to the caller.
+    pub fn get(model: &Arc<Model>, config: &EngineConfig, threads: usize) -> Result<Arc<Engine>> {
+        Ok(Arc::new(Engine {
+            model: Arc::clone(model),
+            config: config.clone(),
+            threads,
+        }))
     }
 
-    /// Drops `task`'s queued work and discards its results still being computed (a failed or
-    /// killed task); returns how many queued jobs were dropped.
-    pub fn cancel_task(&self, _task: TaskId) -> usize {
+    /// Queues `job` (waiting at most `timeout_ms` for queue space).
+    pub fn submit(&self, job: Job) -> Result<Ticket> {
+        let started = std::time::Instant::now();
+        let rows = job.rows;
+        let result = run_work(&self.model, job.work, rows, self.threads).map(|done| {
+            let times = JobTimes {
+                queued: Duration::ZERO,
+                forward: started.elapsed(),
+                batch_rows: rows,
+                batch_jobs: 1,
+            };
+            (done, times)
+        });
+        Ok(Ticket {
+            result: Some(result),
+        })
+    }
+
+    /// Drops `task`'s queued jobs and marks its running ones to be discarded; returns how many
+    /// queued jobs were dropped.
+    pub fn cancel(&self, _task: TaskId) -> usize {
         0
     }
 
-    /// The engine's sizes and counters.
-    pub fn engine_stats(&self) -> EngineStats {
+    pub fn stats(&self) -> EngineStats {
         EngineStats {
-            mode: EngineMode::PerTask,
+            mode: self.config.mode,
             workers: 0,
-            threads_per_worker: self.threads(),
+            threads_per_worker: self.threads,
             ..EngineStats::default()
         }
+    }
+}
+
+impl Ticket {
+    /// The job's result, waiting at most `timeout`; `None` = not ready yet.
+    pub fn wait(&mut self, _timeout: Duration) -> Option<Result<(Done, JobTimes)>> {
+        self.result.take()
+    }
+}
+
+/// Runs one job's work alone on the calling thread with `threads` intra-op threads.
+pub fn run_work(model: &Model, work: Work, rows: usize, threads: usize) -> Result<Done> {
+    match work {
+        Work::Image { pixels, target } => {
+            let (values, width) = model.run(&pixels, rows, threads, target)?;
+            Ok(Done::Image { values, width })
+        }
+        Work::General { args } => Ok(Done::General(model.forward(args, threads)?)),
     }
 }
