@@ -1,5 +1,5 @@
 //! One inference engine per loaded model and sizing in a process: task threads read, decode
-//! and assemble their rows and [`Scorer::submit`] them; forward workers take the ready inputs
+//! and assemble their rows and [`Scorer::submit`](crate::Scorer::submit) them; forward workers take the ready inputs
 //! from a bounded queue, may batch rows of several tasks into one pass, and hand each task its
 //! rows back in order. `per-task` mode runs the forward pass on the caller's thread at once
 //! (the reference path: the results of both modes are equal).
@@ -7,6 +7,21 @@
 //! The caller's thread keeps the part of the work that reads its own batch (decode, resize,
 //! tokenize, assemble), so decoding the next batch overlaps the running forward pass when the
 //! caller submits batch k+1 before it collects batch k.
+//!
+//! - **Registry**: one engine per model (`Arc`), [`EngineConfig`] and per-task threads, held
+//!   weakly: the workers stop when the last [`Arc<Engine>`] drops.
+//! - **Sizing** (`shared`): W workers (`workers`, or `cores / task_cpus`; 1 on a GPU), each
+//!   running its passes with T intra-op threads (`threads_per_worker`, or `cores / W`);
+//!   W x T never exceeds `cores`.
+//! - **Merging**: a worker takes the head job and appends the following jobs in FIFO order while
+//!   they are compatible (see `compatible`) and the rows fit the head's `max_batch`; when the
+//!   head is thin and other tasks are active it first waits up to `max_wait_us` for more. A job
+//!   is never split, so a full job runs alone: bitwise what `per-task` gives.
+//! - **Failures**: a merged pass that fails (or whose output is not batched by row, see
+//!   [`Value::split`]) re-runs each job alone, so only a job whose own pass fails gets the error.
+//! - **Bounds**: the queue holds at most `queue_rows` rows and `queue_bytes` bytes (a larger job
+//!   enters an empty queue); waiting for space fails after `timeout_ms`; [`Ticket::wait`] takes
+//!   its own bound. [`Engine::cancel`] drops a task's queued jobs and its running jobs' results.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -85,11 +100,11 @@ impl Default for EngineConfig {
 /// Which result a submitted batch asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// [`Scorer::score`]: class probabilities, prediction, label, top-k.
+    /// [`Scorer::score`](crate::Scorer::score): class probabilities, prediction, label, top-k.
     Score,
-    /// [`Scorer::featurize`]: the spec's feature output.
+    /// [`Scorer::featurize`](crate::Scorer::featurize): the spec's feature output.
     Featurize,
-    /// [`Scorer::predict`]: the general path's declared outputs.
+    /// [`Scorer::predict`](crate::Scorer::predict): the general path's declared outputs.
     Predict,
 }
 
@@ -193,6 +208,8 @@ struct Inner {
     workers: usize,
     /// Intra-op threads of each pass.
     threads: usize,
+    /// The process that started the workers: threads do not survive a fork.
+    pid: u32,
     state: Mutex<State>,
     /// Workers wait here for jobs (and a gathering worker for more jobs).
     work: Condvar,
@@ -330,6 +347,7 @@ impl Engine {
                 cores,
                 workers,
                 threads,
+                pid: std::process::id(),
                 state: Mutex::new(State::default()),
                 work: Condvar::new(),
                 space: Condvar::new(),
@@ -358,7 +376,9 @@ impl Engine {
     /// error comes from [`Ticket::wait`].
     pub fn submit(&self, job: Job) -> Result<Ticket> {
         let inner = &self.inner;
-        if inner.config.mode == EngineMode::PerTask {
+        // In a forked child (a Python worker forked after the model was opened) the workers
+        // are gone: run on the caller's thread as per-task does.
+        if inner.config.mode == EngineMode::PerTask || inner.pid != std::process::id() {
             let rows = job.rows;
             let (result, forward) = inner.pass(job.work, rows);
             if result.is_err() {
