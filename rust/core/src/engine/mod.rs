@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -196,12 +197,17 @@ const DEFAULT_QUEUE_BYTES: usize = 256 << 20;
 /// handle stops the workers: each finishes the pass it is in, queued jobs fail.
 pub struct Engine {
     inner: Arc<Inner>,
+    /// The one strong reference of the engine to its model: a closed handle frees its model at
+    /// once (unless a pass is in flight), as it did before the engine.
+    _model: Arc<Model>,
 }
 
 /// What the workers share with the handles. Workers hold only this, never an [`Engine`], so
-/// they cannot keep the engine alive.
+/// they cannot keep the engine alive, nor its model between passes.
 struct Inner {
-    model: Arc<Model>,
+    model: Weak<Model>,
+    /// The model's path, for messages.
+    path: PathBuf,
     config: EngineConfig,
     cores: usize,
     /// Forward worker threads (0 in `per-task` mode).
@@ -341,8 +347,10 @@ impl Engine {
             }
         };
         let engine = Engine {
+            _model: Arc::clone(model),
             inner: Arc::new(Inner {
-                model: Arc::clone(model),
+                model: Arc::downgrade(model),
+                path: model.path().to_path_buf(),
                 config: config.clone(),
                 cores,
                 workers,
@@ -474,7 +482,7 @@ impl State {
 impl Inner {
     fn fail(&self, reason: String) -> Error {
         Error::Inference {
-            path: self.model.path().to_path_buf(),
+            path: self.path.clone(),
             reason,
         }
     }
@@ -655,9 +663,13 @@ impl Inner {
         if self.config.debug_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.config.debug_delay_ms));
         }
+        let Some(model) = self.model.upgrade() else {
+            let closed = "the engine was closed before this job's forward pass";
+            return (Err(self.fail(closed.into())), Duration::ZERO);
+        };
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| {
-            run_work(&self.model, work, rows, self.threads)
+            run_work(&model, work, rows, self.threads)
         }))
         .unwrap_or_else(|panic| {
             let what = panic
