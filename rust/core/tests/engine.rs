@@ -466,6 +466,8 @@ fn full_queue_times_out_with_a_clear_error() {
         "{message}"
     );
     assert_eq!(engine.stats().timeouts, 1);
+    // A ticket's wait is bounded too: not ready while the first pass still sleeps.
+    assert!(second.wait(Duration::from_millis(10)).is_none());
     wait(&mut first).unwrap();
     wait(&mut second).unwrap();
     // Larger than the whole queue: admitted into the empty queue, no deadlock.
