@@ -195,12 +195,16 @@ fn merged_passes_happen_and_split_back_in_order() {
         ..shared(1, 1)
     };
     let engine = Engine::get(&model, &config, 1).unwrap();
-    let mut tickets: Vec<(u64, usize, Ticket)> = (0..5u64)
+    // Made first: all are submitted while the first pass sleeps.
+    let jobs: Vec<(u64, usize, Job)> = (0..5u64)
         .map(|i| {
             let rows = 1 + (i % 2) as usize;
-            let t = engine.submit(image_job(10 + i, 1000 + i, rows, 8)).unwrap();
-            (1000 + i, rows, t)
+            (1000 + i, rows, image_job(10 + i, 1000 + i, rows, 8))
         })
+        .collect();
+    let mut tickets: Vec<(u64, usize, Ticket)> = jobs
+        .into_iter()
+        .map(|(seed, rows, job)| (seed, rows, engine.submit(job).unwrap()))
         .collect();
     let mut merged_jobs = 0;
     for (seed, rows, t) in &mut tickets {
@@ -380,20 +384,24 @@ fn cancel_leaves_no_rows_queued() {
     let _serial = serial();
     let model = resnet();
     let config = EngineConfig {
-        debug_delay_ms: 150,
+        debug_delay_ms: 300,
+        queue_rows: 64,
         ..shared(1, 1)
     };
     let engine = Engine::get(&model, &config, 1).unwrap();
+    // Made first: the submits below all happen while the first pass sleeps.
+    let mut jobs: Vec<Job> = (0..3).map(|i| image_job(7, 10 + i, 2, 2)).collect();
+    jobs.push(image_job(8, 20, 2, 2));
+    jobs.push(image_job(9, 30, 2, 2));
     let mut running = engine.submit(image_job(1, 1, 2, 2)).unwrap();
     // Let the worker take the first job: it is in flight when its task is cancelled.
     let started = Instant::now();
     while engine.stats().queued_jobs > 0 && started.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(2));
     }
-    let mut queued: Vec<Ticket> = (0..3)
-        .map(|i| engine.submit(image_job(7, 10 + i, 2, 2)).unwrap())
-        .collect();
-    let mut other = engine.submit(image_job(8, 20, 2, 2)).unwrap();
+    let mut tickets: Vec<Ticket> = jobs.drain(..4).map(|j| engine.submit(j).unwrap()).collect();
+    let mut other = tickets.pop().unwrap();
+    let mut queued = tickets;
     let before = engine.stats();
     assert_eq!(
         (before.queued_jobs, before.queued_rows),
@@ -401,6 +409,9 @@ fn cancel_leaves_no_rows_queued() {
         "{before:?}"
     );
     assert_eq!(before.active_tasks, 3);
+    // A ticket dropped unread (a discarded pending batch) takes its queued job with it.
+    drop(engine.submit(jobs.remove(0)).unwrap());
+    assert_eq!(engine.stats(), before);
 
     assert_eq!(engine.cancel(7), 3);
     let after = engine.stats();

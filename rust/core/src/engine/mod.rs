@@ -277,9 +277,12 @@ impl Slot {
     }
 }
 
-/// A submitted job's result, once.
+/// A submitted job's result, once. Dropping a ticket whose job is still queued removes the job
+/// (a discarded pending batch frees its queue space and skips its pass).
 pub struct Ticket {
     state: TicketState,
+    /// The engine and the job's id, to remove the job when the ticket drops unread.
+    queued: Option<(Weak<Inner>, u64)>,
 }
 
 enum TicketState {
@@ -400,6 +403,7 @@ impl Engine {
             };
             return Ok(Ticket {
                 state: TicketState::Ready(result.map(|done| (done, times))),
+                queued: None,
             });
         }
         inner.enqueue(job)
@@ -507,7 +511,7 @@ impl Inner {
         }
     }
 
-    fn enqueue(&self, job: Job) -> Result<Ticket> {
+    fn enqueue(self: &Arc<Self>, job: Job) -> Result<Ticket> {
         let submitted = Instant::now();
         let timeout = Duration::from_millis(self.config.timeout_ms);
         // None: a timeout past the clock's range, i.e. never.
@@ -570,7 +574,24 @@ impl Inner {
         self.work.notify_all();
         Ok(Ticket {
             state: TicketState::Waiting(slot),
+            queued: Some((Arc::downgrade(self), id)),
         })
+    }
+
+    /// Removes job `id` if it is still queued (its ticket was dropped unread).
+    fn forget(&self, id: u64) {
+        let mut st = lock(&self.state);
+        let Some(at) = st.queue.iter().position(|q| q.id == id) else {
+            return;
+        };
+        if let Some(q) = st.queue.remove(at) {
+            st.queued_rows = st.queued_rows.saturating_sub(q.rows);
+            st.queued_bytes = st.queued_bytes.saturating_sub(q.job.bytes);
+            st.release(q.task);
+        }
+        drop(st);
+        self.space.notify_all();
+        self.work.notify_all();
     }
 
     fn cancel(&self, task: TaskId) -> usize {
@@ -899,6 +920,21 @@ impl Ticket {
                 }
                 result
             }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let unread = match &self.state {
+            TicketState::Waiting(slot) => lock(&slot.result).is_none(),
+            TicketState::Ready(_) | TicketState::Taken => false,
+        };
+        if unread
+            && let Some((inner, id)) = self.queued.take()
+            && let Some(inner) = inner.upgrade()
+        {
+            inner.forget(id);
         }
     }
 }
