@@ -350,7 +350,12 @@ impl Scorer {
                 None
             };
             let status = status.into_iter().map(|s| s.map(|_| ())).collect();
-            chunks.push_back(ImageChunk { status, ticket });
+            let rows = row_span(first..first + chunk.len() as u64);
+            chunks.push_back(ImageChunk {
+                status,
+                ticket,
+                rows,
+            });
         }
         Ok(ImagePending {
             model: Arc::clone(&self.model),
@@ -387,6 +392,8 @@ struct ImageChunk {
     status: Vec<std::result::Result<(), String>>,
     /// The forward pass of the good rows; `None` when there were none.
     ticket: Option<Ticket>,
+    /// "rows 8-15", for a failed pass's message.
+    rows: String,
 }
 
 impl ImagePending {
@@ -403,7 +410,7 @@ impl ImagePending {
                     let Some(done) = ticket.wait(left) else {
                         return Ok(None);
                     };
-                    let (done, job) = done?;
+                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
                     self.times.add_job(&job);
                     match done {
                         Done::Image { values, width } => (values, width),
@@ -432,6 +439,25 @@ impl ImagePending {
             Target::Features => featurize_output(&results, &self.times),
         }
         .map(Some)
+    }
+}
+
+/// "rows 8-15" (or "row 8"): the rows of a chunk, for messages.
+pub(crate) fn row_span(rows: std::ops::Range<u64>) -> String {
+    match rows.end.saturating_sub(rows.start) {
+        0 | 1 => format!("row {}", rows.start),
+        _ => format!("rows {}-{}", rows.start, rows.end - 1),
+    }
+}
+
+/// A failed job's error, naming the chunk's rows: "rows 8-15: forward pass failed: {reason}".
+pub(crate) fn forward_failed(e: Error, rows: &str) -> Error {
+    match e {
+        Error::Inference { path, reason } => Error::Inference {
+            path,
+            reason: format!("{rows}: forward pass failed: {reason}"),
+        },
+        other => other,
     }
 }
 

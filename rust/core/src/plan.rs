@@ -15,7 +15,7 @@ use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::take::{take, take_record_batch};
 
-use crate::batch::{BatchOptions, Scorer, StageTimes};
+use crate::batch::{BatchOptions, Scorer, StageTimes, forward_failed, row_span};
 use crate::engine::{Done, Job, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::input;
@@ -218,11 +218,25 @@ impl Scorer {
                 times.preprocess += started.elapsed();
                 None
             };
+            // Sorted rows are not contiguous in the caller's order: they are listed.
+            let rows = match &order {
+                None => row_span(opts.row_offset + start as u64..opts.row_offset + end as u64),
+                Some(_) => {
+                    let mut rows: Vec<u64> = (start..end)
+                        .map(|j| opts.row_offset + original(j) as u64)
+                        .collect();
+                    rows.sort_unstable();
+                    let list: Vec<String> = rows.iter().take(10).map(u64::to_string).collect();
+                    let more = if rows.len() > 10 { ", ..." } else { "" };
+                    format!("rows {}{more}", list.join(", "))
+                }
+            };
             chunks.push_back(GeneralChunk {
                 good,
                 reasons,
                 post_masks,
                 ticket,
+                rows,
             });
             start = end;
         }
@@ -274,6 +288,8 @@ struct GeneralChunk {
     post_masks: HashMap<String, tch::Tensor>,
     /// The forward pass of the good rows; `None` when there were none.
     ticket: Option<Ticket>,
+    /// "rows 8-15" (or the rows listed, when sorted by length), for a failed pass's message.
+    rows: String,
 }
 
 impl GeneralPending {
@@ -296,7 +312,7 @@ impl GeneralPending {
                     let Some(done) = ticket.wait(left) else {
                         return Ok(None);
                     };
-                    let (done, job) = done?;
+                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
                     self.times.add_job(&job);
                     match done {
                         Done::General(value) => Some(value),

@@ -301,3 +301,43 @@ fn batch_size_zero_is_auto() {
         .unwrap();
     assert_same(&got, &want, "tabular, auto = 8192");
 }
+
+/// A pass that fails (a spec of 1 channel for a 3-channel network) fails the call with
+/// libtorch's reason, naming the model and the chunk's rows.
+#[test]
+fn a_failed_forward_names_the_model_and_its_rows() {
+    let resnet = fixtures().join("resnet20.pt");
+    let dir = std::env::temp_dir().join(format!("torchspark-grey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("resnet20.json")).unwrap())
+            .unwrap();
+    spec["input"]["channels"] = 1.into();
+    spec["input"]["channel_order"] = serde_json::Value::Null;
+    spec["preprocess"]["mean"] = serde_json::json!([0.5]);
+    spec["preprocess"]["std"] = serde_json::json!([0.25]);
+    let spec_path = dir.join("grey.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let row = vec![0.5f32; 32 * 32];
+    let rows: Vec<Option<&[f32]>> = (0..3).map(|_| Some(row.as_slice())).collect();
+    let opts = BatchOptions {
+        batch_size: 2,
+        row_offset: 10,
+        ..BatchOptions::default()
+    };
+    for mode in [EngineMode::Shared, EngineMode::PerTask] {
+        let mut config = ModelConfig::new(&resnet);
+        config.spec_path = Some(spec_path.clone());
+        config.num_threads = Some(1);
+        config.engine.mode = mode;
+        let scorer = Scorer::open(&config).unwrap();
+        let e = scorer
+            .score(&common::float_batch(&rows), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("resnet20.pt"), "{e}");
+        assert!(e.contains("rows 10-11: forward pass failed: "), "{e}");
+        assert!(e.contains("channels"), "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -24,6 +24,12 @@ pub struct Pending {
     state: PendingState,
 }
 
+// The FFI layers box a Pending and may collect it on another thread.
+const _: fn() = || {
+    fn send_static<T: Send + 'static>() {}
+    send_static::<Pending>();
+};
+
 enum PendingState {
     Images(Box<ImagePending>),
     General(Box<GeneralPending>),
