@@ -200,77 +200,72 @@ fn score_output(
     model: &Model,
     rows: &[RowOutput],
     times: &StageTimes,
-    top_k_count: usize,
+    k: usize,
 ) -> Result<RecordBatch> {
-    {
-        let labels = model.image_spec()?.labels.as_deref();
-        let opts_top_k = top_k_count;
-        let mut prediction = Int32Builder::with_capacity(rows.len());
-        let mut probability = ListBuilder::new(Float32Builder::new());
-        let mut label = StringBuilder::new();
-        let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), opts_top_k));
-        let mut error = StringBuilder::new();
-        for row in rows {
-            match row {
-                Ok(p) => {
-                    let order = ranking(p, opts_top_k.max(1));
-                    let best = order.first().copied().unwrap_or(0);
-                    prediction.append_value(best as i32);
-                    probability.values().append_slice(p);
-                    probability.append(true);
-                    label.append_option(labels.and_then(|l| l.get(best)));
-                    let entries = top_k.values();
-                    for &i in order.iter().take(opts_top_k) {
-                        struct_field::<Int32Builder>(entries, 0).append_value(i as i32);
-                        struct_field::<StringBuilder>(entries, 1)
-                            .append_option(labels.and_then(|l| l.get(i)));
-                        struct_field::<Float32Builder>(entries, 2).append_value(p[i]);
-                        entries.append(true);
-                    }
-                    top_k.append(true);
-                    error.append_null();
+    let labels = model.image_spec()?.labels.as_deref();
+    let mut prediction = Int32Builder::with_capacity(rows.len());
+    let mut probability = ListBuilder::new(Float32Builder::new());
+    let mut label = StringBuilder::new();
+    let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), k));
+    let mut error = StringBuilder::new();
+    for row in rows {
+        match row {
+            Ok(p) => {
+                let order = ranking(p, k.max(1));
+                let best = order.first().copied().unwrap_or(0);
+                prediction.append_value(best as i32);
+                probability.values().append_slice(p);
+                probability.append(true);
+                label.append_option(labels.and_then(|l| l.get(best)));
+                let entries = top_k.values();
+                for &i in order.iter().take(k) {
+                    struct_field::<Int32Builder>(entries, 0).append_value(i as i32);
+                    struct_field::<StringBuilder>(entries, 1)
+                        .append_option(labels.and_then(|l| l.get(i)));
+                    struct_field::<Float32Builder>(entries, 2).append_value(p[i]);
+                    entries.append(true);
                 }
-                Err(e) => {
-                    prediction.append_null();
-                    probability.append(false);
-                    label.append_null();
-                    top_k.append(false);
-                    error.append_value(e);
-                }
+                top_k.append(true);
+                error.append_null();
+            }
+            Err(e) => {
+                prediction.append_null();
+                probability.append(false);
+                label.append_null();
+                top_k.append(false);
+                error.append_value(e);
             }
         }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(prediction.finish()),
-            Arc::new(probability.finish()),
-            Arc::new(label.finish()),
-            Arc::new(top_k.finish()),
-            Arc::new(error.finish()),
-        ];
-        RecordBatch::try_new(times.annotate(Scorer::score_schema()), columns).map_err(arrow_bug)
     }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(prediction.finish()),
+        Arc::new(probability.finish()),
+        Arc::new(label.finish()),
+        Arc::new(top_k.finish()),
+        Arc::new(error.finish()),
+    ];
+    RecordBatch::try_new(times.annotate(Scorer::score_schema()), columns).map_err(arrow_bug)
 }
 
 /// [`Scorer::featurize`]'s batch from every row's features (or its error).
 fn featurize_output(rows: &[RowOutput], times: &StageTimes) -> Result<RecordBatch> {
-    {
-        let mut features = ListBuilder::new(Float32Builder::new());
-        let mut error = StringBuilder::new();
-        for row in rows {
-            match row {
-                Ok(f) => {
-                    features.values().append_slice(f);
-                    features.append(true);
-                    error.append_null();
-                }
-                Err(e) => {
-                    features.append(false);
-                    error.append_value(e);
-                }
+    let mut features = ListBuilder::new(Float32Builder::new());
+    let mut error = StringBuilder::new();
+    for row in rows {
+        match row {
+            Ok(f) => {
+                features.values().append_slice(f);
+                features.append(true);
+                error.append_null();
+            }
+            Err(e) => {
+                features.append(false);
+                error.append_value(e);
             }
         }
-        let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
-        RecordBatch::try_new(times.annotate(Scorer::featurize_schema()), columns).map_err(arrow_bug)
     }
+    let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
+    RecordBatch::try_new(times.annotate(Scorer::featurize_schema()), columns).map_err(arrow_bug)
 }
 
 impl Scorer {
@@ -470,7 +465,9 @@ pub struct StageTimes {
     /// Read, decode, resize, crop, normalize (rayon), assemble: the caller's thread, wall time.
     pub preprocess: Duration,
     /// The forward passes the call's jobs ran in (tensor creation, forward, reading the output
-    /// back), summed over its jobs: a pass shared with other tasks' jobs counts in each.
+    /// back), summed over its jobs: a pass shared with other tasks' jobs counts in each. The
+    /// general path adds its output writers' time (`post` ops, PNG encoding), as before the
+    /// engine.
     pub forward: Duration,
     /// Decoding, summed over rows (thread time: with a pool it can exceed `preprocess`).
     pub decode: Duration,

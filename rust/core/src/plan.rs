@@ -2,8 +2,9 @@
 //!
 //! For each chunk of `batch_size` rows: every input's reader reads its rows (a row is good
 //! only if all its inputs are); the good rows are assembled into `forward`'s arguments (stack,
-//! pad + mask, list); one forward pass; each output's writer takes its part of the result
-//! (`from`, `post`) and writes a column, a null for each bad row. Bad rows carry their reason
+//! pad + mask, list) and submitted to the engine as one job (all on the caller's thread); once
+//! its forward pass is back ([`crate::Pending::wait`]), each output's writer takes its part of
+//! the result (`from`, `post`) and writes a column, a null for each bad row. Bad rows carry their reason
 //! in `error`: ``row 17: input `meta` (column `bmi`): expected 10 values, got 9``.
 
 use std::collections::{HashMap, VecDeque};
