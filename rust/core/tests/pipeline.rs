@@ -341,3 +341,40 @@ fn a_failed_forward_names_the_model_and_its_rows() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Errors of the batch as a whole come from `submit` itself (nothing is queued); a pending
+/// that was dropped uncollected costs nothing more.
+#[test]
+fn errors_of_the_whole_batch_come_from_submit() {
+    let mlp = open(
+        &general_fixtures().join("diabetes_mlp.pt"),
+        EngineMode::Shared,
+    );
+    let wrong: ArrayRef = Arc::new(StringArray::from(vec!["x"]));
+    let batch = RecordBatch::try_from_iter([("other", wrong)]).unwrap();
+    let e = mlp
+        .submit(Op::Predict, &batch, &BatchOptions::default(), 21)
+        .err()
+        .expect("a missing column fails the submit");
+    assert_eq!(e.kind(), torchspark_core::ErrorKind::Input, "{e}");
+    assert!(e.to_string().contains("`features`"), "{e}");
+    // An image op on a general model says it is not an image model.
+    let e = mlp
+        .submit(Op::Score, &batch, &BatchOptions::default(), 21)
+        .err()
+        .expect("score on a general model fails");
+    assert!(e.to_string().contains("general model"), "{e}");
+    drop(
+        mlp.submit(
+            Op::Predict,
+            &diabetes_batch(3),
+            &BatchOptions::default(),
+            21,
+        )
+        .unwrap(),
+    );
+    let out = mlp
+        .predict(&diabetes_batch(3), &BatchOptions::default())
+        .unwrap();
+    assert_eq!(out.num_rows(), 3);
+}
