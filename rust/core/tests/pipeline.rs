@@ -360,7 +360,12 @@ fn errors_of_the_whole_batch_come_from_submit() {
     assert!(e.to_string().contains("`features`"), "{e}");
     // An image op on a general model says it is not an image model.
     let e = mlp
-        .submit(Op::Score, &batch, &BatchOptions::default(), 21)
+        .submit(
+            Op::Score,
+            &binary_batch(&[Some(b"x")]),
+            &BatchOptions::default(),
+            21,
+        )
         .err()
         .expect("score on a general model fails");
     assert!(e.to_string().contains("general model"), "{e}");
