@@ -39,6 +39,13 @@ object EngineSuite {
 
   def resnet: String = TorchSparkSuite.fixtures.resolve("resnet20.pt").toString
 
+  /** ~200 rows: the 40 fixture PNG/JPEG files five times, in 4 partitions. */
+  lazy val images: DataFrame = {
+    val one =
+      spark.read.format("binaryFile").load(TorchSparkSuite.fixtures.resolve("images").toString)
+    (1 until 5).foldLeft(one)((df, _) => df.union(one)).repartition(4).cache()
+  }
+
   // The kill test's task and driver meet here (local mode: one JVM).
   val firstBatch = new CountDownLatch(1)
   val batchesDone = new AtomicInteger(0)
@@ -47,11 +54,16 @@ object EngineSuite {
 class EngineSuite {
   import EngineSuite._
 
-  /** ~200 rows: the 40 fixture PNG/JPEG files five times, in 4 partitions. */
-  private def images: DataFrame = {
-    val one =
-      spark.read.format("binaryFile").load(TorchSparkSuite.fixtures.resolve("images").toString)
-    (1 until 5).foldLeft(one)((df, _) => df.union(one)).repartition(4).cache()
+  /** Each row's PyTorch numbers (tests/fixtures/out/expected.json). */
+  private def assertPyTorch(rows: Array[(String, Double, Seq[Double])]): Unit = {
+    assertEquals(200, rows.length)
+    rows.foreach { case (path, y, p) =>
+      val file = path.substring(path.lastIndexOf('/') + 1)
+      val e =
+        TorchSparkSuite.floats(TorchSparkSuite.expected(file).get("resnet20").get("probability"))
+      assertTrue(file, TorchSparkSuite.maxDiff(p.toArray, e) <= TorchSparkSuite.tol(file))
+      assertEquals(file, e.indexOf(e.max).toDouble, y, 0.0)
+    }
   }
 
   private def scored(
@@ -84,21 +96,11 @@ class EngineSuite {
   }
 
   @Test def sharedAndPerTaskScoreAlike(): Unit = {
-    val df = images
-    val shared = scored(df, "shared", 16)
-    assertEquals(200, shared.length)
-    assertAlike(scored(df, "per-task", 16), shared)
-    // And PyTorch's numbers.
-    shared.foreach { case (path, _, p) =>
-      val file = path.substring(path.lastIndexOf('/') + 1)
-      val e =
-        TorchSparkSuite.floats(TorchSparkSuite.expected(file).get("resnet20").get("probability"))
-      assertTrue(file, TorchSparkSuite.maxDiff(p.toArray, e) <= TorchSparkSuite.tol(file))
-    }
-    df.unpersist()
+    val shared = scored(images, "shared", 16)
+    assertAlike(scored(images, "per-task", 16), shared)
+    assertPyTorch(shared)
 
     val d = TorchModelSuite.diabetes
-    val xs = TorchModelSuite.doubles(d.get("X").elements().next()).length
     val rows = (0 until d.get("X").size).map { i =>
       Row(i, TorchModelSuite.doubles(d.get("X").get(i)).toSeq)
     }
@@ -106,7 +108,6 @@ class EngineSuite {
       Seq(StructField("id", IntegerType), StructField("x", ArrayType(DoubleType)))
     )
     val patients = spark.createDataFrame(spark.sparkContext.parallelize(rows, 4), schema)
-    assertTrue(xs > 0)
     def mlp(engine: String): Map[Int, Double] =
       new TorchModel()
         .setModelPath(TorchModelSuite.model("diabetes_mlp.pt"))
@@ -128,25 +129,23 @@ class EngineSuite {
   }
 
   @Test def batchSizeZeroIsAuto(): Unit = {
-    val df = images
     val scorer = new ImageScorer().setModelPath(resnet).setInputCol("content").setBatchSize(0)
-    val out = scorer.transform(df).select("path", "prediction", "probability")
-    val auto = out
-      .collect()
-      .map(r => (r.getString(0), r.getDouble(1), r.getAs[Vector](2).toArray.toSeq))
-      .sortBy(r => (r._1, r._2))
-    assertAlike(scored(df, "per-task", 16), auto)
+    val out = scorer.transform(images).select("path", "prediction", "probability")
+    assertPyTorch(
+      out
+        .collect()
+        .map(r => (r.getString(0), r.getDouble(1), r.getAs[Vector](2).toArray.toSeq))
+    )
     // One forward pass per `auto` rows of each partition.
     val h = NativeRunner.openModel(NativeRunner.configJson(resnet, "cpu", 1, "fp32"))
     val size =
       try NativeBridge.autoBatchSize(h)
       finally NativeBridge.closeModel(h)
     assertTrue(s"auto batch size $size", size >= 1)
-    val perPartition = df.rdd.mapPartitions(it => Iterator(it.size)).collect()
+    val perPartition = images.rdd.mapPartitions(it => Iterator(it.size)).collect()
     val m = scorer.metrics.values
     assertEquals(perPartition.map(n => (n + size - 1) / size).sum.toLong, m("engineBatches"))
     assertTrue(m.toString, m("engineBatchRows") >= 200L)
-    df.unpersist()
     val e = intercept[IllegalArgumentException](scorer.setBatchSize(-1))
     assertTrue(e.getMessage, e.getMessage.contains("batchSize"))
     intercept[IllegalArgumentException](scorer.setEngine("pooled"))
@@ -204,9 +203,7 @@ class EngineSuite {
       while (queued != 0 && System.nanoTime() < until) Thread.sleep(50)
       assertEquals(NativeBridge.engineStats(h), 0L, queued)
     } finally NativeBridge.closeModel(h)
-    val df = images
-    assertAlike(scored(df, "per-task", 16), scored(df, "shared", 16))
-    df.unpersist()
+    assertPyTorch(scored(images, "shared", 16))
   }
 
   @Test def cudaWithoutGpuFailsFast(): Unit = {
