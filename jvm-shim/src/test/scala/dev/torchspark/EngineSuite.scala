@@ -49,6 +49,7 @@ object EngineSuite {
   // The kill test's task and driver meet here (local mode: one JVM).
   val firstBatch = new CountDownLatch(1)
   val batchesDone = new AtomicInteger(0)
+  val tasksRunning = new AtomicInteger(0)
 }
 
 class EngineSuite {
@@ -167,6 +168,8 @@ class EngineSuite {
           .mapPartitions { _ =>
             val handle = NativeRunner.openModel(config)
             TaskContext.get().addTaskCompletionListener[Unit](_ => NativeBridge.closeModel(handle))
+            tasksRunning.incrementAndGet()
+            TaskContext.get().addTaskCompletionListener[Unit](_ => tasksRunning.decrementAndGet())
             val input = ArrowCodec.encode(InputKind.Binary, Array.fill[Any](4)(png))
             val pipeline = new TaskPipeline(handle, TaskPipeline.Score, true, 60000L)
             pipeline
@@ -191,9 +194,13 @@ class EngineSuite {
     sc.cancelJobGroup("engine-kill")
     job.join(30000)
     assertFalse("the killed job is still running", job.isAlive)
+    // The driver gives up on a cancelled job at once; the tasks must stop too (no task would
+    // finish its 2000 batches in under 10 s).
+    while (tasksRunning.get > 0 && System.nanoTime() - cancelled < 10000000000L) Thread.sleep(20)
     val seconds = (System.nanoTime() - cancelled) / 1e9
-    assertTrue(s"the kill took $seconds s", seconds < 10)
-    assertTrue(s"${batchesDone.get} batches", batchesDone.get < 2 * groups)
+    assertEquals(s"tasks still running after $seconds s", 0, tasksRunning.get)
+    assertTrue(s"the kill took $seconds s", seconds < 5)
+    assertTrue(s"${batchesDone.get} batches", batchesDone.get < groups)
     // Nothing of the killed tasks stays queued (cancelTask), and the engine scores right.
     val h = NativeRunner.openModel(config)
     try {
