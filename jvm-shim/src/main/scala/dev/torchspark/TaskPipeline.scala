@@ -94,15 +94,22 @@ private[torchspark] final class TaskPipeline(
             waiting.addLast(g)
           }
 
-        def hasNext: Boolean = { fill(); !waiting.isEmpty }
+        def hasNext: Boolean = failing { fill(); !waiting.isEmpty }
 
-        def next(): (G, Array[Byte]) = {
+        def next(): (G, Array[Byte]) = failing {
           fill()
           if (waiting.isEmpty) throw new NoSuchElementException("no more groups")
           val g = waiting.pollFirst()
           (g, await(rows(g)))
         }
       }
+
+  /** `body`; when it throws, the pendings and queued work go first (also outside a task, where no
+    * completion listener would).
+    */
+  private def failing[T](body: => T): T =
+    try body
+    catch { case e: Throwable => close(); throw e }
 
   /** The oldest pending's result; its pending is freed (by collect) when this returns or throws. */
   private def await(groupRows: Int): Array[Byte] = {
