@@ -262,6 +262,26 @@ class EngineSuite {
     assertEquals(8, cores(None, None, 8))
   }
 
+  @Test def engineSizedFromTheExecutorAndShownByTheDoctor(): Unit = {
+    // local[2]: 2 cores, spark.task.cpus 1 (outside a task), the default timeout.
+    val config = NativeRunner.configJson(resnet, "cpu", 1, "fp32")
+    assertTrue(
+      config,
+      config.endsWith(
+        """"engine": {"mode": "shared", "cores": 2, "task_cpus": 1, "timeout_ms": 600000}}"""
+      )
+    )
+    val row = TorchSpark.doctor(spark).head
+    assertTrue(
+      row.engine,
+      row.engine.matches(
+        """engine: \S+, \d+ workers x \d+ threads """ +
+          """\(cores \d+, task cpus 1\)"""
+      )
+    )
+    assertTrue(row.toJson, row.toJson.contains("\"engine\":\"engine: "))
+  }
+
   private def intercept[E <: Throwable](body: => Any)(implicit m: scala.reflect.ClassTag[E]): E =
     try {
       body
