@@ -9,7 +9,6 @@ import org.apache.spark.{SparkException, TaskContext}
 import org.apache.spark.ml.linalg.Vector
 import org.apache.spark.resource.ResourceInformation
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
-import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
 import org.junit.{AfterClass, BeforeClass, Test}
 import org.junit.Assert._
