@@ -51,7 +51,9 @@ class _CommonParams(Params):
     modelPath = Param(
         Params._dummy(), "modelPath", "path of the model (.pt or .pt2)", TypeConverters.toString
     )
-    batchSize = Param(Params._dummy(), "batchSize", "rows per native call", TypeConverters.toInt)
+    batchSize = Param(
+        Params._dummy(), "batchSize", "rows per forward pass; 0 = auto", TypeConverters.toInt
+    )
     device = Param(Params._dummy(), "device", "cpu or cuda:N", _device)
     numThreads = Param(
         Params._dummy(), "numThreads", "intra-op threads; 0 = spark.task.cpus", TypeConverters.toInt
@@ -69,6 +71,18 @@ class _CommonParams(Params):
         "largest width x height decoded; 0 = the spec's preprocess.max_pixels",
         TypeConverters.toInt,
     )
+    engine = Param(
+        Params._dummy(),
+        "engine",
+        "shared (one inference engine per executor) or per-task",
+        TypeConverters.toString,
+    )
+    engineTimeoutMs = Param(
+        Params._dummy(),
+        "engineTimeoutMs",
+        "longest wait for the shared engine, in milliseconds",
+        TypeConverters.toInt,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,6 +94,8 @@ class _CommonParams(Params):
             handleInvalid="error",
             errorCol="error",
             maxPixels=0,
+            engine="shared",
+            engineTimeoutMs=600000,
         )
 
     def setModelPath(self, value: str):
@@ -129,6 +145,18 @@ class _CommonParams(Params):
 
     def getMaxPixels(self) -> int:
         return self.getOrDefault(self.maxPixels)
+
+    def setEngine(self, value: str):
+        return self._set(engine=value)
+
+    def getEngine(self) -> str:
+        return self.getOrDefault(self.engine)
+
+    def setEngineTimeoutMs(self, value: int):
+        return self._set(engineTimeoutMs=value)
+
+    def getEngineTimeoutMs(self) -> int:
+        return self.getOrDefault(self.engineTimeoutMs)
 
 
 class _TorchSparkParams(_CommonParams):
@@ -264,6 +292,8 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        engine="shared",
+        engineTimeoutMs=600000,
         predictionCol="prediction",
         probabilityCol="probability",
         predictedLabelCol="predictedLabel",
@@ -334,6 +364,8 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        engine="shared",
+        engineTimeoutMs=600000,
         outputCol="features",
     ) -> None:
         super().__init__()
@@ -386,6 +418,8 @@ class TorchModel(_JavaBacked, _CommonParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        engine="shared",
+        engineTimeoutMs=600000,
         inputCols=None,
         outputCols=None,
     ) -> None:
@@ -437,6 +471,8 @@ class TextEmbedder(_JavaBacked, _CommonParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        engine="shared",
+        engineTimeoutMs=600000,
         inputCol="text",
         outputCol="embedding",
     ) -> None:

@@ -190,7 +190,10 @@ private[torchspark] object ArrowCodec {
         get("torchspark.forward_ns"),
         get("torchspark.decode_ns"),
         get("torchspark.resize_ns"),
-        get("torchspark.truncated_rows")
+        get("torchspark.truncated_rows"),
+        get("torchspark.queue_ns"),
+        get("torchspark.batch_rows"),
+        get("torchspark.batch_jobs")
       )
     } finally reader.close()
   }

@@ -20,13 +20,15 @@ final case class DoctorRow(
     bf16: String,
     glibc: String,
     ok: Boolean,
-    status: String
+    status: String,
+    engine: String = ""
 ) {
   def toJson: String = {
     val m = new java.util.LinkedHashMap[String, Any]()
     m.put("side", "jvm"); m.put("host", host); m.put("executor", executor)
     m.put("libtorch", libtorch); m.put("isa", isa); m.put("bf16", bf16); m.put("glibc", glibc)
     m.put("ok", ok); m.put("status", status)
+    m.put("engine", engine)
     new ObjectMapper().writeValueAsString(m)
   }
 }
@@ -71,21 +73,32 @@ object Doctor {
     val (isa, bf16) = isaSummary(cpuFlags())
     val glibc =
       s"node has ${NativeLoader.nodeGlibc()}; torchspark needs ${NativeLoader.glibcNeeded()}"
-    def row(ok: Boolean, status: String) =
-      DoctorRow(host, executor, NativeLoader.libtorchSource(), isa, bf16, glibc, ok, status)
+    def row(ok: Boolean, status: String, engine: String = "") =
+      DoctorRow(host, executor, NativeLoader.libtorchSource(), isa, bf16, glibc, ok, status, engine)
     try {
       NativeBridge.loadCount() // loads the library, or throws the kept failure
-      val diff = scoreTiny()
-      if (diff < 1e-4) row(ok = true, f"loaded; tiny model max |diff| vs PyTorch $diff%.1e")
-      else row(ok = false, f"loaded, but the tiny model is off by $diff%.1e")
+      val (diff, engine) = scoreTiny()
+      if (diff < 1e-4) row(ok = true, f"loaded; tiny model max |diff| vs PyTorch $diff%.1e", engine)
+      else row(ok = false, f"loaded, but the tiny model is off by $diff%.1e", engine)
     } catch {
       case NonFatal(e)     => row(ok = false, String.valueOf(e.getMessage))
       case e: LinkageError => row(ok = false, e.toString)
     }
   }
 
-  /** Scores the bundled 8×8 PNG with the bundled tiny model; max |diff| to PyTorch's numbers. */
-  private def scoreTiny(): Double = {
+  /** "engine: MODE, W workers x T threads (cores C, task cpus c)" from an engine's stats JSON. */
+  def engineLine(statsJson: String, taskCpus: Int): String = {
+    val s = new ObjectMapper().readTree(statsJson)
+    def int(k: String) = Option(s.get(k)).map(_.asLong).getOrElse(0L)
+    val mode = Option(s.get("mode")).map(_.asText).getOrElse("?")
+    s"engine: $mode, ${int("workers")} workers x ${int("threads_per_worker")} threads " +
+      s"(cores ${int("cores")}, task cpus $taskCpus)"
+  }
+
+  /** Scores the bundled 8×8 PNG with the bundled tiny model; max |diff| to PyTorch's numbers, and
+    * the [[engineLine]] of the engine a transformer with default params gets on this executor.
+    */
+  private def scoreTiny(): (Double, String) = {
     val dir = Files.createTempDirectory("torchspark-doctor")
     try {
       Seq("tiny.pt", "tiny.json", "tiny.png", "tiny.expected.json").foreach { f =>
@@ -98,16 +111,15 @@ object Doctor {
       val expected = new ObjectMapper().readTree(dir.resolve("tiny.expected.json").toFile)
       val want = (0 until expected.get("probability").get(0).size)
         .map(i => expected.get("probability").get(0).get(i).asDouble)
-      val config =
-        s"""{"model_path": ${NativeRunner.json(dir.resolve("tiny.pt").toString)}, """ +
-          """"device": "cpu", "num_threads": 1, "precision": "fp32"}"""
+      val config = NativeRunner.configJson(dir.resolve("tiny.pt").toString, "cpu", 1, "fp32")
       val h = NativeBridge.openModel(config)
       try {
         val s = ArrowCodec.decodeScores(
           NativeBridge.score(h, ArrowCodec.encode(InputKind.Binary, Array[Any](png)), "{}")
         )(0)
         if (s.error != null) throw new IllegalStateException(s"tiny model: ${s.error}")
-        s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
+        val diff = s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
+        (diff, engineLine(NativeBridge.engineStats(h), ExecutorCores.taskCpus))
       } finally NativeBridge.closeModel(h)
     } finally {
       Option(dir.toFile.listFiles()).foreach(_.foreach(_.delete()))
@@ -130,9 +142,10 @@ object Doctor {
   }
 
   def table(rows: Seq[DoctorRow]): String = {
-    val cols = Seq("host", "executor", "libtorch", "isa", "bf16", "status")
-    val cells =
-      rows.map(r => Seq(r.host, r.executor, r.libtorch, r.isa, r.bf16, r.status).map(_.take(80)))
+    val cols = Seq("host", "executor", "libtorch", "isa", "bf16", "status", "engine")
+    val cells = rows.map(r =>
+      Seq(r.host, r.executor, r.libtorch, r.isa, r.bf16, r.status, r.engine).map(_.take(80))
+    )
     val widths = cols.indices.map(i => (cols(i) +: cells.map(_(i))).map(_.length).max)
     def line(xs: Seq[String]) = xs.zip(widths).map { case (x, w) => x.padTo(w, ' ') }.mkString("  ")
     (line(cols) +: line(widths.map("-" * _)) +: cells.map(line)).mkString("\n")

@@ -45,7 +45,7 @@ class ImageFeaturizer(override val uid: String)
       this,
       schema,
       metrics,
-      NativeBridge.featurize,
+      TaskPipeline.Featurize,
       NativeRunner.imageInput(df, getInputCol),
       decode,
       Seq(null),

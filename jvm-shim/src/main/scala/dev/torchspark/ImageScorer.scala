@@ -92,7 +92,7 @@ class ImageScorer(override val uid: String)
       this,
       schema,
       metrics,
-      NativeBridge.score,
+      TaskPipeline.Score,
       NativeRunner.imageInput(df, getInputCol),
       decode,
       Seq(null, null, null, null),

@@ -15,6 +15,12 @@ import org.apache.spark.util.LongAccumulator
   *     over rows (with `numThreads` > 1 rows are preprocessed in parallel, so these are thread time
   *     and their sum can exceed `preprocessTimeMs`, which is wall time).
   *
+  * With `engine=shared` (docs/engine.md): `queueTimeMs` is the time the task's batches waited in
+  * the engine's queue; `waitTimeMs` the time the task was blocked collecting results (the forward
+  * time not hidden behind reading and encoding the next batch; near 0 is best); `engineBatches`
+  * counts the forward passes the task's rows went through and `engineBatchRows` sums the rows of
+  * those passes (other tasks' rows merged in included): their ratio is the mean forward batch.
+  *
   * `truncatedRows` counts text rows cut at the spec's `max_length` (the rest of the text is not
   * embedded); `decodeTimeMs` holds the tokenizing time of text rows.
   */
@@ -30,7 +36,11 @@ final class TorchSparkMetrics private (
     val forwardTimeMs: LongAccumulator,
     val decodeTimeMs: LongAccumulator,
     val resizeTimeMs: LongAccumulator,
-    val truncatedRows: LongAccumulator
+    val truncatedRows: LongAccumulator,
+    val queueTimeMs: LongAccumulator,
+    val waitTimeMs: LongAccumulator,
+    val engineBatches: LongAccumulator,
+    val engineBatchRows: LongAccumulator
 ) extends Serializable {
 
   /** Name → value of every counter. */
@@ -46,7 +56,11 @@ final class TorchSparkMetrics private (
     "forwardTimeMs" -> forwardTimeMs.value.longValue,
     "decodeTimeMs" -> decodeTimeMs.value.longValue,
     "resizeTimeMs" -> resizeTimeMs.value.longValue,
-    "truncatedRows" -> truncatedRows.value.longValue
+    "truncatedRows" -> truncatedRows.value.longValue,
+    "queueTimeMs" -> queueTimeMs.value.longValue,
+    "waitTimeMs" -> waitTimeMs.value.longValue,
+    "engineBatches" -> engineBatches.value.longValue,
+    "engineBatchRows" -> engineBatchRows.value.longValue
   )
 
   /** [[values]] for Java and py4j callers, in a stable order. */
@@ -75,7 +89,11 @@ object TorchSparkMetrics {
       acc("forwardTimeMs"),
       acc("decodeTimeMs"),
       acc("resizeTimeMs"),
-      acc("truncatedRows")
+      acc("truncatedRows"),
+      acc("queueTimeMs"),
+      acc("waitTimeMs"),
+      acc("engineBatches"),
+      acc("engineBatchRows")
     )
   }
 }
@@ -86,7 +104,10 @@ private[torchspark] final case class StageNanos(
     forward: Long,
     decode: Long,
     resize: Long,
-    truncatedRows: Long = 0L
+    truncatedRows: Long = 0L,
+    queue: Long = 0L,
+    batchRows: Long = 0L,
+    batchJobs: Long = 0L
 )
 
 /** One task's stage clocks, in nanoseconds, added to the accumulators once when it ends (adding per
@@ -94,6 +115,9 @@ private[torchspark] final case class StageNanos(
   */
 private[torchspark] final class StageClock(metrics: TorchSparkMetrics) {
   var read, bridge, native, preprocess, forward, decode, resize = 0L
+  // The engine's share: queue wait (native), time blocked in collect (JVM), forward passes and
+  // their summed rows.
+  var queue, blocked, batches, batchRows = 0L
   private var flushed = false
 
   def flush(): Unit = if (!flushed) {
@@ -106,5 +130,9 @@ private[torchspark] final class StageClock(metrics: TorchSparkMetrics) {
     metrics.forwardTimeMs.add(ms(forward))
     metrics.decodeTimeMs.add(ms(decode))
     metrics.resizeTimeMs.add(ms(resize))
+    metrics.queueTimeMs.add(ms(queue))
+    metrics.waitTimeMs.add(ms(blocked))
+    metrics.engineBatches.add(batches)
+    metrics.engineBatchRows.add(batchRows)
   }
 }

@@ -38,17 +38,41 @@ private[torchspark] object NativeRunner {
     sb.append('"').toString
   }
 
-  /** The native ModelConfig for a local path or a `--files` name. */
+  /** The native ModelConfig for a local path or a `--files` name (the default engine). */
   def configJson(path: String, device: String, threads: Int, precision: String): String =
-    configFor(resolveModel(path), device, threads, precision)
+    configFor(resolveModel(path), device, threads, precision, EngineSettings.default)
 
   /** The native ModelConfig for a model source (fetched into the node cache when remote). */
   def configJson(source: ModelSource, device: String, threads: Int, precision: String): String =
-    configFor(source.localPath(), device, threads, precision)
+    configFor(source.localPath(), device, threads, precision, EngineSettings.default)
 
-  private def configFor(local: String, device: String, threads: Int, precision: String): String =
-    s"""{"model_path": ${json(local)}, "device": ${json(device)}, """ +
-      s""""num_threads": $threads, "precision": ${json(precision)}}"""
+  /** The native ModelConfig for a model source with the transformer's engine settings. */
+  def configJson(
+      source: ModelSource,
+      device: String,
+      threads: Int,
+      precision: String,
+      engine: EngineSettings
+  ): String = configFor(source.localPath(), device, threads, precision, engine)
+
+  /** `device` resolved for this task (ExecutorCores.gpuDevice), and the engine sized from this
+    * executor's cores and the task's cpus (ExecutorCores); `numThreads` > 0 fixes each engine
+    * worker's threads.
+    */
+  private def configFor(
+      local: String,
+      device: String,
+      threads: Int,
+      precision: String,
+      engine: EngineSettings
+  ): String = {
+    val perWorker =
+      if (engine.numThreads > 0) s""", "threads_per_worker": ${engine.numThreads}""" else ""
+    s"""{"model_path": ${json(local)}, "device": ${json(ExecutorCores.deviceForTask(device))}, """ +
+      s""""num_threads": $threads, "precision": ${json(precision)}, """ +
+      s""""engine": {"mode": ${json(engine.mode)}, "cores": ${ExecutorCores.cores}, """ +
+      s""""task_cpus": ${ExecutorCores.taskCpus}, "timeout_ms": ${engine.timeoutMs}$perWorker}}"""
+  }
 
   private val reportedLoads = new AtomicLong(0)
 
@@ -108,38 +132,41 @@ private[torchspark] object NativeRunner {
     new GenericRow(values)
   }
 
-  /** Batches each partition's rows, calls native code once per batch, and appends the outputs in
-    * row order; `encode` turns a batch of rows into the native call's Arrow input, `decode` turns a
-    * native result into per-row outputs or an error. `rowsPerCall` (0: `batchSize`) rows go into
-    * one native call, which runs them in forward passes of `batchSize` rows.
+  /** Groups each partition's rows, runs each group through native code (op 0 score, 1 featurize, 2
+    * predict; through the shared engine or per task, TaskPipeline) and appends the outputs in row
+    * order; `encode` turns a group of rows into the native call's Arrow input, `decode` turns a
+    * native result into per-row outputs or an error. A group is `callBatches` forward passes of
+    * `batchSize` rows (batchSize 0: the model's NativeBridge.autoBatchSize, on the executor).
     */
   def transform(
       df: DataFrame,
       p: TorchSparkModelParams,
       outSchema: StructType,
       metrics: TorchSparkMetrics,
-      nativeCall: (Long, Array[Byte], String) => Array[Byte],
+      op: Int,
       encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
       optionsExtra: String,
-      rowsPerCall: Int = 0
+      callBatches: Int = 1
   ): DataFrame = {
     val pathIdx = if (df.columns.contains("path")) Some(df.schema.fieldIndex("path")) else None
     val (device, numThreads, precision) = (p.getDevice, p.getNumThreads, p.getPrecision)
     // What the driver can know (the model, its spec, the device) fails here, before the job.
     val source = ModelSource(df.sparkSession, p.getModelPath)
     DriverCheck(df.sparkSession, source, device, precision)
-    val (batchSize, mode) = (p.getBatchSize, p.getHandleInvalid)
-    val perCall = if (rowsPerCall > 0) rowsPerCall else batchSize
+    val (batchParam, mode) = (p.getBatchSize, p.getHandleInvalid)
+    val engine = EngineSettings(p.getEngine, p.getEngineTimeoutMs, numThreads)
     val maxPixels = p.getMaxPixels
     df.mapPartitions { input: Iterator[Row] =>
-      val config = configJson(source, device, threadsFor(numThreads), precision)
+      val config = configJson(source, device, threadsFor(numThreads), precision, engine)
       val handle = openForTask(config, metrics)
       val clock = new StageClock(metrics)
       val ctx = Option(TaskContext.get())
       ctx.foreach(_.addTaskCompletionListener[Unit](_ => clock.flush()))
       val partition = ctx.map(_.partitionId()).getOrElse(0)
+      val batchSize = if (batchParam > 0) batchParam else NativeBridge.autoBatchSize(handle).max(1)
+      val perCall = math.min(callBatches.toLong * batchSize, Int.MaxValue.toLong).toInt
       // Time spent pulling rows from upstream (the file reads, for binaryFile).
       val rows = new Iterator[Row] {
         def hasNext: Boolean = {
@@ -151,53 +178,79 @@ private[torchspark] object NativeRunner {
           val t = System.nanoTime(); val r = input.next(); clock.read += System.nanoTime() - t; r
         }
       }
-      var offset = 0L
-      rows.grouped(perCall).flatMap { group =>
-        val t0 = System.nanoTime()
-        val options =
-          s"""{"batch_size": $batchSize, "row_offset": $offset, "max_pixels": $maxPixels$optionsExtra}"""
-        val encoded = encode(group)
-        val t1 = System.nanoTime()
-        val answer = nativeCall(handle, encoded, options)
-        val t2 = System.nanoTime()
-        val stages = ArrowCodec.stageNanos(answer)
-        val result = decode(answer)
-        if (result.length != group.size)
-          throw new InferenceException(
-            s"torchspark: partition $partition: native code returned ${result.length} rows for " +
-              s"${group.size}"
-          )
-        offset += group.size
-        var scored = 0L
-        val out = group.iterator
-          .zip(result.iterator)
-          .flatMap {
-            case (row, Right(outputs)) =>
-              scored += 1
-              Some(appended(row, outputs, mode == "keep", null))
-            case (row, Left(error)) =>
-              metrics.rowsWithErrors.add(1)
-              val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
-              mode match {
-                case "error" =>
-                  throw new InputException(s"torchspark: partition $partition, $error$where")
-                case "skip" =>
-                  metrics.rowsSkipped.add(1)
-                  None
-                case _ => Some(appended(row, nullOutputs, true, error))
-              }
-          }
-          .toArray
-        metrics.imagesScored.add(scored)
-        if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
-        clock.native += t2 - t1
-        clock.preprocess += stages.preprocess
-        clock.forward += stages.forward
-        clock.decode += stages.decode
-        clock.resize += stages.resize
-        clock.bridge += (t1 - t0) + (System.nanoTime() - t2)
-        out.iterator
+      // Each group's first row's offset in the partition, for the row numbers in native errors.
+      var submitted = 0L
+      val groups = rows.grouped(perCall).map { g =>
+        val at = submitted; submitted += g.size; (g, at)
       }
+      val pipeline = new TaskPipeline(handle, op, engine.shared, engine.timeoutMs, Some(clock), ctx)
+      pipeline
+        .run[(Seq[Row], Long)](
+          groups,
+          g => encode(g._1),
+          g =>
+            s"""{"batch_size": $batchSize, "row_offset": ${g._2}, "max_pixels": $maxPixels""" +
+              s"""$optionsExtra}""",
+          g => g._1.size
+        )
+        .flatMap { case ((group, _), answer) =>
+          val t2 = System.nanoTime()
+          val stages = ArrowCodec.stageNanos(answer)
+          val result = decode(answer)
+          if (result.length != group.size)
+            throw new InferenceException(
+              s"torchspark: partition $partition: native code returned ${result.length} rows for " +
+                s"${group.size}"
+            )
+          var scored = 0L
+          val out = group.iterator
+            .zip(result.iterator)
+            .flatMap {
+              case (row, Right(outputs)) =>
+                scored += 1
+                Some(appended(row, outputs, mode == "keep", null))
+              case (row, Left(error)) =>
+                metrics.rowsWithErrors.add(1)
+                val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
+                mode match {
+                  case "error" =>
+                    throw new InputException(s"torchspark: partition $partition, $error$where")
+                  case "skip" =>
+                    metrics.rowsSkipped.add(1)
+                    None
+                  case _ => Some(appended(row, nullOutputs, true, error))
+                }
+            }
+            .toArray
+          metrics.imagesScored.add(scored)
+          if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
+          clock.preprocess += stages.preprocess
+          clock.forward += stages.forward
+          clock.decode += stages.decode
+          clock.resize += stages.resize
+          clock.queue += stages.queue
+          // One job per forward pass of batchSize rows; without engine metadata (per task) each
+          // pass holds only this group's rows.
+          clock.batches += (group.size + batchSize - 1) / batchSize
+          clock.batchRows += (if (stages.batchRows > 0) stages.batchRows else group.size.toLong)
+          clock.bridge += System.nanoTime() - t2
+          out.iterator
+        }
     }(Encoders.row(outSchema))
   }
+}
+
+/** A transformer's engine params as the executor needs them: `mode` "shared" or "per-task",
+  * `timeoutMs` (engineTimeoutMs), `numThreads` (> 0: each engine worker's threads).
+  */
+private[torchspark] final case class EngineSettings(
+    mode: String,
+    timeoutMs: Long,
+    numThreads: Int
+) {
+  def shared: Boolean = mode == "shared"
+}
+
+private[torchspark] object EngineSettings {
+  val default: EngineSettings = EngineSettings("shared", 600000L, 0)
 }

@@ -181,15 +181,13 @@ class TorchModel(override val uid: String)
       this,
       schema,
       metrics,
-      NativeBridge.predict,
+      TaskPipeline.Predict,
       encode,
       decode,
       Seq.fill(count)(null),
       s""", "columns": $mapping""",
       // Text rows are sorted by length natively within a call: give it several batches to sort.
-      if (inputs.exists(_._1.isText))
-        math.min(TorchModel.textBatchesPerCall.toLong * getBatchSize, Int.MaxValue).toInt
-      else 0
+      if (inputs.exists(_._1.isText)) TorchModel.textBatchesPerCall else 1
     )
   }
 

@@ -27,9 +27,25 @@ trait TorchSparkModelParams extends Params {
     new IntParam(
       this,
       "batchSize",
-      "rows per native call and forward pass",
-      ParamValidators.gtEq(1)
+      "rows per forward pass; 0 means auto: the model's best size (about 1 MiB of input per " +
+        "pass, from its spec)",
+      ParamValidators.gtEq(0)
     )
+
+  final val engine: Param[String] = new Param[String](
+    this,
+    "engine",
+    "shared: one inference engine per executor batches all its tasks' rows and runs the forward " +
+      "beside the reading and decoding; per-task: each task calls the model itself (the reference)",
+    ParamValidators.inArray(Array("shared", "per-task"))
+  )
+
+  final val engineTimeoutMs: LongParam = new LongParam(
+    this,
+    "engineTimeoutMs",
+    "longest wait for the shared engine (queue space, a result), in milliseconds",
+    ParamValidators.gt(0)
+  )
 
   final val device: Param[String] = new Param[String](
     this,
@@ -82,7 +98,9 @@ trait TorchSparkModelParams extends Params {
     numThreads -> 0,
     precision -> "fp32",
     handleInvalid -> "error",
-    errorCol -> "error"
+    errorCol -> "error",
+    engine -> "shared",
+    engineTimeoutMs -> 600000L
   )
 
   def setModelPath(v: String): this.type = set(modelPath, v)
@@ -93,6 +111,8 @@ trait TorchSparkModelParams extends Params {
   def setHandleInvalid(v: String): this.type = set(handleInvalid, v)
   def setErrorCol(v: String): this.type = set(errorCol, v)
   def setMaxPixels(v: Long): this.type = set(maxPixels, v)
+  def setEngine(v: String): this.type = set(engine, v)
+  def setEngineTimeoutMs(v: Long): this.type = set(engineTimeoutMs, v)
 
   final def getModelPath: String = $(modelPath)
   final def getBatchSize: Int = $(batchSize)
@@ -102,6 +122,8 @@ trait TorchSparkModelParams extends Params {
   final def getHandleInvalid: String = $(handleInvalid)
   final def getErrorCol: String = $(errorCol)
   final def getMaxPixels: Long = $(maxPixels)
+  final def getEngine: String = $(engine)
+  final def getEngineTimeoutMs: Long = $(engineTimeoutMs)
 
   @transient private var lastMetrics: TorchSparkMetrics = _
 

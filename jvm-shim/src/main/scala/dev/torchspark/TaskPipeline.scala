@@ -1,0 +1,200 @@
+package dev.torchspark
+
+import java.util.concurrent.atomic.AtomicLong
+
+import org.apache.spark.{TaskContext, TaskKilledException}
+
+/** Runs one task's groups of rows through a model handle, in order (docs/design/shared-engine.md
+  * §2).
+  *
+  * Shared engine (`shared = true`): double-buffering of depth 2 on the task thread. It encodes
+  * group k+1 and `submit`s it (image decoding runs inside `submit`), and only then `collect`s group
+  * k, whose forward ran on an engine worker meanwhile; no second JVM thread reads Spark's iterator.
+  * `collect` waits in slices of 100 ms: between slices a killed task (`TaskContext.isInterrupted`)
+  * discards its pendings, cancels its queued work and throws
+  * [[org.apache.spark.TaskKilledException]]; a wait longer than `timeoutMs` throws an
+  * [[InferenceException]] naming the partition, the rows and the engine's state.
+  *
+  * Per-task (`shared = false`): today's synchronous `score`/`featurize`/`predict` per group, no
+  * overlap; the reference the shared engine must equal.
+  *
+  * A task completion listener (success, failure or kill) discards what is still pending and cancels
+  * the task's queued work; it is registered after the handle's own `closeModel` listener, and Spark
+  * runs completion listeners in reverse order, so it runs first.
+  *
+  * @param handle
+  *   an open model handle (NativeBridge.openModel)
+  * @param op
+  *   0 score, 1 featurize, 2 predict (NativeBridge.submit)
+  * @param clock
+  *   where the time goes: encode into `bridge`, submit and collect into `native`, the time blocked
+  *   in collect also into `blocked`; None to not measure
+  */
+private[torchspark] final class TaskPipeline(
+    handle: Long,
+    op: Int,
+    shared: Boolean,
+    timeoutMs: Long,
+    clock: Option[StageClock] = None,
+    ctx: Option[TaskContext] = Option(TaskContext.get())
+) {
+  require(op >= 0 && op <= 2, s"op $op: expected 0 (score), 1 (featurize) or 2 (predict)")
+
+  /** The id the engine knows this task's jobs by: Spark's task attempt id, or a fresh one outside a
+    * task (negative, so it never meets a task attempt id).
+    */
+  val taskId: Long = ctx.map(_.taskAttemptId()).getOrElse(TaskPipeline.localIds.decrementAndGet())
+
+  private val partition = ctx.map(_.partitionId()).getOrElse(0)
+
+  // Submitted and not yet collected, oldest first (at most 2). Guarded by itself: the completion
+  // listener may run while the task thread is still in a collect slice.
+  private val pending = new java.util.ArrayDeque[java.lang.Long]()
+  private var closed = false
+
+  ctx.foreach(_.addTaskCompletionListener[Unit](_ => close()))
+
+  /** The groups' native results (Arrow IPC bytes), in the groups' order. `encode` turns a group
+    * into the Arrow IPC input, `options` gives its options JSON, `rows` its row count (named in
+    * errors; -1 if unknown). Lazy: a group is read, encoded and submitted as the result before it
+    * is consumed.
+    */
+  def run[G](
+      groups: Iterator[G],
+      encode: G => Array[Byte],
+      options: G => String,
+      rows: G => Int = TaskPipeline.unknownRows
+  ): Iterator[(G, Array[Byte])] =
+    if (!shared) groups.map { g =>
+      checkKilled()
+      val t0 = System.nanoTime()
+      val input = encode(g)
+      val t1 = System.nanoTime()
+      val out = TaskPipeline.call(op, handle, input, options(g))
+      clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
+      (g, out)
+    }
+    else
+      new Iterator[(G, Array[Byte])] {
+        private val waiting = new java.util.ArrayDeque[G]()
+
+        private def fill(): Unit =
+          while (waiting.size < 2 && groups.hasNext) {
+            checkKilled()
+            val g = groups.next()
+            val t0 = System.nanoTime()
+            val input = encode(g)
+            val t1 = System.nanoTime()
+            val p = NativeBridge.submit(handle, op, input, options(g), taskId)
+            clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
+            pending.synchronized {
+              if (closed) { NativeBridge.discard(p); throw killed() }
+              pending.addLast(p)
+            }
+            waiting.addLast(g)
+          }
+
+        def hasNext: Boolean = failing { fill(); !waiting.isEmpty }
+
+        def next(): (G, Array[Byte]) = failing {
+          fill()
+          if (waiting.isEmpty) throw new NoSuchElementException("no more groups")
+          val g = waiting.pollFirst()
+          (g, await(rows(g)))
+        }
+      }
+
+  /** `body`; when it throws, the pendings and queued work go first (also outside a task, where no
+    * completion listener would).
+    */
+  private def failing[T](body: => T): T =
+    try body
+    catch { case e: Throwable => close(); throw e }
+
+  /** The oldest pending's result; its pending is freed (by collect) when this returns or throws. */
+  private def await(groupRows: Int): Array[Byte] = {
+    val p: Long = pending.synchronized(pending.peekFirst())
+    val start = System.nanoTime()
+    val deadline = start + timeoutMs * 1000000L
+    var out: Array[Byte] = null
+    try {
+      while (out == null) {
+        val left = (deadline - System.nanoTime()) / 1000000L
+        out = NativeBridge.collect(p, math.max(1L, math.min(TaskPipeline.sliceMs, left)))
+        if (out == null) {
+          checkKilled()
+          if (System.nanoTime() >= deadline) {
+            val stats = engineStats
+            close()
+            throw new InferenceException(
+              s"torchspark: partition $partition: no result for ${describe(groupRows)} after " +
+                s"engineTimeoutMs=$timeoutMs ms (engine: $stats); raise engineTimeoutMs or " +
+                "lower batchSize"
+            )
+          }
+        }
+      }
+    } catch {
+      // collect freed `p` when it threw; the others go with the task.
+      case e: TorchSparkException =>
+        pending.synchronized(pending.remove(java.lang.Long.valueOf(p)))
+        close()
+        throw e
+    } finally
+      clock.foreach { c =>
+        val blocked = System.nanoTime() - start
+        c.native += blocked
+        c.blocked += blocked
+      }
+    pending.synchronized(pending.remove(java.lang.Long.valueOf(p)))
+    out
+  }
+
+  private def describe(groupRows: Int): String =
+    if (groupRows >= 0) s"a batch of $groupRows rows" else "a batch"
+
+  private def engineStats: String =
+    try NativeBridge.engineStats(handle)
+    catch { case e: TorchSparkException => s"unknown: ${e.getMessage}" }
+
+  private def killed(): TaskKilledException =
+    new TaskKilledException(s"torchspark: partition $partition: task $taskId was killed")
+
+  /** A killed task stops here: its pendings and queued work go, then TaskKilledException. */
+  private def checkKilled(): Unit =
+    if (ctx.exists(_.isInterrupted())) {
+      close()
+      throw killed()
+    }
+
+  /** Discards every pending and drops the task's queued work (idempotent). */
+  def close(): Unit = pending.synchronized {
+    val had = !closed
+    closed = true
+    while (!pending.isEmpty) NativeBridge.discard(pending.pollFirst())
+    if (had && shared) NativeBridge.cancelTask(handle, taskId)
+    ()
+  }
+}
+
+private[torchspark] object TaskPipeline {
+
+  /** The longest single collect: how soon a killed task notices. */
+  val sliceMs = 100L
+
+  val unknownRows: Any => Int = _ => -1
+
+  private val localIds = new AtomicLong(0L)
+
+  /** The synchronous native call of `op` (the per-task reference). */
+  def call(op: Int, handle: Long, input: Array[Byte], options: String): Array[Byte] = op match {
+    case 0 => NativeBridge.score(handle, input, options)
+    case 1 => NativeBridge.featurize(handle, input, options)
+    case 2 => NativeBridge.predict(handle, input, options)
+    case _ => throw new IllegalArgumentException(s"op $op: expected 0, 1 or 2")
+  }
+
+  val Score = 0
+  val Featurize = 1
+  val Predict = 2
+}
