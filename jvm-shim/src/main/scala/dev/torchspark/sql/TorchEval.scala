@@ -4,7 +4,13 @@ import scala.collection.mutable
 
 import org.apache.spark.sql.catalyst.expressions._
 import org.apache.spark.sql.catalyst.expressions.aggregate.AggregateExpression
-import org.apache.spark.sql.catalyst.plans.logical.{LogicalPlan, Project, Subquery, UnaryNode}
+import org.apache.spark.sql.catalyst.plans.logical.{
+  Filter,
+  LogicalPlan,
+  Project,
+  Subquery,
+  UnaryNode
+}
 import org.apache.spark.sql.catalyst.rules.Rule
 
 /** Evaluates `calls` over `child`'s rows a batch at a time and appends their results as
@@ -45,10 +51,37 @@ object ExtractTorchCalls extends Rule[LogicalPlan] {
     // Spark does not rewrite a correlated subquery's plan in place (ExtractPythonUDFs does the same).
     case s: Subquery if s.correlated => plan
     case _                           =>
-      plan.transformUp {
-        case e: TorchEval => e
-        case p            => extract(p)
+      plan
+        .transformDown { case p @ Project(_, f: Filter) => shareWithFilter(p, f) }
+        .transformUp {
+          case e: TorchEval => e
+          case p            => extract(p)
+        }
+  }
+
+  /** `SELECT m(c).label ... WHERE m(c).prediction = 3`: the Filter's calls go under it and the
+    * Project above reads their results (a Filter passes every column up), so the call is one pass
+    * rather than one below the Filter and one above it.
+    */
+  private def shareWithFilter(p: Project, f: Filter): LogicalPlan = {
+    val calls = distinct(collectCalls(f)).filter(_.references.subsetOf(f.child.outputSet))
+    if (!collectCalls(p).exists(c => calls.exists(_.semanticEquals(c)))) return p
+    val attrs = calls.map(c => AttributeReference(c.fn.name, c.dataType, nullable = true)())
+    val rewrite = (e: Expression) =>
+      e.transform { case c: TorchCall =>
+        calls.indexWhere(_.semanticEquals(c)) match {
+          case -1 => c
+          case i  => attrs(i)
+        }
       }
+    val list = p.projectList.map(e => rewrite(e).asInstanceOf[NamedExpression])
+    Project(list, Filter(rewrite(f.condition), TorchEval(calls, attrs, f.child)))
+  }
+
+  private def distinct(calls: Seq[TorchCall]): Seq[TorchCall] = {
+    val unique = mutable.ArrayBuffer.empty[TorchCall]
+    calls.foreach(c => if (!unique.exists(_.semanticEquals(c))) unique += c)
+    unique.toSeq
   }
 
   private def movable(e: Expression): Boolean = !e.exists {
@@ -65,8 +98,7 @@ object ExtractTorchCalls extends Rule[LogicalPlan] {
 
   private def extract(plan: LogicalPlan): LogicalPlan = {
     if (plan.children.isEmpty) return plan
-    val unique = mutable.ArrayBuffer.empty[TorchCall]
-    collectCalls(plan).foreach(c => if (!unique.exists(_.semanticEquals(c))) unique += c)
+    val unique = mutable.ArrayBuffer.empty[TorchCall] ++ distinct(collectCalls(plan))
     if (unique.isEmpty) return plan
     val replaced = mutable.ArrayBuffer.empty[(TorchCall, Attribute)]
     val newChildren = plan.children.map { child =>
