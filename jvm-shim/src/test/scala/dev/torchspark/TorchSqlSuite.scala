@@ -114,9 +114,9 @@ class TorchSqlSuite {
       .asScala
       .take(100)
       .map { x =>
-        x.elements().asScala.map(_.asDouble).toSeq
+        x.elements().asScala.map(_.asDouble).toVector
       }
-      .toSeq
+      .toVector
     val schema = StructType(
       Seq(StructField("id", IntegerType), StructField("x", ArrayType(DoubleType)))
     )
@@ -169,9 +169,9 @@ class TorchSqlSuite {
       .asScala
       .map(_.asText)
       .take(6)
-      .toSeq
+      .toVector
     val df = spark.createDataFrame(
-      spark.sparkContext.parallelize(texts.zipWithIndex.map { case (t, i) => Row(i, t) }, 2),
+      spark.sparkContext.parallelize(texts.zipWithIndex.map { case (t, i) => Row(i, t) }, 1),
       StructType(Seq(StructField("id", IntegerType), StructField("text", StringType)))
     )
     df.createOrReplaceTempView("docs")

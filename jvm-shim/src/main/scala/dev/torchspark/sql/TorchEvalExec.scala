@@ -173,7 +173,7 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
           while (inFlight.size < 2 && groups.hasNext) inFlight.enqueue(start(groups.next()))
           finish(inFlight.dequeue())
         }
-      }.flatten
+      }.flatMap(identity)
     }
   }
 }
