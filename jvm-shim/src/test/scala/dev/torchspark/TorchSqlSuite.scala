@@ -247,6 +247,27 @@ class TorchSqlSuite {
     assertTrue(rows.forall(_.getString(1) != null))
   }
 
+  @Test def callOverAnAggregateRunsRowByRowWithTheSameResult(): Unit = {
+    images("digit_1*.png").createOrReplaceTempView("digits10")
+    // The rule cannot move a call over an aggregate below it: TorchCall.eval scores the row.
+    val rowByRow = spark.sql("SELECT classify_image(max(content)) AS s FROM digits10")
+    assertEquals(0, torchEvals(rowByRow).size)
+    // (A Project over the Aggregate would collapse into it: pick the row with a filter instead.)
+    val batched = spark.sql(
+      "SELECT classify_image(content) AS s FROM digits10 " +
+        "WHERE content = (SELECT max(content) FROM digits10)"
+    )
+    assertEquals(1, torchEvals(batched).size)
+    val (a, b) = (rowByRow.collect().head.getStruct(0), batched.collect().head.getStruct(0))
+    assertTrue(a.isNullAt(3))
+    assertEquals(b.getInt(0), a.getInt(0))
+    assertEquals(b.getString(1), a.getString(1))
+    assertTrue(maxDiff(a.getSeq[Double](2).toArray, b.getSeq[Double](2).toArray) <= 1e-6)
+    // A wrong argument type fails when the query is analyzed, naming the function.
+    val e = assertThrows(classOf[Exception], () => spark.sql("SELECT classify_image(1.5)"))
+    assertTrue(e.getMessage, e.getMessage.contains("classify_image"))
+  }
+
   @Test def extensionsConfRegistersTheRule(): Unit = {
     // spark.sql.extensions is read once per SparkContext: a second context costs seconds, so a
     // second session over this one takes the extension through the builder, as the conf does.

@@ -3,7 +3,7 @@ package dev.torchspark.sql
 import org.apache.spark.sql.catalyst.CatalystTypeConverters
 import org.apache.spark.sql.catalyst.InternalRow
 import org.apache.spark.sql.catalyst.analysis.TypeCheckResult
-import org.apache.spark.sql.catalyst.expressions.{Expression, NonSQLExpression}
+import org.apache.spark.sql.catalyst.expressions.Expression
 import org.apache.spark.sql.catalyst.expressions.codegen.CodegenFallback
 import org.apache.spark.sql.types.DataType
 
@@ -15,8 +15,7 @@ import org.apache.spark.sql.types.DataType
   */
 case class TorchCall(fn: TorchFunction, children: Seq[Expression])
     extends Expression
-    with CodegenFallback
-    with NonSQLExpression {
+    with CodegenFallback {
 
   override def dataType: DataType = fn.resultType
   override def nullable: Boolean = true
