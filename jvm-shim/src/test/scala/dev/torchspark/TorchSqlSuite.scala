@@ -311,5 +311,10 @@ class TorchSqlSuite {
     assertEquals(1, torchEvals(df).size)
     assertTrue(df.queryExecution.executedPlan.toString.contains("engine=per-task, batch=8"))
     assertEquals(10, df.collect().count(!_.isNullAt(0)))
+    // TorchSpark.register's rule beside the extension's: still one node (the rule is idempotent).
+    dev.torchspark.sql.TorchSql.install(other)
+    val both = other.sql("SELECT ext_classify(content).prediction AS p FROM digits1")
+    assertEquals(1, torchEvals(both).size)
+    assertEquals(10, both.collect().count(!_.isNullAt(0)))
   }
 }

@@ -41,7 +41,7 @@ case class TorchCall(fn: TorchFunction, children: Seq[Expression])
 
   override def eval(input: InternalRow): Any = {
     val args = children.zip(toScala).map { case (c, convert) => convert(c.eval(input)) }
-    toCatalyst(fn.evalRow(args))
+    toCatalyst(fn.evalRow(args, children.map(_.dataType)))
   }
 
   override protected def withNewChildrenInternal(

@@ -142,19 +142,10 @@ final class TorchFunction(
     out
   }
 
-  /** One row, as the row-by-row UDF did: the argument types come from the values. */
-  def evalRow(args: Seq[Any]): Any = {
-    val types = kind match {
-      case g: General =>
-        g.inputs.zip(args).map { case (d, v) =>
-          try TensorCodec.typeOfValue(v).getOrElse(nullType(d))
-          catch {
-            case e: IllegalArgumentException =>
-              throw new IllegalArgumentException(s"$name: input `${d.name}`: ${e.getMessage}", e)
-          }
-        }
-      case _ => Seq(BinaryType)
-    }
+  /** One row (the fallback where [[ExtractTorchCalls]] cannot reach): `args` are the Scala values
+    * of the arguments, `types` their Spark types, encoded as a batch of one.
+    */
+  def evalRow(args: Seq[Any], types: Seq[DataType]): Any = {
     val input = encode(args.map(v => Array[Any](v)), types, 1)
     val answer = TorchSpark.call(source, device, numThreads, input, nativeCall, options(1, 0))
     decode(answer, 1)(0)
