@@ -292,7 +292,7 @@ class TorchSqlSuite {
       "cpu",
       1,
       dev.torchspark.sql.TorchFunction.ImageScore,
-      8,
+      0, // the engine's batch (NativeBridge.autoBatchSize)
       "per-task",
       60000L
     )
@@ -309,7 +309,7 @@ class TorchSqlSuite {
       .createOrReplaceTempView("digits1")
     val df = other.sql("SELECT ext_classify(content).prediction AS p FROM digits1")
     assertEquals(1, torchEvals(df).size)
-    assertTrue(df.queryExecution.executedPlan.toString.contains("engine=per-task, batch=8"))
+    assertTrue(df.queryExecution.executedPlan.toString.contains("engine=per-task, batch=auto"))
     assertEquals(10, df.collect().count(!_.isNullAt(0)))
     // TorchSpark.register's rule beside the extension's: still one node (the rule is idempotent).
     dev.torchspark.sql.TorchSql.install(other)

@@ -29,11 +29,15 @@ case class TorchEval(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], child: 
 
 object TorchEval {
 
+  /** The rows per native call of a node: the largest batch of its functions ("auto" for 0). */
+  def batchText(fns: Seq[TorchFunction]): String =
+    if (fns.exists(_.batchSize == 0)) "auto" else fns.map(_.batchSize).max.toString
+
   /** `TorchEval [m(c#1)], [m#7], engine=shared, batch=64`: EXPLAIN's line for the node. */
   def describe(calls: Seq[TorchCall], attrs: Seq[Attribute]): String = {
     val fns = calls.map(_.fn)
     s"TorchEval ${calls.mkString("[", ", ", "]")}, ${attrs.mkString("[", ", ", "]")}, " +
-      s"engine=${fns.map(_.engine).distinct.mkString("|")}, batch=${fns.map(_.batchSize).max}"
+      s"engine=${fns.map(_.engine).distinct.mkString("|")}, batch=${batchText(fns)}"
   }
 }
 

@@ -55,7 +55,6 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
     val argTypes = args.map(_.map(_.dataType))
     val inputSchema = child.output
     val fullOutput = output
-    val groupRows = fns.map(_.batchSize).max
     Compat.mapPartitionsInternal(child.execute()) { input =>
       val ctx = Option(TaskContext.get())
       val taskId = ctx.map(_.taskAttemptId()).getOrElse(0L)
@@ -77,6 +76,13 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         )
       }
       val fnHandles = fns.map(handle)
+      // The largest batch of the node's functions; 0 asks the engine (what batch_size 0 means).
+      val groupRows = fns.indices
+        .map { i =>
+          if (fns(i).batchSize > 0) fns(i).batchSize else NativeBridge.autoBatchSize(fnHandles(i))
+        }
+        .max
+        .max(1)
       // Pendings submitted and not yet collected: a failed task drops them (registered after the
       // handles, so it runs before they close: listeners run in reverse order).
       val outstanding = mutable.HashSet.empty[Long]

@@ -16,7 +16,8 @@ import dev.torchspark._
   *   error>), the image features (`name_features`, array<double>, null for a bad row) or a general
   *   model's outputs (struct<one field per output, error>)
   * @param batchSize
-  *   rows per native call in [[TorchEvalExec]] (the transformers' default, 64)
+  *   rows per native call in [[TorchEvalExec]] (the transformers' default, 64); 0 = the engine's
+  *   choice (`NativeBridge.autoBatchSize`)
   * @param engine
   *   "shared" (the executor's one engine: submit and collect) or "per-task" (a synchronous call)
   */
@@ -32,7 +33,7 @@ final class TorchFunction(
 ) extends Serializable {
   import TorchFunction._
 
-  require(batchSize >= 1, s"$name: batch size must be >= 1, got $batchSize")
+  require(batchSize >= 0, s"$name: batch size must be >= 0 (0: auto), got $batchSize")
   require(
     engine == "shared" || engine == "per-task",
     s"$name: engine must be shared or per-task, got $engine"
