@@ -5,9 +5,10 @@ import java.util.concurrent.ConcurrentHashMap
 import scala.util.Try
 
 import org.apache.spark.TaskContext
-import org.apache.spark.sql.{DataFrame, Row, SparkSession}
-import org.apache.spark.sql.api.java._
+import org.apache.spark.sql.{DataFrame, SparkSession}
 import org.apache.spark.sql.types._
+
+import dev.torchspark.sql.{TorchFunction, TorchSql}
 
 /** Entry points for SQL users and for checking the native side from a driver. */
 object TorchSpark {
@@ -28,7 +29,8 @@ object TorchSpark {
   // do; so a model file changed on disk is what the next task scores with (see docs/model-cache.md).
   private val udfHandles = new ConcurrentHashMap[(String, String, Int, Long), java.lang.Long]()
 
-  /** Registers a model for SQL, one row per call (the transformers batch and are much faster).
+  /** Registers a model for SQL. Calls run a batch of rows at a time (`TorchEval` in EXPLAIN, see
+    * docs/engine.md), through the executor's shared engine.
     *
     * An image classifier (a version-1 spec) registers `name` (binary image → struct<prediction,
     * label, probability, error>) and `name_features` (binary image → array<double>, null for a bad
@@ -47,148 +49,54 @@ object TorchSpark {
       modelPath: String,
       device: String = "cpu",
       numThreads: Int = 1
+  ): Unit = register(spark, name, modelPath, device, numThreads, "shared")
+
+  /** [[register]] with the engine: "shared" (the executor's one engine, batching across tasks) or
+    * "per-task" (each task calls the model itself).
+    */
+  def register(
+      spark: SparkSession,
+      name: String,
+      modelPath: String,
+      device: String,
+      numThreads: Int,
+      engine: String
   ): Unit = {
+    require(
+      engine == "shared" || engine == "per-task",
+      s"$name: engine must be shared or per-task, got $engine"
+    )
     val path = ModelSource(spark, modelPath)
     // What the driver can know (the model, its spec, the device) fails here, before any query.
     DriverCheck(spark, path, device, "fp32")
+    def fn(n: String, kind: TorchFunction.Kind) =
+      new TorchFunction(n, path, device, numThreads, kind, sqlBatchSize, engine, sqlTimeoutMs)
     Try(path.specText()).toOption.filter(ModelSchema.specVersion(_) >= 2) match {
       case Some(spec) =>
-        registerGeneral(spark, name, path, ModelSchema.of(spec), device, numThreads)
-      case None => registerImage(spark, name, path, device, numThreads)
+        val model = ModelSchema.of(spec)
+        require(model.dataInputs.nonEmpty, s"$name: the spec declares no input a SQL call reads")
+        TorchSql.registerFunction(
+          spark,
+          fn(name, TorchFunction.General(model.dataInputs, model.outputs))
+        )
+      case None =>
+        TorchSql.registerFunction(spark, fn(name, TorchFunction.ImageScore))
+        TorchSql.registerFunction(spark, fn(s"${name}_features", TorchFunction.ImageFeatures))
     }
   }
 
-  private def registerImage(
-      spark: SparkSession,
-      name: String,
-      path: ModelSource,
-      device: String,
-      numThreads: Int
-  ): Unit = {
-    def input(content: Array[Byte]) = ArrowCodec.encode(InputKind.Binary, Array[Any](content))
-    val options = """{"top_k": 1}"""
-    val score: UDF1[Array[Byte], Row] = (content: Array[Byte]) => {
-      val s = ArrowCodec.decodeScores(
-        call(path, device, numThreads, input(content), NativeBridge.score, options)
-      )(0)
-      if (s.error != null) Row(null, null, null, s.error)
-      else Row(s.prediction, s.label, s.probability.toSeq, null)
-    }
-    spark.udf.register(name, score, scoreType)
-    val features: UDF1[Array[Byte], Seq[Double]] = (content: Array[Byte]) => {
-      val (f, _) = ArrowCodec.decodeFeatures(
-        call(path, device, numThreads, input(content), NativeBridge.featurize, options)
-      )(0)
-      if (f == null) null else f.toSeq
-    }
-    spark.udf.register(s"${name}_features", features, ArrayType(DoubleType, containsNull = false))
-  }
+  /** Rows per native call of a SQL function (the transformers' default batch). */
+  val sqlBatchSize = 64
 
-  /** The most inputs a general model's SQL function takes (Spark's Java UDFs go to 22). */
+  /** The bound on each wait for the engine, as the transformers' `engineTimeoutMs` default. */
+  val sqlTimeoutMs = 600000L
+
+  /** The most inputs a general model's SQL function took when functions were Java UDFs; SQL
+    * functions now take any number.
+    */
   val maxSqlInputs = 10
 
-  private def registerGeneral(
-      spark: SparkSession,
-      name: String,
-      path: ModelSource,
-      model: ModelSchema,
-      device: String,
-      numThreads: Int
-  ): Unit = {
-    val inputs = model.dataInputs
-    require(
-      inputs.nonEmpty && inputs.size <= maxSqlInputs,
-      s"$name: a SQL function takes 1 to $maxSqlInputs inputs, the spec declares ${inputs.size}"
-    )
-    val resultType = StructType(model.outputs :+ StructField("error", StringType))
-    val count = model.outputs.size
-    // Each input reads the argument sent under its own name.
-    val columns = inputs
-      .map(d => s"${NativeRunner.json(d.name)}: [${NativeRunner.json(d.name)}]")
-      .mkString("{", ", ", "}")
-    val options = s"""{"batch_size": 1, "columns": $columns}"""
-    val run = (args: Seq[Any]) => {
-      val cols = inputs.zip(args).map { case (d, v) =>
-        val dt =
-          try TensorCodec.typeOfValue(v).getOrElse(nullType(d))
-          catch {
-            case e: IllegalArgumentException =>
-              throw new IllegalArgumentException(s"$name: input `${d.name}`: ${e.getMessage}", e)
-          }
-        TensorCodec.Column(d.name, dt, Array(v))
-      }
-      val answer =
-        call(path, device, numThreads, TensorCodec.encode(cols, 1), NativeBridge.predict, options)
-      TensorCodec.decode(answer, count)(0) match {
-        case Right(outputs) => Row.fromSeq(outputs :+ null)
-        case Left(error)    => Row.fromSeq(Seq.fill[Any](count)(null) :+ error)
-      }
-    }
-    val udf = spark.udf
-    // One Java UDF interface per arity: SQL functions have fixed argument counts.
-    inputs.size match {
-      case 1 =>
-        val u: UDF1[Any, Row] = (x1: Any) => run(Seq(x1))
-        udf.register(name, u, resultType)
-      case 2 =>
-        val u: UDF2[Any, Any, Row] = (x1: Any, x2: Any) => run(Seq(x1, x2))
-        udf.register(name, u, resultType)
-      case 3 =>
-        val u: UDF3[Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any) => run(Seq(x1, x2, x3))
-        udf.register(name, u, resultType)
-      case 4 =>
-        val u: UDF4[Any, Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any, x4: Any) =>
-          run(Seq(x1, x2, x3, x4))
-        udf.register(name, u, resultType)
-      case 5 =>
-        val u: UDF5[Any, Any, Any, Any, Any, Row] = (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any) =>
-          run(Seq(x1, x2, x3, x4, x5))
-        udf.register(name, u, resultType)
-      case 6 =>
-        val u: UDF6[Any, Any, Any, Any, Any, Any, Row] =
-          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any) => run(Seq(x1, x2, x3, x4, x5, x6))
-        udf.register(name, u, resultType)
-      case 7 =>
-        val u: UDF7[Any, Any, Any, Any, Any, Any, Any, Row] =
-          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any) =>
-            run(Seq(x1, x2, x3, x4, x5, x6, x7))
-        udf.register(name, u, resultType)
-      case 8 =>
-        val u: UDF8[Any, Any, Any, Any, Any, Any, Any, Any, Row] =
-          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any, x8: Any) =>
-            run(Seq(x1, x2, x3, x4, x5, x6, x7, x8))
-        udf.register(name, u, resultType)
-      case 9 =>
-        val u: UDF9[Any, Any, Any, Any, Any, Any, Any, Any, Any, Row] =
-          (x1: Any, x2: Any, x3: Any, x4: Any, x5: Any, x6: Any, x7: Any, x8: Any, x9: Any) =>
-            run(Seq(x1, x2, x3, x4, x5, x6, x7, x8, x9))
-        udf.register(name, u, resultType)
-      case 10 =>
-        val u: UDF10[Any, Any, Any, Any, Any, Any, Any, Any, Any, Any, Row] = (
-            x1: Any,
-            x2: Any,
-            x3: Any,
-            x4: Any,
-            x5: Any,
-            x6: Any,
-            x7: Any,
-            x8: Any,
-            x9: Any,
-            x10: Any
-        ) => run(Seq(x1, x2, x3, x4, x5, x6, x7, x8, x9, x10))
-        udf.register(name, u, resultType)
-      case n => throw new IllegalArgumentException(s"$name: $n inputs")
-    }
-  }
-
-  /** A null argument's type: what the input's reader expects, so that it reports the null. */
-  private def nullType(d: ModelInput): DataType =
-    if (d.isImage) BinaryType
-    else if (d.isText) StringType
-    else if (d.shape.isEmpty) DoubleType
-    else ArrayType(DoubleType)
-
-  private def call(
+  private[torchspark] def call(
       source: ModelSource,
       device: String,
       threads: Int,
