@@ -564,6 +564,7 @@ def score_partitions(
     key_col: str = "path",
     batch_size: int = 64,
     device: str = "cpu",
+    num_threads: int | None = None,
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
 ):
@@ -572,14 +573,18 @@ def score_partitions(
 
     `model_path` is a local path, a shipped file's name, or a cluster-storage URI (shipped to
     the executors when this is called on the driver). `batch_size` 0: the model's auto size;
-    `engine`, `engine_timeout_ms`: as for NativeModel."""
+    `num_threads`, `engine`, `engine_timeout_ms`: as for NativeModel."""
     _non_negative("batch_size", batch_size)
     _check_engine(engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
 
     def run(rows: Iterator[Any]) -> Iterator[tuple]:
         model = NativeModel(
-            model_path, device=device, engine=engine, engine_timeout_ms=engine_timeout_ms
+            model_path,
+            device=device,
+            num_threads=num_threads,
+            engine=engine,
+            engine_timeout_ms=engine_timeout_ms,
         )
         size = model._batch_size(batch_size)
 
@@ -612,6 +617,7 @@ def score_arrow(
     key_col: str = "path",
     batch_size: int = 64,
     device: str = "cpu",
+    num_threads: int | None = None,
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
 ):
@@ -625,7 +631,11 @@ def score_arrow(
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = NativeModel(
-            model_path, device=device, engine=engine, engine_timeout_ms=engine_timeout_ms
+            model_path,
+            device=device,
+            num_threads=num_threads,
+            engine=engine,
+            engine_timeout_ms=engine_timeout_ms,
         )
         opts = {"batch_size": model._batch_size(batch_size), "input_column": content_col}
         for b, out in _in_order(model, batches, "score", lambda b: (b, opts)):
