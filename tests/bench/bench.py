@@ -315,7 +315,9 @@ def stage_profile(m: dict, row: dict) -> str:
     total = max(1, sum(stages.values()))
     parts = ", ".join(f"{k} {v / 1000:.2f} s ({100 * v / total:.1f}%)" for k, v in stages.items())
     # The engine's (issue 19), beside the stages: its forward overlaps them, so not in the sum.
-    engine = {k: m[k] for k in ("queueTimeMs", "waitTimeMs", "engineBatches") if k in m}
+    engine = {
+        k: m[k] for k in ("queueTimeMs", "waitTimeMs", "engineBatches", "engineBatchRows") if k in m
+    }
     if engine:
         parts += "; engine: " + ", ".join(f"{k} {v:,}" for k, v in engine.items())
     line = (f"task time by stage, summed over tasks ({total / 1000:.2f} s for a "
