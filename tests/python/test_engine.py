@@ -41,7 +41,12 @@ def test_pipelined_score_arrow_equals_sequential(model, images):
     for engine in ("shared", "per-task"):
         fn = score_arrow(model, batch_size=3, num_threads=1, engine=engine)
         out[engine] = pa.Table.from_batches(list(fn(iter(batches)))).to_pydict()
-    assert out["shared"] == out["per-task"]
+    # The engine may join a short job with the next one: equal within 1e-6 (bitwise for the
+    # same batch composition), the same predictions.
+    shared, per_task = out["shared"], out["per-task"]
+    for k in ("path", "prediction", "predicted_label", "error"):
+        assert shared[k] == per_task[k]
+    np.testing.assert_allclose(shared["probability"], per_task["probability"], rtol=1e-6, atol=1e-7)
     assert out["shared"]["path"] == images.column("path").to_pylist()
     assert sum(e is None for e in out["shared"]["error"]) == images.num_rows
 
@@ -110,11 +115,6 @@ def test_batch_size_zero_means_auto(model, images):
         NativeModel(model, engine="pooled")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core's auto batch rule and engine stats land with i19-eng/i19-sub: "
-    "remove this mark at merge",
-)
 def test_engine_stats_and_auto_batch_size(model, general):
     # The rule (docs/engine.md): 256 rows for a 32x32 image model, 8192 for a small tabular
     # MLP, 64 for text.
@@ -136,8 +136,9 @@ def test_predict_arrow_over_spark_shared_equals_per_task(spark, general, diabete
     from pyspark.sql import functions as F
 
     rows = [(i, [float(v) for v in x]) for i, x in enumerate(diabetes["X"])]
-    df = spark.createDataFrame(rows, "id int, features array<double>").repartition(2, "id")
-    # Several Arrow batches per partition, so that the pipeline has a batch in flight.
+    # One partition (one Python worker to start), several Arrow batches in it, so that the
+    # pipeline has a batch in flight.
+    df = spark.createDataFrame(rows, "id int, features array<double>").coalesce(1)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "50")
     try:
         out = {}
@@ -154,7 +155,12 @@ def test_predict_arrow_over_spark_shared_equals_per_task(spark, general, diabete
             out[engine] = [(r.id, r.prediction) for r in got]
     finally:
         spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
-    assert out["shared"] == out["per-task"]
-    assert [i for i, _ in out["shared"]] == list(range(len(rows)))
+    # Equal within 1e-6: the engine may join a partition's short chunk with its next one.
+    assert (
+        [i for i, _ in out["shared"]] == [i for i, _ in out["per-task"]] == list(range(len(rows)))
+    )
+    np.testing.assert_allclose(
+        [p for _, p in out["shared"]], [p for _, p in out["per-task"]], rtol=1e-6
+    )
     np.testing.assert_allclose([p for _, p in out["shared"]], diabetes["pred"], atol=1e-4)
     assert json.dumps(out["shared"])  # plain numbers, no NaN from a lost batch
