@@ -5,7 +5,7 @@
 //! A row that cannot be read gets null outputs and a reason in `error` ("row 17: invalid PNG:
 //! ..."), and the other rows are still scored; only a batch that cannot be read at all fails.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::engine::{Done, Engine, Job, JobTimes, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::model::{self, Model, ModelConfig, Target};
 use crate::preprocess::{ImageInput, RowTimes};
@@ -31,7 +32,7 @@ use crate::preprocess::{ImageInput, RowTimes};
 pub struct BatchOptions {
     /// How many best classes go into `top_k`.
     pub top_k: usize,
-    /// Rows per forward pass.
+    /// Rows per forward pass; 0 = auto ([`Scorer::auto_batch_size`]).
     pub batch_size: usize,
     /// Added to row numbers in error messages (the row's position in the partition).
     pub row_offset: u64,
@@ -73,21 +74,54 @@ impl BatchOptions {
     }
 }
 
-/// A model plus the caller's thread budget: what an FFI handle points to.
-#[derive(Debug, Clone)]
+/// A model plus the caller's thread budget and the engine its forward passes go through:
+/// what an FFI handle points to.
+#[derive(Clone)]
 pub struct Scorer {
     model: Arc<Model>,
     num_threads: usize,
+    engine: Arc<Engine>,
+    /// Bound on [`Scorer::score`]'s (and the others') wait for their results.
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("model", &self.model)
+            .field("num_threads", &self.num_threads)
+            .field("engine", &self.engine.stats())
+            .finish()
+    }
 }
 
 impl Scorer {
-    /// Opens (or reuses) the process-wide model for `config`.
+    /// Opens (or reuses) the process-wide model for `config`, and its engine for
+    /// `config.engine`.
     pub fn open(config: &ModelConfig) -> Result<Scorer> {
         let num_threads = config.threads()?;
+        let model = model::get_or_load(config)?;
+        let engine = Engine::get(&model, &config.engine, num_threads)?;
         Ok(Scorer {
-            model: model::get_or_load(config)?,
+            model,
             num_threads,
+            engine,
+            timeout: Duration::from_millis(config.engine.timeout_ms),
         })
+    }
+
+    /// The model shared with the engine (what a [`crate::engine::Pending`] keeps alive).
+    pub(crate) fn model_arc(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Bound on a synchronous call's wait for its forward passes (`engine.timeout_ms`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn model(&self) -> &Model {
@@ -135,106 +169,127 @@ impl Scorer {
 
     /// Class probabilities, prediction, label and top-k for every row.
     pub fn score(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
-        let (rows, times) = self.run(batch, opts, Target::Probabilities)?;
-        let labels = self.model.image_spec()?.labels.as_deref();
-        let mut prediction = Int32Builder::with_capacity(rows.len());
-        let mut probability = ListBuilder::new(Float32Builder::new());
-        let mut label = StringBuilder::new();
-        let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), opts.top_k));
-        let mut error = StringBuilder::new();
-        for row in &rows {
-            match row {
-                Ok(p) => {
-                    let order = ranking(p, opts.top_k.max(1));
-                    let best = order.first().copied().unwrap_or(0);
-                    prediction.append_value(best as i32);
-                    probability.values().append_slice(p);
-                    probability.append(true);
-                    label.append_option(labels.and_then(|l| l.get(best)));
-                    let entries = top_k.values();
-                    for &i in order.iter().take(opts.top_k) {
-                        struct_field::<Int32Builder>(entries, 0).append_value(i as i32);
-                        struct_field::<StringBuilder>(entries, 1)
-                            .append_option(labels.and_then(|l| l.get(i)));
-                        struct_field::<Float32Builder>(entries, 2).append_value(p[i]);
-                        entries.append(true);
-                    }
-                    top_k.append(true);
-                    error.append_null();
-                }
-                Err(e) => {
-                    prediction.append_null();
-                    probability.append(false);
-                    label.append_null();
-                    top_k.append(false);
-                    error.append_value(e);
-                }
-            }
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(prediction.finish()),
-            Arc::new(probability.finish()),
-            Arc::new(label.finish()),
-            Arc::new(top_k.finish()),
-            Arc::new(error.finish()),
-        ];
-        RecordBatch::try_new(times.annotate(Self::score_schema()), columns).map_err(arrow_bug)
+        self.call(Op::Score, batch, opts)
     }
 
     /// The spec's featurize output, flattened, for every row.
     pub fn featurize(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
+        self.call(Op::Featurize, batch, opts)
+    }
+
+    /// Fails unless the spec says what featurizing returns.
+    pub(crate) fn check_featurize(&self) -> Result<()> {
         if let Some(f) = &self.model.image_spec()?.featurize {
             f.source().map_err(|reason| Error::Spec {
                 path: self.model.path().with_extension("json"),
                 reason,
             })?;
+            Ok(())
         } else {
-            return Err(Error::Spec {
+            Err(Error::Spec {
                 path: self.model.path().with_extension("json"),
                 reason: "no `featurize` entry: add {\"method\": NAME} or {\"output_index\": N}"
                     .into(),
-            });
+            })
         }
-        let (rows, times) = self.run(batch, opts, Target::Features)?;
-        let mut features = ListBuilder::new(Float32Builder::new());
-        let mut error = StringBuilder::new();
-        for row in &rows {
-            match row {
-                Ok(f) => {
-                    features.values().append_slice(f);
-                    features.append(true);
-                    error.append_null();
+    }
+}
+
+/// [`Scorer::score`]'s batch from every row's probabilities (or its error).
+fn score_output(
+    model: &Model,
+    rows: &[RowOutput],
+    times: &StageTimes,
+    k: usize,
+) -> Result<RecordBatch> {
+    let labels = model.image_spec()?.labels.as_deref();
+    let mut prediction = Int32Builder::with_capacity(rows.len());
+    let mut probability = ListBuilder::new(Float32Builder::new());
+    let mut label = StringBuilder::new();
+    let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), k));
+    let mut error = StringBuilder::new();
+    for row in rows {
+        match row {
+            Ok(p) => {
+                let order = ranking(p, k.max(1));
+                let best = order.first().copied().unwrap_or(0);
+                prediction.append_value(best as i32);
+                probability.values().append_slice(p);
+                probability.append(true);
+                label.append_option(labels.and_then(|l| l.get(best)));
+                let entries = top_k.values();
+                for &i in order.iter().take(k) {
+                    struct_field::<Int32Builder>(entries, 0).append_value(i as i32);
+                    struct_field::<StringBuilder>(entries, 1)
+                        .append_option(labels.and_then(|l| l.get(i)));
+                    struct_field::<Float32Builder>(entries, 2).append_value(p[i]);
+                    entries.append(true);
                 }
-                Err(e) => {
-                    features.append(false);
-                    error.append_value(e);
-                }
+                top_k.append(true);
+                error.append_null();
+            }
+            Err(e) => {
+                prediction.append_null();
+                probability.append(false);
+                label.append_null();
+                top_k.append(false);
+                error.append_value(e);
             }
         }
-        let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
-        RecordBatch::try_new(times.annotate(Self::featurize_schema()), columns).map_err(arrow_bug)
     }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(prediction.finish()),
+        Arc::new(probability.finish()),
+        Arc::new(label.finish()),
+        Arc::new(top_k.finish()),
+        Arc::new(error.finish()),
+    ];
+    RecordBatch::try_new(times.annotate(Scorer::score_schema()), columns).map_err(arrow_bug)
+}
 
-    /// Preprocesses and runs every row; `Err` rows carry their message.
-    fn run(
+/// [`Scorer::featurize`]'s batch from every row's features (or its error).
+fn featurize_output(rows: &[RowOutput], times: &StageTimes) -> Result<RecordBatch> {
+    let mut features = ListBuilder::new(Float32Builder::new());
+    let mut error = StringBuilder::new();
+    for row in rows {
+        match row {
+            Ok(f) => {
+                features.values().append_slice(f);
+                features.append(true);
+                error.append_null();
+            }
+            Err(e) => {
+                features.append(false);
+                error.append_value(e);
+            }
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![Arc::new(features.finish()), Arc::new(error.finish())];
+    RecordBatch::try_new(times.annotate(Scorer::featurize_schema()), columns).map_err(arrow_bug)
+}
+
+impl Scorer {
+    /// PREPARE and SUBMIT of the image path: reads and preprocesses every row on the
+    /// caller's thread, moves each chunk's good rows into one engine job; `Err` rows keep their
+    /// message. [`ImagePending::poll`] finishes.
+    pub(crate) fn submit_images(
         &self,
         batch: &RecordBatch,
         opts: &BatchOptions,
         target: Target,
-    ) -> Result<(Vec<RowOutput>, StageTimes)> {
+        task: TaskId,
+    ) -> Result<ImagePending> {
         let mut times = StageTimes::default();
-        if opts.batch_size == 0 {
-            return Err(Error::config("batch_size", "must be at least 1"));
-        }
+        let batch_size = self.batch_rows(opts);
         let column = input_column(batch, opts.input_column.as_deref())?;
         let inputs = read_rows(column.as_ref())?;
         let pre = self.model.preprocessor()?;
         let row_len = pre.row_len();
-        let mut results = Vec::with_capacity(inputs.len());
-        let mut buffer = vec![0f32; row_len * opts.batch_size.min(inputs.len().max(1))];
-        for (chunk_index, chunk) in inputs.chunks(opts.batch_size).enumerate() {
-            let first = opts.row_offset + (chunk_index * opts.batch_size) as u64;
-            let slots = &mut buffer[..chunk.len() * row_len];
+        let mut chunks = VecDeque::with_capacity(inputs.len().div_ceil(batch_size));
+        for (chunk_index, chunk) in inputs.chunks(batch_size).enumerate() {
+            let first = opts.row_offset + (chunk_index * batch_size) as u64;
+            // Each chunk owns its pixels: the engine may still hold the previous chunk's.
+            let mut pixels = vec![0f32; chunk.len() * row_len];
             let started = Instant::now();
             let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
                 let row = first + i as u64;
@@ -248,14 +303,14 @@ impl Scorer {
             // so concurrent tasks never use more than tasks x num_threads cores.
             let status: Vec<std::result::Result<RowTimes, String>> =
                 match decode_pool(self.num_threads) {
-                    None => slots
+                    None => pixels
                         .chunks_mut(row_len)
                         .zip(chunk)
                         .enumerate()
                         .map(fill)
                         .collect(),
                     Some(pool) => pool.install(|| {
-                        slots
+                        pixels
                             .par_chunks_mut(row_len)
                             .zip(chunk.par_iter())
                             .enumerate()
@@ -270,45 +325,160 @@ impl Scorer {
                     times.decode += t.decode;
                     times.resize += t.resize;
                     if i != good {
-                        slots.copy_within(i * row_len..(i + 1) * row_len, good * row_len);
+                        pixels.copy_within(i * row_len..(i + 1) * row_len, good * row_len);
                     }
                     good += 1;
                 }
             }
-            let decoded = Instant::now();
-            times.preprocess += decoded - started;
-            let (values, width) = if good > 0 {
-                self.model
-                    .run(&slots[..good * row_len], good, self.num_threads, target)?
+            pixels.truncate(good * row_len);
+            times.preprocess += started.elapsed();
+            // An empty chunk (no good rows) submits nothing.
+            let ticket = if good > 0 {
+                Some(self.engine.submit(Job {
+                    task,
+                    rows: good,
+                    bytes: pixels.len() * std::mem::size_of::<f32>(),
+                    max_batch: batch_size,
+                    work: Work::Image { pixels, target },
+                })?)
             } else {
-                (Vec::new(), 0)
+                None
             };
-            times.forward += decoded.elapsed();
+            let status = status.into_iter().map(|s| s.map(|_| ())).collect();
+            let rows = row_span(first..first + chunk.len() as u64);
+            chunks.push_back(ImageChunk {
+                status,
+                ticket,
+                rows,
+            });
+        }
+        Ok(ImagePending {
+            model: Arc::clone(&self.model),
+            target,
+            top_k: opts.top_k,
+            results: Vec::with_capacity(inputs.len()),
+            chunks,
+            times,
+        })
+    }
+
+    /// The rows per forward pass of `opts`: its `batch_size`, or the auto size for 0.
+    pub(crate) fn batch_rows(&self, opts: &BatchOptions) -> usize {
+        match opts.batch_size {
+            0 => self.auto_batch_size().max(1),
+            n => n,
+        }
+    }
+}
+
+/// A submitted image batch: its chunks' row errors and tickets, in order.
+pub(crate) struct ImagePending {
+    model: Arc<Model>,
+    target: Target,
+    top_k: usize,
+    chunks: VecDeque<ImageChunk>,
+    /// The rows of the chunks finished so far.
+    results: Vec<RowOutput>,
+    times: StageTimes,
+}
+
+struct ImageChunk {
+    /// Per row: `Err(message)` for a row that could not be read.
+    status: Vec<std::result::Result<(), String>>,
+    /// The forward pass of the good rows; `None` when there were none.
+    ticket: Option<Ticket>,
+    /// "rows 8-15", for a failed pass's message.
+    rows: String,
+}
+
+impl ImagePending {
+    /// FINISH: waits (at most `timeout` in all) for each chunk's result in order, then builds
+    /// the very batch [`Scorer::score`] / [`Scorer::featurize`] returns; `Ok(None)` = not
+    /// ready yet (the chunks finished so far are kept).
+    pub(crate) fn poll(&mut self, timeout: Duration) -> Result<Option<RecordBatch>> {
+        let deadline = Instant::now() + timeout;
+        while let Some(chunk) = self.chunks.front_mut() {
+            let (values, width) = match &mut chunk.ticket {
+                None => (Vec::new(), 0),
+                Some(ticket) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Some(done) = ticket.wait(left) else {
+                        return Ok(None);
+                    };
+                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
+                    self.times.add_job(&job);
+                    match done {
+                        Done::Image { values, width } => (values, width),
+                        Done::General(_) => {
+                            return Err(Error::Internal {
+                                reason: "the engine returned a general value for an image job"
+                                    .into(),
+                            });
+                        }
+                    }
+                }
+            };
             let mut outputs = values.chunks_exact(width.max(1));
+            let status = std::mem::take(&mut chunk.status);
+            self.chunks.pop_front();
             for s in status {
-                results.push(match s {
-                    Ok(_) => Ok(outputs.next().map(<[f32]>::to_vec).unwrap_or_default()),
+                self.results.push(match s {
+                    Ok(()) => Ok(outputs.next().map(<[f32]>::to_vec).unwrap_or_default()),
                     Err(e) => Err(e),
                 });
             }
         }
-        Ok((results, times))
+        let results = std::mem::take(&mut self.results);
+        match self.target {
+            Target::Probabilities => score_output(&self.model, &results, &self.times, self.top_k),
+            Target::Features => featurize_output(&results, &self.times),
+        }
+        .map(Some)
+    }
+}
+
+/// "rows 8-15" (or "row 8"): the rows of a chunk, for messages.
+pub(crate) fn row_span(rows: std::ops::Range<u64>) -> String {
+    match rows.end.saturating_sub(rows.start) {
+        0 | 1 => format!("row {}", rows.start),
+        _ => format!("rows {}-{}", rows.start, rows.end - 1),
+    }
+}
+
+/// A failed job's error, naming the chunk's rows: "rows 8-15: forward pass failed: {reason}".
+pub(crate) fn forward_failed(e: Error, rows: &str) -> Error {
+    match e {
+        Error::Inference { path, reason } => Error::Inference {
+            path,
+            reason: format!("{rows}: forward pass failed: {reason}"),
+        },
+        other => other,
     }
 }
 
 /// Where a batch's native time went; travels as the output schema's metadata
-/// (`torchspark.preprocess_ns`, `torchspark.forward_ns`, and the split of preprocessing in
-/// `torchspark.decode_ns`, `torchspark.resize_ns`) so that callers can report it.
+/// (`torchspark.preprocess_ns`, `torchspark.forward_ns`, the split of preprocessing in
+/// `torchspark.decode_ns`, `torchspark.resize_ns`, and the engine's `torchspark.queue_ns`,
+/// `torchspark.batch_rows`, `torchspark.batch_jobs`) so that callers can report it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StageTimes {
-    /// Decode, resize, crop, normalize (rayon), wall time.
+    /// Read, decode, resize, crop, normalize (rayon), assemble: the caller's thread, wall time.
     pub preprocess: Duration,
-    /// Tensor creation, the forward pass and reading its output back.
+    /// The forward passes the call's jobs ran in (tensor creation, forward, reading the output
+    /// back), summed over its jobs: a pass shared with other tasks' jobs counts in each. The
+    /// general path adds its output writers' time (`post` ops, PNG encoding), as before the
+    /// engine.
     pub forward: Duration,
     /// Decoding, summed over rows (thread time: with a pool it can exceed `preprocess`).
     pub decode: Duration,
     /// Resizing, summed over rows (thread time).
     pub resize: Duration,
+    /// The call's jobs' waits in the engine's queue, summed.
+    pub queue: Duration,
+    /// Rows and jobs of the passes the call's jobs ran in, summed over its jobs: divided by
+    /// the job count they give the mean pass (the JVM divides).
+    pub batch_rows: u64,
+    pub batch_jobs: u64,
 }
 
 impl StageTimes {
@@ -316,6 +486,17 @@ impl StageTimes {
     pub const FORWARD_KEY: &'static str = "torchspark.forward_ns";
     pub const DECODE_KEY: &'static str = "torchspark.decode_ns";
     pub const RESIZE_KEY: &'static str = "torchspark.resize_ns";
+    pub const QUEUE_KEY: &'static str = "torchspark.queue_ns";
+    pub const BATCH_ROWS_KEY: &'static str = "torchspark.batch_rows";
+    pub const BATCH_JOBS_KEY: &'static str = "torchspark.batch_jobs";
+
+    /// Adds one finished job's engine times.
+    pub(crate) fn add_job(&mut self, job: &JobTimes) {
+        self.forward += job.forward;
+        self.queue += job.queued;
+        self.batch_rows += job.batch_rows as u64;
+        self.batch_jobs += job.batch_jobs as u64;
+    }
 
     /// `schema` with these times as metadata.
     pub fn annotate(&self, schema: SchemaRef) -> SchemaRef {
@@ -324,6 +505,9 @@ impl StageTimes {
         meta.insert(Self::FORWARD_KEY, self.forward.as_nanos().to_string());
         meta.insert(Self::DECODE_KEY, self.decode.as_nanos().to_string());
         meta.insert(Self::RESIZE_KEY, self.resize.as_nanos().to_string());
+        meta.insert(Self::QUEUE_KEY, self.queue.as_nanos().to_string());
+        meta.insert(Self::BATCH_ROWS_KEY, self.batch_rows.to_string());
+        meta.insert(Self::BATCH_JOBS_KEY, self.batch_jobs.to_string());
         Arc::new(schema.as_ref().clone().with_metadata(meta))
     }
 
@@ -331,11 +515,15 @@ impl StageTimes {
     pub fn of(batch: &RecordBatch) -> Option<StageTimes> {
         let meta = batch.schema_ref().metadata();
         let read = |k: &str| meta.get(k)?.parse::<u64>().ok().map(Duration::from_nanos);
+        let count = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         Some(StageTimes {
             preprocess: read(Self::PREPROCESS_KEY)?,
             forward: read(Self::FORWARD_KEY)?,
             decode: read(Self::DECODE_KEY).unwrap_or_default(),
             resize: read(Self::RESIZE_KEY).unwrap_or_default(),
+            queue: read(Self::QUEUE_KEY).unwrap_or_default(),
+            batch_rows: count(Self::BATCH_ROWS_KEY),
+            batch_jobs: count(Self::BATCH_JOBS_KEY),
         })
     }
 }

@@ -2,23 +2,26 @@
 //!
 //! For each chunk of `batch_size` rows: every input's reader reads its rows (a row is good
 //! only if all its inputs are); the good rows are assembled into `forward`'s arguments (stack,
-//! pad + mask, list); one forward pass; each output's writer takes its part of the result
-//! (`from`, `post`) and writes a column, a null for each bad row. Bad rows carry their reason
+//! pad + mask, list) and submitted to the engine as one job (all on the caller's thread); once
+//! its forward pass is back ([`crate::Pending::wait`]), each output's writer takes its part of
+//! the result (`from`, `post`) and writes a column, a null for each bad row. Bad rows carry their reason
 //! in `error`: ``row 17: input `meta` (column `bmi`): expected 10 values, got 9``.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::builder::StringBuilder;
 use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::take::{take, take_record_batch};
 
-use crate::batch::{BatchOptions, Scorer, StageTimes};
+use crate::batch::{BatchOptions, Scorer, StageTimes, forward_failed, row_span};
+use crate::engine::{Done, Job, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::input;
-use crate::output;
+use crate::model::Model;
+use crate::output::{self, OutputWriter};
 use crate::spec::Spec;
 use crate::spec::general::{DType, GeneralSpec, InputDecl, InputKind, Ragged};
 use crate::value::ModelInput;
@@ -40,19 +43,30 @@ impl Scorer {
     /// [`Error::Inference`] (the forward pass failed, or returned something that does not
     /// match a declared output: the message names the output and both shapes).
     pub fn predict(&self, batch: &RecordBatch, opts: &BatchOptions) -> Result<RecordBatch> {
+        self.call(Op::Predict, batch, opts)
+    }
+
+    /// PREPARE and SUBMIT of the general path: reads every input's rows on the caller's
+    /// thread, assembles each chunk's good rows into `forward`'s arguments (masks and type ids
+    /// in their declared places) and submits them as one engine job. [`GeneralPending::poll`]
+    /// finishes.
+    pub(crate) fn submit_general(
+        &self,
+        batch: &RecordBatch,
+        opts: &BatchOptions,
+        task: TaskId,
+    ) -> Result<GeneralPending> {
         let spec = self.model().general();
-        if opts.batch_size == 0 {
-            return Err(Error::config("batch_size", "must be at least 1"));
-        }
+        let batch_size = self.batch_rows(opts);
         let n = batch.num_rows();
         let columns = resolve_columns(spec, opts)?;
         // `ragged: "single"` runs one row per forward pass.
         let chunk = if spec.inputs.iter().any(|d| d.ragged == Some(Ragged::Single)) {
             1
         } else {
-            opts.batch_size
+            batch_size
         };
-        // Longest text first, so that each pass pads little; undone before returning.
+        // Longest text first, so that each pass pads little; undone in `finish`.
         let order = length_order(spec, &columns, batch, opts, chunk);
         let sorted;
         let batch = match &order {
@@ -105,13 +119,12 @@ impl Scorer {
             })?;
             readers.push(Some(reader));
         }
-        let mut writers: Vec<_> = spec.outputs.iter().map(output::writer).collect();
-        let mut error = StringBuilder::new();
         let mut times = StageTimes::default();
         let fail = |reason: String| Error::Inference {
             path: self.model().path().to_path_buf(),
             reason,
         };
+        let mut chunks = VecDeque::with_capacity(n.div_ceil(chunk));
         let mut start = 0;
         while start < n {
             let end = (start + chunk).min(n);
@@ -150,11 +163,12 @@ impl Scorer {
                 }
             }
             let count = good.iter().filter(|&&g| g).count();
-            let mut args = Vec::with_capacity(spec.inputs.len());
-            // Padded input name -> its mask; mask input name -> the mask (for `post` pools).
-            let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
             let mut post_masks: HashMap<String, tch::Tensor> = HashMap::new();
-            if count > 0 {
+            // An empty chunk (no good rows) submits nothing.
+            let ticket = if count > 0 {
+                let mut args = Vec::with_capacity(spec.inputs.len());
+                // Padded input name -> its mask; mask input name -> the mask (for `post` pools).
+                let mut masks: HashMap<&str, tch::Tensor> = HashMap::new();
                 for (i, decl) in spec.inputs.iter().enumerate() {
                     let Some(rows) = read[i].take() else { continue };
                     let mask_dtype = mask_dtype(spec, &decl.name);
@@ -166,10 +180,6 @@ impl Scorer {
                     }
                     args.push((i, arg));
                 }
-            }
-            let assembled = Instant::now();
-            times.preprocess += assembled - started;
-            let value = if count > 0 {
                 // Masks and type ids take their place in the declared order.
                 let mut ordered = Vec::with_capacity(spec.inputs.len());
                 let mut args = args.into_iter().peekable();
@@ -197,41 +207,54 @@ impl Scorer {
                         ordered.push(arg);
                     }
                 }
-                Some(self.model().forward(ordered, self.threads())?)
+                times.preprocess += started.elapsed();
+                Some(self.engine().submit(Job {
+                    task,
+                    rows: count,
+                    bytes: input_bytes(&ordered),
+                    max_batch: chunk,
+                    work: Work::General { args: ordered },
+                })?)
             } else {
+                times.preprocess += started.elapsed();
                 None
             };
-            for (decl, w) in spec.outputs.iter().zip(writers.iter_mut()) {
-                let selected = match (&value, &decl.from) {
-                    (None, _) => None,
-                    (Some(v), None) => Some(v),
-                    (Some(v), Some(path)) => Some(
-                        v.select(&path.steps())
-                            .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
-                    ),
-                };
-                w.append_chunk(selected, &good, &post_masks)
-                    .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?;
-            }
-            for r in reasons {
-                error.append_option(r);
-            }
-            times.forward += assembled.elapsed();
+            // Sorted rows are not contiguous in the caller's order: they are listed.
+            let rows = match &order {
+                None => row_span(opts.row_offset + start as u64..opts.row_offset + end as u64),
+                Some(_) => {
+                    let mut rows: Vec<u64> = (start..end)
+                        .map(|j| opts.row_offset + original(j) as u64)
+                        .collect();
+                    rows.sort_unstable();
+                    let list: Vec<String> = rows.iter().take(10).map(u64::to_string).collect();
+                    let more = if rows.len() > 10 { ", ..." } else { "" };
+                    format!("rows {}{more}", list.join(", "))
+                }
+            };
+            chunks.push_back(GeneralChunk {
+                good,
+                reasons,
+                post_masks,
+                ticket,
+                rows,
+            });
             start = end;
         }
-        let mut arrays: Vec<ArrayRef> = writers.iter_mut().map(|w| w.finish()).collect();
-        arrays.push(Arc::new(error.finish()));
-        if let Some(o) = &order {
-            arrays = unsort(&arrays, o)?;
-        }
-        let mut schema = times.annotate(output_schema(spec));
-        if spec.inputs.iter().any(|d| d.kind == InputKind::Text) {
-            let truncated: u64 = readers.iter().flatten().map(|r| r.truncated()).sum();
-            let mut meta = schema.metadata().clone();
-            meta.insert(TRUNCATED_ROWS_KEY.to_string(), truncated.to_string());
-            schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
-        }
-        RecordBatch::try_new(schema, arrays).map_err(|e| internal("building the output batch", e))
+        let truncated = spec
+            .inputs
+            .iter()
+            .any(|d| d.kind == InputKind::Text)
+            .then(|| readers.iter().flatten().map(|r| r.truncated()).sum());
+        Ok(GeneralPending {
+            model: Arc::clone(self.model_arc()),
+            writers: spec.outputs.iter().map(output::writer).collect(),
+            error: StringBuilder::with_capacity(n, 0),
+            chunks,
+            order,
+            truncated,
+            times,
+        })
     }
 
     /// The schema [`Scorer::predict`] returns for the spec `spec_json`, without loading the
@@ -243,6 +266,112 @@ impl Scorer {
         })?;
         Ok(output_schema(&spec.general()))
     }
+}
+
+/// A submitted general batch: its chunks' masks, row errors and tickets, in order, and the
+/// writers the finished chunks went to.
+pub(crate) struct GeneralPending {
+    model: Arc<Model>,
+    writers: Vec<Box<dyn OutputWriter>>,
+    error: StringBuilder,
+    chunks: VecDeque<GeneralChunk>,
+    /// The rows' order when they ran longest text first (undone at the end).
+    order: Option<Vec<u32>>,
+    /// Rows whose text was cut at `max_length`, when the spec has a text input.
+    truncated: Option<u64>,
+    times: StageTimes,
+}
+
+struct GeneralChunk {
+    good: Vec<bool>,
+    reasons: Vec<Option<String>>,
+    /// Mask input name -> the mask of the rows that ran (for `post` pools).
+    post_masks: HashMap<String, tch::Tensor>,
+    /// The forward pass of the good rows; `None` when there were none.
+    ticket: Option<Ticket>,
+    /// "rows 8-15" (or the rows listed, when sorted by length), for a failed pass's message.
+    rows: String,
+}
+
+impl GeneralPending {
+    /// FINISH: waits (at most `timeout` in all) for each chunk's result in order and hands it
+    /// to the output writers, then builds the very batch [`Scorer::predict`] returns;
+    /// `Ok(None)` = not ready yet (the chunks written so far are kept).
+    pub(crate) fn poll(&mut self, timeout: Duration) -> Result<Option<RecordBatch>> {
+        let deadline = Instant::now() + timeout;
+        let spec = self.model.general();
+        let path = self.model.path();
+        let fail = |reason: String| Error::Inference {
+            path: path.to_path_buf(),
+            reason,
+        };
+        while let Some(chunk) = self.chunks.front_mut() {
+            let value = match &mut chunk.ticket {
+                None => None,
+                Some(ticket) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let Some(done) = ticket.wait(left) else {
+                        return Ok(None);
+                    };
+                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
+                    self.times.add_job(&job);
+                    match done {
+                        Done::General(value) => Some(value),
+                        Done::Image { .. } => {
+                            return Err(internal(
+                                "finishing a general batch",
+                                "the engine returned image values",
+                            ));
+                        }
+                    }
+                }
+            };
+            let started = Instant::now();
+            for (decl, w) in spec.outputs.iter().zip(self.writers.iter_mut()) {
+                let selected = match (&value, &decl.from) {
+                    (None, _) => None,
+                    (Some(v), None) => Some(v),
+                    (Some(v), Some(path)) => Some(
+                        v.select(&path.steps())
+                            .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
+                    ),
+                };
+                w.append_chunk(selected, &chunk.good, &chunk.post_masks)
+                    .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?;
+            }
+            for r in chunk.reasons.drain(..) {
+                self.error.append_option(r);
+            }
+            // Writing the outputs counted as forward time before the engine; it still does.
+            self.times.forward += started.elapsed();
+            self.chunks.pop_front();
+        }
+        let mut arrays: Vec<ArrayRef> = self.writers.iter_mut().map(|w| w.finish()).collect();
+        arrays.push(Arc::new(self.error.finish()));
+        if let Some(o) = &self.order {
+            arrays = unsort(&arrays, o)?;
+        }
+        let mut schema = self.times.annotate(output_schema(spec));
+        if let Some(truncated) = self.truncated {
+            let mut meta = schema.metadata().clone();
+            meta.insert(TRUNCATED_ROWS_KEY.to_string(), truncated.to_string());
+            schema = Arc::new(schema.as_ref().clone().with_metadata(meta));
+        }
+        RecordBatch::try_new(schema, arrays)
+            .map(Some)
+            .map_err(|e| internal("building the output batch", e))
+    }
+}
+
+/// Bytes held by `forward`'s arguments (counted against the engine's `queue_bytes`).
+fn input_bytes(args: &[ModelInput]) -> usize {
+    let bytes = |t: &tch::Tensor| t.numel() * t.kind().elt_size_in_bytes();
+    args.iter()
+        .map(|a| match a {
+            ModelInput::Batch(t) => bytes(t),
+            ModelInput::List(ts) => ts.iter().map(bytes).sum(),
+        })
+        .sum()
 }
 
 /// Output fields, `error`, and the inputs as metadata.

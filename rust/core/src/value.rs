@@ -63,6 +63,53 @@ impl Value {
         Ok(v)
     }
 
+    /// This value cut into consecutive row ranges of `sizes` rows each (a pass over several
+    /// jobs' rows, split back per job): every tensor whose dim 0 is `sizes`' total is narrowed
+    /// along dim 0; tuples, lists and dicts are split item by item, keeping their shape.
+    ///
+    /// `None` when some part is not batched by row (a tensor of another dim 0 or none, a
+    /// number, `None`): the caller then runs each job alone. A per-row list (detection
+    /// models' list of dicts) is `None` too: a tuple and a list look the same here.
+    pub fn split(&self, sizes: &[usize]) -> Option<Vec<Value>> {
+        let total: usize = sizes.iter().sum();
+        match self {
+            Value::Tensor(t) => {
+                if t.dim() == 0 || t.size()[0] != total as i64 {
+                    return None;
+                }
+                let mut start = 0i64;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let part = t.f_narrow(0, start, n as i64).ok()?;
+                        start += n as i64;
+                        Some(Value::Tensor(part))
+                    })
+                    .collect()
+            }
+            Value::List(items) => {
+                let mut parts: Vec<Vec<Value>> = sizes.iter().map(|_| Vec::new()).collect();
+                for item in items {
+                    for (part, piece) in parts.iter_mut().zip(item.split(sizes)?) {
+                        part.push(piece);
+                    }
+                }
+                Some(parts.into_iter().map(Value::List).collect())
+            }
+            Value::Dict(items) => {
+                let mut parts: Vec<Vec<(String, Value)>> =
+                    sizes.iter().map(|_| Vec::new()).collect();
+                for (key, item) in items {
+                    for (part, piece) in parts.iter_mut().zip(item.split(sizes)?) {
+                        part.push((key.clone(), piece));
+                    }
+                }
+                Some(parts.into_iter().map(Value::Dict).collect())
+            }
+            Value::Scalar(_) | Value::Other(_) => None,
+        }
+    }
+
     /// A short description for messages: "a tensor [4, 10] float", "a tuple of 2", "a dict
     /// with keys boxes, labels, scores".
     pub fn describe(&self) -> String {
@@ -80,5 +127,77 @@ impl Value {
             Value::Scalar(x) => format!("the number {x}"),
             Value::Other(what) => what.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // A failed unwrap is a failed test, with its location.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn rows(t: &Value) -> Vec<f32> {
+        match t {
+            Value::Tensor(t) => Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap(),
+            other => panic!("not a tensor: {}", other.describe()),
+        }
+    }
+
+    #[test]
+    fn split_cuts_every_batched_tensor_by_rows_and_keeps_the_tree() {
+        let x =
+            Tensor::from_slice(&[0f32, 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11.]).view([6, 2]);
+        let y = Tensor::from_slice(&[10f32, 11., 12., 13., 14., 15.]);
+        let v = Value::List(vec![
+            Value::Tensor(x),
+            Value::Dict(vec![("y".into(), Value::Tensor(y))]),
+        ]);
+        let parts = v.split(&[1, 0, 3, 2]).unwrap();
+        assert_eq!(parts.len(), 4);
+        let firsts: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|p| rows(p.select(&[Step::Index(0)]).unwrap()))
+            .collect();
+        assert_eq!(
+            firsts,
+            vec![
+                vec![0., 1.],
+                vec![],
+                vec![2., 3., 4., 5., 6., 7.],
+                vec![8., 9., 10., 11.]
+            ]
+        );
+        let ys: Vec<Vec<f32>> = parts
+            .iter()
+            .map(|p| rows(p.select(&[Step::Index(1), Step::Key("y".into())]).unwrap()))
+            .collect();
+        assert_eq!(
+            ys,
+            vec![vec![10.], vec![], vec![11., 12., 13.], vec![14., 15.]]
+        );
+        match &parts[2] {
+            Value::List(items) => match &items[0] {
+                Value::Tensor(t) => assert_eq!(t.size(), vec![3, 2]),
+                other => panic!("{}", other.describe()),
+            },
+            other => panic!("{}", other.describe()),
+        }
+    }
+
+    #[test]
+    fn split_refuses_outputs_not_batched_by_row() {
+        let batched = || Value::Tensor(Tensor::zeros([5, 3], (tch::Kind::Float, tch::Device::Cpu)));
+        // Another dim 0, a 0-dim tensor, a number: not per row.
+        let other_rows = Value::Tensor(Tensor::zeros([4, 3], (tch::Kind::Float, tch::Device::Cpu)));
+        assert!(other_rows.split(&[2, 3]).is_none());
+        assert!(Value::Tensor(Tensor::from(1f32)).split(&[2, 3]).is_none());
+        assert!(
+            Value::List(vec![batched(), Value::Scalar(1.0)])
+                .split(&[2, 3])
+                .is_none()
+        );
+        assert!(Value::Other("None".into()).split(&[5]).is_none());
+        assert_eq!(batched().split(&[2, 3]).unwrap().len(), 2);
     }
 }
