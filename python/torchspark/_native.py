@@ -158,6 +158,35 @@ def lib() -> ctypes.CDLL:
         so.ts_string_free.restype = None
         so.ts_panic_for_test.argtypes = [errp]
         so.ts_panic_for_test.restype = i32
+        # The engine (docs/engine.md): submit a batch, collect its result later.
+        so.ts_submit.argtypes = [
+            u64,
+            i32,
+            cp,
+            ctypes.POINTER(ArrowArray),
+            ctypes.POINTER(ArrowSchema),
+            u64,
+            ctypes.POINTER(u64),
+            errp,
+        ]
+        so.ts_submit.restype = i32
+        so.ts_collect.argtypes = [
+            u64,
+            u64,
+            ctypes.POINTER(ArrowArray),
+            ctypes.POINTER(ArrowSchema),
+            ctypes.POINTER(i32),
+            errp,
+        ]
+        so.ts_collect.restype = i32
+        so.ts_discard.argtypes = [u64]
+        so.ts_discard.restype = None
+        so.ts_cancel_task.argtypes = [u64, u64]
+        so.ts_cancel_task.restype = u64
+        so.ts_engine_stats.argtypes = [u64, errp, errp]
+        so.ts_engine_stats.restype = i32
+        so.ts_auto_batch_size.argtypes = [u64]
+        so.ts_auto_batch_size.restype = u64
         _lib = so
         return so
 

@@ -9,9 +9,12 @@ loaded again when its model or spec file changes.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import os
 import socket
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -29,6 +32,16 @@ from torchspark.cluster import (
 )
 from torchspark.errors import BY_CODE, ConfigError, InputError, ModelSpecError, TorchSparkError
 
+# `engine`: "shared" queues every batch to the model's one engine in this process (its forward
+# pass overlaps the caller reading the next batch); "per-task" runs it inline (docs/engine.md).
+ENGINES = ("shared", "per-task")
+# ts_submit's op codes (torchspark_core::Op::from_code).
+_OPS = {"score": 0, "featurize": 1, "predict": 2}
+# ts_collect blocks in slices this long, so that Python handles signals (a killed task) between.
+_COLLECT_SLICE_MS = 100
+# Task ids of this process's handles: the engine drops a handle's queued work by its id.
+_tasks = itertools.count(1)
+
 
 def _default_threads() -> int:
     # Spark sets OMP_NUM_THREADS = spark.task.cpus in Python workers.
@@ -40,11 +53,104 @@ def _raise(so: ctypes.CDLL, code: int, err: ctypes.c_void_p) -> None:
     raise BY_CODE.get(code, TorchSparkError)(_native.take_error(so, err))
 
 
+def _check_engine(engine: Any, engine_timeout_ms: Any) -> None:
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    _positive("engine_timeout_ms", engine_timeout_ms)
+
+
+def _task_device(device: str) -> str:
+    """`cuda` in a Spark task means the GPU Spark's resource scheduler gave the task
+    (`TaskContext.resources()["gpu"]`), as the JVM does; other devices, and `cuda` outside a task
+    or without a GPU resource, are left as they are (opening `cuda` fails fast without a GPU).
+    Untested: this machine has no GPU (docs/engine.md)."""
+    if device != "cuda":
+        return device
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # not in Spark: keep the device as given
+        return device
+    ctx = TaskContext.get()
+    gpu = ctx.resources().get("gpu") if ctx is not None else None
+    if gpu is not None and gpu.addresses:
+        return f"cuda:{gpu.addresses[0]}"
+    return device
+
+
 def _raise_open(so: ctypes.CDLL, code: int, err: ctypes.c_void_p) -> None:
     # Opening depends on the node (its files, GPU, libtorch): say which node, as the JVM does.
     raise BY_CODE.get(code, TorchSparkError)(
         f"{_native.take_error(so, err)} (on host {socket.gethostname()})"
     )
+
+
+class Pending:
+    """A batch submitted to a model's engine (`NativeModel.submit`). `result()` returns the
+    record batch the synchronous call (`score`, `featurize`, `predict`) returns for it, once;
+    `discard()` drops it. The native side is freed exactly once: by `result` (ready, failed or
+    timed out), by `discard`, or when this object is garbage collected."""
+
+    def __init__(self, model: NativeModel, ptr: int) -> None:
+        self._model = model  # keeps the handle open while the batch is in flight
+        self._so = model._so
+        self._ptr = ptr
+        self._lock = threading.Lock()
+
+    def _take(self) -> int:
+        with self._lock:
+            ptr, self._ptr = self._ptr, 0
+        return ptr
+
+    def result(self, timeout: float | None = None) -> pa.RecordBatch:
+        """The batch's result, waiting at most `timeout` seconds (None: the model's
+        `engine_timeout_ms`). Raises the batch's error (InputError, InferenceError naming its
+        rows, ...), TorchSparkError when no result came in time (the batch is then dropped),
+        and ConfigError when the result was already taken or discarded."""
+        ptr = self._take()
+        if not ptr:
+            raise ConfigError("this pending batch was already collected or discarded")
+        if timeout is None:
+            timeout = self._model.engine_timeout_ms / 1000
+        so, deadline = self._so, time.monotonic() + timeout
+        try:
+            while True:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                out_a, out_s = _native.ArrowArray(), _native.ArrowSchema()
+                ready, err = ctypes.c_int32(0), ctypes.c_void_p()
+                code = so.ts_collect(
+                    ptr,
+                    min(_COLLECT_SLICE_MS, left_ms),
+                    ctypes.byref(out_a),
+                    ctypes.byref(out_s),
+                    ctypes.byref(ready),
+                    ctypes.byref(err),
+                )
+                if code or ready.value:
+                    ptr = 0  # ts_collect freed it
+                    if code:
+                        _raise(so, code, err)
+                    return pa.RecordBatch._import_from_c(
+                        ctypes.addressof(out_a), ctypes.addressof(out_s)
+                    )
+                if left_ms == 0:
+                    raise TorchSparkError(
+                        f"no result for a submitted batch after {timeout:g} s; raise "
+                        f"engine_timeout_ms (now {self._model.engine_timeout_ms}) if the "
+                        f"engine is busy: {self._model.engine_stats()}"
+                    )
+        finally:
+            if ptr:  # timed out or interrupted: nobody will collect it
+                so.ts_discard(ptr)
+
+    def discard(self) -> None:
+        """Drops the batch (its forward pass may still run; its result is thrown away)."""
+        ptr = self._take()
+        if ptr:
+            self._so.ts_discard(ptr)
+
+    def __del__(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self.discard()
 
 
 class NativeModel:
@@ -53,6 +159,13 @@ class NativeModel:
 
     >>> m = NativeModel("model.pt")                     # doctest: +SKIP
     >>> m.score([open("cat.png", "rb").read()])          # doctest: +SKIP
+
+    `engine="shared"` (the default) sends batches through the model's one engine in this
+    process, whose forward passes run beside the caller (`submit`); `"per-task"` runs each
+    call inline, as before the engine. Results are equal either way. `engine_timeout_ms` bounds
+    every wait for the engine (queue space, a result). `num_threads` (default: this worker's
+    OMP_NUM_THREADS, which Spark sets to spark.task.cpus) is also the engine's core budget.
+    `device="cuda"` in a Spark task takes the GPU Spark assigned to the task.
     """
 
     def __init__(
@@ -61,18 +174,31 @@ class NativeModel:
         device: str = "cpu",
         num_threads: int | None = None,
         precision: str = "fp32",
+        engine: str = "shared",
+        engine_timeout_ms: int = 600_000,
     ) -> None:
+        _check_engine(engine, engine_timeout_ms)
         self.model_path = resolve_local(os.fspath(model_path))
-        self.device = device
+        self.device = _task_device(device)
         self.num_threads = num_threads or _default_threads()
         self.precision = precision
+        self.engine = engine
+        self.engine_timeout_ms = engine_timeout_ms
+        self.task = next(_tasks)
         self._so = _native.lib()
         config = json.dumps(
             {
                 "model_path": self.model_path,
-                "device": device,
+                "device": self.device,
                 "num_threads": self.num_threads,
                 "precision": precision,
+                # A Python worker is one task: its thread budget is the engine's cores.
+                "engine": {
+                    "mode": engine,
+                    "cores": self.num_threads,
+                    "task_cpus": self.num_threads,
+                    "timeout_ms": engine_timeout_ms,
+                },
             }
         )
         handle, err = ctypes.c_uint64(0), ctypes.c_void_p()
@@ -82,8 +208,10 @@ class NativeModel:
         self._handle = handle.value
 
     def close(self) -> None:
-        """Releases this handle; the model stays loaded for the process (until its file changes)."""
+        """Drops this handle's queued batches and releases it; the model stays loaded for the
+        process (until its file changes)."""
         if getattr(self, "_handle", 0):
+            self._so.ts_cancel_task(self._handle, self.task)
             self._so.ts_close(self._handle)
             self._handle = 0
 
@@ -95,6 +223,81 @@ class NativeModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def cancel(self) -> int:
+        """Drops this handle's batches still queued in the engine (their `Pending.result`
+        fails); returns how many were dropped."""
+        return int(self._so.ts_cancel_task(self._live(), self.task))
+
+    def engine_stats(self) -> dict[str, Any]:
+        """The engine's sizes and counters: mode, cores, workers, threads_per_worker,
+        queued_jobs, queued_rows, queued_bytes, active_tasks, batches, rows, merged_batches,
+        failed_jobs, cancelled_jobs, timeouts."""
+        out, err = ctypes.c_void_p(), ctypes.c_void_p()
+        code = self._so.ts_engine_stats(self._live(), ctypes.byref(out), ctypes.byref(err))
+        if code:
+            _raise(self._so, code, err)
+        return json.loads(_native.take_error(self._so, out))
+
+    def auto_batch_size(self) -> int:
+        """The rows per forward pass `batch_size=0` ("auto") means for this model (chosen from
+        its input size: docs/engine.md)."""
+        return int(self._so.ts_auto_batch_size(self._live()))
+
+    def _batch_size(self, batch_size: Any) -> int:
+        return _non_negative("batch_size", batch_size) or self.auto_batch_size()
+
+    def _live(self) -> int:
+        if not self._handle:
+            raise ConfigError("this NativeModel is closed")
+        return self._handle
+
+    def submit(
+        self,
+        batch: Any,
+        op: str = "predict",
+        *,
+        top_k: int = 5,
+        batch_size: int = 64,
+        input_column: str | None = None,
+        columns: Mapping[str, Sequence[str] | str] | None = None,
+        row_offset: int = 0,
+        max_pixels: int = 0,
+    ) -> Pending:
+        """Prepares `batch` on this thread (read, decode, tokenize) and queues its forward
+        passes; `Pending.result()` returns what `score`, `featurize` or `predict` (`op`) return.
+        Raises at once what concerns the whole batch (a missing column, a bad option)."""
+        if op not in _OPS:
+            raise ConfigError(f"op must be one of {', '.join(_OPS)}, not {op!r}")
+        opts: dict[str, Any] = {
+            "batch_size": self._batch_size(batch_size),
+            "max_pixels": _non_negative("max_pixels", max_pixels),
+        }
+        if op == "predict":
+            opts["row_offset"] = _non_negative("row_offset", row_offset)
+            if columns:
+                opts["columns"] = _column_map(columns)
+        else:
+            opts["top_k"] = top_k if op == "score" else 1
+            if input_column:
+                opts["input_column"] = input_column
+        rb, handle = as_record_batch(batch), self._live()
+        in_a, in_s = _native.ArrowArray(), _native.ArrowSchema()
+        rb._export_to_c(ctypes.addressof(in_a), ctypes.addressof(in_s))
+        pending, err = ctypes.c_uint64(0), ctypes.c_void_p()
+        code = self._so.ts_submit(
+            handle,
+            _OPS[op],
+            json.dumps(opts).encode(),
+            ctypes.byref(in_a),
+            ctypes.byref(in_s),
+            self.task,
+            ctypes.byref(pending),
+            ctypes.byref(err),
+        )
+        if code:
+            _raise(self._so, code, err)
+        return Pending(self, pending.value)
 
     @staticmethod
     def load_count() -> int:
@@ -112,8 +315,9 @@ class NativeModel:
         """prediction, probability, predicted_label, top_k, error: one row per input row.
 
         `max_pixels` (width x height) lowers the spec's `preprocess.max_pixels` for this call
-        (0: the spec's); larger images are row errors, found from their headers."""
-        return self._call(self._so.ts_score, batch, top_k, batch_size, input_column, max_pixels)
+        (0: the spec's); larger images are row errors, found from their headers. `batch_size`
+        0: `auto_batch_size()`."""
+        return self._call("score", batch, top_k, batch_size, input_column, max_pixels)
 
     def featurize(
         self,
@@ -123,7 +327,7 @@ class NativeModel:
         max_pixels: int = 0,
     ) -> pa.RecordBatch:
         """features (list<float32>) and error: one row per input row (`max_pixels`: as score)."""
-        return self._call(self._so.ts_featurize, batch, 1, batch_size, input_column, max_pixels)
+        return self._call("featurize", batch, 1, batch_size, input_column, max_pixels)
 
     def predict(
         self,
@@ -144,9 +348,19 @@ class NativeModel:
         converted gets nulls and its reason in `error`, naming the row (`row_offset` + its
         position), the input, the column, and the expected and actual shapes; the other rows
         are still run. Raises InputError when a column is missing or of a type its input cannot
-        read, InferenceError when the model's outputs do not match the declared ones."""
+        read, InferenceError when the model's outputs do not match the declared ones.
+        `batch_size` 0: `auto_batch_size()`."""
+        if self.engine == "shared":
+            return self.submit(
+                batch,
+                "predict",
+                columns=columns,
+                batch_size=batch_size,
+                row_offset=row_offset,
+                max_pixels=max_pixels,
+            ).result()
         opts: dict[str, Any] = {
-            "batch_size": _positive("batch_size", batch_size),
+            "batch_size": self._batch_size(batch_size),
             "row_offset": _non_negative("row_offset", row_offset),
             "max_pixels": _non_negative("max_pixels", max_pixels),
         }
@@ -158,13 +372,27 @@ class NativeModel:
         """The schema `predict` returns (as `describe` of this model's spec)."""
         return describe(self.model_path)
 
-    def _call(self, fn, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
+    def _call(self, op, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
         if not isinstance(max_pixels, int) or max_pixels < 0:
             raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
+        if self.engine == "shared":
+            return self.submit(
+                batch,
+                op,
+                top_k=top_k,
+                batch_size=batch_size,
+                input_column=input_column,
+                max_pixels=max_pixels,
+            ).result()
         rb = as_record_batch(batch)
-        opts = {"top_k": top_k, "batch_size": batch_size, "max_pixels": max_pixels}
+        opts = {
+            "top_k": top_k,
+            "batch_size": self._batch_size(batch_size),
+            "max_pixels": max_pixels,
+        }
         if input_column:
             opts["input_column"] = input_column
+        fn = self._so.ts_score if op == "score" else self._so.ts_featurize
         return self._run(fn, rb, opts)
 
     def _run(self, fn, rb: pa.RecordBatch, opts: dict[str, Any]) -> pa.RecordBatch:
@@ -296,38 +524,89 @@ SCORE_SCHEMA = (
 )
 
 
+def _in_order(
+    model: NativeModel,
+    items: Iterable[Any],
+    op: str,
+    options: Any,
+) -> Iterator[tuple[Any, pa.RecordBatch]]:
+    """(item, result) for each item (a batch to submit), in order. With the shared engine,
+    item k+1 is read (from Spark's input) and submitted before item k's result is collected, so
+    the reading overlaps item k's forward pass; per-task calls each one inline, as before.
+    `options(item)` gives the call's batch and options. A failure or an early stop drops the
+    batch still in flight and this task's queued work."""
+    if model.engine == "per-task":
+        call = model.predict if op == "predict" else getattr(model, op)
+        for item in items:
+            batch, opts = options(item)
+            yield item, call(batch, **opts)
+        return
+    in_flight: tuple[Any, Pending] | None = None
+    try:
+        for item in items:
+            batch, opts = options(item)
+            current = (item, model.submit(batch, op, **opts))
+            previous, in_flight = in_flight, current
+            if previous is not None:
+                yield previous[0], previous[1].result()
+        if in_flight is not None:
+            last, in_flight = in_flight, None
+            yield last[0], last[1].result()
+    finally:
+        if in_flight is not None:
+            in_flight[1].discard()
+            model.cancel()
+
+
 def score_partitions(
     model_path: str,
     content_col: str = "content",
     key_col: str = "path",
     batch_size: int = 64,
     device: str = "cpu",
+    num_threads: int | None = None,
+    engine: str = "shared",
+    engine_timeout_ms: int = 600_000,
 ):
     """A function for `rdd.mapPartitions`: Rows with `key_col` and `content_col` in, tuples
     (key, prediction, predicted_label, probability, error) out, in order.
 
     `model_path` is a local path, a shipped file's name, or a cluster-storage URI (shipped to
-    the executors when this is called on the driver)."""
+    the executors when this is called on the driver). `batch_size` 0: the model's auto size;
+    `num_threads`, `engine`, `engine_timeout_ms`: as for NativeModel."""
+    _non_negative("batch_size", batch_size)
+    _check_engine(engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
 
     def run(rows: Iterator[Any]) -> Iterator[tuple]:
-        model = NativeModel(model_path, device=device)
-        chunk: list[Any] = []
+        model = NativeModel(
+            model_path,
+            device=device,
+            num_threads=num_threads,
+            engine=engine,
+            engine_timeout_ms=engine_timeout_ms,
+        )
+        size = model._batch_size(batch_size)
 
-        def flush() -> Iterator[tuple]:
-            out = model.score([r[content_col] for r in chunk], batch_size=batch_size).to_pydict()
+        def chunks() -> Iterator[list[Any]]:
+            chunk: list[Any] = []
+            for row in rows:
+                chunk.append(row)
+                if len(chunk) == size:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        def options(chunk: list[Any]) -> tuple[Any, dict[str, Any]]:
+            return [r[content_col] for r in chunk], {"batch_size": size}
+
+        for chunk, result in _in_order(model, chunks(), "score", options):
+            out = result.to_pydict()
             for r, p, lab, prob, e in zip(
                 chunk, out["prediction"], out["predicted_label"], out["probability"], out["error"]
             ):
                 yield (r[key_col], p, lab, prob, e)
-
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) == batch_size:
-                yield from flush()
-                chunk = []
-        if chunk:
-            yield from flush()
 
     return run
 
@@ -338,16 +617,28 @@ def score_arrow(
     key_col: str = "path",
     batch_size: int = 64,
     device: str = "cpu",
+    num_threads: int | None = None,
+    engine: str = "shared",
+    engine_timeout_ms: int = 600_000,
 ):
     """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code.
 
-    `model_path` as for `score_partitions`."""
+    `model_path` as for `score_partitions`; with the shared engine the next Arrow batch is read
+    from Spark while the previous one runs its forward pass."""
+    _non_negative("batch_size", batch_size)
+    _check_engine(engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = NativeModel(model_path, device=device)
-        for b in batches:
-            out = model.score(b, batch_size=batch_size, input_column=content_col)
+        model = NativeModel(
+            model_path,
+            device=device,
+            num_threads=num_threads,
+            engine=engine,
+            engine_timeout_ms=engine_timeout_ms,
+        )
+        opts = {"batch_size": model._batch_size(batch_size), "input_column": content_col}
+        for b, out in _in_order(model, batches, "score", lambda b: (b, opts)):
             yield pa.RecordBatch.from_arrays(
                 [
                     b.column(key_col),
@@ -410,6 +701,8 @@ def predict_arrow(
     device: str = "cpu",
     precision: str = "fp32",
     max_pixels: int = 0,
+    engine: str = "shared",
+    engine_timeout_ms: int = 600_000,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: any model (spec version 2, or an image
     spec) in Spark's Python workers, its output schema derived from the spec.
@@ -423,8 +716,11 @@ def predict_arrow(
     first bad row's reason (InputError naming the row in its partition, the input, the column
     and the shapes), `skip` drops bad rows, `keep` keeps them with null outputs and the reason.
     `columns` maps input names to other columns than the spec's. `model_path` as for
-    `score_partitions`; the model is loaded once per Python worker process."""
-    _check_worker_options(handle_invalid, batch_size)
+    `score_partitions`; the model is loaded once per Python worker process. `batch_size` 0: the
+    model's auto size. `engine` ("shared": the next Arrow batch is read from Spark while the
+    previous one runs its forward pass; "per-task": inline) and `engine_timeout_ms`: as for
+    NativeModel."""
+    _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     _non_negative("max_pixels", max_pixels)
     column_map = _column_map(columns) if columns else None
     model_path = _for_workers(os.fspath(model_path))
@@ -441,6 +737,8 @@ def predict_arrow(
         device=device,
         precision=precision,
         max_pixels=max_pixels,
+        engine=engine,
+        engine_timeout_ms=engine_timeout_ms,
     )
 
 
@@ -456,6 +754,8 @@ def embed_arrow(
     handle_invalid: str = "error",
     device: str = "cpu",
     precision: str = "fp32",
+    engine: str = "shared",
+    engine_timeout_ms: int = 600_000,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: a text model (a spec with one `text`
     input, e.g. from `export_text_model`) embeds the string column `input_col` in Spark's
@@ -470,8 +770,9 @@ def embed_arrow(
     (UTF-8). A null or non-UTF-8 row is a row error (handled as in `predict_arrow`: `error`
     raises InputError naming the row in its partition, the input and the column); empty text
     embeds as `[CLS] [SEP]`; text over the spec's `max_length` tokens is truncated. Raises
-    ConfigError when the spec has no text input or more than one output."""
-    _check_worker_options(handle_invalid, batch_size)
+    ConfigError when the spec has no text input or more than one output. `batch_size`,
+    `engine`, `engine_timeout_ms`: as for `predict_arrow`."""
+    _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     if not isinstance(input_col, str) or not input_col:
         raise ConfigError(f"input_col must be a column name, not {input_col!r}")
     if not isinstance(output_col, str) or not output_col:
@@ -500,15 +801,20 @@ def embed_arrow(
         device=device,
         precision=precision,
         max_pixels=0,
+        engine=engine,
+        engine_timeout_ms=engine_timeout_ms,
     )
 
 
-def _check_worker_options(handle_invalid: str, batch_size: int) -> None:
+def _check_worker_options(
+    handle_invalid: str, batch_size: int, engine: str, engine_timeout_ms: int
+) -> None:
     if handle_invalid not in HANDLE_INVALID:
         raise ConfigError(
             f"handle_invalid must be one of {', '.join(HANDLE_INVALID)}, not {handle_invalid!r}"
         )
-    _positive("batch_size", batch_size)
+    _non_negative("batch_size", batch_size)
+    _check_engine(engine, engine_timeout_ms)
 
 
 def _map_in_arrow(
@@ -525,6 +831,8 @@ def _map_in_arrow(
     device: str,
     precision: str,
     max_pixels: int,
+    engine: str,
+    engine_timeout_ms: int,
 ):
     """predict_arrow's `(fn, schema)`, the outputs named by `rename` (output -> column)."""
     keep = [keep] if isinstance(keep, str) else list(keep)
@@ -555,17 +863,29 @@ def _map_in_arrow(
     n_out = len(outputs)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        model = NativeModel(model_path, device=device, num_threads=num_threads, precision=precision)
+        model = NativeModel(
+            model_path,
+            device=device,
+            num_threads=num_threads,
+            precision=precision,
+            engine=engine,
+            engine_timeout_ms=engine_timeout_ms,
+        )
+        size = model._batch_size(batch_size)
         offset = 0  # rows are numbered by their position in the partition, as the JVM does
-        for b in batches:
-            out = model.predict(
-                b,
-                columns=column_map,
-                batch_size=batch_size,
-                row_offset=offset,
-                max_pixels=max_pixels,
-            )
+
+        def options(b: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, Any]]:
+            nonlocal offset
+            opts = {
+                "columns": column_map,
+                "batch_size": size,
+                "row_offset": offset,
+                "max_pixels": max_pixels,
+            }
             offset += b.num_rows
+            return b, opts
+
+        for b, out in _in_order(model, batches, "predict", options):
             error = out.column(n_out)
             if handle_invalid == "error" and error.null_count < len(error):
                 raise InputError(next(e for e in error.to_pylist() if e is not None))

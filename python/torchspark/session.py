@@ -77,7 +77,9 @@ def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf
     return spark
 
 
-def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> None:
+def register_udfs(
+    spark, name: str, model_path: str, device: str = "cpu", engine: str | None = None
+) -> None:
     """Registers SQL functions for the model at `model_path` (TorchSpark.register, in the JVM).
 
     An image spec (version 1): `name(content)` -> struct<prediction, label, probability, error>
@@ -85,6 +87,8 @@ def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> Non
     one argument per input that reads columns, in the spec's order, returning
     struct<outputs..., error>; e.g. a text model: `embed_text(text).embedding` (an ML vector).
     A row that fails gives null outputs and `error` naming the row and the reason.
+    `engine` ("shared" | "per-task"; None: the JVM's default) picks how the executors run the
+    model (docs/engine.md); ConfigError when the jar's TorchSpark.register takes no engine.
     """
     from torchspark.errors import install_py4j_handler
     from torchspark.transformers import check_jar_line
@@ -92,4 +96,23 @@ def register_udfs(spark, name: str, model_path: str, device: str = "cpu") -> Non
     jvm = spark.sparkContext._jvm
     check_jar_line(jvm)
     install_py4j_handler()
-    jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)
+    if engine is None:
+        jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)
+        return
+    from torchspark.errors import ConfigError
+    from torchspark.native import ENGINES
+
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    # Asked of the class rather than read from py4j's error text: an older jar lacks the overload.
+    cls = jvm.py4j.reflection.ReflectionUtil.classForName("dev.torchspark.TorchSpark")
+    if not any(
+        m.getName() == "register" and len(m.getParameterTypes()) == 6 for m in cls.getMethods()
+    ):
+        raise ConfigError(
+            "this torchspark jar's TorchSpark.register takes no engine (an older jar): "
+            "rebuild it (make native jar) or call register_udfs without engine"
+        )
+    jvm.dev.torchspark.TorchSpark.register(
+        spark._jsparkSession, name, model_path, device, 1, engine
+    )

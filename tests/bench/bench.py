@@ -13,14 +13,25 @@ and int8 (PT2E package). Each way: a cold pass, a second pass and 3 more; the be
 passes is the steady state. A second line per peer runs on Spark's default file splitting
 (about 300 partitions), as the seed article did. Held-out accuracy per precision.
 
+Issue 19 (the shared engine): every torchspark_df way runs with engine=shared and again with
+engine=per-task (`_per_task` rows); `torchspark_sql` runs `SELECT m(content)` over the same
+DataFrame after torchspark.register_udfs; the native engine runs each format in one process
+(`native_raw_*`); the peer predict_batch_udf also runs in bf16 (torch.autocast around its
+forward), so that bf16 compares with bf16; a fresh session's first pass (cold) of torchspark and
+of predict_batch_udf is timed in child processes, with torchspark's stage profile.
+
 Prints one line per way, the targets (met or not) and the stage profile, then scaling, the
 ImageNet-size featurizer (featurize_bench.py) and memory; writes tests/bench/results.md and
 tests/bench/results.png.
+
+Smoke runs (not for figures): BENCH_N=200 (images), BENCH_PT2=0 (skip the AOTInductor ways),
+BENCH_EXTRAS=0 (skip the cold, scaling, featurizer and memory probes; results.md is not written).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import subprocess
@@ -36,6 +47,7 @@ sys.path[:0] = [str(ROOT / "python"), str(ROOT / "examples")]
 
 import featurize_bench  # noqa: E402
 import precision  # noqa: E402
+from benchlib import register_sql, verdict, with_engine  # noqa: E402
 
 import demo  # noqa: E402
 import torchspark  # noqa: E402
@@ -43,7 +55,9 @@ import train_resnet20  # noqa: E402
 
 OUT = Path(os.environ.get("DEMO_OUT", ROOT / "demo-output"))
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-N = 2000 if QUICK else 10000
+N = int(os.environ.get("BENCH_N", 0)) or (2000 if QUICK else 10000)
+PT2 = os.environ.get("BENCH_PT2", "1") != "0"
+EXTRAS = os.environ.get("BENCH_EXTRAS", "1") != "0"
 # Passes after the second: the steady state is the best of the second and these (the issue saw
 # it from the fifth pass on).
 WARM = 1 if QUICK else 3
@@ -83,8 +97,8 @@ def decode_all(files: list[str]) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
-def native_raw(model: str, x: np.ndarray, bs: int, threads: int):
-    m = torchspark.NativeModel(model, num_threads=threads)
+def native_raw(model: str, x: np.ndarray, bs: int, threads: int, option: str = "fp32"):
+    m = torchspark.NativeModel(model, num_threads=threads, precision=option)
 
     def run():
         preds = []
@@ -148,9 +162,10 @@ def pyspark_torch_partition(model_path: str, batch: int = 64):
     return run
 
 
-def predict_batch_udf_column(model_path: str, batch: int = 64):
+def predict_batch_udf_column(model_path: str, batch: int = 64, bf16: bool = False):
     """Spark ML's own recipe, in its best mode: one model per Python worker (predict_batch_udf
-    caches it), the frozen TorchScript file, channels-last input."""
+    caches it), the frozen TorchScript file, channels-last input; `bf16`: its forward under
+    torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's own reduced-precision mode."""
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql.types import IntegerType
 
@@ -169,8 +184,8 @@ def predict_batch_udf_column(model_path: str, batch: int = 64):
             )
             x = torch.from_numpy(((x / 255.0 - 0.5) / 0.25).transpose(0, 3, 1, 2))
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode():
-                return torch.softmax(mod(x), 1).argmax(1).numpy().astype(np.int32)
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+                return torch.softmax(mod(x).float(), 1).argmax(1).numpy().astype(np.int32)
 
         return predict
 
@@ -214,6 +229,34 @@ print("RESULT", bench.jvm_rss_peak(s), sc.metrics()["modelLoads"])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")][-1].split()
     return float(line[1]), int(line[2])
+
+
+def cold_probe(way: str, model: str, images: str) -> dict:
+    """A fresh session's first pass, in a child process: Spark start-up, then the first pass of
+    `way` ("torchspark_df": ImageScorer; "predict_batch_udf": the peer, batch 256) over the same
+    files, and for torchspark its metrics (the stage profile of a cold pass)."""
+    code = f"""
+import json, sys, time; sys.path[:0] = {[str(ROOT / "python"), str(ROOT / "tests" / "bench")]}
+import bench
+t = time.perf_counter()
+s = bench.session(); s.sparkContext.setLogLevel("ERROR")
+startup = time.perf_counter() - t
+df = s.read.format("binaryFile").option("recursiveFileLookup", "true").load({images!r})
+metrics = {{}}
+t = time.perf_counter()
+if {way!r} == "torchspark_df":
+    sc = bench.torchspark.ImageScorer(modelPath={model!r}, inputCol="content", batchSize=128)
+    n = len(sc.transform(df).select("path", "prediction").collect())
+    metrics = sc.metrics()
+else:
+    udf = bench.predict_batch_udf_column({model!r}, 256)
+    n = len(df.select("path", udf("content").alias("prediction")).collect())
+first = time.perf_counter() - t
+print("RESULT", json.dumps({{"startup": startup, "first": first, "n": n, "metrics": metrics}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line.split(" ", 1)[1])
 
 
 def scaling_probe(model: str, images: str, unions: int) -> tuple[float, float, float, int]:
@@ -269,8 +312,14 @@ def stage_profile(m: dict, row: dict) -> str:
         "forward": m["forwardTimeMs"],
         "native IPC": max(0, m["nativeTimeMs"] - m["preprocessTimeMs"] - m["forwardTimeMs"]),
     }
-    total = sum(stages.values())
+    total = max(1, sum(stages.values()))
     parts = ", ".join(f"{k} {v / 1000:.2f} s ({100 * v / total:.1f}%)" for k, v in stages.items())
+    # The engine's (issue 19), beside the stages: its forward overlaps them, so not in the sum.
+    engine = {
+        k: m[k] for k in ("queueTimeMs", "waitTimeMs", "engineBatches", "engineBatchRows") if k in m
+    }
+    if engine:
+        parts += "; engine: " + ", ".join(f"{k} {v:,}" for k, v in engine.items())
     line = (f"task time by stage, summed over tasks ({total / 1000:.2f} s for a "
             f"{row['warm']:.2f} s run on 2 cores): {parts}")  # fmt: skip
     log(f"  {line}")
@@ -301,7 +350,9 @@ def main() -> None:
     demo.write_pngs(OUT / "images" / "heldout", xte, yte, len(xte))
     files = sorted(str(p) for p in folder.rglob("*.png"))
     # The AOTInductor exports of the same weights (fp32, bf16, int8), made once and cached.
-    pt2 = {k: str(v) for k, v in precision.packages(Path(model).parent, labels).items()}
+    pt2 = {}
+    if PT2:
+        pt2 = {k: str(v) for k, v in precision.packages(Path(model).parent, labels).items()}
     rows: list[dict] = []
     by: dict[str, dict] = {}
 
@@ -336,9 +387,29 @@ def main() -> None:
     for way, (cold, warm, preds, note, _, second) in best.items():
         mode = ", frozen .pt, channels-last input" if way == "torch_raw" else ", .pt"
         record(way, N, cold, second, warm, accuracy(zip(files, preds)), note + mode)
+    # The native engine on each other format the Spark ways run (issue 19: torchspark_df >= 0.95
+    # of the engine in each), batch 256, its best thread count.
+    formats = [("native_raw_bf16", params, "bf16", ".pt, precision=bf16")]
+    if PT2:
+        formats += [("native_raw_pt2", pt2["fp32"], "fp32", ".pt2 fp32"),
+                    ("native_raw_pt2_bf16", pt2["bf16"], "fp32", ".pt2 compiled in bf16"),
+                    ("native_raw_pt2_int8", pt2["int8"], "fp32", ".pt2 int8")]  # fmt: skip
+    for way, path, option, note in formats:
+        fmt_best = None
+        for threads in (1, 2):
+            run = native_raw(path, x, 256, threads, option)
+            cold, _ = timed(run)
+            times = [timed(run)[0] for _ in range(3)]
+            preds = run()
+            if fmt_best is None or min(times) < fmt_best[1]:
+                fmt_best = (cold, min(times), times[0], preds, f"bs256, {threads} threads, {note}")
+        cold, warm, second, preds, note = fmt_best
+        record(way, N, cold, second, warm, accuracy(zip(files, preds)), note)
     del x
     gc.collect()
 
+    if PT2 is False:
+        log("(BENCH_PT2=0: the AOTInductor ways are skipped)")
     t0 = time.perf_counter()
     spark = session()
     spark.sparkContext.setLogLevel("ERROR")
@@ -370,28 +441,49 @@ def main() -> None:
         return [(r.path, r.prediction) for r in frame.select("path", "prediction").collect()]
 
     def df_way(name, path, note, option="fp32"):
-        sc = torchspark.ImageScorer(modelPath=path, inputCol="content", batchSize=128,
-                                    precision=option)  # fmt: skip
-        r = spark_way(name, lambda: collect(sc.transform(df)), note)
-        r["metrics"] = sc.metrics()
-        r["heldout"] = accuracy(collect(sc.transform(heldout)))
-        log(f"{'':<26} held-out accuracy {r['heldout']:.4f} ({len(xte)} images)")
-        return r
+        base = torchspark.ImageScorer(modelPath=path, inputCol="content", batchSize=128,
+                                      precision=option)  # fmt: skip
+        # engine=shared (the default), then per-task (the reference) on the same DataFrame.
+        for engine, suffix in (("shared", ""), ("per-task", "_per_task")):
+            sc = with_engine(base, engine)
+            if sc is None:
+                log(f"{name + suffix:<26} skipped: this jar's ImageScorer has no engine param")
+                continue
+            r = spark_way(name + suffix, lambda sc=sc: collect(sc.transform(df)),
+                          f"{note}, engine={engine}")  # fmt: skip
+            r["metrics"] = sc.metrics()
+            r["heldout"] = accuracy(collect(sc.transform(heldout)))
+            log(f"{'':<26} held-out accuracy {r['heldout']:.4f} ({len(xte)} images)")
 
     df_way("torchspark_df", model, "TorchScript fp32 (.pt): binaryFile -> ImageScorer (JVM, JNI)")
+    # The SQL function over the same DataFrame (issue 19: <= 1.1x the transformer's time).
+    df.createOrReplaceTempView("bench_images")
+    for engine, name in (("shared", "torchspark_sql"), ("per-task", "torchspark_sql_per_task")):
+        fn = "resnet20_" + engine.replace("-", "_")
+        if register_sql(spark, fn, model, None if engine == "shared" else engine):
+            query = f"SELECT path, {fn}(content).prediction AS prediction FROM bench_images"
+            spark_way(name, lambda q=query: collect(spark.sql(q)),
+                      f"SELECT {fn}(content) after register_udfs, engine={engine}")  # fmt: skip
     udf64 = predict_batch_udf_column(model, 64)
     spark_way("predict_batch_udf", lambda: collect(df.select("path", udf64("content")
               .alias("prediction"))), "batch 64, PIL decode inside predict")  # fmt: skip
     udf256 = predict_batch_udf_column(model, 256)
     spark_way("predict_batch_udf_b256", lambda: collect(df.select("path", udf256("content")
               .alias("prediction"))), "batch 256, PIL decode inside predict")  # fmt: skip
+    # The peer's own reduced precision, so that torchspark's bf16 compares with bf16.
+    for bs in (64, 256):
+        udf_bf16 = predict_batch_udf_column(model, bs, bf16=True)
+        spark_way(f"predict_batch_udf_bf16_b{bs}", lambda u=udf_bf16: collect(df.select(
+                  "path", u("content").alias("prediction"))),
+                  f"batch {bs}, torch.autocast bf16 around the forward")  # fmt: skip
     spark_way("pyspark_torch", lambda: df.select("path", "content").rdd
               .mapPartitions(pyspark_torch_partition(model)).collect(),
               "model per partition, PIL, numpy, torch, batch 64")  # fmt: skip
-    df_way("torchspark_df_pt2", pt2["fp32"], "AOTInductor fp32 (.pt2)")
     df_way("torchspark_df_bf16", params, "TorchScript, precision=bf16 (runtime cast)", "bf16")
-    df_way("torchspark_df_pt2_bf16", pt2["bf16"], "AOTInductor compiled in bf16 (.pt2)")
-    df_way("torchspark_df_pt2_int8", pt2["int8"], "AOTInductor int8, PT2E static (.pt2)")
+    if PT2:
+        df_way("torchspark_df_pt2", pt2["fp32"], "AOTInductor fp32 (.pt2)")
+        df_way("torchspark_df_pt2_bf16", pt2["bf16"], "AOTInductor compiled in bf16 (.pt2)")
+        df_way("torchspark_df_pt2_int8", pt2["int8"], "AOTInductor int8, PT2E static (.pt2)")
     spark_way("torchspark_rdd", lambda: [
         (r[0], r[1]) for r in df.select("path", "content").rdd
         .mapPartitions(torchspark.score_partitions(model)).collect()
@@ -400,7 +492,7 @@ def main() -> None:
         df.select("path", "content").mapInArrow(torchspark.score_arrow(model),
                                                 torchspark.SCORE_SCHEMA)
     ), "mapInArrow + NativeModel, .pt")  # fmt: skip
-    if not QUICK:
+    if not QUICK and EXTRAS:
         # What users got before: Spark's default file splitting (4 MB open cost: ~300 partitions
         # for 10,000 small files), the seed article's set-up. Cold and second pass only.
         spark.conf.set("spark.sql.files.openCostInBytes", str(4 << 20))
@@ -415,6 +507,22 @@ def main() -> None:
         spark.conf.set("spark.sql.files.openCostInBytes", "8192")
 
     targets, stages = judge(by)
+    if not EXTRAS:
+        spark.stop()
+        log("\n(BENCH_EXTRAS=0: no cold, scaling, featurizer or memory probes; results.md kept)")
+        return
+    # Cold (issue 19): a fresh session's first pass, torchspark and the tuned peer, each in a
+    # child process of its own, with torchspark's stage profile of that pass.
+    cold = {w: cold_probe(w, model, str(folder)) for w in ("torchspark_df", "predict_batch_udf")}
+    ts, peer = cold["torchspark_df"], cold["predict_batch_udf"]
+    cold_row = {"warm": ts["first"]}
+    log(f"\n== cold (fresh session, first pass; Spark start-up {ts['startup']:.1f} s excluded) ==")
+    log(f"  torchspark_df {ts['first']:.2f} s, predict_batch_udf (batch 256) {peer['first']:.2f} s: "
+        f"x{peer['first'] / ts['first']:.2f}")  # fmt: skip
+    stages.append(f"cold `torchspark_df` (first pass of a fresh session, {ts['first']:.2f} s; "
+                  f"predict_batch_udf {peer['first']:.2f} s) {stage_profile(ts['metrics'], cold_row)}")  # fmt: skip
+    targets.append(verdict("predict_batch_udf cold / torchspark_df cold (fresh sessions, time)",
+                           peer["first"] / ts["first"], ""))  # fmt: skip
 
     # Scaling: 10x the rows by union, same files, in a fresh JVM of its own (so that nothing run
     # before it sets the peak RSS).
@@ -443,28 +551,41 @@ def main() -> None:
 
 
 def judge(by: dict[str, dict]) -> tuple[list[tuple], list[str]]:
-    """The issue's targets from one run's rows: (name, value, target text, met)."""
-    fp32, pt2 = by["torchspark_df"], by["torchspark_df_pt2"]
-    bf16 = max(by["torchspark_df_bf16"], by["torchspark_df_pt2_bf16"], key=lambda r: r["ips"])
-    bf16_base = pt2 if bf16 is by["torchspark_df_pt2_bf16"] else fp32
-    int8 = by["torchspark_df_pt2_int8"]
+    """The targets from one run's rows: (name, value, target text, met). Rows a smoke run skips
+    (BENCH_PT2=0, a jar without the engine) leave their targets out."""
+    fp32 = by["torchspark_df"]
+    pt2 = by.get("torchspark_df_pt2")
+    bf16s = [by[w] for w in ("torchspark_df_bf16", "torchspark_df_pt2_bf16") if w in by]
+    bf16 = max(bf16s, key=lambda r: r["ips"])
+    bf16_base = pt2 if bf16["way"] == "torchspark_df_pt2_bf16" else fp32
+    int8 = by.get("torchspark_df_pt2_int8")
     udf = max(by["predict_batch_udf"], by["predict_batch_udf_b256"], key=lambda r: r["ips"])
+    udf_bf16 = max(by["predict_batch_udf_bf16_b64"], by["predict_batch_udf_bf16_b256"],
+                   key=lambda r: r["ips"])  # fmt: skip
     dfs = [r for w, r in by.items() if w.startswith("torchspark_df")]
     fastest = max(dfs, key=lambda r: r["ips"])
     # The best opt-in precision: the fastest reduced-precision row whose accuracy holds.
-    opt = [r for r in (bf16, int8) if abs(r["heldout"] - fp32["heldout"]) <= 0.005]
+    opt = [r for r in (bf16, int8) if r and abs(r["heldout"] - fp32["heldout"]) <= 0.005]
     best_opt = max(opt, key=lambda r: r["ips"]) if opt else fp32
     pts = lambda r: 100 * (r["heldout"] - fp32["heldout"])  # noqa: E731
-    targets = [
-        (".pt2 fp32 / .pt fp32 (torchspark_df, steady)", pt2["ips"] / fp32["ips"], ">= 1.2x"),
+    targets = []
+    if pt2:
+        targets.append((".pt2 fp32 / .pt fp32 (torchspark_df, steady)", pt2["ips"] / fp32["ips"],
+                        ">= 1.2x"))  # fmt: skip
+    targets += [
         (f"bf16 / fp32 ({bf16['way']} / {bf16_base['way']}, steady)",
          bf16["ips"] / bf16_base["ips"], ">= 1.6x"),
         (f"bf16 held-out accuracy change ({bf16['way']}, points)", pts(bf16), "within 0.2"),
-        ("int8 / fp32 (torchspark_df_pt2_int8 / torchspark_df_pt2, steady)",
-         int8["ips"] / pt2["ips"], ">= 2.0x"),
-        ("int8 / .pt fp32 (torchspark_df_pt2_int8 / torchspark_df, steady)",
-         int8["ips"] / fp32["ips"], ""),
-        ("int8 held-out accuracy change (points)", pts(int8), "within 0.5"),
+    ]  # fmt: skip
+    if int8:
+        targets += [
+            ("int8 / fp32 (torchspark_df_pt2_int8 / torchspark_df_pt2, steady)",
+             int8["ips"] / pt2["ips"], ">= 2.0x"),
+            ("int8 / .pt fp32 (torchspark_df_pt2_int8 / torchspark_df, steady)",
+             int8["ips"] / fp32["ips"], ""),
+            ("int8 held-out accuracy change (points)", pts(int8), "within 0.5"),
+        ]  # fmt: skip
+    targets += [
         (f"torchspark_df / tuned predict_batch_udf ({udf['note'].split(',')[0]}), warm fp32",
          fp32["ips"] / udf["ips"], ">= 2.0x"),
         (f"{best_opt['way']} / tuned predict_batch_udf, warm (best opt-in precision)",
@@ -488,6 +609,33 @@ def judge(by: dict[str, dict]) -> tuple[list[tuple], list[str]]:
             met = "met" if met else "NOT MET"
         out.append((name, v, target, met))
         log(f"{name:<78} {v:7.2f}   {target:<11} {met}")
+
+    # Issue 19 (the shared engine): each format against the native engine on the same format,
+    # SQL against the transformer, shared against per-task, bf16 against the peer's bf16.
+    log("\n== issue 19 targets ==")
+    pairs = [("torchspark_df", "native_raw", ".pt fp32"),
+             ("torchspark_df_pt2", "native_raw_pt2", ".pt2 fp32"),
+             ("torchspark_df_bf16", "native_raw_bf16", "bf16 runtime cast"),
+             ("torchspark_df_pt2_bf16", "native_raw_pt2_bf16", ".pt2 bf16"),
+             ("torchspark_df_pt2_int8", "native_raw_pt2_int8", ".pt2 int8")]  # fmt: skip
+    for df_w, raw_w, what in pairs:
+        if df_w in by and raw_w in by:
+            out.append(verdict(f"{df_w} / {raw_w} ({what}, steady)",
+                               by[df_w]["ips"] / by[raw_w]["ips"], ">= 0.95x"))  # fmt: skip
+    for sql_w in ("torchspark_sql", "torchspark_sql_per_task"):
+        if sql_w in by:
+            out.append(verdict(f"{sql_w} / torchspark_df (time, steady)",
+                               by[sql_w]["warm"] / fp32["warm"], "<= 1.1x"))  # fmt: skip
+    for df_w in [w for w in by if w.startswith("torchspark_df") and not w.endswith("_per_task")]:
+        if df_w + "_per_task" in by:
+            out.append(verdict(f"{df_w}: shared / per-task (images/s, steady)",
+                               by[df_w]["ips"] / by[df_w + "_per_task"]["ips"], ""))  # fmt: skip
+    out.append(verdict(f"{bf16['way']} / {udf_bf16['way']} (bf16 vs the peer's bf16, warm)",
+                       bf16["ips"] / udf_bf16["ips"], ""))  # fmt: skip
+    out.append(verdict(f"{bf16['way']} / {udf['way']} (bf16 vs the peer's fp32, warm)",
+                       bf16["ips"] / udf["ips"], ""))  # fmt: skip
+    out.append(verdict(f"{udf_bf16['way']} / {udf['way']} (the peer's bf16 vs its fp32)",
+                       udf_bf16["ips"] / udf["ips"], ""))  # fmt: skip
     stages = [
         f"`{r['way']}` {stage_profile(r['metrics'], r)}"
         for r in {id(r): r for r in (fp32, fastest)}.values()
