@@ -22,23 +22,34 @@ import org.apache.spark.{TaskContext, TaskKilledException}
   * the task's queued work; it is registered after the handle's own `closeModel` listener, and Spark
   * runs completion listeners in reverse order, so it runs first.
   *
-  * @param handle
-  *   an open model handle (NativeBridge.openModel)
-  * @param op
-  *   0 score, 1 featurize, 2 predict (NativeBridge.submit)
+  * @param lanes
+  *   the model calls each group goes through: an open handle (NativeBridge.openModel) and its op (0
+  *   score, 1 featurize, 2 predict); one for a transformer, one per distinct call for a SQL node
   * @param clock
   *   where the time goes: encode into `bridge`, submit and collect into `native`, the time blocked
   *   in collect also into `blocked`; None to not measure
   */
 private[torchspark] final class TaskPipeline(
-    handle: Long,
-    op: Int,
+    lanes: Seq[TaskPipeline.Lane],
     shared: Boolean,
     timeoutMs: Long,
-    clock: Option[StageClock] = None,
-    ctx: Option[TaskContext] = Option(TaskContext.get())
+    clock: Option[StageClock],
+    ctx: Option[TaskContext]
 ) {
-  require(op >= 0 && op <= 2, s"op $op: expected 0 (score), 1 (featurize) or 2 (predict)")
+  lanes.foreach { l =>
+    require(l.op >= 0 && l.op <= 2, s"op ${l.op}: expected 0 (score), 1 (featurize) or 2 (predict)")
+  }
+  require(lanes.nonEmpty, "a pipeline needs at least one model call")
+
+  /** One model handle and op: what the transformers run. */
+  def this(
+      handle: Long,
+      op: Int,
+      shared: Boolean,
+      timeoutMs: Long,
+      clock: Option[StageClock] = None,
+      ctx: Option[TaskContext] = Option(TaskContext.get())
+  ) = this(Seq(TaskPipeline.Lane(handle, op)), shared, timeoutMs, clock, ctx)
 
   /** The id the engine knows this task's jobs by: Spark's task attempt id, or a fresh one outside a
     * task (negative, so it never meets a task attempt id).
@@ -65,42 +76,61 @@ private[torchspark] final class TaskPipeline(
       options: G => String,
       rows: G => Int = TaskPipeline.unknownRows
   ): Iterator[(G, Array[Byte])] =
+    runLanes[G](groups, (g, _) => encode(g), (g, _) => options(g), rows).map { case (g, out) =>
+      (g, out(0))
+    }
+
+  /** As [[run]] for several model calls per group (a SQL node's calls): `encode(g, lane)` and
+    * `options(g, lane)` give lane `lane`'s input; the results come back per lane, in lane order.
+    */
+  def runLanes[G](
+      groups: Iterator[G],
+      encode: (G, Int) => Array[Byte],
+      options: (G, Int) => String,
+      rows: G => Int = TaskPipeline.unknownRows
+  ): Iterator[(G, Array[Array[Byte]])] =
     if (!shared) groups.map { g =>
       checkKilled()
-      val t0 = System.nanoTime()
-      val input = encode(g)
-      val t1 = System.nanoTime()
-      val out = TaskPipeline.call(op, handle, input, options(g))
-      clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
-      (g, out)
+      val outs = lanes.indices.map { i =>
+        val t0 = System.nanoTime()
+        val input = encode(g, i)
+        val t1 = System.nanoTime()
+        val out = TaskPipeline.call(lanes(i).op, lanes(i).handle, input, options(g, i))
+        clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
+        out
+      }.toArray
+      (g, outs)
     }
     else
-      new Iterator[(G, Array[Byte])] {
+      new Iterator[(G, Array[Array[Byte]])] {
         private val waiting = new java.util.ArrayDeque[G]()
 
         private def fill(): Unit =
           while (waiting.size < 2 && groups.hasNext) {
             checkKilled()
             val g = groups.next()
-            val t0 = System.nanoTime()
-            val input = encode(g)
-            val t1 = System.nanoTime()
-            val p = NativeBridge.submit(handle, op, input, options(g), taskId)
-            clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
-            pending.synchronized {
-              if (closed) { NativeBridge.discard(p); throw killed() }
-              pending.addLast(p)
+            lanes.indices.foreach { i =>
+              val t0 = System.nanoTime()
+              val input = encode(g, i)
+              val t1 = System.nanoTime()
+              val p =
+                NativeBridge.submit(lanes(i).handle, lanes(i).op, input, options(g, i), taskId)
+              clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
+              pending.synchronized {
+                if (closed) { NativeBridge.discard(p); throw killed() }
+                pending.addLast(p)
+              }
             }
             waiting.addLast(g)
           }
 
         def hasNext: Boolean = failing { fill(); !waiting.isEmpty }
 
-        def next(): (G, Array[Byte]) = failing {
+        def next(): (G, Array[Array[Byte]]) = failing {
           fill()
           if (waiting.isEmpty) throw new NoSuchElementException("no more groups")
           val g = waiting.pollFirst()
-          (g, await(rows(g)))
+          (g, lanes.indices.map(_ => await(rows(g))).toArray)
         }
       }
 
@@ -154,8 +184,12 @@ private[torchspark] final class TaskPipeline(
     if (groupRows >= 0) s"a batch of $groupRows rows" else "a batch"
 
   private def engineStats: String =
-    try NativeBridge.engineStats(handle)
-    catch { case e: TorchSparkException => s"unknown: ${e.getMessage}" }
+    lanes
+      .map { l =>
+        try NativeBridge.engineStats(l.handle)
+        catch { case e: TorchSparkException => s"unknown: ${e.getMessage}" }
+      }
+      .mkString("; ")
 
   private def killed(): TaskKilledException =
     new TaskKilledException(s"torchspark: partition $partition: task $taskId was killed")
@@ -172,12 +206,15 @@ private[torchspark] final class TaskPipeline(
     val had = !closed
     closed = true
     while (!pending.isEmpty) NativeBridge.discard(pending.pollFirst())
-    if (had && shared) NativeBridge.cancelTask(handle, taskId)
+    if (had && shared) lanes.foreach(l => NativeBridge.cancelTask(l.handle, taskId))
     ()
   }
 }
 
 private[torchspark] object TaskPipeline {
+
+  /** A model handle and the op run through it (0 score, 1 featurize, 2 predict). */
+  final case class Lane(handle: Long, op: Int)
 
   /** The longest single collect: how soon a killed task notices. */
   val sliceMs = 100L

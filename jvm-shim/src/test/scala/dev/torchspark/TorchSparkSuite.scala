@@ -164,15 +164,24 @@ class TorchSparkSuite {
   }
 
   @Test def reportsWhereTheTimeWent(): Unit = {
-    val s = scorer("content").setBatchSize(8)
-    s.transform(binary("*.png").repartition(2)).write.format("noop").mode("overwrite").save()
-    val m = s.metrics.values
-    assertEquals(35L, m("imagesScored"))
-    assertTrue(m.toString, m("forwardTimeMs") > 0L && m("bridgeTimeMs") >= 0L)
-    // Native time holds preprocess and forward (each task floors its sums to milliseconds).
-    assertTrue(m.toString, m("nativeTimeMs") + 2 >= m("preprocessTimeMs") + m("forwardTimeMs"))
-    assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
-    assertEquals(m.toString, 0L, m("resizeTimeMs")) // 32x32 PNGs, a spec without resize
+    for (engine <- Seq("per-task", "shared")) {
+      val s = scorer("content").setBatchSize(8).setEngine(engine)
+      s.transform(binary("*.png").repartition(2)).write.format("noop").mode("overwrite").save()
+      val m = s.metrics.values
+      assertEquals(35L, m("imagesScored"))
+      assertTrue(m.toString, m("forwardTimeMs") > 0L && m("bridgeTimeMs") >= 0L)
+      assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
+      assertEquals(m.toString, 0L, m("resizeTimeMs")) // 32x32 PNGs, a spec without resize
+      if (engine == "per-task")
+        // Native time holds preprocess and forward (each task floors its sums to milliseconds).
+        assertTrue(m.toString, m("nativeTimeMs") + 2 >= m("preprocessTimeMs") + m("forwardTimeMs"))
+      else {
+        // The forward runs on the engine's workers, beside the task thread: native time holds
+        // preprocessing (in submit) and the time blocked waiting for results, not the forward.
+        assertTrue(m.toString, m("nativeTimeMs") + 2 >= m("preprocessTimeMs") + m("waitTimeMs"))
+        assertTrue(m.toString, m("engineBatches") > 0L && m("engineBatchRows") >= 35L)
+      }
+    }
   }
 
   @Test def splitsPreprocessingIntoDecodeAndResize(): Unit = {

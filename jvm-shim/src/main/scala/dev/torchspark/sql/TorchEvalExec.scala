@@ -2,7 +2,7 @@ package dev.torchspark.sql
 
 import scala.collection.mutable
 
-import org.apache.spark.{TaskContext, TaskKilledException}
+import org.apache.spark.TaskContext
 import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.catalyst.CatalystTypeConverters
 import org.apache.spark.sql.catalyst.InternalRow
@@ -41,7 +41,10 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
     "numOutputRows" -> SQLMetrics.createMetric(sparkContext, "number of output rows"),
     "batches" -> SQLMetrics.createMetric(sparkContext, "number of native batches"),
     "forwardTime" -> SQLMetrics.createNanoTimingMetric(sparkContext, "forward time"),
-    "waitTime" -> SQLMetrics.createNanoTimingMetric(sparkContext, "native wait time")
+    "waitTime" -> SQLMetrics.createNanoTimingMetric(
+      sparkContext,
+      "model call time (encode, submit, wait)"
+    )
   )
 
   override protected def withNewChildInternal(newChild: SparkPlan): TorchEvalExec =
@@ -57,7 +60,6 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
     val fullOutput = output
     Compat.mapPartitionsInternal(child.execute()) { input =>
       val ctx = Option(TaskContext.get())
-      val taskId = ctx.map(_.taskAttemptId()).getOrElse(0L)
       val argProjections = args.map(a => UnsafeProjection.create(a, inputSchema))
       val toScala = argTypes.map(_.map(t => CatalystTypeConverters.createToScalaConverter(t)))
       val toCatalyst = fns.map(f => CatalystTypeConverters.createToCatalystConverter(f.resultType))
@@ -83,103 +85,72 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         }
         .max
         .max(1)
-      // Pendings submitted and not yet collected: a failed task drops them (registered after the
-      // handles, so it runs before they close: listeners run in reverse order).
-      val outstanding = mutable.HashSet.empty[Long]
-      ctx.foreach(_.addTaskCompletionListener[Unit] { _ =>
-        outstanding.foreach(NativeBridge.discard)
-        outstanding.clear()
-      })
-
-      /** One call's work on a group: the synchronous answer, or a pending of the engine. */
-      final class Running(val rows: Array[InternalRow], val answers: Array[() => Array[Byte]])
-
+      // One pipeline for the node's calls: shared when every call asks for the engine. Its
+      // completion listener is registered after the handles', so it runs before they close.
+      val shared = fns.forall(_.engine == "shared")
+      val pipeline = new TaskPipeline(
+        fns.indices.map(i => TaskPipeline.Lane(fnHandles(i), fns(i).op)),
+        shared,
+        fns.map(_.timeoutMs).max,
+        None,
+        ctx
+      )
       var offset = 0L
-      def start(rows: Array[InternalRow]): Running = {
-        val answers: Array[() => Array[Byte]] = fns.indices.map { i =>
-          val f = fns(i)
-          val values = argTypes(i).indices.map(_ => new Array[Any](rows.length))
-          var r = 0
-          while (r < rows.length) {
-            val projected = argProjections(i)(rows(r))
-            var a = 0
-            while (a < values.size) {
-              values(a)(r) = toScala(i)(a)(projected.get(a, argTypes(i)(a)))
-              a += 1
-            }
-            r += 1
+      def encode(rows: Array[InternalRow], i: Int): Array[Byte] = {
+        val values = argTypes(i).indices.map(_ => new Array[Any](rows.length))
+        var r = 0
+        while (r < rows.length) {
+          val projected = argProjections(i)(rows(r))
+          var a = 0
+          while (a < values.size) {
+            values(a)(r) = toScala(i)(a)(projected.get(a, argTypes(i)(a)))
+            a += 1
           }
-          val ipc = f.encode(values, argTypes(i), rows.length)
-          val options = f.options(rows.length, offset)
-          if (f.engine == "shared") {
-            val pending = NativeBridge.submit(fnHandles(i), f.op, ipc, options, taskId)
-            outstanding += pending
-            () => await(f, fnHandles(i), pending)
-          } else { () =>
-            val t = System.nanoTime()
-            try f.nativeCall(fnHandles(i), ipc, options)
-            finally waitTime += System.nanoTime() - t
-          }
-        }.toArray
+          r += 1
+        }
+        fns(i).encode(values, argTypes(i), rows.length)
+      }
+      // Groups are submitted in order, so each group's row offset is the rows before it.
+      val offsets = new java.util.IdentityHashMap[Array[InternalRow], java.lang.Long]()
+      val groups = input.map(_.copy()).grouped(groupRows).map { g =>
+        val rows = g.toArray
+        offsets.put(rows, offset)
         offset += rows.length
-        new Running(rows, answers)
+        rows
       }
+      val results = pipeline.runLanes[Array[InternalRow]](
+        groups,
+        encode,
+        (rows, i) => fns(i).options(rows.length, offsets.get(rows)),
+        _.length
+      )
 
-      def await(f: TorchFunction, h: Long, pending: Long): Array[Byte] = {
-        val t0 = System.nanoTime()
-        val deadline = t0 + f.timeoutMs * 1000000L
-        def drop(): Unit = { outstanding -= pending; NativeBridge.discard(pending) }
-        var out: Array[Byte] = null
-        try {
-          while (out == null) {
-            if (ctx.exists(_.isInterrupted())) {
-              NativeBridge.cancelTask(h, taskId)
-              drop()
-              throw new TaskKilledException(s"${f.name}: task cancelled")
-            }
-            if (System.nanoTime() > deadline) {
-              drop()
-              throw new InferenceException(
-                s"${f.name}: no result from the engine after ${f.timeoutMs} ms (engineTimeoutMs)"
-              )
-            }
-            // collect frees the pending when it returns bytes or throws.
-            out =
-              try NativeBridge.collect(pending, 50)
-              catch { case e: Throwable => outstanding -= pending; throw e }
-          }
-          outstanding -= pending
-          out
-        } finally waitTime += System.nanoTime() - t0
+      // The task thread's time in the pipeline: encoding, submitting, and waiting for results.
+      val timed = new Iterator[(Array[InternalRow], Array[Array[Byte]])] {
+        private def clocked[T](body: => T): T = {
+          val t = System.nanoTime()
+          try body
+          finally waitTime += System.nanoTime() - t
+        }
+        def hasNext: Boolean = clocked(results.hasNext)
+        def next(): (Array[InternalRow], Array[Array[Byte]]) = clocked(results.next())
       }
-
-      def finish(run: Running): Iterator[InternalRow] = {
-        val n = run.rows.length
-        val results = fns.indices.map { i =>
-          val answer = run.answers(i)()
-          forwardTime += ArrowCodec.stageNanos(answer).forward
-          fns(i).decode(answer, n)
+      timed.flatMap { case (rows, answers) =>
+        offsets.remove(rows)
+        val n = rows.length
+        val decoded = fns.indices.map { i =>
+          forwardTime += ArrowCodec.stageNanos(answers(i)).forward
+          fns(i).decode(answers(i), n)
         }
         batches += fns.size
         numOutputRows += n
         Iterator.tabulate(n) { r =>
           val values = new Array[Any](fns.size)
           var i = 0
-          while (i < values.length) { values(i) = toCatalyst(i)(results(i)(r)); i += 1 }
-          outProjection(joined(run.rows(r), new GenericInternalRow(values)))
+          while (i < values.length) { values(i) = toCatalyst(i)(decoded(i)(r)); i += 1 }
+          outProjection(joined(rows(r), new GenericInternalRow(values)))
         }
       }
-
-      // Up to two groups in flight: the next one is submitted before the oldest is collected.
-      val inFlight = mutable.Queue.empty[Running]
-      val groups = input.map(_.copy()).grouped(groupRows).map(_.toArray)
-      new Iterator[Iterator[InternalRow]] {
-        def hasNext: Boolean = inFlight.nonEmpty || groups.hasNext
-        def next(): Iterator[InternalRow] = {
-          while (inFlight.size < 2 && groups.hasNext) inFlight.enqueue(start(groups.next()))
-          finish(inFlight.dequeue())
-        }
-      }.flatMap(identity)
     }
   }
 }

@@ -81,12 +81,17 @@ final class TorchFunction(
     s"""{"batch_size": ${math.max(1, rows)}, "row_offset": $offset$extra}"""
   }
 
-  /** The native ModelConfig JSON, with this function's engine mode and timeout. */
-  def configJson(threads: Int): String = {
-    val base = NativeRunner.configJson(source, device, threads, "fp32")
-    val engineJson = s""""engine": {"mode": "$engine", "timeout_ms": $timeoutMs}"""
-    base.substring(0, base.lastIndexOf('}')) + ", " + engineJson + "}"
-  }
+  /** The native ModelConfig JSON, with this function's engine mode and timeout (the engine sized
+    * from the executor as the transformers' is).
+    */
+  def configJson(threads: Int): String =
+    NativeRunner.configJson(
+      source,
+      device,
+      threads,
+      "fp32",
+      EngineSettings(engine, timeoutMs, numThreads)
+    )
 
   /** A message when an argument of Spark type `dt` cannot be sent as argument `i`, else None. */
   def checkArgument(i: Int, dt: DataType): Option[String] = kind match {
