@@ -83,7 +83,7 @@ def test_torch_model_params_round_trip(spark, mlp, tmp_path):
     m.write().overwrite().save(str(tmp_path / "m"))
     back = TorchModel.load(str(tmp_path / "m"))
     assert back.getInputCols() == ["features=arr"] and back.getOutputCols() == ["prediction=yhat"]
-    assert back.getModelPath() == mlp and back.getBatchSize() == 64
+    assert back.getModelPath() == mlp and back.getBatchSize() == 0  # the default: auto
 
 
 def test_torch_model_renames_inputs_and_outputs(spark, mlp, diabetes, tabular):

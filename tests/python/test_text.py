@@ -196,11 +196,21 @@ def test_ship_model_ships_and_checks_the_tokenizer(spark, text, tmp_path):
     )
     assert torchspark.ship_model(spark, str(tmp_path / "ids_shipped.pt")) == "ids_shipped.pt"
     assert os.path.isfile(SparkFiles.get("ids_shipped.tokenizer.json"))
+    # The shipped files stay as shipped: a later task of this session fetches them and Spark
+    # refuses a source whose bytes changed. The failure cases use copies in their own folder.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("ids_shipped.pt", "ids_shipped.tokenizer.json"):
+        (bad / name).write_bytes((tmp_path / name).read_bytes())
     # The pin is checked on the driver before any job, naming the file.
     spec["inputs"][0]["tokenizer_sha256"] = "0" * 64
-    (tmp_path / "ids_shipped.json").write_text(json.dumps(spec))
+    (bad / "ids_shipped.json").write_text(json.dumps(spec))
     with pytest.raises(torchspark.ModelSpecError, match=r"ids_shipped\.tokenizer\.json.*sha256"):
-        torchspark.predict_arrow(tmp_path / "ids_shipped.pt")
-    (tmp_path / "ids_shipped.tokenizer.json").unlink()
-    with pytest.raises(torchspark.ModelLoadError, match=r"tokenizer .*ids_shipped\.tokenizer"):
-        torchspark.ship_model(spark, str(tmp_path / "ids_shipped.pt"))
+        torchspark.predict_arrow(bad / "ids_shipped.pt")
+    # A tokenizer missing beside the spec: refused before anything is shipped (names of its own).
+    (bad / "ids_notok.pt").write_bytes((tmp_path / "ids_shipped.pt").read_bytes())
+    spec["inputs"][0]["tokenizer"] = "ids_notok.tokenizer.json"
+    del spec["inputs"][0]["tokenizer_sha256"]
+    (bad / "ids_notok.json").write_text(json.dumps(spec))
+    with pytest.raises(torchspark.ModelLoadError, match=r"tokenizer .*ids_notok\.tokenizer"):
+        torchspark.ship_model(spark, str(bad / "ids_notok.pt"))

@@ -24,7 +24,8 @@ object TorchSpark {
     )
   )
 
-  // UDFs run row by row, from any task thread: each task resolves the model (fetching a remote
+  // The row-by-row fallback (TorchCall.eval, where the batching rule cannot reach) runs from any
+  // task thread: each task resolves the model (fetching a remote
   // one) and opens its handle once, and closes it when it completes, as the transformers' tasks
   // do; so a model file changed on disk is what the next task scores with (see docs/model-cache.md).
   private val udfHandles = new ConcurrentHashMap[(String, String, Int, Long), java.lang.Long]()
@@ -85,8 +86,8 @@ object TorchSpark {
     }
   }
 
-  /** Rows per native call of a SQL function (the transformers' default batch). */
-  val sqlBatchSize = 64
+  /** Rows per native call of a SQL function: 0 = auto, the transformers' default batch. */
+  val sqlBatchSize = 0
 
   /** The bound on each wait for the engine, as the transformers' `engineTimeoutMs` default. */
   val sqlTimeoutMs = 600000L

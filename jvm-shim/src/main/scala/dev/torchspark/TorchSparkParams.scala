@@ -27,8 +27,9 @@ trait TorchSparkModelParams extends Params {
     new IntParam(
       this,
       "batchSize",
-      "rows per forward pass; 0 means auto: the model's best size (about 1 MiB of input per " +
-        "pass, from its spec)",
+      "rows per forward pass; 0 (the default) means auto: about 4 MiB of input per pass, a " +
+        "power of two, from the model's spec (32x32 images: 256; 224x224: 16; text: 64; see " +
+        "docs/engine.md)",
       ParamValidators.gtEq(0)
     )
 
@@ -93,7 +94,7 @@ trait TorchSparkModelParams extends Params {
 
   setDefault(
     maxPixels -> 0L,
-    batchSize -> 64,
+    batchSize -> 0,
     device -> "cpu",
     numThreads -> 0,
     precision -> "fp32",

@@ -202,7 +202,7 @@ class TorchSqlSuite {
     )
     val explain = df.queryExecution.sparkPlan.toString
     assertEquals(explain, 1, "TorchEval \\[".r.findAllMatchIn(explain).size)
-    assertTrue(explain, explain.contains("engine=shared, batch=64"))
+    assertTrue(explain, explain.contains("engine=shared, batch=auto"))
     val evals = torchEvals(df)
     assertEquals(1, evals.size)
     assertEquals(1, evals.head.calls.size)
