@@ -401,12 +401,10 @@ impl ImagePending {
             let (values, width) = match &mut chunk.ticket {
                 None => (Vec::new(), 0),
                 Some(ticket) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let Some(done) = ticket.wait(left) else {
+                    let Some(done) = wait_chunk(ticket, deadline, &chunk.rows, &mut self.times)?
+                    else {
                         return Ok(None);
                     };
-                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
-                    self.times.add_job(&job);
                     match done {
                         Done::Image { values, width } => (values, width),
                         Done::General(_) => {
@@ -446,6 +444,23 @@ pub(crate) fn row_span(rows: std::ops::Range<u64>) -> String {
 }
 
 /// A failed job's error, naming the chunk's rows: "rows 8-15: forward pass failed: {reason}".
+/// One chunk's result, waiting until `deadline`: `None` = not ready yet. Its engine times go
+/// into `times`; a failed forward pass names the chunk's `rows`.
+pub(crate) fn wait_chunk(
+    ticket: &mut Ticket,
+    deadline: Instant,
+    rows: &str,
+    times: &mut StageTimes,
+) -> Result<Option<Done>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let Some(done) = ticket.wait(left) else {
+        return Ok(None);
+    };
+    let (done, job) = done.map_err(|e| forward_failed(e, rows))?;
+    times.add_job(&job);
+    Ok(Some(done))
+}
+
 pub(crate) fn forward_failed(e: Error, rows: &str) -> Error {
     match e {
         Error::Inference { path, reason } => Error::Inference {

@@ -16,7 +16,7 @@ use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::take::{take, take_record_batch};
 
-use crate::batch::{BatchOptions, Scorer, StageTimes, forward_failed, row_span};
+use crate::batch::{BatchOptions, Scorer, StageTimes, row_span, wait_chunk};
 use crate::engine::{Done, Job, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::input;
@@ -309,12 +309,10 @@ impl GeneralPending {
             let value = match &mut chunk.ticket {
                 None => None,
                 Some(ticket) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    let Some(done) = ticket.wait(left) else {
+                    let Some(done) = wait_chunk(ticket, deadline, &chunk.rows, &mut self.times)?
+                    else {
                         return Ok(None);
                     };
-                    let (done, job) = done.map_err(|e| forward_failed(e, &chunk.rows))?;
-                    self.times.add_job(&job);
                     match done {
                         Done::General(value) => Some(value),
                         Done::Image { .. } => {
