@@ -37,14 +37,11 @@ FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16"
 
 
 def cpu_flags() -> str:
-    flags: set[str] = set()
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and model == "?":
-            model = line.split(":", 1)[1].strip()
-    return f"{model}; " + " ".join(f for f in FLAGS if f in flags)
+    from torchspark.node import cpu_flags as flags_of_this_cpu
+    from torchspark.node import cpu_model
+
+    flags = flags_of_this_cpu()
+    return f"{cpu_model()}; " + " ".join(f for f in FLAGS if f in flags)
 
 
 def packages(model_dir: Path, labels: list[str]) -> dict[str, Path]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 
 def log(msg: str) -> None:
@@ -18,15 +17,10 @@ def timed(fn) -> float:
 
 
 def cpu_info() -> tuple[str, set[str]]:
-    """The CPU's model name and its flags, from the first processor in /proc/cpuinfo."""
-    flags: set[str] = set()
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags") and not flags:
-            flags = set(line.split(":", 1)[1].split())
-        if line.startswith("model name") and model == "?":
-            model = line.split(":", 1)[1].strip()
-    return model, flags
+    """The CPU's model name and its flags, from /proc/cpuinfo (torchspark.node's readers)."""
+    from torchspark.node import cpu_flags, cpu_model
+
+    return cpu_model(), cpu_flags()
 
 
 # ---- issue 19: the engine, SQL functions, targets ----------------------------------------------
