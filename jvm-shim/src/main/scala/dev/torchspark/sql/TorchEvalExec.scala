@@ -95,7 +95,6 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         None,
         ctx
       )
-      var offset = 0L
       def encode(rows: Array[InternalRow], i: Int): Array[Byte] = {
         val values = argTypes(i).indices.map(_ => new Array[Any](rows.length))
         var r = 0
@@ -110,33 +109,32 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         }
         fns(i).encode(values, argTypes(i), rows.length)
       }
-      // Groups are submitted in order, so each group's row offset is the rows before it.
-      val offsets = new java.util.IdentityHashMap[Array[InternalRow], java.lang.Long]()
+      // Each group with its first row's position in the partition (named in row errors).
+      var offset = 0L
       val groups = input.map(_.copy()).grouped(groupRows).map { g =>
         val rows = g.toArray
-        offsets.put(rows, offset)
+        val first = offset
         offset += rows.length
-        rows
+        (rows, first)
       }
-      val results = pipeline.runLanes[Array[InternalRow]](
+      val results = pipeline.runLanes[(Array[InternalRow], Long)](
         groups,
-        encode,
-        (rows, i) => fns(i).options(rows.length, offsets.get(rows)),
-        _.length
+        (g, i) => encode(g._1, i),
+        (g, i) => fns(i).options(g._1.length, g._2),
+        _._1.length
       )
 
       // The task thread's time in the pipeline: encoding, submitting, and waiting for results.
-      val timed = new Iterator[(Array[InternalRow], Array[Array[Byte]])] {
+      val timed = new Iterator[((Array[InternalRow], Long), Array[Array[Byte]])] {
         private def clocked[T](body: => T): T = {
           val t = System.nanoTime()
           try body
           finally waitTime += System.nanoTime() - t
         }
         def hasNext: Boolean = clocked(results.hasNext)
-        def next(): (Array[InternalRow], Array[Array[Byte]]) = clocked(results.next())
+        def next(): ((Array[InternalRow], Long), Array[Array[Byte]]) = clocked(results.next())
       }
-      timed.flatMap { case (rows, answers) =>
-        offsets.remove(rows)
+      timed.flatMap { case ((rows, _), answers) =>
         val n = rows.length
         val decoded = fns.indices.map { i =>
           forwardTime += ArrowCodec.stageNanos(answers(i)).forward
