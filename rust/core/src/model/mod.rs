@@ -383,11 +383,9 @@ impl Model {
                 }
                 .into_iter()
                 .collect();
-                // With a pinned digest, load the bytes that were checked, not the path again.
-                let source =
-                    aoti::Source::new(path, spec.sha256().is_some().then_some(&bytes[..]))?;
-                let package =
-                    Package::load(path, source.path(), &bytes, device, &methods, spec.cpu())?;
+                // From the bytes that were read (and checked against a pin), never the path
+                // again: aoti.rs extracts them into a private folder for the loader.
+                let package = Package::load(path, &bytes, device, &methods, spec.cpu())?;
                 (Backend::Aoti(package), false, Kind::Float)
             }
         };
