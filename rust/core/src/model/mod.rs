@@ -456,7 +456,7 @@ impl Model {
 
     fn not_an_image_model(&self) -> Error {
         Error::Spec {
-            path: self.path.with_extension("json"),
+            path: ModelSpec::default_path(&self.path),
             reason: "this is a general model (spec_version 2): run it with TorchModel \
                      (NativeModel.predict in Python), not ImageScorer or ImageFeaturizer"
                 .into(),
@@ -560,7 +560,7 @@ impl Model {
             && labels.len() != width
         {
             return Err(Error::Spec {
-                path: self.path.with_extension("json"),
+                path: ModelSpec::default_path(&self.path),
                 reason: format!(
                     "labels has {} entries but the model outputs {width} classes",
                     labels.len()
