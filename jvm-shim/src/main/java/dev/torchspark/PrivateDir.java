@@ -246,8 +246,9 @@ final class PrivateDir {
             + p
             + " on host "
             + NativeLoader.hostName()
-            + ": it "
-            + why
+            + ": "
+            // "its ancestor ... has mode ..." or "it is owned by ...".
+            + (why.startsWith("its ") ? why : "it " + why)
             + "; torchspark only trusts files that no other user can write. "
             + remedy);
   }
