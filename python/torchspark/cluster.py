@@ -225,6 +225,7 @@ def resolve_local(model_path: str) -> str:
     a SparkContext), or for a cluster-storage URI (Python workers have no Hadoop client)."""
     from torchspark.errors import ModelLoadError
 
+    check_scheme(model_path)
     if is_remote(model_path):
         raise ModelLoadError(
             f"{model_path}: the Python-worker path reads local files only; on the driver, "

@@ -120,6 +120,8 @@ def test_models_over_http_or_ftp_are_refused_up_front_naming_the_uri(spark, uri)
     with pytest.raises(ModelLoadError, match="does not read models over") as e:
         torchspark.ship_model(spark, uri)
     assert uri in str(e.value) and "cluster storage" in str(e.value)
+    with pytest.raises(ModelLoadError, match="does not read models over"):
+        torchspark.NativeModel(uri)
     # The JVM transformers refuse it on the driver too (ModelSource), before any job.
     images = spark.createDataFrame([(b"",)], "content binary")
     with pytest.raises(ModelLoadError, match="does not read models over"):

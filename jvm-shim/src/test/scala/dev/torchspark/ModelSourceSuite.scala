@@ -273,6 +273,24 @@ class ModelSourceSuite {
     )
   }
 
+  @Test def tokenizerNamesFollowTheNativeLoadersRule(): Unit = {
+    def spec(name: String) =
+      s"""{"inputs": [{"name": "t", "kind": "text", "tokenizer": "$name"}]}""".getBytes("UTF-8")
+    for (
+      bad <- Seq("../x.json", "/etc/x", "sub/t.json", "a\\\\b.json", "..", ".", "a..b.json", "")
+    ) {
+      val e = assertThrows(
+        classOf[ModelSpecException],
+        () => ModelSource.tokenizersOf(spec(bad), "m.json")
+      )
+      assertTrue(e.getMessage, e.getMessage.contains("model spec m.json: inputs[0].tokenizer"))
+    }
+    assertEquals(
+      Seq(ModelSource.TokenizerFile("tok.json", None)),
+      ModelSource.tokenizersOf(spec("tok.json"), "m.json")
+    )
+  }
+
   /** One table for Rust (spec/image.rs), the JVM and Python (test_trust.py). */
   @Test def specOfFollowsTheTableRustAndPythonShare(): Unit = {
     val table = new ObjectMapper().readTree(

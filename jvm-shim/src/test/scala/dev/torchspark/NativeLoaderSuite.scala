@@ -15,7 +15,13 @@ object NativeLoaderProbe {
   def main(args: Array[String]): Unit = {
     NativeLoader.load()
     println(s"LIBTORCH ${NativeLoader.libtorchSource()}")
+    // With a model path: open it and exit with it still open (as an executor JVM does).
+    args.headOption.foreach { model =>
+      NativeBridge.openModel(NativeRunner.configJson(model, "cpu", 1, "fp32"))
+      println(s"OPENED $model")
+    }
     println(s"LOADS ${NativeBridge.loadCount()}")
+    System.exit(0)
   }
 }
 
@@ -45,6 +51,28 @@ class NativeLoaderSuite {
         .inheritIO()
         .start()
     assertEquals(s"cc $name", 0, cc.waitFor())
+  }
+
+  @Test def aJvmThatExitsWithAPackageOpenLeavesNothingInTheTempDir(): Unit = {
+    // libtorch's loader left $TMPDIR/aotinductor_XXXXXX behind for every package still loaded
+    // at exit; the JVM's own files (java.io.tmpdir) do not go there.
+    val tmp = Files.createTempDirectory("torchspark-tmpdir")
+    val pt2 = TorchSparkSuite.fixtures.resolve("tuple_net_aoti.pt2").toString
+    val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
+    val pb = new ProcessBuilder(
+      java,
+      "-cp",
+      System.getProperty("java.class.path"),
+      "dev.torchspark.NativeLoaderProbe",
+      pt2
+    ).redirectErrorStream(true)
+    pb.environment().put("TMPDIR", tmp.toString)
+    val p = pb.start()
+    val out = new String(p.getInputStream.readAllBytes(), StandardCharsets.UTF_8)
+    assertTrue(out, p.waitFor(120, TimeUnit.SECONDS))
+    assertEquals(out, 0, p.exitValue())
+    assertTrue(out, out.contains(s"OPENED $pt2"))
+    assertArrayEquals(out, Array.empty[AnyRef], Files.list(tmp).toArray)
   }
 
   @Test def neverLoadsATorchOrLibraryPlantedInTheWorkingDirectory(): Unit = {
