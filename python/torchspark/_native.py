@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.machinery
 import importlib.util
 import os
 import socket
@@ -50,11 +51,43 @@ def library_path() -> Path:
     )
 
 
+def _search_path() -> list[str]:
+    """sys.path without the working directory: `python -c`, `-m`, `-` and notebooks put it
+    first (as "" or as its absolute path), and a `torch` planted there (a shared or downloaded
+    folder) must never be where torchspark loads native libraries from. Relative entries go
+    too: they mean a folder under the working directory."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the working directory was removed
+        cwd = None
+    return [p for p in sys.path if p and os.path.isabs(p) and os.path.realpath(p) != cwd]
+
+
+def installed_spec(name: str):
+    """The module spec of the installed package `name`, without importing it: the one this
+    process already imported, else the one found on `_search_path()` (never the working
+    directory's), or None."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__spec__", None)
+    return importlib.machinery.PathFinder.find_spec(name, _search_path())
+
+
+def _imports_installed(name: str) -> bool:
+    """Whether `import name` would load the installed package (`installed_spec`), not one that
+    the working directory shadows it with."""
+    if name in sys.modules:
+        return True
+    ours, theirs = installed_spec(name), importlib.util.find_spec(name)
+    return bool(ours and theirs and ours.origin == theirs.origin)
+
+
 def libtorch_dir() -> Path | None:
-    """libtorch's lib/: $TORCHSPARK_LIBTORCH_DIR or the installed torch package (not imported)."""
+    """libtorch's lib/: $TORCHSPARK_LIBTORCH_DIR or the installed torch package (not imported;
+    never a `torch` in the working directory)."""
     if os.environ.get("TORCHSPARK_LIBTORCH_DIR"):
         return Path(os.environ["TORCHSPARK_LIBTORCH_DIR"])
-    spec = importlib.util.find_spec("torch")
+    spec = installed_spec("torch")
     if spec and spec.origin:
         d = Path(spec.origin).parent / "lib"
         if (d / "libtorch_cpu.so").is_file():
@@ -80,8 +113,12 @@ def _import_torchvision_first() -> None:
     aborts the process, so a later `import torchvision` in this worker would. Loading
     torchvision's `_C` through torch first (what `import torchvision` does; loading it again is a
     no-op) takes half the time of the whole import, paid once per worker process."""
-    spec = importlib.util.find_spec("torchvision")
+    spec = installed_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
+        return
+    # Importing torch (or torchvision) runs its Python: only the installed one, never one the
+    # working directory shadows it with.
+    if not (_imports_installed("torch") and _imports_installed("torchvision")):
         return
     ops = [
         p

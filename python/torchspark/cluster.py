@@ -24,10 +24,14 @@ def is_remote(path: str) -> bool:
 
 
 def spec_path(model_path: str) -> str:
-    """The spec beside a model: `model.pt` -> `model.json`."""
-    head, tail = model_path.rsplit("/", 1) if "/" in model_path else ("", model_path)
-    stem = tail.rsplit(".", 1)[0] if "." in tail else tail
-    return f"{head}/{stem}.json" if head else f"{stem}.json"
+    """The spec beside a model, `model.pt` -> `model.json`: the path's last name (trailing `/`
+    ignored) loses its extension, from its last `.` unless that `.` starts the name (`.pt` ->
+    `.pt.json`), and gains `.json`. The native loader and the JVM apply the same rule (one
+    table, tests/fixtures/spec_paths.json, pins all three)."""
+    path = model_path.rstrip("/")
+    name = path.rfind("/") + 1
+    dot = path.rfind(".")
+    return (path[:dot] if dot > name else path) + ".json"
 
 
 def task_slots(spark) -> int:
@@ -69,59 +73,119 @@ def read_images(spark, path: str, pattern: str = "*", partitions_per_slot: int =
     return df.coalesce(n)
 
 
+# Schemes whose files no copy can be checked against (no reliable length or version; the JVM's
+# node cache refuses them too, ModelSource.scala).
+UNVERIFIABLE_SCHEMES = ("http", "https", "ftp")
+
+
+def check_scheme(uri: str) -> None:
+    """Refuses a model URI read over http(s) or ftp, naming it and what to do instead."""
+    from torchspark.errors import ModelLoadError
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in UNVERIFIABLE_SCHEMES:
+        raise ModelLoadError(
+            f"model {uri}: torchspark does not read models over {scheme}:// (a copy could not "
+            "be checked against it: such servers give no reliable length or version); copy the "
+            "model and its spec into cluster storage (hdfs://, s3a://, abfs://, gs://) or onto "
+            "every node, and pass that path"
+        )
+
+
 def ship_model(spark, uri: str) -> str:
     """Makes the model at `uri` (its spec beside it, and the tokenizer file a text model's spec
     names) available to every executor.
 
-    `uri` is a cluster-storage URI or a file on the driver (a path or `file:` URI). Both files
-    go through `SparkContext.addFile` (Spark copies them once per executor) and the file's name
-    is returned: `NativeModel(name)` finds it on the workers through `SparkFiles`.
+    `uri` is a cluster-storage URI or a file on the driver (a path or `file:` URI). Everything is
+    checked on the driver before anything is shipped: the model and its spec exist, the spec is
+    JSON whose tokenizer names are plain file names beside it, and those files exist. Then each
+    goes through `SparkContext.addFile` (Spark copies them once per executor) and the model's
+    name is returned: `NativeModel(name)` finds it on the workers through `SparkFiles`.
+    `http(s)://` and `ftp://` URIs are refused (see `check_scheme`).
     """
-    from torchspark.errors import ModelLoadError
+    from torchspark.errors import ModelLoadError, ModelSpecError
 
+    check_scheme(uri)
     sc = spark.sparkContext if hasattr(spark, "sparkContext") else spark
     jvm = sc._jvm
-    # Checked here, on the driver, so that a missing model fails before any job starts.
-    for what, u in (("model", uri), ("model spec (it sits beside the model)", spec_path(uri))):
+    conf = sc._jsc.hadoopConfiguration()
+
+    def file_system(what: str, u: str, missing: str = ""):
+        """`u`'s file system and Path, after checking it exists (`what` names it in errors)."""
         p = jvm.org.apache.hadoop.fs.Path(u)
         try:
-            exists = p.getFileSystem(sc._jsc.hadoopConfiguration()).exists(p)
+            fs = p.getFileSystem(conf)
+            exists = fs.exists(p)
         except Exception as e:  # noqa: BLE001  (py4j's error: unreachable storage, bad scheme)
-            raise ModelLoadError(f"cannot reach {what} {u}: {_java_message(e)}") from None
+            raise ModelLoadError(f"cannot reach {what}: {_java_message(e)}") from None
         if not exists:
-            raise ModelLoadError(f"{what} {u} not found")
-    for u in (uri, spec_path(uri)):
+            raise ModelLoadError(f"{what} not found{missing}")
+        return fs, p
+
+    spec_uri = spec_path(uri)
+    file_system(f"model {uri}", uri)
+    fs, p = file_system(f"model spec (it sits beside the model) {spec_uri}", spec_uri)
+    # The spec is read from the source and its tokenizer names checked before anything ships:
+    # a name like `../x.json` would otherwise ship another file to every executor.
+    try:
+        stream = fs.open(p)
+        try:
+            text = bytes(stream.readAllBytes())
+        finally:
+            stream.close()
+    except Exception as e:  # noqa: BLE001  (as above)
+        raise ModelLoadError(f"cannot read model spec {spec_uri}: {_java_message(e)}") from None
+    try:
+        spec = json.loads(text)
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelSpecError(f"model spec {spec_uri}: not JSON: {e}") from None
+    folder = spec_uri.rsplit("/", 1)[0] if "/" in spec_uri else "."
+    tokenizers = []
+    for _, name, _ in tokenizer_files(spec, spec_uri):
+        u = f"{folder}/{name}"
+        what = f"tokenizer {u} (named by the spec {spec_uri})"
+        file_system(what, u, ": it must sit beside the model")
+        tokenizers.append(u)
+    for u in (uri, spec_uri, *tokenizers):
         sc.addFile(u)
-    # A text model's tokenizer is a file named by its spec, in the spec's folder: it ships too,
-    # and lands beside the shipped spec, where the native loader looks for it. The spec is read
-    # from the driver's copy that addFile just fetched.
-    spec_name = spec_path(uri).rsplit("/", 1)[-1]
-    shipped_spec = _shipped(spec_name)
-    if shipped_spec:
-        folder = spec_path(uri).rsplit("/", 1)[0] if "/" in spec_path(uri) else "."
-        for _, name, _ in tokenizer_files(_read_json(shipped_spec)):
-            u = f"{folder}/{name}"
-            p = jvm.org.apache.hadoop.fs.Path(u)
-            what = f"tokenizer {u} (named by the spec {spec_path(uri)})"
-            try:
-                exists = p.getFileSystem(sc._jsc.hadoopConfiguration()).exists(p)
-            except Exception as e:  # noqa: BLE001  (as above)
-                raise ModelLoadError(f"cannot reach {what}: {_java_message(e)}") from None
-            if not exists:
-                raise ModelLoadError(f"{what} not found: it must sit beside the model")
-            sc.addFile(u)
     return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def tokenizer_files(spec: dict) -> list[tuple[str, str, str | None]]:
+def tokenizer_name_problem(name: object) -> str | None:
+    """Why `name` cannot be a spec's `tokenizer` (a file name in the spec's folder), or None:
+    the native loader's rule (spec/general.rs), and the JVM's (ModelSource.tokenizersOf)."""
+    if not isinstance(name, str) or not name:
+        return "must name the tokenizer.json file beside the spec"
+    if "/" in name or "\\" in name or ".." in name or name == ".":
+        return (
+            "must be a file name in the spec's folder (no `/` or `..`): the tokenizer ships "
+            "with the model"
+        )
+    return None
+
+
+def tokenizer_files(spec: dict, where: str = "") -> list[tuple[str, str, str | None]]:
     """(input name, tokenizer file name, sha256 pin or None) of each `text` input of a spec
-    (spec version 2; the file is named relative to the spec's folder, docs/text.md)."""
+    (spec version 2; the file is named relative to the spec's folder, docs/text.md).
+
+    Raises ModelSpecError naming the spec (`where`) and the input when a `tokenizer` is not a
+    plain file name beside the spec (`../x.json`, `/etc/x`, `sub/x.json`)."""
+    from torchspark.errors import ModelSpecError
+
     out = []
     inputs = spec.get("inputs") if isinstance(spec, dict) else None
-    for decl in inputs if isinstance(inputs, list) else []:
-        if isinstance(decl, dict) and decl.get("kind") == "text" and decl.get("tokenizer"):
+    for i, decl in enumerate(inputs if isinstance(inputs, list) else []):
+        name = decl.get("tokenizer") if isinstance(decl, dict) else None
+        if name is None:
+            continue
+        why = tokenizer_name_problem(name)
+        if why:
+            raise ModelSpecError(
+                f"model spec {where or '(spec)'}: inputs[{i}].tokenizer `{name}` {why}"
+            )
+        if decl.get("kind") == "text":
             pin = decl.get("tokenizer_sha256")
-            out.append((str(decl.get("name")), str(decl["tokenizer"]), pin and str(pin)))
+            out.append((str(decl.get("name")), name, pin and str(pin)))
     return out
 
 
@@ -134,7 +198,7 @@ def check_tokenizers(spec_file: str, spec: dict) -> None:
     from torchspark.errors import ModelLoadError, ModelSpecError
 
     folder = os.path.dirname(spec_file)
-    for name, file, pin in tokenizer_files(spec):
+    for name, file, pin in tokenizer_files(spec, spec_file):
         path = os.path.join(folder, file)
         if not os.path.isfile(path):
             path = _shipped(os.path.basename(file)) or path
@@ -161,6 +225,7 @@ def resolve_local(model_path: str) -> str:
     a SparkContext), or for a cluster-storage URI (Python workers have no Hadoop client)."""
     from torchspark.errors import ModelLoadError
 
+    check_scheme(model_path)
     if is_remote(model_path):
         raise ModelLoadError(
             f"{model_path}: the Python-worker path reads local files only; on the driver, "

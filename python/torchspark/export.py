@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from torchspark import cluster
+
 FORMATS = ("torchscript", "aoti")
 PRECISIONS = ("fp32", "bf16", "int8")
 # AVX2 + FMA (Haswell, Zen 1 and later): every x86 node of a mixed cluster runs it.
@@ -111,9 +113,10 @@ def export_model(
                 spec["precision"] = precision
     finally:
         module.train(was_training)
-    spec_path = path.with_suffix(".json")
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    return spec_path
+    # Where every loader looks for it (one rule: torchspark.cluster.spec_path).
+    spec_file = Path(cluster.spec_path(str(path)))
+    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+    return spec_file
 
 
 def _save_torchscript(module: torch.nn.Module, path: Path, spec: dict, freeze: bool) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchspark import cluster
+
 FORMATS = ("torchscript",)
 POOLINGS = ("mean", "cls", "max")
 # ST pooling modes torchspark has no post op for (refused by name).
@@ -206,9 +208,10 @@ def export_text_model(
         normalize=normalize,
         sha256=_sha256(out),
     )
-    spec_path = out.with_suffix(".json")
-    spec_path.write_text(json.dumps(spec, indent=2) + "\n")
-    return spec_path
+    # Where every loader looks for it (one rule: torchspark.cluster.spec_path).
+    spec_file = Path(cluster.spec_path(str(out)))
+    spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+    return spec_file
 
 
 def _int_buffers_as_constants(model: nn.Module) -> None:

@@ -195,7 +195,9 @@ def setup(check_only: bool = False) -> Report:
         if have != TORCH_VERSION:
             print(f"installing torch=={TORCH_VERSION} (found {have}) into {sys.executable}")
             subprocess.run(
-                [sys.executable, "-m", "pip", "install", f"torch=={TORCH_VERSION}"], check=True
+                # -P: not a `pip` in the working directory (`-m` would put it first).
+                [sys.executable, "-P", "-m", "pip", "install", f"torch=={TORCH_VERSION}"],
+                check=True,
             )
     return check()
 

@@ -9,7 +9,6 @@
 #include <cstring>
 #include <exception>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include <ATen/Tensor.h>
@@ -27,39 +26,6 @@ char* dup(const std::string& s) {
   return out;
 }
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
-
-std::string metadata_json(const std::unordered_map<std::string, std::string>& meta) {
-  std::string out = "{";
-  bool first = true;
-  for (const auto& kv : meta) {
-    if (!first) out += ",";
-    first = false;
-    out += json_string(kv.first) + ":" + json_string(kv.second);
-  }
-  return out + "}";
-}
-
 }  // namespace
 
 #define TS_TRY(body)                               \
@@ -74,15 +40,8 @@ std::string metadata_json(const std::unordered_map<std::string, std::string>& me
 
 extern "C" {
 
-// The package's metadata (AOTI_DEVICE_KEY, ...) as a JSON object, read without loading it.
-char* ts_aoti_package_metadata(const char* path, const char* model_name, char** json_out) {
-  TS_TRY({
-    *json_out = nullptr;
-    auto meta = AOTIModelPackageLoader::load_metadata_from_package(path, model_name);
-    *json_out = dup(metadata_json(meta));
-  })
-}
-
+// `path` is a package's folder, unpacked by aoti.rs (the loader's unpacked-package mode, in
+// which it extracts and removes nothing: aoti.rs owns the folder).
 char* ts_aoti_load(const char* path, const char* model_name, size_t num_runners,
                    int device_index, AOTIModelPackageLoader** out) {
   TS_TRY({

@@ -181,13 +181,13 @@ impl Scorer {
     pub(crate) fn check_featurize(&self) -> Result<()> {
         if let Some(f) = &self.model.image_spec()?.featurize {
             f.source().map_err(|reason| Error::Spec {
-                path: self.model.path().with_extension("json"),
+                path: crate::spec::ModelSpec::default_path(self.model.path()),
                 reason,
             })?;
             Ok(())
         } else {
             Err(Error::Spec {
-                path: self.model.path().with_extension("json"),
+                path: crate::spec::ModelSpec::default_path(self.model.path()),
                 reason: "no `featurize` entry: add {\"method\": NAME} or {\"output_index\": N}"
                     .into(),
             })

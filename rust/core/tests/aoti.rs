@@ -211,18 +211,12 @@ fn pinned_sha256_is_enforced_for_packages() {
         .map(|b| format!("{b:02x}"))
         .collect();
     let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| s["sha256"] = digest.into());
+    // The old verified copy's name (`<tmp>/torchspark-<pid>-<n>.pt2`) could be predicted and
+    // pre-created by anyone to make the load fail; nothing predictable is used now.
+    let planted = std::env::temp_dir().join(format!("torchspark-{}-0.pt2", std::process::id()));
+    std::fs::write(&planted, b"planted").unwrap();
     scores_first_image_like_pytorch(&pt2);
-    // The verified copy it loaded from is gone.
-    let leftovers = std::fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!("torchspark-{}-", std::process::id()))
-        })
-        .count();
-    assert_eq!(leftovers, 0);
+    std::fs::remove_file(&planted).unwrap();
 
     let d = temp_dir("sha-wrong");
     let pt2 = copy_package(&d, "tuple_net_aoti.pt2", |s| {
@@ -281,4 +275,65 @@ fn package_needing_cpu_flags_this_host_lacks_is_refused_naming_file_host_and_fla
         s["cpu"] = serde_json::json!({"march": "x86-64-v3", "flags": ["avx2", "fma"]});
     });
     scores_first_image_like_pytorch(&pt2);
+}
+
+/// The entries of `dir` (none expected).
+fn entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn loads_releases_and_exit_with_a_package_loaded_leave_nothing_in_the_temp_dir() {
+    // The child gets its own TMPDIR: AOTInductor's `aotinductor_XXXXXX` and our own
+    // `torchspark-pt2-XXXXXX` folders would both land there.
+    let tmp = temp_dir("tmpdir");
+    let pt2 = copy_package(&temp_dir("reloads"), "tuple_net_aoti.pt2", |_| {});
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_loads_releases_and_exits_with_a_package_loaded",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("TMPDIR", &tmp)
+        .env("TORCHSPARK_TEST_PACKAGE", &pt2)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{:?}: {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("EXITING WITH A PACKAGE LOADED"), "{stdout}");
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+}
+
+#[test]
+#[ignore = "a child of loads_releases_and_exit_with_a_package_loaded_leave_nothing_in_the_temp_dir"]
+fn child_loads_releases_and_exits_with_a_package_loaded() {
+    let Some(pt2) = std::env::var_os("TORCHSPARK_TEST_PACKAGE").map(PathBuf::from) else {
+        return;
+    };
+    let tmp = std::env::temp_dir();
+    let spec = pt2.with_extension("json");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let before = torchspark_core::load_count();
+    for i in 1..=5 {
+        // A spec edited in place is a new version: the package loads again and the previous
+        // one is released when its scorer drops.
+        std::fs::write(&spec, format!("{text}{}", " ".repeat(i))).unwrap();
+        scores_first_image_like_pytorch(&pt2);
+        assert_eq!(torchspark_core::load_count(), before + i as u64);
+        assert_eq!(entries(&tmp), Vec::<String>::new(), "load {i}");
+    }
+    let kept = Scorer::open(&ModelConfig::new(&pt2)).unwrap();
+    assert_eq!(entries(&tmp), Vec::<String>::new());
+    println!("EXITING WITH A PACKAGE LOADED");
+    std::mem::forget(kept);
+    std::process::exit(0);
 }

@@ -383,11 +383,9 @@ impl Model {
                 }
                 .into_iter()
                 .collect();
-                // With a pinned digest, load the bytes that were checked, not the path again.
-                let source =
-                    aoti::Source::new(path, spec.sha256().is_some().then_some(&bytes[..]))?;
-                let package =
-                    Package::load(path, source.path(), &bytes, device, &methods, spec.cpu())?;
+                // From the bytes that were read (and checked against a pin), never the path
+                // again: aoti.rs extracts them into a private folder for the loader.
+                let package = Package::load(path, &bytes, device, &methods, spec.cpu())?;
                 (Backend::Aoti(package), false, Kind::Float)
             }
         };
@@ -458,7 +456,7 @@ impl Model {
 
     fn not_an_image_model(&self) -> Error {
         Error::Spec {
-            path: self.path.with_extension("json"),
+            path: ModelSpec::default_path(&self.path),
             reason: "this is a general model (spec_version 2): run it with TorchModel \
                      (NativeModel.predict in Python), not ImageScorer or ImageFeaturizer"
                 .into(),
@@ -562,7 +560,7 @@ impl Model {
             && labels.len() != width
         {
             return Err(Error::Spec {
-                path: self.path.with_extension("json"),
+                path: ModelSpec::default_path(&self.path),
                 reason: format!(
                     "labels has {} entries but the model outputs {width} classes",
                     labels.len()

@@ -297,9 +297,24 @@ pub enum FeatureSource {
 }
 
 impl ModelSpec {
-    /// `model.pt` → `model.json`.
+    /// The spec beside a model, `model.pt` → `model.json`: the path's last name (trailing `/`
+    /// ignored) loses its extension, from its last `.` unless that `.` starts the name (`.pt`
+    /// → `.pt.json`), and gains `.json`. The JVM (`ModelSource.specOf`) and Python
+    /// (`torchspark.cluster.spec_path`) apply the same rule to the same string; one table
+    /// (tests/fixtures/spec_paths.json) pins all three.
     pub fn default_path(model_path: &Path) -> PathBuf {
-        model_path.with_extension("json")
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let bytes = model_path.as_os_str().as_bytes();
+        let end = bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+        let path = &bytes[..end];
+        let name = path.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+        let stem = match path.iter().rposition(|&b| b == b'.') {
+            Some(dot) if dot > name => &path[..dot],
+            _ => path,
+        };
+        let mut spec = stem.to_vec();
+        spec.extend_from_slice(b".json");
+        PathBuf::from(std::ffi::OsString::from_vec(spec))
     }
 
     /// Reads and validates the spec file; errors name `path` and the offending field.
@@ -489,6 +504,28 @@ mod tests {
         "preprocess": {"resize": null, "center_crop": null, "scale": 0.00392156862745098,
                        "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
         "labels": ["a", "b"], "output": "logits", "featurize": {"method": "features"}}"#;
+
+    /// One table for Rust, the JVM (ModelSourceSuite) and Python (test_cluster_helpers.py).
+    #[test]
+    fn spec_path_follows_the_shared_table() {
+        let table =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec_paths.json");
+        let text = std::fs::read_to_string(&table).unwrap_or_else(|e| panic!("{e}"));
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        let rows = json["paths"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        assert!(rows.len() >= 20, "{}", table.display());
+        for row in rows {
+            let (model, spec) = (row[0].as_str().unwrap_or(""), row[1].as_str().unwrap_or(""));
+            assert_eq!(
+                ModelSpec::default_path(Path::new(model)),
+                PathBuf::from(spec),
+                "{model:?}"
+            );
+        }
+    }
 
     #[test]
     fn accepts_the_documented_example() {

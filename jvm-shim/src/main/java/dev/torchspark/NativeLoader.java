@@ -26,6 +26,12 @@ import java.util.concurrent.TimeUnit;
  * installed, else through the library's own RUNPATH. Then the library itself: from {@code
  * java.library.path}, else extracted from this jar into a directory only this user can write (see
  * {@link #extract}). A failure is kept and rethrown, with its causes, on every later use.
+ *
+ * <p>Nothing is ever loaded from the working directory (a driver started in a shared or downloaded
+ * folder must not run what someone put there): the Python is asked in a private working directory
+ * with {@code PYTHONSAFEPATH=1}, so its {@code sys.path} does not start with the JVM's working
+ * directory, and relative entries of {@code java.library.path} (an empty one means the working
+ * directory) are skipped.
  */
 final class NativeLoader {
   private static final String LIB = "torchspark";
@@ -118,7 +124,10 @@ final class NativeLoader {
   static String nodeGlibc() {
     try {
       Process p =
-          new ProcessBuilder("getconf", "GNU_LIBC_VERSION").redirectErrorStream(true).start();
+          new ProcessBuilder("getconf", "GNU_LIBC_VERSION")
+              .directory(new File("/"))
+              .redirectErrorStream(true)
+              .start();
       String out;
       try (InputStream in = p.getInputStream()) {
         out = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
@@ -154,13 +163,23 @@ final class NativeLoader {
     return false;
   }
 
-  /** Asks the node's Python where torch lives, without importing it (fast). */
+  /**
+   * Asks the node's Python where torch lives, without importing it (fast).
+   *
+   * <p>{@code python -c} puts its working directory first on {@code sys.path}, so a {@code torch}
+   * planted in the JVM's working directory would be the answer (and its {@code lib/} loaded). So it
+   * runs in {@code /} (only root can write there) with {@code PYTHONSAFEPATH=1} (Python 3.11+ then
+   * adds no such entry at all); {@code PYTHONPATH} and user site-packages still count, as they do
+   * for the Python workers ({@code -I} would drop them). A configured Python given as a relative
+   * path ({@code ./environment/bin/python} in a YARN container) is resolved against the JVM's
+   * working directory first: that one was chosen by the user.
+   */
   private static String torchLibFromPython(List<String> tried) {
     List<String> pythons = new ArrayList<>();
     for (String env : new String[] {"TORCHSPARK_PYTHON", "PYSPARK_PYTHON"}) {
       String p = System.getenv(env);
       if (p != null && !p.isEmpty()) {
-        pythons.add(p);
+        pythons.add(p.contains("/") ? new File(p).getAbsolutePath() : p);
       }
     }
     pythons.add("python3");
@@ -169,13 +188,18 @@ final class NativeLoader {
             + "print(os.path.join(os.path.dirname(s.origin),'lib') if s else '')";
     for (String python : pythons) {
       try {
-        Process p = new ProcessBuilder(python, "-c", code).redirectErrorStream(true).start();
+        ProcessBuilder pb =
+            new ProcessBuilder(python, "-c", code)
+                .directory(new File("/"))
+                .redirectErrorStream(true);
+        pb.environment().put("PYTHONSAFEPATH", "1");
+        Process p = pb.start();
         String out;
         try (InputStream in = p.getInputStream()) {
           out = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
         }
         if (p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0 && !out.isEmpty()) {
-          if (new File(out, "libtorch_cpu.so").isFile()) {
+          if (new File(out).isAbsolute() && new File(out, "libtorch_cpu.so").isFile()) {
             return out;
           }
         }
@@ -187,18 +211,46 @@ final class NativeLoader {
     return null;
   }
 
-  private static void loadLibrary(List<String> tried) throws IOException {
-    try {
-      System.loadLibrary(LIB);
-      tried.add("lib" + LIB + ".so from java.library.path");
-      return;
-    } catch (UnsatisfiedLinkError e) {
-      // Not on java.library.path (the usual case): use the copy inside the jar. A library that
-      // was found but failed to link must not be hidden, so keep its message.
-      if (!String.valueOf(e.getMessage()).contains("no " + LIB + " in java.library.path")) {
-        tried.add("java.library.path: " + e.getMessage());
+  /**
+   * {@code lib<name>.so} in the absolute directories of {@code java.library.path}, or null. What
+   * {@code System.loadLibrary} would do, minus its relative entries: the JDK reads an empty entry
+   * (as {@code LD_LIBRARY_PATH=:/x} gives) as the working directory.
+   */
+  static Path onLibraryPath(String name, List<String> tried) {
+    String file = System.mapLibraryName(name);
+    for (String dir : System.getProperty("java.library.path", "").split(File.pathSeparator, -1)) {
+      Path candidate = Paths.get(dir.isEmpty() ? "." : dir, file);
+      if (!Paths.get(dir.isEmpty() ? "." : dir).isAbsolute()) {
+        if (Files.exists(candidate)) {
+          tried.add(
+              "ignored "
+                  + candidate.toAbsolutePath()
+                  + ": java.library.path entry `"
+                  + dir
+                  + "` is relative (the working directory); give absolute directories");
+        }
+        continue;
+      }
+      if (Files.isRegularFile(candidate)) {
+        return candidate;
       }
     }
+    return null;
+  }
+
+  private static void loadLibrary(List<String> tried) throws IOException {
+    Path onPath = onLibraryPath(LIB, tried);
+    if (onPath != null) {
+      try {
+        System.load(onPath.toString());
+        tried.add(onPath + " from java.library.path");
+        return;
+      } catch (UnsatisfiedLinkError e) {
+        // Found but failed to link: say so, then try the jar's copy.
+        tried.add(onPath + ": " + e.getMessage());
+      }
+    }
+    // Not on java.library.path (the usual case): use the copy inside the jar.
     Path file = extract(Paths.get(System.getProperty("java.io.tmpdir")));
     tried.add("extracted " + file);
     System.load(file.toString());

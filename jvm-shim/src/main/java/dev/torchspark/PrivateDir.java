@@ -6,7 +6,10 @@ import java.nio.file.Files;
 import java.nio.file.LinkOption;
 import java.nio.file.Path;
 import java.nio.file.attribute.PosixFilePermissions;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
+import java.util.Deque;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 
@@ -19,6 +22,11 @@ import java.util.Map;
  * rename or delete ours). An ancestor's owner is not checked: on YARN a container's tmp dir lies
  * under the NodeManager's directories, owned by its service user. Anything else is refused, never
  * repaired: it may be another user's, and its presence is worth reporting.
+ *
+ * <p>The ancestors are every directory the kernel looks a name up in while it resolves the path
+ * ({@link #resolutionDirs}): those of the path as written and, through each symbolic link on the
+ * way, those of its target. Once they pass, no other user can rename or replace anything between
+ * the check and the use of a path (only root, and the owners of ancestors others cannot write).
  */
 final class PrivateDir {
   private static final int STICKY = 01000;
@@ -52,6 +60,8 @@ final class PrivateDir {
         p = p.getParent()) {
       missing.add(0, p);
     }
+    // Before anything is made: the directories new ones would be made in must pass too.
+    checkAncestors(missing.isEmpty() ? abs : missing.get(0), abs, what, remedy);
     for (Path p : missing) {
       try {
         Files.createDirectory(
@@ -73,14 +83,85 @@ final class PrivateDir {
             e);
       }
     }
-    for (Path p = abs.getParent(); p != null; p = p.getParent()) {
-      String why = ancestorProblem(p);
-      if (why != null) {
-        throw refusal(what, abs, "its ancestor " + p + " " + why, remedy);
-      }
-    }
+    checkAncestors(abs, abs, what, remedy);
     check(abs, true, what, remedy);
     return abs;
+  }
+
+  /**
+   * Refuses {@code abs} (named in the message) when a directory {@code p} resolves through fails.
+   */
+  private static void checkAncestors(Path p, Path abs, String what, String remedy) {
+    List<Map.Entry<Path, Path>> ancestors;
+    try {
+      ancestors = resolutionDirs(p);
+    } catch (IOException e) {
+      throw refusal(what, abs, "cannot be resolved (" + e.getMessage() + ")", remedy);
+    }
+    for (Map.Entry<Path, Path> a : ancestors) {
+      String why = ancestorProblem(a.getKey());
+      if (why != null) {
+        String via =
+            a.getValue() == null ? "" : " (reached through the symbolic link " + a.getValue() + ")";
+        throw refusal(what, abs, "its ancestor " + a.getKey() + via + " " + why, remedy);
+      }
+    }
+  }
+
+  /**
+   * Every directory the kernel looks a name up in while it resolves {@code abs} (absolute), in
+   * order, each with the symbolic link that led there (null for the path as written): the
+   * directories of {@code abs} itself and, for each link on the way, those of its target, followed
+   * as the kernel follows them ({@code ..} after a link is its target's parent). Whoever can write
+   * one of them can swap what {@code abs} names. The last component is not followed: it is checked
+   * as itself.
+   *
+   * @throws IOException a link cannot be read, or more than 40 links (a loop)
+   */
+  static List<Map.Entry<Path, Path>> resolutionDirs(Path abs) throws IOException {
+    Deque<String> todo = new ArrayDeque<>();
+    for (Path name : abs) {
+      todo.addLast(name.toString());
+    }
+    Map<Path, Path> dirs = new LinkedHashMap<>();
+    Path cur = abs.getRoot();
+    Path via = null;
+    int links = 0;
+    while (!todo.isEmpty()) {
+      String name = todo.pollFirst();
+      if (name.isEmpty() || name.equals(".")) {
+        continue;
+      }
+      if (name.equals("..")) {
+        cur = cur.getParent() != null ? cur.getParent() : cur;
+        continue;
+      }
+      dirs.putIfAbsent(cur, via);
+      Path next = cur.resolve(name);
+      if (todo.isEmpty()) {
+        break;
+      }
+      if (Files.isSymbolicLink(next)) {
+        if (++links > 40) {
+          throw new IOException("more than 40 symbolic links (a loop?) on the way to " + abs);
+        }
+        Path target = Files.readSymbolicLink(next);
+        List<String> parts = new ArrayList<>();
+        for (Path part : target) {
+          parts.add(part.toString());
+        }
+        for (int i = parts.size() - 1; i >= 0; i--) {
+          todo.addFirst(parts.get(i));
+        }
+        if (target.isAbsolute()) {
+          cur = target.getRoot();
+        }
+        via = next;
+      } else {
+        cur = next;
+      }
+    }
+    return new ArrayList<>(dirs.entrySet());
   }
 
   /**
@@ -134,7 +215,8 @@ final class PrivateDir {
   private static String ancestorProblem(Path p) {
     Map<String, Object> a;
     try {
-      a = Files.readAttributes(p, "unix:uid,mode");
+      // A directory the path resolves through (links already followed by resolutionDirs).
+      a = Files.readAttributes(p, "unix:uid,mode", LinkOption.NOFOLLOW_LINKS);
     } catch (IOException e) {
       return "cannot be examined (" + e + ")";
     }
@@ -164,8 +246,9 @@ final class PrivateDir {
             + p
             + " on host "
             + NativeLoader.hostName()
-            + ": it "
-            + why
+            + ": "
+            // "its ancestor ... has mode ..." or "it is owned by ...".
+            + (why.startsWith("its ") ? why : "it " + why)
             + "; torchspark only trusts files that no other user can write. "
             + remedy);
   }

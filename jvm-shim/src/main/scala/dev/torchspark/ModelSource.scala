@@ -65,9 +65,37 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
 
 object ModelSource {
 
-  /** A source for `path`, with `spark`'s Hadoop configuration for remote URIs. */
+  /** A source for `path`, with `spark`'s Hadoop configuration for remote URIs.
+    * @throws ModelLoadException
+    *   on the driver, before any job, for a URI no copy can be checked against (see
+    *   [[refuseUnverifiable]])
+    */
   def apply(spark: SparkSession, path: String): ModelSource = {
+    refuseUnverifiable(path)
     new ModelSource(path, new SerializableConf(if (isRemote(path)) hadoopConf(spark) else null))
+  }
+
+  /** Schemes whose servers give no reliable length or version that a node-cache copy could be
+    * checked against (Hadoop's HTTP file system reports length -1); Python's `ship_model` refuses
+    * the same (`torchspark.cluster.UNVERIFIABLE_SCHEMES`).
+    */
+  val unverifiableSchemes: Set[String] = Set("http", "https", "ftp")
+
+  private def refusal(uri: String, why: String) = new ModelLoadException(
+    s"model $uri: $why; copy the model and its spec into cluster storage (hdfs://, s3a://, " +
+      "abfs://, gs://) or onto every node, and pass that path"
+  )
+
+  /** Refuses `uri` when it is read over http(s) or ftp, naming it and what to do instead. */
+  def refuseUnverifiable(uri: String): Unit = {
+    val i = uri.indexOf("://")
+    val scheme = if (i > 0) uri.substring(0, i).toLowerCase(java.util.Locale.ROOT) else ""
+    if (unverifiableSchemes.contains(scheme))
+      throw refusal(
+        uri,
+        s"torchspark does not read models over $scheme:// (a copy could not be checked against " +
+          "it: such servers give no reliable length or version)"
+      )
   }
 
   /** The context's Hadoop configuration with the session's settings over it, as Spark SQL's own
@@ -90,11 +118,18 @@ object ModelSource {
       .forall(c => c.isLetterOrDigit || c == '+' || c == '-' || c == '.')
   }
 
-  /** The spec beside a model: `model.pt` → `model.json`. */
+  /** The spec beside a model, `model.pt` → `model.json`: the path's last name (trailing `/`
+    * ignored) loses its extension, from its last `.` unless that `.` starts the name (`.pt` →
+    * `.pt.json`), and gains `.json`. The native loader (`ModelSpec::default_path`) and Python
+    * (`spec_path`) apply the same rule; tests/fixtures/spec_paths.json pins all three.
+    */
   def specOf(path: String): String = {
-    val slash = path.lastIndexOf('/')
-    val dot = path.lastIndexOf('.')
-    (if (dot > slash) path.substring(0, dot) else path) + ".json"
+    var end = path.length
+    while (end > 0 && path.charAt(end - 1) == '/') end -= 1
+    val p = path.substring(0, end)
+    val name = p.lastIndexOf('/') + 1
+    val dot = p.lastIndexOf('.')
+    (if (dot > name) p.substring(0, dot) else p) + ".json"
   }
 
   /** Hadoop's Configuration is Writable but not Serializable. */
@@ -128,8 +163,17 @@ object ModelSource {
   }
 
   private def statBoth(uri: String, conf: Configuration): (FileStatus, FileStatus) = {
+    refuseUnverifiable(uri)
     val model = stat(uri, "model", conf)
     if (!model.isFile) throw new ModelLoadException(s"model $uri is not a file")
+    // The node cache holds its copy to the source's length (and mtime): without one, nothing
+    // could tell a torn or substituted copy from the real thing.
+    if (model.getLen < 0)
+      throw refusal(
+        uri,
+        s"its file system (${model.getPath.toUri.getScheme}) reports no length, so the node " +
+          "cache could not check a copy against it"
+      )
     (model, stat(specOf(uri), "model spec (it sits beside the model)", conf))
   }
 
@@ -217,12 +261,14 @@ object ModelSource {
       (0 until arr.size).flatMap { i =>
         val d = arr.get(i)
         Option(d.get("tokenizer")).filter(_.isTextual).map(_.asText).map { name =>
+          // The native loader's rule (spec/general.rs) and Python's (cluster.py).
           if (
-            name.isEmpty || name.contains('/') || name.contains('\\') || name == "." || name == ".."
+            name.isEmpty || name == "." || name.contains('/') || name.contains('\\') ||
+            name.contains("..")
           )
             throw new ModelSpecException(
-              s"model spec $specUri: inputs[$i].tokenizer `$name` must be a plain file name " +
-                "beside the spec"
+              s"model spec $specUri: inputs[$i].tokenizer `$name` must be a file name in the " +
+                "spec's folder (no `/` or `..`): the tokenizer ships with the model"
             )
           TokenizerFile(
             name,

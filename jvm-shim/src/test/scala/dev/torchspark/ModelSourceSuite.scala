@@ -208,6 +208,143 @@ class ModelSourceSuite {
     )
   }
 
+  /** A directory anyone can write, not sticky (mode 0777): others can rename what is in it. */
+  private def worldWritable(name: String): Path = {
+    val d = Files.createTempDirectory(name)
+    Files.setPosixFilePermissions(d, PosixFilePermissions.fromString("rwxrwxrwx"))
+    d
+  }
+
+  @Test def refusesACacheReachedThroughALinkIntoADirectoryOthersCanWrite(): Unit = withCache { _ =>
+    val uri = s"file://${store().resolve("resnet20.pt")}"
+    def refusal(cacheDir: Path): String = {
+      System.setProperty("torchspark.cache.dir", cacheDir.toString)
+      assertThrows(
+        classOf[ModelLoadException],
+        () => ModelSource.fetch(uri, new Configuration())
+      ).getMessage
+    }
+    // <safe>/link -> <world-writable>/sub: the path as written passes a lexical check (every
+    // directory on it is private), but whoever can write <world-writable> can swap `sub`.
+    val open = worldWritable("torchspark-ww")
+    val sub = Files.createDirectories(open.resolve("sub"))
+    Files.setPosixFilePermissions(sub, PosixFilePermissions.fromString("rwx------"))
+    val safe = Files.createTempDirectory("torchspark-safe")
+    val link = Files.createSymbolicLink(safe.resolve("link"), sub)
+    val m = refusal(link.resolve("models"))
+    assertTrue(
+      m,
+      m.contains(
+        s"its ancestor $open (reached through the symbolic link $link) has mode 0777: " +
+          "writable by group or others and not sticky"
+      )
+    )
+    assertFalse("nothing created through the link", Files.exists(sub.resolve("models")))
+    // A link inside the target of a link (<safe2>/a -> <open2>/b -> <safe3>/real): the path's
+    // real path and its written path both avoid <open2>, which still decides where it leads.
+    val open2 = worldWritable("torchspark-ww2")
+    val real =
+      Files.createDirectories(Files.createTempDirectory("torchspark-safe3").resolve("real"))
+    Files.setPosixFilePermissions(real, PosixFilePermissions.fromString("rwx------"))
+    Files.createSymbolicLink(open2.resolve("b"), real)
+    val a = Files.createSymbolicLink(
+      Files.createTempDirectory("torchspark-safe2").resolve("a"),
+      open2.resolve("b")
+    )
+    val m2 = refusal(a.resolve("models"))
+    assertTrue(m2, m2.contains(s"its ancestor $open2 (reached through the symbolic link $a)"))
+    // A loop of links is refused, not followed forever.
+    val loop = Files.createTempDirectory("torchspark-loop")
+    Files.createSymbolicLink(loop.resolve("x"), loop.resolve("y"))
+    Files.createSymbolicLink(loop.resolve("y"), loop.resolve("x"))
+    val m3 = refusal(loop.resolve("x/models"))
+    assertTrue(m3, m3.contains("more than 40 symbolic links"))
+    // The same through links that stay in private directories is fine.
+    val mine = Files.createDirectories(safe.resolve("mine"))
+    Files.setPosixFilePermissions(mine, PosixFilePermissions.fromString("rwx------"))
+    val ok = Files.createSymbolicLink(safe.resolve("ok"), mine)
+    System.setProperty("torchspark.cache.dir", ok.resolve("models").toString)
+    val local = ModelSource.fetch(uri, new Configuration())
+    assertTrue(
+      local,
+      Files.isRegularFile(
+        mine.resolve("models").resolve(new File(local).getParentFile.getName).resolve("resnet20.pt")
+      )
+    )
+  }
+
+  @Test def tokenizerNamesFollowTheNativeLoadersRule(): Unit = {
+    def spec(name: String) =
+      s"""{"inputs": [{"name": "t", "kind": "text", "tokenizer": "$name"}]}""".getBytes("UTF-8")
+    for (
+      bad <- Seq("../x.json", "/etc/x", "sub/t.json", "a\\\\b.json", "..", ".", "a..b.json", "")
+    ) {
+      val e = assertThrows(
+        classOf[ModelSpecException],
+        () => ModelSource.tokenizersOf(spec(bad), "m.json")
+      )
+      assertTrue(e.getMessage, e.getMessage.contains("model spec m.json: inputs[0].tokenizer"))
+    }
+    assertEquals(
+      Seq(ModelSource.TokenizerFile("tok.json", None)),
+      ModelSource.tokenizersOf(spec("tok.json"), "m.json")
+    )
+  }
+
+  /** One table for Rust (spec/image.rs), the JVM and Python (test_trust.py). */
+  @Test def specOfFollowsTheTableRustAndPythonShare(): Unit = {
+    val table = new ObjectMapper().readTree(
+      TorchSparkSuite.repo.resolve("tests/fixtures/spec_paths.json").toFile
+    )
+    val rows = table.get("paths")
+    assertTrue(rows.size >= 20)
+    (0 until rows.size).foreach { i =>
+      val model = rows.get(i).get(0).asText
+      assertEquals(model, rows.get(i).get(1).asText, ModelSource.specOf(model))
+    }
+  }
+
+  @Test def aDotfileModelInTheCacheFindsTheSpecTheNativeLoaderReads(): Unit = withCache { _ =>
+    // `.pt` -> `.pt.json` (the JVM said `.json`, the native loader `.pt.json`).
+    val d = Files.createTempDirectory("torchspark-store")
+    Files.copy(fixtures.resolve("resnet20.pt"), d.resolve(".pt"))
+    Files.copy(fixtures.resolve("resnet20.json"), d.resolve(".pt.json"))
+    val source = ModelSource(spark, s"file://${d.resolve(".pt")}")
+    source.check()
+    val local = source.localPath()
+    assertTrue(local, Files.isRegularFile(new File(local).toPath.resolveSibling(".pt.json")))
+    val handle = NativeRunner.openModel(NativeRunner.configJson(source, "cpu", 1, "fp32"))
+    NativeBridge.closeModel(handle)
+  }
+
+  @Test def modelsOverHttpOrFtpAreRefusedOnTheDriverNamingTheUri(): Unit = {
+    for (
+      uri <- Seq("http://127.0.0.1:9/m.pt", "HTTPS://models.example.com/m.pt", "ftp://h/m.pt2")
+    ) {
+      val e = assertThrows(classOf[ModelLoadException], () => ModelSource(spark, uri))
+      assertTrue(
+        e.getMessage,
+        e.getMessage.contains(s"model $uri: torchspark does not read models over")
+      )
+      assertTrue(e.getMessage, e.getMessage.contains("cluster storage"))
+      // On an executor too, before any byte is read.
+      assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, new Configuration()))
+    }
+  }
+
+  @Test def aFileSystemThatReportsNoLengthIsRefusedBeforeCopying(): Unit = withCache { cache =>
+    // Hadoop's own HTTP file system (it stats nothing: length -1) under another scheme name.
+    val conf = new Configuration()
+    conf.set("fs.webmodels.impl", "org.apache.hadoop.fs.http.HttpFileSystem")
+    val uri = "webmodels://127.0.0.1:9/m.pt"
+    val e = assertThrows(classOf[ModelLoadException], () => ModelSource.fetch(uri, conf))
+    assertTrue(
+      e.getMessage,
+      e.getMessage.contains(s"model $uri: its file system (webmodels) reports no length")
+    )
+    assertEquals("nothing cached", 0, cache.list().length)
+  }
+
   @Test def createsAMissingCacheRootForThisUserOnly(): Unit = withCache { parent =>
     val root = new File(parent, "a/b")
     System.setProperty("torchspark.cache.dir", root.toString)

@@ -1,16 +1,118 @@
 package dev.torchspark
 
-import java.nio.file.{Files, LinkOption, Path}
+import java.nio.charset.StandardCharsets
+import java.nio.file.{Files, LinkOption, Path, Paths}
 import java.nio.file.attribute.PosixFilePermissions
+import java.util.concurrent.TimeUnit
 
 import org.junit.Test
 import org.junit.Assert._
 
+/** Loads the library in a fresh JVM and prints where libtorch came from (NativeLoaderSuite runs it
+  * in a working directory full of planted files).
+  */
+object NativeLoaderProbe {
+  def main(args: Array[String]): Unit = {
+    NativeLoader.load()
+    println(s"LIBTORCH ${NativeLoader.libtorchSource()}")
+    // With a model path: open it and exit with it still open (as an executor JVM does).
+    args.headOption.foreach { model =>
+      NativeBridge.openModel(NativeRunner.configJson(model, "cpu", 1, "fp32"))
+      println(s"OPENED $model")
+    }
+    println(s"LOADS ${NativeBridge.loadCount()}")
+    System.exit(0)
+  }
+}
+
 /** The library the jar carries is extracted where only this user can write, and a file found there
   * is used only when it holds exactly the jar's bytes (extract() on a given directory; no
-  * System.load, so a fake is never run even when the test fails).
+  * System.load, so a fake is never run even when the test fails). Nothing is loaded from the
+  * working directory.
   */
 class NativeLoaderSuite {
+
+  /** A real shared library named `name` whose constructor appends to `marker`: what an attacker
+    * would plant.
+    */
+  private def plantedLibrary(dir: Path, name: String, marker: Path): Unit = {
+    val src = Files.createTempFile("planted", ".c")
+    Files.writeString(
+      src,
+      s"""#include <stdio.h>
+         |__attribute__((constructor)) static void planted(void) {
+         |  FILE* f = fopen("$marker", "a");
+         |  if (f) { fputs("$name ran\\n", f); fclose(f); }
+         |}
+         |""".stripMargin
+    )
+    val cc =
+      new ProcessBuilder("cc", "-shared", "-fPIC", "-o", dir.resolve(name).toString, src.toString)
+        .inheritIO()
+        .start()
+    assertEquals(s"cc $name", 0, cc.waitFor())
+  }
+
+  @Test def aJvmThatExitsWithAPackageOpenLeavesNothingInTheTempDir(): Unit = {
+    // libtorch's loader left $TMPDIR/aotinductor_XXXXXX behind for every package still loaded
+    // at exit; the JVM's own files (java.io.tmpdir) do not go there.
+    val tmp = Files.createTempDirectory("torchspark-tmpdir")
+    val pt2 = TorchSparkSuite.fixtures.resolve("tuple_net_aoti.pt2").toString
+    val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
+    val pb = new ProcessBuilder(
+      java,
+      "-cp",
+      System.getProperty("java.class.path"),
+      "dev.torchspark.NativeLoaderProbe",
+      pt2
+    ).redirectErrorStream(true)
+    pb.environment().put("TMPDIR", tmp.toString)
+    val p = pb.start()
+    val out = new String(p.getInputStream.readAllBytes(), StandardCharsets.UTF_8)
+    assertTrue(out, p.waitFor(120, TimeUnit.SECONDS))
+    assertEquals(out, 0, p.exitValue())
+    assertTrue(out, out.contains(s"OPENED $pt2"))
+    assertArrayEquals(out, Array.empty[AnyRef], Files.list(tmp).toArray)
+  }
+
+  @Test def neverLoadsATorchOrLibraryPlantedInTheWorkingDirectory(): Unit = {
+    val cwd = Files.createTempDirectory("torchspark-cwd")
+    val marker = cwd.resolve("MARKER")
+    // What `python -c` finds first from here, and what the JDK reads `.` or an empty
+    // java.library.path entry as.
+    val lib = Files.createDirectories(cwd.resolve("torch/lib"))
+    Files.writeString(
+      cwd.resolve("torch/__init__.py"),
+      s"open('$marker', 'a').write('torch/__init__.py ran\\n')\n"
+    )
+    Seq("libc10.so", "libtorch_cpu.so").foreach(plantedLibrary(lib, _, marker))
+    plantedLibrary(cwd, "libtorchspark.so", marker)
+    // In a fresh JVM from there: with libtorch found through the Python, then given.
+    def probe(libtorchDir: Option[String]): String = {
+      val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
+      val pb = new ProcessBuilder(
+        java,
+        "-cp",
+        System.getProperty("java.class.path"),
+        "-Djava.library.path=:.",
+        "dev.torchspark.NativeLoaderProbe"
+      ).directory(cwd.toFile).redirectErrorStream(true)
+      pb.environment().remove("TORCHSPARK_LIBTORCH_DIR")
+      libtorchDir.foreach(pb.environment().put("TORCHSPARK_LIBTORCH_DIR", _))
+      val p = pb.start()
+      val out = new String(p.getInputStream.readAllBytes(), StandardCharsets.UTF_8)
+      assertTrue(out, p.waitFor(120, TimeUnit.SECONDS))
+      val ran = if (Files.exists(marker)) Files.readString(marker) else ""
+      assertEquals(s"planted code ran: $ran\n$out", "", ran)
+      assertEquals(out, 0, p.exitValue())
+      val libtorch = out.linesIterator.collectFirst {
+        case l if l.startsWith("LIBTORCH ") => l.drop(9)
+      }
+      assertTrue(out, libtorch.exists(d => d.endsWith("torch/lib") && !d.startsWith(cwd.toString)))
+      libtorch.get
+    }
+    probe(Some(probe(None)))
+  }
 
   private def jarBytes: Array[Byte] = {
     val in = classOf[NativeBridge].getResourceAsStream("/native/linux-x86_64/libtorchspark.so")
