@@ -235,3 +235,134 @@ private[torchspark] object TaskPipeline {
   val Featurize = 1
   val Predict = 2
 }
+
+/** A row of a group whose inputs for one native call (a lane) are over the byte bound: it is sent
+  * as nulls and becomes a row error (see [[RowGroups]]).
+  *
+  * @param column
+  *   the largest of the lane's columns in this row, and `bytes` its size
+  * @param laneBytes
+  *   all the lane's columns in this row
+  */
+private[torchspark] final case class Oversized(
+    lane: Int,
+    column: String,
+    bytes: Long,
+    laneBytes: Long,
+    columns: Int
+) {
+
+  /** The row error, in the native errors' form (`row N: ...`). */
+  def message(row: Long, limit: Long): String = {
+    val all = if (columns > 1) s" (the row's inputs: $laneBytes bytes)" else ""
+    s"row $row: column `$column`: $bytes bytes$all exceed ${RowGroups.Conf} = $limit bytes, the " +
+      "most one native call takes"
+  }
+}
+
+/** The rows of one native call: `rows` in order, the first being row `first` of the partition;
+  * `oversized` maps a row's index in the group to the lanes it is too large for.
+  */
+private[torchspark] final case class RowGroup[R](
+    rows: IndexedSeq[R],
+    first: Long,
+    oversized: Map[Int, Seq[Oversized]]
+) {
+  def size: Int = rows.size
+
+  /** Row `i`'s overflow in lane `lane`, if any. */
+  def over(i: Int, lane: Int = 0): Option[Oversized] =
+    if (oversized.isEmpty) None else oversized.get(i).flatMap(_.find(_.lane == lane))
+}
+
+/** Cuts a partition's rows into the groups of one native call each, bounded by rows and by bytes
+  * (docs/engine.md, "Bounded calls"). A group's inputs go to native code as one Arrow batch in one
+  * JVM byte array, and Arrow's variable-width vectors and the array both stop at 2 GiB; the bound
+  * also keeps a call within the engine's queue budget (256 MiB by default). A row whose own inputs
+  * are over the bound goes in a group as nulls and becomes a row error ([[Oversized]]).
+  */
+private[torchspark] object RowGroups {
+
+  /** The conf that bounds the input bytes of one native call (session or Spark conf). */
+  val Conf = "spark.torchspark.maxBytesPerCall"
+
+  /** 256 MiB: the engine's default queue bound, far below Arrow's 2 GiB. */
+  val DefaultBytes: Long = 256L << 20
+
+  /** 1 GiB: the largest bound allowed, half of Arrow's and the JVM array's 2 GiB. */
+  val MaxBytes: Long = 1L << 30
+
+  /** The bound as `conf` holds it (`256m`, `1g`, `65536`; absent: [[DefaultBytes]]). */
+  def limit(conf: String => Option[String]): Long = conf(Conf).map(_.trim) match {
+    case None | Some("") => DefaultBytes
+    case Some(text)      =>
+      val bytes =
+        try org.apache.spark.network.util.JavaUtils.byteStringAsBytes(text)
+        catch {
+          case e: NumberFormatException =>
+            throw new ConfigException(s"$Conf = `$text`: not a size (e.g. 64m, 256m, 1g)", e)
+        }
+      if (bytes < 1 || bytes > MaxBytes)
+        throw new ConfigException(
+          s"$Conf = `$text` ($bytes bytes): expected 1 byte to 1g ($MaxBytes bytes); Arrow " +
+            "holds at most 2 GiB per column and the JVM at most 2 GiB per array"
+        )
+      bytes
+  }
+
+  /** The bound of `spark`'s session. */
+  def limit(spark: org.apache.spark.sql.SparkSession): Long =
+    limit(k => spark.conf.getOption(k))
+
+  /** `rows` in groups of at most `maxRows` rows whose inputs, per lane, add up to at most
+    * `maxBytes`. `weigh(r)(lane)(c)` is the bytes of row `r`'s column `c` in lane `lane`, named
+    * `names(lane)(c)`. Lazy: reads at most one row past the group it returns.
+    */
+  def apply[R](
+      rows: Iterator[R],
+      maxRows: Int,
+      maxBytes: Long,
+      weigh: R => Array[Array[Long]],
+      names: IndexedSeq[IndexedSeq[String]]
+  ): Iterator[RowGroup[R]] = new Iterator[RowGroup[R]] {
+    require(maxRows >= 1 && maxBytes >= 1, s"maxRows $maxRows, maxBytes $maxBytes")
+    private var offset = 0L
+    private var ahead: Option[(R, Array[Array[Long]])] = None
+
+    private def peek(): Option[(R, Array[Array[Long]])] = {
+      if (ahead.isEmpty && rows.hasNext) { val r = rows.next(); ahead = Some((r, weigh(r))) }
+      ahead
+    }
+
+    def hasNext: Boolean = peek().nonEmpty
+
+    def next(): RowGroup[R] = {
+      if (!hasNext) throw new NoSuchElementException("no more rows")
+      val out = new scala.collection.mutable.ArrayBuffer[R]()
+      val over = scala.collection.mutable.Map.empty[Int, Seq[Oversized]]
+      val sums = new Array[Long](names.size)
+      var full = false
+      while (!full && peek().nonEmpty) {
+        val (row, weights) = ahead.get
+        val totals = weights.map(_.sum)
+        val fits =
+          totals.indices.forall(l => totals(l) > maxBytes || sums(l) + totals(l) <= maxBytes)
+        if (out.nonEmpty && !fits) full = true
+        else {
+          ahead = None
+          val rowOver = totals.indices.filter(l => totals(l) > maxBytes).map { l =>
+            val c = weights(l).indices.maxBy(weights(l)(_))
+            Oversized(l, names(l)(c), weights(l)(c), totals(l), weights(l).length)
+          }
+          if (rowOver.nonEmpty) over(out.size) = rowOver
+          totals.indices.foreach(l => if (totals(l) <= maxBytes) sums(l) += totals(l))
+          out += row
+          full = out.size >= maxRows
+        }
+      }
+      val g = RowGroup[R](out.toIndexedSeq, offset, over.toMap)
+      offset += g.size
+      g
+    }
+  }
+}
