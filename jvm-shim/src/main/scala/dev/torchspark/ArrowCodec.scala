@@ -151,7 +151,9 @@ private[torchspark] object ArrowCodec {
       catch { case t: Throwable => vectors.foreach(_.close()); throw t }
     try {
       root.setRowCount(n)
-      val out = new ByteArrayOutputStream()
+      // Sized for the batch: growing by doubling would copy a large group several times.
+      val size = vectors.map(_.getBufferSize.toLong).sum + (64L << 10)
+      val out = new ByteArrayOutputStream(math.min(size, Int.MaxValue - 64L).toInt)
       val w = new ArrowStreamWriter(root, null, Channels.newChannel(out))
       w.start(); w.writeBatch(); w.end(); w.close()
       out.toByteArray

@@ -7,7 +7,7 @@ import org.apache.spark.ml.linalg.Vector
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{AfterClass, Assume, BeforeClass, Test}
 import org.junit.Assert._
 
 import dev.torchspark.sql.TorchEvalExec
@@ -169,6 +169,35 @@ class BoundedCallsSuite {
         (m("rowsIn"), m("rowsOut"), m("imagesScored"), m("rowsSkipped"))
       )
     }
+  }
+
+  @Test def theAuditsGroupOver2GiBIsSplitAtTheDefaultBound(): Unit = {
+    // The audit's rows for real: 20 rows of 110 MB (2.2 GB; the text path's 32 x batchSize rows
+    // put them in one call), here in one partition of ImageScorer with batchSize 64. About 35 s
+    // on 2 cores: only with -Dtorchspark.slow=true (docs/engine.md, "Bounded calls").
+    Assume.assumeTrue(
+      "slow: run with -Dtorchspark.slow=true",
+      sys.props.contains("torchspark.slow")
+    )
+    val (name, png) = pngs.head
+    val size = 110000000
+    val rows = spark.sparkContext
+      .parallelize(0 until 20, 1)
+      .map(i => Row(s"$i-$name", padded(png, size)))
+    val schema = StructType(
+      Seq(StructField("path", StringType), StructField("content", BinaryType))
+    )
+    val s = new ImageScorer().setModelPath(resnet).setInputCol("content").setBatchSize(64)
+    val t0 = System.nanoTime()
+    val out = s.transform(spark.createDataFrame(rows, schema)).select("prediction").collect()
+    val seconds = (System.nanoTime() - t0) / 1e9
+    assertEquals(20, out.length)
+    out.foreach(r => assertEquals(expectedClass(name), r.getDouble(0), 0))
+    val m = s.metrics.values
+    // 2 rows (220 MB) fit 256 MiB: 10 calls.
+    assertEquals(m.toString, (20L, 20L, 10L), (m("rowsIn"), m("imagesScored"), m("engineBatches")))
+    assertEquals(0L, ArrowCodec.allocatedBytes)
+    println(f"20 rows of 110 MB in $seconds%.1f s")
   }
 
   @Test def tabularGroupsSplitByBytesGiveTheUnboundedResults(): Unit = {
