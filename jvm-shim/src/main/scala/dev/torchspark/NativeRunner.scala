@@ -199,8 +199,14 @@ private[torchspark] object NativeRunner {
       }
       // Groups bounded by rows and bytes; each knows its first row's offset in the partition,
       // for the row numbers in errors.
-      val weigh = (r: Row) => Array(inputIdx.map(i => TensorCodec.bytesOf(r.get(i))))
-      val groups = RowGroups[Row](rows, perCall, maxBytes, weigh, names)
+      val weigh = (r: Row, _: Int) => {
+        var sum = 0L
+        var c = 0
+        while (c < inputIdx.length) { sum += TensorCodec.bytesOf(r.get(inputIdx(c))); c += 1 }
+        sum
+      }
+      val columns = (r: Row, _: Int) => inputIdx.map(i => TensorCodec.bytesOf(r.get(i)))
+      val groups = RowGroups[Row](rows, perCall, maxBytes, names, weigh, columns)
       // This partition's bad rows, for its one warning.
       val bad = new PartitionErrors(who, partition, mode)
       ctx.foreach(_.addTaskCompletionListener[Unit](_ => bad.log()))

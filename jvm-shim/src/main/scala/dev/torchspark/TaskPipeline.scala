@@ -315,48 +315,61 @@ private[torchspark] object RowGroups {
     limit(k => spark.conf.getOption(k))
 
   /** `rows` in groups of at most `maxRows` rows whose inputs, per lane, add up to at most
-    * `maxBytes`. `weigh(r)(lane)(c)` is the bytes of row `r`'s column `c` in lane `lane`, named
-    * `names(lane)(c)`. Lazy: reads at most one row past the group it returns.
+    * `maxBytes`. `weigh(r, lane)` is the bytes of row `r`'s inputs in lane `lane`;
+    * `columns(r, lane)` the bytes of each of them, named `names(lane)(c)` (asked only for a row
+    * over the bound). Lazy: reads at most one row past the group it returns.
     */
   def apply[R](
       rows: Iterator[R],
       maxRows: Int,
       maxBytes: Long,
-      weigh: R => Array[Array[Long]],
-      names: IndexedSeq[IndexedSeq[String]]
+      names: IndexedSeq[IndexedSeq[String]],
+      weigh: (R, Int) => Long,
+      columns: (R, Int) => Array[Long]
   ): Iterator[RowGroup[R]] = new Iterator[RowGroup[R]] {
     require(maxRows >= 1 && maxBytes >= 1, s"maxRows $maxRows, maxBytes $maxBytes")
+    private val lanes = names.size
     private var offset = 0L
-    private var ahead: Option[(R, Array[Array[Long]])] = None
+    // The next row and its lanes' bytes, read ahead (a group ends before a row that overflows).
+    private var ahead: R = _
+    private var hasAhead = false
+    private val totals = new Array[Long](lanes)
 
-    private def peek(): Option[(R, Array[Array[Long]])] = {
-      if (ahead.isEmpty && rows.hasNext) { val r = rows.next(); ahead = Some((r, weigh(r))) }
-      ahead
+    private def peek(): Boolean = {
+      if (!hasAhead && rows.hasNext) {
+        ahead = rows.next()
+        var l = 0
+        while (l < lanes) { totals(l) = weigh(ahead, l); l += 1 }
+        hasAhead = true
+      }
+      hasAhead
     }
 
-    def hasNext: Boolean = peek().nonEmpty
+    def hasNext: Boolean = peek()
 
     def next(): RowGroup[R] = {
       if (!hasNext) throw new NoSuchElementException("no more rows")
-      val out = new scala.collection.mutable.ArrayBuffer[R]()
+      // Per row on the hot path (a million tabular rows): plain loops, nothing allocated.
+      val out = new scala.collection.mutable.ArrayBuffer[R](math.min(maxRows, 1024))
       val over = scala.collection.mutable.Map.empty[Int, Seq[Oversized]]
-      val sums = new Array[Long](names.size)
+      val sums = new Array[Long](lanes)
       var full = false
-      while (!full && peek().nonEmpty) {
-        val (row, weights) = ahead.get
-        val totals = weights.map(_.sum)
-        val fits =
-          totals.indices.forall(l => totals(l) > maxBytes || sums(l) + totals(l) <= maxBytes)
+      while (!full && peek()) {
+        var fits = true
+        var anyOver = false
+        var l = 0
+        while (l < lanes) {
+          if (totals(l) > maxBytes) anyOver = true
+          else if (sums(l) + totals(l) > maxBytes) fits = false
+          l += 1
+        }
         if (out.nonEmpty && !fits) full = true
         else {
-          ahead = None
-          val rowOver = totals.indices.filter(l => totals(l) > maxBytes).map { l =>
-            val c = weights(l).indices.maxBy(weights(l)(_))
-            Oversized(l, names(l)(c), weights(l)(c), totals(l), weights(l).length)
-          }
-          if (rowOver.nonEmpty) over(out.size) = rowOver
-          totals.indices.foreach(l => if (totals(l) <= maxBytes) sums(l) += totals(l))
-          out += row
+          if (anyOver) over(out.size) = oversized(ahead)
+          l = 0
+          while (l < lanes) { if (totals(l) <= maxBytes) sums(l) += totals(l); l += 1 }
+          out += ahead
+          hasAhead = false
           full = out.size >= maxRows
         }
       }
@@ -364,5 +377,13 @@ private[torchspark] object RowGroups {
       offset += g.size
       g
     }
+
+    /** The lanes row `r` is over the bound in, each with its largest column. */
+    private def oversized(r: R): Seq[Oversized] =
+      (0 until lanes).filter(totals(_) > maxBytes).map { l =>
+        val w = columns(r, l)
+        val c = w.indices.maxBy(w(_))
+        Oversized(l, names(l)(c), w(c), totals(l), w.length)
+      }
   }
 }

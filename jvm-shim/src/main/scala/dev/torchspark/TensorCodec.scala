@@ -218,25 +218,33 @@ private[torchspark] object TensorCodec {
     * by their UTF-8 length, numbers by width, arrays and ML Vectors by their elements.
     */
   def bytesOf(v: Any): Long = v match {
-    case null                       => 0L
-    case b: Array[Byte]             => b.length.toLong
-    case s: String                  => utf8Length(s)
-    case _: java.lang.Double        => 8L
-    case _: java.lang.Long          => 8L
-    case _: java.lang.Float         => 4L
-    case _: java.lang.Integer       => 4L
-    case _: java.lang.Short         => 2L
-    case _: java.lang.Byte          => 1L
-    case _: java.lang.Boolean       => 1L
-    case _: java.math.BigDecimal    => 8L
-    case _: BigDecimal              => 8L
-    case d: DenseVector             => 8L * d.size
-    case sv: SparseVector           => 12L * sv.indices.length + 4L
-    case r: Row                     => (0 until r.length).map(i => bytesOf(r.get(i))).sum
-    case a: Array[Double]           => 8L * a.length
-    case a: Array[Float]            => 4L * a.length
-    case a: Array[Int]              => 4L * a.length
-    case a: Array[Long]             => 8L * a.length
+    case null                              => 0L
+    case b: Array[Byte]                    => b.length.toLong
+    case s: String                         => utf8Length(s)
+    case _: java.lang.Double               => 8L
+    case _: java.lang.Long                 => 8L
+    case _: java.lang.Float                => 4L
+    case _: java.lang.Integer              => 4L
+    case _: java.lang.Short                => 2L
+    case _: java.lang.Byte                 => 1L
+    case _: java.lang.Boolean              => 1L
+    case _: java.math.BigDecimal           => 8L
+    case _: BigDecimal                     => 8L
+    case d: DenseVector                    => 8L * d.size
+    case sv: SparseVector                  => 12L * sv.indices.length + 4L
+    case r: Row                            => (0 until r.length).map(i => bytesOf(r.get(i))).sum
+    case a: Array[Double]                  => 8L * a.length
+    case a: Array[Float]                   => 4L * a.length
+    case a: Array[Int]                     => 4L * a.length
+    case a: Array[Long]                    => 8L * a.length
+    case s: scala.collection.IndexedSeq[_] =>
+      if (s.isEmpty) 0L
+      else
+        s(0) match {
+          // A column's elements share a type: numbers by the first one's width.
+          case _: java.lang.Number | _: java.lang.Boolean => bytesOf(s(0)) * s.length
+          case _                                          => seqBytes(s.iterator, s.length)
+        }
     case s: scala.collection.Seq[_] => seqBytes(s.iterator, s.size)
     case a: Array[_]                => seqBytes(a.iterator, a.length)
     case _                          => 8L

@@ -96,7 +96,8 @@ class BoundedCallsSuite {
     var read = 0
     val rows = Iterator.tabulate(10) { i => read += 1; i }
     // Row i weighs (10 * i, 1) bytes; a row of 80 or more is over the 80-byte bound alone.
-    val groups = RowGroups[Int](rows, 4, 80L, i => Array(Array(10L * i, 1L)), names)
+    val groups =
+      RowGroups[Int](rows, 4, 80L, names, (i, _) => 10L * i + 1, (i, _) => Array(10L * i, 1L))
     val first = groups.next()
     // Rows 0-3 weigh 64 bytes: the row bound (4) cuts first.
     assertEquals(Seq(0, 1, 2, 3), first.rows)
@@ -123,8 +124,16 @@ class BoundedCallsSuite {
     // Two calls per row (a SQL node's lanes): row 1 is over the bound in lane 1 only, and both
     // rows fit lane 0 (90 bytes).
     val names = IndexedSeq(IndexedSeq("x"), IndexedSeq("y"))
-    val w = Map(0 -> Array(Array(60L), Array(1L)), 1 -> Array(Array(30L), Array(500L)))
-    val groups = RowGroups[Int](Iterator(0, 1), 10, 100L, w, names).toList
+    val w = Map(0 -> Array(60L, 1L), 1 -> Array(30L, 500L))
+    val groups =
+      RowGroups[Int](
+        Iterator(0, 1),
+        10,
+        100L,
+        names,
+        (i, l) => w(i)(l),
+        (i, l) => Array(w(i)(l))
+      ).toList
     assertEquals(List(Seq(0, 1)), groups.map(_.rows))
     assertEquals(None, groups.head.over(1, 0))
     assertEquals("y", groups.head.over(1, 1).get.column)

@@ -133,14 +133,22 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         }
         (row.copy(), values)
       }
-      val weigh =
-        (r: (InternalRow, Array[Array[Any]])) => r._2.map(_.map(v => TensorCodec.bytesOf(v)))
+      val weigh = (r: (InternalRow, Array[Array[Any]]), lane: Int) => {
+        val args = r._2(lane)
+        var sum = 0L
+        var a = 0
+        while (a < args.length) { sum += TensorCodec.bytesOf(args(a)); a += 1 }
+        sum
+      }
+      val columns = (r: (InternalRow, Array[Array[Any]]), lane: Int) =>
+        r._2(lane).map(v => TensorCodec.bytesOf(v))
       val groups = RowGroups[(InternalRow, Array[Array[Any]])](
         input.map(withArgs),
         groupRows,
         maxBytes,
+        argNames,
         weigh,
-        argNames
+        columns
       )
       def encode(g: RowGroup[(InternalRow, Array[Array[Any]])], i: Int): Array[Byte] = {
         val n = g.size
