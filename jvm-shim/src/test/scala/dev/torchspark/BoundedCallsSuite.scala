@@ -209,6 +209,42 @@ class BoundedCallsSuite {
     println(f"20 rows of 110 MB in $seconds%.1f s")
   }
 
+  @Test def theTextWindowIsBoundedByBytes(): Unit = {
+    // A text model's call holds up to 32 x batchSize rows (sorted by length natively): 40 texts
+    // of 100 bytes and batchSize 8 are one call of 5 passes; a 1,000-byte bound makes calls of
+    // 10 rows, 2 passes each. Row 13 (2,000 bytes) is over the bound alone: a row error.
+    val texts = (0 until 40).map(i => if (i == 13) "word " * 400 else f"text $i%04d " * 10)
+    val schema = StructType(Seq(StructField("id", IntegerType), StructField("text", StringType)))
+    val df = spark.createDataFrame(
+      spark.sparkContext.parallelize(texts.zipWithIndex.map { case (t, i) => Row(i, t) }, 1),
+      schema
+    )
+    def run(): (Array[Row], Map[String, Long]) = {
+      val t = new TorchModel()
+        .setModelPath(TorchSparkSuite.fixtures.resolve("text/ids.pt").toString)
+        .setBatchSize(8)
+        .setHandleInvalid("keep")
+      (t.transform(df).select("id", "ids", "error").collect(), t.metrics.values)
+    }
+    val (free, freeMetrics) = run()
+    val (split, m) = bounded("1000")(run())
+    assertEquals(5L, freeMetrics("engineBatches"))
+    // Calls of rows 0-9, 10-20 (13 goes as a null: it weighs nothing), 21-30 and 31-39.
+    assertEquals(m.toString, 8L, m("engineBatches"))
+    assertEquals((40L, 40L, 1L), (m("rowsIn"), m("rowsOut"), m("rowsWithErrors")))
+    assertEquals(
+      "row 13: column `text`: 2000 bytes exceed spark.torchspark.maxBytesPerCall = 1000 bytes, " +
+        "the most one native call takes",
+      split(13).getString(2)
+    )
+    (0 until 40).filter(_ != 13).foreach { i =>
+      assertTrue(split(i).isNullAt(2))
+      // The same token ids; a call pads them to its longest row (-1).
+      def ids(r: Row) = r.getSeq[Long](1).filter(_ != -1L)
+      assertEquals(s"row $i", ids(free(i)), ids(split(i)))
+    }
+  }
+
   @Test def tabularGroupsSplitByBytesGiveTheUnboundedResults(): Unit = {
     // 10 doubles a row (80 bytes): an 800-byte bound makes calls of 10 rows.
     val d = TorchModelSuite.diabetes
