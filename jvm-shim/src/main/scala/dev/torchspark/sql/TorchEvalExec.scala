@@ -199,12 +199,17 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         rowsSeen += n
         var r = 0
         while (r < n) {
-          val reasons = fns.indices.flatMap(i => TorchEvalExec.errorOf(fns(i), decoded(i)(r)))
-          if (reasons.nonEmpty) {
-            errorRows += 1
-            rowsWithErrors += 1
-            if (firstError == null) firstError = reasons.head
+          var i = 0
+          var bad = false
+          while (i < fns.size) {
+            val why = TorchEvalExec.errorOf(fns(i), decoded(i)(r))
+            if (why != null) {
+              bad = true
+              if (firstError == null) firstError = why
+            }
+            i += 1
           }
+          if (bad) { errorRows += 1; rowsWithErrors += 1 }
           r += 1
         }
         Iterator.tabulate(n) { r =>
@@ -227,14 +232,16 @@ object TorchEvalExec {
     case g: TorchFunction.General    => Row.fromSeq(Seq.fill[Any](g.outputs.size)(null) :+ error)
   }
 
-  /** Why `fn`'s result `value` (a Scala value of its result type) is a row error, if it is. */
-  private[sql] def errorOf(fn: TorchFunction, value: Any): Option[String] = fn.kind match {
+  /** Why `fn`'s result `value` (a Scala value of its result type) is a row error; null when it is
+    * not one (per row on the hot path: no Option).
+    */
+  private[sql] def errorOf(fn: TorchFunction, value: Any): String = fn.kind match {
     case TorchFunction.ImageFeatures =>
-      if (value == null) Some(s"${fn.name}: no features (a bad image)") else None
+      if (value == null) s"${fn.name}: no features (a bad image)" else null
     case _ =>
       value match {
-        case r: Row if r.length > 0 => Option(r.getString(r.length - 1))
-        case _                      => None
+        case r: Row if r.length > 0 => r.getString(r.length - 1)
+        case _                      => null
       }
   }
 }
