@@ -11,7 +11,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -41,6 +43,12 @@ _OPS = {"score": 0, "featurize": 1, "predict": 2}
 _COLLECT_SLICE_MS = 100
 # Task ids of this process's handles: the engine drops a handle's queued work by its id.
 _tasks = itertools.count(1)
+# The worker functions' one warning per partition with bad rows (a worker's stderr).
+_log = logging.getLogger("torchspark")
+# The conf that bounds the input bytes of one native call, as on the JVM (docs/engine.md).
+MAX_BYTES_CONF = "spark.torchspark.maxBytesPerCall"
+_DEFAULT_CALL_BYTES = 256 << 20
+_MAX_CALL_BYTES = 1 << 30
 
 
 def _default_threads() -> int:
@@ -266,15 +274,18 @@ class NativeModel:
     ) -> Pending:
         """Prepares `batch` on this thread (read, decode, tokenize) and queues its forward
         passes; `Pending.result()` returns what `score`, `featurize` or `predict` (`op`) return.
-        Raises at once what concerns the whole batch (a missing column, a bad option)."""
+        Raises at once what concerns the whole batch (a missing column, a bad option). `batch`
+        is one batch: a Table whose columns do not fit one (over 2 GiB in a binary column)
+        raises ConfigError; `score`, `featurize` and `predict` take it whole."""
         if op not in _OPS:
             raise ConfigError(f"op must be one of {', '.join(_OPS)}, not {op!r}")
         opts: dict[str, Any] = {
             "batch_size": self._batch_size(batch_size),
             "max_pixels": _non_negative("max_pixels", max_pixels),
         }
+        # Every op numbers its row errors from row_offset (a table's later batches go on counting).
+        opts["row_offset"] = _non_negative("row_offset", row_offset)
         if op == "predict":
-            opts["row_offset"] = _non_negative("row_offset", row_offset)
             if columns:
                 opts["columns"] = _column_map(columns)
         else:
@@ -314,9 +325,12 @@ class NativeModel:
     ) -> pa.RecordBatch:
         """prediction, probability, predicted_label, top_k, error: one row per input row.
 
-        `max_pixels` (width x height) lowers the spec's `preprocess.max_pixels` for this call
-        (0: the spec's); larger images are row errors, found from their headers. `batch_size`
-        0: `auto_batch_size()`."""
+        `batch`: a RecordBatch, a Table, a ChunkedArray or Array of encoded images, a list of
+        bytes, or a float array (N,C,H,W). A Table (or ChunkedArray) is scored batch by batch,
+        every row of every chunk, without combining it past 256 MiB (so a table over 2 GiB
+        works); the results come back as one RecordBatch. `max_pixels` (width x height) lowers
+        the spec's `preprocess.max_pixels` for this call (0: the spec's); larger images are row
+        errors, found from their headers. `batch_size` 0: `auto_batch_size()`."""
         return self._call("score", batch, top_k, batch_size, input_column, max_pixels)
 
     def featurize(
@@ -350,23 +364,13 @@ class NativeModel:
         are still run. Raises InputError when a column is missing or of a type its input cannot
         read, InferenceError when the model's outputs do not match the declared ones.
         `batch_size` 0: `auto_batch_size()`."""
-        if self.engine == "shared":
-            return self.submit(
-                batch,
-                "predict",
-                columns=columns,
-                batch_size=batch_size,
-                row_offset=row_offset,
-                max_pixels=max_pixels,
-            ).result()
-        opts: dict[str, Any] = {
-            "batch_size": self._batch_size(batch_size),
-            "row_offset": _non_negative("row_offset", row_offset),
-            "max_pixels": _non_negative("max_pixels", max_pixels),
+        kw = {
+            "columns": columns,
+            "batch_size": batch_size,
+            "row_offset": row_offset,
+            "max_pixels": max_pixels,
         }
-        if columns:
-            opts["columns"] = _column_map(columns)
-        return self._run(self._so.ts_predict, as_record_batch(batch), opts)
+        return self._apply("predict", batch, kw)
 
     def output_schema(self) -> pa.Schema:
         """The schema `predict` returns (as `describe` of this model's spec)."""
@@ -375,24 +379,65 @@ class NativeModel:
     def _call(self, op, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
         if not isinstance(max_pixels, int) or max_pixels < 0:
             raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
-        if self.engine == "shared":
-            return self.submit(
-                batch,
-                op,
-                top_k=top_k,
-                batch_size=batch_size,
-                input_column=input_column,
-                max_pixels=max_pixels,
-            ).result()
-        rb = as_record_batch(batch)
-        opts = {
+        kw = {
             "top_k": top_k,
-            "batch_size": self._batch_size(batch_size),
+            "batch_size": batch_size,
+            "input_column": input_column,
             "max_pixels": max_pixels,
         }
-        if input_column:
-            opts["input_column"] = input_column
-        fn = self._so.ts_score if op == "score" else self._so.ts_featurize
+        return self._apply(op, batch, kw)
+
+    def _apply(self, op: str, batch: Any, kw: dict[str, Any]) -> pa.RecordBatch:
+        """`op` over every row of `batch`: one call for one batch; a Table of several batches
+        (or a ChunkedArray) batch by batch, in order, the next submitted before the previous
+        is collected, and the results joined into one RecordBatch."""
+        parts = _record_batches(batch)
+        first = next(parts)
+        second = next(parts, None)
+        if second is None:
+            return self._single(op, first, kw)
+        return _joined(list(self._stream(op, itertools.chain([first, second], parts), kw)))
+
+    def _stream(
+        self, op: str, parts: Iterator[pa.RecordBatch], kw: dict[str, Any]
+    ) -> Iterator[pa.RecordBatch]:
+        offset = _non_negative("row_offset", kw.get("row_offset", 0))
+        in_flight: Pending | None = None
+        try:
+            for rb in parts:
+                args = {**kw, "row_offset": offset}
+                offset += rb.num_rows
+                if self.engine != "shared":
+                    yield self._single(op, rb, args)
+                    continue
+                previous, in_flight = in_flight, self.submit(rb, op, **args)
+                if previous is not None:
+                    yield previous.result()
+            if in_flight is not None:
+                last, in_flight = in_flight, None
+                yield last.result()
+        finally:
+            if in_flight is not None:
+                in_flight.discard()
+
+    def _single(self, op: str, rb: pa.RecordBatch, kw: dict[str, Any]) -> pa.RecordBatch:
+        """`op` over one RecordBatch: through the engine, or inline (per-task)."""
+        if self.engine == "shared":
+            return self.submit(rb, op, **kw).result()
+        opts: dict[str, Any] = {
+            "batch_size": self._batch_size(kw.get("batch_size", 0)),
+            "row_offset": _non_negative("row_offset", kw.get("row_offset", 0)),
+            "max_pixels": _non_negative("max_pixels", kw.get("max_pixels", 0)),
+        }
+        if op == "predict":
+            if kw.get("columns"):
+                opts["columns"] = _column_map(kw["columns"])
+            fn = self._so.ts_predict
+        else:
+            opts["top_k"] = kw.get("top_k", 5) if op == "score" else 1
+            if kw.get("input_column"):
+                opts["input_column"] = kw["input_column"]
+            fn = self._so.ts_score if op == "score" else self._so.ts_featurize
         return self._run(fn, rb, opts)
 
     def _run(self, fn, rb: pa.RecordBatch, opts: dict[str, Any]) -> pa.RecordBatch:
@@ -473,14 +518,111 @@ def describe(spec_or_model_path: str | os.PathLike) -> pa.Schema:
     return pa.Schema._import_from_c(ctypes.addressof(out_s))
 
 
+# Batches of a Table are joined up to this size before a call (fewer, larger calls); a larger
+# batch goes alone. The JVM's default bound on one call (spark.torchspark.maxBytesPerCall).
+_JOIN_BYTES = 256 << 20
+# Schema metadata of results that adds up over batches (the rest is kept from the first).
+_SUMMED = (
+    "torchspark.preprocess_ns",
+    "torchspark.forward_ns",
+    "torchspark.decode_ns",
+    "torchspark.resize_ns",
+    "torchspark.queue_ns",
+    "torchspark.truncated_rows",
+    "torchspark.batch_rows",
+    "torchspark.batch_jobs",
+)
+
+
+def _record_batches(batch: Any) -> Iterator[pa.RecordBatch]:
+    """The RecordBatches that hold every row of `batch`, in order (at least one): a Table's own
+    batches, neighbours joined up to 256 MiB (never one combine over 2 GiB, which Arrow would
+    leave in several chunks); a ChunkedArray's chunks as the column `content`; anything else
+    through `as_record_batch`."""
+    if isinstance(batch, pa.ChunkedArray):
+        batch = pa.Table.from_arrays([batch], ["content"])
+    elif isinstance(batch, Iterable) and not isinstance(batch, (pa.RecordBatch, pa.Table)):
+        try:
+            import numpy as np
+
+            is_array = isinstance(batch, np.ndarray)
+        except ImportError:  # pragma: no cover
+            is_array = False
+        if not is_array and not isinstance(batch, pa.Array):
+            # pyarrow makes a ChunkedArray of binary values over 2 GiB.
+            values = pa.array(list(batch), pa.binary())
+            batch = pa.Table.from_arrays([values], ["content"])
+    if not isinstance(batch, pa.Table):
+        yield as_record_batch(batch)
+        return
+    parts = batch.to_batches()
+    if not parts:
+        yield pa.RecordBatch.from_pylist([], schema=batch.schema)
+        return
+    group: list[pa.RecordBatch] = []
+    size = 0
+    for rb in parts:
+        if group and size + rb.nbytes > _JOIN_BYTES:
+            yield _one_batch(group)
+            group, size = [], 0
+        group.append(rb)
+        size += rb.nbytes
+    yield _one_batch(group)
+
+
+def _one_batch(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """Neighbouring batches of at most `_JOIN_BYTES` (or one larger batch) as one."""
+    if len(batches) == 1:
+        return batches[0]
+    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+
+
+def _joined(results: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """The results of a table's batches as one RecordBatch, their stage times summed."""
+    meta: dict[bytes, bytes] = {}
+    for rb in results:
+        for k, v in (rb.schema.metadata or {}).items():
+            if k.decode() in _SUMMED and k in meta:
+                meta[k] = str(int(meta[k]) + int(v)).encode()
+            else:
+                meta.setdefault(k, v)
+    table = pa.Table.from_batches([rb.replace_schema_metadata(None) for rb in results])
+    joined = table.combine_chunks().to_batches()
+    if len(joined) > 1:
+        raise ConfigError(
+            f"the results of these {table.num_rows} rows do not fit one RecordBatch "
+            f"({table.nbytes} bytes, over Arrow's 2 GiB per column): pass table.to_batches() "
+            "one at a time"
+        )
+    out = joined[0] if joined else results[0].replace_schema_metadata(None)
+    return out.replace_schema_metadata(meta)
+
+
 def as_record_batch(batch: Any) -> pa.RecordBatch:
-    """A RecordBatch from a RecordBatch, a Table, a list of bytes, or a float array (N,C,H,W)."""
+    """A RecordBatch from a RecordBatch, a Table, an Array or list of bytes, or a float array
+    (N,C,H,W). A Table whose columns do not fit one batch (a binary column over 2 GiB) raises
+    ConfigError, never loses rows: `NativeModel.score`, `featurize` and `predict` take such a
+    table whole, batch by batch."""
     if isinstance(batch, pa.RecordBatch):
         return batch
     if isinstance(batch, pa.Table):
         if not batch.num_rows:
             return pa.RecordBatch.from_pylist([], schema=batch.schema)
-        return batch.combine_chunks().to_batches()[0]
+        parts = batch.to_batches()
+        if len(parts) > 1 and batch.nbytes < 1 << 31:
+            parts = batch.combine_chunks().to_batches()
+        if len(parts) != 1:
+            raise ConfigError(
+                f"a table of {batch.num_rows} rows and {batch.nbytes} bytes does not fit one "
+                "Arrow batch (a binary or string column holds at most 2 GiB): score, featurize "
+                "and predict take it whole, batch by batch; submit takes one batch at a time "
+                "(table.to_batches())"
+            )
+        return parts[0]
+    if isinstance(batch, pa.ChunkedArray):
+        return as_record_batch(pa.Table.from_arrays([batch], ["content"]))
+    if isinstance(batch, pa.Array):
+        return pa.RecordBatch.from_arrays([batch], ["content"])
     try:
         import numpy as np
 
@@ -491,11 +633,146 @@ def as_record_batch(batch: Any) -> pa.RecordBatch:
     except ImportError:  # pragma: no cover
         pass
     if isinstance(batch, Iterable):
-        return pa.RecordBatch.from_arrays([pa.array(list(batch), pa.binary())], ["content"])
+        return as_record_batch(
+            pa.Table.from_arrays([pa.array(list(batch), pa.binary())], ["content"])
+        )
     raise ConfigError(f"cannot score a {type(batch).__name__}: pass a pyarrow.RecordBatch or bytes")
 
 
 # ---- helpers for Spark's Python workers -----------------------------------------------------
+
+
+class RowCounts:
+    """The rows a Python-worker function (`score_partitions`, `score_arrow`, `predict_arrow`,
+    `embed_arrow`) read and wrote: `fn.metrics()` on the driver returns them as a dict,
+    `rowsIn` = `rowsOut` + `rowsSkipped`, and `rowsWithErrors` (bad rows, whatever
+    `handle_invalid` did with them), the names of the JVM transformers' `metrics()`.
+
+    Built on the driver with a SparkContext active, the counts are Spark accumulators: they
+    add up over every action that runs the function (a retried task's rows count again, as
+    with any accumulator). Built without one (Spark Connect, or no session), they count only
+    calls in this process, and `metrics()` raises until it ran here; the workers' logs still
+    carry one warning per partition with bad rows."""
+
+    NAMES = ("rowsIn", "rowsOut", "rowsWithErrors", "rowsSkipped")
+
+    def __init__(self) -> None:
+        self._local = dict.fromkeys(self.NAMES, 0)
+        self._ran = False
+        self._acc: dict[str, Any] | None = None
+        try:
+            from pyspark import SparkContext
+
+            sc = SparkContext._active_spark_context
+        except ImportError:  # pragma: no cover - no pyspark: counts stay in this process
+            sc = None
+        if sc is not None:
+            self._acc = {n: sc.accumulator(0) for n in self.NAMES}
+
+    def add(self, rows_in: int, rows_out: int, errors: int, skipped: int) -> None:
+        self._ran = True
+        for name, n in zip(self.NAMES, (rows_in, rows_out, errors, skipped)):
+            self._local[name] += n
+            if self._acc is not None and n:
+                self._acc[name].add(n)
+
+    def values(self) -> dict[str, int]:
+        """{"rowsIn", "rowsOut", "rowsWithErrors", "rowsSkipped"}: read on the driver after an
+        action."""
+        if self._acc is not None:
+            return {n: int(a.value) for n, a in self._acc.items()}
+        if not self._ran:
+            raise TorchSparkError(
+                "no SparkContext was active when this function was built (Spark Connect, or no "
+                "session), so its row counts stay in the Python workers: each logs one warning "
+                "per partition with bad rows"
+            )
+        return dict(self._local)
+
+    def partition(self, what: str, handle_invalid: str) -> _Tally:
+        """The counter of one partition (in a worker)."""
+        return _Tally(self, what, handle_invalid)
+
+
+class _Tally:
+    """One partition's rows: added to RowCounts batch by batch, one warning at its end."""
+
+    def __init__(self, counts: RowCounts, what: str, handle_invalid: str) -> None:
+        self.counts, self.what, self.mode = counts, what, handle_invalid
+        self.rows = self.bad = 0
+        self.first: str | None = None
+
+    def add(self, rows: int, bad: int, first: str | None) -> None:
+        """`rows` read, `bad` of them row errors (the first's reason `first`): raises it with
+        handle_invalid="error", else counts them as skipped or kept."""
+        if bad and self.mode == "error":
+            raise InputError(first)
+        skipped = bad if self.mode == "skip" else 0
+        self.rows += rows
+        self.bad += bad
+        if self.first is None:
+            self.first = first
+        self.counts.add(rows, rows - skipped, bad, skipped)
+
+    def handle(self, result: pa.RecordBatch, error: pa.Array) -> pa.RecordBatch:
+        """`result` (one row per input row; `error` their reasons) as handle_invalid says."""
+        bad = len(error) - error.null_count
+        first = next((e for e in error.to_pylist() if e is not None), None) if bad else None
+        self.add(result.num_rows, bad, first)
+        if bad and self.mode == "skip":
+            result = result.filter(error.is_null())
+        return result
+
+    def close(self) -> None:
+        if self.bad and self.mode != "error":
+            did = "skipped" if self.mode == "skip" else "kept with their reason in `error`"
+            _log.warning(
+                "%s: partition %s: %d of %d rows could not be scored and were %s "
+                "(handle_invalid=%r); the first: %s",
+                self.what,
+                _partition_id(),
+                self.bad,
+                self.rows,
+                did,
+                self.mode,
+                self.first,
+            )
+
+
+def _partition_id() -> Any:
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover
+        return "?"
+    ctx = TaskContext.get()
+    return ctx.partitionId() if ctx is not None else "?"
+
+
+def _parse_bytes(text: str | None) -> int:
+    """`spark.torchspark.maxBytesPerCall` as Spark reads sizes (`256m`, `1g`, `65536`)."""
+    if text is None or not str(text).strip():
+        return _DEFAULT_CALL_BYTES
+    m = re.fullmatch(r"\s*(\d+)\s*([kmgtp]?)b?\s*", str(text).lower())
+    if not m:
+        raise ConfigError(f"{MAX_BYTES_CONF} = `{text}`: not a size (e.g. 64m, 256m, 1g)")
+    n = int(m.group(1)) * 1024 ** " kmgtp".index(m.group(2) or " ")
+    if not 1 <= n <= _MAX_CALL_BYTES:
+        raise ConfigError(
+            f"{MAX_BYTES_CONF} = `{text}` ({n} bytes): expected 1 byte to 1g ({_MAX_CALL_BYTES} "
+            "bytes); Arrow holds at most 2 GiB per column"
+        )
+    return n
+
+
+def _max_bytes_per_call() -> int:
+    """The active session's bound on one call's input bytes (on the driver; else the default)."""
+    try:
+        from pyspark.sql import SparkSession
+
+        spark = SparkSession.getActiveSession()
+    except ImportError:  # pragma: no cover
+        spark = None
+    return _parse_bytes(spark.conf.get(MAX_BYTES_CONF, None) if spark is not None else None)
 
 
 def _for_workers(model_path: str) -> str:
@@ -536,10 +813,9 @@ def _in_order(
     `options(item)` gives the call's batch and options. A failure or an early stop drops the
     batch still in flight and this task's queued work."""
     if model.engine == "per-task":
-        call = model.predict if op == "predict" else getattr(model, op)
         for item in items:
             batch, opts = options(item)
-            yield item, call(batch, **opts)
+            yield item, model._apply(op, batch, opts)
         return
     in_flight: tuple[Any, Pending] | None = None
     try:
@@ -558,6 +834,9 @@ def _in_order(
             model.cancel()
 
 
+HANDLE_INVALID = ("error", "skip", "keep")
+
+
 def score_partitions(
     model_path: str,
     content_col: str = "content",
@@ -567,16 +846,22 @@ def score_partitions(
     num_threads: int | None = None,
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
+    handle_invalid: str = "keep",
 ):
     """A function for `rdd.mapPartitions`: Rows with `key_col` and `content_col` in, tuples
     (key, prediction, predicted_label, probability, error) out, in order.
 
     `model_path` is a local path, a shipped file's name, or a cluster-storage URI (shipped to
     the executors when this is called on the driver). `batch_size` 0: the model's auto size;
-    `num_threads`, `engine`, `engine_timeout_ms`: as for NativeModel."""
-    _non_negative("batch_size", batch_size)
-    _check_engine(engine, engine_timeout_ms)
+    `num_threads`, `engine`, `engine_timeout_ms`: as for NativeModel. A call takes at most
+    `batch_size` rows and `spark.torchspark.maxBytesPerCall` bytes of content (256 MiB; a
+    larger row goes alone). `handle_invalid`: `keep` (the default) keeps a bad row with its
+    reason in `error`, `skip` drops it, `error` raises InputError. `fn.metrics()` on the driver
+    gives the rows in, out, with errors and skipped (see RowCounts)."""
+    _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
+    max_bytes = _max_bytes_per_call()
+    counts = RowCounts()
 
     def run(rows: Iterator[Any]) -> Iterator[tuple]:
         model = NativeModel(
@@ -590,24 +875,42 @@ def score_partitions(
 
         def chunks() -> Iterator[list[Any]]:
             chunk: list[Any] = []
+            nbytes = 0
             for row in rows:
-                chunk.append(row)
-                if len(chunk) == size:
+                value = row[content_col]
+                weight = len(value) if value is not None else 0
+                if chunk and (len(chunk) == size or nbytes + weight > max_bytes):
                     yield chunk
-                    chunk = []
+                    chunk, nbytes = [], 0
+                chunk.append(row)
+                nbytes += weight
             if chunk:
                 yield chunk
 
+        offset = 0  # rows are numbered by their position in the partition, as the JVM does
+
         def options(chunk: list[Any]) -> tuple[Any, dict[str, Any]]:
-            return [r[content_col] for r in chunk], {"batch_size": size}
+            nonlocal offset
+            opts = {"batch_size": size, "row_offset": offset}
+            offset += len(chunk)
+            return [r[content_col] for r in chunk], opts
 
-        for chunk, result in _in_order(model, chunks(), "score", options):
-            out = result.to_pydict()
-            for r, p, lab, prob, e in zip(
-                chunk, out["prediction"], out["predicted_label"], out["probability"], out["error"]
-            ):
-                yield (r[key_col], p, lab, prob, e)
+        tally = counts.partition("score_partitions", handle_invalid)
+        try:
+            for chunk, result in _in_order(model, chunks(), "score", options):
+                out = result.to_pydict()
+                errors = out["error"]
+                bad = sum(e is not None for e in errors)
+                tally.add(len(chunk), bad, next((e for e in errors if e is not None), None))
+                for r, p, lab, prob, e in zip(
+                    chunk, out["prediction"], out["predicted_label"], out["probability"], errors
+                ):
+                    if e is None or handle_invalid == "keep":
+                        yield (r[key_col], p, lab, prob, e)
+        finally:
+            tally.close()
 
+    run.metrics = counts.values
     return run
 
 
@@ -620,14 +923,16 @@ def score_arrow(
     num_threads: int | None = None,
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
+    handle_invalid: str = "keep",
 ):
     """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code.
 
     `model_path` as for `score_partitions`; with the shared engine the next Arrow batch is read
-    from Spark while the previous one runs its forward pass."""
-    _non_negative("batch_size", batch_size)
-    _check_engine(engine, engine_timeout_ms)
+    from Spark while the previous one runs its forward pass. `handle_invalid` and
+    `fn.metrics()`: as for `score_partitions`."""
+    _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
+    counts = RowCounts()
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = NativeModel(
@@ -637,23 +942,34 @@ def score_arrow(
             engine=engine,
             engine_timeout_ms=engine_timeout_ms,
         )
-        opts = {"batch_size": model._batch_size(batch_size), "input_column": content_col}
-        for b, out in _in_order(model, batches, "score", lambda b: (b, opts)):
-            yield pa.RecordBatch.from_arrays(
-                [
-                    b.column(key_col),
-                    out.column("prediction"),
-                    out.column("predicted_label"),
-                    out.column("probability"),
-                    out.column("error"),
-                ],
-                ["path", "prediction", "predicted_label", "probability", "error"],
-            )
+        size = model._batch_size(batch_size)
+        offset = 0
 
+        def options(b: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, Any]]:
+            nonlocal offset
+            opts = {"batch_size": size, "input_column": content_col, "row_offset": offset}
+            offset += b.num_rows
+            return b, opts
+
+        tally = counts.partition("score_arrow", handle_invalid)
+        try:
+            for b, out in _in_order(model, batches, "score", options):
+                result = pa.RecordBatch.from_arrays(
+                    [
+                        b.column(key_col),
+                        out.column("prediction"),
+                        out.column("predicted_label"),
+                        out.column("probability"),
+                        out.column("error"),
+                    ],
+                    ["path", "prediction", "predicted_label", "probability", "error"],
+                )
+                yield tally.handle(result, result.column("error"))
+        finally:
+            tally.close()
+
+    run.metrics = counts.values
     return run
-
-
-HANDLE_INVALID = ("error", "skip", "keep")
 
 
 def spark_type(t: pa.DataType):
@@ -715,6 +1031,8 @@ def predict_arrow(
     (string) when `handle_invalid="keep"`. `handle_invalid`: `error` fails the task with the
     first bad row's reason (InputError naming the row in its partition, the input, the column
     and the shapes), `skip` drops bad rows, `keep` keeps them with null outputs and the reason.
+    `fn.metrics()` on the driver (after an action) counts rows in, out, with errors and skipped
+    (RowCounts), and each partition with bad rows logs one warning.
     `columns` maps input names to other columns than the spec's. `model_path` as for
     `score_partitions`; the model is loaded once per Python worker process. `batch_size` 0: the
     model's auto size. `engine` ("shared": the next Arrow batch is read from Spark while the
@@ -771,7 +1089,7 @@ def embed_arrow(
     raises InputError naming the row in its partition, the input and the column); empty text
     embeds as `[CLS] [SEP]`; text over the spec's `max_length` tokens is truncated. Raises
     ConfigError when the spec has no text input or more than one output. `batch_size`,
-    `engine`, `engine_timeout_ms`: as for `predict_arrow`."""
+    `engine`, `engine_timeout_ms` and `fn.metrics()`: as for `predict_arrow`."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     if not isinstance(input_col, str) or not input_col:
         raise ConfigError(f"input_col must be a column name, not {input_col!r}")
@@ -861,6 +1179,8 @@ def _map_in_arrow(
         + ([T.StructField("error", T.StringType())] if handle_invalid == "keep" else [])
     )
     n_out = len(outputs)
+    counts = RowCounts()
+    what = "embed_arrow" if rename else "predict_arrow"
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = NativeModel(
@@ -885,16 +1205,16 @@ def _map_in_arrow(
             offset += b.num_rows
             return b, opts
 
-        for b, out in _in_order(model, batches, "predict", options):
-            error = out.column(n_out)
-            if handle_invalid == "error" and error.null_count < len(error):
-                raise InputError(next(e for e in error.to_pylist() if e is not None))
-            arrays = [b.column(k) for k in keep] + [out.column(i) for i in range(n_out)]
-            if handle_invalid == "keep":
-                arrays.append(error)
-            result = pa.RecordBatch.from_arrays(arrays, names=names)
-            if handle_invalid == "skip" and error.null_count < len(error):
-                result = result.filter(error.is_null())
-            yield result
+        tally = counts.partition(what, handle_invalid)
+        try:
+            for b, out in _in_order(model, batches, "predict", options):
+                error = out.column(n_out)
+                arrays = [b.column(k) for k in keep] + [out.column(i) for i in range(n_out)]
+                if handle_invalid == "keep":
+                    arrays.append(error)
+                yield tally.handle(pa.RecordBatch.from_arrays(arrays, names=names), error)
+        finally:
+            tally.close()
 
+    run.metrics = counts.values
     return run, schema

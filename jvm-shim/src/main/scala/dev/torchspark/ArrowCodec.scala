@@ -58,10 +58,66 @@ private[torchspark] final case class Scored(
 private[torchspark] object ArrowCodec {
   private lazy val root: RootAllocator = new RootAllocator(Long.MaxValue)
 
+  /** Bytes held by this JVM's Arrow buffers now: 0 between calls (every encode and decode releases
+    * its buffers, failed ones too).
+    */
+  def allocatedBytes: Long = root.getAllocatedMemory
+
+  /** `f` with a fresh child allocator, closed after it. When `f` throws, that is the error (an
+    * allocator left holding buffers adds its complaint as suppressed, never in its place); the
+    * encoders close what they built before they throw, so nothing stays allocated.
+    */
   private[torchspark] def withAllocator[T](f: BufferAllocator => T): T = {
     val a = root.newChildAllocator("torchspark-batch", 0, Long.MaxValue)
-    try f(a)
-    finally a.close()
+    val out =
+      try f(a)
+      catch {
+        case t: Throwable =>
+          try a.close()
+          catch { case leak: Throwable => t.addSuppressed(leak) }
+          throw t
+      }
+    a.close()
+    out
+  }
+
+  /** `v` after `fill(v)`; when `fill` throws, `v` is closed (its buffers released) first. */
+  private[torchspark] def building[V <: AutoCloseable](v: V)(fill: V => Unit): V = {
+    try fill(v)
+    catch {
+      case t: Throwable =>
+        try v.close()
+        catch { case e: Throwable => t.addSuppressed(e) }
+        throw t
+    }
+    v
+  }
+
+  /** The vectors `make` builds in order, or, when one throws, none: the built ones are closed. */
+  private[torchspark] def buildingAll(count: Int)(make: Int => FieldVector): Seq[FieldVector] = {
+    val built = new scala.collection.mutable.ArrayBuffer[FieldVector](count)
+    try {
+      var i = 0
+      while (i < count) { built += make(i); i += 1 }
+    } catch {
+      case t: Throwable =>
+        built.foreach { v =>
+          try v.close()
+          catch { case e: Throwable => t.addSuppressed(e) }
+        }
+        throw t
+    }
+    built.toSeq
+  }
+
+  /** Bytes of the binary values among `values`. */
+  private def binaryBytes(values: Array[Any]): Long = {
+    var total = 0L
+    values.foreach {
+      case b: Array[Byte] => total += b.length
+      case _              =>
+    }
+    total
   }
 
   /** Encodes one batch of column values (nulls allowed) as an IPC stream of one column. */
@@ -69,18 +125,19 @@ private[torchspark] object ArrowCodec {
     val n = values.length
     val vector: FieldVector = kind match {
       case InputKind.Binary =>
-        val v = new VarBinaryVector("content", a)
-        v.allocateNew(n)
-        var i = 0
-        while (i < n) {
-          values(i) match {
-            case b: Array[Byte] => v.setSafe(i, b)
-            case _              => v.setNull(i)
+        building(new VarBinaryVector("content", a)) { v =>
+          // Sized once: doubling as values arrive would hold up to twice the group's bytes.
+          v.allocateNew(math.max(binaryBytes(values), 1L), math.max(n, 1))
+          var i = 0
+          while (i < n) {
+            values(i) match {
+              case b: Array[Byte] => v.setSafe(i, b)
+              case _              => v.setNull(i)
+            }
+            i += 1
           }
-          i += 1
+          v.setValueCount(n)
         }
-        v.setValueCount(n)
-        v
       case InputKind.SparkImage                         => encodeImages(a, "image", values)
       case InputKind.FloatArray | InputKind.DoubleArray => encodeArrays(a, kind, values)
     }
@@ -89,10 +146,14 @@ private[torchspark] object ArrowCodec {
 
   /** One batch of `n` rows with `vectors` as its columns, as an IPC stream; closes them. */
   private[torchspark] def ipc(vectors: Seq[FieldVector], n: Int): Array[Byte] = {
-    val root = VectorSchemaRoot.of(vectors: _*)
+    val root =
+      try VectorSchemaRoot.of(vectors: _*)
+      catch { case t: Throwable => vectors.foreach(_.close()); throw t }
     try {
       root.setRowCount(n)
-      val out = new ByteArrayOutputStream()
+      // Sized for the batch: growing by doubling would copy a large group several times.
+      val size = vectors.map(_.getBufferSize.toLong).sum + (64L << 10)
+      val out = new ByteArrayOutputStream(math.min(size, Int.MaxValue - 64L).toInt)
       val w = new ArrowStreamWriter(root, null, Channels.newChannel(out))
       w.start(); w.writeBatch(); w.end(); w.close()
       out.toByteArray
@@ -107,7 +168,10 @@ private[torchspark] object ArrowCodec {
       name: String,
       values: Array[Any]
   ): FieldVector = {
-    val s = StructVector.empty(name, a)
+    building(StructVector.empty(name, a))(s => fillImages(s, values))
+  }
+
+  private def fillImages(s: StructVector, values: Array[Any]): Unit = {
     val origin =
       s.addOrGet("origin", FieldType.nullable(ArrowType.Utf8.INSTANCE), classOf[VarCharVector])
     val h = s.addOrGet("height", int32, classOf[IntVector])
@@ -134,11 +198,12 @@ private[torchspark] object ArrowCodec {
     }
     Seq(origin, h, w, c, mode, data).foreach(_.setValueCount(n))
     s.setValueCount(n)
-    s
   }
 
-  private def encodeArrays(a: BufferAllocator, kind: InputKind, values: Array[Any]): FieldVector = {
-    val l = ListVector.empty("input", a)
+  private def encodeArrays(a: BufferAllocator, kind: InputKind, values: Array[Any]): FieldVector =
+    building(ListVector.empty("input", a))(l => fillArrays(l, kind, values))
+
+  private def fillArrays(l: ListVector, kind: InputKind, values: Array[Any]): Unit = {
     val precision =
       if (kind == InputKind.FloatArray) FloatingPointPrecision.SINGLE
       else FloatingPointPrecision.DOUBLE
@@ -161,7 +226,6 @@ private[torchspark] object ArrowCodec {
     }
     inner.setValueCount(idx)
     l.setValueCount(values.length)
-    l
   }
 
   private[torchspark] def read[T](bytes: Array[Byte])(f: VectorSchemaRoot => T): T =

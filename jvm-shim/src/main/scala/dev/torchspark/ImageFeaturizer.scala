@@ -46,6 +46,7 @@ class ImageFeaturizer(override val uid: String)
       schema,
       metrics,
       TaskPipeline.Featurize,
+      Seq(getInputCol),
       NativeRunner.imageInput(df, getInputCol),
       decode,
       Seq(null),

@@ -93,6 +93,7 @@ class ImageScorer(override val uid: String)
       schema,
       metrics,
       TaskPipeline.Score,
+      Seq(getInputCol),
       NativeRunner.imageInput(df, getInputCol),
       decode,
       Seq(null, null, null, null),

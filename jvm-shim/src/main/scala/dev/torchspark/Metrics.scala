@@ -6,6 +6,12 @@ import org.apache.spark.util.LongAccumulator
 /** Counters of one transform, visible in the Spark UI (named accumulators) and readable after an
   * action: images scored, rows with errors, rows skipped, model loads, and where the time went.
   *
+  * Rows add up: `rowsIn` (rows read) = `rowsOut` (rows written) + `rowsSkipped` (bad rows dropped
+  * with `handleInvalid=skip`); `rowsWithErrors` counts the bad rows whatever was done with them, so
+  * `rowsOut` = `imagesScored` + the bad rows kept (`handleInvalid=keep`). Like every accumulator,
+  * the counts add up over the actions that run the transformed DataFrame, and a retried task's rows
+  * count again.
+  *
   * The times are summed over tasks (so they can exceed the wall time) and split by stage:
   *   - `readTimeMs`: waiting for input rows (file reads and whatever runs upstream);
   *   - `bridgeTimeMs`: the JVM side of the bridge (Arrow encode, decode, building the rows);
@@ -40,7 +46,9 @@ final class TorchSparkMetrics private (
     val queueTimeMs: LongAccumulator,
     val waitTimeMs: LongAccumulator,
     val engineBatches: LongAccumulator,
-    val engineBatchRows: LongAccumulator
+    val engineBatchRows: LongAccumulator,
+    val rowsIn: LongAccumulator,
+    val rowsOut: LongAccumulator
 ) extends Serializable {
 
   /** Name → value of every counter. */
@@ -60,7 +68,9 @@ final class TorchSparkMetrics private (
     "queueTimeMs" -> queueTimeMs.value.longValue,
     "waitTimeMs" -> waitTimeMs.value.longValue,
     "engineBatches" -> engineBatches.value.longValue,
-    "engineBatchRows" -> engineBatchRows.value.longValue
+    "engineBatchRows" -> engineBatchRows.value.longValue,
+    "rowsIn" -> rowsIn.value.longValue,
+    "rowsOut" -> rowsOut.value.longValue
   )
 
   /** [[values]] for Java and py4j callers, in a stable order. */
@@ -93,7 +103,9 @@ object TorchSparkMetrics {
       acc("queueTimeMs"),
       acc("waitTimeMs"),
       acc("engineBatches"),
-      acc("engineBatchRows")
+      acc("engineBatchRows"),
+      acc("rowsIn"),
+      acc("rowsOut")
     )
   }
 }

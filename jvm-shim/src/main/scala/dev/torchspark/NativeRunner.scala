@@ -121,6 +121,15 @@ private[torchspark] object NativeRunner {
     rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
   }
 
+  /** `row` with the columns at `idx` null: a row over the byte bound, as it is sent. */
+  private def nulled(row: Row, idx: Array[Int]): Row = {
+    val values = new Array[Any](row.length)
+    var i = 0
+    while (i < values.length) { values(i) = row.get(i); i += 1 }
+    idx.foreach(values(_) = null)
+    new GenericRow(values)
+  }
+
   /** `row`'s values, then `outputs`, then `error` when `withError`: one copy into a new row. */
   private def appended(row: Row, outputs: Seq[Any], withError: Boolean, error: String): Row = {
     val w = row.length
@@ -134,9 +143,14 @@ private[torchspark] object NativeRunner {
 
   /** Groups each partition's rows, runs each group through native code (op 0 score, 1 featurize, 2
     * predict; through the shared engine or per task, TaskPipeline) and appends the outputs in row
-    * order; `encode` turns a group of rows into the native call's Arrow input, `decode` turns a
-    * native result into per-row outputs or an error. A group is `callBatches` forward passes of
-    * `batchSize` rows (batchSize 0: the model's NativeBridge.autoBatchSize, on the executor).
+    * order; `encode` turns a group of rows into the native call's Arrow input (it reads
+    * `inputColumns`), `decode` turns a native result into per-row outputs or an error. A group is
+    * at most `callBatches` forward passes of `batchSize` rows (batchSize 0: the model's
+    * NativeBridge.autoBatchSize, on the executor) and at most `spark.torchspark.maxBytesPerCall`
+    * bytes of `inputColumns` (RowGroups); a row over that alone is a row error.
+    *
+    * Every row is accounted for: `rowsIn` = `rowsOut` + `rowsSkipped`; a partition that skipped or
+    * kept bad rows logs one warning with the count and the first reason.
     */
   def transform(
       df: DataFrame,
@@ -144,6 +158,7 @@ private[torchspark] object NativeRunner {
       outSchema: StructType,
       metrics: TorchSparkMetrics,
       op: Int,
+      inputColumns: Seq[String],
       encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
       nullOutputs: Seq[Any],
@@ -158,6 +173,10 @@ private[torchspark] object NativeRunner {
     val (batchParam, mode) = (p.getBatchSize, p.getHandleInvalid)
     val engine = EngineSettings(p.getEngine, p.getEngineTimeoutMs, numThreads)
     val maxPixels = p.getMaxPixels
+    val maxBytes = RowGroups.limit(df.sparkSession)
+    val inputIdx = inputColumns.map(df.schema.fieldIndex).toArray
+    val names = IndexedSeq(inputColumns.toIndexedSeq)
+    val who = p.getClass.getSimpleName
     df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(source, device, threadsFor(numThreads), precision, engine)
       val handle = openForTask(config, metrics)
@@ -178,22 +197,36 @@ private[torchspark] object NativeRunner {
           val t = System.nanoTime(); val r = input.next(); clock.read += System.nanoTime() - t; r
         }
       }
-      // Each group's first row's offset in the partition, for the row numbers in native errors.
-      var submitted = 0L
-      val groups = rows.grouped(perCall).map { g =>
-        val at = submitted; submitted += g.size; (g, at)
+      // Groups bounded by rows and bytes; each knows its first row's offset in the partition,
+      // for the row numbers in errors.
+      val weigh = (r: Row, _: Int) => {
+        var sum = 0L
+        var c = 0
+        while (c < inputIdx.length) { sum += TensorCodec.bytesOf(r.get(inputIdx(c))); c += 1 }
+        sum
       }
+      val columns = (r: Row, _: Int) => inputIdx.map(i => TensorCodec.bytesOf(r.get(i)))
+      val groups = RowGroups[Row](rows, perCall, maxBytes, names, weigh, columns)
+      // This partition's bad rows, for its one warning.
+      val bad = new PartitionErrors(who, partition, mode)
+      ctx.foreach(_.addTaskCompletionListener[Unit](_ => bad.log()))
       val pipeline = new TaskPipeline(handle, op, engine.shared, engine.timeoutMs, Some(clock), ctx)
       pipeline
-        .run[(Seq[Row], Long)](
+        .run[RowGroup[Row]](
           groups,
-          g => encode(g._1),
+          // A row over the byte bound goes as nulls (its row error comes from here, below).
           g =>
-            s"""{"batch_size": $batchSize, "row_offset": ${g._2}, "max_pixels": $maxPixels""" +
+            encode(
+              g.rows.indices
+                .map(i => if (g.over(i).isEmpty) g.rows(i) else nulled(g.rows(i), inputIdx))
+            ),
+          g =>
+            s"""{"batch_size": $batchSize, "row_offset": ${g.first}, "max_pixels": $maxPixels""" +
               s"""$optionsExtra}""",
-          g => g._1.size
+          g => g.size
         )
-        .flatMap { case ((group, _), answer) =>
+        .flatMap { case (g, answer) =>
+          val group = g.rows
           val t2 = System.nanoTime()
           val stages = ArrowCodec.stageNanos(answer)
           val result = decode(answer)
@@ -203,15 +236,20 @@ private[torchspark] object NativeRunner {
                 s"${group.size}"
             )
           var scored = 0L
-          val out = group.iterator
-            .zip(result.iterator)
-            .flatMap {
-              case (row, Right(outputs)) =>
+          val out = group.indices.iterator.flatMap { i =>
+            val row = group(i)
+            val outcome = g.over(i) match {
+              case Some(o) => Left(o.message(g.first + i, maxBytes))
+              case None    => result(i)
+            }
+            outcome match {
+              case Right(outputs) =>
                 scored += 1
                 Some(appended(row, outputs, mode == "keep", null))
-              case (row, Left(error)) =>
+              case Left(error) =>
                 metrics.rowsWithErrors.add(1)
-                val where = pathIdx.map(i => s" (path ${row.get(i)})").getOrElse("")
+                val where = pathIdx.map(c => s" (path ${row.get(c)})").getOrElse("")
+                bad.add(s"$error$where")
                 mode match {
                   case "error" =>
                     throw new InputException(s"torchspark: partition $partition, $error$where")
@@ -221,7 +259,10 @@ private[torchspark] object NativeRunner {
                   case _ => Some(appended(row, nullOutputs, true, error))
                 }
             }
-            .toArray
+          }.toArray
+          metrics.rowsIn.add(group.size.toLong)
+          metrics.rowsOut.add(out.length.toLong)
+          bad.rows += group.size
           metrics.imagesScored.add(scored)
           if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
           clock.preprocess += stages.preprocess
@@ -253,4 +294,30 @@ private[torchspark] final case class EngineSettings(
 
 private[torchspark] object EngineSettings {
   val default: EngineSettings = EngineSettings("shared", 600000L, 0)
+}
+
+/** One partition's rows with errors, logged once when its task ends (never per row): how many of
+  * how many rows, what `handleInvalid` did with them, and the first reason.
+  */
+private[torchspark] final class PartitionErrors(who: String, partition: Int, mode: String) {
+  var rows = 0L
+  private var errors = 0L
+  private var first: String = _
+
+  def add(error: String): Unit = {
+    if (first == null) first = error
+    errors += 1
+  }
+
+  def log(): Unit = if (errors > 0 && mode != "error") {
+    val did = if (mode == "skip") "skipped" else "kept with their reason in errorCol"
+    PartitionErrors.log.warn(
+      s"$who: partition $partition: $errors of $rows rows could not be scored and " +
+        s"were $did (handleInvalid=$mode); the first: $first"
+    )
+  }
+}
+
+private[torchspark] object PartitionErrors {
+  val log: org.slf4j.Logger = org.slf4j.LoggerFactory.getLogger("dev.torchspark")
 }

@@ -235,3 +235,155 @@ private[torchspark] object TaskPipeline {
   val Featurize = 1
   val Predict = 2
 }
+
+/** A row of a group whose inputs for one native call (a lane) are over the byte bound: it is sent
+  * as nulls and becomes a row error (see [[RowGroups]]).
+  *
+  * @param column
+  *   the largest of the lane's columns in this row, and `bytes` its size
+  * @param laneBytes
+  *   all the lane's columns in this row
+  */
+private[torchspark] final case class Oversized(
+    lane: Int,
+    column: String,
+    bytes: Long,
+    laneBytes: Long,
+    columns: Int
+) {
+
+  /** The row error, in the native errors' form (`row N: ...`). */
+  def message(row: Long, limit: Long): String = {
+    val all = if (columns > 1) s" (the row's inputs: $laneBytes bytes)" else ""
+    s"row $row: column `$column`: $bytes bytes$all exceed ${RowGroups.Conf} = $limit bytes, the " +
+      "most one native call takes"
+  }
+}
+
+/** The rows of one native call: `rows` in order, the first being row `first` of the partition;
+  * `oversized` maps a row's index in the group to the lanes it is too large for.
+  */
+private[torchspark] final case class RowGroup[R](
+    rows: IndexedSeq[R],
+    first: Long,
+    oversized: Map[Int, Seq[Oversized]]
+) {
+  def size: Int = rows.size
+
+  /** Row `i`'s overflow in lane `lane`, if any. */
+  def over(i: Int, lane: Int = 0): Option[Oversized] =
+    if (oversized.isEmpty) None else oversized.get(i).flatMap(_.find(_.lane == lane))
+}
+
+/** Cuts a partition's rows into the groups of one native call each, bounded by rows and by bytes
+  * (docs/engine.md, "Bounded calls"). A group's inputs go to native code as one Arrow batch in one
+  * JVM byte array, and Arrow's variable-width vectors and the array both stop at 2 GiB; the bound
+  * also keeps a call within the engine's queue budget (256 MiB by default). A row whose own inputs
+  * are over the bound goes in a group as nulls and becomes a row error ([[Oversized]]).
+  */
+private[torchspark] object RowGroups {
+
+  /** The conf that bounds the input bytes of one native call (session or Spark conf). */
+  val Conf = "spark.torchspark.maxBytesPerCall"
+
+  /** 256 MiB: the engine's default queue bound, far below Arrow's 2 GiB. */
+  val DefaultBytes: Long = 256L << 20
+
+  /** 1 GiB: the largest bound allowed, half of Arrow's and the JVM array's 2 GiB. */
+  val MaxBytes: Long = 1L << 30
+
+  /** The bound as `conf` holds it (`256m`, `1g`, `65536`; absent: [[DefaultBytes]]). */
+  def limit(conf: String => Option[String]): Long = conf(Conf).map(_.trim) match {
+    case None | Some("") => DefaultBytes
+    case Some(text)      =>
+      val bytes =
+        try org.apache.spark.network.util.JavaUtils.byteStringAsBytes(text)
+        catch {
+          case e: NumberFormatException =>
+            throw new ConfigException(s"$Conf = `$text`: not a size (e.g. 64m, 256m, 1g)", e)
+        }
+      if (bytes < 1 || bytes > MaxBytes)
+        throw new ConfigException(
+          s"$Conf = `$text` ($bytes bytes): expected 1 byte to 1g ($MaxBytes bytes); Arrow " +
+            "holds at most 2 GiB per column and the JVM at most 2 GiB per array"
+        )
+      bytes
+  }
+
+  /** The bound of `spark`'s session. */
+  def limit(spark: org.apache.spark.sql.SparkSession): Long =
+    limit(k => spark.conf.getOption(k))
+
+  /** `rows` in groups of at most `maxRows` rows whose inputs, per lane, add up to at most
+    * `maxBytes`. `weigh(r, lane)` is the bytes of row `r`'s inputs in lane `lane`;
+    * `columns(r, lane)` the bytes of each of them, named `names(lane)(c)` (asked only for a row
+    * over the bound). Lazy: reads at most one row past the group it returns.
+    */
+  def apply[R](
+      rows: Iterator[R],
+      maxRows: Int,
+      maxBytes: Long,
+      names: IndexedSeq[IndexedSeq[String]],
+      weigh: (R, Int) => Long,
+      columns: (R, Int) => Array[Long]
+  ): Iterator[RowGroup[R]] = new Iterator[RowGroup[R]] {
+    require(maxRows >= 1 && maxBytes >= 1, s"maxRows $maxRows, maxBytes $maxBytes")
+    private val lanes = names.size
+    private var offset = 0L
+    // The next row and its lanes' bytes, read ahead (a group ends before a row that overflows).
+    private var ahead: R = _
+    private var hasAhead = false
+    private val totals = new Array[Long](lanes)
+
+    private def peek(): Boolean = {
+      if (!hasAhead && rows.hasNext) {
+        ahead = rows.next()
+        var l = 0
+        while (l < lanes) { totals(l) = weigh(ahead, l); l += 1 }
+        hasAhead = true
+      }
+      hasAhead
+    }
+
+    def hasNext: Boolean = peek()
+
+    def next(): RowGroup[R] = {
+      if (!hasNext) throw new NoSuchElementException("no more rows")
+      // Per row on the hot path (a million tabular rows): plain loops, nothing allocated.
+      val out = new scala.collection.mutable.ArrayBuffer[R](math.min(maxRows, 1024))
+      val over = scala.collection.mutable.Map.empty[Int, Seq[Oversized]]
+      val sums = new Array[Long](lanes)
+      var full = false
+      while (!full && peek()) {
+        var fits = true
+        var anyOver = false
+        var l = 0
+        while (l < lanes) {
+          if (totals(l) > maxBytes) anyOver = true
+          else if (sums(l) + totals(l) > maxBytes) fits = false
+          l += 1
+        }
+        if (out.nonEmpty && !fits) full = true
+        else {
+          if (anyOver) over(out.size) = oversized(ahead)
+          l = 0
+          while (l < lanes) { if (totals(l) <= maxBytes) sums(l) += totals(l); l += 1 }
+          out += ahead
+          hasAhead = false
+          full = out.size >= maxRows
+        }
+      }
+      val g = RowGroup[R](out.toIndexedSeq, offset, over.toMap)
+      offset += g.size
+      g
+    }
+
+    /** The lanes row `r` is over the bound in, each with its largest column. */
+    private def oversized(r: R): Seq[Oversized] =
+      (0 until lanes).filter(totals(_) > maxBytes).map { l =>
+        val w = columns(r, l)
+        val c = w.indices.maxBy(w(_))
+        Oversized(l, names(l)(c), w(c), totals(l), w.length)
+      }
+  }
+}

@@ -198,18 +198,78 @@ private[torchspark] object TensorCodec {
 
   /** The columns as one Arrow IPC batch of `n` rows, fields named as the columns. */
   def encode(columns: Seq[Column], n: Int): Array[Byte] = ArrowCodec.withAllocator { a =>
-    ArrowCodec.ipc(columns.map(c => vectorOf(a, c)), n)
+    // A column that fails to encode closes the columns built before it, and itself.
+    ArrowCodec.ipc(ArrowCodec.buildingAll(columns.size)(i => vectorOf(a, columns(i))), n)
   }
 
   private def vectorOf(a: BufferAllocator, c: Column): FieldVector = c.dt match {
     case s: StructType if isImageStruct(s) => ArrowCodec.encodeImages(a, c.name, c.values)
     case _                                 =>
-      val v = arrowField(c.name, c.dt).createVector(a)
-      v.allocateNew()
-      val app = appender(v, c.dt)
-      c.values.foreach(app.append)
-      app.finish()
-      v
+      ArrowCodec.building(arrowField(c.name, c.dt).createVector(a)) { v =>
+        v.allocateNew()
+        val app = appender(v, c.dt)
+        c.values.foreach(app.append)
+        app.finish()
+      }
+  }
+
+  /** The bytes value `v` takes in an Arrow batch (its data; offsets and validity aside): what the
+    * byte bound of a native call counts ([[RowGroups]]). Binary and image data by length, strings
+    * by their UTF-8 length, numbers by width, arrays and ML Vectors by their elements.
+    */
+  def bytesOf(v: Any): Long = v match {
+    case null                              => 0L
+    case b: Array[Byte]                    => b.length.toLong
+    case s: String                         => utf8Length(s)
+    case _: java.lang.Double               => 8L
+    case _: java.lang.Long                 => 8L
+    case _: java.lang.Float                => 4L
+    case _: java.lang.Integer              => 4L
+    case _: java.lang.Short                => 2L
+    case _: java.lang.Byte                 => 1L
+    case _: java.lang.Boolean              => 1L
+    case _: java.math.BigDecimal           => 8L
+    case _: BigDecimal                     => 8L
+    case d: DenseVector                    => 8L * d.size
+    case sv: SparseVector                  => 12L * sv.indices.length + 4L
+    case r: Row                            => (0 until r.length).map(i => bytesOf(r.get(i))).sum
+    case a: Array[Double]                  => 8L * a.length
+    case a: Array[Float]                   => 4L * a.length
+    case a: Array[Int]                     => 4L * a.length
+    case a: Array[Long]                    => 8L * a.length
+    case s: scala.collection.IndexedSeq[_] =>
+      if (s.isEmpty) 0L
+      else
+        s(0) match {
+          // A column's elements share a type: numbers by the first one's width.
+          case _: java.lang.Number | _: java.lang.Boolean => bytesOf(s(0)) * s.length
+          case _                                          => seqBytes(s.iterator, s.length)
+        }
+    case s: scala.collection.Seq[_] => seqBytes(s.iterator, s.size)
+    case a: Array[_]                => seqBytes(a.iterator, a.length)
+    case _                          => 8L
+  }
+
+  /** Elements' bytes: numbers by the first one's width (a column's elements share a type). */
+  private def seqBytes(it: Iterator[Any], size: Int): Long =
+    if (size == 0) 0L
+    else {
+      val first = it.next()
+      first match {
+        case _: java.lang.Number | _: java.lang.Boolean => bytesOf(first) * size
+        case _ => it.foldLeft(bytesOf(first))((sum, x) => sum + bytesOf(x))
+      }
+    }
+
+  private def utf8Length(s: String): Long = {
+    var n = 0L
+    var i = 0
+    while (i < s.length) {
+      val c = s.charAt(i)
+      n += (if (c < 0x80) 1 else if (c < 0x800) 2 else if (Character.isSurrogate(c)) 2 else 3)
+      i += 1
+    }
+    n
   }
 
   private def nullable(t: ArrowType, children: Field*): Field =

@@ -182,6 +182,7 @@ class TorchModel(override val uid: String)
       schema,
       metrics,
       TaskPipeline.Predict,
+      columns.map(_._1),
       encode,
       decode,
       Seq.fill(count)(null),

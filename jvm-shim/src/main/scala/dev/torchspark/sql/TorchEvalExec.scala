@@ -4,6 +4,7 @@ import scala.collection.mutable
 
 import org.apache.spark.TaskContext
 import org.apache.spark.rdd.RDD
+import org.apache.spark.sql.Row
 import org.apache.spark.sql.catalyst.CatalystTypeConverters
 import org.apache.spark.sql.catalyst.InternalRow
 import org.apache.spark.sql.catalyst.expressions._
@@ -23,9 +24,14 @@ object TorchEvalStrategy extends SparkStrategy {
 }
 
 /** Runs model calls over each partition a batch of rows at a time: projects the arguments, groups
-  * `batchSize` rows, makes one Arrow batch per call (the encoders the transformers use), runs it
-  * natively (through the executor's shared engine or a synchronous per-task call, per the
-  * function's `engine`) and emits each input row joined with its results, in order.
+  * `batchSize` rows (and at most `spark.torchspark.maxBytesPerCall` bytes of each call's arguments:
+  * RowGroups), makes one Arrow batch per call (the encoders the transformers use), runs it natively
+  * (through the executor's shared engine or a synchronous per-task call, per the function's
+  * `engine`) and emits each input row joined with its results, in order.
+  *
+  * A bad row is never dropped: its result carries the reason in `error` (null for a `_features`
+  * call); an argument over the byte bound is such a row error. The `rowsWithErrors` SQL metric
+  * counts them, and a partition with any logs one warning with the count and the first reason.
   *
   * With the shared engine, the next batch is submitted before the current one is collected, so
   * encoding and decoding overlap the forward pass.
@@ -40,6 +46,7 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
   override lazy val metrics: Map[String, SQLMetric] = Map(
     "numOutputRows" -> SQLMetrics.createMetric(sparkContext, "number of output rows"),
     "batches" -> SQLMetrics.createMetric(sparkContext, "number of native batches"),
+    "rowsWithErrors" -> SQLMetrics.createMetric(sparkContext, "rows with errors"),
     "forwardTime" -> SQLMetrics.createNanoTimingMetric(sparkContext, "forward time"),
     "waitTime" -> SQLMetrics.createNanoTimingMetric(
       sparkContext,
@@ -53,13 +60,24 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
   override protected def doExecute(): RDD[InternalRow] = {
     val (numOutputRows, batches) = (longMetric("numOutputRows"), longMetric("batches"))
     val (forwardTime, waitTime) = (longMetric("forwardTime"), longMetric("waitTime"))
+    val rowsWithErrors = longMetric("rowsWithErrors")
     val fns = calls.map(_.fn)
     val args = calls.map(_.children)
     val argTypes = args.map(_.map(_.dataType))
+    // What the byte bound's row errors call each argument.
+    val argNames = args
+      .map(_.map {
+        case a: NamedExpression => a.name
+        case e                  => e.sql
+      }.toIndexedSeq)
+      .toIndexedSeq
+    val maxBytes = RowGroups.limit(k => Option(conf.getConfString(k, null)))
     val inputSchema = child.output
     val fullOutput = output
+    val who = fns.map(_.name).distinct.mkString(", ")
     Compat.mapPartitionsInternal(child.execute()) { input =>
       val ctx = Option(TaskContext.get())
+      val partition = ctx.map(_.partitionId()).getOrElse(0)
       val argProjections = args.map(a => UnsafeProjection.create(a, inputSchema))
       val toScala = argTypes.map(_.map(t => CatalystTypeConverters.createToScalaConverter(t)))
       val toCatalyst = fns.map(f => CatalystTypeConverters.createToCatalystConverter(f.resultType))
@@ -95,60 +113,135 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
         None,
         ctx
       )
-      def encode(rows: Array[InternalRow], i: Int): Array[Byte] = {
-        val values = argTypes(i).indices.map(_ => new Array[Any](rows.length))
+      // This partition's rows with errors, logged once when the task ends.
+      var (rowsSeen, errorRows, firstError) = (0L, 0L, null: String)
+      ctx.foreach(_.addTaskCompletionListener[Unit] { _ =>
+        if (errorRows > 0)
+          PartitionErrors.log.warn(
+            s"SQL $who: partition $partition: $errorRows of $rowsSeen rows returned " +
+              s"an error (in the result's `error`, or null features); the first: $firstError"
+          )
+      })
+      // A row with each call's arguments as Scala values (as a Java UDF sees them), converted
+      // once: weighed for the byte bound, then encoded.
+      def withArgs(row: InternalRow): (InternalRow, Array[Array[Any]]) = {
+        val values = Array.tabulate(fns.size) { i =>
+          val projected = argProjections(i)(row)
+          Array.tabulate[Any](argTypes(i).size) { a =>
+            toScala(i)(a)(projected.get(a, argTypes(i)(a)))
+          }
+        }
+        (row.copy(), values)
+      }
+      val weigh = (r: (InternalRow, Array[Array[Any]]), lane: Int) => {
+        val args = r._2(lane)
+        var sum = 0L
+        var a = 0
+        while (a < args.length) { sum += TensorCodec.bytesOf(args(a)); a += 1 }
+        sum
+      }
+      val columns = (r: (InternalRow, Array[Array[Any]]), lane: Int) =>
+        r._2(lane).map(v => TensorCodec.bytesOf(v))
+      val groups = RowGroups[(InternalRow, Array[Array[Any]])](
+        input.map(withArgs),
+        groupRows,
+        maxBytes,
+        argNames,
+        weigh,
+        columns
+      )
+      def encode(g: RowGroup[(InternalRow, Array[Array[Any]])], i: Int): Array[Byte] = {
+        val n = g.size
+        val values = argTypes(i).indices.map(_ => new Array[Any](n))
         var r = 0
-        while (r < rows.length) {
-          val projected = argProjections(i)(rows(r))
-          var a = 0
-          while (a < values.size) {
-            values(a)(r) = toScala(i)(a)(projected.get(a, argTypes(i)(a)))
-            a += 1
+        while (r < n) {
+          // A row over the byte bound goes as nulls; its row error is set after decoding.
+          if (g.over(r, i).isEmpty) {
+            val row = g.rows(r)._2(i)
+            var a = 0
+            while (a < values.size) { values(a)(r) = row(a); a += 1 }
           }
           r += 1
         }
-        fns(i).encode(values, argTypes(i), rows.length)
+        fns(i).encode(values, argTypes(i), n)
       }
-      // Each group with its first row's position in the partition (named in row errors).
-      var offset = 0L
-      val groups = input.map(_.copy()).grouped(groupRows).map { g =>
-        val rows = g.toArray
-        val first = offset
-        offset += rows.length
-        (rows, first)
-      }
-      val results = pipeline.runLanes[(Array[InternalRow], Long)](
+      val results = pipeline.runLanes[RowGroup[(InternalRow, Array[Array[Any]])]](
         groups,
-        (g, i) => encode(g._1, i),
-        (g, i) => fns(i).options(g._1.length, g._2),
-        _._1.length
+        (g, i) => encode(g, i),
+        (g, i) => fns(i).options(g.size, g.first),
+        _.size
       )
 
       // The task thread's time in the pipeline: encoding, submitting, and waiting for results.
-      val timed = new Iterator[((Array[InternalRow], Long), Array[Array[Byte]])] {
+      val timed = new Iterator[(RowGroup[(InternalRow, Array[Array[Any]])], Array[Array[Byte]])] {
         private def clocked[T](body: => T): T = {
           val t = System.nanoTime()
           try body
           finally waitTime += System.nanoTime() - t
         }
         def hasNext: Boolean = clocked(results.hasNext)
-        def next(): ((Array[InternalRow], Long), Array[Array[Byte]]) = clocked(results.next())
+        def next(): (RowGroup[(InternalRow, Array[Array[Any]])], Array[Array[Byte]]) =
+          clocked(results.next())
       }
-      timed.flatMap { case ((rows, _), answers) =>
-        val n = rows.length
+      timed.flatMap { case (g, answers) =>
+        val n = g.size
         val decoded = fns.indices.map { i =>
           forwardTime += ArrowCodec.stageNanos(answers(i)).forward
-          fns(i).decode(answers(i), n)
+          val out = fns(i).decode(answers(i), n)
+          g.oversized.keys.foreach { r =>
+            g.over(r, i)
+              .foreach(o => out(r) = TorchEvalExec.failed(fns(i), o.message(g.first + r, maxBytes)))
+          }
+          out
         }
         batches += fns.size
         numOutputRows += n
+        rowsSeen += n
+        var r = 0
+        while (r < n) {
+          var i = 0
+          var bad = false
+          while (i < fns.size) {
+            val why = TorchEvalExec.errorOf(fns(i), decoded(i)(r))
+            if (why != null) {
+              bad = true
+              if (firstError == null) firstError = why
+            }
+            i += 1
+          }
+          if (bad) { errorRows += 1; rowsWithErrors += 1 }
+          r += 1
+        }
         Iterator.tabulate(n) { r =>
           val values = new Array[Any](fns.size)
           var i = 0
           while (i < values.length) { values(i) = toCatalyst(i)(decoded(i)(r)); i += 1 }
-          outProjection(joined(rows(r), new GenericInternalRow(values)))
+          outProjection(joined(g.rows(r)._1, new GenericInternalRow(values)))
         }
       }
     }
+  }
+}
+
+object TorchEvalExec {
+
+  /** The result of `fn` for a row that fails with `error` (as native row errors come back). */
+  private[sql] def failed(fn: TorchFunction, error: String): Any = fn.kind match {
+    case TorchFunction.ImageScore    => Row(null, null, null, error)
+    case TorchFunction.ImageFeatures => null
+    case g: TorchFunction.General    => Row.fromSeq(Seq.fill[Any](g.outputs.size)(null) :+ error)
+  }
+
+  /** Why `fn`'s result `value` (a Scala value of its result type) is a row error; null when it is
+    * not one (per row on the hot path: no Option).
+    */
+  private[sql] def errorOf(fn: TorchFunction, value: Any): String = fn.kind match {
+    case TorchFunction.ImageFeatures =>
+      if (value == null) s"${fn.name}: no features (a bad image)" else null
+    case _ =>
+      value match {
+        case r: Row if r.length > 0 => r.getString(r.length - 1)
+        case _                      => null
+      }
   }
 }
