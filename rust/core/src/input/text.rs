@@ -8,6 +8,9 @@
 //! sentence-transformers cuts (`max_seq_length`, not the 128 a MiniLM tokenizer.json carries).
 //! Rows are encoded one by one on the caller's thread budget ([`crate::batch::decode_pool`]),
 //! never with `encode_batch` (rayon's global pool: every core, and one bad row fails all).
+//! A row over `max_text_bytes` is an error before it is tokenized; a long row is tokenized
+//! by heads, exactly ([`TextTokenizer::encode`]), so its cost follows the part `max_length`
+//! keeps, not its length.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -225,7 +228,8 @@ impl TextTokenizer {
             .saturating_add(1)
             .saturating_mul(8)
             .saturating_add(self.margin);
-        while len < text.len() {
+        // A head past half the text costs what the whole text does: tokenize that instead.
+        while len.saturating_mul(2) <= text.len() {
             let mut end = len;
             while !text.is_char_boundary(end) {
                 end -= 1;
