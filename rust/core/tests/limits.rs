@@ -5,6 +5,7 @@
 //! Memory is measured in a child process of this test binary that runs one ignored `child_*`
 //! test alone: its peak RSS (`VmHWM`, reset after the warm-up) and its exit status (an abort on
 //! an allocation is a signal) are checked by the parent test of the same name without `child_`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed unwrap in a helper is a failed test
 
 mod common;
 
@@ -193,8 +194,11 @@ fn child_sparse_vectors_past_the_row_limit() {
     let s = scorer(&limit_fixtures().join("sum_pad.pt"));
     let good = (0i8, 10, vec![1, 3], vec![2.0, 4.0]);
     let dense = (1i8, 0, vec![], vec![1.0, 2.5, 3.0]);
-    s.predict(&batch_of("x", vectors(&[good.clone()])), &opts())
-        .unwrap();
+    s.predict(
+        &batch_of("x", vectors(std::slice::from_ref(&good))),
+        &opts(),
+    )
+    .unwrap();
     let before = reset_peak();
     let mut rows: Vec<(i8, i32, Vec<i32>, Vec<f64>)> =
         (0..16).map(|i| (0, 1 << 27, vec![i], vec![1.0])).collect();
@@ -592,10 +596,13 @@ fn top_k_past_the_class_count_gives_every_class() {
 
 // ---- text ---------------------------------------------------------------------------------------------
 
+/// Per text: its ids, and per text whether it was truncated.
+type IdsAt = (Vec<Vec<i64>>, Vec<bool>);
+
 struct Expected {
     texts: Vec<String>,
-    /// tokenizer -> max_length -> (ids per text, truncated per text)
-    ids: HashMap<String, HashMap<usize, (Vec<Vec<i64>>, Vec<bool>)>>,
+    /// tokenizer -> max_length -> ids
+    ids: HashMap<String, HashMap<usize, IdsAt>>,
 }
 
 fn expected_ids() -> Expected {

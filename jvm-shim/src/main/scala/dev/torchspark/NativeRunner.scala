@@ -158,6 +158,9 @@ private[torchspark] object NativeRunner {
     val (batchParam, mode) = (p.getBatchSize, p.getHandleInvalid)
     val engine = EngineSettings(p.getEngine, p.getEngineTimeoutMs, numThreads)
     val maxPixels = p.getMaxPixels
+    // The limits of docs/limits.md (0: the spec's or the engine's).
+    val limits = s""", "max_row_elements": ${p.getMaxRowElements}, "max_batch_bytes": """ +
+      s"""${p.getMaxBatchBytes}, "max_text_bytes": ${p.getMaxTextBytes}"""
     df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(source, device, threadsFor(numThreads), precision, engine)
       val handle = openForTask(config, metrics)
@@ -190,7 +193,7 @@ private[torchspark] object NativeRunner {
           g => encode(g._1),
           g =>
             s"""{"batch_size": $batchSize, "row_offset": ${g._2}, "max_pixels": $maxPixels""" +
-              s"""$optionsExtra}""",
+              s"""$limits$optionsExtra}""",
           g => g._1.size
         )
         .flatMap { case ((group, _), answer) =>
