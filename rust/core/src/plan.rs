@@ -74,10 +74,13 @@ impl Scorer {
         // `finish`.
         let order = match length_order(spec, &columns, batch, opts, chunk) {
             Some(o) => Some(o),
-            None => {
-                let readers = self.readers(spec, &columns, batch, &limits)?;
-                padded_order(spec, &readers, &limits, n, opts, chunk, budget)
-            }
+            None => match padded_input(spec, opts, n, chunk) {
+                Some(padded) => {
+                    let readers = self.readers(spec, &columns, batch, &limits)?;
+                    padded_order(spec, &readers, &limits, padded, n, chunk, budget)
+                }
+                None => None,
+            },
         };
         let sorted;
         let batch = match &order {
@@ -698,29 +701,33 @@ fn elem_bytes(d: DType) -> u64 {
     }
 }
 
-/// The order in which to run the rows of a call whose first padded tensor input would need
-/// more than one pass: most values first (stable), so that each pass pads little and the
-/// budget cuts few passes; `None` to run them as they come (`sort_by_length` off, a text
-/// input, no padded tensor input, one pass).
-fn padded_order(
-    spec: &GeneralSpec,
-    readers: &[Option<Box<dyn input::InputReader + '_>>],
-    limits: &CallLimits,
-    n: usize,
-    opts: &BatchOptions,
-    chunk: usize,
-    budget: usize,
-) -> Option<Vec<u32>> {
+/// The padded tensor input whose rows [`padded_order`] would sort by: the first one, when
+/// `sort_by_length` is on, there is no text input (text sorts by characters) and more than
+/// one row and one row a pass.
+fn padded_input(spec: &GeneralSpec, opts: &BatchOptions, n: usize, chunk: usize) -> Option<usize> {
     if !opts.sort_by_length || chunk == 1 || n < 2 || u32::try_from(n).is_err() {
         return None;
     }
     if spec.inputs.iter().any(|d| d.kind == InputKind::Text) {
         return None;
     }
-    let padded = spec
-        .inputs
+    spec.inputs
         .iter()
-        .position(|d| d.kind == InputKind::Tensor && d.ragged == Some(Ragged::Pad))?;
+        .position(|d| d.kind == InputKind::Tensor && d.ragged == Some(Ragged::Pad))
+}
+
+/// The order in which to run the rows of a call whose padded tensor input `padded` would need
+/// more than one pass: most values first (stable), so that each pass pads little and the
+/// budget cuts few passes; `None` when one pass holds them all (they run as they come).
+fn padded_order(
+    spec: &GeneralSpec,
+    readers: &[Option<Box<dyn input::InputReader + '_>>],
+    limits: &CallLimits,
+    padded: usize,
+    n: usize,
+    chunk: usize,
+    budget: usize,
+) -> Option<Vec<u32>> {
     let reader = readers.get(padded)?.as_deref()?;
     if Sizer::new(spec, readers, limits, budget)
         .plan(n, chunk)
@@ -925,6 +932,95 @@ mod tests {
         let back = unsort(&[rows], &order).unwrap();
         let back: Vec<i32> = back[0].as_primitive::<Int32Type>().values().to_vec();
         assert_eq!(back, [0, 1, 2, 3, 4, 5]);
+    }
+
+    /// Rows whose shapes are known beforehand (as `row_shape` gives them).
+    struct Shapes(Vec<Vec<i64>>);
+
+    impl input::InputReader for Shapes {
+        fn read(
+            &self,
+            _: std::ops::Range<usize>,
+            _: usize,
+        ) -> Vec<std::result::Result<input::RowTensor, String>> {
+            unreachable!("planning reads no row")
+        }
+        fn row_shape(&self, i: usize) -> Option<Vec<i64>> {
+            self.0.get(i).cloned()
+        }
+    }
+
+    fn plan(spec: &str, shapes: Vec<Vec<i64>>, budget: usize, chunk: usize) -> Vec<Segment> {
+        let spec = match Spec::from_json(spec).unwrap() {
+            Spec::General(g) => g,
+            Spec::Image(_) => unreachable!(),
+        };
+        let n = shapes.len();
+        let mut readers: Vec<Option<Box<dyn input::InputReader>>> =
+            vec![Some(Box::new(Shapes(shapes)))];
+        readers.extend((1..spec.inputs.len()).map(|_| None));
+        Sizer::new(&spec, &readers, &CallLimits::default(), budget).plan(n, chunk)
+    }
+
+    fn spans(segments: &[Segment]) -> Vec<(usize, usize, bool)> {
+        segments
+            .iter()
+            .map(|s| (s.rows.start, s.rows.end, s.over_budget.is_some()))
+            .collect()
+    }
+
+    const PAD2: &str = r#"{"spec_version": 2, "inputs": [{"name": "x", "shape": [-1, -1], "ragged": "pad"}],
+        "outputs": [{"name": "o"}]}"#;
+    const PAD1: &str = r#"{"spec_version": 2,
+        "inputs": [{"name": "x", "shape": [-1], "ragged": "pad", "dtype": "int64"},
+                   {"name": "m", "kind": "mask", "of": "x", "dtype": "int64"}],
+        "outputs": [{"name": "o"}]}"#;
+
+    #[test]
+    fn padded_passes_are_cut_by_bytes_and_by_waste() {
+        // [6000, 1] and [1, 6000] would pad to 72,000,000 values: each runs alone.
+        let p = plan(
+            PAD2,
+            vec![vec![6000, 1], vec![1, 6000], vec![2, 2]],
+            256 << 20,
+            64,
+        );
+        assert_eq!(spans(&p), [(0, 1, false), (1, 3, false)]);
+        assert!(p[0].cut && !p[1].cut);
+        // One 2,000,000-value row (16 MB with its int64 mask) then rows of 4: it shares a pass
+        // with 3 of them (4x waste), the rest run together.
+        let mut rows = vec![vec![2_000_000]];
+        rows.extend(std::iter::repeat_n(vec![4], 63));
+        let p = plan(PAD1, rows, 256 << 20, 64);
+        assert_eq!(spans(&p), [(0, 4, false), (4, 64, false)]);
+        // Small passes are never cut for waste.
+        let p = plan(PAD1, vec![vec![500], vec![1], vec![1]], 256 << 20, 64);
+        assert_eq!(spans(&p), [(0, 3, false)]);
+    }
+
+    #[test]
+    fn a_row_past_the_budget_is_its_own_segment_and_rows_still_cut_by_count() {
+        // Value and mask: 16 bytes a padded int64 value; 1,000 bytes of budget.
+        let p = plan(
+            PAD1,
+            vec![vec![10], vec![100], vec![10], vec![10]],
+            1_000,
+            2,
+        );
+        assert_eq!(spans(&p), [(0, 1, false), (1, 2, true), (2, 4, false)]);
+        let (i, why) = p[1].over_budget.clone().unwrap();
+        assert_eq!(i, 0);
+        assert!(
+            why.contains("shape [100] int64) takes 1,600 bytes"),
+            "{why}"
+        );
+        assert!(!p[2].cut);
+        // A fixed shape: rows per pass by bytes.
+        let fixed = r#"{"spec_version": 2, "inputs": [{"name": "x", "shape": [10]}],
+            "outputs": [{"name": "o"}]}"#;
+        let p = plan(fixed, vec![vec![10]; 7], 120, 64);
+        assert_eq!(spans(&p), [(0, 3, false), (3, 6, false), (6, 7, false)]);
+        assert!(p[0].cut && p[1].cut && !p[2].cut);
     }
 
     #[test]
