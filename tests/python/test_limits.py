@@ -199,8 +199,9 @@ def _uniform_means() -> list[float]:
 
 def test_native_size_images_are_cut_by_bytes(limits):
     r = probe("images", limits / "native_mean.pt", str(limits))
-    # One 201 MB image a pass (running, queued, one assembled): all eight in one took 3.2 GB.
-    assert r["grew_mb"] < 1200, r["grew_mb"]
+    # One 201 MB image a pass (running, queued, one assembled): 1.0-1.5 GB measured; all eight
+    # in one pass need 3.2 GB before the model runs.
+    assert r["grew_mb"] < 2048, r["grew_mb"]
     for i, (mean, e) in enumerate(zip(r["out"], r["error"])):
         if i == 2:
             assert mean is None

@@ -430,10 +430,12 @@ fn child_native_size_images_are_cut_by_bytes() {
 #[test]
 fn native_size_images_are_cut_by_bytes() {
     let grew = peak_growth_in_child("child_native_size_images_are_cut_by_bytes");
-    // One image per job (201 MB): the running pass, one queued job (the engine's 256 MiB
-    // queue bound), the next one assembled (its floats and their tensor copy) and waiting for
-    // queue space: about 1 GB (docs/limits.md). All eight in one pass took 3.2 GB.
-    assert!(grew < 1_200, "peak RSS grew by {grew} MiB");
+    // One image per job (201 MB): the running pass (and the model's own temporaries), one
+    // queued job (the engine's 256 MiB queue bound), the next one assembled (its floats and
+    // their tensor copy) and waiting for queue space: 1.0-1.5 GB measured (docs/limits.md).
+    // All eight in one pass need 3.2 GB before the model runs; the pass count is checked in
+    // the child.
+    assert!(grew < 2_048, "peak RSS grew by {grew} MiB");
 }
 
 // ---- padding waste --------------------------------------------------------------------------------
