@@ -32,6 +32,8 @@ GENERAL := tests/fixtures/out/general/manifest.json
 # The text models' proofs: all-MiniLM-L6-v2 from its package, sentence-transformers the oracle
 # (tests/fixtures/make_text_fixtures.py; ~20 s, no download).
 TEXT    := tests/fixtures/out/text/text_expected.json
+# The limits' models, tokenizers and Python's ids (tests/fixtures/make_limit_fixtures.py; ~10 s).
+LIMITS  := tests/fixtures/out/limits/limits_expected.json
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
@@ -75,7 +77,7 @@ dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glib
 demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
+test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
 	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
 	$(MVN) test
 	$(MVN35) test
@@ -101,6 +103,9 @@ $(GENERAL): tests/fixtures/make_general_fixtures.py | $(VENV)/.installed
 
 $(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py | $(VENV)/.installed
 	$(PY) tests/fixtures/make_text_fixtures.py
+
+$(LIMITS): tests/fixtures/make_limit_fixtures.py $(TEXT) | $(VENV)/.installed
+	$(PY) tests/fixtures/make_limit_fixtures.py
 
 # The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
 fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md

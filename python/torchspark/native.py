@@ -271,17 +271,22 @@ class NativeModel:
         columns: Mapping[str, Sequence[str] | str] | None = None,
         row_offset: int = 0,
         max_pixels: int = 0,
+        max_row_elements: int = 0,
+        max_batch_bytes: int = 0,
+        max_text_bytes: int = 0,
     ) -> Pending:
         """Prepares `batch` on this thread (read, decode, tokenize) and queues its forward
         passes; `Pending.result()` returns what `score`, `featurize` or `predict` (`op`) return.
         Raises at once what concerns the whole batch (a missing column, a bad option). `batch`
         is one batch: a Table whose columns do not fit one (over 2 GiB in a binary column)
-        raises ConfigError; `score`, `featurize` and `predict` take it whole."""
+        raises ConfigError; `score`, `featurize` and `predict` take it whole. The `max_*`
+        limits: as for `predict`."""
         if op not in _OPS:
             raise ConfigError(f"op must be one of {', '.join(_OPS)}, not {op!r}")
         opts: dict[str, Any] = {
             "batch_size": self._batch_size(batch_size),
             "max_pixels": _non_negative("max_pixels", max_pixels),
+            **_limits(max_row_elements, max_batch_bytes, max_text_bytes),
         }
         # Every op numbers its row errors from row_offset (a table's later batches go on counting).
         opts["row_offset"] = _non_negative("row_offset", row_offset)
@@ -322,6 +327,7 @@ class NativeModel:
         batch_size: int = 0,
         input_column: str | None = None,
         max_pixels: int = 0,
+        max_batch_bytes: int = 0,
     ) -> pa.RecordBatch:
         """prediction, probability, predicted_label, top_k, error: one row per input row.
 
@@ -330,8 +336,12 @@ class NativeModel:
         every row of every chunk, without combining it past 256 MiB (so a table over 2 GiB
         works); the results come back as one RecordBatch. `max_pixels` (width x height) lowers
         the spec's `preprocess.max_pixels` for this call (0: the spec's); larger images are row
-        errors, found from their headers. `batch_size` 0: `auto_batch_size()`."""
-        return self._call("score", batch, top_k, batch_size, input_column, max_pixels)
+        errors, found from their headers. `batch_size` 0: `auto_batch_size()`.
+        A `top_k` past the class count gives every class. `max_batch_bytes` lowers the bytes of
+        one forward pass's input (0: the engine's 256 MiB; docs/limits.md)."""
+        return self._call(
+            "score", batch, top_k, batch_size, input_column, max_pixels, max_batch_bytes
+        )
 
     def featurize(
         self,
@@ -339,9 +349,13 @@ class NativeModel:
         batch_size: int = 0,
         input_column: str | None = None,
         max_pixels: int = 0,
+        max_batch_bytes: int = 0,
     ) -> pa.RecordBatch:
-        """features (list<float32>) and error: one row per input row (`max_pixels`: as score)."""
-        return self._call("featurize", batch, 1, batch_size, input_column, max_pixels)
+        """features (list<float32>) and error: one row per input row (`max_pixels`,
+        `max_batch_bytes`: as score)."""
+        return self._call(
+            "featurize", batch, 1, batch_size, input_column, max_pixels, max_batch_bytes
+        )
 
     def predict(
         self,
@@ -351,6 +365,9 @@ class NativeModel:
         batch_size: int = 0,
         row_offset: int = 0,
         max_pixels: int = 0,
+        max_row_elements: int = 0,
+        max_batch_bytes: int = 0,
+        max_text_bytes: int = 0,
     ) -> pa.RecordBatch:
         """Runs any model through its spec's `inputs` and `outputs` (spec version 2, or a
         version-1 image spec): one column per declared output, in order, then `error`.
@@ -363,12 +380,20 @@ class NativeModel:
         position), the input, the column, and the expected and actual shapes; the other rows
         are still run. Raises InputError when a column is missing or of a type its input cannot
         read, InferenceError when the model's outputs do not match the declared ones.
-        `batch_size` 0: `auto_batch_size()`."""
+        `batch_size` 0: `auto_batch_size()`.
+
+        The limits (docs/limits.md; each 0: the spec's or the engine's, and a value only
+        lowers it): `max_pixels` (width x height of an image), `max_row_elements` (values of
+        one row of one input: a list's length, a sparse vector's size, an image at its own
+        size), `max_text_bytes` (UTF-8 bytes of one text row): a row past one is a row error
+        naming the row, input, column, the size and the limit; `max_batch_bytes` (one forward
+        pass's input bytes, padding included): passes are cut before it."""
         kw = {
             "columns": columns,
             "batch_size": batch_size,
             "row_offset": row_offset,
             "max_pixels": max_pixels,
+            **_limits(max_row_elements, max_batch_bytes, max_text_bytes),
         }
         return self._apply("predict", batch, kw)
 
@@ -376,14 +401,18 @@ class NativeModel:
         """The schema `predict` returns (as `describe` of this model's spec)."""
         return describe(self.model_path)
 
-    def _call(self, op, batch, top_k, batch_size, input_column, max_pixels=0) -> pa.RecordBatch:
+    def _call(
+        self, op, batch, top_k, batch_size, input_column, max_pixels=0, max_batch_bytes=0
+    ) -> pa.RecordBatch:
         if not isinstance(max_pixels, int) or max_pixels < 0:
             raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
+        _non_negative("max_batch_bytes", max_batch_bytes)
         kw = {
             "top_k": top_k,
             "batch_size": batch_size,
             "input_column": input_column,
             "max_pixels": max_pixels,
+            "max_batch_bytes": max_batch_bytes,
         }
         return self._apply(op, batch, kw)
 
@@ -429,6 +458,10 @@ class NativeModel:
             "row_offset": _non_negative("row_offset", kw.get("row_offset", 0)),
             "max_pixels": _non_negative("max_pixels", kw.get("max_pixels", 0)),
         }
+        # The per-call limits (docs/limits.md) travel as they came from `_limits`.
+        for name in ("max_row_elements", "max_batch_bytes", "max_text_bytes"):
+            if kw.get(name):
+                opts[name] = _non_negative(name, kw[name])
         if op == "predict":
             if kw.get("columns"):
                 opts["columns"] = _column_map(kw["columns"])
@@ -471,6 +504,15 @@ def _non_negative(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{name} must be a non-negative int, not {value!r}")
     return value
+
+
+def _limits(max_row_elements: Any, max_batch_bytes: Any, max_text_bytes: Any) -> dict[str, int]:
+    """The per-call limits of docs/limits.md as batch options (each checked: an int >= 0)."""
+    return {
+        "max_row_elements": _non_negative("max_row_elements", max_row_elements),
+        "max_batch_bytes": _non_negative("max_batch_bytes", max_batch_bytes),
+        "max_text_bytes": _non_negative("max_text_bytes", max_text_bytes),
+    }
 
 
 def _column_map(columns: Mapping[str, Sequence[str] | str]) -> dict[str, list[str]]:
@@ -1019,6 +1061,9 @@ def predict_arrow(
     max_pixels: int = 0,
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
+    max_row_elements: int = 0,
+    max_batch_bytes: int = 0,
+    max_text_bytes: int = 0,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: any model (spec version 2, or an image
     spec) in Spark's Python workers, its output schema derived from the spec.
@@ -1037,9 +1082,11 @@ def predict_arrow(
     `score_partitions`; the model is loaded once per Python worker process. `batch_size` 0: the
     model's auto size. `engine` ("shared": the next Arrow batch is read from Spark while the
     previous one runs its forward pass; "per-task": inline) and `engine_timeout_ms`: as for
-    NativeModel."""
+    NativeModel. `max_pixels`, `max_row_elements`, `max_batch_bytes`, `max_text_bytes`: as for
+    `NativeModel.predict` (docs/limits.md)."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     _non_negative("max_pixels", max_pixels)
+    limits = _limits(max_row_elements, max_batch_bytes, max_text_bytes)
     column_map = _column_map(columns) if columns else None
     model_path = _for_workers(os.fspath(model_path))
     return _map_in_arrow(
@@ -1055,6 +1102,7 @@ def predict_arrow(
         device=device,
         precision=precision,
         max_pixels=max_pixels,
+        limits=limits,
         engine=engine,
         engine_timeout_ms=engine_timeout_ms,
     )
@@ -1074,6 +1122,8 @@ def embed_arrow(
     precision: str = "fp32",
     engine: str = "shared",
     engine_timeout_ms: int = 600_000,
+    max_text_bytes: int = 0,
+    max_batch_bytes: int = 0,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: a text model (a spec with one `text`
     input, e.g. from `export_text_model`) embeds the string column `input_col` in Spark's
@@ -1089,8 +1139,11 @@ def embed_arrow(
     raises InputError naming the row in its partition, the input and the column); empty text
     embeds as `[CLS] [SEP]`; text over the spec's `max_length` tokens is truncated. Raises
     ConfigError when the spec has no text input or more than one output. `batch_size`,
-    `engine`, `engine_timeout_ms` and `fn.metrics()`: as for `predict_arrow`."""
+    `engine`, `engine_timeout_ms` and `fn.metrics()`: as for `predict_arrow`. A row over
+    `max_text_bytes` (0: the spec's, default 1 MiB) is a row error; `max_batch_bytes`: as for
+    `predict_arrow`."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
+    limits = _limits(0, max_batch_bytes, max_text_bytes)
     if not isinstance(input_col, str) or not input_col:
         raise ConfigError(f"input_col must be a column name, not {input_col!r}")
     if not isinstance(output_col, str) or not output_col:
@@ -1119,6 +1172,7 @@ def embed_arrow(
         device=device,
         precision=precision,
         max_pixels=0,
+        limits=limits,
         engine=engine,
         engine_timeout_ms=engine_timeout_ms,
     )
@@ -1151,6 +1205,7 @@ def _map_in_arrow(
     max_pixels: int,
     engine: str,
     engine_timeout_ms: int,
+    limits: Mapping[str, int] | None = None,
 ):
     """predict_arrow's `(fn, schema)`, the outputs named by `rename` (output -> column)."""
     keep = [keep] if isinstance(keep, str) else list(keep)
@@ -1201,6 +1256,7 @@ def _map_in_arrow(
                 "batch_size": size,
                 "row_offset": offset,
                 "max_pixels": max_pixels,
+                **(limits or {}),
             }
             offset += b.num_rows
             return b, opts

@@ -71,6 +71,24 @@ class _CommonParams(Params):
         "largest width x height decoded; 0 = the spec's preprocess.max_pixels",
         TypeConverters.toInt,
     )
+    maxRowElements = Param(
+        Params._dummy(),
+        "maxRowElements",
+        "most values one row of one input may hold; 0 = the spec's max_row_elements",
+        TypeConverters.toInt,
+    )
+    maxBatchBytes = Param(
+        Params._dummy(),
+        "maxBatchBytes",
+        "most bytes of one forward pass's inputs; 0 = the engine's queue bound (256 MiB)",
+        TypeConverters.toInt,
+    )
+    maxTextBytes = Param(
+        Params._dummy(),
+        "maxTextBytes",
+        "most UTF-8 bytes of one text row; 0 = the spec's max_text_bytes",
+        TypeConverters.toInt,
+    )
     engine = Param(
         Params._dummy(),
         "engine",
@@ -94,6 +112,9 @@ class _CommonParams(Params):
             handleInvalid="error",
             errorCol="error",
             maxPixels=0,
+            maxRowElements=0,
+            maxBatchBytes=0,
+            maxTextBytes=0,
             engine="shared",
             engineTimeoutMs=600000,
         )
@@ -145,6 +166,24 @@ class _CommonParams(Params):
 
     def getMaxPixels(self) -> int:
         return self.getOrDefault(self.maxPixels)
+
+    def setMaxRowElements(self, value: int):
+        return self._set(maxRowElements=value)
+
+    def getMaxRowElements(self) -> int:
+        return self.getOrDefault(self.maxRowElements)
+
+    def setMaxBatchBytes(self, value: int):
+        return self._set(maxBatchBytes=value)
+
+    def getMaxBatchBytes(self) -> int:
+        return self.getOrDefault(self.maxBatchBytes)
+
+    def setMaxTextBytes(self, value: int):
+        return self._set(maxTextBytes=value)
+
+    def getMaxTextBytes(self) -> int:
+        return self.getOrDefault(self.maxTextBytes)
 
     def setEngine(self, value: str):
         return self._set(engine=value)
@@ -292,6 +331,9 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        maxRowElements=0,
+        maxBatchBytes=0,
+        maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
         predictionCol="prediction",
@@ -364,6 +406,9 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        maxRowElements=0,
+        maxBatchBytes=0,
+        maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
         outputCol="features",
@@ -418,6 +463,9 @@ class TorchModel(_JavaBacked, _CommonParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        maxRowElements=0,
+        maxBatchBytes=0,
+        maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
         inputCols=None,
@@ -471,6 +519,9 @@ class TextEmbedder(_JavaBacked, _CommonParams):
         handleInvalid="error",
         errorCol="error",
         maxPixels=0,
+        maxRowElements=0,
+        maxBatchBytes=0,
+        maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
         inputCol="text",

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::engine::{Done, Engine, Job, JobTimes, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
+use crate::limits::CallLimits;
 use crate::model::{self, Model, ModelConfig, Target};
 use crate::preprocess::{ImageInput, RowTimes};
 
@@ -47,8 +48,19 @@ pub struct BatchOptions {
     /// The general path with a text input: order the rows of this call longest first (in
     /// characters, as sentence-transformers' `encode` does) before cutting them into
     /// `batch_size` passes, so each pass pads little. Outputs and errors stay in input order.
-    /// Default true.
+    /// Default true. A padded (`ragged: "pad"`) tensor input's rows are ordered by their
+    /// values the same way, when it has no text input.
     pub sort_by_length: bool,
+    /// Values one row of one input may hold ([`crate::limits`]); 0 means the spec's
+    /// `max_row_elements` (default 2^26), and the smaller of the two applies.
+    pub max_row_elements: u64,
+    /// Bytes of one forward pass's inputs (padding and masks included): a chunk is cut before
+    /// it passes them, and a row that alone passes them is a row error. 0 means the engine's
+    /// `queue_bytes` (default 256 MiB), and the smaller of the two applies.
+    pub max_batch_bytes: u64,
+    /// UTF-8 bytes of one text row; 0 means the spec's `max_text_bytes` (default 1 MiB), and
+    /// the smaller of the two applies.
+    pub max_text_bytes: u64,
 }
 
 impl Default for BatchOptions {
@@ -61,6 +73,9 @@ impl Default for BatchOptions {
             max_pixels: 0,
             columns: HashMap::new(),
             sort_by_length: true,
+            max_row_elements: 0,
+            max_batch_bytes: 0,
+            max_text_bytes: 0,
         }
     }
 }
@@ -71,6 +86,15 @@ impl BatchOptions {
             return Ok(Self::default());
         }
         serde_json::from_str(text).map_err(|e| Error::config("batch options", e.to_string()))
+    }
+
+    /// The per-row limits this call asks for (0: the spec's).
+    pub fn limits(&self) -> CallLimits {
+        CallLimits {
+            max_pixels: self.max_pixels,
+            max_row_elements: self.max_row_elements,
+            max_text_bytes: self.max_text_bytes,
+        }
     }
 }
 
@@ -83,6 +107,8 @@ pub struct Scorer {
     engine: Arc<Engine>,
     /// Bound on [`Scorer::score`]'s (and the others') wait for their results.
     timeout: Duration,
+    /// The engine's `queue_bytes` bound: no chunk's inputs are larger ([`Scorer::batch_bytes`]).
+    queue_bytes: usize,
 }
 
 impl std::fmt::Debug for Scorer {
@@ -107,6 +133,10 @@ impl Scorer {
             num_threads,
             engine,
             timeout: Duration::from_millis(config.engine.timeout_ms),
+            queue_bytes: match config.engine.queue_bytes {
+                0 => crate::limits::DEFAULT_BATCH_BYTES,
+                n => n,
+            },
         })
     }
 
@@ -203,10 +233,21 @@ fn score_output(
     k: usize,
 ) -> Result<RecordBatch> {
     let labels = model.image_spec()?.labels.as_deref();
+    // `top_k` past the class count gives every class: the caller's number never sizes memory.
+    let classes = rows
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0);
+    let k = k.min(classes);
     let mut prediction = Int32Builder::with_capacity(rows.len());
     let mut probability = ListBuilder::new(Float32Builder::new());
     let mut label = StringBuilder::new();
-    let mut top_k = ListBuilder::new(StructBuilder::from_fields(top_k_fields(), k));
+    let mut top_k = ListBuilder::new(StructBuilder::from_fields(
+        top_k_fields(),
+        k.saturating_mul(rows.len()),
+    ));
     let mut error = StringBuilder::new();
     for row in rows {
         match row {
@@ -285,11 +326,20 @@ impl Scorer {
         let inputs = read_rows(column.as_ref())?;
         let pre = self.model.preprocessor()?;
         let row_len = pre.row_len();
+        // Chunks are cut by bytes as well as rows: no job passes the engine's byte bound.
+        let row_bytes = row_len.saturating_mul(std::mem::size_of::<f32>()).max(1);
+        let budget = self.batch_bytes(opts);
+        let over_budget = row_bytes > budget;
+        let batch_size = batch_size.min((budget / row_bytes).max(1));
         let mut chunks = VecDeque::with_capacity(inputs.len().div_ceil(batch_size));
         for (chunk_index, chunk) in inputs.chunks(batch_size).enumerate() {
             let first = opts.row_offset + (chunk_index * batch_size) as u64;
             // Each chunk owns its pixels: the engine may still hold the previous chunk's.
-            let mut pixels = vec![0f32; chunk.len() * row_len];
+            let mut pixels = if over_budget {
+                Vec::new()
+            } else {
+                vec![0f32; chunk.len() * row_len]
+            };
             let started = Instant::now();
             let fill = |(i, (out, input)): (usize, (&mut [f32], &Row<'_>))| {
                 let row = first + i as u64;
@@ -299,6 +349,19 @@ impl Scorer {
                 }
                 .map_err(|e| format!("row {row}: {e}"))
             };
+            if over_budget {
+                let reason = over_chunk_budget(row_bytes as u64, budget as u64, &pre.shape_text());
+                let status = (0..chunk.len() as u64)
+                    .map(|i| Err(format!("row {}: {reason}", first + i)))
+                    .collect();
+                let rows = row_span(first..first + chunk.len() as u64);
+                chunks.push_back(ImageChunk {
+                    status,
+                    ticket: None,
+                    rows,
+                });
+                continue;
+            }
             // Decoding gets the caller's thread budget, like the forward pass that follows it,
             // so concurrent tasks never use more than tasks x num_threads cores.
             let status: Vec<std::result::Result<RowTimes, String>> =
@@ -360,6 +423,15 @@ impl Scorer {
             chunks,
             times,
         })
+    }
+
+    /// The most bytes one chunk's inputs may take in a call with `opts`: the engine's queue
+    /// bound, lowered by `max_batch_bytes`.
+    pub fn batch_bytes(&self, opts: &BatchOptions) -> usize {
+        match usize::try_from(opts.max_batch_bytes) {
+            Ok(0) | Err(_) => self.queue_bytes,
+            Ok(n) => n.min(self.queue_bytes),
+        }
     }
 
     /// The rows per forward pass of `opts`: its `batch_size`, or the auto size for 0.
@@ -433,6 +505,16 @@ impl ImagePending {
         }
         .map(Some)
     }
+}
+
+/// The reason of a row whose inputs alone (`bytes`, of `what`) pass the chunk budget.
+pub(crate) fn over_chunk_budget(bytes: u64, budget: u64, what: &str) -> String {
+    format!(
+        "the row's input ({what}) takes {} bytes, over the limit of {} bytes per forward pass \
+         (max_batch_bytes, at most the engine's queue_bytes)",
+        crate::limits::grouped(bytes),
+        crate::limits::grouped(budget)
+    )
 }
 
 /// "rows 8-15" (or "row 8"): the rows of a chunk, for messages.

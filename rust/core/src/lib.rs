@@ -10,6 +10,7 @@
 //! - [`engine`]: one forward-pass scheduler per model and sizing (batches across tasks).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
+//! - [`limits`]: the memory bounds of rows and chunks (row errors and splits, never an abort).
 //! - [`host`]: this host's name and CPU flags (packages needing instructions it lacks are refused).
 
 pub mod batch;
@@ -17,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod input;
+pub mod limits;
 pub mod model;
 pub mod output;
 pub mod plan;

@@ -8,6 +8,7 @@
 //! in `error`: ``row 17: input `meta` (column `bmi`): expected 10 values, got 9``.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use crate::batch::{BatchOptions, Scorer, StageTimes, row_span, wait_chunk};
 use crate::engine::{Done, Job, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::input;
+use crate::limits::{self, CallLimits};
 use crate::model::Model;
 use crate::output::{self, OutputWriter};
 use crate::spec::Spec;
@@ -60,14 +62,26 @@ impl Scorer {
         let batch_size = self.batch_rows(opts);
         let n = batch.num_rows();
         let columns = resolve_columns(spec, opts)?;
+        let limits = opts.limits();
+        let budget = self.batch_bytes(opts);
         // `ragged: "single"` runs one row per forward pass.
         let chunk = if spec.inputs.iter().any(|d| d.ragged == Some(Ragged::Single)) {
             1
         } else {
             batch_size
         };
-        // Longest text first, so that each pass pads little; undone in `finish`.
-        let order = length_order(spec, &columns, batch, opts, chunk);
+        // Longest first (text, or padded values), so that each pass pads little; undone in
+        // `finish`.
+        let order = match length_order(spec, &columns, batch, opts, chunk) {
+            Some(o) => Some(o),
+            None => match padded_input(spec, opts, n, chunk) {
+                Some(padded) => {
+                    let readers = self.readers(spec, &columns, batch, &limits)?;
+                    padded_order(spec, &readers, &limits, padded, n, chunk, budget)
+                }
+                None => None,
+            },
+        };
         let sorted;
         let batch = match &order {
             Some(o) => {
@@ -78,68 +92,41 @@ impl Scorer {
         };
         // Row `j` of `batch` is the caller's row `original(j)`.
         let original = |j: usize| order.as_ref().map_or(j, |o| o[j] as usize);
-        let mut readers = Vec::new();
-        for (decl, cols) in spec.inputs.iter().zip(&columns) {
-            if decl.kind.is_generated() {
-                readers.push(None);
-                continue;
-            }
-            let arrays = cols
-                .iter()
-                .map(|c| {
-                    batch
-                        .column_by_name(c)
-                        .map(|a| (c.as_str(), a))
-                        .ok_or_else(|| missing_column(batch, &decl.name, c))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // Field metadata (arrow.fixed_shape_tensor's shape) is checked here: readers see
-            // arrays only.
-            let schema = batch.schema_ref();
-            let checked = cols
-                .iter()
-                .try_for_each(|c| match schema.field_with_name(c) {
-                    Ok(f) if decl.kind == InputKind::Tensor => input::tensor::check_field(decl, f),
-                    _ => Ok(()),
-                });
-            let reader = checked.and_then(|()| {
-                input::reader(
-                    decl,
-                    arrays,
-                    opts.max_pixels,
-                    self.model().tokenizer(&decl.name),
-                )
-            });
-            let reader = reader.map_err(|e| {
-                Error::input(format!(
-                    "input `{}` (column {}): {e}",
-                    decl.name,
-                    cols.join(", ")
-                ))
-            })?;
-            readers.push(Some(reader));
-        }
+        let readers = self.readers(spec, &columns, batch, &limits)?;
+        let segments = Sizer::new(spec, &readers, &limits, budget).plan(n, chunk);
         let mut times = StageTimes::default();
         let fail = |reason: String| Error::Inference {
             path: self.model().path().to_path_buf(),
             reason,
         };
-        let mut chunks = VecDeque::with_capacity(n.div_ceil(chunk));
-        let mut start = 0;
-        while start < n {
-            let end = (start + chunk).min(n);
+        let mut chunks = VecDeque::with_capacity(segments.len());
+        for seg in segments {
+            let (start, end) = (seg.rows.start, seg.rows.end);
             let started = Instant::now();
-            // Per input: this chunk's rows, or None for a mask.
-            let mut read: Vec<Option<input::Chunk>> = readers
-                .iter()
-                .zip(&spec.inputs)
-                .map(|(r, decl)| {
-                    r.as_ref()
-                        .map(|r| input::Chunk::read(r.as_ref(), decl, start..end, self.threads()))
-                })
-                .collect();
             let mut good = vec![true; end - start];
             let mut reasons: Vec<Option<String>> = vec![None; end - start];
+            let mut read: Vec<Option<input::Chunk>> = Vec::new();
+            if let Some((i, why)) = &seg.over_budget {
+                // A row whose inputs alone pass the budget is never read.
+                good.fill(false);
+                let row = opts.row_offset + original(start) as u64;
+                reasons[0] = Some(format!(
+                    "row {row}: input `{}` (column {}): {why}",
+                    spec.inputs[*i].name,
+                    columns[*i].join(", ")
+                ));
+            } else {
+                // Per input: this chunk's rows, or None for a mask.
+                read = readers
+                    .iter()
+                    .zip(&spec.inputs)
+                    .map(|(r, decl)| {
+                        r.as_ref().map(|r| {
+                            input::Chunk::read(r.as_ref(), decl, start..end, self.threads())
+                        })
+                    })
+                    .collect();
+            }
             for (i, rows) in read.iter().enumerate() {
                 let Some(rows) = rows else { continue };
                 let decl = &spec.inputs[i];
@@ -212,7 +199,8 @@ impl Scorer {
                     task,
                     rows: count,
                     bytes: input_bytes(&ordered),
-                    max_batch: chunk,
+                    // A chunk cut by bytes is not merged into a larger pass.
+                    max_batch: if seg.cut { end - start } else { chunk },
                     work: Work::General { args: ordered },
                 })?)
             } else {
@@ -239,7 +227,6 @@ impl Scorer {
                 ticket,
                 rows,
             });
-            start = end;
         }
         let truncated = spec
             .inputs
@@ -255,6 +242,54 @@ impl Scorer {
             truncated,
             times,
         })
+    }
+
+    /// One reader per declared input over `batch` (`None` for a generated one); a column
+    /// missing or of a type its input cannot read fails the call, naming both.
+    fn readers<'a>(
+        &'a self,
+        spec: &'a GeneralSpec,
+        columns: &'a [Vec<String>],
+        batch: &'a RecordBatch,
+        limits: &CallLimits,
+    ) -> Result<Vec<Option<Box<dyn input::InputReader + 'a>>>> {
+        let mut readers = Vec::new();
+        for (decl, cols) in spec.inputs.iter().zip(columns) {
+            if decl.kind.is_generated() {
+                readers.push(None);
+                continue;
+            }
+            let arrays = cols
+                .iter()
+                .map(|c| {
+                    batch
+                        .column_by_name(c)
+                        .map(|a| (c.as_str(), a))
+                        .ok_or_else(|| missing_column(batch, &decl.name, c))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Field metadata (arrow.fixed_shape_tensor's shape) is checked here: readers see
+            // arrays only.
+            let schema = batch.schema_ref();
+            let checked = cols
+                .iter()
+                .try_for_each(|c| match schema.field_with_name(c) {
+                    Ok(f) if decl.kind == InputKind::Tensor => input::tensor::check_field(decl, f),
+                    _ => Ok(()),
+                });
+            let reader = checked.and_then(|()| {
+                input::reader(decl, arrays, limits, self.model().tokenizer(&decl.name))
+            });
+            let reader = reader.map_err(|e| {
+                Error::input(format!(
+                    "input `{}` (column {}): {e}",
+                    decl.name,
+                    cols.join(", ")
+                ))
+            })?;
+            readers.push(Some(reader));
+        }
+        Ok(readers)
     }
 
     /// The schema [`Scorer::predict`] returns for the spec `spec_json`, without loading the
@@ -400,6 +435,313 @@ pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
         serde_json::Value::Array(inputs).to_string(),
     )]);
     Arc::new(Schema::new_with_metadata(fields, meta))
+}
+
+/// One forward pass's rows, as [`Sizer::plan`] cuts them.
+#[derive(Debug, Clone, PartialEq)]
+struct Segment {
+    rows: Range<usize>,
+    /// Cut before `chunk` rows by bytes or padding waste: its job is not merged into a larger
+    /// pass.
+    cut: bool,
+    /// One row whose inputs alone pass the budget: the input that takes the most, and why.
+    over_budget: Option<(usize, String)>,
+}
+
+/// How the rows of a call add up to a forward pass's input bytes ([`limits`]): each input's
+/// rows from their shapes as known before reading ([`input::InputReader::row_shape`]): stacked
+/// rows and lists take their values, padded rows the chunk's largest shape (masks and type
+/// ids included) for every row.
+struct Sizer<'r, 'a> {
+    inputs: Vec<Option<Sizing<'r, 'a>>>,
+    budget: u64,
+}
+
+struct Sizing<'r, 'a> {
+    reader: &'r (dyn input::InputReader + 'a),
+    /// Bytes of one value of the input's dtype.
+    elem: u64,
+    /// Bytes of one padded value: the input's, and its mask's and type ids' (for `ragged: "pad"`).
+    padded: Option<u64>,
+    /// `max_row_elements`: a larger row fails when read, taking no memory.
+    limit: u64,
+    /// A text input's `max_length`: its rows' ids, at most (their count is known only once
+    /// tokenized).
+    text: Option<i64>,
+    /// "shape [6000, 6000] float32", for the over-budget message.
+    dtype: DType,
+}
+
+/// One input's part of the chunk being planned.
+#[derive(Debug, Clone, Default)]
+struct Part {
+    rows: u64,
+    /// Values of its rows (stacked, list: the bytes; padded: the real values).
+    values: u64,
+    /// A padded input's largest size in each dimension.
+    max: Vec<i64>,
+}
+
+fn values_of(shape: &[i64]) -> u64 {
+    shape
+        .iter()
+        .map(|&d| u64::try_from(d).unwrap_or(0))
+        .fold(1u64, u64::saturating_mul)
+}
+
+impl<'r, 'a> Sizer<'r, 'a> {
+    fn new(
+        spec: &GeneralSpec,
+        readers: &'r [Option<Box<dyn input::InputReader + 'a>>],
+        limits: &CallLimits,
+        budget: usize,
+    ) -> Self {
+        let inputs = spec
+            .inputs
+            .iter()
+            .zip(readers)
+            .map(|(decl, r)| {
+                let reader = r.as_deref()?;
+                let elem = elem_bytes(decl.dtype);
+                let padded = (decl.ragged == Some(Ragged::Pad)
+                    || decl.ragged == Some(Ragged::Single))
+                .then(|| {
+                    let generated: Vec<&InputDecl> = spec
+                        .inputs
+                        .iter()
+                        .filter(|g| g.kind.is_generated() && g.of.as_deref() == Some(&decl.name))
+                        .collect();
+                    // A type_ids input alone still gets an int64 mask built for its shape.
+                    let mask = if !generated.is_empty()
+                        && !generated.iter().any(|g| g.kind == InputKind::Mask)
+                    {
+                        8
+                    } else {
+                        0
+                    };
+                    elem + mask + generated.iter().map(|g| elem_bytes(g.dtype)).sum::<u64>()
+                });
+                Some(Sizing {
+                    reader,
+                    elem,
+                    padded,
+                    limit: decl.row_element_limit(limits.max_row_elements),
+                    text: (decl.kind == InputKind::Text)
+                        .then(|| decl.max_length.unwrap_or(0) as i64),
+                    dtype: decl.dtype,
+                })
+            })
+            .collect();
+        Sizer {
+            inputs,
+            budget: budget as u64,
+        }
+    }
+
+    /// Row `j`'s shape in input `s` as far as it takes memory: `None` when it is unknown or
+    /// the row fails when read (over `max_row_elements`, unreadable).
+    fn shape(s: &Sizing<'_, '_>, j: usize) -> Option<Vec<i64>> {
+        if let Some(max_length) = s.text {
+            return Some(vec![max_length]);
+        }
+        s.reader.row_shape(j).filter(|v| values_of(v) <= s.limit)
+    }
+
+    /// The bytes of `part` with a row of `shape` added, and (padded inputs, not text) its
+    /// padded and real values.
+    fn with_row(
+        s: &Sizing<'_, '_>,
+        part: &Part,
+        shape: Option<&[i64]>,
+    ) -> (u64, Option<(u64, u64)>) {
+        match (s.padded, shape) {
+            (Some(per_value), shape) => {
+                let mut max = part.max.clone();
+                let mut rows = part.rows;
+                let mut real = part.values;
+                if let Some(shape) = shape {
+                    if max.len() < shape.len() {
+                        max.resize(shape.len(), 0);
+                    }
+                    for (m, &d) in max.iter_mut().zip(shape) {
+                        *m = (*m).max(d);
+                    }
+                    rows += 1;
+                    real = real.saturating_add(values_of(shape));
+                }
+                let padded = if max.is_empty() {
+                    0
+                } else {
+                    rows.saturating_mul(values_of(&max))
+                };
+                let waste = s.text.is_none().then_some((padded, real));
+                (padded.saturating_mul(per_value), waste)
+            }
+            (None, shape) => {
+                let values = part.values.saturating_add(shape.map_or(0, values_of));
+                (values.saturating_mul(s.elem), None)
+            }
+        }
+    }
+
+    fn add(s: &Sizing<'_, '_>, part: &mut Part, shape: Option<&[i64]>) {
+        let Some(shape) = shape else { return };
+        part.rows += 1;
+        part.values = part.values.saturating_add(values_of(shape));
+        if s.padded.is_some() {
+            if part.max.len() < shape.len() {
+                part.max.resize(shape.len(), 0);
+            }
+            for (m, &d) in part.max.iter_mut().zip(shape) {
+                *m = (*m).max(d);
+            }
+        }
+    }
+
+    /// Rows `0..n` cut into passes of at most `chunk` rows whose inputs stay within the
+    /// budget and whose padding stays within [`limits::MAX_PAD_RATIO`] of the real values
+    /// (above [`limits::PAD_WASTE_FLOOR_BYTES`]); a row that alone passes the budget is a
+    /// segment of its own, never read.
+    fn plan(&self, n: usize, chunk: usize) -> Vec<Segment> {
+        let mut segments = Vec::new();
+        let mut parts: Vec<Part> = vec![Part::default(); self.inputs.len()];
+        let mut start = 0;
+        for j in 0..n {
+            let shapes: Vec<Option<Vec<i64>>> = self
+                .inputs
+                .iter()
+                .map(|s| s.as_ref().and_then(|s| Self::shape(s, j)))
+                .collect();
+            // The row alone.
+            let alone: Vec<u64> = self
+                .inputs
+                .iter()
+                .zip(&shapes)
+                .map(|(s, shape)| {
+                    s.as_ref().map_or(0, |s| {
+                        Self::with_row(s, &Part::default(), shape.as_deref()).0
+                    })
+                })
+                .collect();
+            if alone.iter().fold(0u64, |a, &b| a.saturating_add(b)) > self.budget {
+                if j > start {
+                    segments.push(Segment {
+                        rows: start..j,
+                        cut: true,
+                        over_budget: None,
+                    });
+                }
+                let (i, &bytes) = alone
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, b)| **b)
+                    .unwrap_or((0, &0));
+                let what = match (&self.inputs[i], &shapes[i]) {
+                    (Some(s), Some(shape)) => format!("shape {shape:?} {}", s.dtype),
+                    _ => "its values".to_string(),
+                };
+                segments.push(Segment {
+                    rows: j..j + 1,
+                    cut: true,
+                    over_budget: Some((
+                        i,
+                        crate::batch::over_chunk_budget(bytes, self.budget, &what),
+                    )),
+                });
+                start = j + 1;
+                parts.iter_mut().for_each(|p| *p = Part::default());
+                continue;
+            }
+            if j > start {
+                let mut total = 0u64;
+                let mut wasteful = false;
+                for ((s, part), shape) in self.inputs.iter().zip(&parts).zip(&shapes) {
+                    let Some(s) = s else { continue };
+                    let (bytes, waste) = Self::with_row(s, part, shape.as_deref());
+                    total = total.saturating_add(bytes);
+                    if let Some((padded, real)) = waste {
+                        wasteful |= bytes > limits::PAD_WASTE_FLOOR_BYTES as u64
+                            && padded > real.saturating_mul(limits::MAX_PAD_RATIO as u64);
+                    }
+                }
+                let full = j - start >= chunk;
+                if full || total > self.budget || wasteful {
+                    segments.push(Segment {
+                        rows: start..j,
+                        cut: !full,
+                        over_budget: None,
+                    });
+                    start = j;
+                    parts.iter_mut().for_each(|p| *p = Part::default());
+                }
+            }
+            for ((s, part), shape) in self.inputs.iter().zip(parts.iter_mut()).zip(&shapes) {
+                if let Some(s) = s {
+                    Self::add(s, part, shape.as_deref());
+                }
+            }
+        }
+        if start < n {
+            segments.push(Segment {
+                rows: start..n,
+                cut: false,
+                over_budget: None,
+            });
+        }
+        segments
+    }
+}
+
+/// Bytes of one value of `d`.
+fn elem_bytes(d: DType) -> u64 {
+    match d {
+        DType::Float32 | DType::Int32 => 4,
+        DType::Float64 | DType::Int64 => 8,
+        DType::Uint8 | DType::Bool => 1,
+    }
+}
+
+/// The padded tensor input whose rows [`padded_order`] would sort by: the first one, when
+/// `sort_by_length` is on, there is no text input (text sorts by characters) and more than
+/// one row and one row a pass.
+fn padded_input(spec: &GeneralSpec, opts: &BatchOptions, n: usize, chunk: usize) -> Option<usize> {
+    if !opts.sort_by_length || chunk == 1 || n < 2 || u32::try_from(n).is_err() {
+        return None;
+    }
+    if spec.inputs.iter().any(|d| d.kind == InputKind::Text) {
+        return None;
+    }
+    spec.inputs
+        .iter()
+        .position(|d| d.kind == InputKind::Tensor && d.ragged == Some(Ragged::Pad))
+}
+
+/// The order in which to run the rows of a call whose padded tensor input `padded` would need
+/// more than one pass: most values first (stable), so that each pass pads little and the
+/// budget cuts few passes; `None` when one pass holds them all (they run as they come).
+fn padded_order(
+    spec: &GeneralSpec,
+    readers: &[Option<Box<dyn input::InputReader + '_>>],
+    limits: &CallLimits,
+    padded: usize,
+    n: usize,
+    chunk: usize,
+    budget: usize,
+) -> Option<Vec<u32>> {
+    let reader = readers.get(padded)?.as_deref()?;
+    if Sizer::new(spec, readers, limits, budget)
+        .plan(n, chunk)
+        .len()
+        <= 1
+    {
+        return None;
+    }
+    let keys: Vec<u64> = (0..n)
+        .map(|j| reader.row_shape(j).map_or(0, |s| values_of(&s)))
+        .collect();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(keys[i as usize]));
+    Some(order)
 }
 
 /// The order in which to run `batch`'s rows (a permutation of `0..n`), longest text first, or
@@ -590,6 +932,95 @@ mod tests {
         let back = unsort(&[rows], &order).unwrap();
         let back: Vec<i32> = back[0].as_primitive::<Int32Type>().values().to_vec();
         assert_eq!(back, [0, 1, 2, 3, 4, 5]);
+    }
+
+    /// Rows whose shapes are known beforehand (as `row_shape` gives them).
+    struct Shapes(Vec<Vec<i64>>);
+
+    impl input::InputReader for Shapes {
+        fn read(
+            &self,
+            _: std::ops::Range<usize>,
+            _: usize,
+        ) -> Vec<std::result::Result<input::RowTensor, String>> {
+            unreachable!("planning reads no row")
+        }
+        fn row_shape(&self, i: usize) -> Option<Vec<i64>> {
+            self.0.get(i).cloned()
+        }
+    }
+
+    fn plan(spec: &str, shapes: Vec<Vec<i64>>, budget: usize, chunk: usize) -> Vec<Segment> {
+        let spec = match Spec::from_json(spec).unwrap() {
+            Spec::General(g) => g,
+            Spec::Image(_) => unreachable!(),
+        };
+        let n = shapes.len();
+        let mut readers: Vec<Option<Box<dyn input::InputReader>>> =
+            vec![Some(Box::new(Shapes(shapes)))];
+        readers.extend((1..spec.inputs.len()).map(|_| None));
+        Sizer::new(&spec, &readers, &CallLimits::default(), budget).plan(n, chunk)
+    }
+
+    fn spans(segments: &[Segment]) -> Vec<(usize, usize, bool)> {
+        segments
+            .iter()
+            .map(|s| (s.rows.start, s.rows.end, s.over_budget.is_some()))
+            .collect()
+    }
+
+    const PAD2: &str = r#"{"spec_version": 2, "inputs": [{"name": "x", "shape": [-1, -1], "ragged": "pad"}],
+        "outputs": [{"name": "o"}]}"#;
+    const PAD1: &str = r#"{"spec_version": 2,
+        "inputs": [{"name": "x", "shape": [-1], "ragged": "pad", "dtype": "int64"},
+                   {"name": "m", "kind": "mask", "of": "x", "dtype": "int64"}],
+        "outputs": [{"name": "o"}]}"#;
+
+    #[test]
+    fn padded_passes_are_cut_by_bytes_and_by_waste() {
+        // [6000, 1] and [1, 6000] would pad to 72,000,000 values: each runs alone.
+        let p = plan(
+            PAD2,
+            vec![vec![6000, 1], vec![1, 6000], vec![2, 2]],
+            256 << 20,
+            64,
+        );
+        assert_eq!(spans(&p), [(0, 1, false), (1, 3, false)]);
+        assert!(p[0].cut && !p[1].cut);
+        // One 2,000,000-value row (16 MB with its int64 mask) then rows of 4: it shares a pass
+        // with 3 of them (4x waste), the rest run together.
+        let mut rows = vec![vec![2_000_000]];
+        rows.extend(std::iter::repeat_n(vec![4], 63));
+        let p = plan(PAD1, rows, 256 << 20, 64);
+        assert_eq!(spans(&p), [(0, 4, false), (4, 64, false)]);
+        // Small passes are never cut for waste.
+        let p = plan(PAD1, vec![vec![500], vec![1], vec![1]], 256 << 20, 64);
+        assert_eq!(spans(&p), [(0, 3, false)]);
+    }
+
+    #[test]
+    fn a_row_past_the_budget_is_its_own_segment_and_rows_still_cut_by_count() {
+        // Value and mask: 16 bytes a padded int64 value; 1,000 bytes of budget.
+        let p = plan(
+            PAD1,
+            vec![vec![10], vec![100], vec![10], vec![10]],
+            1_000,
+            2,
+        );
+        assert_eq!(spans(&p), [(0, 1, false), (1, 2, true), (2, 4, false)]);
+        let (i, why) = p[1].over_budget.clone().unwrap();
+        assert_eq!(i, 0);
+        assert!(
+            why.contains("shape [100] int64) takes 1,600 bytes"),
+            "{why}"
+        );
+        assert!(!p[2].cut);
+        // A fixed shape: rows per pass by bytes.
+        let fixed = r#"{"spec_version": 2, "inputs": [{"name": "x", "shape": [10]}],
+            "outputs": [{"name": "o"}]}"#;
+        let p = plan(fixed, vec![vec![10]; 7], 120, 64);
+        assert_eq!(spans(&p), [(0, 3, false), (3, 6, false), (6, 7, false)]);
+        assert!(p[0].cut && p[1].cut && !p[2].cut);
     }
 
     #[test]

@@ -122,6 +122,11 @@ impl Preprocessor {
         self.channels * self.height as usize * self.width as usize
     }
 
+    /// "3x224x224 float32": one row's shape, for messages.
+    pub fn shape_text(&self) -> String {
+        format!("{}x{}x{} float32", self.channels, self.height, self.width)
+    }
+
     /// The pixel limit in force when a call asks for `requested` (0: the spec's): the smaller.
     pub fn pixel_limit(&self, requested: u64) -> u64 {
         if requested == 0 {
@@ -149,7 +154,11 @@ impl Preprocessor {
         out: &mut [f32],
         max_pixels: u64,
     ) -> Result<RowTimes, String> {
-        let limit = self.pixel_limit(max_pixels);
+        // A fixed-size row's values are the spec's, whatever the image's size.
+        let limit = SizeLimit {
+            pixels: self.pixel_limit(max_pixels),
+            values: u64::MAX,
+        };
         let mut times = RowTimes::default();
         match input {
             ImageInput::Floats(v) => {
@@ -189,15 +198,22 @@ impl Preprocessor {
     /// `(p * scale - mean) / std` as [`Self::fill`]; no resize or crop (such a spec has none:
     /// asking for one is an error). Floats carry no size, so only encoded bytes and Spark's
     /// image struct are read.
+    ///
+    /// `max_values` bounds `C x h x w` (`max_row_elements`), checked from the header as the
+    /// pixel limit is, before any pixel is allocated.
     pub fn fill_native(
         &self,
         input: ImageInput<'_>,
         max_pixels: u64,
+        max_values: u64,
     ) -> Result<NativeImage, String> {
         if self.resize.is_some() || self.center_crop.is_some() {
             return Err("an image at its own size takes no resize or center_crop".into());
         }
-        let limit = self.pixel_limit(max_pixels);
+        let limit = SizeLimit {
+            pixels: self.pixel_limit(max_pixels),
+            values: max_values,
+        };
         let mut times = RowTimes::default();
         let started = Instant::now();
         let pixels = match input {
@@ -242,7 +258,41 @@ impl Preprocessor {
         }
     }
 
-    fn decode(&self, bytes: &[u8], limit: u64) -> Result<Pixels, String> {
+    /// An encoded image's or Spark struct's width and height as its header says (cheap: no
+    /// pixel is decoded); `None` for floats or an unreadable header.
+    pub fn dimensions(&self, input: ImageInput<'_>) -> Option<(u32, u32)> {
+        match input {
+            ImageInput::Encoded(bytes) => {
+                let format = image::guess_format(bytes).ok()?;
+                format_name(format)?;
+                ImageReader::with_format(Cursor::new(bytes), format)
+                    .into_dimensions()
+                    .ok()
+            }
+            ImageInput::SparkImage { height, width, .. } => {
+                Some((u32::try_from(width).ok()?, u32::try_from(height).ok()?))
+            }
+            ImageInput::Floats(_) | ImageInput::Doubles(_) => None,
+        }
+    }
+
+    /// A header's `width` x `height` against the limits, before any pixel is allocated.
+    fn check_size(&self, w: u32, h: u32, limit: SizeLimit) -> Result<(), String> {
+        check_pixels(w, h, limit.pixels)?;
+        let values = u64::from(w) * u64::from(h) * self.channels as u64;
+        if values > limit.values {
+            return Err(format!(
+                "image is {w}x{h} (width x height) x {} channels = {} values, over the limit of \
+                 {} values per row (max_row_elements)",
+                self.channels,
+                crate::limits::grouped(values),
+                crate::limits::grouped(limit.values)
+            ));
+        }
+        Ok(())
+    }
+
+    fn decode(&self, bytes: &[u8], limit: SizeLimit) -> Result<Pixels, String> {
         if bytes.is_empty() {
             return Err("empty image bytes".into());
         }
@@ -280,14 +330,14 @@ impl Preprocessor {
         let mut limits = Limits::default();
         // At least 64 MiB: metadata chunks (ICC, EXIF, text) are allocated against the same cap
         // before the header's size is known, and a low max_pixels must not refuse them.
-        limits.max_alloc = Some(limit.saturating_mul(16).max(64 << 20));
+        limits.max_alloc = Some(limit.pixels.saturating_mul(16).max(64 << 20));
         reader.limits(limits);
         let mut decoder = reader.into_decoder().map_err(fail)?;
         let (w, h) = decoder.dimensions();
-        check_pixels(w, h, limit)?;
+        self.check_size(w, h, limit)?;
         // A GIF's first frame may be larger than its logical screen (the header's size).
         if let Some((fw, fh)) = gif_first_frame_size(format, bytes) {
-            check_pixels(fw, fh, limit)?;
+            self.check_size(fw, fh, limit)?;
         }
         let orientation = match self.exif {
             ExifOrientation::Ignore => None,
@@ -354,7 +404,7 @@ impl Preprocessor {
         width: i32,
         nc: i32,
         data: &[u8],
-        limit: u64,
+        limit: SizeLimit,
     ) -> Result<Pixels, String> {
         if height <= 0 || width <= 0 {
             return Err(format!(
@@ -362,7 +412,7 @@ impl Preprocessor {
             ));
         }
         let (h, w) = (height as u32, width as u32);
-        check_pixels(w, h, limit)?;
+        self.check_size(w, h, limit)?;
         let npix = h as usize * w as usize;
         let nc_usize = match nc {
             1 | 3 | 4 => nc as usize,
@@ -461,6 +511,14 @@ impl Preprocessor {
         }
         Ok(())
     }
+}
+
+/// What a decoded image may hold: `pixels` (width x height, `max_pixels`) and `values`
+/// (C x width x height, `max_row_elements`; unbounded for fixed-size rows).
+#[derive(Debug, Clone, Copy)]
+struct SizeLimit {
+    pixels: u64,
+    values: u64,
 }
 
 /// A header's `width` x `height` against the pixel limit, before any pixel is allocated.

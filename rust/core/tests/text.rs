@@ -139,7 +139,13 @@ fn token_ids_equal_python_tokenizers() {
     let n = strs.len();
     let cut = exp.truncated.iter().filter(|&&t| t).count() as u64;
     for col in &columns {
-        let r = torchspark_core::input::reader(decl, vec![("text", col)], 0, Some(&tok)).unwrap();
+        let r = torchspark_core::input::reader(
+            decl,
+            vec![("text", col)],
+            &Default::default(),
+            Some(&tok),
+        )
+        .unwrap();
         let rows = r.read(0..n, 2);
         for (i, row) in rows.into_iter().enumerate() {
             let row = row.unwrap();
@@ -156,8 +162,13 @@ fn token_ids_equal_python_tokenizers() {
     // int32 ids.
     let mut d32 = decl.clone();
     d32.dtype = torchspark_core::spec::general::DType::Int32;
-    let r =
-        torchspark_core::input::reader(&d32, vec![("text", &columns[0])], 0, Some(&tok)).unwrap();
+    let r = torchspark_core::input::reader(
+        &d32,
+        vec![("text", &columns[0])],
+        &Default::default(),
+        Some(&tok),
+    )
+    .unwrap();
     let row = r.read(0..1, 1).pop().unwrap().unwrap();
     let want: Vec<i32> = exp.ids[0].iter().map(|&v| v as i32).collect();
     assert_eq!(row.data, RowData::I32(want));

@@ -190,8 +190,9 @@ pub struct JobTimes {
 type Key = (usize, EngineConfig, usize);
 static ENGINES: Lazy<Mutex<HashMap<Key, Weak<Engine>>>> = Lazy::new(|| Mutex::new(HashMap::new()));
 
-/// Default bound on queued input bytes: native memory that fits Spark's memoryOverhead.
-const DEFAULT_QUEUE_BYTES: usize = 256 << 20;
+/// Default bound on queued input bytes: native memory that fits Spark's memoryOverhead (also
+/// the default chunk budget, so that every job fits it).
+const DEFAULT_QUEUE_BYTES: usize = crate::limits::DEFAULT_BATCH_BYTES;
 
 /// The forward worker(s) of one model and sizing (see the module docs). Dropping the last
 /// handle stops the workers: each finishes the pass it is in, queued jobs fail.

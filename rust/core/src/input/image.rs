@@ -23,6 +23,7 @@ pub fn reader<'a>(
     decl: &'a InputDecl,
     columns: Vec<(&'a str, &'a ArrayRef)>,
     max_pixels: u64,
+    max_elements: u64,
 ) -> Result<Box<dyn InputReader + 'a>, String> {
     let [(_, col)] = columns[..] else {
         return Err(format!(
@@ -47,6 +48,7 @@ pub fn reader<'a>(
         native,
         shape: &decl.shape,
         max_pixels,
+        max_elements,
     }))
 }
 
@@ -59,6 +61,8 @@ struct ImageReader<'a> {
     native: bool,
     shape: &'a [i64],
     max_pixels: u64,
+    /// `max_row_elements`: an image at its own size holds at most this many values.
+    max_elements: u64,
 }
 
 impl ImageReader<'_> {
@@ -69,7 +73,9 @@ impl ImageReader<'_> {
             .ok_or_else(|| format!("row {i} is beyond the column"))?
             .clone()?;
         if self.native {
-            let img = self.pre.fill_native(input, self.max_pixels)?;
+            let img = self
+                .pre
+                .fill_native(input, self.max_pixels, self.max_elements)?;
             return Ok(RowTensor {
                 data: RowData::F32(img.values),
                 shape: vec![self.shape[0], i64::from(img.height), i64::from(img.width)],
@@ -93,6 +99,15 @@ impl InputReader for ImageReader<'_> {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }
+    }
+
+    fn row_shape(&self, i: usize) -> Option<Vec<i64>> {
+        if !self.native {
+            return Some(self.shape.to_vec());
+        }
+        let input = *self.rows.get(i)?.as_ref().ok()?;
+        let (w, h) = self.pre.dimensions(input)?;
+        Some(vec![self.shape[0], i64::from(h), i64::from(w)])
     }
 
     fn read_dense(&self, rows: Range<usize>, threads: usize) -> Option<DenseRows> {
@@ -276,6 +291,8 @@ mod tests {
         out.into_inner()
     }
 
+    const DEFAULT: u64 = crate::limits::DEFAULT_MAX_ROW_ELEMENTS;
+
     const NORM: &str = r#""preprocess": {"scale": 0.00392156862745098, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}"#;
 
     #[test]
@@ -293,10 +310,10 @@ mod tests {
         let native = decl(&format!(
             r#"{{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list", {NORM}}}"#
         ));
-        let f = reader(&fixed, vec![("image", &col)], 0)
+        let f = reader(&fixed, vec![("image", &col)], 0, DEFAULT)
             .unwrap()
             .read(0..4, 1);
-        let n = reader(&native, vec![("image", &col)], 0)
+        let n = reader(&native, vec![("image", &col)], 0, DEFAULT)
             .unwrap()
             .read(0..4, 2);
         let (f0, n0) = (f[0].as_ref().unwrap(), n[0].as_ref().unwrap());
@@ -308,7 +325,7 @@ mod tests {
         assert_eq!(n[2].as_ref().unwrap_err(), "input is null");
         assert!(n[3].as_ref().unwrap_err().contains("not a PNG"));
         // The dense path gives the same rows in one buffer, zeros for bad rows.
-        let dense = reader(&fixed, vec![("image", &col)], 0)
+        let dense = reader(&fixed, vec![("image", &col)], 0, DEFAULT)
             .unwrap()
             .read_dense(0..4, 2)
             .unwrap();
@@ -319,13 +336,13 @@ mod tests {
         assert!(all[60..].iter().all(|&x| x == 0.0));
         assert!(dense.status[0].is_ok() && dense.status[1..].iter().all(Result::is_err));
         assert!(
-            reader(&native, vec![("image", &col)], 0)
+            reader(&native, vec![("image", &col)], 0, DEFAULT)
                 .unwrap()
                 .read_dense(0..4, 1)
                 .is_none()
         );
         // The pixel limit applies to each image.
-        let small = reader(&native, vec![("image", &col)], 20)
+        let small = reader(&native, vec![("image", &col)], 20, DEFAULT)
             .unwrap()
             .read(0..2, 1);
         assert!(
@@ -380,8 +397,12 @@ mod tests {
         let native = decl(&format!(
             r#"{{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list", {NORM}}}"#
         ));
-        let a = reader(&native, vec![("s", &s)], 0).unwrap().read(0..1, 1);
-        let b = reader(&native, vec![("b", &bin)], 0).unwrap().read(0..1, 1);
+        let a = reader(&native, vec![("s", &s)], 0, DEFAULT)
+            .unwrap()
+            .read(0..1, 1);
+        let b = reader(&native, vec![("b", &bin)], 0, DEFAULT)
+            .unwrap()
+            .read(0..1, 1);
         let (a, b) = (a[0].as_ref().unwrap(), b[0].as_ref().unwrap());
         assert_eq!((&a.data, &a.shape), (&b.data, &b.shape));
     }
@@ -395,15 +416,19 @@ mod tests {
         b.values().append_slice(&[0.5; 12]);
         b.append(true);
         let floats: ArrayRef = Arc::new(b.finish());
-        let e = reader(&native, vec![("x", &floats)], 0).err().unwrap();
+        let e = reader(&native, vec![("x", &floats)], 0, DEFAULT)
+            .err()
+            .unwrap();
         assert!(e.contains("cannot be read as an image"), "{e}");
         let fixed = decl(r#"{"name": "image", "kind": "image", "shape": [3, 2, 2]}"#);
-        let rows = reader(&fixed, vec![("x", &floats)], 0)
+        let rows = reader(&fixed, vec![("x", &floats)], 0, DEFAULT)
             .unwrap()
             .read(0..1, 1);
         assert_eq!(rows[0].as_ref().unwrap().data, RowData::F32(vec![0.5; 12]));
         let ints: ArrayRef = Arc::new(Int32Array::from(vec![1]));
-        let e = reader(&fixed, vec![("x", &ints)], 0).err().unwrap();
+        let e = reader(&fixed, vec![("x", &ints)], 0, DEFAULT)
+            .err()
+            .unwrap();
         assert!(
             e.starts_with("Arrow type Int32 cannot be read as an image"),
             "{e}"

@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use arrow_array::ArrayRef;
 
+use crate::limits::CallLimits;
 use crate::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl, InputKind};
 use crate::value::ModelInput;
@@ -115,6 +116,15 @@ pub trait InputReader: Send + Sync {
     fn truncated(&self) -> u64 {
         0
     }
+
+    /// Row `i`'s per-row shape as far as it is known before the row is read (the declared
+    /// one, list offsets, a vector's size, an image's header), for cutting chunks by bytes:
+    /// cheap, never allocates the row. `None` when it is not known beforehand (text: at most
+    /// `max_length`) or the row cannot be read (reading it says why).
+    fn row_shape(&self, i: usize) -> Option<Vec<i64>> {
+        let _ = i;
+        None
+    }
 }
 
 /// Rows of a fixed-shape input in one buffer.
@@ -127,20 +137,27 @@ pub struct DenseRows {
 }
 
 /// The reader for `decl` over `columns` (its column(s) of the batch, in declared order).
-/// `max_pixels` is the caller's image pixel limit (0: the spec's); `tokenizer` is the model's
-/// tokenizer for a text input ([`crate::model::Model::tokenizer`]). Errors (a column type the input
-/// cannot read) fail the whole batch and name the column and its type.
+/// `limits` are the caller's per-row limits (each 0: the spec's; [`crate::limits`]);
+/// `tokenizer` is the model's tokenizer for a text input ([`crate::model::Model::tokenizer`]).
+/// Errors (a column type the input cannot read) fail the whole batch and name the column and
+/// its type.
 pub fn reader<'a>(
     decl: &'a InputDecl,
     columns: Vec<(&'a str, &'a ArrayRef)>,
-    max_pixels: u64,
+    limits: &CallLimits,
     tokenizer: Option<&'a text::TextTokenizer>,
 ) -> Result<Box<dyn InputReader + 'a>, String> {
+    let max_elements = decl.row_element_limit(limits.max_row_elements);
     match decl.kind {
-        InputKind::Tensor => tensor::reader(decl, columns),
-        InputKind::Image => image::reader(decl, columns, max_pixels),
+        InputKind::Tensor => tensor::reader(decl, columns, max_elements),
+        InputKind::Image => image::reader(decl, columns, limits.max_pixels, max_elements),
         InputKind::Text => match tokenizer {
-            Some(tok) => text::reader(decl, columns, tok),
+            Some(tok) => text::reader(
+                decl,
+                columns,
+                tok,
+                decl.text_byte_limit(limits.max_text_bytes),
+            ),
             None => Err(format!(
                 "input `{}`: no tokenizer was loaded for this text input",
                 decl.name

@@ -45,6 +45,7 @@ pub const FIXED_SHAPE_TENSOR: &str = "arrow.fixed_shape_tensor";
 pub fn reader<'a>(
     decl: &'a InputDecl,
     columns: Vec<(&'a str, &'a ArrayRef)>,
+    max_elements: u64,
 ) -> Result<Box<dyn InputReader + 'a>, String> {
     let source = match &columns[..] {
         [] => return Err("no column to read".into()),
@@ -77,6 +78,7 @@ pub fn reader<'a>(
         shape: &decl.shape,
         dtype: decl.dtype,
         nan_error: decl.nan == NanPolicy::Error,
+        max_elements,
         source,
     }))
 }
@@ -129,6 +131,9 @@ struct TensorReader<'a> {
     shape: &'a [i64],
     dtype: DType,
     nan_error: bool,
+    /// The most values a row may hold (`max_row_elements`): checked before a row is copied
+    /// or a sparse vector expanded.
+    max_elements: u64,
     source: Source<'a>,
 }
 
@@ -539,13 +544,15 @@ fn vector_cols(s: &StructArray) -> Result<VectorCols<'_>, String> {
     })
 }
 
-/// The most values a sparse vector of a variable-size input may expand to (1 GiB of float64).
-const MAX_SPARSE_SIZE: usize = 1 << 27;
-
 /// Row `i` of a vector column, dense, as float64 (a dense vector borrowed, a sparse one
 /// expanded). `shape` is the declared one: a fixed shape bounds a sparse vector's size before
-/// it is expanded.
-fn vector_row<'a>(v: &VectorCols<'a>, i: usize, shape: &[i64]) -> Result<Cow<'a, [f64]>, String> {
+/// it is expanded, and so does `max_elements` (`max_row_elements`).
+fn vector_row<'a>(
+    v: &VectorCols<'a>,
+    i: usize,
+    shape: &[i64],
+    max_elements: u64,
+) -> Result<Cow<'a, [f64]>, String> {
     if v.all.is_null(i) || v.kind.is_null(i) {
         return Err("input is null".into());
     }
@@ -561,7 +568,10 @@ fn vector_row<'a>(v: &VectorCols<'a>, i: usize, shape: &[i64]) -> Result<Cow<'a,
     }
     let values = &vv.values()[a..b];
     match v.kind.value(i) {
-        1 => Ok(Cow::Borrowed(values)),
+        1 => {
+            check_elements(values.len(), max_elements)?;
+            Ok(Cow::Borrowed(values))
+        }
         0 => {
             let (io, il, iv) = v.indices;
             if v.size.is_null(i) || il.is_null(i) {
@@ -588,9 +598,12 @@ fn vector_row<'a>(v: &VectorCols<'a>, i: usize, shape: &[i64]) -> Result<Cow<'a,
                          {size}"
                     ));
                 }
-            } else if size > MAX_SPARSE_SIZE {
+            }
+            if size as u64 > max_elements {
                 return Err(format!(
-                    "sparse vector of size {size} is larger than {MAX_SPARSE_SIZE} values"
+                    "sparse vector of size {}: {}",
+                    crate::limits::grouped(size as u64),
+                    over_elements(max_elements)
                 ));
             }
             let mut dense = vec![0f64; size];
@@ -609,6 +622,27 @@ fn vector_row<'a>(v: &VectorCols<'a>, i: usize, shape: &[i64]) -> Result<Cow<'a,
         t => Err(format!(
             "vector type {t} is neither 0 (sparse) nor 1 (dense)"
         )),
+    }
+}
+
+/// "over the limit of N values per row (max_row_elements)".
+fn over_elements(limit: u64) -> String {
+    format!(
+        "over the limit of {} values per row (max_row_elements)",
+        crate::limits::grouped(limit)
+    )
+}
+
+/// A row of `n` values against `max_row_elements`, before it is copied.
+fn check_elements(n: usize, limit: u64) -> Result<(), String> {
+    if n as u64 > limit {
+        Err(format!(
+            "the row has {} values, {}",
+            crate::limits::grouped(n as u64),
+            over_elements(limit)
+        ))
+    } else {
+        Ok(())
     }
 }
 
@@ -703,6 +737,9 @@ impl TensorReader<'_> {
     /// Rows `rows` into one buffer (fixed shapes only: each good row adds `row_len` values).
     fn dense<T: Target>(&self, rows: Range<usize>) -> (Vec<T>, Vec<Result<RowTimes, String>>) {
         let row_len = self.shape.iter().product::<i64>() as usize;
+        if let Err(e) = check_elements(row_len, self.max_elements) {
+            return (Vec::new(), rows.map(|_| Err(e.clone())).collect());
+        }
         let mut out = Vec::with_capacity(row_len * rows.len());
         let status = rows
             .map(|i| {
@@ -762,7 +799,7 @@ impl TensorReader<'_> {
                 Ok(declared())
             }
             Source::Vector(v) => {
-                let dense = vector_row(v, i, self.shape)?;
+                let dense = vector_row(v, i, self.shape, self.max_elements)?;
                 flat_len(self.shape, dense.len())?;
                 convert(&dense, nan, 0, out).map_err(|b| {
                     let at = flat_shape(self.shape, dense.len()).unwrap_or_default();
@@ -796,6 +833,7 @@ impl TensorReader<'_> {
                         (range, self.nested_shape(&dims)?)
                     }
                 };
+                check_elements(range.1 - range.0, self.max_elements)?;
                 leaf.convert_into(range, nan, 0, out).map_err(|b| {
                     if shape.is_empty() {
                         let at = flat_shape(self.shape, range.1 - range.0).unwrap_or_default();
@@ -878,6 +916,39 @@ impl InputReader for TensorReader<'_> {
         rows.map(|i| self.row(i)).collect()
     }
 
+    fn row_shape(&self, i: usize) -> Option<Vec<i64>> {
+        if !self.shape.contains(&-1) {
+            return Some(self.shape.to_vec());
+        }
+        match &self.source {
+            Source::Scalar(_) | Source::Gather(_) => Some(self.shape.to_vec()),
+            Source::Vector(v) => {
+                if v.all.is_null(i) || v.kind.is_null(i) || v.values.1.is_null(i) {
+                    return None;
+                }
+                let n = match v.kind.value(i) {
+                    1 => v.values.0[i + 1] as usize - v.values.0[i] as usize,
+                    0 if !v.size.is_null(i) => usize::try_from(v.size.value(i)).ok()?,
+                    _ => return None,
+                };
+                flat_shape(self.shape, n).ok()
+            }
+            Source::Nested { levels, .. } => match &levels[..] {
+                [level] => {
+                    if level.array().is_null(i) {
+                        return None;
+                    }
+                    let (a, b) = level.span(i);
+                    flat_shape(self.shape, b - a).ok()
+                }
+                _ => {
+                    let (_, dims) = self.walk(levels, i).ok()?;
+                    self.nested_shape(&dims).ok()
+                }
+            },
+        }
+    }
+
     fn read_dense(&self, rows: Range<usize>, _threads: usize) -> Option<DenseRows> {
         if self.shape.contains(&-1) {
             return None;
@@ -906,6 +977,14 @@ mod tests {
 
     fn decl(json: &str) -> InputDecl {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// The reader under the default per-row element limit.
+    fn reader<'a>(
+        decl: &'a InputDecl,
+        columns: Vec<(&'a str, &'a ArrayRef)>,
+    ) -> Result<Box<dyn InputReader + 'a>, String> {
+        super::reader(decl, columns, crate::limits::DEFAULT_MAX_ROW_ELEMENTS)
     }
 
     fn read(decl: &InputDecl, col: &ArrayRef) -> Vec<Result<RowTensor, String>> {
@@ -1281,7 +1360,11 @@ mod tests {
         let var = decl(r#"{"name": "x", "shape": [-1], "ragged": "pad"}"#);
         let rows = read(&var, &col);
         assert_eq!(rows[1].as_ref().unwrap().shape, vec![5]);
-        assert!(err(&rows[4]).contains("larger than"), "{}", err(&rows[4]));
+        assert_eq!(
+            err(&rows[4]),
+            "sparse vector of size 2,147,483,647: over the limit of 67,108,864 values per row \
+             (max_row_elements)"
+        );
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! sentence-transformers cuts (`max_seq_length`, not the 128 a MiniLM tokenizer.json carries).
 //! Rows are encoded one by one on the caller's thread budget ([`crate::batch::decode_pool`]),
 //! never with `encode_batch` (rayon's global pool: every core, and one bad row fails all).
+//! A row over `max_text_bytes` is an error before it is tokenized; a long row is tokenized
+//! by heads, exactly ([`TextTokenizer::encode`]), so its cost follows the part `max_length`
+//! keeps, not its length.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -34,9 +37,14 @@ pub struct TextTokenizer {
     /// Without special tokens, tokenizers 0.23.2's post-processor drops the overflowing
     /// parts, so a row of exactly `max_length` ids is re-encoded untruncated to tell a cut.
     untruncated: Option<Tokenizer>,
-    /// The most characters of a longer text worth tokenizing (see [`prefix_cut_safe`]); 0:
-    /// always the whole text.
-    prefix_chars: usize,
+    /// `inner` without truncation or post-processor: a long text's head goes through it, so
+    /// that its tokens keep their word ids and byte offsets (see [`TextTokenizer::encode`]).
+    raw: Tokenizer,
+    /// The ids a row keeps before the special tokens are added.
+    budget: usize,
+    /// Bytes a token of a head must end before the head's end to count as the whole text's
+    /// (added tokens, and the few characters a normalizer looks at, past a word's end).
+    margin: usize,
     file: PathBuf,
     /// The file as it was read (fstat of the descriptor): the registry reloads the model
     /// when the file on disk no longer matches.
@@ -141,16 +149,26 @@ impl TextTokenizer {
                     .into(),
             ));
         }
-        // ~8 characters a token: English averages ~4-5 with the space, CJK 1.
-        let prefix_chars = if prefix_cut_safe(&inner) {
-            max_length.saturating_mul(8).max(1024)
-        } else {
-            0
-        };
+        let mut raw = inner.clone();
+        raw.with_truncation(None)
+            .map_err(|e| fail(format!("without truncation: {e}")))?;
+        raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let longest_added = inner
+            .get_added_tokens_decoder()
+            .values()
+            .map(|t| t.content.len())
+            .max()
+            .unwrap_or(0);
         Ok(TextTokenizer {
             inner,
             untruncated,
-            prefix_chars,
+            raw,
+            budget: if add_special {
+                max_length - special
+            } else {
+                max_length
+            },
+            margin: HEAD_MARGIN + longest_added,
             file,
             meta,
             add_special,
@@ -174,15 +192,21 @@ impl TextTokenizer {
     }
 
     /// `text`'s token ids (special tokens added unless the spec says not) and whether it was
-    /// truncated at `max_length`. Errors: the tokenizer's own, as a row's reason.
+    /// truncated at `max_length`: exactly what tokenizing the whole text and truncating gives
+    /// (the `tokenizers` package's `encode` with truncation), in time linear in the part kept.
+    /// Errors: the tokenizer's own, as a row's reason.
+    ///
+    /// A long text is tokenized by heads (its first bytes, doubled until enough): every step of
+    /// a tokenizer (added tokens, normalizer, pre-tokenizer) is local to a few characters, and
+    /// the model (WordPiece, BPE, Unigram) tokenizes each pre-token (word) on its own, so a
+    /// head's tokens equal the whole text's up to its last word. A head's tokens count when
+    /// they come before its last word and end [`HEAD_MARGIN`] bytes (plus the longest added
+    /// token) before its end; once more than `max_length` (less the special tokens) count,
+    /// they are the result. A text whose words never end (no pre-tokenizer, one huge word) is
+    /// tokenized whole: `max_text_bytes` bounds that.
     pub fn encode(&self, text: &str) -> std::result::Result<(Vec<i64>, bool), String> {
-        if let Some(head) = self.head(text) {
-            // A head that is cut itself gives the whole text's ids (see `prefix_cut_safe`).
-            let enc = encode(&self.inner, head, self.add_special)?;
-            if !enc.get_overflowing().is_empty() {
-                let ids = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
-                return Ok((ids, true));
-            }
+        if let Some(done) = self.encode_head(text)? {
+            return Ok(done);
         }
         let enc = encode(&self.inner, text, self.add_special)?;
         let ids: Vec<i64> = enc.get_ids().iter().map(|&i| i64::from(i)).collect();
@@ -194,40 +218,67 @@ impl TextTokenizer {
         };
         Ok((ids, cut))
     }
-}
 
-impl TextTokenizer {
-    /// A long text's first `prefix_chars` characters or fewer, ending before a space; `None`
-    /// when the text is short, the tokenizer not [`prefix_cut_safe`], or there is no space.
-    fn head<'t>(&self, text: &'t str) -> Option<&'t str> {
-        // Only the add_special path reports overflow (see `untruncated`).
-        if self.prefix_chars == 0 || self.untruncated.is_some() || text.len() <= self.prefix_chars {
-            return None;
+    /// The whole text's ids from a head of `text`, or `None` when no head shorter than the
+    /// text holds enough whole words (then the caller tokenizes all of it).
+    fn encode_head(&self, text: &str) -> std::result::Result<Option<(Vec<i64>, bool)>, String> {
+        // ~8 bytes a token: English averages 4-5 with the space, CJK 3.
+        let mut len = self
+            .budget
+            .saturating_add(1)
+            .saturating_mul(8)
+            .saturating_add(self.margin);
+        // A head past half the text costs what the whole text does: tokenize that instead.
+        while len.saturating_mul(2) <= text.len() {
+            let mut end = len;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let mut enc = encode_with_words(&self.raw, &text[..end])?;
+            if stable_tokens(&enc, end, self.margin) > self.budget {
+                // One token more than kept: the truncation below then reports the cut.
+                enc.truncate(self.budget + 1, 0, TruncationDirection::Right);
+                enc.take_overflowing();
+                let done = self
+                    .inner
+                    .post_process(enc, None, self.add_special)
+                    .map_err(|e| format!("the tokenizer failed: {e}"))?;
+                let ids = done.get_ids().iter().map(|&i| i64::from(i)).collect();
+                return Ok(Some((ids, true)));
+            }
+            len = len.saturating_mul(2);
         }
-        let (end, _) = text.char_indices().nth(self.prefix_chars)?;
-        // An ASCII space only: other "whitespace" (U+0085, ...) BERT's clean_text deletes.
-        let cut = text[..end].rfind(' ')?;
-        (cut > 0).then(|| &text[..cut])
+        Ok(None)
     }
 }
 
-/// Whether tokenizing a text's head that ends before a space gives exactly the first tokens
-/// of the whole text: true when every step is local to the words spaces separate (no normalizer or BERT's, which maps characters one by one; BERT's, Whitespace
-/// or WhitespaceSplit pre-tokenizer, which split at every space; added tokens that hold no
-/// space). Then a head whose tokens overflow `max_length` is the text's result, and a
-/// 20,000-character text costs a 2,000-character one.
-fn prefix_cut_safe(tok: &Tokenizer) -> bool {
-    use tokenizers::{NormalizerWrapper as N, PreTokenizerWrapper as P};
-    let normalizer = matches!(tok.get_normalizer(), None | Some(N::BertNormalizer(_)));
-    let pre = matches!(
-        tok.get_pre_tokenizer(),
-        Some(P::BertPreTokenizer(_) | P::Whitespace(_) | P::WhitespaceSplit(_))
-    );
-    let added = tok
-        .get_added_tokens_decoder()
-        .values()
-        .all(|t| !t.content.contains(' '));
-    normalizer && pre && added
+/// Bytes past a head's last counted token, besides the longest added token: what a normalizer
+/// may look at past a character (Unicode composition, a SentencePiece charsmap entry).
+pub const HEAD_MARGIN: usize = 64;
+
+/// How many of a head's first tokens are the whole text's: those of a word before the head's
+/// last word that end `margin` bytes before the head's `end`.
+fn stable_tokens(enc: &tokenizers::Encoding, end: usize, margin: usize) -> usize {
+    let words = enc.get_word_ids();
+    let Some(last) = words.iter().flatten().max().copied() else {
+        return 0;
+    };
+    words
+        .iter()
+        .zip(enc.get_offsets())
+        .take_while(|(w, o)| w.is_some_and(|w| w < last) && o.1.saturating_add(margin) <= end)
+        .count()
+}
+
+/// `text` through `tok` with word ids and byte offsets (no special tokens); errors and panics
+/// as in [`encode`].
+fn encode_with_words(
+    tok: &Tokenizer,
+    text: &str,
+) -> std::result::Result<tokenizers::Encoding, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tok.encode(text, false)))
+        .map_err(|_| "the tokenizer failed on this text (it panicked)".to_string())?
+        .map_err(|e| format!("the tokenizer failed: {e}"))
 }
 
 /// One text through `tok`; the tokenizer's error, or a panic inside it, is the row's reason.
@@ -245,10 +296,12 @@ fn encode(
 }
 
 /// See [`super::reader`]: `tok` is the model's tokenizer for `decl`.
+/// `max_bytes` is the most UTF-8 bytes a row may hold (`max_text_bytes`).
 pub fn reader<'a>(
     decl: &'a InputDecl,
     columns: Vec<(&'a str, &'a ArrayRef)>,
     tok: &'a TextTokenizer,
+    max_bytes: u64,
 ) -> std::result::Result<Box<dyn InputReader + 'a>, String> {
     let [(_, col)] = columns[..] else {
         return Err(format!(
@@ -272,6 +325,7 @@ pub fn reader<'a>(
         col: col.as_ref(),
         tok,
         dtype: decl.dtype,
+        max_bytes,
         truncated: AtomicU64::new(0),
     }))
 }
@@ -291,6 +345,8 @@ struct TextReader<'a> {
     col: &'a dyn Array,
     tok: &'a TextTokenizer,
     dtype: DType,
+    /// `max_text_bytes`: a longer row is an error, never tokenized.
+    max_bytes: u64,
     /// Rows cut at `max_length` so far (read by the plan for `torchspark.truncated_rows`).
     truncated: AtomicU64,
 }
@@ -304,6 +360,14 @@ impl TextReader<'_> {
             return Err("null".into());
         }
         let started = Instant::now();
+        let len = text_len(self.col, i);
+        if len as u64 > self.max_bytes {
+            return Err(format!(
+                "text is {} bytes, over the limit of {} bytes per row (max_text_bytes)",
+                crate::limits::grouped(len as u64),
+                crate::limits::grouped(self.max_bytes)
+            ));
+        }
         let text = text_at(self.col, i)?;
         let (ids, cut) = self.tok.encode(text)?;
         if cut {
@@ -328,6 +392,18 @@ impl TextReader<'_> {
                 resize: Default::default(),
             },
         })
+    }
+}
+
+/// Row `i`'s bytes (checked against `max_text_bytes` before it is even validated as UTF-8).
+fn text_len(col: &dyn Array, i: usize) -> usize {
+    match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().value(i).len(),
+        DataType::LargeUtf8 => col.as_string::<i64>().value(i).len(),
+        DataType::Utf8View => col.as_string_view().value(i).len(),
+        DataType::Binary => col.as_binary::<i32>().value(i).len(),
+        DataType::LargeBinary => col.as_binary::<i64>().value(i).len(),
+        _ => 0,
     }
 }
 

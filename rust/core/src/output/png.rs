@@ -96,7 +96,10 @@ impl OutputWriter for PngWriter {
                     "a png pixel holds a class 0..=255, the class map has class {class}"
                 ));
             }
-            let mut map = vec![0u8; p.numel()];
+            let mut map = Vec::new();
+            map.try_reserve_exact(p.numel())
+                .map_err(|_| format!("a class map of {} pixels cannot be allocated", p.numel()))?;
+            map.resize(p.numel(), 0u8);
             p.f_to_kind(Kind::Uint8)
                 .and_then(|u| u.f_copy_data(&mut map, p.numel()))
                 .map_err(|e| format!("copying the class map: {e}"))?;

@@ -82,6 +82,13 @@ fn cast(t: &Tensor, dtype: DType) -> Result<Tensor, tch::TchError> {
 
 fn copy_into<T: Element + Copy>(v: &mut Vec<T>, t: &Tensor, n: usize) -> Result<(), String> {
     let start = v.len();
+    // The model chose `n` (from inputs the budget bounds): a failed allocation is an error.
+    v.try_reserve_exact(n).map_err(|_| {
+        format!(
+            "copying the output: {n} values ({} bytes) cannot be allocated",
+            n.saturating_mul(std::mem::size_of::<T>())
+        )
+    })?;
     v.resize(start + n, T::ZERO);
     // libtorch makes the tensor contiguous (and moves it to the CPU) and does one memcpy.
     t.f_copy_data(&mut v[start..], n)

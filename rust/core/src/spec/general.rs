@@ -126,6 +126,15 @@ pub struct InputDecl {
     /// default true, as Hugging Face's `add_special_tokens`).
     #[serde(default)]
     pub add_special_tokens: Option<bool>,
+    /// A `tensor` or `image` input: the most values one row may hold (a list's length, a
+    /// sparse vector's size, an image at its own size's C x H x W); more is a row error.
+    /// Default [`crate::limits::DEFAULT_MAX_ROW_ELEMENTS`]; a call's `max_row_elements` lowers it.
+    #[serde(default)]
+    pub max_row_elements: Option<u64>,
+    /// A `text` input: the most UTF-8 bytes one row may hold; more is a row error. Default
+    /// [`crate::limits::DEFAULT_MAX_TEXT_BYTES`]; a call's `max_text_bytes` lowers it.
+    #[serde(default)]
+    pub max_text_bytes: Option<u64>,
 }
 
 /// `inputs[i].kind`.
@@ -399,6 +408,25 @@ impl InputDecl {
         }
     }
 
+    /// The most values one row may hold in a call that asks for `call` (0: the spec's).
+    pub fn row_element_limit(&self, call: u64) -> u64 {
+        crate::limits::effective(
+            self.max_row_elements,
+            crate::limits::DEFAULT_MAX_ROW_ELEMENTS,
+            call,
+        )
+    }
+
+    /// The most UTF-8 bytes one text row may hold in a call that asks for `call` (0: the
+    /// spec's).
+    pub fn text_byte_limit(&self, call: u64) -> u64 {
+        crate::limits::effective(
+            self.max_text_bytes,
+            crate::limits::DEFAULT_MAX_TEXT_BYTES,
+            call,
+        )
+    }
+
     /// Whether the shape has a variable dimension.
     pub fn is_ragged(&self) -> bool {
         self.shape.contains(&-1)
@@ -514,6 +542,8 @@ impl GeneralSpec {
                 vocab_size: None,
                 tokenizer_sha256: None,
                 add_special_tokens: None,
+                max_row_elements: None,
+                max_text_bytes: None,
             }],
             outputs: vec![OutputDecl {
                 name: "output".into(),
@@ -617,6 +647,25 @@ impl GeneralSpec {
             if let Some((field, _)) = text_only.iter().find(|(_, set)| *set) {
                 return Err(format!("{at}.{field} belongs to `kind: \"text\"` inputs"));
             }
+        }
+        if d.max_text_bytes == Some(0) || d.max_row_elements == Some(0) {
+            let field = if d.max_text_bytes == Some(0) {
+                "max_text_bytes"
+            } else {
+                "max_row_elements"
+            };
+            return Err(format!("{at}.{field} must be at least 1"));
+        }
+        if d.kind != InputKind::Text && d.max_text_bytes.is_some() {
+            return Err(format!(
+                "{at}.max_text_bytes belongs to `kind: \"text\"` inputs"
+            ));
+        }
+        if !matches!(d.kind, InputKind::Tensor | InputKind::Image) && d.max_row_elements.is_some() {
+            return Err(format!(
+                "{at}.max_row_elements belongs to `kind: \"tensor\"` and `kind: \"image\"` \
+                 inputs (a text row's ids are bounded by max_length)"
+            ));
         }
         if d.kind.is_generated()
             && (!d.shape.is_empty() || d.ragged.is_some() || d.pad_value.is_some())

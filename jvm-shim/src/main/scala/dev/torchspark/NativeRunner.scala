@@ -177,6 +177,9 @@ private[torchspark] object NativeRunner {
     val inputIdx = inputColumns.map(df.schema.fieldIndex).toArray
     val names = IndexedSeq(inputColumns.toIndexedSeq)
     val who = p.getClass.getSimpleName
+    // The limits of docs/limits.md (0: the spec's or the engine's).
+    val limits = s""", "max_row_elements": ${p.getMaxRowElements}, "max_batch_bytes": """ +
+      s"""${p.getMaxBatchBytes}, "max_text_bytes": ${p.getMaxTextBytes}"""
     df.mapPartitions { input: Iterator[Row] =>
       val config = configJson(source, device, threadsFor(numThreads), precision, engine)
       val handle = openForTask(config, metrics)
@@ -222,7 +225,7 @@ private[torchspark] object NativeRunner {
             ),
           g =>
             s"""{"batch_size": $batchSize, "row_offset": ${g.first}, "max_pixels": $maxPixels""" +
-              s"""$optionsExtra}""",
+              s"""$limits$optionsExtra}""",
           g => g.size
         )
         .flatMap { case (g, answer) =>

@@ -92,8 +92,39 @@ trait TorchSparkModelParams extends Params {
     ParamValidators.gtEq(0)
   )
 
+  final val maxRowElements: LongParam = new LongParam(
+    this,
+    "maxRowElements",
+    "most values one row of one input may hold (a list's length, a sparse vector's size, an " +
+      "image at its own size's C x H x W), checked before it is copied; more is a row error. " +
+      "0 means the spec's inputs[i].max_row_elements (default 67,108,864), which a smaller " +
+      "value lowers (docs/limits.md)",
+    ParamValidators.gtEq(0)
+  )
+
+  final val maxBatchBytes: LongParam = new LongParam(
+    this,
+    "maxBatchBytes",
+    "most bytes of one forward pass's inputs (padding and masks included): passes are cut " +
+      "before it, and a row that alone passes it is a row error. 0 means the engine's queue " +
+      "bound (256 MiB), which a smaller value lowers (docs/limits.md)",
+    ParamValidators.gtEq(0)
+  )
+
+  final val maxTextBytes: LongParam = new LongParam(
+    this,
+    "maxTextBytes",
+    "most UTF-8 bytes of one text row; a longer one is a row error, never tokenized. 0 means " +
+      "the spec's inputs[i].max_text_bytes (default 1,048,576), which a smaller value lowers " +
+      "(docs/limits.md)",
+    ParamValidators.gtEq(0)
+  )
+
   setDefault(
     maxPixels -> 0L,
+    maxRowElements -> 0L,
+    maxBatchBytes -> 0L,
+    maxTextBytes -> 0L,
     batchSize -> 0,
     device -> "cpu",
     numThreads -> 0,
@@ -112,6 +143,9 @@ trait TorchSparkModelParams extends Params {
   def setHandleInvalid(v: String): this.type = set(handleInvalid, v)
   def setErrorCol(v: String): this.type = set(errorCol, v)
   def setMaxPixels(v: Long): this.type = set(maxPixels, v)
+  def setMaxRowElements(v: Long): this.type = set(maxRowElements, v)
+  def setMaxBatchBytes(v: Long): this.type = set(maxBatchBytes, v)
+  def setMaxTextBytes(v: Long): this.type = set(maxTextBytes, v)
   def setEngine(v: String): this.type = set(engine, v)
   def setEngineTimeoutMs(v: Long): this.type = set(engineTimeoutMs, v)
 
@@ -123,6 +157,9 @@ trait TorchSparkModelParams extends Params {
   final def getHandleInvalid: String = $(handleInvalid)
   final def getErrorCol: String = $(errorCol)
   final def getMaxPixels: Long = $(maxPixels)
+  final def getMaxRowElements: Long = $(maxRowElements)
+  final def getMaxBatchBytes: Long = $(maxBatchBytes)
+  final def getMaxTextBytes: Long = $(maxTextBytes)
   final def getEngine: String = $(engine)
   final def getEngineTimeoutMs: Long = $(engineTimeoutMs)
 

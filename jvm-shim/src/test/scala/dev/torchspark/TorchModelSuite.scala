@@ -239,6 +239,45 @@ class TorchModelSuite {
     }
   }
 
+  /** The limits of docs/limits.md as params: a lower maxRowElements makes every row an error naming
+    * it (arrays and sparse vectors alike), a small maxBatchBytes gives passes of 3 rows and the
+    * same predictions, and the three round-trip through save/load.
+    */
+  @Test def limitParamsLowerTheLimitsAndRoundTrip(): Unit = {
+    // A copy of the model: its passes of 3 rows leave the shared model's TorchScript executor
+    // (which other tests compare bit for bit across runs) as it was.
+    val dir = Files.createTempDirectory("torchspark-limits")
+    Seq("pt", "json").foreach { ext =>
+      Files.copy(general.resolve(s"diabetes_mlp.$ext"), dir.resolve(s"mlp.$ext"))
+    }
+    def mlp = new TorchModel().setModelPath(dir.resolve("mlp.pt").toString).setBatchSize(64)
+    Seq("features=x", "features=sv").foreach { cols =>
+      val low = mlp.setInputCols(Array(cols)).setHandleInvalid("keep").setMaxRowElements(5)
+      val rows = low.transform(diabetesDf.where("id < 8")).select("prediction", "error").collect()
+      assertEquals(8, rows.length)
+      rows.foreach { r =>
+        assertTrue(r.isNullAt(0))
+        val e = r.getString(1)
+        assertTrue(e, e.contains("over the limit of 5 values per row (max_row_elements)"))
+      }
+    }
+    checkPredictions(
+      mlp.setInputCols(Array("features=x")).setMaxBatchBytes(3 * 10 * 4).transform(diabetesDf)
+    )
+    mlp
+      .setMaxRowElements(7)
+      .setMaxBatchBytes(1L << 20)
+      .setMaxTextBytes(99)
+      .write
+      .overwrite()
+      .save(dir.resolve("m").toString)
+    val loaded = TorchModel.load(dir.resolve("m").toString)
+    assertEquals(
+      (7L, 1L << 20, 99L),
+      (loaded.getMaxRowElements, loaded.getMaxBatchBytes, loaded.getMaxTextBytes)
+    )
+  }
+
   @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
     val dir = Files.createTempDirectory("torchspark-torchmodel")
     val m = mlp
