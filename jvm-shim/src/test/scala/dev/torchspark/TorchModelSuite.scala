@@ -313,7 +313,11 @@ class TorchModelSuite {
     val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
     val a = fitted.transform(diabetesDf).select("id", "progression").collect()
     val b = reloaded.transform(diabetesDf).select("id", "progression").collect()
-    assertEquals(a.toSeq, b.toSeq)
+    // The same rows back; values within rounding: the shared engine may join the two tasks'
+    // jobs into one pass in one run and not in the other, and a float64 matmul's last bit
+    // depends on the batch's size.
+    assertEquals(a.map(_.getInt(0)).toSeq, b.map(_.getInt(0)).toSeq)
+    a.zip(b).foreach { case (x, y) => assertEquals(x.getDouble(1), y.getDouble(1), 1e-9) }
     a.foreach(r => assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5))
   }
 
