@@ -440,11 +440,12 @@ pub unsafe extern "C" fn ts_engine_stats(
                     reason: "null json_out pointer".into(),
                 });
             }
-            let stats = serde_json::to_string(&MODELS.get(handle)?.engine_stats()).map_err(|e| {
-                Error::Internal {
-                    reason: format!("engine stats: {e}"),
-                }
-            })?;
+            let stats =
+                serde_json::to_string(&MODELS.get(handle)?.engine_stats()).map_err(|e| {
+                    Error::Internal {
+                        reason: format!("engine stats: {e}"),
+                    }
+                })?;
             let text = CString::new(stats).unwrap_or_default();
             // SAFETY: checked non-null.
             unsafe { *json_out = text.into_raw() };

@@ -64,8 +64,9 @@ impl<T> Table<T> {
         let reason = match (id, self.what) {
             (0, "model") => "null model handle (closed or never opened)".to_string(),
             (0, _) => "null pending handle (collected or discarded already)".to_string(),
-            (_, "model") => "closed (NativeModel.close, NativeBridge.closeModel) or never opened"
-                .to_string(),
+            (_, "model") => {
+                "closed (NativeModel.close, NativeBridge.closeModel) or never opened".to_string()
+            }
             _ => "collected or discarded already, or never submitted".to_string(),
         };
         Error::Handle {

@@ -202,7 +202,10 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_collect<'l>(
             })?;
             write_ipc(&batch)?
         };
-        Ok(env.byte_array_from_slice(&bytes).map_err(jni_err)?.into_raw())
+        Ok(env
+            .byte_array_from_slice(&bytes)
+            .map_err(jni_err)?
+            .into_raw())
     })
 }
 
@@ -244,7 +247,10 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_autoBatchSize(
 ) -> jint {
     with_env(&mut env, 0, |_| {
         let _inside = enter();
-        Ok(MODELS.get(id(handle))?.auto_batch_size().min(i32::MAX as usize) as jint)
+        Ok(MODELS
+            .get(id(handle))?
+            .auto_batch_size()
+            .min(i32::MAX as usize) as jint)
     })
 }
 

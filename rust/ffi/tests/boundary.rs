@@ -205,7 +205,9 @@ const OPTS: &str = r#"{"top_k": 2, "batch_size": 2}"#;
 /// The probabilities of a score result, flattened (a null row: none).
 fn probabilities(b: &RecordBatch) -> Vec<f32> {
     let list = b.column_by_name("probability").unwrap().as_list::<i32>();
-    let values = list.values().as_primitive::<arrow_array::types::Float32Type>();
+    let values = list
+        .values()
+        .as_primitive::<arrow_array::types::Float32Type>();
     values.values().to_vec()
 }
 
@@ -222,7 +224,10 @@ fn check_scores(b: &RecordBatch, reference: &[f32]) {
         .zip(reference)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(worst <= 1e-5, "a call racing a close scored wrong values (off by {worst})");
+    assert!(
+        worst <= 1e-5,
+        "a call racing a close scored wrong values (off by {worst})"
+    );
 }
 
 /// Closing a model while other threads are inside calls on it through the C ABI (score,
@@ -234,7 +239,9 @@ fn check_scores(b: &RecordBatch, reference: &[f32]) {
 fn closing_a_model_while_threads_call_it_is_safe() {
     let png = std::fs::read(fixtures().join("images/digit_00_label0.png")).unwrap();
     let model = fixtures().join("resnet20.pt");
-    let engine = |mode: &str| format!(r#"{{"mode": "{mode}", "cores": 2, "task_cpus": 1}}"#);
+    // Its own engines (`workers` given): the other tests' engine must keep its queue to itself.
+    let engine =
+        |mode: &str| format!(r#"{{"mode": "{mode}", "cores": 2, "workers": 2, "task_cpus": 1}}"#);
     let batch = capi::pngs(&png, 3, true);
     let first = capi::open(&capi::config(&model, 1, &engine("per-task"))).unwrap();
     let reference = probabilities(&capi::score(first, &batch, OPTS).unwrap());
@@ -265,7 +272,9 @@ fn closing_a_model_while_threads_call_it_is_safe() {
                             Ok(()) => {
                                 calls.fetch_add(1, Ordering::Relaxed);
                             }
-                            Err((3, m)) if m.contains(&format!("model handle {handle} is not open")) => {
+                            Err((3, m))
+                                if m.contains(&format!("model handle {handle} is not open")) =>
+                            {
                                 return;
                             }
                             Err((6, m)) if m.contains("cancelled") || m.contains("closed") => {}
@@ -294,7 +303,10 @@ fn closing_a_model_while_threads_call_it_is_safe() {
         assert_eq!(ts_auto_batch_size(handle), 0);
         ts_close(handle);
     }
-    assert!(calls.load(Ordering::Relaxed) > 150, "the closes raced too few calls");
+    assert!(
+        calls.load(Ordering::Relaxed) > 150,
+        "the closes raced too few calls"
+    );
 }
 
 /// A pending discarded while another thread collects it: the collect returns its batch (it
@@ -315,7 +327,10 @@ fn discarding_a_pending_while_it_is_collected_is_safe() {
         ts_discard(pending);
         match collector.join().unwrap() {
             Ok(b) => assert_eq!(capi::good_rows(&b), 3),
-            Err((3, m)) => assert!(m.contains(&format!("pending handle {pending} is not open")), "{m}"),
+            Err((3, m)) => assert!(
+                m.contains(&format!("pending handle {pending} is not open")),
+                "{m}"
+            ),
             Err(other) => panic!("{other:?}"),
         }
         match second.join().unwrap() {

@@ -190,7 +190,7 @@ fn exit_with_jobs_queued_and_passes_in_flight_ends_cleanly() {
         Some(_) => {}
         None => {
             fixtures();
-            for seed in 1..=runs(12) as u64 {
+            for seed in 1..=runs(8) as u64 {
                 let e = child(test, "exit-in-flight", seed, &[]);
                 expect(&e, 0, &format!("exit with passes in flight (seed {seed})"));
             }
@@ -206,8 +206,7 @@ fn exit_past_the_drain_bound_ends_at_once_with_its_status() {
     let test = "exit_past_the_drain_bound_ends_at_once_with_its_status";
     match scenario().as_deref() {
         Some("past-bound") => {
-            let slow =
-                r#"{"mode": "shared", "cores": 2, "workers": 1, "task_cpus": 1, "debug_delay_ms": 20000}"#;
+            let slow = r#"{"mode": "shared", "cores": 2, "workers": 1, "task_cpus": 1, "debug_delay_ms": 20000}"#;
             let h = resnet(1, slow);
             let batch = capi::pngs(&png(), 2, false);
             let _pending = capi::submit(h, 0, &batch, OPTS, 1).unwrap();
@@ -221,7 +220,8 @@ fn exit_past_the_drain_bound_ends_at_once_with_its_status() {
             let e = child(test, "past-bound", 1, &[("TORCHSPARK_DRAIN_MS", "500")]);
             expect(&e, 3, "exit past the drain bound");
             assert!(
-                e.stderr.contains("still in a forward pass 500 ms after exit began"),
+                e.stderr
+                    .contains("still in a forward pass 500 ms after exit began"),
                 "{}",
                 e.stderr
             );
@@ -248,14 +248,24 @@ fn wait_child(pid: i32, what: &str) -> i32 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(status & 0x7f, 0, "{what}: the child died of signal {}", status & 0x7f);
+    assert_eq!(
+        status & 0x7f,
+        0,
+        "{what}: the child died of signal {}",
+        status & 0x7f
+    );
     (status >> 8) & 0xff
 }
 
 /// In a forked child: scores through both engines (fresh workers, fresh decode pool, one
 /// OpenMP thread on the forking thread), a batch submitted before the fork fails naming both
 /// processes, and the child exits through the exit handler. 0 when all of that held.
-fn in_forked_child(shared: u64, per_task: u64, before: u64, batch: &arrow_array::RecordBatch) -> i32 {
+fn in_forked_child(
+    shared: u64,
+    per_task: u64,
+    before: u64,
+    batch: &arrow_array::RecordBatch,
+) -> i32 {
     let check = |r: Result<arrow_array::RecordBatch, capi::Failure>, what: &str| match r {
         Ok(b) if capi::good_rows(&b) + 1 == b.num_rows() => true,
         other => {
@@ -275,7 +285,10 @@ fn in_forked_child(shared: u64, per_task: u64, before: u64, batch: &arrow_array:
     match capi::collect(before) {
         Err((_, m)) if m.contains("before process") && m.contains("was forked") => {}
         other => {
-            eprintln!("child: a pending of the parent: {:?}", other.map(|b| b.num_rows()));
+            eprintln!(
+                "child: a pending of the parent: {:?}",
+                other.map(|b| b.num_rows())
+            );
             ok = false;
         }
     }
@@ -324,9 +337,13 @@ fn fork_after_the_engine_started_gives_a_working_child() {
         Some(_) => {}
         None => {
             fixtures();
-            for seed in 1..=runs(4) as u64 {
+            for seed in 1..=runs(3) as u64 {
                 let e = child(test, "fork", seed, &[]);
-                expect(&e, 0, &format!("fork after the engine started (seed {seed})"));
+                expect(
+                    &e,
+                    0,
+                    &format!("fork after the engine started (seed {seed})"),
+                );
             }
         }
     }

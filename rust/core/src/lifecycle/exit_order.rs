@@ -109,7 +109,7 @@ static REAL: Lazy<Option<CxaAtexit>> = Lazy::new(|| {
         }
         dlsym(libc, c"__cxa_atexit".as_ptr())
     };
-    if p.is_null() || p as usize == cxa_atexit_hook as *const () as usize {
+    if p.is_null() || std::ptr::eq(p.cast_const(), cxa_atexit_hook as *const c_void) {
         return None;
     }
     // SAFETY: libc's function, of this signature.
@@ -182,7 +182,12 @@ unsafe fn hook_object(info: &DlPhdrInfo) {
     let relro: Vec<(usize, usize)> = phdrs
         .iter()
         .filter(|p| p.p_type == PT_GNU_RELRO)
-        .map(|p| (base + p.p_vaddr as usize, base + (p.p_vaddr + p.p_memsz) as usize))
+        .map(|p| {
+            (
+                base + p.p_vaddr as usize,
+                base + (p.p_vaddr + p.p_memsz) as usize,
+            )
+        })
         .collect();
     // The loader relocates these addresses in place on most targets; an unrelocated one is
     // below the load address.

@@ -45,7 +45,11 @@ pub fn open(config: &str) -> Result<u64, Failure> {
     let (mut handle, mut err) = (0u64, std::ptr::null_mut());
     // SAFETY: valid strings and out pointers.
     let code = unsafe { ts_open(cfg.as_ptr(), &mut handle, &mut err) };
-    if code == 0 { Ok(handle) } else { Err((code, take(err))) }
+    if code == 0 {
+        Ok(handle)
+    } else {
+        Err((code, take(err)))
+    }
 }
 
 fn import(oa: FFI_ArrowArray, os: FFI_ArrowSchema) -> RecordBatch {
