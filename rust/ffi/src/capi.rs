@@ -219,7 +219,7 @@ unsafe fn call(
     run: impl FnOnce(&Scorer, &RecordBatch, &BatchOptions) -> Result<RecordBatch>,
 ) -> i32 {
     report(
-        gated(|| {
+        guard(|| {
             if out_array.is_null() || out_schema.is_null() {
                 return Err(Error::Input {
                     reason: "null Arrow C Data Interface pointer".into(),
@@ -227,11 +227,16 @@ unsafe fn call(
             }
             // SAFETY: forwarded contract (the input is released whatever happens next).
             let batch = unsafe { import(in_array, in_schema) }?;
-            let scorer = MODELS.get(handle)?;
-            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
-            let out = run(&scorer, &batch, &options)?;
+            let out = gated(|| {
+                let scorer = MODELS.get(handle)?;
+                let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+                run(&scorer, &batch, &options)
+            });
+            // Released outside the gate: pyarrow's release of a numpy-backed buffer takes the
+            // GIL, which a forking thread holds while the fork waits for the gate.
+            drop(batch);
             // SAFETY: checked non-null; the caller imports (and so releases) them.
-            unsafe { export(out, out_array, out_schema) }
+            unsafe { export(out?, out_array, out_schema) }
         }),
         err_out,
     )
@@ -308,7 +313,7 @@ pub unsafe extern "C" fn ts_submit(
     err_out: *mut *mut c_char,
 ) -> i32 {
     report(
-        gated(|| {
+        guard(|| {
             // SAFETY: forwarded contract.
             let batch = unsafe { import(in_array, in_schema) }?;
             if pending_out.is_null() {
@@ -316,13 +321,17 @@ pub unsafe extern "C" fn ts_submit(
                     reason: "null pending_out pointer".into(),
                 });
             }
-            let scorer = MODELS.get(handle)?;
-            let op = Op::from_code(op)?;
-            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
-            let pending = scorer.submit(op, &batch, &options, task)?;
-            let id = PENDINGS.insert(Mutex::new(pending));
+            let id = gated(|| {
+                let scorer = MODELS.get(handle)?;
+                let op = Op::from_code(op)?;
+                let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+                let pending = scorer.submit(op, &batch, &options, task)?;
+                Ok(PENDINGS.insert(Mutex::new(pending)))
+            });
+            // Released outside the gate (see `call`).
+            drop(batch);
             // SAFETY: checked non-null.
-            unsafe { *pending_out = id };
+            unsafe { *pending_out = id? };
             Ok(())
         }),
         err_out,

@@ -17,8 +17,12 @@ public final class NativeBridge {
     NativeLoader.load();
     // Shutdown hooks run before exit() and its C++ static destructors: queued jobs go, passes in
     // flight finish (bounded by TORCHSPARK_DRAIN_MS), later native calls of other threads wait.
-    Runtime.getRuntime()
-        .addShutdownHook(new Thread(NativeBridge::shutdown, "torchspark-native-shutdown"));
+    try {
+      Runtime.getRuntime()
+          .addShutdownHook(new Thread(NativeBridge::shutdown, "torchspark-native-shutdown"));
+    } catch (IllegalStateException alreadyExiting) {
+      // First used while the JVM exits: the library's own exit handler drains instead.
+    }
   }
 
   /**
