@@ -424,9 +424,9 @@ pub extern "C" fn ts_auto_batch_size(handle: u64) -> u64 {
 
 /// The process is exiting (Python's `atexit` calls this, before any C++ static destructor):
 /// queued jobs are dropped, engines stop, and the call waits (at most `TORCHSPARK_DRAIN_MS`)
-/// for the forward passes in flight. Afterwards only this thread may call in; any other thread
-/// that calls in waits until the process is gone. Returns the threads still in a pass (0:
-/// drained).
+/// for the forward passes in flight. Afterwards only this thread's calls run; another thread's
+/// new call fails "the process is exiting" (code 7), and one whose wait for a result ends then
+/// waits until the process is gone. Returns the threads still in a pass (0: drained).
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_shutdown() -> u64 {
     guard(|| Ok(torchspark_core::lifecycle::shutdown(true) as u64)).unwrap_or(0)

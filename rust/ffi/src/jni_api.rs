@@ -21,7 +21,7 @@ use arrow_ipc::writer::StreamWriter;
 use jni::JNIEnv;
 use jni::objects::{JByteArray, JClass, JString};
 use jni::sys::{JavaVM, jbyteArray, jint, jlong, jstring};
-use torchspark_core::lifecycle::enter;
+use torchspark_core::lifecycle::try_enter;
 use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Op, Result, Scorer};
 
 use crate::guard;
@@ -80,7 +80,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_openModel(
 ) -> jlong {
     with_env(&mut env, 0, |env| {
         let config = ModelConfig::from_json(&string(env, &config_json)?)?;
-        let _inside = enter();
+        let _inside = try_enter()?;
         Ok(MODELS.insert(Scorer::open(&config)?) as jlong)
     })
 }
@@ -94,7 +94,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_closeModel(
     handle: jlong,
 ) {
     with_env(&mut env, (), |_| {
-        let _inside = enter();
+        let _inside = try_enter()?;
         drop(MODELS.remove(id(handle)));
         Ok(())
     })
@@ -154,7 +154,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_submit<'l>(
         let op = Op::from_code(op)?;
         let options = BatchOptions::from_json(&string(env, &options_json)?)?;
         let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
-        let _inside = enter();
+        let _inside = try_enter()?;
         let scorer = MODELS.get(id(handle))?;
         let batch = read_ipc(&bytes)?;
         let pending = scorer.submit(op, &batch, &options, task_id as u64)?;
@@ -174,7 +174,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_collect<'l>(
 ) -> jbyteArray {
     with_env(&mut env, std::ptr::null_mut(), |env| {
         let bytes = {
-            let _inside = enter();
+            let _inside = try_enter()?;
             let entry = PENDINGS.get(id(pending))?;
             // One collect at a time: a second one throws rather than wait behind the first.
             let mut p = match entry.try_lock() {
@@ -218,7 +218,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_discard(
     pending: jlong,
 ) {
     with_env(&mut env, (), |_| {
-        let _inside = enter();
+        let _inside = try_enter()?;
         drop(PENDINGS.remove(id(pending)));
         Ok(())
     })
@@ -233,7 +233,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_cancelTask(
     task_id: jlong,
 ) -> jlong {
     with_env(&mut env, 0, |_| {
-        let _inside = enter();
+        let _inside = try_enter()?;
         Ok(MODELS.get(id(handle))?.cancel_task(task_id as u64) as jlong)
     })
 }
@@ -246,7 +246,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_autoBatchSize(
     handle: jlong,
 ) -> jint {
     with_env(&mut env, 0, |_| {
-        let _inside = enter();
+        let _inside = try_enter()?;
         Ok(MODELS
             .get(id(handle))?
             .auto_batch_size()
@@ -263,7 +263,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_engineStats(
 ) -> jstring {
     with_env(&mut env, std::ptr::null_mut(), |env| {
         let stats = {
-            let _inside = enter();
+            let _inside = try_enter()?;
             serde_json::to_string(&MODELS.get(id(handle))?.engine_stats()).map_err(|e| {
                 Error::Internal {
                     reason: format!("engine stats: {e}"),
@@ -284,7 +284,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_describe<'l>(
     with_env(&mut env, std::ptr::null_mut(), |env| {
         let spec = string(env, &spec_json)?;
         let schema = {
-            let _inside = enter();
+            let _inside = try_enter()?;
             Scorer::describe(&spec)?
         };
         let fail = |e: arrow_schema::ArrowError| Error::Internal {
@@ -309,7 +309,7 @@ fn call<'l>(
         let options = BatchOptions::from_json(&string(env, &options_json)?)?;
         let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
         let out = {
-            let _inside = enter();
+            let _inside = try_enter()?;
             let scorer = MODELS.get(id(handle))?;
             let batch = read_ipc(&bytes)?;
             write_ipc(&run(&scorer, &batch, &options)?)?
@@ -360,8 +360,9 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_loadCount(
 
 /// The JVM is exiting (NativeBridge's shutdown hook): queued jobs are dropped, engines stop,
 /// and the call waits (at most `TORCHSPARK_DRAIN_MS`) for the forward passes in flight, before
-/// `exit()` runs libtorch's static destructors. Afterwards any other thread that calls in waits
-/// until the process is gone. Returns the threads still in a pass (0: drained).
+/// `exit()` runs libtorch's static destructors. Afterwards another thread's new call throws
+/// "the process is exiting", and one whose wait for a result ends then waits until the process
+/// is gone. Returns the threads still in a pass (0: drained).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_shutdown(
     _env: JNIEnv,

@@ -34,7 +34,7 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// into a JVM (a JVM that is exiting never lets the thread back, and the exit would wait for it).
 pub fn gated<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     guard(|| {
-        let _inside = torchspark_core::lifecycle::enter();
+        let _inside = torchspark_core::lifecycle::try_enter()?;
         f()
     })
 }

@@ -230,6 +230,39 @@ fn exit_past_the_drain_bound_ends_at_once_with_its_status() {
     }
 }
 
+/// After the exit began (`ts_shutdown`, as Python's `atexit` calls it): another thread's new
+/// call fails "the process is exiting" at once (it may hold locks an exit handler needs), the
+/// exiting thread still scores, on its own thread, and the process ends 0.
+#[test]
+fn after_the_exit_began_new_calls_fail_and_the_exiting_thread_still_scores() {
+    let test = "after_the_exit_began_new_calls_fail_and_the_exiting_thread_still_scores";
+    match scenario().as_deref() {
+        Some("after-shutdown") => {
+            let h = resnet(1, SHARED);
+            let batch = capi::pngs(&png(), 3, true);
+            capi::score(h, &batch, OPTS).unwrap();
+            assert_eq!(ts_shutdown(), 0, "nothing was in flight");
+            let other = std::thread::spawn(move || capi::score(h, &batch, OPTS).map(drop));
+            let code = match other.join().unwrap() {
+                Err((7, m)) if m.contains("the process is exiting") => 0,
+                other => {
+                    eprintln!("another thread's call after the shutdown: {other:?}");
+                    1
+                }
+            };
+            let mine = capi::score(h, &capi::pngs(&png(), 3, true), OPTS).unwrap();
+            assert_eq!(capi::good_rows(&mine), 3);
+            std::process::exit(code);
+        }
+        Some(_) => {}
+        None => {
+            fixtures();
+            let e = child(test, "after-shutdown", 1, &[]);
+            expect(&e, 0, "calls after the shutdown");
+        }
+    }
+}
+
 /// Waits for `pid` at most 60 s; its exit code, or a panic naming `what` (killed on a hang).
 fn wait_child(pid: i32, what: &str) -> i32 {
     let started = Instant::now();

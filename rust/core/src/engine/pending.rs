@@ -41,7 +41,7 @@ impl Pending {
     /// `Ok(Some(batch))` or the call's error once; later calls fail.
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<RecordBatch>> {
         // Output writers read tensors: inside the gate (the ticket waits step outside it).
-        let _inside = crate::lifecycle::enter();
+        let _inside = crate::lifecycle::try_enter()?;
         let polled = match &mut self.state {
             PendingState::Images(p) => p.poll(timeout),
             PendingState::General(p) => p.poll(timeout),
@@ -84,7 +84,7 @@ impl Scorer {
         task: TaskId,
     ) -> Result<Pending> {
         // PREPARE builds tensors on this thread: inside the gate.
-        let _inside = crate::lifecycle::enter();
+        let _inside = crate::lifecycle::try_enter()?;
         let state = match op {
             Op::Score => PendingState::Images(Box::new(self.submit_images(
                 batch,

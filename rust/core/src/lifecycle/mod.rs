@@ -7,9 +7,10 @@
 //!   [`outside`] it. The gate counts the threads inside.
 //! - **Exit.** [`shutdown`] (run by an `on_exit` handler, a JVM shutdown hook, Python's
 //!   `atexit`) marks the process as exiting, drops every engine's queued jobs, stops the workers
-//!   and waits up to [`drain_bound`] for the threads inside to leave. Any other thread that
-//!   reaches the gate afterwards waits there until the process is gone, so no torchspark thread
-//!   runs torch code while libtorch's static destructors run. Past the bound the `on_exit`
+//!   and waits up to [`drain_bound`] for the threads inside to leave. Afterwards another
+//!   thread's new call fails ([`try_enter`]), and a thread that comes back to the gate holding
+//!   torch objects (a wait that ended) waits there until the process is gone, so no torchspark
+//!   thread runs torch code while libtorch's static destructors run. Past the bound the `on_exit`
 //!   handler ends the process at once (`_exit` with its status) rather than destroy libtorch
 //!   under a running pass.
 //! - **Fork.** A `pthread_atfork` prepare handler waits (same bound) until no thread is inside,
@@ -31,6 +32,8 @@ use std::sync::{Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
+
+use crate::error::{Error, Result};
 
 unsafe extern "C" {
     fn on_exit(f: extern "C" fn(c_int, *mut c_void), arg: *mut c_void) -> c_int;
@@ -116,14 +119,15 @@ pub struct Inside {
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
-/// Enters the gate: waits while a fork is being prepared; once the process is exiting, a
-/// thread other than the exiting one waits here until the process is gone. Never call it
+/// Enters the gate holding torch objects already (a job, a pending batch): waits while a fork
+/// is being prepared; once the process is exiting, a thread other than the exiting one waits
+/// here until the process is gone (dropping what it holds would run torch code). Never call it
 /// while holding one of the engine's locks.
 pub fn enter() -> Inside {
     install();
     let depth = DEPTH.with(Cell::get);
     if depth == 0 {
-        admit();
+        admit(false);
     }
     DEPTH.with(|d| d.set(depth + 1));
     Inside {
@@ -131,12 +135,37 @@ pub fn enter() -> Inside {
     }
 }
 
-/// Counts this thread in, after the fork and exit checks.
-fn admit() {
+/// Enters the gate for a new call, holding nothing of torch: as [`enter`], but once the process
+/// is exiting a thread other than the exiting one gets an error instead of waiting (it may hold
+/// its caller's locks, which an exit handler could need).
+///
+/// Errors: [`Error::Internal`] "the process is exiting".
+pub fn try_enter() -> Result<Inside> {
+    install();
+    let depth = DEPTH.with(Cell::get);
+    if depth == 0 && !admit(true) {
+        return Err(Error::Internal {
+            reason: "the process is exiting: torchspark's engines are stopped and no new call \
+                     runs (docs/engine.md#lifecycle-closing-exit-fork-unload)"
+                .into(),
+        });
+    }
+    DEPTH.with(|d| d.set(depth + 1));
+    Ok(Inside {
+        _not_send: std::marker::PhantomData,
+    })
+}
+
+/// Counts this thread in, after the fork and exit checks; false (not counted) when the process
+/// is exiting and `refuse` is set.
+fn admit(refuse: bool) -> bool {
     let me = tid();
     let mut life = lock(&LIFE);
     loop {
         if life.exiting && life.exit_thread != me {
+            if refuse {
+                return false;
+            }
             drop(life);
             park_forever();
         }
@@ -148,6 +177,7 @@ fn admit() {
         }
     }
     life.active += 1;
+    true
 }
 
 /// The thread reached the gate after the process began to exit: it must not run torch code
@@ -186,7 +216,8 @@ pub fn outside<T>(f: impl FnOnce() -> T) -> T {
     DEPTH.with(|d| d.set(0));
     leave();
     let out = f();
-    admit();
+    // The caller holds torch objects: at exit it waits here rather than drop them.
+    admit(false);
     DEPTH.with(|d| d.set(depth));
     out
 }

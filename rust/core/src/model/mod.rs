@@ -211,7 +211,7 @@ pub fn load_count() -> u64 {
 /// [`Error::ModelLoad`], [`Error::Config`].
 pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     // A load runs torch code and holds the registry's locks: inside the gate.
-    let _inside = crate::lifecycle::enter();
+    let _inside = crate::lifecycle::try_enter()?;
     let device = parse_device(&config.device)?;
     let not_found = |e: std::io::Error| Error::ModelNotFound {
         path: config.model_path.clone(),

@@ -99,8 +99,9 @@ public final class NativeBridge {
 
   /**
    * The process is exiting (the shutdown hook calls this): drops every engine's queued jobs and
-   * waits, at most TORCHSPARK_DRAIN_MS (10 s), for the forward passes in flight; afterwards other
-   * threads that call in wait until the process is gone. Returns the threads still in a pass.
+   * waits, at most TORCHSPARK_DRAIN_MS (10 s), for the forward passes in flight; afterwards a new
+   * call of another thread throws "the process is exiting", and a thread whose wait for a result
+   * ends then waits until the process is gone. Returns the threads still in a pass.
    */
   public static native long shutdown();
 
