@@ -43,8 +43,8 @@ def loop(model: NativeModel, rows: int) -> None:
 
 for m, rows in ((shared, 40 + rng.randrange(100)), (per_task, 60), (shared, 16)):
     threading.Thread(target=loop, args=(m, rows), daemon=True).start()
-# Queued and never collected: the exit drops them.
-pending = [shared.submit([png] * 64, "score") for _ in range(3)]
+# Queued and never collected (about a second of passes): the exit drops them.
+pending = [shared.submit([png] * 256, "score", batch_size=256) for _ in range(4)]
 time.sleep(0.05 + rng.random() * 0.4)
 print("exiting", flush=True)
 if how == "sys.exit":

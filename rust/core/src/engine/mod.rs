@@ -559,8 +559,12 @@ impl Inner {
         }
     }
 
-    /// Starts the workers (in the process that runs this).
+    /// Starts the workers (in the process that runs this; none once it is exiting, when the
+    /// exiting thread's passes run on it).
     fn spawn_workers(self: &Arc<Self>) -> Result<()> {
+        if lifecycle::exiting() {
+            return Ok(());
+        }
         for i in 0..self.workers {
             let inner = Arc::clone(self);
             std::thread::Builder::new()
