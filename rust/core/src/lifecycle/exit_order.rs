@@ -94,8 +94,9 @@ struct Sym {
     size: u64,
 }
 
-/// Load addresses of the objects already hooked.
-static HOOKED: Lazy<Mutex<HashSet<usize>>> = Lazy::new(|| Mutex::new(HashSet::new()));
+/// The objects already hooked, by load address and path (an unloaded object's address may be
+/// reused by another, e.g. an AOTInductor package's wrapper loaded again).
+static HOOKED: Lazy<Mutex<HashSet<(usize, String)>>> = Lazy::new(|| Mutex::new(HashSet::new()));
 
 /// libc's `__cxa_atexit`, looked up in libc itself: this object's own GOT slot for it may be
 /// hooked, and a non-PIE executable's canonical PLT address for it (what a global lookup can
@@ -138,7 +139,7 @@ pub(super) fn hook_loaded_objects() {
         return;
     }
     let mut hooked = HOOKED.lock().unwrap_or_else(|e| e.into_inner());
-    let data: *mut HashSet<usize> = &mut *hooked;
+    let data: *mut HashSet<(usize, String)> = &mut *hooked;
     // SAFETY: the callback only reads the loader's structures it is handed; `data` outlives
     // the call.
     unsafe {
@@ -149,7 +150,7 @@ pub(super) fn hook_loaded_objects() {
 extern "C" fn visit(info: *mut DlPhdrInfo, _size: usize, data: *mut c_void) -> c_int {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: dl_iterate_phdr hands a valid info; `data` is hook_loaded_objects' set.
-        let (info, hooked) = unsafe { (&*info, &mut *data.cast::<HashSet<usize>>()) };
+        let (info, hooked) = unsafe { (&*info, &mut *data.cast::<HashSet<(usize, String)>>()) };
         let name = if info.name.is_null() {
             ""
         } else {
@@ -160,7 +161,7 @@ extern "C" fn visit(info: *mut DlPhdrInfo, _size: usize, data: *mut c_void) -> c
         if file.starts_with("libc.so") || file.starts_with("ld-linux") || file.contains("vdso") {
             return;
         }
-        if hooked.insert(info.addr) {
+        if hooked.insert((info.addr, name.to_string())) {
             // SAFETY: the object is loaded and its headers are the loader's.
             unsafe { hook_object(info) };
         }
