@@ -106,7 +106,7 @@ $(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py |
 	$(PY) tests/fixtures/make_text_fixtures.py
 
 # The lifecycle stress of `make test`, 200 runs of each target (1-2 hours on 2 cores).
-stress: setup $(GENERAL) ## 200 runs each: the boundary, engine and lifecycle test binaries, scripts that exit or fork with passes in flight
+stress: setup ## 200 runs each: the boundary, engine and lifecycle test binaries, scripts that exit or fork with passes in flight
 	$(CARGO_ENV) PYTHONUNBUFFERED=1 $(PY) tools/stress.py --runs $${STRESS_RUNS:-200} \
 	  --targets boundary,engine,lifecycle,py-exit,py-fork
 

@@ -340,8 +340,9 @@ pub unsafe extern "C" fn ts_submit(
 
 /// Waits at most `wait_ms` for a pending batch. Ready: fills `out_array`/`out_schema` (the
 /// caller imports them), sets `*ready_out = 1` and frees the pending handle. Not ready yet:
-/// `*ready_out = 0` (call again). An error frees the handle too. A handle that is not live
-/// (collected, discarded) or that another thread is collecting at the moment is an error.
+/// `*ready_out = 0` (call again). The batch's error frees the handle too. A handle that is not
+/// live (collected, discarded), that another thread is collecting at the moment, or a call
+/// after the process began to exit, is an error that frees nothing.
 ///
 /// # Safety
 /// The out pointers are writable.
