@@ -79,6 +79,9 @@ demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on S
 
 test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
 	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
+	@# About a minute of short processes that exit, fork and close models with passes in flight
+	@# (docs/engine.md#lifecycle): any signal, unexpected exit status or hang fails.
+	$(CARGO_ENV) PYTHONUNBUFFERED=1 $(PY) tools/stress.py --seconds 60
 	$(MVN) test
 	$(MVN35) test
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m "not slow" --durations=12
@@ -106,6 +109,11 @@ $(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py |
 
 $(LIMITS): tests/fixtures/make_limit_fixtures.py $(TEXT) | $(VENV)/.installed
 	$(PY) tests/fixtures/make_limit_fixtures.py
+
+# The lifecycle stress of `make test`, 200 runs of each target (1-2 hours on 2 cores).
+stress: setup ## 200 runs each: the boundary, engine and lifecycle test binaries, scripts that exit or fork with passes in flight
+	$(CARGO_ENV) PYTHONUNBUFFERED=1 $(PY) tools/stress.py --runs $${STRESS_RUNS:-200} \
+	  --targets boundary,engine,lifecycle,py-exit,py-fork
 
 # The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
 fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md
@@ -144,4 +152,4 @@ clean: ## remove build outputs (keeps .venv)
 	cargo clean
 	rm -rf jvm-shim/target tests/cluster/target tests/fixtures/out
 
-.PHONY: help setup native jar dist demo test test-cluster test-spark35 fuzz bench lint fmt clean
+.PHONY: help setup native jar dist demo test test-cluster test-spark35 stress fuzz bench lint fmt clean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import importlib.machinery
@@ -224,6 +225,13 @@ def lib() -> ctypes.CDLL:
         so.ts_engine_stats.restype = i32
         so.ts_auto_batch_size.argtypes = [u64]
         so.ts_auto_batch_size.restype = u64
+        so.ts_shutdown.argtypes = []
+        so.ts_shutdown.restype = u64
+        # Python's atexit handlers run before any C++ static destructor (libtorch's among
+        # them): the engines drain here, while daemon threads may still be in a call
+        # (docs/engine.md#lifecycle). Registered after the library, so it runs before handlers
+        # registered earlier; scoring from this thread still works afterwards.
+        atexit.register(so.ts_shutdown)
         _lib = so
         return so
 

@@ -99,7 +99,9 @@ class Pending:
     timed out), by `discard`, or when this object is garbage collected."""
 
     def __init__(self, model: NativeModel, ptr: int) -> None:
-        self._model = model  # keeps the handle open while the batch is in flight
+        # Keeps the object alive while the batch is in flight (the native batch holds its
+        # model itself: a close does not free it).
+        self._model = model
         self._so = model._so
         self._ptr = ptr
         self._lock = threading.Lock()
@@ -193,6 +195,9 @@ class NativeModel:
         self.engine = engine
         self.engine_timeout_ms = engine_timeout_ms
         self.task = next(_tasks)
+        # close() may race calls and __del__: the handle is taken out under this lock, and a
+        # call that read it before gets the native "handle N is not open" error.
+        self._close_lock = threading.Lock()
         self._so = _native.lib()
         config = json.dumps(
             {
@@ -217,11 +222,17 @@ class NativeModel:
 
     def close(self) -> None:
         """Drops this handle's queued batches and releases it; the model stays loaded for the
-        process (until its file changes)."""
-        if getattr(self, "_handle", 0):
-            self._so.ts_cancel_task(self._handle, self.task)
-            self._so.ts_close(self._handle)
-            self._handle = 0
+        process (until its file changes). Safe while other threads are in calls on this object:
+        a call already running finishes (or, queued, fails "cancelled"), a later one raises
+        ConfigError ("closed", "handle N is not open"). Idempotent."""
+        lock = getattr(self, "_close_lock", None)
+        if lock is None:  # __init__ failed before the handle existed
+            return
+        with lock:
+            handle, self._handle = getattr(self, "_handle", 0), 0
+        if handle:
+            self._so.ts_cancel_task(handle, self.task)
+            self._so.ts_close(handle)
 
     def __del__(self) -> None:
         self.close()
@@ -256,9 +267,10 @@ class NativeModel:
         return _non_negative("batch_size", batch_size) or self.auto_batch_size()
 
     def _live(self) -> int:
-        if not self._handle:
+        handle = self._handle  # read once: close() may run on another thread
+        if not handle:
             raise ConfigError("this NativeModel is closed")
-        return self._handle
+        return handle
 
     def submit(
         self,
@@ -474,14 +486,13 @@ class NativeModel:
         return self._run(fn, rb, opts)
 
     def _run(self, fn, rb: pa.RecordBatch, opts: dict[str, Any]) -> pa.RecordBatch:
-        if not self._handle:
-            raise ConfigError("this NativeModel is closed")
+        handle = self._live()
         in_a, in_s = _native.ArrowArray(), _native.ArrowSchema()
         out_a, out_s = _native.ArrowArray(), _native.ArrowSchema()
         rb._export_to_c(ctypes.addressof(in_a), ctypes.addressof(in_s))
         err = ctypes.c_void_p()
         code = fn(
-            self._handle,
+            handle,
             json.dumps(opts).encode(),
             ctypes.byref(in_a),
             ctypes.byref(in_s),

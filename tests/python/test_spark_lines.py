@@ -48,9 +48,10 @@ except Exception as e:
     print("REFUSED", e)
 s.stop()
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
-    ).stdout
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # Its exit status too: a signal at exit would otherwise go unseen.
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
     assert "REFUSED" in out
     assert wrong.rsplit("/", 1)[1] in out  # the jar, by name
     assert f"but this is Spark {pyspark.__version__}" in out

@@ -6,10 +6,8 @@
 //! ..."), and the other rows are still scored; only a batch that cannot be read at all fails.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use once_cell::sync::Lazy;
 
 use arrow_array::builder::{
     ArrayBuilder, Float32Builder, Int32Builder, ListBuilder, StringBuilder, StructBuilder,
@@ -625,25 +623,10 @@ impl StageTimes {
     }
 }
 
-/// A rayon pool of `n` threads per distinct `n` (a handful per process), none for one thread.
+/// A rayon pool of `n` threads per distinct `n` (a handful per process, re-made in a forked
+/// child), none for one thread.
 pub(crate) fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
-    static POOLS: Lazy<Mutex<HashMap<usize, &'static rayon::ThreadPool>>> =
-        Lazy::new(|| Mutex::new(HashMap::new()));
-    if n <= 1 {
-        return None;
-    }
-    let mut pools = POOLS.lock().ok()?;
-    if let Some(p) = pools.get(&n) {
-        return Some(p);
-    }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(|i| format!("torchspark-decode-{i}"))
-        .build()
-        .ok()?;
-    let pool: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
-    pools.insert(n, pool);
-    Some(pool)
+    crate::lifecycle::decode_pool(n)
 }
 
 fn top_k_fields() -> Fields {

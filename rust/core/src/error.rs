@@ -53,6 +53,15 @@ pub enum Error {
     /// A bug or a panic caught at the boundary.
     #[error("internal error: {reason}")]
     Internal { reason: String },
+
+    /// An FFI handle (`what`: "model" or "pending") that is not open: closed, collected,
+    /// discarded, or never given out. A config error for the caller.
+    #[error("{what} handle {id} is not open: {reason}")]
+    Handle {
+        what: &'static str,
+        id: u64,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -63,7 +72,7 @@ impl Error {
                 ErrorKind::ModelLoad
             }
             Error::Spec { .. } => ErrorKind::Spec,
-            Error::Config { .. } => ErrorKind::Config,
+            Error::Config { .. } | Error::Handle { .. } => ErrorKind::Config,
             Error::Device { .. } => ErrorKind::Device,
             Error::Input { .. } => ErrorKind::Input,
             Error::Inference { .. } => ErrorKind::Inference,

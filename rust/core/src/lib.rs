@@ -8,6 +8,7 @@
 //!   writers, over the [`value`] tree a model returns.
 //! - [`preprocess`]: decode, resize, crop, normalize into CHW floats (rayon over rows).
 //! - [`engine`]: one forward-pass scheduler per model and sizing (batches across tasks).
+//! - [`lifecycle`]: exit, fork and unload with passes in flight (the gate around torch code).
 //! - [`batch`]: Arrow `RecordBatch` in, scores or features out, bad rows marked, never dropped.
 //! - [`error`]: the one error type.
 //! - [`limits`]: the memory bounds of rows and chunks (row errors and splits, never an abort).
@@ -18,6 +19,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod input;
+pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod output;

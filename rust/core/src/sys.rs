@@ -53,7 +53,8 @@ pub(crate) fn tune_process() {
 /// and Spark tasks run on their own threads).
 pub(crate) fn set_threads(n: usize) {
     tune_process();
-    let n = n.clamp(1, 1024) as i32;
+    // One thread on a thread whose OpenMP team stayed in the parent of a fork.
+    let n = crate::lifecycle::omp_threads(n.clamp(1, 1024)) as i32;
     if tch::get_num_threads() != n {
         tch::set_num_threads(n);
     }

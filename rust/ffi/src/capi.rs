@@ -2,18 +2,22 @@
 //! RecordBatch is exported as one struct array (pyarrow's `RecordBatch._export_to_c`).
 //!
 //! Every function returns 0 on success or an [`ErrorKind`] number, and then stores a message
-//! in `*err_out` (free it with [`ts_string_free`]). Handles are opaque non-zero integers,
-//! released exactly once with [`ts_close`].
+//! in `*err_out` (free it with [`ts_string_free`]). Handles are opaque non-zero ids (the
+//! tables of [`crate::handles`]), released with [`ts_close`]: a call on a closed handle, even
+//! one racing the close from another thread, fails naming the handle (code 3, config); a call
+//! already running keeps its model until it returns.
 
 use std::ffi::{CStr, CString, c_char};
 use std::ptr;
+use std::sync::{Mutex, TryLockError};
 
 use arrow_array::{Array, RecordBatch, StructArray};
 
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi};
-use torchspark_core::{BatchOptions, Error, ModelConfig, Op, Pending, Result, Scorer};
+use torchspark_core::{BatchOptions, Error, ModelConfig, Op, Result, Scorer};
 
-use crate::guard;
+use crate::handles::{MODELS, PENDINGS};
+use crate::{gated, guard};
 
 fn report(result: Result<()>, err_out: *mut *mut c_char) -> i32 {
     match result {
@@ -42,17 +46,6 @@ fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str> {
         })
 }
 
-fn scorer<'a>(handle: u64) -> Result<&'a Scorer> {
-    if handle == 0 {
-        return Err(Error::Config {
-            field: "handle".into(),
-            reason: "null model handle (closed or never opened)".into(),
-        });
-    }
-    // SAFETY: non-zero handles come from ts_open's Box::into_raw and live until ts_close.
-    Ok(unsafe { &*(handle as *const Scorer) })
-}
-
 /// Opens (or reuses) a model; `config_json` is a `ModelConfig`.
 ///
 /// # Safety
@@ -64,36 +57,32 @@ pub unsafe extern "C" fn ts_open(
     err_out: *mut *mut c_char,
 ) -> i32 {
     report(
-        guard(|| {
+        gated(|| {
             let config = ModelConfig::from_json(c_str(config_json, "config")?)?;
-            let scorer = Box::new(Scorer::open(&config)?);
             if handle_out.is_null() {
                 return Err(Error::Config {
                     field: "handle_out".into(),
                     reason: "null pointer".into(),
                 });
             }
+            let id = MODELS.insert(Scorer::open(&config)?);
             // SAFETY: checked non-null; the caller owns the slot.
-            unsafe { *handle_out = Box::into_raw(scorer) as u64 };
+            unsafe { *handle_out = id };
             Ok(())
         }),
         err_out,
     )
 }
 
-/// Releases a handle from [`ts_open`]; the model itself stays loaded for the process.
-///
-/// # Safety
-/// `handle` came from `ts_open` and is released once.
+/// Releases a handle from [`ts_open`]; the model itself stays loaded for the process. Calls
+/// running on it finish first (they hold the model); later calls fail naming the handle. A
+/// handle closed twice, 0 or unknown: nothing happens.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ts_close(handle: u64) {
-    if handle != 0 {
-        let _ = guard(|| {
-            // SAFETY: see the function's contract.
-            drop(unsafe { Box::from_raw(handle as *mut Scorer) });
-            Ok(())
-        });
-    }
+pub extern "C" fn ts_close(handle: u64) {
+    let _ = gated(|| {
+        drop(MODELS.remove(handle));
+        Ok(())
+    });
 }
 
 /// Scores one batch. Takes ownership of `in_array`/`in_schema` (released on return) and
@@ -200,7 +189,7 @@ pub unsafe extern "C" fn ts_describe(
     err_out: *mut *mut c_char,
 ) -> i32 {
     report(
-        guard(|| {
+        gated(|| {
             if out_schema.is_null() {
                 return Err(Error::Input {
                     reason: "null Arrow C Data Interface pointer".into(),
@@ -238,11 +227,16 @@ unsafe fn call(
             }
             // SAFETY: forwarded contract (the input is released whatever happens next).
             let batch = unsafe { import(in_array, in_schema) }?;
-            let scorer = scorer(handle)?;
-            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
-            let out = run(scorer, &batch, &options)?;
+            let out = gated(|| {
+                let scorer = MODELS.get(handle)?;
+                let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+                run(&scorer, &batch, &options)
+            });
+            // Released outside the gate: pyarrow's release of a numpy-backed buffer takes the
+            // GIL, which a forking thread holds while the fork waits for the gate.
+            drop(batch);
             // SAFETY: checked non-null; the caller imports (and so releases) them.
-            unsafe { export(out, out_array, out_schema) }
+            unsafe { export(out?, out_array, out_schema) }
         }),
         err_out,
     )
@@ -303,7 +297,7 @@ unsafe fn export(
 /// engine (`Scorer::submit`); `op` is 0 score, 1 featurize, 2 predict; `task` identifies the
 /// caller for [`ts_cancel_task`]. Takes ownership of `in_array`/`in_schema`. Stores a pending
 /// handle in `pending_out`, to be given once to [`ts_collect`] (until it is ready or fails) or
-/// [`ts_discard`].
+/// [`ts_discard`] (one never collected nor discarded keeps its memory until the process ends).
 ///
 /// # Safety
 /// As for [`ts_score`]; `pending_out` is writable.
@@ -327,12 +321,17 @@ pub unsafe extern "C" fn ts_submit(
                     reason: "null pending_out pointer".into(),
                 });
             }
-            let scorer = scorer(handle)?;
-            let op = Op::from_code(op)?;
-            let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
-            let pending = scorer.submit(op, &batch, &options, task)?;
+            let id = gated(|| {
+                let scorer = MODELS.get(handle)?;
+                let op = Op::from_code(op)?;
+                let options = BatchOptions::from_json(c_str(options_json, "options")?)?;
+                let pending = scorer.submit(op, &batch, &options, task)?;
+                Ok(PENDINGS.insert(Mutex::new(pending)))
+            });
+            // Released outside the gate (see `call`).
+            drop(batch);
             // SAFETY: checked non-null.
-            unsafe { *pending_out = Box::into_raw(Box::new(pending)) as u64 };
+            unsafe { *pending_out = id? };
             Ok(())
         }),
         err_out,
@@ -341,10 +340,12 @@ pub unsafe extern "C" fn ts_submit(
 
 /// Waits at most `wait_ms` for a pending batch. Ready: fills `out_array`/`out_schema` (the
 /// caller imports them), sets `*ready_out = 1` and frees the pending handle. Not ready yet:
-/// `*ready_out = 0` (call again). An error frees the handle too.
+/// `*ready_out = 0` (call again). The batch's error frees the handle too. A handle that is not
+/// live (collected, discarded), that another thread is collecting at the moment, or a call
+/// after the process began to exit, is an error that frees nothing.
 ///
 /// # Safety
-/// `pending` came from [`ts_submit`] and was not freed; the out pointers are writable.
+/// The out pointers are writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ts_collect(
     pending: u64,
@@ -355,22 +356,35 @@ pub unsafe extern "C" fn ts_collect(
     err_out: *mut *mut c_char,
 ) -> i32 {
     report(
-        guard(|| {
-            if pending == 0 || out_array.is_null() || out_schema.is_null() || ready_out.is_null() {
+        gated(|| {
+            if out_array.is_null() || out_schema.is_null() || ready_out.is_null() {
                 return Err(Error::Input {
-                    reason: "null pending handle or out pointer".into(),
+                    reason: "null out pointer".into(),
                 });
             }
-            // SAFETY: a live handle from ts_submit (the caller's contract).
-            let p = unsafe { &mut *(pending as *mut Pending) };
+            let entry = PENDINGS.get(pending)?;
+            // One collect at a time: a second one fails rather than wait behind the first.
+            let mut p = match entry.try_lock() {
+                Ok(p) => p,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Handle {
+                        what: "pending",
+                        id: pending,
+                        reason: "another thread is collecting it".into(),
+                    });
+                }
+            };
             let result = p.wait(std::time::Duration::from_millis(wait_ms));
+            drop(p);
             if matches!(result, Ok(None)) {
                 // SAFETY: checked non-null.
                 unsafe { *ready_out = 0 };
                 return Ok(());
             }
-            // SAFETY: the last use of this handle; the caller forgets it now.
-            drop(unsafe { Box::from_raw(pending as *mut Pending) });
+            // The last use of this handle; the caller forgets it now.
+            drop(PENDINGS.remove(pending));
+            drop(entry);
             let out = result?.ok_or_else(|| Error::Internal {
                 reason: "pending result vanished".into(),
             })?;
@@ -385,29 +399,38 @@ pub unsafe extern "C" fn ts_collect(
     )
 }
 
-/// Frees a pending handle without its result.
-///
-/// # Safety
-/// `pending` came from [`ts_submit`] and is freed once (or is 0).
+/// Frees a pending handle without its result (a collect running on it keeps it until it
+/// returns). 0, unknown or freed already: nothing happens.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn ts_discard(pending: u64) {
-    if pending != 0 {
-        // SAFETY: the caller's contract.
-        drop(unsafe { Box::from_raw(pending as *mut Pending) });
-    }
+pub extern "C" fn ts_discard(pending: u64) {
+    let _ = gated(|| {
+        drop(PENDINGS.remove(pending));
+        Ok(())
+    });
 }
 
-/// Drops `task`'s queued work from the model's engine; returns the jobs dropped (0 for a null
-/// handle).
+/// Drops `task`'s queued work from the model's engine; returns the jobs dropped (0 for a
+/// handle that is not open).
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_cancel_task(handle: u64, task: u64) -> u64 {
-    scorer(handle).map_or(0, |s| s.cancel_task(task) as u64)
+    gated(|| Ok(MODELS.get(handle)?.cancel_task(task) as u64)).unwrap_or(0)
 }
 
-/// The rows per forward pass this model's "auto" batch size means (0 for a null handle).
+/// The rows per forward pass this model's "auto" batch size means (0 for a handle that is not
+/// open).
 #[unsafe(no_mangle)]
 pub extern "C" fn ts_auto_batch_size(handle: u64) -> u64 {
-    scorer(handle).map_or(0, |s| s.auto_batch_size() as u64)
+    gated(|| Ok(MODELS.get(handle)?.auto_batch_size() as u64)).unwrap_or(0)
+}
+
+/// The process is exiting (Python's `atexit` calls this, before any C++ static destructor):
+/// queued jobs are dropped, engines stop, and the call waits (at most `TORCHSPARK_DRAIN_MS`)
+/// for the forward passes in flight. Afterwards only this thread's calls run; another thread's
+/// new call fails "the process is exiting" (code 7), and one whose wait for a result ends then
+/// waits until the process is gone. Returns the threads still in a pass (0: drained).
+#[unsafe(no_mangle)]
+pub extern "C" fn ts_shutdown() -> u64 {
+    guard(|| Ok(torchspark_core::lifecycle::shutdown(true) as u64)).unwrap_or(0)
 }
 
 /// The engine's stats as JSON in `*json_out` (free it with [`ts_string_free`]).
@@ -421,17 +444,18 @@ pub unsafe extern "C" fn ts_engine_stats(
     err_out: *mut *mut c_char,
 ) -> i32 {
     report(
-        guard(|| {
+        gated(|| {
             if json_out.is_null() {
                 return Err(Error::Input {
                     reason: "null json_out pointer".into(),
                 });
             }
-            let stats = serde_json::to_string(&scorer(handle)?.engine_stats()).map_err(|e| {
-                Error::Internal {
-                    reason: format!("engine stats: {e}"),
-                }
-            })?;
+            let stats =
+                serde_json::to_string(&MODELS.get(handle)?.engine_stats()).map_err(|e| {
+                    Error::Internal {
+                        reason: format!("engine stats: {e}"),
+                    }
+                })?;
             let text = CString::new(stats).unwrap_or_default();
             // SAFETY: checked non-null.
             unsafe { *json_out = text.into_raw() };

@@ -2,20 +2,30 @@
 //!
 //! A batch crosses as Arrow IPC stream bytes (`byte[]`): Spark ships Arrow Java's vector and
 //! IPC classes but not `arrow-c-data`, and a copy of a batch of encoded images is small beside
-//! the forward pass (the benchmark measures it). Handles are `jlong`s released by `closeModel`.
-//! Errors become exceptions of the class [`exception_class`] maps the core's kind to.
+//! the forward pass (the benchmark measures it). Handles are `jlong` ids of [`crate::handles`]'s
+//! tables, released by `closeModel`: a call on a closed handle throws a `ConfigException`
+//! naming it, one already running finishes first. Errors become exceptions of the class
+//! [`exception_class`] maps the core's kind to.
+//!
+//! The core's work runs inside the lifecycle gate, the JNI calls (reading arguments, making
+//! results, throwing) outside it: a JVM that is exiting never lets a thread back from native
+//! code, and an exit must not wait for such a thread.
 
+use std::ffi::c_void;
 use std::io::Cursor;
+use std::sync::{Mutex, TryLockError};
 
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use jni::JNIEnv;
 use jni::objects::{JByteArray, JClass, JString};
-use jni::sys::{jbyteArray, jint, jlong, jstring};
-use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Op, Pending, Result, Scorer};
+use jni::sys::{JavaVM, jbyteArray, jint, jlong, jstring};
+use torchspark_core::lifecycle::try_enter;
+use torchspark_core::{BatchOptions, Error, ErrorKind, ModelConfig, Op, Result, Scorer};
 
 use crate::guard;
+use crate::handles::{MODELS, PENDINGS};
 
 /// The one table from error kinds to Java exception classes (all extend TorchSparkException).
 pub fn exception_class(kind: ErrorKind) -> &'static str {
@@ -57,15 +67,9 @@ fn string(env: &mut JNIEnv, s: &JString) -> Result<String> {
     Ok(env.get_string(s).map_err(jni_err)?.into())
 }
 
-fn scorer<'a>(handle: jlong) -> Result<&'a Scorer> {
-    if handle == 0 {
-        return Err(Error::Config {
-            field: "handle".into(),
-            reason: "null model handle (closed or never opened)".into(),
-        });
-    }
-    // SAFETY: non-zero handles come from openModel's Box::into_raw and live until closeModel.
-    Ok(unsafe { &*(handle as *const Scorer) })
+/// The id a `jlong` handle stands for (a negative one is no id).
+fn id(handle: jlong) -> u64 {
+    u64::try_from(handle).unwrap_or(0)
 }
 
 #[unsafe(no_mangle)]
@@ -76,10 +80,13 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_openModel(
 ) -> jlong {
     with_env(&mut env, 0, |env| {
         let config = ModelConfig::from_json(&string(env, &config_json)?)?;
-        Ok(Box::into_raw(Box::new(Scorer::open(&config)?)) as jlong)
+        let _inside = try_enter()?;
+        Ok(MODELS.insert(Scorer::open(&config)?) as jlong)
     })
 }
 
+/// Releases a handle: calls running on it finish first, later ones throw. Closing a handle
+/// twice, 0 or an unknown one does nothing.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_closeModel(
     mut env: JNIEnv,
@@ -87,10 +94,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_closeModel(
     handle: jlong,
 ) {
     with_env(&mut env, (), |_| {
-        if handle != 0 {
-            // SAFETY: the handle came from openModel; the Java side releases it once.
-            drop(unsafe { Box::from_raw(handle as *mut Scorer) });
-        }
+        let _inside = try_enter()?;
+        drop(MODELS.remove(id(handle)));
         Ok(())
     })
 }
@@ -146,18 +151,20 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_submit<'l>(
     task_id: jlong,
 ) -> jlong {
     with_env(&mut env, 0, |env| {
-        let scorer = scorer(handle)?;
         let op = Op::from_code(op)?;
         let options = BatchOptions::from_json(&string(env, &options_json)?)?;
         let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
+        let _inside = try_enter()?;
+        let scorer = MODELS.get(id(handle))?;
         let batch = read_ipc(&bytes)?;
         let pending = scorer.submit(op, &batch, &options, task_id as u64)?;
-        Ok(Box::into_raw(Box::new(pending)) as jlong)
+        Ok(PENDINGS.insert(Mutex::new(pending)) as jlong)
     })
 }
 
 /// The result of a `submit` as Arrow IPC bytes, waiting at most `wait_ms`; null when it is not
-/// ready yet (call again). Frees the pending handle once it returns bytes or throws.
+/// ready yet (call again). Frees the pending handle once it returns bytes or throws. A pending
+/// that is not live (collected, discarded), or that another thread is collecting, throws.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_collect<'l>(
     mut env: JNIEnv<'l>,
@@ -166,26 +173,37 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_collect<'l>(
     wait_ms: jlong,
 ) -> jbyteArray {
     with_env(&mut env, std::ptr::null_mut(), |env| {
-        if pending == 0 {
-            return Err(Error::Internal {
-                reason: "null pending handle (collected or discarded already)".into(),
-            });
-        }
-        // SAFETY: non-zero pending handles come from submit's Box::into_raw and are freed
-        // below exactly once (on a result or an error); Java forgets the handle then.
-        let p = unsafe { &mut *(pending as *mut Pending) };
-        let wait = std::time::Duration::from_millis(wait_ms.max(0) as u64);
-        let result = p.wait(wait);
-        if matches!(result, Ok(None)) {
-            return Ok(std::ptr::null_mut());
-        }
-        // SAFETY: as above; the last use of this handle.
-        drop(unsafe { Box::from_raw(pending as *mut Pending) });
-        let batch = result?.ok_or_else(|| Error::Internal {
-            reason: "pending result vanished".into(),
-        })?;
+        let bytes = {
+            let _inside = try_enter()?;
+            let entry = PENDINGS.get(id(pending))?;
+            // One collect at a time: a second one throws rather than wait behind the first.
+            let mut p = match entry.try_lock() {
+                Ok(p) => p,
+                Err(TryLockError::Poisoned(e)) => e.into_inner(),
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Handle {
+                        what: "pending",
+                        id: id(pending),
+                        reason: "another thread is collecting it".into(),
+                    });
+                }
+            };
+            let wait = std::time::Duration::from_millis(wait_ms.max(0) as u64);
+            let result = p.wait(wait);
+            drop(p);
+            if matches!(result, Ok(None)) {
+                return Ok(std::ptr::null_mut());
+            }
+            // The last use of this handle: Java forgets it now, on a result or an error.
+            drop(PENDINGS.remove(id(pending)));
+            drop(entry);
+            let batch = result?.ok_or_else(|| Error::Internal {
+                reason: "pending result vanished".into(),
+            })?;
+            write_ipc(&batch)?
+        };
         Ok(env
-            .byte_array_from_slice(&write_ipc(&batch)?)
+            .byte_array_from_slice(&bytes)
             .map_err(jni_err)?
             .into_raw())
     })
@@ -200,10 +218,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_discard(
     pending: jlong,
 ) {
     with_env(&mut env, (), |_| {
-        if pending != 0 {
-            // SAFETY: the handle came from submit; Java releases it once.
-            drop(unsafe { Box::from_raw(pending as *mut Pending) });
-        }
+        let _inside = try_enter()?;
+        drop(PENDINGS.remove(id(pending)));
         Ok(())
     })
 }
@@ -217,7 +233,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_cancelTask(
     task_id: jlong,
 ) -> jlong {
     with_env(&mut env, 0, |_| {
-        Ok(scorer(handle)?.cancel_task(task_id as u64) as jlong)
+        let _inside = try_enter()?;
+        Ok(MODELS.get(id(handle))?.cancel_task(task_id as u64) as jlong)
     })
 }
 
@@ -229,7 +246,11 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_autoBatchSize(
     handle: jlong,
 ) -> jint {
     with_env(&mut env, 0, |_| {
-        Ok(scorer(handle)?.auto_batch_size().min(i32::MAX as usize) as jint)
+        let _inside = try_enter()?;
+        Ok(MODELS
+            .get(id(handle))?
+            .auto_batch_size()
+            .min(i32::MAX as usize) as jint)
     })
 }
 
@@ -241,11 +262,14 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_engineStats(
     handle: jlong,
 ) -> jstring {
     with_env(&mut env, std::ptr::null_mut(), |env| {
-        let stats = serde_json::to_string(&scorer(handle)?.engine_stats()).map_err(|e| {
-            Error::Internal {
-                reason: format!("engine stats: {e}"),
-            }
-        })?;
+        let stats = {
+            let _inside = try_enter()?;
+            serde_json::to_string(&MODELS.get(id(handle))?.engine_stats()).map_err(|e| {
+                Error::Internal {
+                    reason: format!("engine stats: {e}"),
+                }
+            })?
+        };
         Ok(env.new_string(stats).map_err(jni_err)?.into_raw())
     })
 }
@@ -258,7 +282,11 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_describe<'l>(
     spec_json: JString,
 ) -> jbyteArray {
     with_env(&mut env, std::ptr::null_mut(), |env| {
-        let schema = Scorer::describe(&string(env, &spec_json)?)?;
+        let spec = string(env, &spec_json)?;
+        let schema = {
+            let _inside = try_enter()?;
+            Scorer::describe(&spec)?
+        };
         let fail = |e: arrow_schema::ArrowError| Error::Internal {
             reason: format!("cannot write the Arrow IPC schema: {e}"),
         };
@@ -278,11 +306,14 @@ fn call<'l>(
     run: impl FnOnce(&Scorer, &RecordBatch, &BatchOptions) -> Result<RecordBatch>,
 ) -> jbyteArray {
     with_env(env, std::ptr::null_mut(), |env| {
-        let scorer = scorer(handle)?;
         let options = BatchOptions::from_json(&string(env, &options_json)?)?;
         let bytes = env.convert_byte_array(&ipc).map_err(jni_err)?;
-        let batch = read_ipc(&bytes)?;
-        let out = write_ipc(&run(scorer, &batch, &options)?)?;
+        let out = {
+            let _inside = try_enter()?;
+            let scorer = MODELS.get(id(handle))?;
+            let batch = read_ipc(&bytes)?;
+            write_ipc(&run(&scorer, &batch, &options)?)?
+        };
         Ok(env.byte_array_from_slice(&out).map_err(jni_err)?.into_raw())
     })
 }
@@ -325,6 +356,27 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_loadCount(
     _class: JClass,
 ) -> jlong {
     torchspark_core::load_count() as jlong
+}
+
+/// The JVM is exiting (NativeBridge's shutdown hook): queued jobs are dropped, engines stop,
+/// and the call waits (at most `TORCHSPARK_DRAIN_MS`) for the forward passes in flight, before
+/// `exit()` runs libtorch's static destructors. Afterwards another thread's new call throws
+/// "the process is exiting", and one whose wait for a result ends then waits until the process
+/// is gone. Returns the threads still in a pass (0: drained).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_shutdown(
+    _env: JNIEnv,
+    _class: JClass,
+) -> jlong {
+    guard(|| Ok(torchspark_core::lifecycle::shutdown(true) as jlong)).unwrap_or(0)
+}
+
+/// The class loader that loaded the library is gone: its queued jobs are dropped and the call
+/// waits (bounded) for the passes in flight. The library stays mapped (it pins itself), so a
+/// later loader may use it again.
+#[unsafe(no_mangle)]
+pub extern "system" fn JNI_OnUnload(_vm: *mut JavaVM, _reserved: *mut c_void) {
+    let _ = guard(|| Ok(torchspark_core::lifecycle::quiesce()));
 }
 
 #[unsafe(no_mangle)]

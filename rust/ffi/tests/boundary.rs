@@ -3,6 +3,8 @@
 
 use std::ffi::{CStr, CString, c_char};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
@@ -12,6 +14,7 @@ use torchspark::capi::*;
 #[path = "../../core/tests/common/mod.rs"]
 mod common;
 use common::fixtures;
+mod capi;
 
 fn take_message(p: *mut c_char) -> String {
     assert!(!p.is_null());
@@ -71,7 +74,7 @@ fn scores_a_batch_through_the_c_abi() {
         errors.value(1)
     );
     assert!(ts_load_count() >= 1);
-    unsafe { ts_close(handle) };
+    ts_close(handle);
 }
 
 #[test]
@@ -171,7 +174,7 @@ fn submit_collect_discard_and_cancel_through_the_c_abi() {
     // Discarded without waiting: freed once, no crash, nothing left queued.
     let (c3, p3) = submit(1, 8, &mut err);
     if c3 == 0 {
-        unsafe { ts_discard(p3) };
+        ts_discard(p3);
     } else {
         // featurize on a spec without `featurize` fails at submit, naming the spec
         assert!(take_message(err).contains("featurize"));
@@ -193,5 +196,155 @@ fn submit_collect_discard_and_cancel_through_the_c_abi() {
     let stats = take_message(json);
     assert!(stats.contains("\"queued_rows\":0"), "{stats}");
     assert!(ts_auto_batch_size(handle) >= 1);
-    unsafe { ts_close(handle) };
+    ts_close(handle);
+}
+
+/// Options of the close tests: 3 good rows and a junk one.
+const OPTS: &str = r#"{"top_k": 2, "batch_size": 2}"#;
+
+/// The probabilities of a score result, flattened (a null row: none).
+fn probabilities(b: &RecordBatch) -> Vec<f32> {
+    let list = b.column_by_name("probability").unwrap().as_list::<i32>();
+    let values = list
+        .values()
+        .as_primitive::<arrow_array::types::Float32Type>();
+    values.values().to_vec()
+}
+
+/// A score result of `capi::pngs(png, 3, true)`: four rows, the junk one an error, the
+/// probabilities PyTorch's (`reference`'s; within 1e-5: oneDNN blocks by batch shape, and
+/// merged passes differ in shape).
+fn check_scores(b: &RecordBatch, reference: &[f32]) {
+    assert_eq!(b.num_rows(), 4);
+    assert_eq!(capi::good_rows(b), 3);
+    let got = probabilities(b);
+    assert_eq!(got.len(), reference.len());
+    let worst = got
+        .iter()
+        .zip(reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= 1e-5,
+        "a call racing a close scored wrong values (off by {worst})"
+    );
+}
+
+/// Closing a model while other threads are inside calls on it through the C ABI (score,
+/// submit + collect, submit + discard, stats), 150 times, shared and per-task engines: every
+/// call returns the right rows, or a cancelled/closed job (its task was cancelled, its engine
+/// closed), or an error naming the closed handle; never freed memory. After the close every
+/// call names the handle, and a second close does nothing.
+#[test]
+fn closing_a_model_while_threads_call_it_is_safe() {
+    let png = std::fs::read(fixtures().join("images/digit_00_label0.png")).unwrap();
+    let model = fixtures().join("resnet20.pt");
+    // Its own engines (`workers` given): the other tests' engine must keep its queue to itself.
+    let engine =
+        |mode: &str| format!(r#"{{"mode": "{mode}", "cores": 2, "workers": 2, "task_cpus": 1}}"#);
+    let batch = capi::pngs(&png, 3, true);
+    let first = capi::open(&capi::config(&model, 1, &engine("per-task"))).unwrap();
+    let reference = probabilities(&capi::score(first, &batch, OPTS).unwrap());
+    ts_close(first);
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    for round in 0..150u64 {
+        let mode = if round % 3 == 2 { "per-task" } else { "shared" };
+        let handle = capi::open(&capi::config(&model, 1, &engine(mode))).unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let (batch, reference, calls) =
+                    (batch.clone(), reference.clone(), Arc::clone(&calls));
+                std::thread::spawn(move || {
+                    let task = 1000 + round;
+                    loop {
+                        let r = match t {
+                            0 => capi::score(handle, &batch, OPTS)
+                                .map(|b| check_scores(&b, &reference)),
+                            1 => capi::submit(handle, 0, &batch, OPTS, task)
+                                .and_then(capi::collect)
+                                .map(|b| check_scores(&b, &reference)),
+                            _ => capi::submit(handle, 0, &batch, OPTS, task + 1)
+                                .map(|p| ts_discard(p))
+                                .and_then(|()| capi::stats(handle).map(drop)),
+                        };
+                        match r {
+                            Ok(()) => {
+                                calls.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err((3, m))
+                                if m.contains(&format!("model handle {handle} is not open")) =>
+                            {
+                                return;
+                            }
+                            Err((6, m)) if m.contains("cancelled") || m.contains("closed") => {}
+                            Err(other) => panic!("round {round}, thread {t}: {other:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        std::thread::sleep(Duration::from_micros((seed >> 33) % 4000));
+        if round % 2 == 0 {
+            // As NativeModel.close does: the handle's task first.
+            ts_cancel_task(handle, 1000 + round);
+        }
+        ts_close(handle);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (code, message) = capi::score(handle, &batch, OPTS).unwrap_err();
+        assert_eq!(code, 3, "{message}");
+        assert!(
+            message.contains(&format!("model handle {handle} is not open: closed")),
+            "{message}"
+        );
+        assert_eq!(ts_auto_batch_size(handle), 0);
+        ts_close(handle);
+    }
+    assert!(
+        calls.load(Ordering::Relaxed) > 150,
+        "the closes raced too few calls"
+    );
+}
+
+/// A pending discarded while another thread collects it: the collect returns its batch (it
+/// holds it) or, afterwards, an error naming the pending; a second collector at the same time
+/// is told another thread is collecting. Never freed memory.
+#[test]
+fn discarding_a_pending_while_it_is_collected_is_safe() {
+    let png = std::fs::read(fixtures().join("images/digit_00_label0.png")).unwrap();
+    let model = fixtures().join("resnet20.pt");
+    let engine = r#"{"mode": "shared", "cores": 2, "task_cpus": 1, "debug_delay_ms": 20}"#;
+    let handle = capi::open(&capi::config(&model, 1, engine)).unwrap();
+    let batch = capi::pngs(&png, 3, true);
+    for round in 0..40u64 {
+        let pending = capi::submit(handle, 0, &batch, OPTS, 7).unwrap();
+        let collector = std::thread::spawn(move || capi::collect(pending));
+        let second = std::thread::spawn(move || capi::collect_once(pending, 50));
+        std::thread::sleep(Duration::from_millis(round % 5));
+        ts_discard(pending);
+        match collector.join().unwrap() {
+            Ok(b) => assert_eq!(capi::good_rows(&b), 3),
+            Err((3, m)) => assert!(
+                m.contains(&format!("pending handle {pending} is not open")),
+                "{m}"
+            ),
+            Err(other) => panic!("{other:?}"),
+        }
+        match second.join().unwrap() {
+            Ok(Some(b)) => assert_eq!(capi::good_rows(&b), 3),
+            Ok(None) => {}
+            Err((3, m)) => assert!(
+                m.contains("another thread is collecting it") || m.contains("is not open"),
+                "{m}"
+            ),
+            Err(other) => panic!("{other:?}"),
+        }
+        let (code, m) = capi::collect_once(pending, 0).unwrap_err();
+        assert_eq!(code, 3, "{m}");
+        ts_discard(pending);
+    }
+    ts_close(handle);
 }

@@ -207,7 +207,14 @@ class Cluster:
 
     def close(self, failed: bool) -> Path | None:
         stop(self.procs)
-        return keep_logs(self.work, self.name) if failed else None
+        # An executor JVM that died on a signal (a native crash, even at its exit, after its
+        # tasks succeeded) leaves an hs_err file and nothing else the tests would see.
+        crashes = sorted(self.work.rglob("hs_err_pid*.log"))
+        kept = keep_logs(self.work, self.name) if failed or crashes else None
+        if crashes:
+            names = ", ".join(str(c.relative_to(self.work)) for c in crashes)
+            raise AssertionError(f"{self.name}: a JVM crashed ({names}); logs kept in {kept}")
+        return kept
 
     def executor_parents(self) -> list[subprocess.Popen]:
         """The processes we started whose descendants are the executor JVMs."""

@@ -22,6 +22,9 @@
 //! - **Bounds**: the queue holds at most `queue_rows` rows and `queue_bytes` bytes (a larger job
 //!   enters an empty queue); waiting for space fails after `timeout_ms`; [`Ticket::wait`] takes
 //!   its own bound. [`Engine::cancel`] drops a task's queued jobs and its running jobs' results.
+//! - **Lifecycle** ([`crate::lifecycle`]): passes run inside the gate, waits outside it; at exit
+//!   every engine drops its queued jobs and stops; in a forked child an engine forgets the
+//!   parent's jobs and starts its own workers on the first submit.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+use crate::lifecycle;
 use crate::model::{Model, Target};
 use crate::value::{ModelInput, Value};
 
@@ -188,7 +192,15 @@ pub struct JobTimes {
 /// The engines of this process, by model (its address: a live engine holds its `Arc<Model>`,
 /// so the address cannot be reused while the engine lives), config and per-task threads.
 type Key = (usize, EngineConfig, usize);
-static ENGINES: Lazy<Mutex<HashMap<Key, Weak<Engine>>>> = Lazy::new(|| Mutex::new(HashMap::new()));
+static ENGINES: Lazy<Mutex<Registry>> = Lazy::new(|| Mutex::new(Registry::default()));
+
+#[derive(Default)]
+struct Registry {
+    engines: HashMap<Key, Weak<Engine>>,
+    /// Every engine's shared part while a handle or a worker holds it: what an exit stops and
+    /// a fork locks (a closed engine's worker may still be finishing a pass).
+    inners: Vec<Weak<Inner>>,
+}
 
 /// Default bound on queued input bytes: native memory that fits Spark's memoryOverhead (also
 /// the default chunk budget, so that every job fits it).
@@ -215,8 +227,6 @@ struct Inner {
     workers: usize,
     /// Intra-op threads of each pass.
     threads: usize,
-    /// The process that started the workers: threads do not survive a fork.
-    pid: u32,
     state: Mutex<State>,
     /// Workers wait here for jobs (and a gathering worker for more jobs).
     work: Condvar,
@@ -252,6 +262,10 @@ struct State {
     /// A worker is waiting for more jobs to fill its batch; the others leave the queue to it.
     gathering: bool,
     shutdown: bool,
+    /// The process these jobs were queued in, and the one whose workers serve the queue:
+    /// threads and queued work do not survive a fork (see `Inner::adopt`).
+    pid: u32,
+    workers_pid: u32,
 }
 
 /// A job in the queue, with what its result needs.
@@ -284,6 +298,8 @@ pub struct Ticket {
     state: TicketState,
     /// The engine and the job's id, to remove the job when the ticket drops unread.
     queued: Option<(Weak<Inner>, u64)>,
+    /// The process that submitted it: in a forked child the job never runs.
+    pid: u32,
 }
 
 enum TicketState {
@@ -312,13 +328,18 @@ impl Engine {
             EngineMode::Shared => 0,
         };
         let key = (Arc::as_ptr(model) as usize, config.clone(), key_threads);
-        let mut engines = lock(&ENGINES);
-        engines.retain(|_, e| e.strong_count() > 0);
-        if let Some(engine) = engines.get(&key).and_then(Weak::upgrade) {
+        let mut reg = lock(&ENGINES);
+        reg.engines.retain(|_, e| e.strong_count() > 0);
+        reg.inners.retain(|i| i.strong_count() > 0);
+        // A stopped engine (after a library unload) is replaced, not handed out.
+        if let Some(engine) = reg.engines.get(&key).and_then(Weak::upgrade)
+            && !lock(&engine.inner.state).shutdown
+        {
             return Ok(engine);
         }
         let engine = Arc::new(Engine::start(model, config, threads)?);
-        engines.insert(key, Arc::downgrade(&engine));
+        reg.engines.insert(key, Arc::downgrade(&engine));
+        reg.inners.push(Arc::downgrade(&engine.inner));
         Ok(engine)
     }
 
@@ -350,6 +371,7 @@ impl Engine {
                 (workers, threads)
             }
         };
+        let pid = std::process::id();
         let engine = Engine {
             _model: Arc::clone(model),
             inner: Arc::new(Inner {
@@ -359,23 +381,18 @@ impl Engine {
                 cores,
                 workers,
                 threads,
-                pid: std::process::id(),
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    pid,
+                    workers_pid: pid,
+                    ..State::default()
+                }),
                 work: Condvar::new(),
                 space: Condvar::new(),
                 counters: Counters::default(),
             }),
         };
-        for i in 0..workers {
-            let inner = Arc::clone(&engine.inner);
-            // On an error `engine` drops here, which stops the workers already started.
-            std::thread::Builder::new()
-                .name(format!("torchspark-forward-{i}"))
-                .spawn(move || inner.work_loop())
-                .map_err(|e| Error::Internal {
-                    reason: format!("cannot start engine worker {i}: {e}"),
-                })?;
-        }
+        // On an error `engine` drops here, which stops the workers already started.
+        engine.inner.spawn_workers()?;
         Ok(engine)
     }
 
@@ -387,10 +404,11 @@ impl Engine {
     /// rows, bytes and tasks, and `engineTimeoutMs`) or the engine was closed. A forward pass's
     /// error comes from [`Ticket::wait`].
     pub fn submit(&self, job: Job) -> Result<Ticket> {
+        let _inside = lifecycle::enter();
         let inner = &self.inner;
-        // In a forked child (a Python worker forked after the model was opened) the workers
-        // are gone: run on the caller's thread as per-task does.
-        if inner.config.mode == EngineMode::PerTask || inner.pid != std::process::id() {
+        // Past the gate while exiting, this is the exiting thread (an `atexit` handler that
+        // scores): the workers are stopped, so the pass runs here.
+        if inner.config.mode == EngineMode::PerTask || lifecycle::exiting() {
             let rows = job.rows;
             let (result, forward) = inner.pass(job.work, rows);
             if result.is_err() {
@@ -405,6 +423,7 @@ impl Engine {
             return Ok(Ticket {
                 state: TicketState::Ready(result.map(|done| (done, times))),
                 queued: None,
+                pid: std::process::id(),
             });
         }
         inner.enqueue(job)
@@ -421,7 +440,8 @@ impl Engine {
     pub fn stats(&self) -> EngineStats {
         let inner = &self.inner;
         let c = &inner.counters;
-        let st = lock(&inner.state);
+        let mut st = lock(&inner.state);
+        inner.adopt(&mut st);
         EngineStats {
             mode: inner.config.mode,
             cores: inner.cores,
@@ -443,23 +463,51 @@ impl Engine {
 
 impl Drop for Engine {
     fn drop(&mut self) {
-        let inner = &self.inner;
-        let mut st = lock(&inner.state);
-        st.shutdown = true;
-        let queued: Vec<Queued> = st.queue.drain(..).collect();
-        st.queued_rows = 0;
-        st.queued_bytes = 0;
-        for q in &queued {
-            st.release(q.task);
-        }
-        drop(st);
-        inner.work.notify_all();
-        inner.space.notify_all();
-        for q in queued {
-            q.slot.fill(Err(inner.fail(
-                "the engine was closed before this job's forward pass".into(),
-            )));
-        }
+        // Workers finish the pass they are in and exit; they are not joined (an exit drains
+        // them through the gate).
+        self.inner
+            .stop("the engine was closed before this job's forward pass");
+    }
+}
+
+/// Every engine of the process drops its queued jobs (their tickets fail with `reason`) and
+/// stops its workers after their current pass ([`lifecycle::shutdown`]).
+pub(crate) fn stop_all(reason: &str) {
+    let inners: Vec<Arc<Inner>> = lock(&ENGINES)
+        .inners
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for inner in inners {
+        inner.stop(reason);
+    }
+}
+
+/// The engines' locks, held by a forking thread from `prepare` to `parent` / `child`: no
+/// thread of the parent holds one when the child is made.
+pub(crate) struct ForkHeld {
+    // Dropped in this order: the guards borrow from `inners`.
+    _states: Vec<MutexGuard<'static, State>>,
+    _inners: Vec<Arc<Inner>>,
+    _registry: MutexGuard<'static, Registry>,
+}
+
+/// Takes the registry's lock, then every engine's (the order every other path takes them in).
+pub(crate) fn fork_prepare() -> ForkHeld {
+    let registry = lock(&ENGINES);
+    let inners: Vec<Arc<Inner>> = registry.inners.iter().filter_map(Weak::upgrade).collect();
+    let states = inners
+        .iter()
+        .map(|inner| {
+            // SAFETY: the Arc is kept in the same ForkHeld, whose guards drop first.
+            let inner: &'static Inner = unsafe { &*Arc::as_ptr(inner) };
+            lock(&inner.state)
+        })
+        .collect();
+    ForkHeld {
+        _states: states,
+        _inners: inners,
+        _registry: registry,
     }
 }
 
@@ -512,7 +560,83 @@ impl Inner {
         }
     }
 
+    /// Starts the workers (in the process that runs this; none once it is exiting, when the
+    /// exiting thread's passes run on it).
+    fn spawn_workers(self: &Arc<Self>) -> Result<()> {
+        if lifecycle::exiting() {
+            return Ok(());
+        }
+        for i in 0..self.workers {
+            let inner = Arc::clone(self);
+            std::thread::Builder::new()
+                .name(format!("torchspark-forward-{i}"))
+                .spawn(move || inner.work_loop())
+                .map_err(|e| Error::Internal {
+                    reason: format!("cannot start engine worker {i}: {e}"),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// In a forked child, first use: the parent's queued and running jobs stay the parent's
+    /// (their tickets fail here, see [`Ticket::wait`]); their slots are not touched (a parent
+    /// thread may have held one's lock at the fork).
+    fn adopt(&self, st: &mut State) {
+        let pid = std::process::id();
+        if st.pid == pid {
+            return;
+        }
+        let parents = std::mem::take(&mut st.queue);
+        st.queued_rows = 0;
+        st.queued_bytes = 0;
+        st.tasks.clear();
+        st.running.clear();
+        st.dropped.clear();
+        st.gathering = false;
+        st.pid = pid;
+        // Freed without a pass: the memory is this process's copy.
+        drop(parents);
+    }
+
+    /// Closes the engine: queued jobs fail with `reason`, workers exit after their pass.
+    fn stop(&self, reason: &str) {
+        let mut st = lock(&self.state);
+        self.adopt(&mut st);
+        st.shutdown = true;
+        let queued: Vec<Queued> = st.queue.drain(..).collect();
+        st.queued_rows = 0;
+        st.queued_bytes = 0;
+        for q in &queued {
+            st.release(q.task);
+        }
+        drop(st);
+        self.work.notify_all();
+        self.space.notify_all();
+        for q in queued {
+            q.slot.fill(Err(self.fail(reason.into())));
+        }
+    }
+
+    /// Queues `job`, waiting for space outside the gate; a job that is not queued is dropped
+    /// back inside it (its tensors are libtorch's).
     fn enqueue(self: &Arc<Self>, job: Job) -> Result<Ticket> {
+        let pid = std::process::id();
+        let mut st = lock(&self.state);
+        self.adopt(&mut st);
+        if st.workers_pid != pid && !st.shutdown {
+            // A forked child: the parent's workers are not here.
+            st.workers_pid = pid;
+            drop(st);
+            self.spawn_workers()?;
+        } else {
+            drop(st);
+        }
+        let (result, rejected) = lifecycle::outside(|| self.push(job));
+        drop(rejected);
+        result
+    }
+
+    fn push(self: &Arc<Self>, job: Job) -> (Result<Ticket>, Option<Job>) {
         let submitted = Instant::now();
         let timeout = Duration::from_millis(self.config.timeout_ms);
         // None: a timeout past the clock's range, i.e. never.
@@ -521,7 +645,7 @@ impl Inner {
         st.largest_batch = st.largest_batch.max(job.max_batch).max(job.rows);
         loop {
             if st.shutdown {
-                return Err(self.fail("the engine was closed".into()));
+                return (Err(self.fail("the engine was closed".into())), Some(job));
             }
             let fits = st.queued_rows.saturating_add(job.rows) <= self.row_bound(&st)
                 && st.queued_bytes.saturating_add(job.bytes) <= self.byte_bound();
@@ -533,7 +657,7 @@ impl Inner {
             let wait = match deadline {
                 Some(d) if now >= d => {
                     self.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(self.fail(format!(
+                    let error = self.fail(format!(
                         "timed out after {} ms waiting for space in the engine's queue for {} \
                          rows: {} rows and {} bytes of {} task(s) queued (bounds: {} rows, {} \
                          bytes); raise engineTimeoutMs (engine.timeout_ms) or the queue bounds \
@@ -545,7 +669,8 @@ impl Inner {
                         st.tasks.len(),
                         self.row_bound(&st),
                         self.byte_bound(),
-                    )));
+                    ));
+                    return (Err(error), Some(job));
                 }
                 Some(d) => d - now,
                 None => Duration::from_secs(3600),
@@ -573,15 +698,18 @@ impl Inner {
         drop(st);
         // All: a gathering worker must see the new job, not only an idle one.
         self.work.notify_all();
-        Ok(Ticket {
+        let ticket = Ticket {
             state: TicketState::Waiting(slot),
             queued: Some((Arc::downgrade(self), id)),
-        })
+            pid: std::process::id(),
+        };
+        (Ok(ticket), None)
     }
 
     /// Removes job `id` if it is still queued (its ticket was dropped unread).
     fn forget(&self, id: u64) {
         let mut st = lock(&self.state);
+        self.adopt(&mut st);
         let Some(at) = st.queue.iter().position(|q| q.id == id) else {
             return;
         };
@@ -597,6 +725,7 @@ impl Inner {
 
     fn cancel(&self, task: TaskId) -> usize {
         let mut st = lock(&self.state);
+        self.adopt(&mut st);
         let (removed, kept): (VecDeque<Queued>, VecDeque<Queued>) = std::mem::take(&mut st.queue)
             .into_iter()
             .partition(|q| q.task == task);
@@ -627,6 +756,8 @@ impl Inner {
 
     fn work_loop(&self) {
         while let Some(batch) = self.next_batch() {
+            // A pass (and the tensors it merges, splits and drops) runs inside the gate.
+            let _inside = lifecycle::enter();
             self.run_batch(batch);
         }
     }
@@ -682,6 +813,7 @@ impl Inner {
     /// One forward pass on this thread: the test delay, then [`run_work`] under
     /// `catch_unwind` (a panic fails the job, never the worker). Counted in the stats.
     fn pass(&self, work: Work, rows: usize) -> (Result<Done>, Duration) {
+        let _inside = lifecycle::enter();
         if self.config.debug_delay_ms > 0 {
             std::thread::sleep(Duration::from_millis(self.config.debug_delay_ms));
         }
@@ -904,18 +1036,30 @@ impl Ticket {
             TicketState::Taken => Some(Err(Error::Internal {
                 reason: "this job's result was already collected".into(),
             })),
+            TicketState::Waiting(_) if self.pid != std::process::id() => {
+                Some(Err(Error::Internal {
+                    reason: format!(
+                        "this batch was submitted in process {} before process {} was forked \
+                         from it: its forward pass runs there; submit it again in this process",
+                        self.pid,
+                        std::process::id()
+                    ),
+                }))
+            }
             TicketState::Waiting(slot) => {
-                let guard = lock(&slot.result);
-                let mut guard = if guard.is_none() {
-                    slot.ready
-                        .wait_timeout_while(guard, timeout, |r| r.is_none())
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                } else {
-                    guard
-                };
-                let result = guard.take();
-                drop(guard);
+                // Waiting runs no torch code: an exit or a fork need not wait for it.
+                let result = lifecycle::outside(|| {
+                    let guard = lock(&slot.result);
+                    let mut guard = if guard.is_none() {
+                        slot.ready
+                            .wait_timeout_while(guard, timeout, |r| r.is_none())
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    } else {
+                        guard
+                    };
+                    guard.take()
+                });
                 if result.is_none() {
                     self.state = TicketState::Waiting(slot);
                 }
@@ -927,6 +1071,11 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // The parent's job: its slot's lock may have been held by a parent thread at the
+            // fork; the child's copy of the engine forgot the job already.
+            return;
+        }
         let unread = match &self.state {
             TicketState::Waiting(slot) => lock(&slot.result).is_none(),
             TicketState::Ready(_) | TicketState::Taken => false,

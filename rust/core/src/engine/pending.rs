@@ -40,6 +40,8 @@ impl Pending {
     /// The result, waiting at most `timeout`: `Ok(None)` when it is not ready yet (call again),
     /// `Ok(Some(batch))` or the call's error once; later calls fail.
     pub fn wait(&mut self, timeout: Duration) -> Result<Option<RecordBatch>> {
+        // Output writers read tensors: inside the gate (the ticket waits step outside it).
+        let _inside = crate::lifecycle::try_enter()?;
         let polled = match &mut self.state {
             PendingState::Images(p) => p.poll(timeout),
             PendingState::General(p) => p.poll(timeout),
@@ -53,6 +55,15 @@ impl Pending {
             self.state = PendingState::Taken;
         }
         polled
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Its chunks hold tensors (masks) and tickets: freed inside the gate.
+        let state = std::mem::replace(&mut self.state, PendingState::Taken);
+        let _inside = crate::lifecycle::enter();
+        drop(state);
     }
 }
 
@@ -72,6 +83,8 @@ impl Scorer {
         opts: &BatchOptions,
         task: TaskId,
     ) -> Result<Pending> {
+        // PREPARE builds tensors on this thread: inside the gate.
+        let _inside = crate::lifecycle::try_enter()?;
         let state = match op {
             Op::Score => PendingState::Images(Box::new(self.submit_images(
                 batch,

@@ -210,6 +210,8 @@ pub fn load_count() -> u64 {
 /// unreadable or invalid), [`Error::Checksum`] (pinned sha256 differs), [`Error::Device`],
 /// [`Error::ModelLoad`], [`Error::Config`].
 pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
+    // A load runs torch code and holds the registry's locks: inside the gate.
+    let _inside = crate::lifecycle::try_enter()?;
     let device = parse_device(&config.device)?;
     let not_found = |e: std::io::Error| Error::ModelNotFound {
         path: config.model_path.clone(),
@@ -267,6 +269,8 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let model = Arc::new(Model::load(&path, bytes, spec, spec_dir, device, config)?);
     *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
+    // After the statics a load builds: the exit handler runs before their destructors.
+    crate::lifecycle::register_exit_handler();
     Ok(model)
 }
 

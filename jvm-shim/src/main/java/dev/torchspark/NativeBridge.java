@@ -1,15 +1,28 @@
 package dev.torchspark;
 
 /**
- * The JNI surface of libtorchspark.so. Batches cross as Arrow IPC stream bytes; models as {@code
- * long} handles released once with {@link #closeModel}. Native errors are thrown as the {@link
- * TorchSparkException} subclass that the Rust side's one mapping table picks.
+ * The JNI surface of libtorchspark.so. Batches cross as Arrow IPC stream bytes; models and pending
+ * batches as {@code long} handles: ids in native tables, never reused, so a handle closed while
+ * another thread is in a call on it is safe (the running call finishes, a later one throws a {@link
+ * ConfigException} naming the handle). Native errors are thrown as the {@link TorchSparkException}
+ * subclass that the Rust side's one mapping table picks.
+ *
+ * <p>A JVM shutdown hook drains the engines before {@code exit()} runs libtorch's static
+ * destructors (docs/engine.md, "Lifecycle").
  */
 public final class NativeBridge {
   private NativeBridge() {}
 
   static {
     NativeLoader.load();
+    // Shutdown hooks run before exit() and its C++ static destructors: queued jobs go, passes in
+    // flight finish (bounded by TORCHSPARK_DRAIN_MS), later native calls of other threads wait.
+    try {
+      Runtime.getRuntime()
+          .addShutdownHook(new Thread(NativeBridge::shutdown, "torchspark-native-shutdown"));
+    } catch (IllegalStateException alreadyExiting) {
+      // First used while the JVM exits: the library's own exit handler drains instead.
+    }
   }
 
   /**
@@ -20,7 +33,9 @@ public final class NativeBridge {
 
   /**
    * Releases a handle. The model stays loaded for later opens until its file or spec changes; a
-   * replaced model is freed when its last handle closes.
+   * replaced model is freed when its last handle closes. Calls running on the handle on other
+   * threads finish first; later calls throw a {@link ConfigException} ("model handle N is not
+   * open"). Closing a handle twice (or 0) does nothing.
    */
   public static native void closeModel(long handle);
 
@@ -62,7 +77,10 @@ public final class NativeBridge {
    */
   public static native byte[] collect(long pending, long waitMs);
 
-  /** Frees a pending handle without its result (its task failed or was killed). */
+  /**
+   * Frees a pending handle without its result (its task failed or was killed); a collect running on
+   * it on another thread keeps it until it returns. A freed handle (or 0) does nothing.
+   */
   public static native void discard(long pending);
 
   /** Drops a task's queued work from the model's engine; returns the number of jobs dropped. */
@@ -78,6 +96,14 @@ public final class NativeBridge {
 
   /** How many models this JVM has loaded from disk (a changed file counts once more). */
   public static native long loadCount();
+
+  /**
+   * The process is exiting (the shutdown hook calls this): drops every engine's queued jobs and
+   * waits, at most TORCHSPARK_DRAIN_MS (10 s), for the forward passes in flight; afterwards a new
+   * call of another thread throws "the process is exiting", and a thread whose wait for a result
+   * ends then waits until the process is gone. Returns the threads still in a pass.
+   */
+  public static native long shutdown();
 
   /** Test hook: panics inside native code; must surface as a TorchSparkException. */
   public static native void panicForTest();

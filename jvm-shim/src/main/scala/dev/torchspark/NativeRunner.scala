@@ -101,7 +101,11 @@ private[torchspark] object NativeRunner {
     }
   }
 
-  /** Opens a handle for this task and closes it when the task completes. */
+  /** Opens a handle for this task and closes it when the task completes. A close that races a call
+    * on the handle (another thread of the task, a listener of a killed task) is safe: the native
+    * side keeps the model until the call returns, and later calls throw a ConfigException naming
+    * the handle (docs/engine.md, "Lifecycle").
+    */
   def openForTask(config: String, metrics: TorchSparkMetrics): Long = {
     val handle = openModel(config)
     metrics.modelLoads.add(newLoads())
