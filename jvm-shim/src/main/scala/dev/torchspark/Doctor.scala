@@ -115,7 +115,7 @@ object Doctor {
       val h = NativeBridge.openModel(config)
       try {
         val s = ArrowCodec.decodeScores(
-          NativeBridge.score(h, ArrowCodec.encode(InputKind.Binary, Array[Any](png)), "{}")
+          NativeBridge.score(h, ArrowCodec.encode(ImageColumn.Binary, Array[Any](png)), "{}")
         )(0)
         if (s.error != null) throw new IllegalStateException(s"tiny model: ${s.error}")
         val diff = s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max

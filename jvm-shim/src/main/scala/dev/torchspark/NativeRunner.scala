@@ -121,7 +121,7 @@ private[torchspark] object NativeRunner {
   /** The encoder of an image transformer's batches: the one column `column` of `df`. */
   def imageInput(df: DataFrame, column: String): Seq[Row] => Array[Byte] = {
     val idx = df.schema.fieldIndex(column)
-    val kind = InputKind.of(column, df.schema(idx).dataType)
+    val kind = ImageColumn.of(column, df.schema(idx).dataType)
     rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
   }
 

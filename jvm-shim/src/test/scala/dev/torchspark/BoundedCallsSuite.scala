@@ -340,7 +340,7 @@ class BoundedCallsSuite {
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
       // The image transformers' encoder: a float array whose 3rd row holds a string.
       val arrays = Array[Any](Seq(1f, 2f), Seq(3f), Seq("x"), Seq(4f))
-      thrown(classOf[ClassCastException])(ArrowCodec.encode(InputKind.FloatArray, arrays))
+      thrown(classOf[ClassCastException])(ArrowCodec.encode(ImageColumn.FloatArray, arrays))
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
     }
   }

@@ -57,7 +57,7 @@ class LifecycleSuite {
     */
   @Test def closingAModelWhileTasksRunIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(InputKind.Binary, Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
+      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
     val opts = """{"batch_size": 4, "top_k": 1}"""
     for (round <- 0 until 10) {
       val h = NativeRunner.openModel(config(1, shared))
@@ -108,7 +108,7 @@ class LifecycleSuite {
     */
   @Test def discardingAPendingWhileItIsCollectedIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(InputKind.Binary, Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
+      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
     val slow = """{"mode": "shared", "cores": 2, "task_cpus": 1, "debug_delay_ms": 20}"""
     val h = NativeRunner.openModel(config(1, slow))
     try {
@@ -177,7 +177,7 @@ object LifecycleMain {
     val shared = NativeBridge.openModel(config(1, """{"mode": "shared", "cores": 2}"""))
     val perTask = NativeBridge.openModel(config(2, """{"mode": "per-task"}"""))
     val bytes = Files.readAllBytes(Paths.get(png))
-    val input = ArrowCodec.encode(InputKind.Binary, Array.fill[Any](64)(bytes))
+    val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](64)(bytes))
     val opts = """{"batch_size": 32, "top_k": 1}"""
     val loops: Seq[Long => Unit] = Seq(
       _ => NativeBridge.score(shared, input, opts),

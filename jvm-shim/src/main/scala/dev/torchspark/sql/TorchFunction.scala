@@ -102,7 +102,7 @@ final class TorchFunction(
     case _ =>
       if (dt == NullType) None
       else
-        scala.util.Try(InputKind.of(s"argument of $name", dt)).failed.toOption.map(_.getMessage)
+        scala.util.Try(ImageColumn.of(s"argument of $name", dt)).failed.toOption.map(_.getMessage)
   }
 
   /** Arrow IPC bytes of `n` rows: `args(i)` holds argument i's Scala values (as a Java UDF sees
@@ -117,7 +117,8 @@ final class TorchFunction(
       }
       TensorCodec.encode(cols, n)
     case _ =>
-      val kind = if (types.head == NullType) InputKind.Binary else InputKind.of(name, types.head)
+      val kind =
+        if (types.head == NullType) ImageColumn.Binary else ImageColumn.of(name, types.head)
       ArrowCodec.encode(kind, args.head)
   }
 
@@ -175,10 +176,10 @@ object TorchFunction {
   case object ImageFeatures extends Kind
 
   /** A general model (a version-2 spec): its data inputs in argument order, its outputs. */
-  final case class General(inputs: Seq[ModelInput], outputs: Seq[StructField]) extends Kind
+  final case class General(inputs: Seq[InputDecl], outputs: Seq[StructField]) extends Kind
 
   /** A null argument's type: what the input's reader expects, so that it reports the null. */
-  private[torchspark] def nullType(d: ModelInput): DataType =
+  private[torchspark] def nullType(d: InputDecl): DataType =
     if (d.isImage) BinaryType
     else if (d.isText) StringType
     else if (d.shape.isEmpty) DoubleType
