@@ -270,7 +270,7 @@ private[torchspark] object NativeRunner {
           metrics.rowsIn.add(group.size.toLong)
           metrics.rowsOut.add(out.length.toLong)
           bad.rows += group.size
-          metrics.imagesScored.add(scored)
+          metrics.rowsScored.add(scored)
           if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
           clock.preprocess += stages.preprocess
           clock.forward += stages.forward

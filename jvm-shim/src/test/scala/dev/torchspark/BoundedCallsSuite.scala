@@ -175,7 +175,7 @@ class BoundedCallsSuite {
       assertEquals(
         m.toString,
         (20L, 20L, 20L, 0L),
-        (m("rowsIn"), m("rowsOut"), m("imagesScored"), m("rowsSkipped"))
+        (m("rowsIn"), m("rowsOut"), m("rowsScored"), m("rowsSkipped"))
       )
     }
   }
@@ -204,7 +204,7 @@ class BoundedCallsSuite {
     out.foreach(r => assertEquals(expectedClass(name), r.getDouble(0), 0))
     val m = s.metrics.values
     // 2 rows (220 MB) fit 256 MiB: 10 calls.
-    assertEquals(m.toString, (20L, 20L, 10L), (m("rowsIn"), m("imagesScored"), m("engineBatches")))
+    assertEquals(m.toString, (20L, 20L, 10L), (m("rowsIn"), m("rowsScored"), m("engineBatches")))
     assertEquals(0L, ArrowCodec.allocatedBytes)
     println(f"20 rows of 110 MB in $seconds%.1f s")
   }

@@ -106,6 +106,8 @@ class TextEmbedderSuite {
       maxDiff(r.getAs[Vector](2).toArray, embeddings(r.getInt(0)))
     }.max
     assertTrue(s"max abs diff $worst", worst <= 1e-5)
+    // Text rows count as rows scored (imagesScored, the old name, is the same counter).
+    assertEquals(texts.size.toLong, e.metrics.values("rowsScored"))
     assertEquals(texts.size.toLong, e.metrics.values("imagesScored"))
     assertEquals(truncated.toLong, e.metrics.values("truncatedRows"))
 

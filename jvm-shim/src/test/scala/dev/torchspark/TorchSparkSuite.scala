@@ -160,7 +160,7 @@ class TorchSparkSuite {
     assertEquals(35L, out.filter(col("prediction").isNotNull).count())
     assertEquals(1L, TorchSpark.nativeModelLoads() - before)
     assertEquals(1L, s.metrics.modelLoads.value.longValue)
-    assertTrue(s.metrics.imagesScored.value >= 35L)
+    assertTrue(s.metrics.rowsScored.value >= 35L)
   }
 
   @Test def reportsWhereTheTimeWent(): Unit = {
@@ -168,7 +168,8 @@ class TorchSparkSuite {
       val s = scorer("content").setBatchSize(8).setEngine(engine)
       s.transform(binary("*.png").repartition(2)).write.format("noop").mode("overwrite").save()
       val m = s.metrics.values
-      assertEquals(35L, m("imagesScored"))
+      assertEquals(35L, m("rowsScored"))
+      assertEquals("imagesScored is rowsScored's alias", m("rowsScored"), m("imagesScored"))
       assertTrue(m.toString, m("forwardTimeMs") > 0L && m("bridgeTimeMs") >= 0L)
       assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
       assertEquals(m.toString, 0L, m("resizeTimeMs")) // 32x32 PNGs, a spec without resize
