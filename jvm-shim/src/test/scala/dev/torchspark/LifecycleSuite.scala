@@ -50,10 +50,10 @@ object LifecycleSuite {
 class LifecycleSuite {
   import LifecycleSuite._
 
-  /** Spark tasks scoring through one handle (score, submit + collect) while the driver closes it,
-    * 10 times: every call returns its rows, or throws a ConfigException naming the closed handle
-    * (then the task stops), or an InferenceException for a job its closed engine dropped; the JVM
-    * stays up and every task ends on the "not open" error.
+  /** Spark tasks scoring through one handle (TaskPipeline.call, submit + collect) while the driver
+    * closes it, 10 times: every call returns its rows, or throws a ConfigException naming the
+    * closed handle (then the task stops), or an InferenceException for a job its closed engine
+    * dropped; the JVM stays up and every task ends on the "not open" error.
     */
   @Test def closingAModelWhileTasksRunIsSafe(): Unit = {
     val input =
@@ -72,7 +72,8 @@ class LifecycleSuite {
             var i = 0L
             while (end == null) {
               try {
-                if (i % 2 == 0) assertNotNull(NativeBridge.score(h, input, opts))
+                // Both ways a caller runs a batch: the one-batch helper, and submit + collect.
+                if (i % 2 == 0) assertNotNull(TaskPipeline.call(h, 0, input, opts, 60000L, None))
                 else {
                   val p = NativeBridge.submit(h, 0, input, opts, 9000L + task)
                   var out: Array[Byte] = null
@@ -180,8 +181,8 @@ object LifecycleMain {
     val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](64)(bytes))
     val opts = """{"batch_size": 32, "top_k": 1}"""
     val loops: Seq[Long => Unit] = Seq(
-      _ => NativeBridge.score(shared, input, opts),
-      _ => NativeBridge.score(perTask, input, opts),
+      _ => TaskPipeline.call(shared, 0, input, opts, 600000L, None),
+      _ => TaskPipeline.call(perTask, 0, input, opts, 600000L, None), // the pass runs in submit
       i => NativeBridge.submit(shared, 0, input, opts, i) // queued, never collected
     )
     loops.foreach { body =>

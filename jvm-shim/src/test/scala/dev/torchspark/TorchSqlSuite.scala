@@ -311,6 +311,16 @@ class TorchSqlSuite {
     assertEquals(1, torchEvals(df).size)
     assertTrue(df.queryExecution.executedPlan.toString.contains("engine=per-task, batch=auto"))
     assertEquals(10, df.collect().count(!_.isNullAt(0)))
+    // The row fallback of a per-task function: submit + collect, the pass inline in submit.
+    val rowByRow = other.sql("SELECT ext_classify(max(content)) AS s FROM digits1")
+    assertEquals(0, torchEvals(rowByRow).size)
+    val batched = other.sql(
+      "SELECT ext_classify(content) AS s FROM digits1 WHERE content = (SELECT max(content) FROM digits1)"
+    )
+    val (a, b) = (rowByRow.collect().head.getStruct(0), batched.collect().head.getStruct(0))
+    assertTrue(a.isNullAt(3))
+    assertEquals(b.getInt(0), a.getInt(0))
+    assertEquals(b.getSeq[Double](2), a.getSeq[Double](2)) // per task: bitwise at batch size 1
     // TorchSpark.register's rule beside the extension's: still one node (the rule is idempotent).
     dev.torchspark.sql.TorchSql.install(other)
     val both = other.sql("SELECT ext_classify(content).prediction AS p FROM digits1")

@@ -1,5 +1,8 @@
 package dev.torchspark.sql
 
+import java.util.concurrent.ConcurrentHashMap
+
+import org.apache.spark.TaskContext
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
@@ -19,7 +22,8 @@ import dev.torchspark._
   *   rows per native call in [[TorchEvalExec]] (the transformers' default, 64); 0 = the engine's
   *   choice (`NativeBridge.autoBatchSize`)
   * @param engine
-  *   "shared" (the executor's one engine: submit and collect) or "per-task" (a synchronous call)
+  *   "shared" (the executor's one engine) or "per-task" (each task runs its passes inline, inside
+  *   `submit`); both go through submit + collect
   */
 final class TorchFunction(
     val name: String,
@@ -57,13 +61,6 @@ final class TorchFunction(
     case ImageScore    => 0
     case ImageFeatures => 1
     case _: General    => 2
-  }
-
-  /** The synchronous native call of the op (the per-task path and the row fallback). */
-  def nativeCall: (Long, Array[Byte], String) => Array[Byte] = kind match {
-    case ImageScore    => NativeBridge.score
-    case ImageFeatures => NativeBridge.featurize
-    case _: General    => NativeBridge.predict
   }
 
   /** The native options of a call of `rows` rows, the first being row `offset` of the partition
@@ -150,11 +147,15 @@ final class TorchFunction(
   }
 
   /** One row (the fallback where [[ExtractTorchCalls]] cannot reach): `args` are the Scala values
-    * of the arguments, `types` their Spark types, encoded as a batch of one.
+    * of the arguments, `types` their Spark types, encoded as a batch of one and run by the one call
+    * protocol (submit + collect, [[TaskPipeline.call]]) through this function's engine.
     */
   def evalRow(args: Seq[Any], types: Seq[DataType]): Any = {
     val input = encode(args.map(v => Array[Any](v)), types, 1)
-    val answer = TorchSpark.call(source, device, numThreads, input, nativeCall, options(1, 0))
+    val ctx = Option(TaskContext.get())
+    val answer = TorchFunction.withRowHandle(configJson(NativeRunner.threadsFor(numThreads)), ctx) {
+      h => TaskPipeline.call(h, op, input, options(1, 0), timeoutMs, ctx)
+    }
     decode(answer, 1)(0)
   }
 
@@ -169,6 +170,35 @@ final class TorchFunction(
 }
 
 object TorchFunction {
+
+  // The row fallback runs from any task thread: each task opens a handle per model config once
+  // (resolving, and fetching, a remote model as the node does) and closes it when it completes,
+  // as the transformers' tasks do; so a model file changed on disk is what the next task scores
+  // with (docs/model-cache.md).
+  private val rowHandles = new ConcurrentHashMap[(String, Long), java.lang.Long]()
+
+  /** `body` with the task's handle of `config` (opened on first use, closed with the task); outside
+    * a task (e.g. on the driver) a handle for this call alone.
+    */
+  private def withRowHandle[T](config: String, ctx: Option[TaskContext])(body: Long => T): T =
+    ctx match {
+      case Some(c) =>
+        val key = (config, c.taskAttemptId())
+        var opened = false
+        val handle = rowHandles.computeIfAbsent(
+          key,
+          _ => { opened = true; java.lang.Long.valueOf(NativeRunner.openModel(config)) }
+        )
+        // Outside computeIfAbsent: a listener may run at once, and it updates the same map.
+        if (opened) c.addTaskCompletionListener[Unit] { _ =>
+          Option(rowHandles.remove(key)).foreach(h => NativeBridge.closeModel(h))
+        }
+        body(handle)
+      case None =>
+        val h = NativeRunner.openModel(config)
+        try body(h)
+        finally NativeBridge.closeModel(h)
+    }
 
   /** What a registered function returns. */
   sealed trait Kind extends Serializable
