@@ -7,7 +7,7 @@ import java.util.concurrent.atomic.AtomicLong
 import scala.jdk.CollectionConverters._
 
 import org.apache.spark.sql.SparkSession
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** The process around the native library from the JVM (docs/engine.md, "Lifecycle"): a model handle
@@ -16,25 +16,10 @@ import org.junit.Assert._
   * local[2] SparkSession, the real .so, the ResNet-20 fixture.
   */
 object LifecycleSuite {
-  var spark: SparkSession = _
+  @BeforeClass def setUp(): Unit = SparkTest.imageFixtures()
 
-  @BeforeClass def setUp(): Unit = {
-    assertTrue(
-      "run make setup first (tests/fixtures/out)",
-      Files.exists(TorchSparkSuite.fixtures.resolve("resnet20.pt"))
-    )
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-lifecycle-tests")
-      .config("spark.ui.enabled", "false")
-      .getOrCreate()
-  }
-
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  def resnet: String = TorchSparkSuite.fixtures.resolve("resnet20.pt").toString
-  def png: String = TorchSparkSuite.fixtures.resolve("images/digit_00_label0.png").toString
+  def resnet: String = SparkTest.fixtures.resolve("resnet20.pt").toString
+  def png: String = SparkTest.fixtures.resolve("images/digit_00_label0.png").toString
 
   /** A ModelConfig of the ResNet-20 fixture with `engine` (JSON object text). */
   def config(threads: Int, engine: String): String =
@@ -47,7 +32,7 @@ object LifecycleSuite {
   val calls = new AtomicLong(0)
 }
 
-class LifecycleSuite {
+class LifecycleSuite extends SparkSuite {
   import LifecycleSuite._
 
   /** Spark tasks scoring through one handle (TaskPipeline.call, submit + collect) while the driver

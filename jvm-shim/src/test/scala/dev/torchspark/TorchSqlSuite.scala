@@ -10,7 +10,7 @@ import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
 import org.apache.spark.sql.torchspark.Compat
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 import dev.torchspark.sql.{ExtractTorchCalls, TorchCall, TorchEvalExec, TorchEvalStrategy}
@@ -19,40 +19,25 @@ import dev.torchspark.sql.{ExtractTorchCalls, TorchCall, TorchEvalExec, TorchEva
   * on the same rows: a real local[2] session, the real .so, the real fixtures.
   */
 object TorchSqlSuite {
-  val out: Path = TorchSparkSuite.repo.resolve("tests/fixtures/out")
-  var spark: SparkSession = _
+  val out: Path = SparkTest.fixtures
 
   @BeforeClass def setUp(): Unit = {
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-sql-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
-    TorchSpark.register(spark, "classify_image", out.resolve("resnet20.pt").toString)
+    SparkTest.imageFixtures()
+    SparkTest.generalFixtures()
+    SparkTest.textFixtures()
+    TorchSpark.register(SparkTest.session, "classify_image", out.resolve("resnet20.pt").toString)
   }
 
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
+  def images(glob: String): DataFrame = SparkTest.binaryImages(glob)
 
-  def images(glob: String): DataFrame =
-    spark.read
-      .format("binaryFile")
-      .option("pathGlobFilter", glob)
-      .load(out.resolve("images").toString)
-
-  /** The TorchEvalExec nodes of a query's physical plan. */
   /** The TorchEvalExec nodes of a query's physical plan (before adaptive execution wraps it). */
   def torchEvals(df: DataFrame): Seq[TorchEvalExec] =
     df.queryExecution.sparkPlan.collect { case e: TorchEvalExec => e }
 
-  def maxDiff(a: Array[Double], b: Array[Double]): Double = {
-    assertEquals(b.length, a.length)
-    a.zip(b).map { case (x, y) => math.abs(x - y) }.foldLeft(0.0)(math.max)
-  }
+  def maxDiff(a: Array[Double], b: Array[Double]): Double = SparkTest.maxDiff(a, b)
 }
 
-class TorchSqlSuite {
+class TorchSqlSuite extends SparkSuite {
   import TorchSqlSuite._
 
   @Test def sqlScoreEqualsImageScorerRowForRow(): Unit = {
