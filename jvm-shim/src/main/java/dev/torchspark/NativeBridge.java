@@ -39,16 +39,23 @@ public final class NativeBridge {
    */
   public static native void closeModel(long handle);
 
-  /** Scores one Arrow IPC batch; returns the result batch as Arrow IPC bytes. */
+  /**
+   * Scores one Arrow IPC batch; returns the result batch as Arrow IPC bytes. No JVM caller: every
+   * call goes through {@link #submit} + {@link #collect}; kept while the native library exports it.
+   */
   public static native byte[] score(long handle, byte[] arrowIpc, String optionsJson);
 
-  /** Featurizes one Arrow IPC batch; returns the result batch as Arrow IPC bytes. */
+  /**
+   * Featurizes one Arrow IPC batch; returns the result batch as Arrow IPC bytes. No JVM caller (see
+   * {@link #score}).
+   */
   public static native byte[] featurize(long handle, byte[] arrowIpc, String optionsJson);
 
   /**
    * Runs one Arrow IPC batch through a model's general path (spec_version 2, or a version-1 image
    * spec as one input and one output): one column per declared output, then {@code error}. Options
-   * may map input names to columns ({@code {"columns": {"meta": ["a","b"]}}}).
+   * may map input names to columns ({@code {"columns": {"meta": ["a","b"]}}}). No JVM caller (see
+   * {@link #score}); the options are those of {@link #submit} with op 2.
    */
   public static native byte[] predict(long handle, byte[] arrowIpc, String optionsJson);
 

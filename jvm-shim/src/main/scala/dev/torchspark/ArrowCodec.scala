@@ -22,17 +22,20 @@ import org.apache.arrow.vector.types.pojo.{ArrowType, FieldType}
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
-/** The kinds of image column the native scorer reads. */
-private[torchspark] sealed trait InputKind
-private[torchspark] object InputKind {
-  case object Binary extends InputKind
-  case object SparkImage extends InputKind
-  case object FloatArray extends InputKind
-  case object DoubleArray extends InputKind
+/** How an image transformer's column holds its images (binary files, Spark's image struct, or
+  * preprocessed C×H×W values), chosen from the column's Spark type. Not an input kind: that is
+  * [[InputDecl.kind]] (Rust's `InputKind`: tensor, image, text, mask, type_ids).
+  */
+private[torchspark] sealed trait ImageColumn
+private[torchspark] object ImageColumn {
+  case object Binary extends ImageColumn
+  case object SparkImage extends ImageColumn
+  case object FloatArray extends ImageColumn
+  case object DoubleArray extends ImageColumn
 
   private val imageFields = Seq("height", "width", "nChannels", "data")
 
-  def of(column: String, dt: DataType): InputKind = dt match {
+  def of(column: String, dt: DataType): ImageColumn = dt match {
     case BinaryType                                                 => Binary
     case s: StructType if imageFields.forall(s.fieldNames.contains) => SparkImage
     case ArrayType(FloatType, _)                                    => FloatArray
@@ -121,10 +124,10 @@ private[torchspark] object ArrowCodec {
   }
 
   /** Encodes one batch of column values (nulls allowed) as an IPC stream of one column. */
-  def encode(kind: InputKind, values: Array[Any]): Array[Byte] = withAllocator { a =>
+  def encode(kind: ImageColumn, values: Array[Any]): Array[Byte] = withAllocator { a =>
     val n = values.length
     val vector: FieldVector = kind match {
-      case InputKind.Binary =>
+      case ImageColumn.Binary =>
         building(new VarBinaryVector("content", a)) { v =>
           // Sized once: doubling as values arrive would hold up to twice the group's bytes.
           v.allocateNew(math.max(binaryBytes(values), 1L), math.max(n, 1))
@@ -138,8 +141,8 @@ private[torchspark] object ArrowCodec {
           }
           v.setValueCount(n)
         }
-      case InputKind.SparkImage                         => encodeImages(a, "image", values)
-      case InputKind.FloatArray | InputKind.DoubleArray => encodeArrays(a, kind, values)
+      case ImageColumn.SparkImage                           => encodeImages(a, "image", values)
+      case ImageColumn.FloatArray | ImageColumn.DoubleArray => encodeArrays(a, kind, values)
     }
     ipc(Seq(vector), n)
   }
@@ -200,12 +203,12 @@ private[torchspark] object ArrowCodec {
     s.setValueCount(n)
   }
 
-  private def encodeArrays(a: BufferAllocator, kind: InputKind, values: Array[Any]): FieldVector =
+  private def encodeArrays(a: BufferAllocator, kind: ImageColumn, values: Array[Any]): FieldVector =
     building(ListVector.empty("input", a))(l => fillArrays(l, kind, values))
 
-  private def fillArrays(l: ListVector, kind: InputKind, values: Array[Any]): Unit = {
+  private def fillArrays(l: ListVector, kind: ImageColumn, values: Array[Any]): Unit = {
     val precision =
-      if (kind == InputKind.FloatArray) FloatingPointPrecision.SINGLE
+      if (kind == ImageColumn.FloatArray) FloatingPointPrecision.SINGLE
       else FloatingPointPrecision.DOUBLE
     val inner = l
       .addOrGetVector[FieldVector](FieldType.nullable(new ArrowType.FloatingPoint(precision)))

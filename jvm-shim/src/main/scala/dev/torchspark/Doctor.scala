@@ -114,9 +114,17 @@ object Doctor {
       val config = NativeRunner.configJson(dir.resolve("tiny.pt").toString, "cpu", 1, "fp32")
       val h = NativeBridge.openModel(config)
       try {
-        val s = ArrowCodec.decodeScores(
-          NativeBridge.score(h, ArrowCodec.encode(InputKind.Binary, Array[Any](png)), "{}")
-        )(0)
+        val input = ArrowCodec.encode(ImageColumn.Binary, Array[Any](png))
+        val ctx = Option(org.apache.spark.TaskContext.get())
+        val answer = TaskPipeline.call(
+          h,
+          TaskPipeline.Score,
+          input,
+          "{}",
+          EngineSettings.default.timeoutMs,
+          ctx
+        )
+        val s = ArrowCodec.decodeScores(answer)(0)
         if (s.error != null) throw new IllegalStateException(s"tiny model: ${s.error}")
         val diff = s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
         (diff, engineLine(NativeBridge.engineStats(h), ExecutorCores.taskCpus))

@@ -4,13 +4,15 @@ import org.apache.spark.SparkContext
 import org.apache.spark.util.LongAccumulator
 
 /** Counters of one transform, visible in the Spark UI (named accumulators) and readable after an
-  * action: images scored, rows with errors, rows skipped, model loads, and where the time went.
+  * action: rows scored, rows with errors, rows skipped, model loads, and where the time went.
   *
   * Rows add up: `rowsIn` (rows read) = `rowsOut` (rows written) + `rowsSkipped` (bad rows dropped
   * with `handleInvalid=skip`); `rowsWithErrors` counts the bad rows whatever was done with them, so
-  * `rowsOut` = `imagesScored` + the bad rows kept (`handleInvalid=keep`). Like every accumulator,
-  * the counts add up over the actions that run the transformed DataFrame, and a retried task's rows
-  * count again.
+  * `rowsOut` = `rowsScored` + the bad rows kept (`handleInvalid=keep`). `rowsScored` counts the
+  * rows every transformer ran through its model (images, text, tensors); `imagesScored` is its old
+  * name, kept as an alias (the same counter) for one release. Like every accumulator, the counts
+  * add up over the actions that run the transformed DataFrame, and a retried task's rows count
+  * again.
   *
   * The times are summed over tasks (so they can exceed the wall time) and split by stage:
   *   - `readTimeMs`: waiting for input rows (file reads and whatever runs upstream);
@@ -31,7 +33,7 @@ import org.apache.spark.util.LongAccumulator
   * embedded); `decodeTimeMs` holds the tokenizing time of text rows.
   */
 final class TorchSparkMetrics private (
-    val imagesScored: LongAccumulator,
+    val rowsScored: LongAccumulator,
     val rowsWithErrors: LongAccumulator,
     val rowsSkipped: LongAccumulator,
     val nativeTimeMs: LongAccumulator,
@@ -51,9 +53,15 @@ final class TorchSparkMetrics private (
     val rowsOut: LongAccumulator
 ) extends Serializable {
 
-  /** Name → value of every counter. */
+  /** [[rowsScored]] by its old name: it counted text and tensor rows too. */
+  @deprecated("use rowsScored (the same counter); imagesScored goes in the next release", "0.1.0")
+  def imagesScored: LongAccumulator = rowsScored
+
+  /** Name → value of every counter (`imagesScored` too: [[rowsScored]]'s value, for one release).
+    */
   def values: Map[String, Long] = Map(
-    "imagesScored" -> imagesScored.value.longValue,
+    "rowsScored" -> rowsScored.value.longValue,
+    "imagesScored" -> rowsScored.value.longValue,
     "rowsWithErrors" -> rowsWithErrors.value.longValue,
     "rowsSkipped" -> rowsSkipped.value.longValue,
     "nativeTimeMs" -> nativeTimeMs.value.longValue,
@@ -88,7 +96,7 @@ object TorchSparkMetrics {
   private[torchspark] def apply(sc: SparkContext, name: String): TorchSparkMetrics = {
     def acc(what: String): LongAccumulator = sc.longAccumulator(s"torchspark.$name.$what")
     new TorchSparkMetrics(
-      acc("imagesScored"),
+      acc("rowsScored"),
       acc("rowsWithErrors"),
       acc("rowsSkipped"),
       acc("nativeTimeMs"),

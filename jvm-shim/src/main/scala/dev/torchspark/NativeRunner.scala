@@ -121,7 +121,7 @@ private[torchspark] object NativeRunner {
   /** The encoder of an image transformer's batches: the one column `column` of `df`. */
   def imageInput(df: DataFrame, column: String): Seq[Row] => Array[Byte] = {
     val idx = df.schema.fieldIndex(column)
-    val kind = InputKind.of(column, df.schema(idx).dataType)
+    val kind = ImageColumn.of(column, df.schema(idx).dataType)
     rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
   }
 
@@ -270,7 +270,7 @@ private[torchspark] object NativeRunner {
           metrics.rowsIn.add(group.size.toLong)
           metrics.rowsOut.add(out.length.toLong)
           bad.rows += group.size
-          metrics.imagesScored.add(scored)
+          metrics.rowsScored.add(scored)
           if (stages.truncatedRows > 0) metrics.truncatedRows.add(stages.truncatedRows)
           clock.preprocess += stages.preprocess
           clock.forward += stages.forward

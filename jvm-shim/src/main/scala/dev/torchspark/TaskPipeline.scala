@@ -5,18 +5,21 @@ import java.util.concurrent.atomic.AtomicLong
 import org.apache.spark.{TaskContext, TaskKilledException}
 
 /** Runs one task's groups of rows through a model handle, in order (docs/design/shared-engine.md
-  * §2).
+  * §2), by the one call protocol: `submit` a group (reading, decoding and assembling its rows on
+  * the task thread), then `collect` its result.
   *
   * Shared engine (`shared = true`): double-buffering of depth 2 on the task thread. It encodes
-  * group k+1 and `submit`s it (image decoding runs inside `submit`), and only then `collect`s group
-  * k, whose forward ran on an engine worker meanwhile; no second JVM thread reads Spark's iterator.
+  * group k+1 and `submit`s it, and only then `collect`s group k, whose forward ran on an engine
+  * worker meanwhile; no second JVM thread reads Spark's iterator.
+  *
+  * Per-task (`shared = false`): depth 1, no overlap. The handle's engine runs each forward pass
+  * inline inside `submit` (engine mode `per-task`), so `collect` finds the result ready: the
+  * reference the shared engine must equal.
+  *
   * `collect` waits in slices of 100 ms: between slices a killed task (`TaskContext.isInterrupted`)
   * discards its pendings, cancels its queued work and throws
   * [[org.apache.spark.TaskKilledException]]; a wait longer than `timeoutMs` throws an
   * [[InferenceException]] naming the partition, the rows and the engine's state.
-  *
-  * Per-task (`shared = false`): today's synchronous `score`/`featurize`/`predict` per group, no
-  * overlap; the reference the shared engine must equal.
   *
   * A task completion listener (success, failure or kill) discards what is still pending and cancels
   * the task's queued work; it is registered after the handle's own `closeModel` listener, and Spark
@@ -54,12 +57,17 @@ private[torchspark] final class TaskPipeline(
   /** The id the engine knows this task's jobs by: Spark's task attempt id, or a fresh one outside a
     * task (negative, so it never meets a task attempt id).
     */
-  val taskId: Long = ctx.map(_.taskAttemptId()).getOrElse(TaskPipeline.localIds.decrementAndGet())
+  val taskId: Long = TaskPipeline.taskIdOf(ctx)
 
   private val partition = ctx.map(_.partitionId()).getOrElse(0)
 
-  // Submitted and not yet collected, oldest first (at most 2). Guarded by itself: the completion
-  // listener may run while the task thread is still in a collect slice.
+  /** Groups submitted ahead of the one being collected: 2 with the shared engine (the next group is
+    * read and decoded while the engine runs the current one), 1 per task (the pass ran in submit).
+    */
+  private val depth = if (shared) 2 else 1
+
+  // Submitted and not yet collected, oldest first (at most `depth` groups' lanes). Guarded by
+  // itself: the completion listener may run while the task thread is still in a collect slice.
   private val pending = new java.util.ArrayDeque[java.lang.Long]()
   private var closed = false
 
@@ -88,51 +96,37 @@ private[torchspark] final class TaskPipeline(
       encode: (G, Int) => Array[Byte],
       options: (G, Int) => String,
       rows: G => Int = TaskPipeline.unknownRows
-  ): Iterator[(G, Array[Array[Byte]])] =
-    if (!shared) groups.map { g =>
-      checkKilled()
-      val outs = lanes.indices.map { i =>
-        val t0 = System.nanoTime()
-        val input = encode(g, i)
-        val t1 = System.nanoTime()
-        val out = TaskPipeline.call(lanes(i).op, lanes(i).handle, input, options(g, i))
-        clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
-        out
-      }.toArray
-      (g, outs)
-    }
-    else
-      new Iterator[(G, Array[Array[Byte]])] {
-        private val waiting = new java.util.ArrayDeque[G]()
+  ): Iterator[(G, Array[Array[Byte]])] = new Iterator[(G, Array[Array[Byte]])] {
+    private val waiting = new java.util.ArrayDeque[G]()
 
-        private def fill(): Unit =
-          while (waiting.size < 2 && groups.hasNext) {
-            checkKilled()
-            val g = groups.next()
-            lanes.indices.foreach { i =>
-              val t0 = System.nanoTime()
-              val input = encode(g, i)
-              val t1 = System.nanoTime()
-              val p =
-                NativeBridge.submit(lanes(i).handle, lanes(i).op, input, options(g, i), taskId)
-              clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
-              pending.synchronized {
-                if (closed) { NativeBridge.discard(p); throw killed() }
-                pending.addLast(p)
-              }
-            }
-            waiting.addLast(g)
+    private def fill(): Unit =
+      while (waiting.size < depth && groups.hasNext) {
+        checkKilled()
+        val g = groups.next()
+        lanes.indices.foreach { i =>
+          val t0 = System.nanoTime()
+          val input = encode(g, i)
+          val t1 = System.nanoTime()
+          val p =
+            try NativeBridge.submit(lanes(i).handle, lanes(i).op, input, options(g, i), taskId)
+            finally clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
+          pending.synchronized {
+            if (closed) { NativeBridge.discard(p); throw killed() }
+            pending.addLast(p)
           }
-
-        def hasNext: Boolean = failing { fill(); !waiting.isEmpty }
-
-        def next(): (G, Array[Array[Byte]]) = failing {
-          fill()
-          if (waiting.isEmpty) throw new NoSuchElementException("no more groups")
-          val g = waiting.pollFirst()
-          (g, lanes.indices.map(_ => await(rows(g))).toArray)
         }
+        waiting.addLast(g)
       }
+
+    def hasNext: Boolean = failing { fill(); !waiting.isEmpty }
+
+    def next(): (G, Array[Array[Byte]]) = failing {
+      fill()
+      if (waiting.isEmpty) throw new NoSuchElementException("no more groups")
+      val g = waiting.pollFirst()
+      (g, lanes.indices.map(_ => await(rows(g))).toArray)
+    }
+  }
 
   /** `body`; when it throws, the pendings and queued work go first (also outside a task, where no
     * completion listener would).
@@ -145,37 +139,34 @@ private[torchspark] final class TaskPipeline(
   private def await(groupRows: Int): Array[Byte] = {
     val p: Long = pending.synchronized(pending.peekFirst())
     val start = System.nanoTime()
-    val deadline = start + timeoutMs * 1000000L
-    var out: Array[Byte] = null
-    try {
-      while (out == null) {
-        val left = (deadline - System.nanoTime()) / 1000000L
-        out = NativeBridge.collect(p, math.max(1L, math.min(TaskPipeline.sliceMs, left)))
-        if (out == null) {
-          checkKilled()
-          if (System.nanoTime() >= deadline) {
-            val stats = engineStats
+    val out =
+      try
+        TaskPipeline.collect(
+          p,
+          timeoutMs,
+          () => checkKilled(),
+          () => {
+            val stats = TaskPipeline.engineStats(lanes.map(_.handle))
             close()
-            throw new InferenceException(
+            new InferenceException(
               s"torchspark: partition $partition: no result for ${describe(groupRows)} after " +
                 s"engineTimeoutMs=$timeoutMs ms (engine: $stats); raise engineTimeoutMs or " +
                 "lower batchSize"
             )
           }
+        )
+      catch {
+        // collect freed `p` when it threw; the others go with the task.
+        case e: TorchSparkException =>
+          pending.synchronized(pending.remove(java.lang.Long.valueOf(p)))
+          close()
+          throw e
+      } finally
+        clock.foreach { c =>
+          val blocked = System.nanoTime() - start
+          c.native += blocked
+          c.blocked += blocked
         }
-      }
-    } catch {
-      // collect freed `p` when it threw; the others go with the task.
-      case e: TorchSparkException =>
-        pending.synchronized(pending.remove(java.lang.Long.valueOf(p)))
-        close()
-        throw e
-    } finally
-      clock.foreach { c =>
-        val blocked = System.nanoTime() - start
-        c.native += blocked
-        c.blocked += blocked
-      }
     pending.synchronized(pending.remove(java.lang.Long.valueOf(p)))
     out
   }
@@ -183,16 +174,7 @@ private[torchspark] final class TaskPipeline(
   private def describe(groupRows: Int): String =
     if (groupRows >= 0) s"a batch of $groupRows rows" else "a batch"
 
-  private def engineStats: String =
-    lanes
-      .map { l =>
-        try NativeBridge.engineStats(l.handle)
-        catch { case e: TorchSparkException => s"unknown: ${e.getMessage}" }
-      }
-      .mkString("; ")
-
-  private def killed(): TaskKilledException =
-    new TaskKilledException(s"torchspark: partition $partition: task $taskId was killed")
+  private def killed(): TaskKilledException = TaskPipeline.killed(partition, taskId)
 
   /** A killed task stops here: its pendings and queued work go, then TaskKilledException. */
   private def checkKilled(): Unit =
@@ -223,12 +205,89 @@ private[torchspark] object TaskPipeline {
 
   private val localIds = new AtomicLong(0L)
 
-  /** The synchronous native call of `op` (the per-task reference). */
-  def call(op: Int, handle: Long, input: Array[Byte], options: String): Array[Byte] = op match {
-    case 0 => NativeBridge.score(handle, input, options)
-    case 1 => NativeBridge.featurize(handle, input, options)
-    case 2 => NativeBridge.predict(handle, input, options)
-    case _ => throw new IllegalArgumentException(s"op $op: expected 0, 1 or 2")
+  /** Spark's task attempt id, or a fresh negative id outside a task. */
+  def taskIdOf(ctx: Option[TaskContext]): Long =
+    ctx.map(_.taskAttemptId()).getOrElse(localIds.decrementAndGet())
+
+  private def killed(partition: Int, taskId: Long): TaskKilledException =
+    new TaskKilledException(s"torchspark: partition $partition: task $taskId was killed")
+
+  /** The engines' states for a timeout's message. */
+  private def engineStats(handles: Seq[Long]): String =
+    handles
+      .map { h =>
+        try NativeBridge.engineStats(h)
+        catch { case e: TorchSparkException => s"unknown: ${e.getMessage}" }
+      }
+      .mkString("; ")
+
+  /** `NativeBridge.collect(p)` in slices of [[sliceMs]] until it returns bytes: between slices
+    * `checkKilled` may throw; after `timeoutMs` the exception `timedOut` makes is thrown (`p` is
+    * still live then: the caller discards it). `p` is freed when this returns bytes or collect
+    * throws.
+    */
+  private def collect(
+      p: Long,
+      timeoutMs: Long,
+      checkKilled: () => Unit,
+      timedOut: () => Throwable
+  ): Array[Byte] = {
+    val deadline = System.nanoTime() + timeoutMs * 1000000L
+    var out: Array[Byte] = null
+    while (out == null) {
+      val left = (deadline - System.nanoTime()) / 1000000L
+      out = NativeBridge.collect(p, math.max(1L, math.min(sliceMs, left)))
+      if (out == null) {
+        checkKilled()
+        if (System.nanoTime() >= deadline) throw timedOut()
+      }
+    }
+    out
+  }
+
+  /** One batch through `submit` + `collect`, for a caller with one batch at a time rather than a
+    * stream of groups (the SQL row fallback, the doctor): the protocol of the pipeline, depth 1,
+    * with the same kill checks and bound. The pending is freed however this ends; after a kill or a
+    * timeout the task's queued work on `handle` is dropped too.
+    */
+  def call(
+      handle: Long,
+      op: Int,
+      input: Array[Byte],
+      options: String,
+      timeoutMs: Long,
+      ctx: Option[TaskContext]
+  ): Array[Byte] = {
+    val taskId = taskIdOf(ctx)
+    val partition = ctx.map(_.partitionId()).getOrElse(0)
+    val p = NativeBridge.submit(handle, op, input, options, taskId)
+    // Bytes or a native error: collect freed `p`. Otherwise (killed, timed out) it is ours.
+    var freed = false
+    var expired = false
+    try {
+      val out = collect(
+        p,
+        timeoutMs,
+        () => if (ctx.exists(_.isInterrupted())) throw killed(partition, taskId),
+        () => {
+          expired = true
+          new InferenceException(
+            s"torchspark: partition $partition: no result for a batch after $timeoutMs ms " +
+              s"(engine: ${engineStats(Seq(handle))})"
+          )
+        }
+      )
+      freed = true
+      out
+    } catch {
+      case e: TorchSparkException if !expired => freed = true; throw e
+    } finally
+      if (!freed) {
+        NativeBridge.discard(p)
+        // A closed handle must not hide why the call ended (killed, timed out).
+        try NativeBridge.cancelTask(handle, taskId)
+        catch { case _: TorchSparkException => () }
+      }
   }
 
   val Score = 0

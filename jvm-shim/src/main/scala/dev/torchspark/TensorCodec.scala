@@ -29,11 +29,12 @@ import org.apache.spark.ml.linalg.{DenseVector, SQLDataTypes, SparseVector, Vect
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
-/** One declared input of a model, as `NativeBridge.describe` lists it (`torchspark.inputs`): `kind`
-  * is tensor, image, text, mask or type_ids; `columns` the spec's columns (none for a generated
-  * input).
+/** One declared input of a model (Rust's `spec::general::InputDecl`), as `NativeBridge.describe`
+  * lists it (`torchspark.inputs`): `kind` is Rust's `InputKind` (tensor, image, text, mask or
+  * type_ids); `columns` the spec's columns (none for a generated input). Not a forward argument:
+  * that is Rust's `value::ModelInput`.
   */
-private[torchspark] final case class ModelInput(
+private[torchspark] final case class InputDecl(
     name: String,
     kind: String,
     columns: Seq[String],
@@ -53,12 +54,12 @@ private[torchspark] final case class ModelInput(
   * in the spec; a `vector` output is an ML Vector).
   */
 private[torchspark] final case class ModelSchema(
-    inputs: Seq[ModelInput],
+    inputs: Seq[InputDecl],
     outputs: Seq[StructField]
 ) {
 
   /** The inputs read from columns (a mask or type_ids is generated natively). */
-  def dataInputs: Seq[ModelInput] = inputs.filterNot(_.isGenerated)
+  def dataInputs: Seq[InputDecl] = inputs.filterNot(_.isGenerated)
 }
 
 private[torchspark] object ModelSchema {
@@ -99,7 +100,7 @@ private[torchspark] object ModelSchema {
         val arr = mapper.readTree(text)
         (0 until arr.size).map(arr.get).map { n =>
           def strings(j: JsonNode) = (0 until j.size).map(j.get(_).asText)
-          ModelInput(
+          InputDecl(
             n.get("name").asText,
             n.get("kind").asText,
             strings(n.get("columns")),

@@ -51,7 +51,7 @@ class TextEmbedder(override val uid: String)
   private def who = s"TextEmbedder($getModelPath)"
 
   /** The spec's text input and vector output, or an error naming what the spec declares. */
-  private def check(model: ModelSchema): (ModelInput, StructField) = {
+  private def check(model: ModelSchema): (InputDecl, StructField) = {
     val data = model.dataInputs
     val texts = data.filter(_.isText)
     val vectors = model.outputs.filter(_.dataType == SQLDataTypes.VectorType)

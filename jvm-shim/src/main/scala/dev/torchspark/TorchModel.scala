@@ -61,7 +61,7 @@ class TorchModel(override val uid: String)
   private def plan(
       schema: StructType,
       model: ModelSchema
-  ): (Seq[(ModelInput, Seq[String])], Seq[StructField]) = {
+  ): (Seq[(InputDecl, Seq[String])], Seq[StructField]) = {
     val data = model.dataInputs
     val inputMap = pairs(getInputCols, "inputCols", data.map(_.name), "input")
     val outputMap =
@@ -98,7 +98,7 @@ class TorchModel(override val uid: String)
     parsed.toMap
   }
 
-  private def checkInput(d: ModelInput, cols: Seq[String], schema: StructType): Unit = {
+  private def checkInput(d: InputDecl, cols: Seq[String], schema: StructType): Unit = {
     val where = s"$who: input `${d.name}` (${d.kind} ${d.dtype} ${d.shapeText})"
     cols.foreach { c =>
       require(

@@ -1,10 +1,7 @@
 package dev.torchspark
 
-import java.util.concurrent.ConcurrentHashMap
-
 import scala.util.Try
 
-import org.apache.spark.TaskContext
 import org.apache.spark.sql.{DataFrame, SparkSession}
 import org.apache.spark.sql.types._
 
@@ -23,12 +20,6 @@ object TorchSpark {
       StructField("error", StringType)
     )
   )
-
-  // The row-by-row fallback (TorchCall.eval, where the batching rule cannot reach) runs from any
-  // task thread: each task resolves the model (fetching a remote
-  // one) and opens its handle once, and closes it when it completes, as the transformers' tasks
-  // do; so a model file changed on disk is what the next task scores with (see docs/model-cache.md).
-  private val udfHandles = new ConcurrentHashMap[(String, String, Int, Long), java.lang.Long]()
 
   /** Registers a model for SQL. Calls run a batch of rows at a time (`TorchEval` in EXPLAIN, see
     * docs/engine.md), through the executor's shared engine.
@@ -92,40 +83,14 @@ object TorchSpark {
   /** The bound on each wait for the engine, as the transformers' `engineTimeoutMs` default. */
   val sqlTimeoutMs = 600000L
 
-  /** The most inputs a general model's SQL function took when functions were Java UDFs; SQL
-    * functions now take any number.
+  /** The most inputs a general model's SQL function took when functions were Java UDFs. Unused: SQL
+    * functions take any number of arguments.
     */
+  @deprecated(
+    "unused: SQL functions take any number of arguments; removed in the next release",
+    "0.1.0"
+  )
   val maxSqlInputs = 10
-
-  private[torchspark] def call(
-      source: ModelSource,
-      device: String,
-      threads: Int,
-      input: Array[Byte],
-      native: (Long, Array[Byte], String) => Array[Byte],
-      options: String
-  ): Array[Byte] = {
-    def open(): Long =
-      NativeRunner.openModel(NativeRunner.configJson(source, device, threads, "fp32"))
-    Option(TaskContext.get()) match {
-      case Some(ctx) =>
-        val key = (source.path, device, threads, ctx.taskAttemptId())
-        var opened = false
-        val handle = udfHandles.computeIfAbsent(
-          key,
-          _ => { opened = true; java.lang.Long.valueOf(open()) }
-        )
-        // Outside computeIfAbsent: a listener may run at once, and it updates the same map.
-        if (opened) ctx.addTaskCompletionListener[Unit] { _ =>
-          Option(udfHandles.remove(key)).foreach(h => NativeBridge.closeModel(h))
-        }
-        native(handle, input, options)
-      case None => // evaluated outside a task (e.g. on the driver): a handle for this call
-        val h = open()
-        try native(h, input, options)
-        finally NativeBridge.closeModel(h)
-    }
-  }
 
   /** Image files under `path` (binaryFile rows: path, modificationTime, length, content), searched
     * recursively and filtered by the file-name glob `pattern`, in a few partitions per task slot:

@@ -218,7 +218,7 @@ trait TorchSparkParams extends TorchSparkModelParams {
     require(isDefined(modelPath), s"$who: set modelPath")
     require(isDefined(inputCol), s"$who: set inputCol")
     require(schema.fieldNames.contains(getInputCol), s"$who: no input column `$getInputCol`")
-    InputKind.of(getInputCol, schema(getInputCol).dataType)
+    ImageColumn.of(getInputCol, schema(getInputCol).dataType)
     appendOutputs(schema, outputs)
   }
 }

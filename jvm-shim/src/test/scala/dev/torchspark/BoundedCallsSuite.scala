@@ -3,11 +3,10 @@ package dev.torchspark
 import java.nio.file.Files
 
 import org.apache.spark.SparkException
-import org.apache.spark.ml.linalg.Vector
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
-import org.junit.{AfterClass, Assume, BeforeClass, Test}
+import org.junit.{Assume, BeforeClass, Test}
 import org.junit.Assert._
 
 import dev.torchspark.sql.TorchEvalExec
@@ -20,29 +19,17 @@ import dev.torchspark.sql.TorchEvalExec
   * 1 MiB bound. Real local[2] SparkSession, the real .so, the ResNet-20 and diabetes fixtures.
   */
 object BoundedCallsSuite {
-  var spark: SparkSession = _
-
   @BeforeClass def setUp(): Unit = {
-    assertTrue(
-      "run make setup first (tests/fixtures/out)",
-      Files.exists(TorchSparkSuite.fixtures.resolve("expected.json"))
-    )
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-bounded-calls-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
+    SparkTest.imageFixtures()
+    SparkTest.generalFixtures()
+    SparkTest.textFixtures()
   }
 
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  def resnet: String = TorchSparkSuite.fixtures.resolve("resnet20.pt").toString
+  def resnet: String = SparkTest.fixtures.resolve("resnet20.pt").toString
 
   /** The fixture PNGs' bytes, by file name. */
   lazy val pngs: Seq[(String, Array[Byte])] = {
-    val dir = TorchSparkSuite.fixtures.resolve("images")
+    val dir = SparkTest.fixtures.resolve("images")
     Files
       .list(dir)
       .toArray
@@ -63,17 +50,17 @@ object BoundedCallsSuite {
     val schema = StructType(
       Seq(StructField("path", StringType), StructField("content", BinaryType))
     )
-    spark.createDataFrame(
-      spark.sparkContext.parallelize(rows.map { case (p, b) => Row(p, b) }, 1),
+    SparkTest.session.createDataFrame(
+      SparkTest.session.sparkContext.parallelize(rows.map { case (p, b) => Row(p, b) }, 1),
       schema
     )
   }
 
   /** `body` with the byte bound set to `bytes`, restored after. */
   def bounded[T](bytes: String)(body: => T): T = {
-    spark.conf.set(RowGroups.Conf, bytes)
+    SparkTest.session.conf.set(RowGroups.Conf, bytes)
     try body
-    finally spark.conf.unset(RowGroups.Conf)
+    finally SparkTest.session.conf.unset(RowGroups.Conf)
   }
 
   /** The exception of class `cls` that `body` throws. */
@@ -83,12 +70,12 @@ object BoundedCallsSuite {
   /** The class PyTorch predicts for a fixture file (tests/fixtures/out/expected.json). */
   def expectedClass(file: String): Double = {
     val p =
-      TorchSparkSuite.floats(TorchSparkSuite.expected(file).get("resnet20").get("probability"))
+      SparkTest.doubles(SparkTest.expected(file).get("resnet20").get("probability"))
     p.indexOf(p.max).toDouble
   }
 }
 
-class BoundedCallsSuite {
+class BoundedCallsSuite extends SparkSuite {
   import BoundedCallsSuite._
 
   @Test def groupsAreCutByRowsAndByBytesLazily(): Unit = {
@@ -175,7 +162,7 @@ class BoundedCallsSuite {
       assertEquals(
         m.toString,
         (20L, 20L, 20L, 0L),
-        (m("rowsIn"), m("rowsOut"), m("imagesScored"), m("rowsSkipped"))
+        (m("rowsIn"), m("rowsOut"), m("rowsScored"), m("rowsSkipped"))
       )
     }
   }
@@ -204,7 +191,7 @@ class BoundedCallsSuite {
     out.foreach(r => assertEquals(expectedClass(name), r.getDouble(0), 0))
     val m = s.metrics.values
     // 2 rows (220 MB) fit 256 MiB: 10 calls.
-    assertEquals(m.toString, (20L, 20L, 10L), (m("rowsIn"), m("imagesScored"), m("engineBatches")))
+    assertEquals(m.toString, (20L, 20L, 10L), (m("rowsIn"), m("rowsScored"), m("engineBatches")))
     assertEquals(0L, ArrowCodec.allocatedBytes)
     println(f"20 rows of 110 MB in $seconds%.1f s")
   }
@@ -221,7 +208,7 @@ class BoundedCallsSuite {
     )
     def run(): (Array[Row], Map[String, Long]) = {
       val t = new TorchModel()
-        .setModelPath(TorchSparkSuite.fixtures.resolve("text/ids.pt").toString)
+        .setModelPath(SparkTest.fixtures.resolve("text/ids.pt").toString)
         .setBatchSize(8)
         .setHandleInvalid("keep")
       (t.transform(df).select("id", "ids", "error").collect(), t.metrics.values)
@@ -247,9 +234,9 @@ class BoundedCallsSuite {
 
   @Test def tabularGroupsSplitByBytesGiveTheUnboundedResults(): Unit = {
     // 10 doubles a row (80 bytes): an 800-byte bound makes calls of 10 rows.
-    val d = TorchModelSuite.diabetes
+    val d = SparkTest.diabetes
     val rows = (0 until d.get("X").size).map { i =>
-      Row(i, TorchModelSuite.doubles(d.get("X").get(i)).toSeq)
+      Row(i, SparkTest.doubles(d.get("X").get(i)).toSeq)
     }
     val schema =
       StructType(Seq(StructField("id", IntegerType), StructField("x", ArrayType(DoubleType))))
@@ -257,7 +244,7 @@ class BoundedCallsSuite {
     val parts = df.rdd.mapPartitions(it => Iterator(it.size)).collect()
     def run(): (Map[Int, Double], Map[String, Long]) = {
       val t = new TorchModel()
-        .setModelPath(TorchModelSuite.model("diabetes_mlp.pt"))
+        .setModelPath(SparkTest.generalModel("diabetes_mlp.pt"))
         .setInputCols(Array("features=x"))
         .setBatchSize(64)
       val out = t.transform(df).select("id", "prediction").collect()
@@ -269,7 +256,7 @@ class BoundedCallsSuite {
     assertEquals(free.keySet, split.keySet)
     split.foreach { case (i, y) =>
       assertEquals(s"row $i", free(i), y, 1e-9)
-      assertEquals(s"row $i", TorchModelSuite.pred(i), y, 1e-4)
+      assertEquals(s"row $i", SparkTest.pred(i), y, 1e-4)
     }
     assertEquals(parts.map(n => (n + 9) / 10).sum.toLong, m("engineBatches"))
     assertTrue(freeMetrics.toString, freeMetrics("engineBatches") < m("engineBatches"))
@@ -316,7 +303,7 @@ class BoundedCallsSuite {
       // buffer stays behind.
       for (attempt <- 1 to 3) {
         val e = thrown(classOf[SparkException])(scorer("error").transform(images(rows)).collect())
-        val all = TorchModelSuite.messages(e)
+        val all = SparkTest.messages(e)
         assertTrue(all, all.contains(s"partition 0, $why (path ${rows(2)._1})"))
         assertFalse(all, all.contains("Memory was leaked"))
         assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
@@ -340,15 +327,15 @@ class BoundedCallsSuite {
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
       // The image transformers' encoder: a float array whose 3rd row holds a string.
       val arrays = Array[Any](Seq(1f, 2f), Seq(3f), Seq("x"), Seq(4f))
-      thrown(classOf[ClassCastException])(ArrowCodec.encode(InputKind.FloatArray, arrays))
+      thrown(classOf[ClassCastException])(ArrowCodec.encode(ImageColumn.FloatArray, arrays))
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
     }
   }
 
   @Test def theSqlNodeSplitsByBytesAndCountsRowErrors(): Unit = {
-    TorchSpark.register(spark, "bounded_mlp", TorchModelSuite.model("diabetes_mlp.pt"))
-    val d = TorchModelSuite.diabetes
-    val xs = (0 until 40).map(i => TorchModelSuite.doubles(d.get("X").get(i)).toSeq)
+    TorchSpark.register(spark, "bounded_mlp", SparkTest.generalModel("diabetes_mlp.pt"))
+    val d = SparkTest.diabetes
+    val xs = (0 until 40).map(i => SparkTest.doubles(d.get("X").get(i)).toSeq)
     // Row 5: 9 values (a native row error); row 7: 200 values (1,600 bytes, over the bound).
     val rows = xs.zipWithIndex.map { case (x, i) =>
       Row(i, if (i == 5) x.take(9) else if (i == 7) Seq.fill(200)(0.5) else x)
@@ -372,7 +359,7 @@ class BoundedCallsSuite {
       )
       (0 until 40).filterNot(Set(5, 7)).foreach { i =>
         assertTrue(out(i).isNullAt(1))
-        assertEquals(s"row $i", TorchModelSuite.pred(i), out(i).getDouble(0), 1e-4)
+        assertEquals(s"row $i", SparkTest.pred(i), out(i).getDouble(0), 1e-4)
       }
       val node = df.queryExecution.executedPlan.collect { case e: TorchEvalExec => e }.head
       assertEquals(40L, node.metrics("numOutputRows").value)

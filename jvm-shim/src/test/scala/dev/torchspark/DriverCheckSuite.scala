@@ -2,28 +2,21 @@ package dev.torchspark
 
 import java.nio.file.{Files, Path}
 
-import org.apache.spark.sql.{DataFrame, SparkSession}
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.apache.spark.sql.DataFrame
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** What the driver checks in `transform` and `TorchSpark.register` before any job runs: on a real
   * local[2] session, with the real .so and real models.
   */
 object DriverCheckSuite {
-  var spark: SparkSession = _
-
-  @BeforeClass def setUp(): Unit = {
-    TorchSparkSuite.setUp()
-    spark = TorchSparkSuite.spark
-  }
-
-  @AfterClass def tearDown(): Unit = TorchSparkSuite.tearDown()
+  @BeforeClass def setUp(): Unit = SparkTest.imageFixtures()
 }
 
-class DriverCheckSuite {
+class DriverCheckSuite extends SparkSuite {
   import DriverCheckSuite._
 
-  private val fixtures = TorchSparkSuite.fixtures
+  private val fixtures = SparkTest.fixtures
   private def images: DataFrame =
     spark.read
       .format("binaryFile")

@@ -10,7 +10,7 @@ import org.apache.spark.ml.linalg.Vector
 import org.apache.spark.resource.ResourceInformation
 import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.types._
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** The executor's shared engine as the transformers use it (docs/design/shared-engine.md §2, §4):
@@ -18,30 +18,19 @@ import org.junit.Assert._
   * Real local[2] SparkSession, the real .so, the ResNet-20 and diabetes MLP fixtures.
   */
 object EngineSuite {
-  var spark: SparkSession = _
-
   @BeforeClass def setUp(): Unit = {
-    assertTrue(
-      "run make setup first (tests/fixtures/out)",
-      Files.exists(TorchSparkSuite.fixtures.resolve("expected.json"))
-    )
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-engine-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
+    SparkTest.imageFixtures()
+    SparkTest.generalFixtures()
   }
 
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  def resnet: String = TorchSparkSuite.fixtures.resolve("resnet20.pt").toString
+  def resnet: String = SparkTest.fixtures.resolve("resnet20.pt").toString
 
   /** ~200 rows: the 40 fixture PNG/JPEG files five times, in 4 partitions. */
   lazy val images: DataFrame = {
     val one =
-      spark.read.format("binaryFile").load(TorchSparkSuite.fixtures.resolve("images").toString)
+      SparkTest.session.read
+        .format("binaryFile")
+        .load(SparkTest.fixtures.resolve("images").toString)
     (1 until 5).foldLeft(one)((df, _) => df.union(one)).repartition(4).cache()
   }
 
@@ -51,7 +40,7 @@ object EngineSuite {
   val tasksRunning = new AtomicInteger(0)
 }
 
-class EngineSuite {
+class EngineSuite extends SparkSuite {
   import EngineSuite._
 
   /** Each row's PyTorch numbers (tests/fixtures/out/expected.json). */
@@ -60,8 +49,8 @@ class EngineSuite {
     rows.foreach { case (path, y, p) =>
       val file = path.substring(path.lastIndexOf('/') + 1)
       val e =
-        TorchSparkSuite.floats(TorchSparkSuite.expected(file).get("resnet20").get("probability"))
-      assertTrue(file, TorchSparkSuite.maxDiff(p.toArray, e) <= TorchSparkSuite.tol(file))
+        SparkTest.doubles(SparkTest.expected(file).get("resnet20").get("probability"))
+      assertTrue(file, SparkTest.maxDiff(p.toArray, e) <= SparkTest.tol(file))
       assertEquals(file, e.indexOf(e.max).toDouble, y, 0.0)
     }
   }
@@ -100,9 +89,9 @@ class EngineSuite {
     assertAlike(scored(images, "per-task", 16), shared)
     assertPyTorch(shared)
 
-    val d = TorchModelSuite.diabetes
+    val d = SparkTest.diabetes
     val rows = (0 until d.get("X").size).map { i =>
-      Row(i, TorchModelSuite.doubles(d.get("X").get(i)).toSeq)
+      Row(i, SparkTest.doubles(d.get("X").get(i)).toSeq)
     }
     val schema = StructType(
       Seq(StructField("id", IntegerType), StructField("x", ArrayType(DoubleType)))
@@ -110,7 +99,7 @@ class EngineSuite {
     val patients = spark.createDataFrame(spark.sparkContext.parallelize(rows, 4), schema)
     def mlp(engine: String): Map[Int, Double] =
       new TorchModel()
-        .setModelPath(TorchModelSuite.model("diabetes_mlp.pt"))
+        .setModelPath(SparkTest.generalModel("diabetes_mlp.pt"))
         .setInputCols(Array("features=x"))
         .setBatchSize(32)
         .setEngine(engine)
@@ -124,7 +113,7 @@ class EngineSuite {
     assertEquals(s.keySet, t.keySet)
     s.foreach { case (id, v) =>
       assertEquals(s"row $id", t(id), v, 1e-5)
-      assertEquals(s"row $id vs PyTorch", TorchModelSuite.pred(id), v, 1e-5)
+      assertEquals(s"row $id vs PyTorch", SparkTest.pred(id), v, 1e-5)
     }
   }
 
@@ -153,7 +142,7 @@ class EngineSuite {
   }
 
   @Test def killedJobLeavesEngineUsable(): Unit = {
-    val png = Files.readAllBytes(TorchSparkSuite.fixtures.resolve("images/digit_03_label3.png"))
+    val png = Files.readAllBytes(SparkTest.fixtures.resolve("images/digit_03_label3.png"))
     val config =
       s"""{"model_path": ${NativeRunner.json(resnet)}, "device": "cpu", "num_threads": 1, """ +
         """"precision": "fp32", "engine": {"mode": "shared", "cores": 2, "task_cpus": 1, """ +
@@ -169,7 +158,7 @@ class EngineSuite {
             TaskContext.get().addTaskCompletionListener[Unit](_ => NativeBridge.closeModel(handle))
             tasksRunning.incrementAndGet()
             TaskContext.get().addTaskCompletionListener[Unit](_ => tasksRunning.decrementAndGet())
-            val input = ArrowCodec.encode(InputKind.Binary, Array.fill[Any](4)(png))
+            val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](4)(png))
             val pipeline = new TaskPipeline(handle, TaskPipeline.Score, true, 60000L)
             pipeline
               .run[Int](
@@ -215,7 +204,7 @@ class EngineSuite {
   @Test def cudaWithoutGpuFailsFast(): Unit = {
     val t0 = System.nanoTime()
     val df =
-      spark.read.format("binaryFile").load(TorchSparkSuite.fixtures.resolve("images").toString)
+      spark.read.format("binaryFile").load(SparkTest.fixtures.resolve("images").toString)
     val e = intercept[DeviceException](
       new ImageScorer()
         .setModelPath(resnet)

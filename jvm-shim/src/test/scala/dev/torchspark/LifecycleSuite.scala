@@ -7,7 +7,7 @@ import java.util.concurrent.atomic.AtomicLong
 import scala.jdk.CollectionConverters._
 
 import org.apache.spark.sql.SparkSession
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** The process around the native library from the JVM (docs/engine.md, "Lifecycle"): a model handle
@@ -16,25 +16,10 @@ import org.junit.Assert._
   * local[2] SparkSession, the real .so, the ResNet-20 fixture.
   */
 object LifecycleSuite {
-  var spark: SparkSession = _
+  @BeforeClass def setUp(): Unit = SparkTest.imageFixtures()
 
-  @BeforeClass def setUp(): Unit = {
-    assertTrue(
-      "run make setup first (tests/fixtures/out)",
-      Files.exists(TorchSparkSuite.fixtures.resolve("resnet20.pt"))
-    )
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-lifecycle-tests")
-      .config("spark.ui.enabled", "false")
-      .getOrCreate()
-  }
-
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  def resnet: String = TorchSparkSuite.fixtures.resolve("resnet20.pt").toString
-  def png: String = TorchSparkSuite.fixtures.resolve("images/digit_00_label0.png").toString
+  def resnet: String = SparkTest.fixtures.resolve("resnet20.pt").toString
+  def png: String = SparkTest.fixtures.resolve("images/digit_00_label0.png").toString
 
   /** A ModelConfig of the ResNet-20 fixture with `engine` (JSON object text). */
   def config(threads: Int, engine: String): String =
@@ -47,17 +32,17 @@ object LifecycleSuite {
   val calls = new AtomicLong(0)
 }
 
-class LifecycleSuite {
+class LifecycleSuite extends SparkSuite {
   import LifecycleSuite._
 
-  /** Spark tasks scoring through one handle (score, submit + collect) while the driver closes it,
-    * 10 times: every call returns its rows, or throws a ConfigException naming the closed handle
-    * (then the task stops), or an InferenceException for a job its closed engine dropped; the JVM
-    * stays up and every task ends on the "not open" error.
+  /** Spark tasks scoring through one handle (TaskPipeline.call, submit + collect) while the driver
+    * closes it, 10 times: every call returns its rows, or throws a ConfigException naming the
+    * closed handle (then the task stops), or an InferenceException for a job its closed engine
+    * dropped; the JVM stays up and every task ends on the "not open" error.
     */
   @Test def closingAModelWhileTasksRunIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(InputKind.Binary, Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
+      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
     val opts = """{"batch_size": 4, "top_k": 1}"""
     for (round <- 0 until 10) {
       val h = NativeRunner.openModel(config(1, shared))
@@ -72,7 +57,8 @@ class LifecycleSuite {
             var i = 0L
             while (end == null) {
               try {
-                if (i % 2 == 0) assertNotNull(NativeBridge.score(h, input, opts))
+                // Both ways a caller runs a batch: the one-batch helper, and submit + collect.
+                if (i % 2 == 0) assertNotNull(TaskPipeline.call(h, 0, input, opts, 60000L, None))
                 else {
                   val p = NativeBridge.submit(h, 0, input, opts, 9000L + task)
                   var out: Array[Byte] = null
@@ -108,7 +94,7 @@ class LifecycleSuite {
     */
   @Test def discardingAPendingWhileItIsCollectedIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(InputKind.Binary, Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
+      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
     val slow = """{"mode": "shared", "cores": 2, "task_cpus": 1, "debug_delay_ms": 20}"""
     val h = NativeRunner.openModel(config(1, slow))
     try {
@@ -177,11 +163,11 @@ object LifecycleMain {
     val shared = NativeBridge.openModel(config(1, """{"mode": "shared", "cores": 2}"""))
     val perTask = NativeBridge.openModel(config(2, """{"mode": "per-task"}"""))
     val bytes = Files.readAllBytes(Paths.get(png))
-    val input = ArrowCodec.encode(InputKind.Binary, Array.fill[Any](64)(bytes))
+    val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](64)(bytes))
     val opts = """{"batch_size": 32, "top_k": 1}"""
     val loops: Seq[Long => Unit] = Seq(
-      _ => NativeBridge.score(shared, input, opts),
-      _ => NativeBridge.score(perTask, input, opts),
+      _ => TaskPipeline.call(shared, 0, input, opts, 600000L, None),
+      _ => TaskPipeline.call(perTask, 0, input, opts, 600000L, None), // the pass runs in submit
       i => NativeBridge.submit(shared, 0, input, opts, i) // queued, never collected
     )
     loops.foreach { body =>

@@ -10,8 +10,7 @@ import com.fasterxml.jackson.databind.ObjectMapper
 import com.fasterxml.jackson.databind.node.ObjectNode
 import org.apache.hadoop.conf.Configuration
 import org.apache.hadoop.fs.{Path => HPath}
-import org.apache.spark.sql.SparkSession
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** Models in cluster storage through the real Hadoop client (its local file system stands in for
@@ -19,20 +18,13 @@ import org.junit.Assert._
   * doctor, on a real local[2] session.
   */
 object ModelSourceSuite {
-  var spark: SparkSession = _
-
-  @BeforeClass def setUp(): Unit = {
-    TorchSparkSuite.setUp() // fixtures, and the suite's local[2] session
-    spark = TorchSparkSuite.spark
-  }
-
-  @AfterClass def tearDown(): Unit = TorchSparkSuite.tearDown()
+  @BeforeClass def setUp(): Unit = SparkTest.imageFixtures()
 }
 
-class ModelSourceSuite {
+class ModelSourceSuite extends SparkSuite {
   import ModelSourceSuite._
 
-  private val fixtures = TorchSparkSuite.fixtures
+  private val fixtures = SparkTest.fixtures
 
   private def store(): Path = {
     val d = Files.createTempDirectory("torchspark-store")
@@ -294,7 +286,7 @@ class ModelSourceSuite {
   /** One table for Rust (spec/image.rs), the JVM and Python (test_trust.py). */
   @Test def specOfFollowsTheTableRustAndPythonShare(): Unit = {
     val table = new ObjectMapper().readTree(
-      TorchSparkSuite.repo.resolve("tests/fixtures/spec_paths.json").toFile
+      SparkTest.repo.resolve("tests/fixtures/spec_paths.json").toFile
     )
     val rows = table.get("paths")
     assertTrue(rows.size >= 20)

@@ -57,7 +57,7 @@ class NativeLoaderSuite {
     // libtorch's loader left $TMPDIR/aotinductor_XXXXXX behind for every package still loaded
     // at exit; the JVM's own files (java.io.tmpdir) do not go there.
     val tmp = Files.createTempDirectory("torchspark-tmpdir")
-    val pt2 = TorchSparkSuite.fixtures.resolve("tuple_net_aoti.pt2").toString
+    val pt2 = SparkTest.fixtures.resolve("tuple_net_aoti.pt2").toString
     val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
     val pb = new ProcessBuilder(
       java,

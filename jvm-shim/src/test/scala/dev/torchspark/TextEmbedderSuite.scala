@@ -2,18 +2,15 @@ package dev.torchspark
 
 import java.io.File
 import java.nio.charset.StandardCharsets
-import java.nio.file.{Files, Path, StandardCopyOption}
+import java.nio.file.{Files, StandardCopyOption}
 
 import scala.jdk.CollectionConverters._
 
-import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
 import org.apache.hadoop.conf.Configuration
-import org.apache.spark.ml.{Pipeline, PipelineModel}
-import org.apache.spark.ml.classification.{LogisticRegression, LogisticRegressionModel}
 import org.apache.spark.ml.linalg.{SQLDataTypes, Vector}
-import org.apache.spark.sql.{DataFrame, Row, SparkSession}
+import org.apache.spark.sql.DataFrame
 import org.apache.spark.sql.types._
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 /** TextEmbedder, TorchModel on text and SQL `embed_text` on the text fixtures
@@ -22,62 +19,25 @@ import org.junit.Assert._
   * sentence-transformers (embeddings), recorded in text_expected.json.
   */
 object TextEmbedderSuite {
-  val text: Path = TorchSparkSuite.repo.resolve("tests/fixtures/out/text")
-  var spark: SparkSession = _
+  @BeforeClass def setUp(): Unit = SparkTest.textFixtures()
 
-  @BeforeClass def setUp(): Unit = {
-    if (!Files.exists(text.resolve("text_expected.json"))) {
-      val p = new ProcessBuilder(
-        TorchSparkSuite.repo.resolve(".venv/bin/python").toString,
-        TorchSparkSuite.repo.resolve("tests/fixtures/make_text_fixtures.py").toString,
-        text.toString
-      ).inheritIO().start()
-      assertEquals("make_text_fixtures.py", 0, p.waitFor())
-    }
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-text-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
-  }
-
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  lazy val expected: JsonNode =
-    new ObjectMapper().readTree(text.resolve("text_expected.json").toFile)
-  lazy val texts: Seq[String] = expected.get("texts").elements().asScala.map(_.asText).toSeq
   lazy val ids: Seq[Seq[Long]] =
-    expected.get("ids").elements().asScala.map(_.elements().asScala.map(_.asLong).toSeq).toSeq
-  lazy val embeddings: Seq[Array[Double]] =
-    expected
-      .get("embeddings")
+    SparkTest.textExpected
+      .get("ids")
       .elements()
       .asScala
-      .map(_.elements().asScala.map(_.asDouble).toArray)
+      .map(_.elements().asScala.map(_.asLong).toSeq)
       .toSeq
-  lazy val truncated: Int = expected.get("truncated").elements().asScala.count(_.asBoolean)
+  lazy val embeddings: Seq[Array[Double]] =
+    SparkTest.textExpected.get("embeddings").elements().asScala.map(SparkTest.doubles).toSeq
+  lazy val truncated: Int =
+    SparkTest.textExpected.get("truncated").elements().asScala.count(_.asBoolean)
 
-  def model(name: String): String = text.resolve(name).toString
-
-  /** id, text: every text of text_expected.json, in two partitions. */
-  lazy val textsDf: DataFrame = {
-    val rows = texts.zipWithIndex.map { case (t, i) => Row(i, t) }
-    val schema = StructType(Seq(StructField("id", IntegerType), StructField("text", StringType)))
-    spark.createDataFrame(spark.sparkContext.parallelize(rows, 2), schema).cache()
-  }
-
-  def maxDiff(a: Array[Double], b: Array[Double]): Double = {
-    assertEquals(b.length, a.length)
-    a.zip(b).map { case (x, y) => math.abs(x - y) }.max
-  }
-
-  def messages(e: Throwable): String =
-    Iterator.iterate(e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
+  def model(name: String): String = SparkTest.textModel(name)
 }
 
-class TextEmbedderSuite {
+class TextEmbedderSuite extends SparkSuite {
+  import SparkTest._
   import TextEmbedderSuite._
 
   private def embedder = new TextEmbedder().setModelPath(model("minilm.pt"))
@@ -106,11 +66,13 @@ class TextEmbedderSuite {
       maxDiff(r.getAs[Vector](2).toArray, embeddings(r.getInt(0)))
     }.max
     assertTrue(s"max abs diff $worst", worst <= 1e-5)
+    // Text rows count as rows scored (imagesScored, the old name, is the same counter).
+    assertEquals(texts.size.toLong, e.metrics.values("rowsScored"))
     assertEquals(texts.size.toLong, e.metrics.values("imagesScored"))
     assertEquals(truncated.toLong, e.metrics.values("truncatedRows"))
 
     // The pair, through other column names.
-    val pair = expected.get("pair").elements().asScala.map(i => texts(i.asInt)).toSeq
+    val pair = textExpected.get("pair").elements().asScala.map(i => texts(i.asInt)).toSeq
     val v = embedder
       .setInputCol("sentence")
       .setOutputCol("vec")
@@ -119,46 +81,8 @@ class TextEmbedderSuite {
       .collect()
       .map(_.getAs[Vector](0).toArray)
     val cosine = v(0).zip(v(1)).map { case (a, b) => a * b }.sum
-    assertEquals(expected.get("cosine_pair").asDouble, cosine, 1e-5)
+    assertEquals(textExpected.get("cosine_pair").asDouble, cosine, 1e-5)
     assertEquals(0.755, cosine, 1e-3)
-  }
-
-  @Test def roundTripsThroughSaveLoadAndAPipelineWithLogisticRegression(): Unit = {
-    // A learnable label (is the text mostly ASCII letters?) on the 36 texts under 40 tokens.
-    val labelled = textsDf
-      .where("id < 36")
-      .selectExpr(
-        "id",
-        "text",
-        "CAST(length(regexp_replace(text, '[^A-Za-z]', '')) * 2 > length(text) AS DOUBLE) AS label"
-      )
-      .coalesce(1) // one task per LogisticRegression pass
-      .cache()
-    val e = embedder
-      .setBatchSize(16)
-      .setOutputCol("features")
-      .setHandleInvalid("keep")
-      .setErrorCol("why")
-    val fitted =
-      new Pipeline().setStages(Array(e, new LogisticRegression().setMaxIter(5))).fit(labelled)
-    // The pipeline's save/load is TextEmbedder's (DefaultParams) and LogisticRegression's.
-    val dir = Files.createTempDirectory("torchspark-text")
-    fitted.write.overwrite().save(dir.resolve("pipeline").toString)
-    val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
-    def params(t: TextEmbedder) = t.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap
-    val back = reloaded.stages(0).asInstanceOf[TextEmbedder]
-    assertEquals(params(e), params(back))
-    assertEquals(
-      ("text", "features", "why"),
-      (back.getInputCol, back.getOutputCol, back.getErrorCol)
-    )
-    val lr = (m: PipelineModel) => m.stages(1).asInstanceOf[LogisticRegressionModel]
-    assertEquals(lr(fitted).coefficients, lr(reloaded).coefficients)
-    val out = reloaded.transform(labelled).select("label", "prediction", "why").collect()
-    assertEquals(36, out.length)
-    assertTrue(out.forall(_.isNullAt(2)))
-    val right = out.count(r => r.getDouble(0) == r.getDouble(1))
-    assertTrue(s"$right of 36 right on the training rows", right >= 27)
   }
 
   @Test def sqlEmbedTextReturnsTheEmbeddingAndNamesANullRow(): Unit = {
@@ -271,7 +195,7 @@ class TextEmbedderSuite {
   @Test def aRemoteModelBringsItsTokenizerIntoTheNodeCache(): Unit = {
     val store = Files.createTempDirectory("torchspark-text-store")
     Seq("ids.pt", "ids.json", "minilm.tokenizer.json").foreach { f =>
-      Files.copy(text.resolve(f), store.resolve(f), StandardCopyOption.REPLACE_EXISTING)
+      Files.copy(textDir.resolve(f), store.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
     val cache = Files.createTempDirectory("torchspark-text-cache").toFile
     System.setProperty("torchspark.cache.dir", cache.toString)

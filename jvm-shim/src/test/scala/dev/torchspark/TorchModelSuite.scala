@@ -1,84 +1,32 @@
 package dev.torchspark
 
 import java.io.ByteArrayInputStream
-import java.nio.file.{Files, Path}
+import java.nio.file.Files
 
 import scala.jdk.CollectionConverters._
 
-import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
-import org.apache.spark.ml.{Pipeline, PipelineModel}
+import com.fasterxml.jackson.databind.JsonNode
 import org.apache.spark.ml.evaluation.RegressionEvaluator
 import org.apache.spark.ml.feature.VectorAssembler
-import org.apache.spark.ml.linalg.{SQLDataTypes, Vector, Vectors}
-import org.apache.spark.sql.{DataFrame, Row, SparkSession}
+import org.apache.spark.ml.linalg.Vector
+import org.apache.spark.sql.{DataFrame, Row}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
-/** TorchModel on the general fixtures (tests/fixtures/make_general_fixtures.py): a real local[2]
-  * SparkSession, the real .so, PyTorch's numbers.
+/** TorchModel on the general fixtures (tests/fixtures/make_general_fixtures.py): the shared
+  * local[2] session ([[SparkSuite]]), the real .so, PyTorch's numbers.
   */
 object TorchModelSuite {
-  val general: Path = TorchSparkSuite.repo.resolve("tests/fixtures/out/general")
-  var spark: SparkSession = _
+  @BeforeClass def setUp(): Unit = SparkTest.generalFixtures()
 
-  @BeforeClass def setUp(): Unit = {
-    if (!Files.exists(general.resolve("manifest.json"))) {
-      val p = new ProcessBuilder(
-        TorchSparkSuite.repo.resolve(".venv/bin/python").toString,
-        TorchSparkSuite.repo.resolve("tests/fixtures/make_general_fixtures.py").toString,
-        general.toString
-      ).inheritIO().start()
-      assertEquals("make_general_fixtures.py", 0, p.waitFor())
-    }
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-general-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
-  }
-
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  private val mapper = new ObjectMapper()
-  def json(name: String): JsonNode = mapper.readTree(general.resolve(name).toFile)
-  def doubles(n: JsonNode): Array[Double] = n.elements().asScala.map(_.asDouble).toArray
-  def model(name: String): String = general.resolve(name).toString
-
-  lazy val diabetes: JsonNode = json("diabetes.json")
-  lazy val featureNames: Seq[String] =
-    diabetes.get("feature_names").elements().asScala.map(_.asText).toSeq
-  lazy val pred: Array[Double] = doubles(diabetes.get("pred"))
-
-  /** id, y, x (array<double>), sv (the same values as a sparse ML Vector), and one double column
-    * per feature.
-    */
-  lazy val diabetesDf: DataFrame = {
-    val xs = diabetes.get("X").elements().asScala.map(doubles).toSeq
-    val ys = doubles(diabetes.get("y"))
-    val rows = xs.zipWithIndex.map { case (x, i) =>
-      Row.fromSeq(Seq(i, ys(i), x.toSeq, Vectors.dense(x).toSparse) ++ x)
-    }
-    val schema = StructType(
-      Seq(
-        StructField("id", IntegerType),
-        StructField("y", DoubleType),
-        StructField("x", ArrayType(DoubleType)),
-        StructField("sv", SQLDataTypes.VectorType)
-      ) ++ featureNames.map(StructField(_, DoubleType))
-    )
-    spark.createDataFrame(spark.sparkContext.parallelize(rows, 2), schema).cache()
-  }
-
-  def messages(e: Throwable): String =
-    Iterator.iterate(e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")
-
+  def json(name: String): JsonNode = SparkTest.json(SparkTest.generalDir.resolve(name))
+  def model(name: String): String = SparkTest.generalModel(name)
 }
 
-class TorchModelSuite {
+class TorchModelSuite extends SparkSuite {
+  import SparkTest.{json => _, _}
   import TorchModelSuite._
 
   private def mlp = new TorchModel().setModelPath(model("diabetes_mlp.pt")).setBatchSize(64)
@@ -109,7 +57,7 @@ class TorchModelSuite {
   }
 
   private def binary(dir: String): DataFrame =
-    spark.read.format("binaryFile").load(general.resolve(dir).toString)
+    spark.read.format("binaryFile").load(generalDir.resolve(dir).toString)
 
   private def name(path: String) = path.substring(path.lastIndexOf('/') + 1)
 
@@ -198,7 +146,7 @@ class TorchModelSuite {
     )
     val images = spark.read
       .format("image")
-      .load(general.resolve("two_io").toString)
+      .load(generalDir.resolve("two_io").toString)
       .withColumn("file", regexp_extract(col("image.origin"), "([^/]+)$", 1))
     binary("two_io")
       .withColumn("file", regexp_extract(col("path"), "([^/]+)$", 1))
@@ -248,7 +196,7 @@ class TorchModelSuite {
     // (which other tests compare bit for bit across runs) as it was.
     val dir = Files.createTempDirectory("torchspark-limits")
     Seq("pt", "json").foreach { ext =>
-      Files.copy(general.resolve(s"diabetes_mlp.$ext"), dir.resolve(s"mlp.$ext"))
+      Files.copy(generalDir.resolve(s"diabetes_mlp.$ext"), dir.resolve(s"mlp.$ext"))
     }
     def mlp = new TorchModel().setModelPath(dir.resolve("mlp.pt").toString).setBatchSize(64)
     Seq("features=x", "features=sv").foreach { cols =>
@@ -276,49 +224,6 @@ class TorchModelSuite {
       (7L, 1L << 20, 99L),
       (loaded.getMaxRowElements, loaded.getMaxBatchBytes, loaded.getMaxTextBytes)
     )
-  }
-
-  @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
-    val dir = Files.createTempDirectory("torchspark-torchmodel")
-    val m = mlp
-      .setInputCols(Array("features=x"))
-      .setOutputCols(Array("prediction=progression"))
-      .setHandleInvalid("keep")
-    m.write.overwrite().save(dir.resolve("model").toString)
-    val loaded = TorchModel.load(dir.resolve("model").toString)
-    def params(t: TorchModel) = t
-      .extractParamMap()
-      .toSeq
-      .map { p =>
-        p.param.name -> (p.value match {
-          case a: Array[_] => a.toSeq
-          case v           => v
-        })
-      }
-      .toMap
-    assertEquals(params(m), params(loaded))
-    assertEquals(Seq("features=x"), loaded.getInputCols.toSeq)
-
-    val pipeline = new Pipeline().setStages(
-      Array(
-        new VectorAssembler().setInputCols(featureNames.toArray).setOutputCol("f"),
-        new TorchModel()
-          .setModelPath(model("diabetes_mlp.pt"))
-          .setInputCols(Array("features=f"))
-          .setOutputCols(Array("prediction=progression"))
-      )
-    )
-    val fitted = pipeline.fit(diabetesDf)
-    fitted.write.overwrite().save(dir.resolve("pipeline").toString)
-    val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
-    val a = fitted.transform(diabetesDf).select("id", "progression").collect()
-    val b = reloaded.transform(diabetesDf).select("id", "progression").collect()
-    // The same rows back; values within rounding: the shared engine may join the two tasks'
-    // jobs into one pass in one run and not in the other, and a float64 matmul's last bit
-    // depends on the batch's size.
-    assertEquals(a.map(_.getInt(0)).toSeq, b.map(_.getInt(0)).toSeq)
-    a.zip(b).foreach { case (x, y) => assertEquals(x.getDouble(1), y.getDouble(1), 1e-9) }
-    a.foreach(r => assertEquals(pred(r.getInt(0)), r.getDouble(1), 1e-5))
   }
 
   @Test def sqlFunctionReturnsTheOutputsAsAStruct(): Unit = {
@@ -391,7 +296,7 @@ class TorchModelSuite {
   @Test def driverSpecCheckLeavesGeneralSpecsToDescribe(): Unit = {
     // A driver outside local mode checks a spec's JSON; version 2 has no `input` object.
     Seq("diabetes_mlp.json", "seg.json", "det.json", "two_io.json").foreach { f =>
-      DriverCheck.checkSpec(f, new String(Files.readAllBytes(general.resolve(f)), "UTF-8"))
+      DriverCheck.checkSpec(f, new String(Files.readAllBytes(generalDir.resolve(f)), "UTF-8"))
     }
     val e = assertThrows(
       classOf[ModelSpecException],

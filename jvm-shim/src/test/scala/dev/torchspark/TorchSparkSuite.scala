@@ -1,71 +1,26 @@
 package dev.torchspark
 
-import java.io.File
-import java.nio.file.{Files, Path, Paths, StandardCopyOption}
+import java.nio.file.{Files, StandardCopyOption}
 
 import scala.jdk.CollectionConverters._
 
 import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
-import org.apache.spark.ml.{Pipeline, PipelineModel}
-import org.apache.spark.ml.classification.LogisticRegression
 import org.apache.spark.ml.evaluation.MulticlassClassificationEvaluator
 import org.apache.spark.ml.linalg.Vector
-import org.apache.spark.sql.{DataFrame, Row, SparkSession}
+import org.apache.spark.sql.{DataFrame, Row}
 import org.apache.spark.sql.functions._
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
-/** Real local[2] SparkSession, the real .so, real TorchScript fixtures, PyTorch's numbers. */
+/** ImageScorer and ImageFeaturizer on the image fixtures: the shared local[2] session
+  * ([[SparkSuite]]), the real .so, real TorchScript fixtures, PyTorch's numbers.
+  */
 object TorchSparkSuite {
-  val repo: Path = Paths.get(System.getProperty("torchspark.repo", "..")).toAbsolutePath.normalize
-  val fixtures: Path = repo.resolve("tests/fixtures/out")
-  var spark: SparkSession = _
-
-  @BeforeClass def setUp(): Unit = {
-    if (
-      !Files.exists(fixtures.resolve("expected.json")) || !Files.exists(
-        fixtures.resolve("tuple_net_cuda.pt2")
-      )
-    ) {
-      val p = new ProcessBuilder(
-        repo.resolve(".venv/bin/python").toString,
-        repo.resolve("tests/fixtures/make_fixtures.py").toString,
-        fixtures.toString
-      ).inheritIO().start()
-      assertEquals("make_fixtures.py", 0, p.waitFor())
-    }
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
-  }
-
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
-
-  lazy val expected: Map[String, JsonNode] =
-    new ObjectMapper()
-      .readTree(fixtures.resolve("expected.json").toFile)
-      .get("images")
-      .elements()
-      .asScala
-      .map(n => n.get("file").asText -> n)
-      .toMap
-
-  def floats(n: JsonNode): Array[Double] = n.elements().asScala.map(_.asDouble).toArray
-
-  def maxDiff(a: Array[Double], b: Array[Double]): Double = {
-    assertEquals(a.length, b.length)
-    a.zip(b).map { case (x, y) => math.abs(x - y) }.max
-  }
-
-  def tol(file: String): Double = if (file.endsWith(".jpg")) 2e-2 else 1e-5
+  @BeforeClass def setUp(): Unit = SparkTest.imageFixtures()
 }
 
-class TorchSparkSuite {
-  import TorchSparkSuite._
+class TorchSparkSuite extends SparkSuite {
+  import SparkTest._
 
   private def model = fixtures.resolve("resnet20.pt").toString
   private def images = fixtures.resolve("images").toString
@@ -81,7 +36,7 @@ class TorchSparkSuite {
     rows.foreach { r =>
       val file = name(r.getString(0))
       val p = r.getAs[Vector](1).toArray
-      val e = floats(expected(file).get("resnet20").get("probability"))
+      val e = doubles(expected(file).get("resnet20").get("probability"))
       assertTrue(s"$file: diff ${maxDiff(p, e)}", maxDiff(p, e) <= tol(file))
       assertEquals(file, e.indexOf(e.max).toDouble, r.getDouble(2), 0.0)
     }
@@ -101,7 +56,7 @@ class TorchSparkSuite {
 
   @Test def floatArraysAreTheModelInput(): Unit = {
     val rows = expected.toSeq.take(6).map { case (f, n) =>
-      Row(f, floats(n.get("resnet20").get("input")).map(_.toFloat).toSeq)
+      Row(f, doubles(n.get("resnet20").get("input")).map(_.toFloat).toSeq)
     }
     val schema = "path string, input array<float>"
     val df = spark.createDataFrame(
@@ -116,7 +71,7 @@ class TorchSparkSuite {
     val rows = f.transform(binary("*.png")).select("path", "features").collect()
     rows.foreach { r =>
       val file = name(r.getString(0))
-      val e = floats(expected(file).get("resnet20").get("features"))
+      val e = doubles(expected(file).get("resnet20").get("features"))
       val scale = math.max(1.0, e.map(math.abs).max)
       assertTrue(file, maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5 * scale)
     }
@@ -130,7 +85,7 @@ class TorchSparkSuite {
     assertEquals(expected.size, rows.length)
     rows.foreach { r =>
       val file = name(r.getString(0))
-      val e = floats(expected(file).get("resnet20_aoti").get("probability"))
+      val e = doubles(expected(file).get("resnet20_aoti").get("probability"))
       assertTrue(s"$file: diff", maxDiff(r.getAs[Vector](1).toArray, e) <= tol(file))
     }
     // featurize {"method": "embed"}: the package's second model.
@@ -139,7 +94,7 @@ class TorchSparkSuite {
       .setInputCol("content")
     f.transform(binary("*.png")).select("path", "features").collect().foreach { r =>
       val file = name(r.getString(0))
-      val e = floats(expected(file).get("tuple_net_aoti").get("features"))
+      val e = doubles(expected(file).get("tuple_net_aoti").get("features"))
       assertTrue(file, maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5)
     }
   }
@@ -160,7 +115,7 @@ class TorchSparkSuite {
     assertEquals(35L, out.filter(col("prediction").isNotNull).count())
     assertEquals(1L, TorchSpark.nativeModelLoads() - before)
     assertEquals(1L, s.metrics.modelLoads.value.longValue)
-    assertTrue(s.metrics.imagesScored.value >= 35L)
+    assertTrue(s.metrics.rowsScored.value >= 35L)
   }
 
   @Test def reportsWhereTheTimeWent(): Unit = {
@@ -168,7 +123,8 @@ class TorchSparkSuite {
       val s = scorer("content").setBatchSize(8).setEngine(engine)
       s.transform(binary("*.png").repartition(2)).write.format("noop").mode("overwrite").save()
       val m = s.metrics.values
-      assertEquals(35L, m("imagesScored"))
+      assertEquals(35L, m("rowsScored"))
+      assertEquals("imagesScored is rowsScored's alias", m("rowsScored"), m("imagesScored"))
       assertTrue(m.toString, m("forwardTimeMs") > 0L && m("bridgeTimeMs") >= 0L)
       assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
       assertEquals(m.toString, 0L, m("resizeTimeMs")) // 32x32 PNGs, a spec without resize
@@ -216,35 +172,6 @@ class TorchSparkSuite {
     // One thread per task decodes rows one after another: both are parts of preprocessing.
     assertTrue(m.toString, m("decodeTimeMs") + m("resizeTimeMs") <= m("preprocessTimeMs"))
     assertEquals(m.keySet, s.metrics.javaValues.keySet.asScala.toSet)
-  }
-
-  @Test def roundTripsThroughSaveLoadAndPipelines(): Unit = {
-    val dir = Files.createTempDirectory("torchspark-persist")
-    val s = scorer("content").setTopK(3).setHandleInvalid("keep")
-    s.write.overwrite().save(dir.resolve("scorer").toString)
-    val loaded = ImageScorer.load(dir.resolve("scorer").toString)
-    assertEquals(
-      s.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap,
-      loaded.extractParamMap().toSeq.map(p => p.param.name -> p.value).toMap
-    )
-
-    val labelled = binary("digit_*.png").withColumn(
-      "label",
-      regexp_extract(col("path"), "label(\\d)", 1).cast("double")
-    )
-    val pipeline = new Pipeline().setStages(
-      Array(
-        new ImageFeaturizer().setModelPath(model).setInputCol("content"),
-        new LogisticRegression().setMaxIter(50)
-      )
-    )
-    val fitted = pipeline.fit(labelled)
-    fitted.write.overwrite().save(dir.resolve("pipeline").toString)
-    val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
-    val a = fitted.transform(labelled).select("prediction").collect().map(_.getDouble(0))
-    val b = reloaded.transform(labelled).select("prediction").collect().map(_.getDouble(0))
-    assertArrayEquals(a, b, 0.0)
-    assertEquals(labelled.count(), a.length.toLong)
   }
 
   @Test def worksWithMulticlassEvaluator(): Unit = {
@@ -321,7 +248,7 @@ class TorchSparkSuite {
       .collect()
     assertEquals(10, rows.length)
     rows.foreach { r =>
-      val e = floats(expected(name(r.getString(0))).get("resnet20").get("probability"))
+      val e = doubles(expected(name(r.getString(0))).get("resnet20").get("probability"))
       val s = r.getStruct(1)
       assertTrue(maxDiff(s.getSeq[Double](2).toArray, e) <= 1e-5)
       assertEquals(e.indexOf(e.max), s.getInt(0))

@@ -10,7 +10,7 @@ import org.apache.spark.sql.{DataFrame, Row, SparkSession}
 import org.apache.spark.sql.functions._
 import org.apache.spark.sql.types._
 import org.apache.spark.sql.torchspark.Compat
-import org.junit.{AfterClass, BeforeClass, Test}
+import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
 import dev.torchspark.sql.{ExtractTorchCalls, TorchCall, TorchEvalExec, TorchEvalStrategy}
@@ -19,40 +19,25 @@ import dev.torchspark.sql.{ExtractTorchCalls, TorchCall, TorchEvalExec, TorchEva
   * on the same rows: a real local[2] session, the real .so, the real fixtures.
   */
 object TorchSqlSuite {
-  val out: Path = TorchSparkSuite.repo.resolve("tests/fixtures/out")
-  var spark: SparkSession = _
+  val out: Path = SparkTest.fixtures
 
   @BeforeClass def setUp(): Unit = {
-    spark = SparkSession
-      .builder()
-      .master("local[2]")
-      .appName("torchspark-sql-tests")
-      .config("spark.ui.enabled", "false")
-      .config("spark.sql.shuffle.partitions", "2")
-      .getOrCreate()
-    TorchSpark.register(spark, "classify_image", out.resolve("resnet20.pt").toString)
+    SparkTest.imageFixtures()
+    SparkTest.generalFixtures()
+    SparkTest.textFixtures()
+    TorchSpark.register(SparkTest.session, "classify_image", out.resolve("resnet20.pt").toString)
   }
 
-  @AfterClass def tearDown(): Unit = if (spark != null) spark.stop()
+  def images(glob: String): DataFrame = SparkTest.binaryImages(glob)
 
-  def images(glob: String): DataFrame =
-    spark.read
-      .format("binaryFile")
-      .option("pathGlobFilter", glob)
-      .load(out.resolve("images").toString)
-
-  /** The TorchEvalExec nodes of a query's physical plan. */
   /** The TorchEvalExec nodes of a query's physical plan (before adaptive execution wraps it). */
   def torchEvals(df: DataFrame): Seq[TorchEvalExec] =
     df.queryExecution.sparkPlan.collect { case e: TorchEvalExec => e }
 
-  def maxDiff(a: Array[Double], b: Array[Double]): Double = {
-    assertEquals(b.length, a.length)
-    a.zip(b).map { case (x, y) => math.abs(x - y) }.foldLeft(0.0)(math.max)
-  }
+  def maxDiff(a: Array[Double], b: Array[Double]): Double = SparkTest.maxDiff(a, b)
 }
 
-class TorchSqlSuite {
+class TorchSqlSuite extends SparkSuite {
   import TorchSqlSuite._
 
   @Test def sqlScoreEqualsImageScorerRowForRow(): Unit = {
@@ -311,6 +296,16 @@ class TorchSqlSuite {
     assertEquals(1, torchEvals(df).size)
     assertTrue(df.queryExecution.executedPlan.toString.contains("engine=per-task, batch=auto"))
     assertEquals(10, df.collect().count(!_.isNullAt(0)))
+    // The row fallback of a per-task function: submit + collect, the pass inline in submit.
+    val rowByRow = other.sql("SELECT ext_classify(max(content)) AS s FROM digits1")
+    assertEquals(0, torchEvals(rowByRow).size)
+    val batched = other.sql(
+      "SELECT ext_classify(content) AS s FROM digits1 WHERE content = (SELECT max(content) FROM digits1)"
+    )
+    val (a, b) = (rowByRow.collect().head.getStruct(0), batched.collect().head.getStruct(0))
+    assertTrue(a.isNullAt(3))
+    assertEquals(b.getInt(0), a.getInt(0))
+    assertEquals(b.getSeq[Double](2), a.getSeq[Double](2)) // per task: bitwise at batch size 1
     // TorchSpark.register's rule beside the extension's: still one node (the rule is idempotent).
     dev.torchspark.sql.TorchSql.install(other)
     val both = other.sql("SELECT ext_classify(content).prediction AS p FROM digits1")

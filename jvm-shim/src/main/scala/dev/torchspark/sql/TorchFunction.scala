@@ -1,5 +1,8 @@
 package dev.torchspark.sql
 
+import java.util.concurrent.ConcurrentHashMap
+
+import org.apache.spark.TaskContext
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
@@ -19,7 +22,8 @@ import dev.torchspark._
   *   rows per native call in [[TorchEvalExec]] (the transformers' default, 64); 0 = the engine's
   *   choice (`NativeBridge.autoBatchSize`)
   * @param engine
-  *   "shared" (the executor's one engine: submit and collect) or "per-task" (a synchronous call)
+  *   "shared" (the executor's one engine) or "per-task" (each task runs its passes inline, inside
+  *   `submit`); both go through submit + collect
   */
 final class TorchFunction(
     val name: String,
@@ -59,13 +63,6 @@ final class TorchFunction(
     case _: General    => 2
   }
 
-  /** The synchronous native call of the op (the per-task path and the row fallback). */
-  def nativeCall: (Long, Array[Byte], String) => Array[Byte] = kind match {
-    case ImageScore    => NativeBridge.score
-    case ImageFeatures => NativeBridge.featurize
-    case _: General    => NativeBridge.predict
-  }
-
   /** The native options of a call of `rows` rows, the first being row `offset` of the partition
     * (the row number an error names).
     */
@@ -102,7 +99,7 @@ final class TorchFunction(
     case _ =>
       if (dt == NullType) None
       else
-        scala.util.Try(InputKind.of(s"argument of $name", dt)).failed.toOption.map(_.getMessage)
+        scala.util.Try(ImageColumn.of(s"argument of $name", dt)).failed.toOption.map(_.getMessage)
   }
 
   /** Arrow IPC bytes of `n` rows: `args(i)` holds argument i's Scala values (as a Java UDF sees
@@ -117,7 +114,8 @@ final class TorchFunction(
       }
       TensorCodec.encode(cols, n)
     case _ =>
-      val kind = if (types.head == NullType) InputKind.Binary else InputKind.of(name, types.head)
+      val kind =
+        if (types.head == NullType) ImageColumn.Binary else ImageColumn.of(name, types.head)
       ArrowCodec.encode(kind, args.head)
   }
 
@@ -149,11 +147,15 @@ final class TorchFunction(
   }
 
   /** One row (the fallback where [[ExtractTorchCalls]] cannot reach): `args` are the Scala values
-    * of the arguments, `types` their Spark types, encoded as a batch of one.
+    * of the arguments, `types` their Spark types, encoded as a batch of one and run by the one call
+    * protocol (submit + collect, [[TaskPipeline.call]]) through this function's engine.
     */
   def evalRow(args: Seq[Any], types: Seq[DataType]): Any = {
     val input = encode(args.map(v => Array[Any](v)), types, 1)
-    val answer = TorchSpark.call(source, device, numThreads, input, nativeCall, options(1, 0))
+    val ctx = Option(TaskContext.get())
+    val answer = TorchFunction.withRowHandle(configJson(NativeRunner.threadsFor(numThreads)), ctx) {
+      h => TaskPipeline.call(h, op, input, options(1, 0), timeoutMs, ctx)
+    }
     decode(answer, 1)(0)
   }
 
@@ -169,16 +171,45 @@ final class TorchFunction(
 
 object TorchFunction {
 
+  // The row fallback runs from any task thread: each task opens a handle per model config once
+  // (resolving, and fetching, a remote model as the node does) and closes it when it completes,
+  // as the transformers' tasks do; so a model file changed on disk is what the next task scores
+  // with (docs/model-cache.md).
+  private val rowHandles = new ConcurrentHashMap[(String, Long), java.lang.Long]()
+
+  /** `body` with the task's handle of `config` (opened on first use, closed with the task); outside
+    * a task (e.g. on the driver) a handle for this call alone.
+    */
+  private def withRowHandle[T](config: String, ctx: Option[TaskContext])(body: Long => T): T =
+    ctx match {
+      case Some(c) =>
+        val key = (config, c.taskAttemptId())
+        var opened = false
+        val handle = rowHandles.computeIfAbsent(
+          key,
+          _ => { opened = true; java.lang.Long.valueOf(NativeRunner.openModel(config)) }
+        )
+        // Outside computeIfAbsent: a listener may run at once, and it updates the same map.
+        if (opened) c.addTaskCompletionListener[Unit] { _ =>
+          Option(rowHandles.remove(key)).foreach(h => NativeBridge.closeModel(h))
+        }
+        body(handle)
+      case None =>
+        val h = NativeRunner.openModel(config)
+        try body(h)
+        finally NativeBridge.closeModel(h)
+    }
+
   /** What a registered function returns. */
   sealed trait Kind extends Serializable
   case object ImageScore extends Kind
   case object ImageFeatures extends Kind
 
   /** A general model (a version-2 spec): its data inputs in argument order, its outputs. */
-  final case class General(inputs: Seq[ModelInput], outputs: Seq[StructField]) extends Kind
+  final case class General(inputs: Seq[InputDecl], outputs: Seq[StructField]) extends Kind
 
   /** A null argument's type: what the input's reader expects, so that it reports the null. */
-  private[torchspark] def nullType(d: ModelInput): DataType =
+  private[torchspark] def nullType(d: InputDecl): DataType =
     if (d.isImage) BinaryType
     else if (d.isText) StringType
     else if (d.shape.isEmpty) DoubleType

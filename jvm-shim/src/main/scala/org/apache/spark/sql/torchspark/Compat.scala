@@ -6,8 +6,10 @@ import org.apache.spark.rdd.RDD
 import org.apache.spark.sql.{ExperimentalMethods, SparkSession}
 import org.apache.spark.sql.catalyst.analysis.FunctionRegistry
 
-/** What torchspark's SQL support needs from Spark 4.1 that differs between lines or is
-  * `private[sql]` (this package sits inside `sql` for that).
+/** What torchspark's SQL support needs from Spark that is `private[sql]` or `private[spark]` (this
+  * package sits inside `sql` for that). One file for both lines: Spark 3.5 and 4.1 agree on all of
+  * it. What a line does differently goes in its own folder, src/main/spark-<line>/
+  * (jvm-shim/pom.xml adds it by profile; today only 4.1's Spark Connect service list).
   */
 object Compat {
 
