@@ -22,16 +22,15 @@ from torchspark.errors import (
     TorchSparkError,
 )
 from torchspark.evaluate import Evaluation, evaluate
-from torchspark.native import (
+from torchspark.native_model import NativeModel, describe
+from torchspark.session import jar_path, local_session, register_udfs
+from torchspark.workers import (
     SCORE_SCHEMA,
-    NativeModel,
-    describe,
     embed_arrow,
     predict_arrow,
     score_arrow,
     score_partitions,
 )
-from torchspark.session import jar_path, local_session, register_udfs
 
 
 def export_model(module, path, spec, **kwargs):

@@ -100,7 +100,7 @@ def register_udfs(
         jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)
         return
     from torchspark.errors import ConfigError
-    from torchspark.native import ENGINES
+    from torchspark.native_model import ENGINES
 
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
