@@ -67,3 +67,12 @@ def test_native_re_exports_the_split_modules_names():
     assert set(native.__all__) == {n for names in NATIVE.values() for n in names}
     assert torchspark.NativeModel is native.NativeModel
     assert torchspark.score_arrow is native.score_arrow
+
+
+def test_python_calls_the_native_library_through_submit_and_collect_only():
+    # The synchronous entries (ts_score, ts_featurize, ts_predict) are not declared or called:
+    # per-task mode runs inline inside ts_submit.
+    for path in PKG.glob("*.py"):
+        text = path.read_text()
+        for name in ("ts_score", "ts_featurize", "ts_predict"):
+            assert name not in text, f"{path.name} uses {name}"
