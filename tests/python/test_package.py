@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 from pathlib import Path
 
 import torchspark
@@ -56,8 +58,6 @@ def test_public_names_stay_importable():
 
 
 def test_native_re_exports_the_split_modules_names():
-    import importlib
-
     import torchspark.native as native
 
     for module, names in NATIVE.items():
@@ -76,3 +76,40 @@ def test_python_calls_the_native_library_through_submit_and_collect_only():
         text = path.read_text()
         for name in ("ts_score", "ts_featurize", "ts_predict"):
             assert name not in text, f"{path.name} uses {name}"
+
+
+def _imports(module: str) -> set[str]:
+    """The torchspark modules `module` imports, at its top or inside functions (the package
+    itself, `from torchspark import __version__`, is not counted: it imports every module)."""
+    tree = ast.parse((PKG / f"{module}.py").read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "torchspark":
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchspark."):
+            out.add(node.module.removeprefix("torchspark."))
+        elif isinstance(node, ast.Import):
+            out.update(
+                a.name.removeprefix("torchspark.")
+                for a in node.names
+                if a.name.startswith("torchspark.")
+            )
+    return out
+
+
+def test_no_import_circle_between_the_package_modules():
+    modules = sorted(p.stem for p in PKG.glob("*.py") if p.stem != "__init__")
+    edges = {m: _imports(m) & set(modules) for m in modules}
+    assert "transformers" in edges["session"] or "session" in edges["transformers"]
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(edges[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo.extend(edges[m])
+        return seen
+
+    circles = [m for m in modules if m in reaches(m)]
+    assert not circles, f"modules on an import circle: {circles} ({edges})"
