@@ -26,7 +26,7 @@ from torchspark.session import check_jar_line, jar_path
 
 # PySpark derives a stage's Java class from its Python module (pyspark.ml.X <-> org.apache.spark.ml.X),
 # for py4j loads and for Spark Connect's transform, read and write alike: the classes below live
-# in `dev.torchspark` (an alias module that torchspark/__init__ registers) to name dev.torchspark.X.
+# in `dev.torchspark` (python/dev/torchspark.py answers for them) to name dev.torchspark.X.
 _JAVA_PACKAGE = "dev.torchspark"
 
 

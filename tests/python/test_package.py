@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torchspark
@@ -113,3 +116,60 @@ def test_no_import_circle_between_the_package_modules():
 
     circles = [m for m in modules if m in reaches(m)]
     assert not circles, f"modules on an import circle: {circles} ({edges})"
+
+
+# A user's own package named `dev` (a regular package with a module), made in `root`.
+USER_DEV = {"dev/__init__.py": 'OWNER = "user"\n', "dev/mine.py": "VALUE = 7\n"}
+
+
+def _child(code: str, *path: Path) -> None:
+    """Runs `code` in a fresh interpreter with `path` first on sys.path (then this worktree's
+    python/); fails with its output unless it exits 0."""
+    pythonpath = os.pathsep.join([*map(str, path), str(PKG.parent)])
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _user_dev(root: Path) -> Path:
+    for name, text in USER_DEV.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+STAGE = """
+m = __import__("dev.torchspark", fromlist=["ImageFeaturizer"])
+from torchspark.transformers import ImageFeaturizer, ImageScorer, TextEmbedder, TorchModel
+assert m.ImageFeaturizer is ImageFeaturizer and m.TorchModel is TorchModel
+assert m.ImageScorer is ImageScorer and m.TextEmbedder is TextEmbedder
+"""
+
+
+def test_import_leaves_a_users_dev_package_intact(tmp_path):
+    root = _user_dev(tmp_path)
+    # torchspark first, then the user's package; and the other way round.
+    check = """
+import dev, dev.mine
+assert dev.OWNER == "user" and dev.mine.VALUE == 7, dev
+assert dev.__file__ == {file!r}, dev.__file__
+"""
+    file = str(root / "dev" / "__init__.py")
+    _child(
+        "import sys, torchspark\n"
+        "dev = [m for m in sys.modules if m.split('.')[0] == 'dev']\n"
+        "assert not dev, dev\n"
+        + check.format(file=file)
+        + STAGE
+        + "assert sys.modules['dev'] is dev and dev.mine.VALUE == 7\n",
+        root,
+    )
+    _child(check.format(file=file) + "import torchspark\n" + STAGE, root)
+
+
+def test_stage_classes_resolve_without_a_users_dev_before_torchspark_is_imported():
+    # `dev` is torchspark's namespace package: PySpark finds the stages even before
+    # `import torchspark` ran (a saved Pipeline loaded first thing).
+    _child(
+        "import dev\nassert getattr(dev, '__file__', None) is None, dev\n" + STAGE,
+    )
