@@ -274,13 +274,14 @@ class NativeModel:
         max_row_elements: int = 0,
         max_batch_bytes: int = 0,
         max_text_bytes: int = 0,
+        sort_by_length: bool = True,
     ) -> Pending:
         """Prepares `batch` on this thread (read, decode, tokenize) and queues its forward
         passes; `Pending.result()` returns what `score`, `featurize` or `predict` (`op`) return.
         Raises at once what concerns the whole batch (a missing column, a bad option). `batch`
         is one batch: a Table whose columns do not fit one (over 2 GiB in a binary column)
         raises ConfigError; `score`, `featurize` and `predict` take it whole. The `max_*`
-        limits: as for `predict`."""
+        limits and `sort_by_length`: as for `predict`."""
         if op not in _OPS:
             raise ConfigError(f"op must be one of {', '.join(_OPS)}, not {op!r}")
         opts: dict[str, Any] = {
@@ -293,6 +294,8 @@ class NativeModel:
         if op == "predict":
             if columns:
                 opts["columns"] = _column_map(columns)
+            if not _flag("sort_by_length", sort_by_length):
+                opts["sort_by_length"] = False
         else:
             opts["top_k"] = top_k if op == "score" else 1
             if input_column:
@@ -368,6 +371,7 @@ class NativeModel:
         max_row_elements: int = 0,
         max_batch_bytes: int = 0,
         max_text_bytes: int = 0,
+        sort_by_length: bool = True,
     ) -> pa.RecordBatch:
         """Runs any model through its spec's `inputs` and `outputs` (spec version 2, or a
         version-1 image spec): one column per declared output, in order, then `error`.
@@ -387,9 +391,14 @@ class NativeModel:
         one row of one input: a list's length, a sparse vector's size, an image at its own
         size), `max_text_bytes` (UTF-8 bytes of one text row): a row past one is a row error
         naming the row, input, column, the size and the limit; `max_batch_bytes` (one forward
-        pass's input bytes, padding included): passes are cut before it."""
+        pass's input bytes, padding included): passes are cut before it.
+
+        `sort_by_length` (default True): the rows of a call with a `text` input (else its first
+        padded tensor input) run longest first, so that each forward pass pads little; results
+        and errors still come back in input order. False runs them in the order given."""
         kw = {
             "columns": columns,
+            "sort_by_length": sort_by_length,
             "batch_size": batch_size,
             "row_offset": row_offset,
             "max_pixels": max_pixels,
@@ -464,6 +473,12 @@ def _positive(name: str, value: Any) -> int:
 def _non_negative(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be True or False, not {value!r}")
     return value
 
 

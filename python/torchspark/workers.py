@@ -25,6 +25,7 @@ from torchspark.native_model import (
     Pending,
     _check_engine,
     _column_map,
+    _flag,
     _limits,
     _non_negative,
     describe,
@@ -418,6 +419,7 @@ def predict_arrow(
     max_row_elements: int = 0,
     max_batch_bytes: int = 0,
     max_text_bytes: int = 0,
+    sort_by_length: bool = True,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: any model (spec version 2, or an image
     spec) in Spark's Python workers, its output schema derived from the spec.
@@ -436,11 +438,13 @@ def predict_arrow(
     `score_partitions`; the model is loaded once per Python worker process. `batch_size` 0: the
     model's auto size. `engine` ("shared": the next Arrow batch is read from Spark while the
     previous one runs its forward pass; "per-task": inline) and `engine_timeout_ms`: as for
-    NativeModel. `max_pixels`, `max_row_elements`, `max_batch_bytes`, `max_text_bytes`: as for
-    `NativeModel.predict` (docs/limits.md)."""
+    NativeModel. `max_pixels`, `max_row_elements`, `max_batch_bytes`, `max_text_bytes` and
+    `sort_by_length`: as for `NativeModel.predict` (docs/limits.md)."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     _non_negative("max_pixels", max_pixels)
     limits = _limits(max_row_elements, max_batch_bytes, max_text_bytes)
+    if not _flag("sort_by_length", sort_by_length):
+        limits["sort_by_length"] = False
     column_map = _column_map(columns) if columns else None
     model_path = _for_workers(os.fspath(model_path))
     return _map_in_arrow(
@@ -478,6 +482,7 @@ def embed_arrow(
     engine_timeout_ms: int = 600_000,
     max_text_bytes: int = 0,
     max_batch_bytes: int = 0,
+    sort_by_length: bool = True,
 ):
     """`(fn, schema)` for `df.mapInArrow(fn, schema)`: a text model (a spec with one `text`
     input, e.g. from `export_text_model`) embeds the string column `input_col` in Spark's
@@ -495,9 +500,13 @@ def embed_arrow(
     ConfigError when the spec has no text input or more than one output. `batch_size`,
     `engine`, `engine_timeout_ms` and `fn.metrics()`: as for `predict_arrow`. A row over
     `max_text_bytes` (0: the spec's, default 1 MiB) is a row error; `max_batch_bytes`: as for
-    `predict_arrow`."""
+    `predict_arrow`. `sort_by_length` (default True) runs the rows of each Arrow batch longest
+    first, so each forward pass pads little (results stay in input order); False keeps their
+    order."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     limits = _limits(0, max_batch_bytes, max_text_bytes)
+    if not _flag("sort_by_length", sort_by_length):
+        limits["sort_by_length"] = False
     if not isinstance(input_col, str) or not input_col:
         raise ConfigError(f"input_col must be a column name, not {input_col!r}")
     if not isinstance(output_col, str) or not output_col:
@@ -559,9 +568,10 @@ def _map_in_arrow(
     max_pixels: int,
     engine: str,
     engine_timeout_ms: int,
-    limits: Mapping[str, int] | None = None,
+    limits: Mapping[str, Any] | None = None,
 ):
-    """predict_arrow's `(fn, schema)`, the outputs named by `rename` (output -> column)."""
+    """predict_arrow's `(fn, schema)`, the outputs named by `rename` (output -> column);
+    `limits`: the batch options of `_limits` (and `sort_by_length` when off)."""
     keep = [keep] if isinstance(keep, str) else list(keep)
     outputs = [f for f in described if f.name != "error"]
     from pyspark.sql import types as T
