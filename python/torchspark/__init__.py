@@ -8,7 +8,7 @@
 """
 
 import sys
-import types
+from importlib import util as _util
 from pathlib import Path as _Path
 
 from torchspark.cluster import read_images, ship_model
@@ -22,16 +22,15 @@ from torchspark.errors import (
     TorchSparkError,
 )
 from torchspark.evaluate import Evaluation, evaluate
-from torchspark.native import (
+from torchspark.native_model import NativeModel, describe
+from torchspark.session import jar_path, local_session, register_udfs
+from torchspark.workers import (
     SCORE_SCHEMA,
-    NativeModel,
-    describe,
     embed_arrow,
     predict_arrow,
     score_arrow,
     score_partitions,
 )
-from torchspark.session import jar_path, local_session, register_udfs
 
 
 def export_model(module, path, spec, **kwargs):
@@ -64,17 +63,23 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-# PySpark maps a Java stage class to Python by its name (dev.torchspark.X -> module
-# dev.torchspark) when it loads a saved Pipeline: make that module resolve to ours.
-class _LazyTransformers(types.ModuleType):
-    def __getattr__(self, name):
-        from torchspark import transformers
+class _StageModuleFinder:
+    """Serves `dev.torchspark` (python/dev/torchspark.py: where PySpark finds a saved stage's
+    Python class) only when no other finder has it: when the `dev` on sys.path is a user's own
+    package, which stays as it is. Without a user's `dev`, `dev` is torchspark's namespace
+    package and this finder is never asked. Adds nothing to sys.modules by itself."""
 
-        return getattr(transformers, name)
+    _FILE = _Path(__file__).resolve().parent.parent / "dev" / "torchspark.py"
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "dev.torchspark" or not self._FILE.is_file():
+            return None
+        return _util.spec_from_file_location(fullname, self._FILE)
 
 
-sys.modules.setdefault("dev", types.ModuleType("dev"))
-sys.modules.setdefault("dev.torchspark", _LazyTransformers("dev.torchspark"))
+if not any(type(f).__name__ == "_StageModuleFinder" for f in sys.meta_path):
+    # Last: every ordinary finder (a user's dev.torchspark, if any) is asked first.
+    sys.meta_path.append(_StageModuleFinder())
 
 __all__ = [
     "SCORE_SCHEMA",

@@ -175,19 +175,6 @@ def lib() -> ctypes.CDLL:
         so.ts_open.restype = i32
         so.ts_close.argtypes = [u64]
         so.ts_close.restype = None
-        for f in (so.ts_score, so.ts_featurize):
-            f.argtypes = [
-                u64,
-                cp,
-                ctypes.POINTER(ArrowArray),
-                ctypes.POINTER(ArrowSchema),
-                ctypes.POINTER(ArrowArray),
-                ctypes.POINTER(ArrowSchema),
-                errp,
-            ]
-            f.restype = i32
-        so.ts_predict.argtypes = so.ts_score.argtypes
-        so.ts_predict.restype = i32
         so.ts_describe.argtypes = [cp, ctypes.POINTER(ArrowSchema), errp]
         so.ts_describe.restype = i32
         so.ts_load_count.argtypes = []

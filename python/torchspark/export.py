@@ -37,23 +37,34 @@ def export_model(
 ) -> Path:
     """Write `module` to `path` in `format`, and the spec beside it; returns the spec's path.
 
-    format="torchscript" (default): scripted, then frozen (keeping the featurize method).
+    `spec` is a version-1 image spec or a version-2 spec (declared `inputs` and `outputs`).
+    Every method the spec names (version 1: `featurize.method`; version 2: `method`, and an
+    output's `method`) is kept in the exported file; a method the module does not have (in
+    TorchScript: one `torch.jit.script` did not compile, i.e. not `@torch.jit.export`) raises
+    ValueError naming it before anything is written.
+
+    format="torchscript" (default): scripted, then frozen (keeping the methods the spec names).
     `torch.jit.optimize_for_inference` is deliberately not applied: libtorch as loaded by
     torchspark cannot read modules saved after it. Pass `freeze=False` to keep the weights as
     parameters (needed for the runtime option `precision="bf16"`, which casts them).
 
     format="aoti": an AOTInductor package (`.pt2`): `torch.export` with a dynamic batch
-    dimension (1..`max_batch`), compiled by Inductor with freezing. The package takes NCHW
-    float32 input; with `channels_last` the conversion to channels-last (faster for convolutions
-    on CPU) is compiled into it. A featurize `method` becomes a second model of that name in the
-    package. `precision` is compiled in and recorded in the spec:
+    dimension (1..`max_batch`), compiled by Inductor with freezing. Its models take the spec's
+    inputs in their declared order (version 1: one NCHW float32 image), each of its dtype and
+    per-row shape, a `-1` dimension (and a text input's length, up to its `max_length`) dynamic
+    and shared with the input's `mask`/`type_ids`; a `ragged: "list"` input cannot be exported
+    (ValueError). Image inputs come NCHW float32; with `channels_last` their conversion to
+    channels-last (faster for convolutions on CPU) is compiled into the package. Each method
+    the spec names becomes a further model of that name in the package. `precision` is compiled
+    in and recorded in the spec:
 
     - "fp32" (default);
     - "bf16": weights and activations in bfloat16 (input and outputs stay float32); pays only on
       CPUs with bf16 instructions (avx512_bf16, AMX) or a GPU;
     - "int8": post-training static quantization (PT2E with torchao's X86InductorQuantizer),
       calibrated on `sample` (a float tensor of preprocessed inputs, N x C x H x W: a few hundred
-      typical images); pays on CPUs with VNNI (avx512_vnni, avx_vnni, AMX).
+      typical images; a version-2 spec: of its one float input's per-row shape, N first); pays
+      on CPUs with VNNI (avx512_vnni, avx_vnni, AMX).
 
     `cpu` is the x86 CPU level the package's machine code is compiled for (format="aoti" only):
 
@@ -92,8 +103,16 @@ def export_model(
             f'cpu must be "native", "x86-64-v3", "x86-64-v4" or a -march name, not {cpu!r}'
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     spec = dict(spec)
+    methods = _named_methods(spec)
+    missing = [(n, w) for n, w in methods.items() if not callable(getattr(module, n, None))]
+    if missing:
+        name, where = missing[0]
+        raise ValueError(
+            f"the spec names the method `{name}` ({where}), which {type(module).__name__} "
+            "does not have"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = module.training
     module.eval()
     try:
@@ -104,10 +123,10 @@ def export_model(
                     'saved in fp32 (bf16 is the runtime option precision="bf16" on an '
                     "unfrozen model)"
                 )
-            _save_torchscript(module, path, spec, freeze)
+            _save_torchscript(module, path, methods, freeze)
         else:
             spec["cpu"] = _save_aoti(
-                module, path, spec, precision, sample, channels_last, max_batch, cpu
+                module, path, spec, methods, precision, sample, channels_last, max_batch, cpu
             )
             if precision != "fp32":
                 spec["precision"] = precision
@@ -119,41 +138,156 @@ def export_model(
     return spec_file
 
 
-def _save_torchscript(module: torch.nn.Module, path: Path, spec: dict, freeze: bool) -> None:
+def _named_methods(spec: dict) -> dict[str, str]:
+    """The methods `spec` names (each run instead of `forward` for some outputs) -> where:
+    version 1's `featurize.method`; version 2's `method` and each output's `method`."""
+    found: dict[str, str] = {}
+
+    def add(name: Any, where: str) -> None:
+        if name is None:
+            return
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"{where} must be a method's name, not {name!r}")
+        found.setdefault(name, where)
+
+    if spec.get("spec_version", 1) == 1:
+        add((spec.get("featurize") or {}).get("method"), "featurize.method")
+        return found
+    add(spec.get("method"), "method")
+    for i, out in enumerate(spec.get("outputs") or []):
+        if isinstance(out, dict):
+            add(out.get("method"), f"outputs[{i}].method ({out.get('name', '?')})")
+    return found
+
+
+def _save_torchscript(
+    module: torch.nn.Module, path: Path, methods: dict[str, str], freeze: bool
+) -> None:
     scripted = torch.jit.script(module)
+    for name, where in methods.items():
+        # torch.jit.script compiles forward, what it calls and @torch.jit.export methods only.
+        if not scripted._c._has_method(name):
+            raise ValueError(
+                f"the spec names the method `{name}` ({where}), which torch.jit.script did not "
+                f"compile: decorate {type(module).__name__}.{name} with @torch.jit.export"
+            )
     if freeze:
-        featurize = spec.get("featurize") or {}
-        keep = [featurize["method"]] if featurize.get("method") else []
-        scripted = torch.jit.freeze(scripted, preserved_attrs=keep)
+        # Freezing keeps `forward` only, unless told which other methods to keep.
+        scripted = torch.jit.freeze(scripted, preserved_attrs=list(methods))
+    for name, where in methods.items():
+        if not scripted._c._has_method(name):  # pragma: no cover - torch's promise
+            raise ValueError(f"freezing dropped the method `{name}` ({where})")
     scripted.save(str(path))
 
 
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
 class _Entry(torch.nn.Module):
-    """One exported program: `forward` or a method of the net, float32 in and out."""
+    """One exported program: `forward` or a method of the net on the declared inputs; image
+    inputs (4-D float) turned channels-last if asked, float inputs cast to `dtype` and float
+    outputs back to float32."""
 
     def __init__(
-        self, net: torch.nn.Module, method: str | None, channels_last: bool, dtype: torch.dtype
+        self,
+        net: torch.nn.Module,
+        method: str | None,
+        images: tuple[bool, ...],
+        channels_last: bool,
+        dtype: torch.dtype,
     ):
         super().__init__()
         self.net = net
         self.method = method
+        self.images = images
         self.channels_last = channels_last
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor):
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = x.to(self.dtype)
-        out = self.net(x) if self.method is None else getattr(self.net, self.method)(x)
+    def forward(self, *xs: torch.Tensor):
+        args = []
+        for x, image in zip(xs, self.images):
+            if image and self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if x.is_floating_point():
+                x = x.to(self.dtype)
+            args.append(x)
+        out = self.net(*args) if self.method is None else getattr(self.net, self.method)(*args)
         if self.dtype == torch.float32:
             return out
-        return torch.utils._pytree.tree_map(lambda t: t.float(), out)
+        return torch.utils._pytree.tree_map(
+            lambda t: t.float() if t.is_floating_point() else t, out
+        )
+
+
+def _declared_inputs(spec: dict, max_batch: int) -> tuple[tuple, tuple, tuple[bool, ...]]:
+    """(example tensors, their dynamic shapes, which are images): one per input of `spec`, in
+    the order `forward` takes them. Examples hold 2 rows and 2 in each dynamic dimension:
+    torch.export specializes dimensions whose example size is 0 or 1."""
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
+    if spec.get("spec_version", 1) == 1:
+        if "input" not in spec:
+            raise ValueError("a version-1 spec needs `input` (height, width)")
+        inp = spec["input"]
+        shape = (inp.get("channels", 3), inp["height"], inp["width"])
+        return (torch.zeros(2, *shape),), ({0: batch},), (True,)
+    decls = spec.get("inputs")
+    if not isinstance(decls, list) or not decls:
+        raise ValueError("a version-2 spec needs `inputs` (a list of the model's inputs)")
+    rows: dict[str, list] = {}  # input name -> its per-row dimensions (an int or a Dim)
+    for i, d in enumerate(decls):
+        kind, name = d.get("kind", "tensor"), d.get("name")
+        if kind in ("mask", "type_ids"):
+            continue
+        if d.get("ragged") == "list":
+            raise ValueError(
+                f'inputs[{i}] ({name}): a `ragged: "list"` input (a List[Tensor] per batch) '
+                'cannot be exported with format="aoti"; export it as TorchScript'
+            )
+        if kind == "text":
+            longest = d.get("max_length")
+            shape = [-1]
+        else:
+            longest, shape = None, d.get("shape", [])
+        dims: list = []
+        for k, n in enumerate(shape):
+            if n == -1:
+                limit = {"max": longest} if longest else {}
+                dims.append(torch.export.Dim(f"{name}_{k}", min=1, **limit))
+            else:
+                dims.append(int(n))
+        rows[name] = dims
+    examples, dynamic, images = [], [], []
+    for i, d in enumerate(decls):
+        kind, name = d.get("kind", "tensor"), d.get("name")
+        dims = rows.get(d.get("of")) if kind in ("mask", "type_ids") else rows.get(name)
+        if dims is None:
+            raise ValueError(f"inputs[{i}] ({name}): `of` names no input: {d.get('of')!r}")
+        dtype = _DTYPES.get(d.get("dtype", "int64" if kind == "text" else "float32"))
+        if dtype is None:
+            raise ValueError(f"inputs[{i}] ({name}): unknown dtype {d.get('dtype')!r}")
+        size = [2 if isinstance(n, torch.export.Dim) else n for n in dims]
+        # A mask of ones: a model may divide by its sum (mean pooling).
+        fill = torch.ones if kind == "mask" else torch.zeros
+        examples.append(fill(2, *size, dtype=dtype))
+        spec_dims = {0: batch}
+        spec_dims.update({k + 1: n for k, n in enumerate(dims) if isinstance(n, torch.export.Dim)})
+        dynamic.append(spec_dims)
+        images.append(kind == "image")
+    return tuple(examples), tuple(dynamic), tuple(images)
 
 
 def _save_aoti(
     module: torch.nn.Module,
     path: Path,
     spec: dict,
+    methods: dict[str, str],
     precision: str,
     sample: torch.Tensor | None,
     channels_last: bool,
@@ -163,34 +297,36 @@ def _save_aoti(
     """Compiles and writes the package; returns the spec's `cpu` entry (what its code needs)."""
     from torch._inductor.package import package_aoti
 
-    inp = spec["input"]
-    shape = (inp.get("channels", 3), inp["height"], inp["width"])
-    if precision == "int8" and (sample is None or tuple(sample.shape[1:]) != shape):
-        raise ValueError(
-            f'precision="int8" calibrates on `sample`: pass a float tensor of preprocessed '
-            f"inputs of shape (N, {', '.join(map(str, shape))})"
-        )
-    # Batch 2, not 1: torch.export specializes dimensions whose example size is 0 or 1.
-    example = torch.zeros(2, *shape)
+    examples, dynamic, images = _declared_inputs(spec, max_batch)
+    if precision == "int8":
+        if len(examples) != 1 or not examples[0].is_floating_point():
+            raise ValueError(
+                'precision="int8" calibrates on `sample`, one float input: this spec has '
+                f"{len(examples)} inputs"
+            )
+        shape = tuple(examples[0].shape[1:])
+        if sample is None or tuple(sample.shape[1:]) != shape:
+            raise ValueError(
+                f'precision="int8" calibrates on `sample`: pass a float tensor of preprocessed '
+                f"inputs of shape (N, {', '.join(map(str, shape))})"
+            )
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     net = copy.deepcopy(module).to(dtype) if precision == "bf16" else module
-    method = (spec.get("featurize") or {}).get("method")
-    entries = {"model": _Entry(net, None, channels_last, dtype)}
-    if method:
-        entries[method] = _Entry(net, method, channels_last, dtype)
-    batch = torch.export.Dim("batch", min=1, max=max_batch)
-    dynamic = ({0: batch},)
+    entries = {"model": _Entry(net, None, images, channels_last, dtype)}
+    for method in methods:
+        entries[method] = _Entry(net, method, images, channels_last, dtype)
     files = {}
     march, simdlen = _cpu_target(cpu)
     target = {"freezing": True, "cpp.march": march, "cpp.simdlen": simdlen}
     with torch._inductor.config.patch(target), torch.no_grad():
         needs = _required_cpu(cpu, march)
         for name, entry in entries.items():
-            ep = torch.export.export(entry, (example,), dynamic_shapes=dynamic)
+            # The entry takes *inputs: their dynamic shapes are one tuple, for that argument.
+            ep = torch.export.export(entry, examples, dynamic_shapes=(dynamic,))
             if precision == "int8":
-                ep = _quantize(ep, sample, example, dynamic)
+                ep = _quantize(ep, sample, examples, dynamic)
             files[name] = torch._inductor.aot_compile(
-                ep.module(), (example,), options={"aot_inductor.package": True}
+                ep.module(), examples, options={"aot_inductor.package": True}
             )
     package_aoti(str(path), files)
     return needs
@@ -297,10 +433,10 @@ def _required_cpu(cpu: str, march: str | None) -> dict:
     return {"march": cpu, "flags": [f for m, f in _MACRO_FLAGS.items() if m in macros]}
 
 
-def _quantize(ep, sample: torch.Tensor, example, dynamic) -> torch.export.ExportedProgram:
+def _quantize(ep, sample: torch.Tensor, examples, dynamic) -> torch.export.ExportedProgram:
     """PT2E post-training static quantization for x86 Inductor, calibrated on `sample`.
 
-    The quantized graph is exported again on `example` (contiguous NCHW, as the engine passes
+    The quantized graph is exported again on `examples` (contiguous NCHW, as the engine passes
     batches): a compiled package assumes its example's strides, so a channels-last view as the
     example (what `permute` of NHWC images gives) would make it read the input wrongly."""
     try:
@@ -314,4 +450,5 @@ def _quantize(ep, sample: torch.Tensor, example, dynamic) -> torch.export.Export
     for chunk in sample.float().contiguous().split(64):
         prepared(chunk)
     converted = convert_pt2e(prepared)
-    return torch.export.export(converted, (example,), dynamic_shapes=dynamic)
+    # The converted graph takes the inputs as separate arguments, not as one *inputs.
+    return torch.export.export(converted, examples, dynamic_shapes=dynamic)

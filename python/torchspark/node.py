@@ -167,7 +167,7 @@ def check(tiny_model: bool = True) -> Report:
 def _score_tiny() -> tuple[str, bool, str]:
     import numpy as np
 
-    from torchspark.native import NativeModel
+    from torchspark.native_model import NativeModel
 
     try:
         expected = json.loads((_DATA / "tiny.expected.json").read_text())

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from torchspark.errors import ConfigError, TorchSparkError, install_py4j_handler
+
 _PKG = Path(__file__).resolve().parent
 
 
@@ -18,7 +20,6 @@ def jar_path(spark_version: str | None = None) -> str:
     installed pyspark's Spark line (or `spark_version`'s), e.g. torchspark-spark3.5_2.12-0.1.0.jar.
     """
     from torchspark import __version__
-    from torchspark.errors import ConfigError
 
     if spark_version is None:
         import pyspark
@@ -46,6 +47,24 @@ def jar_path(spark_version: str | None = None) -> str:
     )
 
 
+def check_jar_line(jvm) -> None:
+    """Runs the jar's Spark-line check (plain Java) before any of its Scala classes loads: a jar
+    built for the other Scala version fails to load them, with a NoClassDefFoundError that names
+    a Scala class and not the jar."""
+    from py4j.java_gateway import JavaPackage
+    from py4j.protocol import Py4JJavaError
+
+    check = jvm.dev.torchspark.SparkLineCheck
+    if isinstance(check, JavaPackage):
+        raise TorchSparkError(
+            f"the torchspark jar is not on the classpath: set spark.jars={jar_path()}"
+        )
+    try:
+        check.check()
+    except Py4JJavaError as e:
+        raise ConfigError(str(e.java_exception.getMessage())) from None
+
+
 def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf):
     """A SparkSession with the torchspark jar and this interpreter for the Python workers.
 
@@ -70,8 +89,6 @@ def local_session(master: str = "local[*]", app_name: str = "torchspark", **conf
     for k, v in conf.items():
         b = b.config(k, v)
     spark = b.getOrCreate()
-    from torchspark.errors import install_py4j_handler
-
     # torchspark's JVM exceptions (driver checks, failed tasks) as its Python classes.
     install_py4j_handler()
     return spark
@@ -90,17 +107,13 @@ def register_udfs(
     `engine` ("shared" | "per-task"; None: the JVM's default) picks how the executors run the
     model (docs/engine.md); ConfigError when the jar's TorchSpark.register takes no engine.
     """
-    from torchspark.errors import install_py4j_handler
-    from torchspark.transformers import check_jar_line
-
     jvm = spark.sparkContext._jvm
     check_jar_line(jvm)
     install_py4j_handler()
     if engine is None:
         jvm.dev.torchspark.TorchSpark.register(spark._jsparkSession, name, model_path, device, 1)
         return
-    from torchspark.errors import ConfigError
-    from torchspark.native import ENGINES
+    from torchspark.native_model import ENGINES
 
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")

@@ -22,10 +22,11 @@ from torchspark.errors import (
     from_connect,
     install_py4j_handler,
 )
+from torchspark.session import check_jar_line, jar_path
 
 # PySpark derives a stage's Java class from its Python module (pyspark.ml.X <-> org.apache.spark.ml.X),
 # for py4j loads and for Spark Connect's transform, read and write alike: the classes below live
-# in `dev.torchspark` (an alias module that torchspark/__init__ registers) to name dev.torchspark.X.
+# in `dev.torchspark` (python/dev/torchspark.py answers for them) to name dev.torchspark.X.
 _JAVA_PACKAGE = "dev.torchspark"
 
 
@@ -210,26 +211,6 @@ class _TorchSparkParams(_CommonParams):
         return self.getOrDefault(self.inputCol)
 
 
-def check_jar_line(jvm) -> None:
-    """Runs the jar's Spark-line check (plain Java) before any of its Scala classes loads: a jar
-    built for the other Scala version fails to load them, with a NoClassDefFoundError that names
-    a Scala class and not the jar."""
-    from py4j.java_gateway import JavaPackage
-    from py4j.protocol import Py4JJavaError
-
-    from torchspark.session import jar_path
-
-    check = jvm.dev.torchspark.SparkLineCheck
-    if isinstance(check, JavaPackage):
-        raise TorchSparkError(
-            f"the torchspark jar is not on the classpath: set spark.jars={jar_path()}"
-        )
-    try:
-        check.check()
-    except Py4JJavaError as e:
-        raise ConfigError(str(e.java_exception.getMessage())) from None
-
-
 def _checked_jvm_class(name: str) -> str:
     if not is_remote():
         from pyspark import SparkContext
@@ -294,8 +275,6 @@ def _check_connect_server(df, name: str) -> None:
             raise converted from None
         if e.getCondition() != "CONNECT_ML.UNSUPPORTED_EXCEPTION":
             raise
-        from torchspark.session import jar_path
-
         raise TorchSparkError(
             f"the Spark Connect server does not know {_JAVA_PACKAGE}.{name}: start it with "
             f"--jars {jar_path()} (or spark.jars), e.g. spark-submit --class "

@@ -15,6 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from test_helpers import TwoWays, two_ways_rows, two_ways_spec
 
 import torchspark
 from conftest import tol
@@ -217,3 +218,45 @@ def test_torch_runs_the_fixture_package_like_the_module(fixtures):
         logits, feats = pkg(x)
         assert (logits - pt(x)).abs().max() <= 1e-4
         assert (feats - pt.features(x)).abs().max() <= 1e-4
+
+
+def test_export_aoti_takes_a_version_2_specs_declared_inputs(tmp_path):
+    # Four inputs (an image, a vector, a padded sequence with a dynamic length and its mask)
+    # and the spec's `method`: one package holds `model` and `embed`; both run natively with
+    # PyTorch's values, passes of different lengths included.
+    torch.manual_seed(3)
+    net = TwoWays().eval()
+    table, args = two_ways_rows(n=7, seed=1)
+    spec_file = torchspark.export_model(
+        net, tmp_path / "embed.pt2", two_ways_spec("embed", "spec"), format="aoti"
+    )
+    spec = json.loads(spec_file.read_text())
+    assert spec["method"] == "embed" and spec["cpu"]["march"] == "x86-64-v3"
+    with zipfile.ZipFile(tmp_path / "embed.pt2") as z:
+        parts = [n.split("/") for n in z.namelist()]
+    models = {p[3] for p in parts if p[1:3] == ["data", "aotinductor"] and len(p) > 4}
+    assert models == {"model", "embed"}, models
+    # The same package under a spec without `method` runs its `model`.
+    shutil.copyfile(tmp_path / "embed.pt2", tmp_path / "forward.pt2")
+    plain = dict(two_ways_spec(None, "spec"), cpu=spec["cpu"])
+    (tmp_path / "forward.json").write_text(json.dumps(plain))
+    with torch.no_grad():
+        want = {"forward": net(*args)[0].numpy(), "embed": net.embed(*args)[0].numpy()}
+    for name in ("forward", "embed"):
+        out = NativeModel(tmp_path / f"{name}.pt2").predict(table, batch_size=2).to_pydict()
+        assert out["error"] == [None] * table.num_rows
+        np.testing.assert_allclose(np.array(out["out"]), want[name], atol=1e-5)
+
+
+def test_export_aoti_refuses_what_a_package_cannot_take_before_compiling(tmp_path):
+    listed = {
+        "spec_version": 2,
+        "inputs": [{"name": "images", "kind": "image", "shape": [3, -1, -1], "ragged": "list"}],
+        "outputs": [{"name": "mean", "column": "array", "shape": [3]}],
+    }
+    with pytest.raises(ValueError, match=r"inputs\[0\] \(images\): a `ragged: \"list\"` input"):
+        torchspark.export_model(ResNet20(), tmp_path / "l.pt2", listed, format="aoti")
+    two = two_ways_spec(None, "spec")
+    with pytest.raises(ValueError, match="one float input: this spec has 4 inputs"):
+        torchspark.export_model(TwoWays(), tmp_path / "q.pt2", two, format="aoti", precision="int8")
+    assert not list(tmp_path.iterdir())

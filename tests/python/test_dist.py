@@ -52,6 +52,8 @@ def test_wheel_is_tagged_with_the_glibc_its_library_needs(tmp_path):
     assert "Root-Is-Purelib: false" in wheel_meta
     assert any(re.fullmatch(r"torchspark/jars/torchspark.*\.jar", n) for n in names)
     assert "torchspark/data/tiny.pt" in names
+    # A namespace package: never shadows a user's own `dev` (tests/python/test_package.py).
+    assert "dev/torchspark.py" in names and "dev/__init__.py" not in names
 
 
 def test_shipped_library_has_no_build_machine_path(tmp_path):

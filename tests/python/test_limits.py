@@ -278,6 +278,71 @@ def test_jvm_padded_rows_equal_their_sums(spark, limits):
 # ---- text -----------------------------------------------------------------------------------------------
 
 
+# Two short texts between two long ones: sorted by length, the long rows share a forward pass
+# and so do the short ones; in the order given, each short row is padded to a long one's length.
+SORT_TEXTS = [
+    "a",
+    "spark torch tensor model of many words here",
+    "b",
+    "another rather long sentence of words indeed",
+]
+
+
+def _padding(ids: list[list[int]]) -> list[int]:
+    """The -1 ids (padding) of each row: the model returns its pass's padded ids."""
+    return [sum(1 for i in row if i == -1) for row in ids]
+
+
+def _padding_of_passes(lengths: list[int], passes: list[tuple[int, ...]]) -> list[int]:
+    out = [0] * len(lengths)
+    for rows in passes:
+        for r in rows:
+            out[r] = max(lengths[k] for k in rows) - lengths[r]
+    return out
+
+
+def test_sort_by_length_is_reachable_from_every_python_surface(spark, limits):
+    model = limits / "ids_wordpiece.pt"
+    want = _python_ids(limits, "wordpiece", SORT_TEXTS, 64)
+    lengths = [len(w) for w in want]
+    # batch_size 2: sorted, passes (1, 3) and (0, 2); in the order given, (0, 1) and (2, 3).
+    padding = {
+        True: _padding_of_passes(lengths, [(1, 3), (0, 2)]),
+        False: _padding_of_passes(lengths, [(0, 1), (2, 3)]),
+    }
+    assert padding[True] != padding[False]
+    m = NativeModel(model)
+    table = pa.table({"text": SORT_TEXTS})
+    df = spark.createDataFrame(list(enumerate(SORT_TEXTS)), "id int, text string").coalesce(1)
+    for sort in (True, False):
+        got = {
+            "predict": m.predict(table, batch_size=2, sort_by_length=sort)["ids"].to_pylist(),
+            "submit": m.submit(table, batch_size=2, sort_by_length=sort)
+            .result()["ids"]
+            .to_pylist(),
+        }
+        fn, schema = predict_arrow(
+            model, keep=["id"], input_schema=df.schema, batch_size=2, sort_by_length=sort
+        )
+        got["predict_arrow"] = [r.ids for r in sorted(df.mapInArrow(fn, schema).collect())]
+        fn, schema = torchspark.embed_arrow(
+            model,
+            output_col="ids",
+            keep=["id"],
+            input_schema=df.schema,
+            batch_size=2,
+            sort_by_length=sort,
+        )
+        got["embed_arrow"] = [r.ids for r in sorted(df.mapInArrow(fn, schema).collect())]
+        for surface, ids in got.items():
+            assert _padding(ids) == padding[sort], (surface, sort)
+            assert _ids({"ids": ids}) == want, (surface, sort)
+    with pytest.raises(torchspark.ConfigError, match="sort_by_length must be True or False"):
+        m.predict(table, sort_by_length="no")
+    with pytest.raises(torchspark.ConfigError, match="sort_by_length must be True or False"):
+        torchspark.embed_arrow(model, sort_by_length=1)
+
+
 def _python_ids(limits: Path, name: str, texts: list[str], max_length: int) -> list[list[int]]:
     tok = Tokenizer.from_file(str(limits / f"{name}.tokenizer.json"))
     tok.no_padding()

@@ -24,7 +24,8 @@ from torchspark import (
     score_arrow,
     score_partitions,
 )
-from torchspark.native import _parse_bytes, as_record_batch
+from torchspark.native import as_record_batch
+from torchspark.workers import _parse_bytes
 
 WRONG_LENGTH = r"expected shape \[10\] \(10 values\), got 9 values"
 

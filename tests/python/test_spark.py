@@ -132,6 +132,43 @@ def test_python_pipeline_save_load(spark, fixtures, model, tmp_path):
     assert ImageScorer.load(str(tmp_path / "s")).getTopK() == 2
 
 
+def _dev_modules() -> dict:
+    return {k: v for k, v in sys.modules.items() if k.split(".")[0] == "dev"}
+
+
+def test_saved_pipeline_loads_beside_a_users_dev_package(spark, fixtures, model, tmp_path):
+    # A user's own package named `dev` is the one `import dev` gives, before and after PySpark
+    # looked up dev.torchspark.ImageFeaturizer to load the saved stage.
+    user = tmp_path / "user"
+    (user / "dev").mkdir(parents=True)
+    (user / "dev" / "__init__.py").write_text('OWNER = "user"\n')
+    (user / "dev" / "mine.py").write_text("VALUE = 7\n")
+    saved = _dev_modules()
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(user))
+    try:
+        import dev.mine
+
+        stage = ImageFeaturizer(modelPath=model, inputCol="content", batchSize=4)
+        PipelineModel(stages=[stage]).write().overwrite().save(str(tmp_path / "p"))
+        back = PipelineModel.load(str(tmp_path / "p")).stages[0]
+        assert isinstance(back, ImageFeaturizer) and back.getBatchSize() == 4
+        assert sys.modules["dev"] is dev and dev.OWNER == "user" and dev.mine.VALUE == 7
+        assert sys.modules["dev.torchspark"].ImageFeaturizer is ImageFeaturizer
+    finally:
+        sys.path.remove(str(user))
+        for name in _dev_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
+    df = _files(spark, fixtures, "digit_0*.png")
+    # Equal within float32 rounding: the rows may meet other rows in a forward pass.
+    a = np.array([r.features for r in stage.transform(df).orderBy("path").collect()])
+    b = np.array([r.features for r in back.transform(df).orderBy("path").collect()])
+    assert len(a) > 0 and a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 def _bad_dir(fixtures, tmp_path):
     for p in sorted((fixtures / "images").glob("digit_0*.png"))[:4]:
         shutil.copy(p, tmp_path / p.name)
