@@ -98,6 +98,10 @@ class NativeLoaderSuite {
         "dev.torchspark.NativeLoaderProbe"
       ).directory(cwd.toFile).redirectErrorStream(true)
       pb.environment().remove("TORCHSPARK_LIBTORCH_DIR")
+      // The venv's Python (it has torch) by its absolute path, as a node's set-up names it:
+      // `make test` does not put the venv on PATH, and `python3` there has no torch.
+      val repo = Paths.get(System.getProperty("torchspark.repo", "..")).toAbsolutePath.normalize
+      pb.environment().put("TORCHSPARK_PYTHON", repo.resolve(".venv/bin/python").toString)
       libtorchDir.foreach(pb.environment().put("TORCHSPARK_LIBTORCH_DIR", _))
       val p = pb.start()
       val out = new String(p.getInputStream.readAllBytes(), StandardCharsets.UTF_8)
