@@ -101,7 +101,12 @@ impl Scorer {
                     task,
                 )?))
             }
-            Op::Predict => PendingState::General(Box::new(self.submit_general(batch, opts, task)?)),
+            Op::Predict => PendingState::General(Box::new(self.submit_general(
+                batch,
+                opts,
+                opts.preset.as_deref().unwrap_or("predict"),
+                task,
+            )?)),
         };
         Ok(Pending { state })
     }
