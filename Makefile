@@ -110,10 +110,12 @@ $(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py |
 $(LIMITS): tests/fixtures/make_limit_fixtures.py $(TEXT) | $(VENV)/.installed
 	$(PY) tests/fixtures/make_limit_fixtures.py
 
-# The lifecycle stress of `make test`, 200 runs of each target (1-2 hours on 2 cores).
-stress: setup ## 200 runs each: the boundary, engine and lifecycle test binaries, scripts that exit or fork with passes in flight
+# The lifecycle stress of `make test`, 200 runs of each target: every cargo test binary and the
+# scripts that exit or fork with passes in flight (about 8 hours on 2 cores; STRESS_RUNS and
+# STRESS_TARGETS, e.g. boundary,lifecycle,py-exit,py-fork, make it shorter).
+stress: setup ## 200 consecutive runs of every Rust test binary and of scripts that exit or fork with passes in flight
 	$(CARGO_ENV) PYTHONUNBUFFERED=1 $(PY) tools/stress.py --runs $${STRESS_RUNS:-200} \
-	  --targets boundary,engine,lifecycle,py-exit,py-fork
+	  --targets $${STRESS_TARGETS:-rust,py-exit,py-fork}
 
 # The 60 s pass of `make test` (rust/core/tests/fuzz.rs), longer and with a new seed each run.
 fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); see docs/fuzzing.md

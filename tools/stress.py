@@ -4,11 +4,12 @@ unexpected exit status and any hang fails it: a test binary that passes its test
 dies at exit counts as a failure here.
 
     python tools/stress.py --seconds 60          # make test: round-robin for about a minute
-    python tools/stress.py --runs 200 --targets boundary,engine,lifecycle,py-exit,py-fork
+    python tools/stress.py --runs 200 --targets rust,py-exit,py-fork
                                                  # make stress
 
-Targets: `boundary`, `engine`, `lifecycle` are the cargo test binaries (built here with
-`cargo test --no-run`; `lifecycle` runs each of its scenarios once per run), `py-exit` is
+Targets: each cargo test binary by name (`boundary`, `engine`, `lifecycle`, `aoti`, `limits`,
+..., `core-unit`, `ffi-unit`; `rust` = all of them; built here with `cargo test --no-run`;
+`lifecycle` runs each of its scenarios once per run, `fuzz` a 2 s pass), `py-exit` is
 tests/lifecycle/exit_in_flight.py (its three ways to exit in turn), `py-fork` is
 tests/lifecycle/fork_child.py. The output of each failed run is kept in target/stress/.
 """
@@ -28,30 +29,38 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "target" / "stress"
 FIXTURES = ROOT / "tests" / "fixtures" / "out"
+# Every cargo test binary of the workspace: (package, test target; None = the crate's unit tests).
 BINARIES = {
     "boundary": ("torchspark", "boundary"),
     "engine": ("torchspark-core", "engine"),
     "lifecycle": ("torchspark", "lifecycle"),
+    "ffi-unit": ("torchspark", None),
+    "core-unit": ("torchspark-core", None),
+    "aoti": ("torchspark-core", "aoti"),
+    "concurrency": ("torchspark-core", "concurrency"),
+    "fuzz": ("torchspark-core", "fuzz"),
+    "general": ("torchspark-core", "general"),
+    "limits": ("torchspark-core", "limits"),
+    "pipeline": ("torchspark-core", "pipeline"),
+    "reload": ("torchspark-core", "reload"),
+    "scoring": ("torchspark-core", "scoring"),
+    "text": ("torchspark-core", "text"),
+    "text_embed": ("torchspark-core", "text_embed"),
 }
+# `--targets rust`: all of them (the issue-25 check: 200 consecutive runs of each binary).
+GROUPS = {"rust": list(BINARIES)}
+# The fuzz binary's pass per run (its own default is 60 s; `make fuzz` runs the long one).
+FUZZ_SECONDS_PER_RUN = "2"
 PY_EXITS = [("return", 0), ("sys.exit", 3), ("atexit-scores", 0)]
 HANG_SECONDS = 300
 
 
-def cargo_binary(package: str, test: str) -> str:
-    """Builds (if needed) and returns the path of one cargo test binary."""
+def cargo_binary(package: str, test: str | None) -> str:
+    """Builds (if needed) and returns the path of one cargo test binary (None: the unit tests)."""
+    which = ["--lib"] if test is None else ["--test", test]
     out = subprocess.run(
-        [
-            "cargo",
-            "test",
-            "--release",
-            "--locked",
-            "-p",
-            package,
-            "--test",
-            test,
-            "--no-run",
-            "--message-format=json",
-        ],
+        ["cargo", "test", "--release", "--locked", "-p", package, *which, "--no-run"]
+        + ["--message-format=json"],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -62,10 +71,10 @@ def cargo_binary(package: str, test: str) -> str:
         if (
             msg.get("reason") == "compiler-artifact"
             and msg.get("executable")
-            and msg["target"]["name"] == test
+            and (msg["target"]["name"] == test or (test is None and msg["profile"]["test"]))
         ):
             return msg["executable"]
-    raise SystemExit(f"cargo built no test binary {test} of {package}")
+    raise SystemExit(f"cargo built no test binary {test or 'lib'} of {package}")
 
 
 def commands(targets: list[str]) -> dict[str, object]:
@@ -95,13 +104,20 @@ def commands(targets: list[str]) -> dict[str, object]:
                 0,
             )
         else:
-            raise SystemExit(f"unknown target {t} (boundary, engine, lifecycle, py-exit, py-fork)")
+            known = ", ".join([*BINARIES, "py-exit", "py-fork", *GROUPS])
+            raise SystemExit(f"unknown target {t} ({known})")
     return made
 
 
 def run(target: str, n: int, argv: list[str], expect: int) -> str | None:
     """One run; None when it ended as expected, else what went wrong (its output is kept)."""
-    env = dict(os.environ, TORCHSPARK_LIFECYCLE_RUNS="1", TORCHSPARK_LIFECYCLE_SEED=str(n))
+    env = dict(
+        os.environ,
+        TORCHSPARK_LIFECYCLE_RUNS="1",
+        TORCHSPARK_LIFECYCLE_SEED=str(n),
+        TORCHSPARK_FUZZ_SECONDS=FUZZ_SECONDS_PER_RUN,
+        TORCHSPARK_FUZZ_SEED=str(n),
+    )
     try:
         p = subprocess.run(
             argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_SECONDS
@@ -131,7 +147,7 @@ def main() -> int:
     args = ap.parse_args()
     if (args.seconds is None) == (args.runs is None):
         ap.error("give --seconds or --runs")
-    targets = [t for t in args.targets.split(",") if t]
+    targets = [x for t in args.targets.split(",") if t for x in GROUPS.get(t, [t])]
     if not (FIXTURES / "expected.json").exists():  # the test binaries make them too
         subprocess.run(
             [sys.executable, str(ROOT / "tests/fixtures/make_fixtures.py"), str(FIXTURES)],

@@ -157,6 +157,35 @@ fn eight_threads_share_one_package_and_agree() {
     }
 }
 
+/// libtorch's package loader keeps the JSON it parses in one process-wide static: distinct
+/// packages loaded at the same moment from many threads crashed the process (SIGSEGV in
+/// `load_json_file`, 1 run in ~40 of this binary). Every thread's package loads and scores.
+#[test]
+fn distinct_packages_loading_on_eight_threads_at_once_all_load_and_score() {
+    for round in 0..3 {
+        let dirs: Vec<PathBuf> = (0..8)
+            .map(|i| {
+                let d = temp_dir(&format!("parallel-load-{round}-{i}"));
+                copy_package(&d, "tuple_net_aoti.pt2", |_| {});
+                d
+            })
+            .collect();
+        let start = Arc::new(std::sync::Barrier::new(dirs.len()));
+        std::thread::scope(|s| {
+            for d in &dirs {
+                let start = Arc::clone(&start);
+                s.spawn(move || {
+                    start.wait();
+                    scores_first_image_like_pytorch(&d.join("model.pt2"));
+                });
+            }
+        });
+        for d in dirs {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
+}
+
 #[test]
 fn corrupt_package_fails_every_time_with_its_path() {
     let d = temp_dir("corrupt");

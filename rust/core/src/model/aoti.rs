@@ -82,6 +82,9 @@ impl Drop for Loader {
     }
 }
 
+/// Held around every `AOTIModelPackageLoader` construction in this process (see `Loader::load`).
+static PACKAGE_LOADS: Mutex<()> = Mutex::new(());
+
 impl Loader {
     fn load(path: &Path, model: &str, device: Device) -> std::result::Result<Loader, String> {
         let c_path = c_string(&path.to_string_lossy())?;
@@ -95,6 +98,10 @@ impl Loader {
         // runner's own activation buffers, allocated per call anyway.
         let runners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut out = std::ptr::null_mut();
+        // libtorch's package loader parses its JSON files into one function-local `static
+        // nlohmann::json` (torch/csrc/inductor/aoti_package/model_package_loader.cpp,
+        // `load_json_file`): two loads at once corrupt its map and crash. One load at a time.
+        let _one_at_a_time = PACKAGE_LOADS.lock().unwrap_or_else(|p| p.into_inner());
         // SAFETY: valid C strings and a writable out pointer; the bridge catches all exceptions.
         take_error(unsafe {
             ts_aoti_load(c_path.as_ptr(), c_model.as_ptr(), runners, index, &mut out)

@@ -235,14 +235,13 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
         config.channels_last,
     );
     let slot = {
-        let mut reg = REGISTRY
-            .lock()
-            .map_err(|_| internal("model registry lock poisoned"))?;
+        // A poisoned lock only says a thread panicked holding it: the map is whole.
+        let mut reg = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         reg.entry(key).or_default().clone()
     };
-    let mut guard = slot
-        .lock()
-        .map_err(|_| internal("model slot lock poisoned"))?;
+    // A slot is emptied before each load and filled only by a finished one, so a slot whose
+    // load panicked holds nothing stale: recover it, the next open loads again.
+    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
     // The identity comes from the descriptor the bytes are read through, so it names exactly
     // the bytes loaded; the spec is parsed from the very bytes that were hashed.
     let mut file = std::fs::File::open(&path).map_err(not_found)?;
@@ -266,7 +265,10 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     let spec = Spec::from_bytes(&spec_path, &spec_bytes)?;
     // A text input's tokenizer file is named relative to the spec's folder.
     let spec_dir = spec_path.parent().unwrap_or(Path::new("."));
-    let model = Arc::new(Model::load(&path, bytes, spec, spec_dir, device, config)?);
+    let format = Format::detect(&path, &bytes).name();
+    let model = Arc::new(load_or_error(&path, format, || {
+        Model::load(&path, bytes, spec, spec_dir, device, config)
+    })?);
     *guard = Some((version, model.clone()));
     LOADS.fetch_add(1, Ordering::SeqCst);
     // After the statics a load builds: the exit handler runs before their destructors.
@@ -274,10 +276,25 @@ pub fn get_or_load(config: &ModelConfig) -> Result<Arc<Model>> {
     Ok(model)
 }
 
-fn internal(reason: &str) -> Error {
-    Error::Internal {
-        reason: reason.into(),
-    }
+/// Runs a model load; a panic inside it (a tch wrapper, a tokenizer's first encode) becomes
+/// this load's [`Error::ModelLoad`] instead of unwinding through the registry's locks.
+fn load_or_error<T>(
+    path: &Path,
+    format: &'static str,
+    load: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(Error::ModelLoad {
+            path: path.to_path_buf(),
+            format,
+            reason: format!("the loader panicked: {what}"),
+        })
+    })
 }
 
 /// `cpu`, `cuda`, `cuda:N`; a GPU that libtorch cannot see is an error, not a silent CPU run.
@@ -799,5 +816,57 @@ mod first_line_tests {
             "RuntimeError: mat1 and mat2 must have the same dtype, but got Double and Float"
         );
         assert_eq!(first_line("shape mismatch\n frame #0"), "shape mismatch");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/out")
+            .join(name)
+    }
+
+    #[test]
+    fn a_load_that_panics_is_a_model_load_error_naming_the_file() {
+        let err = load_or_error::<()>(Path::new("/m/x.pt"), "TorchScript model", || {
+            panic!("tch wrapper failed")
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::ModelLoad { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("/m/x.pt"), "{message}");
+        assert!(
+            message.contains("the loader panicked: tch wrapper failed"),
+            "{message}"
+        );
+    }
+
+    /// A thread that panicked holding the registry's or a slot's lock (as a panicking load
+    /// did, before loads were caught) leaves both usable: the next open loads.
+    #[test]
+    fn opens_work_after_a_panic_poisoned_the_registry_and_the_slot() {
+        let config = ModelConfig::new(fixture("resnet20.pt"));
+        get_or_load(&config).unwrap();
+        let slot = REGISTRY
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(key, _)| key.0.ends_with("resnet20.pt"))
+            .unwrap()
+            .1
+            .clone();
+        let poisoned = std::thread::spawn(move || {
+            let _registry = REGISTRY.lock().unwrap();
+            let _slot = slot.lock().unwrap();
+            panic!("a load panicked here");
+        })
+        .join();
+        assert!(poisoned.is_err());
+        assert!(REGISTRY.is_poisoned());
+        get_or_load(&config).unwrap();
     }
 }
