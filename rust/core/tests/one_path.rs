@@ -1,10 +1,19 @@
 //! The safety net of issue 26: every version-1 fixture (ResNet-20 `.pt` fp32 and bf16, the
 //! tuple net, the `.pt2` packages incl. bf16 and int8 where this host runs them, the identity
-//! models) through `score` / `featurize` and through the general path's presets (`submit` with
-//! op 2 and `"preset"`), at equal batch composition (per-task engine, the same batch sizes),
-//! compared **bitwise**: the same rows fail, with today's reason inside the new message, and
-//! every value of every other row has the same bits.
-#![allow(clippy::unwrap_used)] // a failed unwrap in a helper is a failed test
+//! models) through the `score` and `featurize` calls and the general path's presets (`submit`
+//! with op 2 and `"preset"`), at equal batch composition (per-task engine, the same batch
+//! sizes), against an oracle that does not share the engine's code:
+//! - a TorchScript model (`.pt`): tch's `CModule` on the file, fed the public
+//!   [`Preprocessor`]'s rows chunk by chunk as the image path did (channels-last strides,
+//!   bf16 input for a bf16 model, softmax of logits, argmax / top-k with ties to the lower
+//!   index): compared **bitwise**;
+//! - a package (`.pt2`): PyTorch's values for the same package (`expected.json`, as aoti.rs
+//!   reads them), within aoti.rs's tolerances (1e-5 on lossless images; features scaled by
+//!   their magnitude for ResNet-20): no independent AOTInductor runner exists in Rust.
+//!
+//! Bad rows everywhere: the same rows fail, each with ``row N: input `image` (column C): `` and
+//! the reason the preprocessor gives (or "input is null").
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
 
@@ -17,11 +26,17 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use common::*;
-use torchspark_core::{BatchOptions, EngineMode, ModelConfig, Op, Precision, Scorer};
+use tch::{CModule, Device, IValue, Kind, Tensor};
+use torchspark_core::preprocess::{ImageInput, Preprocessor};
+use torchspark_core::spec::{FeatureSource, OutputKind};
+use torchspark_core::{
+    BatchOptions, EngineMode, ModelConfig, ModelSpec, Op, Precision, Scorer, Spec,
+};
 
 /// A model and how it is opened.
 struct Case {
     name: String,
+    path: PathBuf,
     config: ModelConfig,
     /// A package this host's CPU may not run (its refusal is then the result: skipped).
     may_not_run: bool,
@@ -41,6 +56,7 @@ fn case(path: PathBuf, edit: impl FnOnce(&mut ModelConfig)) -> Case {
             config.channels_last
         ),
         may_not_run: path.extension().is_some_and(|e| e == "pt2"),
+        path,
         config,
     }
 }
@@ -71,6 +87,40 @@ fn cases() -> Vec<Case> {
     all
 }
 
+/// One input row, owned, with the fixture image it shows (PyTorch's values are keyed by it).
+#[derive(Clone)]
+enum Row {
+    Null,
+    Bytes(Vec<u8>, Option<String>),
+    Floats(Vec<f32>, Option<String>),
+    /// Spark's image struct: height, width, BGR bytes.
+    Spark(u32, u32, Vec<u8>, String),
+}
+
+impl Row {
+    fn input(&self) -> Option<ImageInput<'_>> {
+        match self {
+            Row::Null => None,
+            Row::Bytes(b, _) => Some(ImageInput::Encoded(b)),
+            Row::Floats(v, _) => Some(ImageInput::Floats(v)),
+            Row::Spark(h, w, data, _) => Some(ImageInput::SparkImage {
+                height: *h as i32,
+                width: *w as i32,
+                n_channels: 3,
+                data,
+            }),
+        }
+    }
+
+    fn file(&self) -> Option<&str> {
+        match self {
+            Row::Null => None,
+            Row::Bytes(_, f) | Row::Floats(_, f) => f.as_deref(),
+            Row::Spark(.., f) => Some(f),
+        }
+    }
+}
+
 /// A `w` x `h` RGB PNG (for the row over the pixel limit).
 fn png(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
@@ -79,42 +129,73 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     out.into_inner()
 }
 
+fn fixture_row(file: &str) -> Row {
+    Row::Bytes(image_bytes(file), Some(file.to_string()))
+}
+
 /// Good rows of several formats and every kind of bad row: empty, truncated, null, not an
 /// image, over the pixel limit (`max_pixels` 1024 lets the 32x32 fixtures through).
-fn encoded_batch() -> RecordBatch {
+fn encoded_rows() -> Vec<Row> {
     let exp = expected();
-    let good: Vec<Vec<u8>> = exp.iter().map(|e| image_bytes(&e.file)).collect();
-    let truncated = good[0][..good[0].len() / 2].to_vec();
-    let big = png(40, 40);
-    let gray = image_bytes("gray_1.png");
-    let rgba = image_bytes("rgba_0.png");
-    let rows: Vec<Option<&[u8]>> = vec![
-        Some(&good[0]),
-        Some(&[]),
-        Some(&truncated),
-        None,
-        Some(b"not an image"),
-        Some(&big),
-        Some(&good[1]),
-        Some(&gray),
-        Some(&rgba),
-        Some(&good[2]),
-        Some(&good[3]),
-    ];
-    binary_batch(&rows)
+    let first = image_bytes(&exp[0].file);
+    vec![
+        fixture_row(&exp[0].file),
+        Row::Bytes(Vec::new(), None),
+        Row::Bytes(first[..first.len() / 2].to_vec(), None),
+        Row::Null,
+        Row::Bytes(b"not an image".to_vec(), None),
+        Row::Bytes(png(40, 40), None),
+        fixture_row(&exp[1].file),
+        fixture_row("gray_1.png"),
+        fixture_row("rgba_0.png"),
+        fixture_row(&exp[2].file),
+        fixture_row(&exp[3].file),
+    ]
 }
 
-/// Preprocessed rows (the fixtures' PyTorch inputs), a short row and a null.
-fn float_rows() -> RecordBatch {
-    let exp = expected();
-    let short = vec![0.5f32; 10];
-    float_batch(&[Some(&exp[0].input), Some(&short), None, Some(&exp[1].input)])
+fn encoded_batch(rows: &[Row]) -> RecordBatch {
+    let bytes: Vec<Option<&[u8]>> = rows
+        .iter()
+        .map(|r| match r {
+            Row::Bytes(b, _) => Some(b.as_slice()),
+            _ => None,
+        })
+        .collect();
+    binary_batch(&bytes)
 }
 
-/// Spark's image struct (BGR) of two fixtures, beside another column (`input_column` picks it).
-fn struct_rows() -> RecordBatch {
+/// Two fixtures as this model's preprocessing makes them (C x H x W floats), a short row and a
+/// null.
+fn float_rows(pre: &Preprocessor) -> Vec<Row> {
     let exp = expected();
-    let rows: Vec<(String, u32, u32, Vec<u8>)> = exp[..2]
+    let floats = |file: &str| {
+        let mut v = vec![0f32; pre.row_len()];
+        pre.fill(ImageInput::Encoded(&image_bytes(file)), &mut v)
+            .unwrap();
+        Row::Floats(v, Some(file.to_string()))
+    };
+    vec![
+        floats(&exp[0].file),
+        Row::Floats(vec![0.5; 10], None),
+        Row::Null,
+        floats(&exp[1].file),
+    ]
+}
+
+fn float_batch_of(rows: &[Row]) -> RecordBatch {
+    let floats: Vec<Option<&[f32]>> = rows
+        .iter()
+        .map(|r| match r {
+            Row::Floats(v, _) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect();
+    float_batch(&floats)
+}
+
+/// Spark's image struct (BGR) of two fixtures.
+fn struct_rows() -> Vec<Row> {
+    expected()[..2]
         .iter()
         .map(|e| {
             let img = image::load_from_memory(&image_bytes(&e.file))
@@ -122,7 +203,18 @@ fn struct_rows() -> RecordBatch {
                 .to_rgb8();
             let (w, h) = img.dimensions();
             let bgr = img.pixels().flat_map(|p| [p[2], p[1], p[0]]).collect();
-            (e.file.clone(), h, w, bgr)
+            Row::Spark(h, w, bgr, e.file.clone())
+        })
+        .collect()
+}
+
+/// The struct rows beside another column (`input_column` picks them).
+fn struct_batch(rows: &[Row]) -> RecordBatch {
+    let rows: Vec<(String, u32, u32, Vec<u8>)> = rows
+        .iter()
+        .map(|r| match r {
+            Row::Spark(h, w, data, file) => (file.clone(), *h, *w, data.clone()),
+            _ => unreachable!("struct rows only"),
         })
         .collect();
     let images = spark_image_batch(&rows);
@@ -150,110 +242,212 @@ fn general(scorer: &Scorer, batch: &RecordBatch, o: &BatchOptions, preset: &str)
     p.wait(Duration::from_secs(120)).unwrap().unwrap()
 }
 
-type Bits = Vec<Option<Vec<u32>>>;
-
-/// A list<float32> column's rows as bits (null rows `None`).
-fn f32_lists(b: &RecordBatch, col: &str) -> Bits {
-    let l = b.column_by_name(col).unwrap().as_list::<i32>();
-    (0..l.len())
-        .map(|i| {
-            (!l.is_null(i)).then(|| {
-                let v = l.value(i);
-                v.as_primitive::<Float32Type>()
-                    .values()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect()
-            })
-        })
-        .collect()
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Probabilities,
+    Features,
 }
 
-/// A list<float64> column's rows, each value rounded to float32, as bits.
-fn f64_lists_as_f32(b: &RecordBatch, col: &str) -> Bits {
-    let l = b.column_by_name(col).unwrap().as_list::<i32>();
-    (0..l.len())
-        .map(|i| {
-            (!l.is_null(i)).then(|| {
-                let v = l.value(i);
-                v.as_primitive::<Float64Type>()
-                    .values()
-                    .iter()
-                    .map(|&x| {
-                        // The float64 vector holds float32 values exactly.
-                        assert_eq!(x as f32 as f64, x);
-                        (x as f32).to_bits()
-                    })
-                    .collect()
-            })
-        })
-        .collect()
+/// What the image path computed, rebuilt from public parts.
+struct Oracle {
+    name: String,
+    spec: ModelSpec,
+    pre: Preprocessor,
+    /// The TorchScript module; `None` for a package (PyTorch's values instead).
+    module: Option<CModule>,
+    bf16: bool,
+    channels_last: bool,
+    threads: i32,
 }
 
-type TopK = Vec<Option<Vec<(i32, Option<String>, u32)>>>;
+/// One row's values, or the reason it has none.
+type Want = std::result::Result<Vec<f32>, String>;
 
-fn top_k(b: &RecordBatch, col: &str) -> TopK {
-    let l = b.column_by_name(col).unwrap().as_list::<i32>();
-    (0..l.len())
-        .map(|i| {
-            (!l.is_null(i)).then(|| {
-                let v = l.value(i);
-                let s = v.as_struct();
-                let idx = s.column(0).as_primitive::<Int32Type>();
-                let label = s.column(1).as_string::<i32>();
-                let p = s.column(2).as_primitive::<Float32Type>();
-                (0..s.len())
-                    .map(|j| {
-                        (
-                            idx.value(j),
-                            (!label.is_null(j)).then(|| label.value(j).to_string()),
-                            p.value(j).to_bits(),
-                        )
-                    })
-                    .collect()
-            })
-        })
-        .collect()
-}
-
-/// The predictions as numbers: the old int32 column or the new float64 one.
-fn predictions(b: &RecordBatch) -> Vec<Option<f64>> {
-    let c = b.column_by_name("prediction").unwrap();
-    (0..c.len())
-        .map(|i| {
-            (!c.is_null(i)).then(|| match c.data_type() {
-                arrow_schema::DataType::Int32 => f64::from(c.as_primitive::<Int32Type>().value(i)),
-                _ => c.as_primitive::<Float64Type>().value(i),
-            })
-        })
-        .collect()
-}
-
-fn strings(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
-    (0..b.num_rows()).map(|i| str_row(b, col, i)).collect()
-}
-
-/// The same rows fail, and each new message is ``row N: input `image` (column C): `` and the
-/// old message's reason.
-fn same_errors(what: &str, old: &RecordBatch, new: &RecordBatch, column: &str) {
-    let (old, new) = (strings(old, "error"), strings(new, "error"));
-    assert_eq!(old.len(), new.len(), "{what}");
-    for (i, (o, n)) in old.iter().zip(&new).enumerate() {
-        match (o, n) {
-            (None, None) => {}
-            (Some(o), Some(n)) => {
-                let (row, reason) = o.split_once(": ").unwrap();
-                let prefix = format!("{row}: input `image` (column {column}): ");
-                let same = *n == format!("{prefix}{reason}") || n == o;
-                assert!(same, "{what} row {i}: old {o:?}, new {n:?}");
+impl Oracle {
+    fn new(c: &Case) -> Oracle {
+        let text = std::fs::read_to_string(ModelSpec::default_path(&c.path)).unwrap();
+        let Spec::Image(spec) = Spec::from_json(&text).unwrap() else {
+            panic!("{}: a version-1 spec", c.name)
+        };
+        let bf16 = c.config.precision == Precision::Bf16;
+        let module = (c.path.extension().unwrap() == "pt").then(|| {
+            let mut m = CModule::load_on_device(&c.path, Device::Cpu).unwrap();
+            m.set_eval();
+            if bf16 {
+                m.to(Device::Cpu, Kind::BFloat16, false);
             }
-            _ => panic!("{what} row {i}: old {o:?}, new {n:?}"),
+            m
+        });
+        Oracle {
+            name: c.path.file_stem().unwrap().to_string_lossy().into_owned(),
+            pre: Preprocessor::new(&spec),
+            spec,
+            module,
+            bf16,
+            channels_last: c.config.channels_last,
+            threads: c.config.num_threads.unwrap() as i32,
+        }
+    }
+
+    /// Every row as the image path ran it: rows in chunks of `batch_size`, each chunk's good
+    /// rows in one forward pass; a package's rows get PyTorch's values for their image.
+    fn run(&self, rows: &[Row], o: &BatchOptions, target: Target) -> Vec<Want> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(o.batch_size) {
+            let len = self.pre.row_len();
+            let mut pixels = Vec::new();
+            let status: Vec<std::result::Result<(), String>> = chunk
+                .iter()
+                .map(|r| {
+                    let input = r.input().ok_or_else(|| "input is null".to_string())?;
+                    let mut v = vec![0f32; len];
+                    self.pre.fill_limited(input, &mut v, o.max_pixels)?;
+                    pixels.extend_from_slice(&v);
+                    Ok(())
+                })
+                .collect();
+            let good = pixels.len() / len;
+            let mut values = match &self.module {
+                Some(m) if good > 0 => self.forward(m, pixels, good, target).into_iter(),
+                _ => Vec::new().into_iter(),
+            };
+            for (row, s) in chunk.iter().zip(status) {
+                out.push(s.map(|()| match &self.module {
+                    Some(_) => values.next().unwrap(),
+                    None => self.pytorch(row.file().unwrap(), target),
+                }));
+            }
+        }
+        out
+    }
+
+    /// `Model::run` as it was: NCHW view, NHWC strides, bf16, output 0 (or the featurize
+    /// source), softmax of logits in float32.
+    fn forward(&self, m: &CModule, x: Vec<f32>, n: usize, target: Target) -> Vec<Vec<f32>> {
+        tch::set_num_threads(self.threads);
+        let _no_grad = tch::no_grad_guard();
+        let i = &self.spec.input;
+        let mut t = Tensor::from_slice(&x).view([
+            n as i64,
+            i.channels as i64,
+            i.height as i64,
+            i.width as i64,
+        ]);
+        if self.channels_last {
+            t = t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+        }
+        if self.bf16 {
+            t = t.to_kind(Kind::BFloat16);
+        }
+        let args = [IValue::Tensor(t)];
+        let source = match target {
+            Target::Probabilities => FeatureSource::OutputIndex(0),
+            Target::Features => self.spec.featurize.as_ref().unwrap().source().unwrap(),
+        };
+        let (out, index) = match source {
+            FeatureSource::Method(name) => (m.method_is(&name, &args).unwrap(), 0),
+            FeatureSource::OutputIndex(k) => (m.forward_is(&args).unwrap(), k),
+        };
+        let out = match out {
+            IValue::Tensor(t) if index == 0 => t,
+            IValue::Tuple(items) => match items.into_iter().nth(index).unwrap() {
+                IValue::Tensor(t) => t,
+                _ => panic!("{}: output {index} is not a tensor", self.name),
+            },
+            _ => panic!("{}: output {index} is not a tensor", self.name),
+        };
+        let out = match (target, self.spec.output) {
+            (Target::Probabilities, OutputKind::Logits) => out.softmax(-1, Kind::Float),
+            _ => out.to_kind(Kind::Float),
+        };
+        let width = out.numel() / n;
+        let flat = Vec::<f32>::try_from(&out.contiguous().view([-1])).unwrap();
+        flat.chunks(width).map(<[f32]>::to_vec).collect()
+    }
+
+    /// PyTorch's values for `file` through this package.
+    fn pytorch(&self, file: &str, target: Target) -> Vec<f32> {
+        let e = expected_for(&self.name)
+            .into_iter()
+            .find(|e| e.file == file)
+            .unwrap();
+        match target {
+            Target::Probabilities => e.probability,
+            Target::Features => e.features,
+        }
+    }
+
+    /// Bitwise for a TorchScript model; aoti.rs's tolerance for a package.
+    fn assert_close(&self, what: &str, file: Option<&str>, want: &[f32], got: &[f32], t: Target) {
+        if self.module.is_some() {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(want), bits(got), "{what}");
+            return;
+        }
+        let file = file.unwrap();
+        let tol = if file.ends_with(".jpg") { 2e-2 } else { 1e-5 };
+        let scale = if t == Target::Features && self.name.starts_with("resnet20") {
+            want.iter().fold(1f32, |m, v| m.max(v.abs()))
+        } else {
+            1.0
+        };
+        let d = max_abs_diff(want, got);
+        assert!(
+            d <= tol * scale,
+            "{what}: {file} differs from PyTorch by {d}"
+        );
+    }
+}
+
+/// Indices of the `k` largest values, best first; ties keep the lower index (like argmax).
+fn ranking(p: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+fn f32_row(l: &arrow_array::ListArray, i: usize) -> Option<Vec<f32>> {
+    (!l.is_null(i)).then(|| l.value(i).as_primitive::<Float32Type>().values().to_vec())
+}
+
+/// A list<float64> row, each value a float32 exactly.
+fn f64_row_as_f32(l: &arrow_array::ListArray, i: usize) -> Option<Vec<f32>> {
+    (!l.is_null(i)).then(|| {
+        let v = l.value(i);
+        v.as_primitive::<Float64Type>()
+            .values()
+            .iter()
+            .map(|&x| {
+                assert_eq!(x as f32 as f64, x, "a float32 value in the float64 vector");
+                x as f32
+            })
+            .collect()
+    })
+}
+
+/// Row `i`'s error: the oracle's reason behind ``row N: input `image` (column C): ``, or none.
+fn check_error(what: &str, out: &RecordBatch, i: usize, want: &Want, o: &BatchOptions, col: &str) {
+    let got = str_row(out, "error", i);
+    match want {
+        Ok(_) => assert_eq!(got, None, "{what} row {i}"),
+        Err(reason) => {
+            let row = o.row_offset + i as u64;
+            let full = format!("row {row}: input `image` (column {col}): {reason}");
+            assert_eq!(got.as_deref(), Some(full.as_str()), "{what} row {i}");
         }
     }
 }
 
-fn check_score(what: &str, old: &RecordBatch, new: &RecordBatch, column: &str) {
-    let names: Vec<String> = new
+fn check_score(
+    oracle: &Oracle,
+    what: &str,
+    rows: &[Row],
+    out: &RecordBatch,
+    o: &BatchOptions,
+    col: &str,
+) {
+    let names: Vec<String> = out
         .schema()
         .fields()
         .iter()
@@ -270,53 +464,118 @@ fn check_score(what: &str, old: &RecordBatch, new: &RecordBatch, column: &str) {
         ],
         "{what}"
     );
-    same_errors(what, old, new, column);
-    assert_eq!(predictions(old), predictions(new), "{what}: prediction");
-    assert_eq!(
-        f32_lists(old, "probability"),
-        f32_lists(new, "probability"),
-        "{what}: probability"
-    );
-    assert_eq!(
-        strings(old, "predicted_label"),
-        strings(new, "predicted_label"),
-        "{what}: predicted_label"
-    );
-    assert_eq!(top_k(old, "top_k"), top_k(new, "top_k"), "{what}: top_k");
+    let want = oracle.run(rows, o, Target::Probabilities);
+    let prediction = out.column_by_name("prediction").unwrap();
+    assert_eq!(prediction.data_type(), &arrow_schema::DataType::Float64);
+    let prediction = prediction.as_primitive::<Float64Type>();
+    let probability = out.column_by_name("probability").unwrap().as_list::<i32>();
+    let top_k = out.column_by_name("top_k").unwrap().as_list::<i32>();
+    let labels = oracle.spec.labels.as_deref();
+    let classes = want.iter().flatten().map(Vec::len).max().unwrap_or(0);
+    for (i, w) in want.iter().enumerate() {
+        let what = format!("{what} row {i}");
+        check_error(&what, out, i, w, o, col);
+        let Ok(w) = w else {
+            assert!(prediction.is_null(i) && probability.is_null(i) && top_k.is_null(i));
+            assert_eq!(str_row(out, "predicted_label", i), None, "{what}");
+            continue;
+        };
+        let got = f32_row(probability, i).unwrap();
+        oracle.assert_close(&what, rows[i].file(), w, &got, Target::Probabilities);
+        // The class writers: from the exact probabilities (the oracle's for a TorchScript
+        // model, the row's own for a package, whose values are PyTorch's up to rounding).
+        let p = if oracle.module.is_some() { w } else { &got };
+        let order = ranking(p, o.top_k.min(classes).max(1));
+        assert_eq!(prediction.value(i), order[0] as f64, "{what}: prediction");
+        assert_eq!(
+            str_row(out, "predicted_label", i).as_deref(),
+            labels.and_then(|l| l.get(order[0])).map(String::as_str),
+            "{what}: predicted_label"
+        );
+        let entries = top_k.value(i);
+        let s = entries.as_struct();
+        let idx = s.column(0).as_primitive::<Int32Type>();
+        let label = s.column(1).as_string::<i32>();
+        let prob = s.column(2).as_primitive::<Float32Type>();
+        assert_eq!(s.len(), o.top_k.min(classes), "{what}: top_k");
+        for (j, &c) in order.iter().take(s.len()).enumerate() {
+            assert_eq!(idx.value(j), c as i32, "{what}: top_k {j}");
+            assert_eq!(
+                (!label.is_null(j)).then(|| label.value(j)),
+                labels.and_then(|l| l.get(c)).map(String::as_str),
+                "{what}: top_k {j}"
+            );
+            assert_eq!(prob.value(j).to_bits(), p[c].to_bits(), "{what}: top_k {j}");
+        }
+    }
 }
 
-fn compare(c: &Case, scorer: &Scorer, what: &str, batch: &RecordBatch, o: &BatchOptions) {
+fn compare(
+    c: &Case,
+    oracle: &Oracle,
+    scorer: &Scorer,
+    what: &str,
+    rows: &[Row],
+    batch: &RecordBatch,
+    o: &BatchOptions,
+) {
     let column = match &o.input_column {
         Some(c) => c.clone(),
         None => batch.schema().field(0).name().clone(),
     };
     let what = format!("{}: {what}", c.name);
-    let old = scorer.score(batch, o).unwrap();
+    // The `score` call (op 0) and the `score` preset are one path.
+    let scored = scorer.score(batch, o).unwrap();
+    check_score(oracle, &format!("{what}, score"), rows, &scored, o, &column);
     let new = general(scorer, batch, o, "score");
-    check_score(&what, &old, &new, &column);
+    check_score(
+        oracle,
+        &format!("{what}, preset score"),
+        rows,
+        &new,
+        o,
+        &column,
+    );
     // `predict` of a version-1 spec: its class vector as a float64 vector (softmax applied to
     // logits), which is the score's probability exactly.
     let output = general(scorer, batch, o, "predict");
-    same_errors(&what, &old, &output, &column);
-    assert_eq!(
-        f32_lists(&old, "probability"),
-        f64_lists_as_f32(&output, "output"),
-        "{what}: output"
-    );
-    if scorer.model().image_spec().unwrap().featurize.is_some() {
-        let old = scorer.featurize(batch, o).unwrap();
-        let new = general(scorer, batch, o, "featurize");
-        same_errors(&what, &old, &new, &column);
-        assert_eq!(
-            f32_lists(&old, "features"),
-            f32_lists(&new, "features"),
-            "{what}: features"
-        );
+    let want = oracle.run(rows, o, Target::Probabilities);
+    let got = output.column_by_name("output").unwrap().as_list::<i32>();
+    for (i, w) in want.iter().enumerate() {
+        let what = format!("{what}, predict row {i}");
+        check_error(&what, &output, i, w, o, &column);
+        match w {
+            Ok(w) => {
+                let g = f64_row_as_f32(got, i).unwrap();
+                oracle.assert_close(&what, rows[i].file(), w, &g, Target::Probabilities);
+            }
+            Err(_) => assert!(got.is_null(i), "{what}"),
+        }
+    }
+    if oracle.spec.featurize.is_some() {
+        let want = oracle.run(rows, o, Target::Features);
+        for (call, out) in [
+            ("featurize", scorer.featurize(batch, o).unwrap()),
+            ("preset featurize", general(scorer, batch, o, "featurize")),
+        ] {
+            let features = out.column_by_name("features").unwrap().as_list::<i32>();
+            for (i, w) in want.iter().enumerate() {
+                let what = format!("{what}, {call} row {i}");
+                check_error(&what, &out, i, w, o, &column);
+                match w {
+                    Ok(w) => {
+                        let g = f32_row(features, i).unwrap();
+                        oracle.assert_close(&what, rows[i].file(), w, &g, Target::Features);
+                    }
+                    Err(_) => assert!(features.is_null(i), "{what}"),
+                }
+            }
+        }
     }
 }
 
 #[test]
-fn every_version_one_fixture_gives_the_same_bits_on_the_general_path() {
+fn every_version_one_fixture_gives_the_oracles_values_on_the_general_path() {
     let mut ran = 0;
     for c in cases() {
         let scorer = match Scorer::open(&c.config) {
@@ -327,23 +586,45 @@ fn every_version_one_fixture_gives_the_same_bits_on_the_general_path() {
             }
             Err(e) => panic!("{}: {e}", c.name),
         };
+        let oracle = Oracle::new(&c);
+        let encoded = encoded_rows();
         for batch_size in [3, 64] {
             compare(
                 &c,
+                &oracle,
                 &scorer,
                 &format!("encoded, batch {batch_size}"),
-                &encoded_batch(),
+                &encoded,
+                &encoded_batch(&encoded),
                 &opts(batch_size),
             );
         }
-        let input = &scorer.model().image_spec().unwrap().input;
+        let input = &oracle.spec.input;
         if (input.channels, input.height, input.width) == (3, 32, 32) {
-            compare(&c, &scorer, "floats", &float_rows(), &opts(2));
+            let floats = float_rows(&oracle.pre);
+            compare(
+                &c,
+                &oracle,
+                &scorer,
+                "floats",
+                &floats,
+                &float_batch_of(&floats),
+                &opts(2),
+            );
             let o = BatchOptions {
                 input_column: Some("picture".into()),
                 ..opts(2)
             };
-            compare(&c, &scorer, "image structs", &struct_rows(), &o);
+            let structs = struct_rows();
+            compare(
+                &c,
+                &oracle,
+                &scorer,
+                "image structs",
+                &structs,
+                &struct_batch(&structs),
+                &o,
+            );
         }
         ran += 1;
     }
@@ -383,7 +664,8 @@ fn predict_on_a_version_one_spec_gives_pytorchs_values() {
 #[test]
 fn an_image_input_reads_preprocessed_floats() {
     let exp = expected();
-    let floats = float_rows();
+    let short = vec![0.5f32; 10];
+    let floats = float_batch(&[Some(&exp[0].input), Some(&short), None, Some(&exp[1].input)]);
     let other: ArrayRef = Arc::new(arrow_array::Int32Array::from(vec![0, 1, 2, 3]));
     let batch =
         RecordBatch::try_from_iter([("id", other), ("pixels", floats.column(0).clone())]).unwrap();

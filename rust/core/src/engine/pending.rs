@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 
 use super::{EngineStats, Op, TaskId};
-use crate::batch::{BatchOptions, ImagePending, Scorer};
+use crate::batch::{BatchOptions, Scorer};
 use crate::error::{Error, Result};
-use crate::model::Target;
 use crate::plan::GeneralPending;
 use crate::spec::general::{DType, InputKind};
 
@@ -31,7 +30,6 @@ const _: fn() = || {
 };
 
 enum PendingState {
-    Images(Box<ImagePending>),
     General(Box<GeneralPending>),
     Taken,
 }
@@ -43,7 +41,6 @@ impl Pending {
         // Output writers read tensors: inside the gate (the ticket waits step outside it).
         let _inside = crate::lifecycle::try_enter()?;
         let polled = match &mut self.state {
-            PendingState::Images(p) => p.poll(timeout),
             PendingState::General(p) => p.poll(timeout),
             PendingState::Taken => {
                 return Err(Error::Internal {
@@ -86,38 +83,13 @@ impl Scorer {
         // PREPARE builds tensors on this thread: inside the gate.
         let _inside = crate::lifecycle::try_enter()?;
         // The options' selection wins over the op code's preset.
-        let op = if opts.preset.is_some() || opts.outputs.is_some() {
-            Op::Predict
-        } else {
-            op
-        };
-        let state = match op {
-            Op::Score => PendingState::Images(Box::new(self.submit_images(
-                batch,
-                opts,
-                Target::Probabilities,
-                task,
-            )?)),
-            Op::Featurize => {
-                self.check_featurize()?;
-                PendingState::Images(Box::new(self.submit_images(
-                    batch,
-                    opts,
-                    Target::Features,
-                    task,
-                )?))
-            }
-            Op::Predict => PendingState::General(Box::new(self.submit_general(
-                batch,
-                opts,
-                opts.preset.as_deref().unwrap_or(match op {
-                    Op::Score => "score",
-                    Op::Featurize => "featurize",
-                    Op::Predict => "predict",
-                }),
-                task,
-            )?)),
-        };
+        let preset = opts.preset.as_deref().unwrap_or(match op {
+            Op::Score => "score",
+            Op::Featurize => "featurize",
+            Op::Predict => "predict",
+        });
+        let state =
+            PendingState::General(Box::new(self.submit_general(batch, opts, preset, task)?));
         Ok(Pending { state })
     }
 
