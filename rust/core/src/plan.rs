@@ -60,6 +60,9 @@ impl Scorer {
         preset: &str,
         task: TaskId,
     ) -> Result<GeneralPending> {
+        // Assembling runs torch ops (stack, pad) here, which may start an OpenMP team: this
+        // thread's count first (one thread in a forked child whose team stayed in the parent).
+        crate::sys::set_threads(self.threads());
         let spec = self.model().general();
         let selected = select(spec, preset, opts.outputs.as_deref(), self.model().path())?;
         // One call, one method: `select` checked that the selected outputs share it.
