@@ -114,19 +114,4 @@ pub enum ErrorKind {
     Internal = 7,
 }
 
-impl ErrorKind {
-    /// The name used in messages and by the Python layer.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::ModelLoad => "ModelLoadError",
-            ErrorKind::Spec => "ModelSpecError",
-            ErrorKind::Config => "ConfigError",
-            ErrorKind::Device => "DeviceError",
-            ErrorKind::Input => "InputError",
-            ErrorKind::Inference => "InferenceError",
-            ErrorKind::Internal => "InternalError",
-        }
-    }
-}
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;

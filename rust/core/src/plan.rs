@@ -382,15 +382,8 @@ impl GeneralPending {
                     else {
                         return Ok(None);
                     };
-                    match done {
-                        Done::General(value) => Some(value),
-                        Done::Image { .. } => {
-                            return Err(internal(
-                                "finishing a general batch",
-                                "the engine returned image values",
-                            ));
-                        }
-                    }
+                    let Done::General(value) = done;
+                    Some(value)
                 }
             };
             let started = Instant::now();

@@ -39,7 +39,7 @@ use tch::Tensor;
 
 use crate::error::{Error, Result};
 use crate::lifecycle;
-use crate::model::{Model, Target};
+use crate::model::Model;
 use crate::value::{ModelInput, Value};
 
 mod pending;
@@ -163,10 +163,8 @@ pub struct Job {
     pub work: Work,
 }
 
-/// The inputs of a job.
+/// The inputs of a job (one kind since images became an input kind of the general path).
 pub enum Work {
-    /// Preprocessed CHW float rows (`rows x row_len` values) for [`Model::run`].
-    Image { pixels: Vec<f32>, target: Target },
     /// `forward`'s arguments for [`Model::forward`] (masks and type ids included), and the
     /// method to call (`None`: forward). Jobs of different methods never share a pass.
     General {
@@ -175,9 +173,8 @@ pub enum Work {
     },
 }
 
-/// A job's outputs: [`Model::run`]'s `(values, width)`, or [`Model::forward`]'s value.
+/// A job's outputs: [`Model::forward`]'s value.
 pub enum Done {
-    Image { values: Vec<f32>, width: usize },
     General(Value),
 }
 
@@ -826,17 +823,15 @@ impl Inner {
             return (Err(self.fail(closed.into())), Duration::ZERO);
         };
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_work(&model, work, rows, self.threads)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(self.fail(format!("forward pass panicked: {what}")))
-        });
+        let result = catch_unwind(AssertUnwindSafe(|| run_work(&model, work, self.threads)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(self.fail(format!("forward pass panicked: {what}")))
+            });
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
         (result, started.elapsed())
@@ -913,29 +908,13 @@ fn followers(head: &Queued, queue: &VecDeque<Queued>) -> (usize, bool) {
     (queue.len(), rows >= limit)
 }
 
-/// Whether two jobs can share one pass: images of the same target and row length; general
-/// jobs whose every argument is a batched tensor of equal dtype, device and shape past dim 0.
+/// Whether two jobs can share one pass: jobs of one method whose every argument is a batched tensor of equal dtype, device and shape past dim 0.
 /// `List[Tensor]` arguments (`ragged: "list"`) never merge.
 fn compatible(a: &Job, b: &Job) -> bool {
     if a.rows == 0 || b.rows == 0 {
         return false;
     }
     match (&a.work, &b.work) {
-        (
-            Work::Image {
-                pixels: pa,
-                target: ta,
-            },
-            Work::Image {
-                pixels: pb,
-                target: tb,
-            },
-        ) => {
-            ta == tb
-                && pa.len() % a.rows == 0
-                && pb.len() % b.rows == 0
-                && pa.len() / a.rows == pb.len() / b.rows
-        }
         (
             Work::General {
                 args: xa,
@@ -962,7 +941,6 @@ fn compatible(a: &Job, b: &Job) -> bool {
                     _ => false,
                 })
         }
-        _ => false,
     }
 }
 
@@ -971,27 +949,6 @@ fn compatible(a: &Job, b: &Job) -> bool {
 fn merge(batch: &[Queued]) -> Option<Work> {
     let first = batch.first()?;
     match &first.job.work {
-        Work::Image { target, .. } => {
-            let mut pixels = Vec::with_capacity(
-                batch
-                    .iter()
-                    .map(|q| match &q.job.work {
-                        Work::Image { pixels, .. } => pixels.len(),
-                        Work::General { .. } => 0,
-                    })
-                    .sum(),
-            );
-            for q in batch {
-                let Work::Image { pixels: p, .. } = &q.job.work else {
-                    return None;
-                };
-                pixels.extend_from_slice(p);
-            }
-            Some(Work::Image {
-                pixels,
-                target: *target,
-            })
-        }
         Work::General { args, method } => {
             let mut merged = Vec::with_capacity(args.len());
             for i in 0..args.len() {
@@ -1002,7 +959,6 @@ fn merge(batch: &[Queued]) -> Option<Work> {
                             Some(ModelInput::Batch(t)) => Some(t),
                             _ => None,
                         },
-                        Work::Image { .. } => None,
                     })
                     .collect::<Option<Vec<&Tensor>>>()?;
                 merged.push(ModelInput::Batch(Tensor::f_cat(&parts, 0).ok()?));
@@ -1019,26 +975,6 @@ fn merge(batch: &[Queued]) -> Option<Work> {
 /// output is not batched by row (then each job runs alone).
 fn split(done: Done, sizes: &[usize]) -> Option<Vec<Done>> {
     match done {
-        Done::Image { values, width } => {
-            let total: usize = sizes.iter().sum();
-            if values.len() != total.checked_mul(width)? {
-                return None;
-            }
-            let mut start = 0;
-            Some(
-                sizes
-                    .iter()
-                    .map(|&n| {
-                        let part = values[start..start + n * width].to_vec();
-                        start += n * width;
-                        Done::Image {
-                            values: part,
-                            width,
-                        }
-                    })
-                    .collect(),
-            )
-        }
         Done::General(value) => Some(value.split(sizes)?.into_iter().map(Done::General).collect()),
     }
 }
@@ -1107,12 +1043,8 @@ impl Drop for Ticket {
 }
 
 /// Runs one job's work alone on the calling thread with `threads` intra-op threads.
-pub fn run_work(model: &Model, work: Work, rows: usize, threads: usize) -> Result<Done> {
+pub fn run_work(model: &Model, work: Work, threads: usize) -> Result<Done> {
     match work {
-        Work::Image { pixels, target } => {
-            let (values, width) = model.run(&pixels, rows, threads, target)?;
-            Ok(Done::Image { values, width })
-        }
         Work::General { args, method } => Ok(Done::General(model.forward(
             args,
             method.as_deref(),

@@ -148,11 +148,7 @@ impl Scorer {
             let pow2 = if fit == 0 { 1 } else { 1 << fit.ilog2() };
             pow2.clamp(16, max)
         };
-        let model = self.model();
-        if let Ok(pre) = model.preprocessor() {
-            return rows(pre.row_len() * std::mem::size_of::<f32>(), 1024);
-        }
-        let spec = model.general();
+        let spec = self.model().general();
         if spec
             .inputs
             .iter()
@@ -169,7 +165,8 @@ impl Scorer {
                 elems * dtype_bytes(d.dtype)
             })
             .sum();
-        rows(bytes, 8192)
+        // A version-1 image spec's one input is its C x H x W float32 row.
+        rows(bytes, if spec.lowered_from_v1 { 1024 } else { 8192 })
     }
 }
 

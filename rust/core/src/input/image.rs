@@ -95,7 +95,7 @@ impl ImageReader<'_> {
 impl InputReader for ImageReader<'_> {
     fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>> {
         // Decoding gets the caller's thread budget, like the forward pass that follows it.
-        match crate::batch::decode_pool(threads) {
+        match crate::sys::decode_pool(threads) {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }
@@ -130,7 +130,7 @@ impl InputReader for ImageReader<'_> {
             }
             res
         };
-        let status = match crate::batch::decode_pool(threads) {
+        let status = match crate::sys::decode_pool(threads) {
             None => out.chunks_mut(row_len).enumerate().map(fill).collect(),
             Some(pool) => {
                 pool.install(|| out.par_chunks_mut(row_len).enumerate().map(fill).collect())
