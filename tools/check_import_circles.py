@@ -12,16 +12,49 @@ import sys
 from pathlib import Path
 
 PATH = re.compile(r"\bcrate::([a-z_][a-z0-9_]*)")
+RAW = re.compile(r'b?r(#*)"')
+# A char literal ('x', '\n', '\u{1F600}'), not a lifetime ('a).
+CHAR = re.compile(r"'(?:\\(?:u\{[0-9a-fA-F]+\}|x[0-9a-fA-F]{2}|.)|[^\\'])'")
 # `crate::{a, b::C}` groups.
 GROUP = re.compile(r"\bcrate::\{([^}]*)\}", re.S)
 
 
 def code_of(text: str) -> str:
-    """The text without comments and string literals (doc comments name paths freely)."""
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
-    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
-    return "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+    """The code without comments, strings and char literals (doc comments name paths freely)."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        elif (m := RAW.match(text, i)) and (
+            i == 0 or not (text[i - 1].isalnum() or text[i - 1] == "_")
+        ):
+            end = text.find('"' + m.group(1), m.end())
+            i = n if end < 0 else end + 1 + len(m.group(1))
+            out.append('""')
+        elif c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            out.append('""')
+        elif c == "'" and (m := CHAR.match(text, i)):
+            i = m.end()
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
 
 
 def module_of(src: Path, file: Path) -> str:
