@@ -2,7 +2,7 @@
 //!
 //! Whole-call failures (a model that will not load, a bad spec, a batch of the wrong shape) are
 //! [`Error`]s. A bad *row* is never an `Error`: it becomes the row's `error` column and the rest
-//! of the batch is still scored (see [`crate::batch`]).
+//! of the batch is still scored (see [`crate::run`]).
 
 use std::path::PathBuf;
 

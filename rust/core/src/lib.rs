@@ -14,7 +14,7 @@
 //! - [`limits`]: the memory bounds of rows and chunks (row errors and splits, never an abort).
 //! - [`host`]: this host's name and CPU flags (packages needing instructions it lacks are refused).
 
-pub mod batch;
+pub mod config;
 pub mod engine;
 pub mod error;
 pub mod host;
@@ -23,14 +23,24 @@ pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod output;
-pub mod plan;
 pub mod preprocess;
+pub mod run;
 pub mod spec;
 mod sys;
 pub mod value;
 
-pub use batch::{BatchOptions, Scorer, StageTimes};
-pub use engine::{EngineConfig, EngineMode, EngineStats, Op, Pending, TaskId};
+pub use engine::{EngineConfig, EngineMode, EngineStats, Op, TaskId};
+pub use run::{BatchOptions, Pending, Scorer, StageTimes};
+
+/// The old path of the handle's types (now in [`run`]), kept for callers that name it.
+pub mod batch {
+    pub use crate::run::{BatchOptions, Scorer, StageTimes};
+}
+
+/// The old path of the general path's public items (now [`run::plan`]).
+pub mod plan {
+    pub use crate::run::plan::{INPUTS_KEY, TRUNCATED_ROWS_KEY, output_schema};
+}
 pub use error::{Error, ErrorKind, Result};
 pub use model::{Format, ModelConfig, Precision, load_count};
 pub use spec::{

@@ -34,73 +34,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::Tensor;
 
+pub use crate::config::{EngineConfig, EngineMode};
 use crate::error::{Error, Result};
 use crate::lifecycle;
 use crate::model::Model;
 use crate::value::{ModelInput, Value};
 
-mod pending;
-pub use pending::Pending;
-
 /// A task's identity: Spark's `taskAttemptId` on the JVM, a per-process counter in Python.
 pub type TaskId = u64;
-
-/// `shared`: forward passes run on the engine's workers (batched across tasks, overlapping the
-/// caller's decoding). `per-task`: each call runs its forward pass on the caller's thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EngineMode {
-    #[default]
-    Shared,
-    PerTask,
-}
-
-/// How the engine is sized; travels in [`crate::ModelConfig`] as `"engine": {...}`. Every
-/// count of 0 means "auto". Workers x threads per worker never exceed `cores`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    pub mode: EngineMode,
-    /// The executor's cores (`spark.executor.cores`, N of `local[N]`); 0 = this host's.
-    pub cores: usize,
-    /// Forward workers; 0 = auto: `max(1, cores / task_cpus)` on CPU, 1 per GPU.
-    pub workers: usize,
-    /// Intra-op threads of each worker's passes; 0 = auto: `max(1, cores / workers)`.
-    pub threads_per_worker: usize,
-    /// `spark.task.cpus`: each task's decoding threads; 0 = 1.
-    pub task_cpus: usize,
-    /// How long a worker waits for a fuller batch when more than one task is active, in
-    /// microseconds.
-    pub max_wait_us: u64,
-    /// Bound on queued rows; 0 = 4 x the largest batch submitted.
-    pub queue_rows: usize,
-    /// Bound on queued input bytes (native memory); 0 = 256 MiB.
-    pub queue_bytes: usize,
-    /// Bound on every wait (for queue space, for a result), in milliseconds.
-    pub timeout_ms: u64,
-    /// Test hook: each forward pass sleeps this long first (kill and merge tests).
-    pub debug_delay_ms: u64,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            mode: EngineMode::Shared,
-            cores: 0,
-            workers: 0,
-            threads_per_worker: 0,
-            task_cpus: 0,
-            max_wait_us: 2_000,
-            queue_rows: 0,
-            queue_bytes: 0,
-            timeout_ms: 600_000,
-            debug_delay_ms: 0,
-        }
-    }
-}
 
 /// Which result a submitted batch asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +273,8 @@ impl Engine {
             EngineMode::Shared => 0,
         };
         let key = (Arc::as_ptr(model) as usize, config.clone(), key_threads);
+        // Before the registry's lock is first taken (see `lifecycle::register_engines`).
+        lifecycle::register_engines(&LIFECYCLE_HOOKS);
         let mut reg = lock(&ENGINES);
         reg.engines.retain(|_, e| e.strong_count() > 0);
         reg.inners.retain(|i| i.strong_count() > 0);
@@ -471,9 +417,15 @@ impl Drop for Engine {
     }
 }
 
+/// What [`lifecycle`] does to the engines at exit and fork (it sits below this module).
+static LIFECYCLE_HOOKS: lifecycle::EngineHooks = lifecycle::EngineHooks {
+    stop_all,
+    fork_prepare: || Box::new(fork_prepare()),
+};
+
 /// Every engine of the process drops its queued jobs (their tickets fail with `reason`) and
 /// stops its workers after their current pass ([`lifecycle::shutdown`]).
-pub(crate) fn stop_all(reason: &str) {
+fn stop_all(reason: &str) {
     let inners: Vec<Arc<Inner>> = lock(&ENGINES)
         .inners
         .iter()
@@ -486,7 +438,7 @@ pub(crate) fn stop_all(reason: &str) {
 
 /// The engines' locks, held by a forking thread from `prepare` to `parent` / `child`: no
 /// thread of the parent holds one when the child is made.
-pub(crate) struct ForkHeld {
+struct ForkHeld {
     // Dropped in this order: the guards borrow from `inners`.
     _states: Vec<MutexGuard<'static, State>>,
     _inners: Vec<Arc<Inner>>,
@@ -494,7 +446,7 @@ pub(crate) struct ForkHeld {
 }
 
 /// Takes the registry's lock, then every engine's (the order every other path takes them in).
-pub(crate) fn fork_prepare() -> ForkHeld {
+fn fork_prepare() -> ForkHeld {
     let registry = lock(&ENGINES);
     let inners: Vec<Arc<Inner>> = registry.inners.iter().filter_map(Weak::upgrade).collect();
     let states = inners

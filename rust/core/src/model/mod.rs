@@ -72,10 +72,10 @@ pub struct ModelConfig {
     /// rounding. Packages take the layout they were compiled for (see [`aoti`]).
     #[serde(default = "yes")]
     pub channels_last: bool,
-    /// The inference engine this caller's forward passes go through (see [`crate::engine`]);
+    /// The inference engine this caller's forward passes go through (see `engine`);
     /// not part of the model's identity: every engine of a file shares one loaded model.
     #[serde(default)]
-    pub engine: crate::engine::EngineConfig,
+    pub engine: crate::config::EngineConfig,
 }
 
 fn yes() -> bool {
@@ -103,7 +103,7 @@ impl ModelConfig {
             num_threads: None,
             precision: Precision::Fp32,
             channels_last: true,
-            engine: crate::engine::EngineConfig::default(),
+            engine: crate::config::EngineConfig::default(),
         }
     }
 

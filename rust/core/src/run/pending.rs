@@ -1,7 +1,8 @@
-//! What `Scorer::submit` returns, and the `Scorer` side of the engine.
+//! What `Scorer::submit` returns ([`Pending`]), and `Scorer`'s submit, call, cancel and
+//! engine stats: the caller's side of the engine.
 //!
 //! A call runs in three steps: PREPARE on the caller's thread (read the rows, decode or
-//! tokenize, assemble each chunk of good rows into a [`Job`](super::Job)), SUBMIT each job to
+//! tokenize, assemble each chunk of good rows into a [`Job`](crate::engine::Job)), SUBMIT each job to
 //! the engine, FINISH in [`Pending::wait`] (the output columns, the error column, the input
 //! order, the metadata). `score`, `featurize` and `predict` are `submit` + `wait`: one path.
 
@@ -10,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 
-use super::{EngineStats, Op, TaskId};
-use crate::batch::{BatchOptions, Scorer};
+use super::plan::GeneralPending;
+use super::{BatchOptions, Scorer};
+use crate::engine::{EngineStats, Op, TaskId};
 use crate::error::{Error, Result};
-use crate::plan::GeneralPending;
 use crate::spec::general::{DType, InputKind};
 
 /// A submitted batch: [`Pending::wait`] returns its result once. `Send` and `'static`: it owns

@@ -1,4 +1,7 @@
-//! Arrow batch in, Arrow batch out: scoring and featurizing.
+//! The caller's handle ([`Scorer`]): Arrow batch in, Arrow batch out, above the engine.
+//! `open` and the per-call options and stage times here; `submit`/`wait`/`cancel`/stats in
+//! [`pending`]; the general path that prepares jobs and writes outputs (and `describe`) in
+//! [`plan`]. `score`, `featurize` and `predict` are presets of that one path.
 //!
 //! The input batch has one image column (or `input_column` names it): binary (encoded images),
 //! Spark's image struct, or a list of floats. The output has one row per input row, in order.
@@ -17,6 +20,11 @@ use crate::engine::{Done, Engine, JobTimes, Op, Ticket};
 use crate::error::{Error, Result};
 use crate::limits::CallLimits;
 use crate::model::{self, Model, ModelConfig};
+
+pub mod pending;
+pub mod plan;
+
+pub use pending::Pending;
 
 /// Per-call options (the FFI layers pass them as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -140,7 +148,7 @@ impl Scorer {
         })
     }
 
-    /// The model shared with the engine (what a [`crate::engine::Pending`] keeps alive).
+    /// The model shared with the engine (what a [`Pending`] keeps alive).
     pub(crate) fn model_arc(&self) -> &Arc<Model> {
         &self.model
     }

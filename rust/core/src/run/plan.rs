@@ -17,7 +17,7 @@ use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use arrow_select::take::{take, take_record_batch};
 
-use crate::batch::{BatchOptions, Scorer, StageTimes, row_span, wait_chunk};
+use super::{BatchOptions, Scorer, StageTimes, row_span, wait_chunk};
 use crate::engine::{Done, Job, Op, TaskId, Ticket, Work};
 use crate::error::{Error, Result};
 use crate::input;
@@ -678,10 +678,7 @@ impl<'r, 'a> Sizer<'r, 'a> {
                 segments.push(Segment {
                     rows: j..j + 1,
                     cut: true,
-                    over_budget: Some((
-                        i,
-                        crate::batch::over_chunk_budget(bytes, self.budget, &what),
-                    )),
+                    over_budget: Some((i, super::over_chunk_budget(bytes, self.budget, &what))),
                 });
                 start = j + 1;
                 parts.iter_mut().for_each(|p| *p = Part::default());
