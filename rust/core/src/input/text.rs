@@ -27,7 +27,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::{InputReader, RowData, RowTensor};
 use crate::error::{Error, Result};
-use crate::preprocess::RowTimes;
+use crate::input::image::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl};
 
 /// A loaded tokenizer with the spec's overrides; one per text input of a loaded model, shared

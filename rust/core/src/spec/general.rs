@@ -478,7 +478,7 @@ impl InputDecl {
         self.shape.contains(&-1)
     }
 
-    /// A fixed-size image input as a version-1 spec (what [`crate::preprocess::Preprocessor`]
+    /// A fixed-size image input as a version-1 spec (what `Preprocessor`
     /// is built from); `None` for other kinds or variable sizes.
     pub fn image_spec(&self) -> Option<ModelSpec> {
         if self.kind != InputKind::Image {

@@ -1,4 +1,7 @@
-//! Image inputs: encoded bytes or Spark's image struct through [`crate::preprocess`].
+//! Image inputs: the column reader (this file) over encoded bytes, Spark's image struct or
+//! preprocessed floats; one row's pipeline in [`preprocess`] (decode, convert, resize, crop,
+//! normalize), the files' completeness checks in `complete.rs`, Pillow's resize in
+//! `resize.rs`. `crate::preprocess` re-exports [`preprocess`]'s public items (their old path).
 //!
 //! A fixed shape `[C, H, W]` follows version 1's rules exactly ([`Preprocessor::fill_limited`]:
 //! decode, PIL's channel conversion, resize, crop, normalize); a column of floats is also
@@ -15,8 +18,12 @@ use arrow_schema::DataType;
 use rayon::prelude::*;
 
 use super::{DenseRows, InputReader, RowData, RowTensor};
-use crate::preprocess::{ImageInput, Preprocessor, RowTimes};
+mod complete;
+pub mod preprocess;
+mod resize;
+
 use crate::spec::general::InputDecl;
+use preprocess::{ImageInput, Preprocessor, RowTimes};
 
 /// See [`super::reader`].
 pub fn reader<'a>(
