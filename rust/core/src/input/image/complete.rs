@@ -7,6 +7,7 @@ use std::io::Cursor;
 
 use image::{ImageError, ImageFormat};
 
+/// Whether a decoder error means the data ended early.
 pub(super) fn is_eof(e: &ImageError) -> bool {
     match e {
         ImageError::IoError(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,

@@ -588,8 +588,6 @@ fn band_names(c: usize) -> &'static str {
     }
 }
 
-/// Whether a decoder error means the data ended early.
-
 fn format_name(f: ImageFormat) -> Option<&'static str> {
     Some(match f {
         ImageFormat::Png => "PNG",

@@ -2,6 +2,7 @@
 //! fixed-point arithmetic and rounding), computing only the crop window; and torchvision's
 //! center-crop offset. Called by the row pipeline in [`super::preprocess`].
 
+/// Pillow's fixed-point precision for 8-bit resampling (`PRECISION_BITS` in Resample.c).
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
 /// One axis of a resample: per output index, the first input index, the tap count, and
