@@ -141,6 +141,7 @@ lint: $(VENV)/.installed ## formatters and linters: rustfmt, clippy, ruff, scala
 	$(CARGO_ENV) cargo clippy --release --all-targets --locked -- -D warnings
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(PY) tools/check_import_circles.py
 	$(MVN) -q spotless:check
 	$(HARNESS_MVN) -q spotless:check
 

@@ -41,6 +41,7 @@ BINARIES = {
     "fuzz": ("torchspark-core", "fuzz"),
     "general": ("torchspark-core", "general"),
     "limits": ("torchspark-core", "limits"),
+    "one_path": ("torchspark-core", "one_path"),
     "pipeline": ("torchspark-core", "pipeline"),
     "reload": ("torchspark-core", "reload"),
     "scoring": ("torchspark-core", "scoring"),

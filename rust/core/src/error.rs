@@ -2,7 +2,7 @@
 //!
 //! Whole-call failures (a model that will not load, a bad spec, a batch of the wrong shape) are
 //! [`Error`]s. A bad *row* is never an `Error`: it becomes the row's `error` column and the rest
-//! of the batch is still scored (see [`crate::batch`]).
+//! of the batch is still scored (see [`crate::run`]).
 
 use std::path::PathBuf;
 
@@ -112,21 +112,6 @@ pub enum ErrorKind {
     Inference = 6,
     /// A panic or a bug.
     Internal = 7,
-}
-
-impl ErrorKind {
-    /// The name used in messages and by the Python layer.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorKind::ModelLoad => "ModelLoadError",
-            ErrorKind::Spec => "ModelSpecError",
-            ErrorKind::Config => "ConfigError",
-            ErrorKind::Device => "DeviceError",
-            ErrorKind::Input => "InputError",
-            ErrorKind::Inference => "InferenceError",
-            ErrorKind::Internal => "InternalError",
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,5 +1,6 @@
 //! Process-level settings that make libtorch fast inside a host that did not configure it
-//! (a Spark executor JVM, a Python worker): malloc tuning, thread counts, the CUDA backend.
+//! (a Spark executor JVM, a Python worker): malloc tuning, thread counts (intra-op, interop,
+//! the decode pools of the image and text readers), the CUDA backend and libtorch's loading.
 
 use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::Once;
@@ -45,8 +46,31 @@ pub(crate) fn tune_process() {
                 }
             }
         }
-        crate::model::init_interop_once();
+        init_interop_once();
     });
+}
+
+static INTEROP: Once = Once::new();
+
+/// One interop thread, before the first forward pass of the process (every pass runs on its
+/// caller's or a worker's thread; libtorch's interop pool would only add idle threads).
+fn init_interop_once() {
+    INTEROP.call_once(|| {
+        // Fails (and tch panics) if the pool was already started, e.g. by torch in the same
+        // Python process; then it is already set and there is nothing to do.
+        let _ = std::panic::catch_unwind(|| {
+            if tch::get_num_interop_threads() != 1 {
+                tch::set_num_interop_threads(1);
+            }
+        });
+    });
+}
+
+/// A rayon pool of `n` threads per distinct `n` for the readers' decoding and tokenizing (a
+/// handful per process, re-made in a forked child: [`crate::lifecycle`] keys them by process),
+/// none for one thread.
+pub(crate) fn decode_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
+    crate::lifecycle::decode_pool(n)
 }
 
 /// Sets this thread's intra-op thread count (libtorch's OpenMP setting is per calling thread,

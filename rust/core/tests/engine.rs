@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tch::{Kind, Tensor};
 use torchspark_core::engine::{Done, Engine, Job, JobTimes, Ticket, Work, run_work};
-use torchspark_core::model::{Model, Target, get_or_load};
+use torchspark_core::model::{Model, get_or_load};
 use torchspark_core::value::{ModelInput, Value};
 use torchspark_core::{EngineConfig, EngineMode, Error, ModelConfig};
 
@@ -51,36 +51,32 @@ fn pixels(seed: u64, rows: usize) -> Vec<f32> {
         .collect()
 }
 
+/// ResNet-20's input for `rows` rows of [`pixels`]: the image input of its lowered spec.
+fn image_args(seed: u64, rows: usize) -> Vec<ModelInput> {
+    let t = Tensor::from_slice(&pixels(seed, rows)).view([rows as i64, 3, 32, 32]);
+    vec![ModelInput::Batch(t)]
+}
+
 fn image_job(task: u64, seed: u64, rows: usize, max_batch: usize) -> Job {
-    let pixels = pixels(seed, rows);
     Job {
         task,
         rows,
-        bytes: pixels.len() * 4,
+        bytes: rows * ROW * 4,
         max_batch,
-        work: Work::Image {
-            pixels,
-            target: Target::Probabilities,
+        work: Work::General {
+            args: image_args(seed, rows),
+            method: None,
         },
     }
 }
 
 /// The job's rows run alone on this thread: what `per-task` gives.
 fn alone(model: &Model, seed: u64, rows: usize) -> Vec<f32> {
-    match run_work(
-        model,
-        Work::Image {
-            pixels: pixels(seed, rows),
-            target: Target::Probabilities,
-        },
-        rows,
-        1,
-    )
-    .unwrap()
-    {
-        Done::Image { values, .. } => values,
-        Done::General(_) => panic!("an image job returned a general value"),
-    }
+    let work = Work::General {
+        args: image_args(seed, rows),
+        method: None,
+    };
+    image_values(run_work(model, work, 1).unwrap())
 }
 
 fn wait(ticket: &mut Ticket) -> Result<(Done, JobTimes), Error> {
@@ -89,11 +85,13 @@ fn wait(ticket: &mut Ticket) -> Result<(Done, JobTimes), Error> {
         .expect("no result within 30 s")
 }
 
+/// ResNet-20's class probabilities (softmax of its logits, as scoring gives them), flattened.
 fn image_values(done: Done) -> Vec<f32> {
-    match done {
-        Done::Image { values, .. } => values,
-        Done::General(_) => panic!("an image job returned a general value"),
-    }
+    let Done::General(Value::Tensor(t)) = done else {
+        panic!("ResNet-20 returns one tensor")
+    };
+    let p = t.softmax(-1, Kind::Float).contiguous().view([-1]);
+    Vec::<f32>::try_from(&p).unwrap()
 }
 
 fn shared(cores: usize, workers: usize) -> EngineConfig {
@@ -245,6 +243,7 @@ fn merged_passes_happen_and_split_back_in_order() {
                     max_batch: 16,
                     work: Work::General {
                         args: vec![ModelInput::Batch(features(i as u64, rows))],
+                        method: None,
                     },
                 })
                 .unwrap()
@@ -259,8 +258,8 @@ fn merged_passes_happen_and_split_back_in_order() {
             &mlp,
             Work::General {
                 args: vec![ModelInput::Batch(features(i as u64, rows))],
+                method: None,
             },
-            rows,
             1,
         )
         .unwrap()
@@ -302,7 +301,7 @@ fn general_job(task: u64, rows: usize, args: Vec<ModelInput>) -> Job {
         rows,
         bytes: rows * 8 * 8 * 3,
         max_batch: 16,
-        work: Work::General { args },
+        work: Work::General { args, method: None },
     }
 }
 
@@ -351,18 +350,16 @@ fn merged_failure_fails_only_the_bad_job_and_engine_stays_usable() {
         let (done, times) = wait(&mut t).unwrap();
         // Re-run alone after the merged pass failed: per-task's result, bitwise.
         assert_eq!(times.batch_jobs, 1);
-        let Done::General(v) = done else { panic!() };
+        let Done::General(v) = done;
         let Done::General(r) = run_work(
             &model,
             Work::General {
                 args: minilm_args(rows, seed, false),
+                method: None,
             },
-            rows,
             1,
         )
-        .unwrap() else {
-            panic!()
-        };
+        .unwrap();
         assert!(first_tensor(&v).equal(first_tensor(&r)), "job {seed}");
     }
     let stats = engine.stats();

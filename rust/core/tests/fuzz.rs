@@ -747,7 +747,7 @@ fn check_batch(scorer: &Scorer, rows: &[Vec<u8>], offset: u64, stats: &mut Stats
     let prediction = out
         .column_by_name("prediction")
         .unwrap()
-        .as_primitive::<arrow_array::types::Int32Type>();
+        .as_primitive::<arrow_array::types::Float64Type>();
     for (i, cell) in cells.iter().enumerate() {
         stats.batch_rows += 1;
         let row = offset + i as u64;
@@ -755,8 +755,10 @@ fn check_batch(scorer: &Scorer, rows: &[Vec<u8>], offset: u64, stats: &mut Stats
         let prob = list_row(&out, "probability", i);
         let fine = match (&err, &prob) {
             (Some(e), None) => {
-                e.starts_with(&format!("row {row}: "))
-                    && e.len() > format!("row {row}: ").len()
+                // One format on every input kind: row, input, column, then the reason.
+                let named = format!("row {row}: input `image` (column content): ");
+                e.starts_with(&named)
+                    && e.len() > named.len()
                     && (cell.is_some() || e.ends_with("input is null"))
                     && prediction.is_null(i)
             }

@@ -556,8 +556,9 @@ fn fixed_rows_are_cut_by_bytes_with_equal_scores() {
     let e = str_row(&out, "error", 4).unwrap();
     assert_eq!(
         e,
-        "row 4: the row's input (3x32x32 float32) takes 12,288 bytes, over the limit of 12,287 \
-         bytes per forward pass (max_batch_bytes, at most the engine's queue_bytes)"
+        "row 4: input `image` (column content): the row's input (shape [3, 32, 32] float32) \
+         takes 12,288 bytes, over the limit of 12,287 bytes per forward pass (max_batch_bytes, \
+         at most the engine's queue_bytes)"
     );
 }
 

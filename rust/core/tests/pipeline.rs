@@ -139,10 +139,16 @@ fn submit_then_wait_equals_score_featurize_predict() {
         .collect();
     assert!(errors[..8].iter().all(Option::is_none), "{errors:?}");
     assert!(
-        errors[8].as_deref().unwrap().starts_with("row 8: "),
+        errors[8]
+            .as_deref()
+            .unwrap()
+            .starts_with("row 8: input `image` (column content): "),
         "{errors:?}"
     );
-    assert_eq!(errors[9].as_deref(), Some("row 9: input is null"));
+    assert_eq!(
+        errors[9].as_deref(),
+        Some("row 9: input `image` (column content): input is null")
+    );
     assert!(common::str_row(&want_text, "error", 2).is_some());
 
     for mode in [EngineMode::Shared, EngineMode::PerTask] {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int32Type;
+use arrow_array::types::{Float64Type, Int32Type};
 use common::*;
 use torchspark_core::{BatchOptions, ErrorKind, ModelConfig, Precision, Scorer, StageTimes};
 
@@ -41,10 +41,11 @@ fn scores_encoded_images_like_pytorch() {
     let rows: Vec<Option<&[u8]>> = bytes.iter().map(|b| Some(b.as_slice())).collect();
     let out = resnet().score(&binary_batch(&rows), &opts()).unwrap();
     assert_eq!(out.num_rows(), exp.len());
+    // Spark ML's type: the class index as a double.
     let pred = out
         .column_by_name("prediction")
         .unwrap()
-        .as_primitive::<Int32Type>();
+        .as_primitive::<Float64Type>();
     for (i, e) in exp.iter().enumerate() {
         assert_eq!(str_row(&out, "error", i), None, "{}", e.file);
         let p = list_row(&out, "probability", i).unwrap();
@@ -57,7 +58,7 @@ fn scores_encoded_images_like_pytorch() {
             .max_by(|a, b| a.1.total_cmp(b.1))
             .unwrap()
             .0;
-        assert_eq!(pred.value(i) as usize, best, "{}", e.file);
+        assert_eq!(pred.value(i), best as f64, "{}", e.file);
     }
 }
 
@@ -73,8 +74,10 @@ fn labels_and_top_k_follow_the_probabilities() {
     let pred = out
         .column_by_name("prediction")
         .unwrap()
-        .as_primitive::<Int32Type>()
+        .as_primitive::<Float64Type>()
         .value(0);
+    assert_eq!(pred.fract(), 0.0);
+    let pred = pred as i32;
     assert_eq!(
         str_row(&out, "predicted_label", 0).unwrap(),
         labels[pred as usize]
@@ -269,25 +272,31 @@ fn bad_rows_get_errors_and_the_rest_is_scored() {
     assert_eq!(err[0], None);
     assert_eq!(err[5], None);
     assert!(
-        err[1].as_deref().unwrap().starts_with("row 101: empty"),
+        err[1]
+            .as_deref()
+            .unwrap()
+            .starts_with("row 101: input `image` (column content): empty"),
         "{err:?}"
     );
     assert!(
         err[2]
             .as_deref()
             .unwrap()
-            .starts_with("row 102: truncated PNG"),
+            .starts_with("row 102: input `image` (column content): truncated PNG"),
         "{err:?}"
     );
     assert!(
         err[3]
             .as_deref()
             .unwrap()
-            .starts_with("row 103: input is null"),
+            .starts_with("row 103: input `image` (column content): input is null"),
         "{err:?}"
     );
     assert!(
-        err[4].as_deref().unwrap().starts_with("row 104: not a PNG"),
+        err[4]
+            .as_deref()
+            .unwrap()
+            .starts_with("row 104: input `image` (column content): not a PNG"),
         "{err:?}"
     );
     for i in 1..5 {

@@ -34,73 +34,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tch::Tensor;
 
+pub use crate::config::{EngineConfig, EngineMode};
 use crate::error::{Error, Result};
 use crate::lifecycle;
-use crate::model::{Model, Target};
+use crate::model::Model;
 use crate::value::{ModelInput, Value};
-
-mod pending;
-pub use pending::Pending;
 
 /// A task's identity: Spark's `taskAttemptId` on the JVM, a per-process counter in Python.
 pub type TaskId = u64;
-
-/// `shared`: forward passes run on the engine's workers (batched across tasks, overlapping the
-/// caller's decoding). `per-task`: each call runs its forward pass on the caller's thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EngineMode {
-    #[default]
-    Shared,
-    PerTask,
-}
-
-/// How the engine is sized; travels in [`crate::ModelConfig`] as `"engine": {...}`. Every
-/// count of 0 means "auto". Workers x threads per worker never exceed `cores`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EngineConfig {
-    pub mode: EngineMode,
-    /// The executor's cores (`spark.executor.cores`, N of `local[N]`); 0 = this host's.
-    pub cores: usize,
-    /// Forward workers; 0 = auto: `max(1, cores / task_cpus)` on CPU, 1 per GPU.
-    pub workers: usize,
-    /// Intra-op threads of each worker's passes; 0 = auto: `max(1, cores / workers)`.
-    pub threads_per_worker: usize,
-    /// `spark.task.cpus`: each task's decoding threads; 0 = 1.
-    pub task_cpus: usize,
-    /// How long a worker waits for a fuller batch when more than one task is active, in
-    /// microseconds.
-    pub max_wait_us: u64,
-    /// Bound on queued rows; 0 = 4 x the largest batch submitted.
-    pub queue_rows: usize,
-    /// Bound on queued input bytes (native memory); 0 = 256 MiB.
-    pub queue_bytes: usize,
-    /// Bound on every wait (for queue space, for a result), in milliseconds.
-    pub timeout_ms: u64,
-    /// Test hook: each forward pass sleeps this long first (kill and merge tests).
-    pub debug_delay_ms: u64,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            mode: EngineMode::Shared,
-            cores: 0,
-            workers: 0,
-            threads_per_worker: 0,
-            task_cpus: 0,
-            max_wait_us: 2_000,
-            queue_rows: 0,
-            queue_bytes: 0,
-            timeout_ms: 600_000,
-            debug_delay_ms: 0,
-        }
-    }
-}
 
 /// Which result a submitted batch asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,17 +107,18 @@ pub struct Job {
     pub work: Work,
 }
 
-/// The inputs of a job.
+/// The inputs of a job (one kind since images became an input kind of the general path).
 pub enum Work {
-    /// Preprocessed CHW float rows (`rows x row_len` values) for [`Model::run`].
-    Image { pixels: Vec<f32>, target: Target },
-    /// `forward`'s arguments for [`Model::forward`] (masks and type ids included).
-    General { args: Vec<ModelInput> },
+    /// `forward`'s arguments for [`Model::forward`] (masks and type ids included), and the
+    /// method to call (`None`: forward). Jobs of different methods never share a pass.
+    General {
+        args: Vec<ModelInput>,
+        method: Option<String>,
+    },
 }
 
-/// A job's outputs: [`Model::run`]'s `(values, width)`, or [`Model::forward`]'s value.
+/// A job's outputs: [`Model::forward`]'s value.
 pub enum Done {
-    Image { values: Vec<f32>, width: usize },
     General(Value),
 }
 
@@ -328,6 +273,8 @@ impl Engine {
             EngineMode::Shared => 0,
         };
         let key = (Arc::as_ptr(model) as usize, config.clone(), key_threads);
+        // Before the registry's lock is first taken (see `lifecycle::register_engines`).
+        lifecycle::register_engines(&LIFECYCLE_HOOKS);
         let mut reg = lock(&ENGINES);
         reg.engines.retain(|_, e| e.strong_count() > 0);
         reg.inners.retain(|i| i.strong_count() > 0);
@@ -470,9 +417,15 @@ impl Drop for Engine {
     }
 }
 
+/// What [`lifecycle`] does to the engines at exit and fork (it sits below this module).
+static LIFECYCLE_HOOKS: lifecycle::EngineHooks = lifecycle::EngineHooks {
+    stop_all,
+    fork_prepare: || Box::new(fork_prepare()),
+};
+
 /// Every engine of the process drops its queued jobs (their tickets fail with `reason`) and
 /// stops its workers after their current pass ([`lifecycle::shutdown`]).
-pub(crate) fn stop_all(reason: &str) {
+fn stop_all(reason: &str) {
     let inners: Vec<Arc<Inner>> = lock(&ENGINES)
         .inners
         .iter()
@@ -485,7 +438,7 @@ pub(crate) fn stop_all(reason: &str) {
 
 /// The engines' locks, held by a forking thread from `prepare` to `parent` / `child`: no
 /// thread of the parent holds one when the child is made.
-pub(crate) struct ForkHeld {
+struct ForkHeld {
     // Dropped in this order: the guards borrow from `inners`.
     _states: Vec<MutexGuard<'static, State>>,
     _inners: Vec<Arc<Inner>>,
@@ -493,7 +446,7 @@ pub(crate) struct ForkHeld {
 }
 
 /// Takes the registry's lock, then every engine's (the order every other path takes them in).
-pub(crate) fn fork_prepare() -> ForkHeld {
+fn fork_prepare() -> ForkHeld {
     let registry = lock(&ENGINES);
     let inners: Vec<Arc<Inner>> = registry.inners.iter().filter_map(Weak::upgrade).collect();
     let states = inners
@@ -822,17 +775,15 @@ impl Inner {
             return (Err(self.fail(closed.into())), Duration::ZERO);
         };
         let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_work(&model, work, rows, self.threads)
-        }))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(self.fail(format!("forward pass panicked: {what}")))
-        });
+        let result = catch_unwind(AssertUnwindSafe(|| run_work(&model, work, self.threads)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Err(self.fail(format!("forward pass panicked: {what}")))
+            });
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.rows.fetch_add(rows as u64, Ordering::Relaxed);
         (result, started.elapsed())
@@ -909,8 +860,7 @@ fn followers(head: &Queued, queue: &VecDeque<Queued>) -> (usize, bool) {
     (queue.len(), rows >= limit)
 }
 
-/// Whether two jobs can share one pass: images of the same target and row length; general
-/// jobs whose every argument is a batched tensor of equal dtype, device and shape past dim 0.
+/// Whether two jobs can share one pass: jobs of one method whose every argument is a batched tensor of equal dtype, device and shape past dim 0.
 /// `List[Tensor]` arguments (`ragged: "list"`) never merge.
 fn compatible(a: &Job, b: &Job) -> bool {
     if a.rows == 0 || b.rows == 0 {
@@ -918,22 +868,17 @@ fn compatible(a: &Job, b: &Job) -> bool {
     }
     match (&a.work, &b.work) {
         (
-            Work::Image {
-                pixels: pa,
-                target: ta,
+            Work::General {
+                args: xa,
+                method: ma,
             },
-            Work::Image {
-                pixels: pb,
-                target: tb,
+            Work::General {
+                args: xb,
+                method: mb,
             },
         ) => {
-            ta == tb
-                && pa.len() % a.rows == 0
-                && pb.len() % b.rows == 0
-                && pa.len() / a.rows == pb.len() / b.rows
-        }
-        (Work::General { args: xa }, Work::General { args: xb }) => {
-            xa.len() == xb.len()
+            ma == mb
+                && xa.len() == xb.len()
                 && xa.iter().zip(xb).all(|(x, y)| match (x, y) {
                     (ModelInput::Batch(x), ModelInput::Batch(y)) => {
                         let (sx, sy) = (x.size(), y.size());
@@ -948,7 +893,6 @@ fn compatible(a: &Job, b: &Job) -> bool {
                     _ => false,
                 })
         }
-        _ => false,
     }
 }
 
@@ -957,43 +901,24 @@ fn compatible(a: &Job, b: &Job) -> bool {
 fn merge(batch: &[Queued]) -> Option<Work> {
     let first = batch.first()?;
     match &first.job.work {
-        Work::Image { target, .. } => {
-            let mut pixels = Vec::with_capacity(
-                batch
-                    .iter()
-                    .map(|q| match &q.job.work {
-                        Work::Image { pixels, .. } => pixels.len(),
-                        Work::General { .. } => 0,
-                    })
-                    .sum(),
-            );
-            for q in batch {
-                let Work::Image { pixels: p, .. } = &q.job.work else {
-                    return None;
-                };
-                pixels.extend_from_slice(p);
-            }
-            Some(Work::Image {
-                pixels,
-                target: *target,
-            })
-        }
-        Work::General { args } => {
+        Work::General { args, method } => {
             let mut merged = Vec::with_capacity(args.len());
             for i in 0..args.len() {
                 let parts = batch
                     .iter()
                     .map(|q| match &q.job.work {
-                        Work::General { args } => match args.get(i) {
+                        Work::General { args, .. } => match args.get(i) {
                             Some(ModelInput::Batch(t)) => Some(t),
                             _ => None,
                         },
-                        Work::Image { .. } => None,
                     })
                     .collect::<Option<Vec<&Tensor>>>()?;
                 merged.push(ModelInput::Batch(Tensor::f_cat(&parts, 0).ok()?));
             }
-            Some(Work::General { args: merged })
+            Some(Work::General {
+                args: merged,
+                method: method.clone(),
+            })
         }
     }
 }
@@ -1002,26 +927,6 @@ fn merge(batch: &[Queued]) -> Option<Work> {
 /// output is not batched by row (then each job runs alone).
 fn split(done: Done, sizes: &[usize]) -> Option<Vec<Done>> {
     match done {
-        Done::Image { values, width } => {
-            let total: usize = sizes.iter().sum();
-            if values.len() != total.checked_mul(width)? {
-                return None;
-            }
-            let mut start = 0;
-            Some(
-                sizes
-                    .iter()
-                    .map(|&n| {
-                        let part = values[start..start + n * width].to_vec();
-                        start += n * width;
-                        Done::Image {
-                            values: part,
-                            width,
-                        }
-                    })
-                    .collect(),
-            )
-        }
         Done::General(value) => Some(value.split(sizes)?.into_iter().map(Done::General).collect()),
     }
 }
@@ -1090,12 +995,12 @@ impl Drop for Ticket {
 }
 
 /// Runs one job's work alone on the calling thread with `threads` intra-op threads.
-pub fn run_work(model: &Model, work: Work, rows: usize, threads: usize) -> Result<Done> {
+pub fn run_work(model: &Model, work: Work, threads: usize) -> Result<Done> {
     match work {
-        Work::Image { pixels, target } => {
-            let (values, width) = model.run(&pixels, rows, threads, target)?;
-            Ok(Done::Image { values, width })
-        }
-        Work::General { args } => Ok(Done::General(model.forward(args, threads)?)),
+        Work::General { args, method } => Ok(Done::General(model.forward(
+            args,
+            method.as_deref(),
+            threads,
+        )?)),
     }
 }

@@ -291,7 +291,7 @@ fn padded<T: Elem>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::preprocess::RowTimes;
+    use crate::input::image::preprocess::RowTimes;
 
     fn decl(json: &str) -> InputDecl {
         serde_json::from_str(json).unwrap()

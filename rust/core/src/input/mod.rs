@@ -3,7 +3,7 @@
 //!
 //! - [`tensor`]: numbers: numeric scalars, (nested) lists, `FixedSizeList`, Spark ML vectors
 //!   (dense and sparse), gathered scalar columns, `arrow.fixed_shape_tensor`;
-//! - [`image`]: encoded images or Spark's image struct through [`crate::preprocess`];
+//! - [`image`]: encoded images or Spark's image struct through [`image::preprocess`];
 //! - [`text`]: strings through the model's Hugging Face tokenizer into token ids;
 //! - [`assemble`]: good rows → the batched argument of `forward` (stack, pad + mask, list).
 //!
@@ -14,8 +14,8 @@ use std::ops::Range;
 
 use arrow_array::ArrayRef;
 
+use crate::input::image::preprocess::RowTimes;
 use crate::limits::CallLimits;
-use crate::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl, InputKind};
 use crate::value::ModelInput;
 

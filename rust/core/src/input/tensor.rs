@@ -29,7 +29,7 @@ use arrow_array::{Array, ArrayRef, BooleanArray, PrimitiveArray, StructArray};
 use arrow_schema::{DataType, Field};
 
 use super::{DenseRows, InputReader, RowData, RowTensor};
-use crate::preprocess::RowTimes;
+use crate::input::image::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl, NanPolicy};
 
 /// What a tensor input accepts, for the batch error of a column it cannot read.

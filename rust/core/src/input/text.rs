@@ -6,7 +6,7 @@
 //! `ragged: "pad"` input. The file's own padding and truncation are overridden: no padding,
 //! truncation at the spec's `max_length` (longest-first, on the right), which is where
 //! sentence-transformers cuts (`max_seq_length`, not the 128 a MiniLM tokenizer.json carries).
-//! Rows are encoded one by one on the caller's thread budget ([`crate::batch::decode_pool`]),
+//! Rows are encoded one by one on the caller's thread budget ([`crate::sys::decode_pool`]),
 //! never with `encode_batch` (rayon's global pool: every core, and one bad row fails all).
 //! A row over `max_text_bytes` is an error before it is tokenized; a long row is tokenized
 //! by heads, exactly ([`TextTokenizer::encode`]), so its cost follows the part `max_length`
@@ -27,7 +27,7 @@ use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStr
 
 use super::{InputReader, RowData, RowTensor};
 use crate::error::{Error, Result};
-use crate::preprocess::RowTimes;
+use crate::input::image::preprocess::RowTimes;
 use crate::spec::general::{DType, InputDecl};
 
 /// A loaded tokenizer with the spec's overrides; one per text input of a loaded model, shared
@@ -427,7 +427,7 @@ impl InputReader for TextReader<'_> {
         rows: Range<usize>,
         threads: usize,
     ) -> Vec<std::result::Result<RowTensor, String>> {
-        match crate::batch::decode_pool(threads) {
+        match crate::sys::decode_pool(threads) {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }

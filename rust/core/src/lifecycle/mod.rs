@@ -22,12 +22,15 @@
 //!   most of which libtorch registers lazily, during passes: see [`exit_order`].
 //! - **Unload.** The library pins itself (`RTLD_NODELETE`): a detached worker's code and
 //!   libtorch are never unmapped under it; `JNI_OnUnload` calls [`quiesce`].
+//! - **Engines.** This module sits below the engine: the engine registers what an exit and a
+//!   fork do to it ([`EngineHooks`], [`register_engines`]) before its registry is first used.
 
 mod exit_order;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void};
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
@@ -88,6 +91,29 @@ struct Life {
     exit_deadline: Option<Instant>,
     /// A fork is being prepared by this thread: the others wait at the gate.
     forking: Option<c_int>,
+}
+
+/// What exit and fork do to the engines, given by the engine (which lives above this module).
+pub(crate) struct EngineHooks {
+    /// Drops every engine's queued jobs (their tickets fail with the reason), stops workers.
+    pub stop_all: fn(&str),
+    /// Takes the engines' locks; they are held until the box drops (after the fork).
+    pub fork_prepare: fn() -> Box<dyn std::any::Any>,
+}
+
+/// The registered [`EngineHooks`]: an atomic, not a `OnceLock`, so a fork can never copy a
+/// half-made registration. Null until the first engine lookup: then no engine exists.
+static ENGINES: AtomicPtr<EngineHooks> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Called by the engine before it first takes its registry's lock, so an exit or fork that
+/// sees no hooks knows no thread can hold that lock.
+pub(crate) fn register_engines(hooks: &'static EngineHooks) {
+    ENGINES.store(std::ptr::from_ref(hooks).cast_mut(), Ordering::Release);
+}
+
+fn engine_hooks() -> Option<&'static EngineHooks> {
+    // SAFETY: only `register_engines` stores here, always a `&'static EngineHooks`.
+    unsafe { ENGINES.load(Ordering::Acquire).as_ref() }
 }
 
 static LIFE: Lazy<Mutex<Life>> = Lazy::new(|| Mutex::new(Life::default()));
@@ -253,7 +279,9 @@ pub fn shutdown(permanent: bool) -> usize {
     } else {
         "the torchspark library is being unloaded"
     };
-    crate::engine::stop_all(reason);
+    if let Some(engines) = engine_hooks() {
+        (engines.stop_all)(reason);
+    }
     let own = usize::from(DEPTH.with(Cell::get) > 0);
     let mut life = lock(&LIFE);
     while life.active > own {
@@ -346,7 +374,7 @@ fn pin_library() {
 /// What the forking thread holds from `prepare` until `parent` / `child`.
 struct Held {
     // Dropped in this order: the engines' locks, then the gate's.
-    engines: Option<crate::engine::ForkHeld>,
+    engines: Option<Box<dyn std::any::Any>>,
     pools: Option<MutexGuard<'static, HashMap<(u32, usize), &'static rayon::ThreadPool>>>,
     life: MutexGuard<'static, Life>,
 }
@@ -381,11 +409,11 @@ extern "C" fn fork_prepare() {
                 .0;
         }
         // Then no thread inside can be holding these, and none can enter to take them.
-        let engines = crate::engine::fork_prepare();
+        let engines = engine_hooks().map(|e| (e.fork_prepare)());
         let pools = Some(lock(&POOLS));
         HELD.with(|h| {
             *h.borrow_mut() = Some(Held {
-                engines: Some(engines),
+                engines,
                 pools,
                 life,
             })

@@ -265,15 +265,6 @@ impl Package {
         })
     }
 
-    /// Runs `model` (or a featurize method's model) on `x`; all outputs, flattened.
-    pub(crate) fn run(
-        &self,
-        x: &Tensor,
-        method: Option<&str>,
-    ) -> std::result::Result<Vec<Tensor>, String> {
-        self.run_many(std::slice::from_ref(x), method)
-    }
-
     /// Runs `model` (or `method`'s model) on several inputs, in the order it was exported with.
     pub(crate) fn run_many(
         &self,

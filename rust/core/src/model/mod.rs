@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
 use once_cell::sync::Lazy;
 use serde::Deserialize;
@@ -33,9 +33,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::input::text::TextTokenizer;
-use crate::preprocess::Preprocessor;
 use crate::spec::general::InputKind;
-use crate::spec::{FeatureSource, FilePrecision, GeneralSpec, ModelSpec, OutputKind, Spec};
+use crate::spec::{FilePrecision, GeneralSpec, ModelSpec, Spec};
 use crate::value::{ModelInput, Value};
 
 mod aoti;
@@ -73,10 +72,10 @@ pub struct ModelConfig {
     /// rounding. Packages take the layout they were compiled for (see [`aoti`]).
     #[serde(default = "yes")]
     pub channels_last: bool,
-    /// The inference engine this caller's forward passes go through (see [`crate::engine`]);
+    /// The inference engine this caller's forward passes go through (see `engine`);
     /// not part of the model's identity: every engine of a file shares one loaded model.
     #[serde(default)]
-    pub engine: crate::engine::EngineConfig,
+    pub engine: crate::config::EngineConfig,
 }
 
 fn yes() -> bool {
@@ -104,7 +103,7 @@ impl ModelConfig {
             num_threads: None,
             precision: Precision::Fp32,
             channels_last: true,
-            engine: crate::engine::EngineConfig::default(),
+            engine: crate::config::EngineConfig::default(),
         }
     }
 
@@ -131,12 +130,10 @@ pub struct Model {
     /// Per input of `general`, in order: the tokenizer of a `text` input (loaded once, shared
     /// by every thread), `None` for other kinds.
     tokenizers: Vec<Option<Arc<TextTokenizer>>>,
-    /// A version-1 spec's preprocessing (what `ImageScorer`/`ImageFeaturizer` run).
-    preprocessor: Option<Preprocessor>,
     backend: Backend,
     device: Device,
     precision: Precision,
-    /// Whether [`Model::run`] hands the backend NHWC-strided input (TorchScript only: a
+    /// Whether [`Model::forward`] hands the backend NHWC-strided image inputs (TorchScript only: a
     /// package's input layout is fixed when it is compiled).
     channels_last: bool,
     /// The input dtype the backend takes (bf16 when a TorchScript model was cast).
@@ -325,15 +322,6 @@ pub fn parse_device(name: &str) -> Result<Device> {
     Ok(Device::Cuda(index))
 }
 
-/// What a forward pass should return per row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    /// Class probabilities (softmax of logits unless the spec says probabilities).
-    Probabilities,
-    /// The spec's featurize output, flattened.
-    Features,
-}
-
 impl Model {
     /// Builds the model from the file's `bytes` and its parsed `spec` (both read by the caller);
     /// a text input's tokenizer is read from `spec_dir`.
@@ -398,12 +386,14 @@ impl Model {
                         ),
                     ));
                 }
-                let methods: Vec<&str> = match &spec {
-                    Spec::Image(s) => s.featurize.as_ref().and_then(|f| f.method.as_deref()),
-                    Spec::General(g) => g.method.as_deref(),
+                // Every method an output may come from (a lowered version-1 spec's
+                // `featurize.method` is its `features` output's).
+                let mut methods: Vec<&str> = Vec::new();
+                for m in general.outputs.iter().filter_map(|o| general.method_of(o)) {
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
                 }
-                .into_iter()
-                .collect();
                 // From the bytes that were read (and checked against a pin), never the path
                 // again: aoti.rs extracts them into a private folder for the loader.
                 let package = Package::load(path, &bytes, device, &methods, spec.cpu())?;
@@ -412,10 +402,6 @@ impl Model {
         };
         Ok(Model {
             path: path.to_path_buf(),
-            preprocessor: match &spec {
-                Spec::Image(s) => Some(Preprocessor::new(s)),
-                Spec::General(_) => None,
-            },
             general,
             tokenizers,
             spec,
@@ -468,13 +454,6 @@ impl Model {
         &self.path
     }
 
-    /// A version-1 spec's preprocessing; a version-2 spec is an error.
-    pub fn preprocessor(&self) -> Result<&Preprocessor> {
-        self.preprocessor
-            .as_ref()
-            .ok_or_else(|| self.not_an_image_model())
-    }
-
     fn not_an_image_model(&self) -> Error {
         Error::Spec {
             path: ModelSpec::default_path(&self.path),
@@ -496,116 +475,43 @@ impl Model {
         }
     }
 
-    /// Runs `n` preprocessed rows (`input.len() == n * row_len`) and returns `n * width` floats
-    /// and `width`.
-    pub fn run(
-        &self,
-        input: &[f32],
-        n: usize,
-        num_threads: usize,
-        target: Target,
-    ) -> Result<(Vec<f32>, usize)> {
-        let image = self.image_spec()?;
-        let spec = &image.input;
-        let fail = |reason: String| Error::Inference {
-            path: self.path.clone(),
-            reason,
-        };
-        crate::sys::set_threads(num_threads);
-        let _no_grad = tch::no_grad_guard();
-        let x = Tensor::f_from_slice(input)
-            .and_then(|t| {
-                t.f_view([
-                    n as i64,
-                    spec.channels as i64,
-                    spec.height as i64,
-                    spec.width as i64,
-                ])
-            })
-            .and_then(|t| {
-                // NHWC strides under the NCHW shape: what torch calls channels_last.
-                if self.channels_last {
-                    t.f_permute([0, 2, 3, 1])?
-                        .f_contiguous()?
-                        .f_permute([0, 3, 1, 2])
-                } else {
-                    Ok(t)
-                }
-            })
-            .and_then(|t| t.f_to_device(self.device))
-            .and_then(|t| {
-                if self.input_kind == Kind::Float {
-                    Ok(t)
-                } else {
-                    t.f_to_kind(self.input_kind)
-                }
-            })
-            .map_err(|e| fail(first_line(&e.to_string())))?;
-        let source = match target {
-            Target::Probabilities => None,
-            Target::Features => Some(self.feature_source().map_err(&fail)?),
-        };
-        let output = match &source {
-            None => Output::Forward(0),
-            Some(FeatureSource::Method(m)) => Output::Method(m),
-            Some(FeatureSource::OutputIndex(i)) => Output::Forward(*i),
-        };
-        let out = self.backend.run(x, &output).map_err(&fail)?;
-        let out = match (target, image.output) {
-            (Target::Probabilities, OutputKind::Logits) => out.f_softmax(-1, Kind::Float),
-            _ => out.f_to_kind(Kind::Float),
-        }
-        .map_err(|e| fail(first_line(&e.to_string())))?;
-        let shape = out.size();
-        if shape.first() != Some(&(n as i64))
-            || (target == Target::Probabilities && shape.len() != 2)
-        {
-            return Err(fail(format!(
-                "output has shape {shape:?}; expected [{n}, {}]",
-                if target == Target::Probabilities {
-                    "classes"
-                } else {
-                    "..."
-                }
-            )));
-        }
-        let width = out.numel().checked_div(n).unwrap_or(0);
-        let flat = out
-            .f_to_device(Device::Cpu)
-            .and_then(|t| t.f_contiguous())
-            .and_then(|t| t.f_view([-1]))
-            .and_then(|t| Vec::<f32>::try_from(&t))
-            .map_err(|e| fail(first_line(&e.to_string())))?;
-        if target == Target::Probabilities
-            && let Some(labels) = &image.labels
-            && labels.len() != width
-        {
-            return Err(Error::Spec {
-                path: ModelSpec::default_path(&self.path),
-                reason: format!(
-                    "labels has {} entries but the model outputs {width} classes",
-                    labels.len()
-                ),
-            });
-        }
-        Ok((flat, width))
-    }
-
-    /// The general forward pass: `inputs` in the spec's order (already in the dtype each
-    /// input declares), under no_grad with `num_threads` intra-op threads; calls the spec's
-    /// `method` when it names one. Float inputs are cast to bf16 for a TorchScript model
-    /// loaded in bf16, and bf16/half outputs come back as float32 (float64 ones as they are).
+    /// The forward pass, the only one: `inputs` in the spec's order (already in the dtype each
+    /// input declares), under no_grad with `num_threads` intra-op threads; calls `method` when
+    /// given (the selected outputs' method: [`GeneralSpec::method_of`]). A TorchScript model
+    /// gets every image input (4-D float) NHWC-strided when `channels_last` is on (oneDNN's
+    /// convolutions are faster on it; the same layout on every surface). Float inputs are cast
+    /// to bf16 for a TorchScript model loaded in bf16, and bf16/half outputs come back as
+    /// float32 (float64 ones as they are).
     ///
     /// Errors: [`Error::Inference`] with libtorch's first line (a wrong shape or dtype, a
     /// missing method, an input kind the backend cannot take).
-    pub fn forward(&self, inputs: Vec<ModelInput>, num_threads: usize) -> Result<Value> {
+    pub fn forward(
+        &self,
+        inputs: Vec<ModelInput>,
+        method: Option<&str>,
+        num_threads: usize,
+    ) -> Result<Value> {
         let fail = |reason: String| Error::Inference {
             path: self.path.clone(),
             reason,
         };
         crate::sys::set_threads(num_threads);
         let _no_grad = tch::no_grad_guard();
-        let prepare = |t: Tensor| -> std::result::Result<Tensor, tch::TchError> {
+        let nhwc = |i: usize, t: &Tensor| {
+            self.channels_last
+                && self.general.inputs.get(i).map(|d| d.kind) == Some(InputKind::Image)
+                && t.dim() == 4
+                && t.is_floating_point()
+        };
+        let prepare = |i: usize, t: Tensor| -> std::result::Result<Tensor, tch::TchError> {
+            // NHWC strides under the NCHW shape: what torch calls channels_last.
+            let t = if nhwc(i, &t) {
+                t.f_permute([0, 2, 3, 1])?
+                    .f_contiguous()?
+                    .f_permute([0, 3, 1, 2])?
+            } else {
+                t
+            };
             let t = t.f_to_device(self.device)?;
             if self.input_kind != Kind::Float && t.is_floating_point() {
                 t.f_to_kind(self.input_kind)
@@ -615,17 +521,17 @@ impl Model {
         };
         let inputs = inputs
             .into_iter()
-            .map(|x| match x {
-                ModelInput::Batch(t) => prepare(t).map(ModelInput::Batch),
+            .enumerate()
+            .map(|(i, x)| match x {
+                ModelInput::Batch(t) => prepare(i, t).map(ModelInput::Batch),
                 ModelInput::List(ts) => ts
                     .into_iter()
-                    .map(prepare)
+                    .map(|t| prepare(i, t))
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map(ModelInput::List),
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| fail(first_line(&e.to_string())))?;
-        let method = self.general.method.as_deref();
         let out = match &self.backend {
             Backend::TorchScript(script) => script.call(inputs, method),
             Backend::Aoti(package) => {
@@ -649,54 +555,14 @@ impl Model {
         .map_err(&fail)?;
         to_cpu_float(out).map_err(|e| fail(first_line(&e.to_string())))
     }
-
-    fn feature_source(&self) -> std::result::Result<FeatureSource, String> {
-        let Spec::Image(image) = &self.spec else {
-            return Err("a general model has no `featurize` entry".into());
-        };
-        match &image.featurize {
-            None => Err("the spec has no `featurize` entry, so this model cannot featurize".into()),
-            Some(f) => f.source(),
-        }
-    }
 }
 
-/// Which of the network's outputs a forward pass returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Output<'a> {
-    /// Element `N` of forward's outputs (0 for a single tensor).
-    Forward(usize),
-    /// A featurize method (TorchScript) or the package's model of that name (AOTInductor).
-    Method(&'a str),
-}
-
-/// How a model file is run. The batch code sees only [`Model::run`]; each backend turns an
-/// NCHW float batch (already in the layout and dtype the model was loaded for) into a tensor.
+/// How a model file is run: [`Model::forward`] hands each backend `forward`'s arguments
+/// (already in the layout, device and dtype the model was loaded for).
 #[derive(Debug)]
 enum Backend {
     TorchScript(Script),
     Aoti(Package),
-}
-
-impl Backend {
-    fn run(&self, x: Tensor, output: &Output<'_>) -> std::result::Result<Tensor, String> {
-        match self {
-            Backend::TorchScript(script) => script.forward(x, output),
-            Backend::Aoti(package) => {
-                let (method, index) = match output {
-                    Output::Forward(i) => (None, *i),
-                    Output::Method(m) => (Some(*m), 0),
-                };
-                let outputs = package.run(&x, method)?;
-                let len = outputs.len();
-                outputs.into_iter().nth(index).ok_or_else(|| {
-                    format!(
-                        "output_index {index} is out of range: the package returns {len} outputs"
-                    )
-                })
-            }
-        }
-    }
 }
 
 /// Moves every tensor of `v` to the CPU; bf16 and half tensors become float32 (float64 stays:
@@ -756,21 +622,6 @@ fn first_line(s: &str) -> String {
         }
         _ => first.to_string(),
     }
-}
-
-static INTEROP: Once = Once::new();
-
-/// Called by [`crate::sys`] before the first forward pass of the process.
-pub(crate) fn init_interop_once() {
-    INTEROP.call_once(|| {
-        // Fails (and tch panics) if the pool was already started, e.g. by torch in the same
-        // Python process; then it is already set and there is nothing to do.
-        let _ = std::panic::catch_unwind(|| {
-            if tch::get_num_interop_threads() != 1 {
-                tch::set_num_interop_threads(1);
-            }
-        });
-    });
 }
 
 #[cfg(test)]

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use tch::{CModule, Device, IValue, Kind, Tensor};
+use tch::{CModule, Device, IValue, Kind};
 
-use super::{Output, Precision};
+use super::Precision;
 use crate::error::{Error, Result};
 use crate::value::{ModelInput, Value};
 
@@ -62,17 +62,6 @@ impl Script {
         }
         Ok(Script { module })
     }
-
-    pub(crate) fn forward(&self, x: Tensor, output: &Output<'_>) -> Result<Tensor, String> {
-        let args = [IValue::Tensor(x)];
-        let run = || -> Result<Tensor, tch::TchError> {
-            match output {
-                Output::Forward(i) => first_tensor(self.module.forward_is(&args)?, *i),
-                Output::Method(m) => first_tensor(self.module.method_is(m, &args)?, 0),
-            }
-        };
-        run().map_err(|e| super::first_line(&e.to_string()))
-    }
 }
 
 impl Script {
@@ -129,32 +118,6 @@ fn value(v: IValue) -> Value {
             Value::Dict(entries)
         }
         other => Value::Other(ivalue_name(&other).to_string()),
-    }
-}
-
-/// The tensor itself, or element `index` of a returned tuple/list.
-fn first_tensor(v: IValue, index: usize) -> Result<Tensor, tch::TchError> {
-    let items = match v {
-        IValue::Tensor(t) if index == 0 => return Ok(t),
-        IValue::Tuple(items) | IValue::GenericList(items) => items,
-        IValue::TensorList(ts) => ts.into_iter().map(IValue::Tensor).collect(),
-        other => {
-            return Err(tch::TchError::Kind(format!(
-                "model returned {} where a tensor (or tuple of tensors) was expected",
-                ivalue_name(&other)
-            )));
-        }
-    };
-    let len = items.len();
-    match items.into_iter().nth(index) {
-        Some(IValue::Tensor(t)) => Ok(t),
-        Some(other) => Err(tch::TchError::Kind(format!(
-            "output {index} is {}, not a tensor",
-            ivalue_name(&other)
-        ))),
-        None => Err(tch::TchError::Kind(format!(
-            "output_index {index} is out of range: the model returns {len} outputs"
-        ))),
     }
 }
 

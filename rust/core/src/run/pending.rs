@@ -1,7 +1,8 @@
-//! What `Scorer::submit` returns, and the `Scorer` side of the engine.
+//! What `Scorer::submit` returns ([`Pending`]), and `Scorer`'s submit, call, cancel and
+//! engine stats: the caller's side of the engine.
 //!
 //! A call runs in three steps: PREPARE on the caller's thread (read the rows, decode or
-//! tokenize, assemble each chunk of good rows into a [`Job`](super::Job)), SUBMIT each job to
+//! tokenize, assemble each chunk of good rows into a [`Job`](crate::engine::Job)), SUBMIT each job to
 //! the engine, FINISH in [`Pending::wait`] (the output columns, the error column, the input
 //! order, the metadata). `score`, `featurize` and `predict` are `submit` + `wait`: one path.
 
@@ -10,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 
-use super::{EngineStats, Op, TaskId};
-use crate::batch::{BatchOptions, ImagePending, Scorer};
+use super::plan::GeneralPending;
+use super::{BatchOptions, Scorer};
+use crate::engine::{EngineStats, Op, TaskId};
 use crate::error::{Error, Result};
-use crate::model::Target;
-use crate::plan::GeneralPending;
 use crate::spec::general::{DType, InputKind};
 
 /// A submitted batch: [`Pending::wait`] returns its result once. `Send` and `'static`: it owns
@@ -31,7 +31,6 @@ const _: fn() = || {
 };
 
 enum PendingState {
-    Images(Box<ImagePending>),
     General(Box<GeneralPending>),
     Taken,
 }
@@ -43,7 +42,6 @@ impl Pending {
         // Output writers read tensors: inside the gate (the ticket waits step outside it).
         let _inside = crate::lifecycle::try_enter()?;
         let polled = match &mut self.state {
-            PendingState::Images(p) => p.poll(timeout),
             PendingState::General(p) => p.poll(timeout),
             PendingState::Taken => {
                 return Err(Error::Internal {
@@ -85,24 +83,14 @@ impl Scorer {
     ) -> Result<Pending> {
         // PREPARE builds tensors on this thread: inside the gate.
         let _inside = crate::lifecycle::try_enter()?;
-        let state = match op {
-            Op::Score => PendingState::Images(Box::new(self.submit_images(
-                batch,
-                opts,
-                Target::Probabilities,
-                task,
-            )?)),
-            Op::Featurize => {
-                self.check_featurize()?;
-                PendingState::Images(Box::new(self.submit_images(
-                    batch,
-                    opts,
-                    Target::Features,
-                    task,
-                )?))
-            }
-            Op::Predict => PendingState::General(Box::new(self.submit_general(batch, opts, task)?)),
-        };
+        // The options' selection wins over the op code's preset.
+        let preset = opts.preset.as_deref().unwrap_or(match op {
+            Op::Score => "score",
+            Op::Featurize => "featurize",
+            Op::Predict => "predict",
+        });
+        let state =
+            PendingState::General(Box::new(self.submit_general(batch, opts, preset, task)?));
         Ok(Pending { state })
     }
 
@@ -161,11 +149,7 @@ impl Scorer {
             let pow2 = if fit == 0 { 1 } else { 1 << fit.ilog2() };
             pow2.clamp(16, max)
         };
-        let model = self.model();
-        if let Ok(pre) = model.preprocessor() {
-            return rows(pre.row_len() * std::mem::size_of::<f32>(), 1024);
-        }
-        let spec = model.general();
+        let spec = self.model().general();
         if spec
             .inputs
             .iter()
@@ -182,7 +166,8 @@ impl Scorer {
                 elems * dtype_bytes(d.dtype)
             })
             .sum();
-        rows(bytes, 8192)
+        // A version-1 image spec's one input is its C x H x W float32 row.
+        rows(bytes, if spec.lowered_from_v1 { 1024 } else { 8192 })
     }
 }
 

@@ -1,4 +1,7 @@
-//! Image inputs: encoded bytes or Spark's image struct through [`crate::preprocess`].
+//! Image inputs: the column reader (this file) over encoded bytes, Spark's image struct or
+//! preprocessed floats; one row's pipeline in [`preprocess`] (decode, convert, resize, crop,
+//! normalize), the files' completeness checks in `complete.rs`, Pillow's resize in
+//! `resize.rs`. `crate::preprocess` re-exports [`preprocess`]'s public items (their old path).
 //!
 //! A fixed shape `[C, H, W]` follows version 1's rules exactly ([`Preprocessor::fill_limited`]:
 //! decode, PIL's channel conversion, resize, crop, normalize); a column of floats is also
@@ -15,8 +18,12 @@ use arrow_schema::DataType;
 use rayon::prelude::*;
 
 use super::{DenseRows, InputReader, RowData, RowTensor};
-use crate::preprocess::{ImageInput, Preprocessor, RowTimes};
+mod complete;
+pub mod preprocess;
+mod resize;
+
 use crate::spec::general::InputDecl;
+use preprocess::{ImageInput, Preprocessor, RowTimes};
 
 /// See [`super::reader`].
 pub fn reader<'a>(
@@ -95,7 +102,7 @@ impl ImageReader<'_> {
 impl InputReader for ImageReader<'_> {
     fn read(&self, rows: Range<usize>, threads: usize) -> Vec<Result<RowTensor, String>> {
         // Decoding gets the caller's thread budget, like the forward pass that follows it.
-        match crate::batch::decode_pool(threads) {
+        match crate::sys::decode_pool(threads) {
             None => rows.map(|i| self.row(i)).collect(),
             Some(pool) => pool.install(|| rows.into_par_iter().map(|i| self.row(i)).collect()),
         }
@@ -130,7 +137,7 @@ impl InputReader for ImageReader<'_> {
             }
             res
         };
-        let status = match crate::batch::decode_pool(threads) {
+        let status = match crate::sys::decode_pool(threads) {
             None => out.chunks_mut(row_len).enumerate().map(fill).collect(),
             Some(pool) => {
                 pool.install(|| out.par_chunks_mut(row_len).enumerate().map(fill).collect())
