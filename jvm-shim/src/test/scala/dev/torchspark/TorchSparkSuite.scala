@@ -250,8 +250,8 @@ class TorchSparkSuite extends SparkSuite {
     rows.foreach { r =>
       val e = doubles(expected(name(r.getString(0))).get("resnet20").get("probability"))
       val s = r.getStruct(1)
-      assertTrue(maxDiff(s.getSeq[Double](2).toArray, e) <= 1e-5)
-      assertEquals(e.indexOf(e.max), s.getInt(0))
+      assertTrue(maxDiff(s.getAs[Seq[Float]]("probability").map(_.toDouble).toArray, e) <= 1e-5)
+      assertEquals(e.indexOf(e.max).toDouble, s.getAs[Double]("prediction"), 0.0)
       assertEquals(64, r.getSeq[Double](2).length)
     }
   }
