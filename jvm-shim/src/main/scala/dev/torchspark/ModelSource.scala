@@ -38,8 +38,11 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
   def specText(): String = {
     val spec = specPath()
     val bytes =
-      if (isRemote) ModelSource.readAll(new HPath(spec), conf.value, spec)
-      else
+      if (isRemote) {
+        // Stat'ed first: a model that is missing, refused or unreachable is named as such.
+        val (_, status) = ModelSource.statBoth(path, conf.value)
+        ModelSource.readAll(status.getPath, conf.value, spec)
+      } else
         try Files.readAllBytes(new File(spec).toPath)
         catch {
           case e: IOException =>
