@@ -68,11 +68,22 @@ public final class NativeBridge {
   public static native byte[] describe(String specJson);
 
   /**
+   * The schema a call with {@code preset} returns for a spec's JSON text, without loading any
+   * model: an Arrow IPC stream with the schema and no batches (one field per output the preset
+   * selects, then {@code error}; metadata as {@link #describe}). Presets: {@code score}, {@code
+   * featurize} (a version-1 image spec), {@code predict} (every output; {@link #describe}) and
+   * {@code embed} (a spec's one {@code vector} output); a preset the spec cannot give throws a
+   * {@link ModelSpecException} naming what is missing (docs/internals.md, the call protocol).
+   */
+  public static native byte[] describePreset(String specJson, String preset);
+
+  /**
    * Prepares one Arrow IPC batch on the calling thread (read, decode, assemble) and queues its
    * forward passes in the model's engine (docs/engine.md). Returns a pending handle that must be
    * given once to {@link #collect} (until it returns bytes or throws) or to {@link #discard}.
    *
-   * @param op 0 score, 1 featurize, 2 predict
+   * @param op 0 score, 1 featurize, 2 predict: the preset when the options name none; the JVM
+   *     always names it ({@code "preset"} in the options, which wins)
    * @param taskId the task's id ({@code TaskContext.taskAttemptId}), for {@link #cancelTask}
    */
   public static native long submit(

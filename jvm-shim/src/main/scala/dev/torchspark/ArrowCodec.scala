@@ -22,42 +22,10 @@ import org.apache.arrow.vector.types.pojo.{ArrowType, FieldType}
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
-/** How an image transformer's column holds its images (binary files, Spark's image struct, or
-  * preprocessed C×H×W values), chosen from the column's Spark type. Not an input kind: that is
-  * [[InputDecl.kind]] (Rust's `InputKind`: tensor, image, text, mask, type_ids).
+/** The Arrow plumbing of the JNI boundary (its only format): allocators that release every buffer,
+  * IPC streams, Spark's image struct as the native image reader takes it, and the stage times a
+  * native result carries. [[TensorCodec]] encodes the columns and decodes the outputs.
   */
-private[torchspark] sealed trait ImageColumn
-private[torchspark] object ImageColumn {
-  case object Binary extends ImageColumn
-  case object SparkImage extends ImageColumn
-  case object FloatArray extends ImageColumn
-  case object DoubleArray extends ImageColumn
-
-  private val imageFields = Seq("height", "width", "nChannels", "data")
-
-  def of(column: String, dt: DataType): ImageColumn = dt match {
-    case BinaryType                                                 => Binary
-    case s: StructType if imageFields.forall(s.fieldNames.contains) => SparkImage
-    case ArrayType(FloatType, _)                                    => FloatArray
-    case ArrayType(DoubleType, _)                                   => DoubleArray
-    case other                                                      =>
-      throw new IllegalArgumentException(
-        s"column `$column` has type ${other.simpleString}; torchspark reads binary (encoded " +
-          "images, e.g. binaryFile's content), Spark's image struct, or array<float>"
-      )
-  }
-}
-
-/** One scored row, decoded from the native result. */
-private[torchspark] final case class Scored(
-    prediction: Int,
-    probability: Array[Double],
-    label: String,
-    topK: Seq[Row],
-    error: String
-)
-
-/** Rows in, Arrow IPC bytes out, and back: the JNI boundary's only format. */
 private[torchspark] object ArrowCodec {
   private lazy val root: RootAllocator = new RootAllocator(Long.MaxValue)
 
@@ -114,37 +82,13 @@ private[torchspark] object ArrowCodec {
   }
 
   /** Bytes of the binary values among `values`. */
-  private def binaryBytes(values: Array[Any]): Long = {
+  private[torchspark] def binaryBytes(values: Array[Any]): Long = {
     var total = 0L
     values.foreach {
       case b: Array[Byte] => total += b.length
       case _              =>
     }
     total
-  }
-
-  /** Encodes one batch of column values (nulls allowed) as an IPC stream of one column. */
-  def encode(kind: ImageColumn, values: Array[Any]): Array[Byte] = withAllocator { a =>
-    val n = values.length
-    val vector: FieldVector = kind match {
-      case ImageColumn.Binary =>
-        building(new VarBinaryVector("content", a)) { v =>
-          // Sized once: doubling as values arrive would hold up to twice the group's bytes.
-          v.allocateNew(math.max(binaryBytes(values), 1L), math.max(n, 1))
-          var i = 0
-          while (i < n) {
-            values(i) match {
-              case b: Array[Byte] => v.setSafe(i, b)
-              case _              => v.setNull(i)
-            }
-            i += 1
-          }
-          v.setValueCount(n)
-        }
-      case ImageColumn.SparkImage                           => encodeImages(a, "image", values)
-      case ImageColumn.FloatArray | ImageColumn.DoubleArray => encodeArrays(a, kind, values)
-    }
-    ipc(Seq(vector), n)
   }
 
   /** One batch of `n` rows with `vectors` as its columns, as an IPC stream; closes them. */
@@ -203,34 +147,6 @@ private[torchspark] object ArrowCodec {
     s.setValueCount(n)
   }
 
-  private def encodeArrays(a: BufferAllocator, kind: ImageColumn, values: Array[Any]): FieldVector =
-    building(ListVector.empty("input", a))(l => fillArrays(l, kind, values))
-
-  private def fillArrays(l: ListVector, kind: ImageColumn, values: Array[Any]): Unit = {
-    val precision =
-      if (kind == ImageColumn.FloatArray) FloatingPointPrecision.SINGLE
-      else FloatingPointPrecision.DOUBLE
-    val inner = l
-      .addOrGetVector[FieldVector](FieldType.nullable(new ArrowType.FloatingPoint(precision)))
-      .getVector
-    l.allocateNew()
-    var idx = 0
-    for (i <- values.indices) values(i) match {
-      case s: scala.collection.Seq[_] =>
-        l.startNewValue(i)
-        inner match {
-          case f: Float4Vector => s.foreach { x => f.setSafe(idx, x.asInstanceOf[Float]); idx += 1 }
-          case d: Float8Vector =>
-            s.foreach { x => d.setSafe(idx, x.asInstanceOf[Double]); idx += 1 }
-          case other => throw new IllegalStateException(s"unexpected list child $other")
-        }
-        l.endValue(i, s.size)
-      case _ => l.setNull(i)
-    }
-    inner.setValueCount(idx)
-    l.setValueCount(values.length)
-  }
-
   private[torchspark] def read[T](bytes: Array[Byte])(f: VectorSchemaRoot => T): T =
     withAllocator { a =>
       val reader = new ArrowStreamReader(new ByteArrayInputStream(bytes), a)
@@ -263,47 +179,5 @@ private[torchspark] object ArrowCodec {
         get("torchspark.batch_jobs")
       )
     } finally reader.close()
-  }
-
-  private def floats(l: ListVector, i: Int): Array[Double] = {
-    val inner = l.getDataVector.asInstanceOf[Float4Vector]
-    val (start, end) = (l.getElementStartIndex(i), l.getElementEndIndex(i))
-    val out = new Array[Double](end - start)
-    var j = start
-    while (j < end) { out(j - start) = inner.get(j).toDouble; j += 1 }
-    out
-  }
-
-  private def str(v: VarCharVector, i: Int): String =
-    if (v.isNull(i)) null else new String(v.get(i), "UTF-8")
-
-  def decodeScores(bytes: Array[Byte]): Array[Scored] = read(bytes) { root =>
-    val pred = root.getVector("prediction").asInstanceOf[IntVector]
-    val prob = root.getVector("probability").asInstanceOf[ListVector]
-    val label = root.getVector("predicted_label").asInstanceOf[VarCharVector]
-    val top = root.getVector("top_k").asInstanceOf[ListVector]
-    val topStruct = top.getDataVector.asInstanceOf[StructVector]
-    val topIdx = topStruct.getChild("index").asInstanceOf[IntVector]
-    val topLabel = topStruct.getChild("label").asInstanceOf[VarCharVector]
-    val topProb = topStruct.getChild("probability").asInstanceOf[Float4Vector]
-    val err = root.getVector("error").asInstanceOf[VarCharVector]
-    Array.tabulate(root.getRowCount) { i =>
-      if (!err.isNull(i)) Scored(-1, null, null, null, str(err, i))
-      else {
-        val ks = (top.getElementStartIndex(i) until top.getElementEndIndex(i)).map { j =>
-          Row(topIdx.get(j), str(topLabel, j), topProb.get(j).toDouble)
-        }
-        Scored(pred.get(i), floats(prob, i), str(label, i), ks, null)
-      }
-    }
-  }
-
-  /** (features, error) per row. */
-  def decodeFeatures(bytes: Array[Byte]): Array[(Array[Double], String)] = read(bytes) { root =>
-    val feats = root.getVector("features").asInstanceOf[ListVector]
-    val err = root.getVector("error").asInstanceOf[VarCharVector]
-    Array.tabulate(root.getRowCount) { i =>
-      if (!err.isNull(i)) (null, str(err, i)) else (floats(feats, i), null)
-    }
   }
 }

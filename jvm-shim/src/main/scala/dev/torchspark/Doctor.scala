@@ -7,6 +7,7 @@ import scala.util.control.NonFatal
 
 import com.fasterxml.jackson.databind.ObjectMapper
 import org.apache.spark.SparkEnv
+import org.apache.spark.ml.linalg.{SQLDataTypes, Vector}
 import org.apache.spark.sql.SparkSession
 
 /** One executor's answer to the doctor: where it runs, what its CPU has, where libtorch came from,
@@ -114,19 +115,25 @@ object Doctor {
       val config = NativeRunner.configJson(dir.resolve("tiny.pt").toString, "cpu", 1, "fp32")
       val h = NativeBridge.openModel(config)
       try {
-        val input = ArrowCodec.encode(ImageColumn.Binary, Array[Any](png))
+        val input = TensorCodec.encode(
+          Seq(TensorCodec.Column("image", org.apache.spark.sql.types.BinaryType, Array[Any](png))),
+          1
+        )
         val ctx = Option(org.apache.spark.TaskContext.get())
         val answer = TaskPipeline.call(
           h,
           TaskPipeline.Score,
           input,
-          "{}",
+          """{"outputs": ["probability"]}""",
           EngineSettings.default.timeoutMs,
           ctx
         )
-        val s = ArrowCodec.decodeScores(answer)(0)
-        if (s.error != null) throw new IllegalStateException(s"tiny model: ${s.error}")
-        val diff = s.probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
+        val probability = TensorCodec.decode(answer, Seq(SQLDataTypes.VectorType))(0) match {
+          case Right(Seq(p: Vector)) => p.toArray
+          case Right(other)          => throw new IllegalStateException(s"tiny model: $other")
+          case Left(error)           => throw new IllegalStateException(s"tiny model: $error")
+        }
+        val diff = probability.zip(want).map { case (a, b) => math.abs(a - b) }.max
         (diff, engineLine(NativeBridge.engineStats(h), ExecutorCores.taskCpus))
       } finally NativeBridge.closeModel(h)
     } finally {

@@ -6,8 +6,6 @@ import java.nio.file.Files
 
 import scala.util.Try
 
-import com.fasterxml.jackson.core.JsonProcessingException
-import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
 import org.apache.hadoop.fs.{Path => HPath}
 import org.apache.spark.sql.SparkSession
 
@@ -18,11 +16,11 @@ import org.apache.spark.sql.SparkSession
   *     is opened here exactly as a task opens it (the spec's full validation, the device, the
   *     precision, a pinned sha256, libtorch). The process registry keeps it loaded; the tasks reuse
   *     it, so nothing is loaded twice.
-  *   - Otherwise the driver needs no libtorch: the model must exist (a cluster-storage URI is
-  *     stat'ed; a local path or `--files` name is checked when the driver has a copy, since it may
-  *     exist on the nodes only) and its spec must be readable JSON with an `input` object whose
-  *     `height` and `width` are positive integers (a version-2 spec is described natively by
-  *     TorchModel and SQL instead). The rest is validated where the model loads.
+  *   - Otherwise the driver loads no model: the model must exist (a cluster-storage URI is stat'ed;
+  *     a local path or `--files` name is checked when the driver has a copy, since it may exist on
+  *     the nodes only) and its spec must pass the native `describe` (the library, not a model: the
+  *     transformers and SQL build their schemas from it anyway). The rest (the model file itself,
+  *     the device) is validated where the model loads.
   */
 private[torchspark] object DriverCheck {
 
@@ -67,31 +65,11 @@ private[torchspark] object DriverCheck {
     }
   }
 
-  private val mapper = new ObjectMapper()
-
-  /** The spec's JSON shape as far as the JVM checks it; `where` names the file in messages. */
+  /** The spec `text` as the native side validates it (`describe`: every rule of either version,
+    * without loading the model); `where` names the file in messages.
+    */
   def checkSpec(where: String, text: String): Unit = {
-    def bad(reason: String) = new ModelSpecException(s"model spec $where: $reason")
-    val root: JsonNode =
-      try mapper.readTree(text)
-      catch {
-        case e: JsonProcessingException =>
-          val at = Option(e.getLocation)
-            .map(l => s" at line ${l.getLineNr}, column ${l.getColumnNr}")
-            .getOrElse("")
-          throw bad(s"not JSON: ${e.getOriginalMessage}$at")
-      }
-    if (root == null || !root.isObject) throw bad("must be a JSON object")
-    // A general spec (version 2): TorchModel and SQL validate it on the driver with
-    // NativeBridge.describe, which knows all of its rules.
-    if (Option(root.get("spec_version")).exists(v => v.isIntegralNumber && v.asInt >= 2)) return
-    val input = root.get("input")
-    if (input == null || !input.isObject)
-      throw bad("missing field `input` (an object with height and width)")
-    Seq("height", "width").foreach { f =>
-      val v = input.get(f)
-      if (v == null || !v.canConvertToInt || !v.isIntegralNumber || v.asInt <= 0)
-        throw bad(s"input.$f must be a positive integer")
-    }
+    ModelSchema.of(text, TaskPipeline.Predict, where)
+    ()
   }
 }

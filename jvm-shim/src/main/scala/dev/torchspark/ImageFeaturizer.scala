@@ -1,7 +1,7 @@
 package dev.torchspark
 
 import org.apache.spark.ml.Transformer
-import org.apache.spark.ml.linalg.{SQLDataTypes, Vectors}
+import org.apache.spark.ml.linalg.SQLDataTypes
 import org.apache.spark.ml.param._
 import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
 import org.apache.spark.sql.{DataFrame, Dataset}
@@ -9,6 +9,9 @@ import org.apache.spark.sql.types._
 
 /** Embeds images with the spec's featurize output (a method such as `features`, or one element of
   * forward's tuple) into `outputCol`, an ML Vector that Spark ML estimators train on directly.
+  *
+  * The `featurize` preset over [[TorchModel]] (a version-1 image spec with a `featurize` entry):
+  * its one output, `features`, as an ML Vector.
   */
 class ImageFeaturizer(override val uid: String)
     extends Transformer
@@ -26,32 +29,26 @@ class ImageFeaturizer(override val uid: String)
 
   def getOutputCol: String = $(outputCol)
 
+  /** The featurize preset's one output into `outputCol`, as an ML Vector. */
+  private def runner(schema: StructType): (TorchModel, ModelSchema) = {
+    val model = imageModel(schema, TaskPipeline.Featurize)
+    val call = ModelCall(
+      TaskPipeline.Featurize,
+      "ImageFeaturizer",
+      outputs = model.outputs.map(_.name -> getOutputCol).toMap,
+      types = model.outputs.map(_.name -> SQLDataTypes.VectorType).toMap
+    )
+    (imageRunner(model, call), model)
+  }
+
   override def transformSchema(schema: StructType): StructType =
-    withOutputs(schema, Seq(StructField(getOutputCol, SQLDataTypes.VectorType)))
+    runner(schema)._1.transformSchema(schema)
 
   override def transform(dataset: Dataset[_]): DataFrame = {
-    val schema = transformSchema(dataset.schema, logging = true)
-    val df = dataset.toDF()
-    val metrics = newMetrics(df)
-    val decode = (bytes: Array[Byte]) =>
-      ArrowCodec.decodeFeatures(bytes).map { case (f, error) =>
-        // Typed once here: Scala 2.12's Array.map takes no explicit result type.
-        val out: Either[String, Seq[Any]] =
-          if (error != null) Left(error) else Right(Seq(Vectors.dense(f)))
-        out
-      }
-    NativeRunner.transform(
-      df,
-      this,
-      schema,
-      metrics,
-      TaskPipeline.Featurize,
-      Seq(getInputCol),
-      NativeRunner.imageInput(df, getInputCol),
-      decode,
-      Seq(null),
-      ""
-    )
+    val (inner, model) = runner(dataset.schema)
+    val out = inner.run(dataset, model)
+    keepMetrics(inner.metrics)
+    out
   }
 
   override def copy(extra: ParamMap): ImageFeaturizer = defaultCopy(extra)

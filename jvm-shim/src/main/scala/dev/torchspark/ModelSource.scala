@@ -36,10 +36,13 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
     *   its spec cannot be read
     */
   def specText(): String = {
-    val spec = ModelSource.specOf(if (isRemote) path else NativeRunner.resolveModel(path))
+    val spec = specPath()
     val bytes =
-      if (isRemote) ModelSource.readAll(new HPath(spec), conf.value, spec)
-      else
+      if (isRemote) {
+        // Stat'ed first: a model that is missing, refused or unreachable is named as such.
+        val (_, status) = ModelSource.statBoth(path, conf.value)
+        ModelSource.readAll(status.getPath, conf.value, spec)
+      } else
         try Files.readAllBytes(new File(spec).toPath)
         catch {
           case e: IOException =>
@@ -47,6 +50,15 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
         }
     new String(bytes, StandardCharsets.UTF_8)
   }
+
+  /** The spec's path or URI as this JVM reads it (beside the resolved model). */
+  def specPath(): String =
+    ModelSource.specOf(if (isRemote) path else NativeRunner.resolveModel(path))
+
+  /** The inputs and the outputs `preset` selects of this model's spec, described natively
+    * ([[ModelSchema.of]]); errors name the spec file.
+    */
+  def describe(preset: String): ModelSchema = ModelSchema.of(specText(), preset, specPath())
 
   /** Checks that the model, its spec and the tokenizer files the spec names exist; driver-side,
     * before a job starts.

@@ -118,13 +118,6 @@ private[torchspark] object NativeRunner {
   def threadsFor(numThreads: Int): Int =
     if (numThreads > 0) numThreads else Option(TaskContext.get()).map(_.cpus()).getOrElse(1).max(1)
 
-  /** The encoder of an image transformer's batches: the one column `column` of `df`. */
-  def imageInput(df: DataFrame, column: String): Seq[Row] => Array[Byte] = {
-    val idx = df.schema.fieldIndex(column)
-    val kind = ImageColumn.of(column, df.schema(idx).dataType)
-    rows => ArrowCodec.encode(kind, rows.map(r => r.get(idx): Any).toArray)
-  }
-
   /** `row` with the columns at `idx` null: a row over the byte bound, as it is sent. */
   private def nulled(row: Row, idx: Array[Int]): Row = {
     val values = new Array[Any](row.length)
@@ -145,23 +138,26 @@ private[torchspark] object NativeRunner {
     new GenericRow(values)
   }
 
-  /** Groups each partition's rows, runs each group through native code (op 0 score, 1 featurize, 2
-    * predict; through the shared engine or per task, TaskPipeline) and appends the outputs in row
-    * order; `encode` turns a group of rows into the native call's Arrow input (it reads
-    * `inputColumns`), `decode` turns a native result into per-row outputs or an error. A group is
-    * at most `callBatches` forward passes of `batchSize` rows (batchSize 0: the model's
-    * NativeBridge.autoBatchSize, on the executor) and at most `spark.torchspark.maxBytesPerCall`
-    * bytes of `inputColumns` (RowGroups); a row over that alone is a row error.
+  /** Groups each partition's rows, runs each group through native code (the `preset`'s outputs:
+    * score, featurize, predict or embed; through the shared engine or per task, TaskPipeline) and
+    * appends the outputs in row order; `encode` turns a group of rows into the native call's Arrow
+    * input (it reads `inputColumns`), `decode` turns a native result into per-row outputs or an
+    * error. A group is at most `callBatches` forward passes of `batchSize` rows (batchSize 0: the
+    * model's NativeBridge.autoBatchSize, on the executor) and at most
+    * `spark.torchspark.maxBytesPerCall` bytes of `inputColumns` (RowGroups); a row over that alone
+    * is a row error.
     *
     * Every row is accounted for: `rowsIn` = `rowsOut` + `rowsSkipped`; a partition that skipped or
-    * kept bad rows logs one warning with the count and the first reason.
+    * kept bad rows logs one warning (naming the transformer `who`) with the count and the first
+    * reason.
     */
   def transform(
       df: DataFrame,
       p: TorchSparkModelParams,
       outSchema: StructType,
       metrics: TorchSparkMetrics,
-      op: Int,
+      preset: String,
+      who: String,
       inputColumns: Seq[String],
       encode: Seq[Row] => Array[Byte],
       decode: Array[Byte] => Array[Either[String, Seq[Any]]],
@@ -180,7 +176,6 @@ private[torchspark] object NativeRunner {
     val maxBytes = RowGroups.limit(df.sparkSession)
     val inputIdx = inputColumns.map(df.schema.fieldIndex).toArray
     val names = IndexedSeq(inputColumns.toIndexedSeq)
-    val who = p.getClass.getSimpleName
     // The limits of docs/limits.md (0: the spec's or the engine's).
     val limits = s""", "max_row_elements": ${p.getMaxRowElements}, "max_batch_bytes": """ +
       s"""${p.getMaxBatchBytes}, "max_text_bytes": ${p.getMaxTextBytes}"""
@@ -217,7 +212,8 @@ private[torchspark] object NativeRunner {
       // This partition's bad rows, for its one warning.
       val bad = new PartitionErrors(who, partition, mode)
       ctx.foreach(_.addTaskCompletionListener[Unit](_ => bad.log()))
-      val pipeline = new TaskPipeline(handle, op, engine.shared, engine.timeoutMs, Some(clock), ctx)
+      val pipeline =
+        new TaskPipeline(handle, preset, engine.shared, engine.timeoutMs, Some(clock), ctx)
       pipeline
         .run[RowGroup[Row]](
           groups,

@@ -26,8 +26,9 @@ import org.apache.spark.{TaskContext, TaskKilledException}
   * runs completion listeners in reverse order, so it runs first.
   *
   * @param lanes
-  *   the model calls each group goes through: an open handle (NativeBridge.openModel) and its op (0
-  *   score, 1 featurize, 2 predict); one for a transformer, one per distinct call for a SQL node
+  *   the model calls each group goes through: an open handle (NativeBridge.openModel) and its
+  *   preset (score, featurize, predict, embed: the outputs the call selects); one for a
+  *   transformer, one per distinct call for a SQL node
   * @param clock
   *   where the time goes: encode into `bridge`, submit and collect into `native`, the time blocked
   *   in collect also into `blocked`; None to not measure
@@ -40,19 +41,22 @@ private[torchspark] final class TaskPipeline(
     ctx: Option[TaskContext]
 ) {
   lanes.foreach { l =>
-    require(l.op >= 0 && l.op <= 2, s"op ${l.op}: expected 0 (score), 1 (featurize) or 2 (predict)")
+    require(
+      TaskPipeline.presets.contains(l.preset),
+      s"preset `${l.preset}`: expected one of ${TaskPipeline.presets.mkString(", ")}"
+    )
   }
   require(lanes.nonEmpty, "a pipeline needs at least one model call")
 
-  /** One model handle and op: what the transformers run. */
+  /** One model handle and preset: what the transformers run. */
   def this(
       handle: Long,
-      op: Int,
+      preset: String,
       shared: Boolean,
       timeoutMs: Long,
       clock: Option[StageClock] = None,
       ctx: Option[TaskContext] = Option(TaskContext.get())
-  ) = this(Seq(TaskPipeline.Lane(handle, op)), shared, timeoutMs, clock, ctx)
+  ) = this(Seq(TaskPipeline.Lane(handle, preset)), shared, timeoutMs, clock, ctx)
 
   /** The id the engine knows this task's jobs by: Spark's task attempt id, or a fresh one outside a
     * task (negative, so it never meets a task attempt id).
@@ -108,7 +112,7 @@ private[torchspark] final class TaskPipeline(
           val input = encode(g, i)
           val t1 = System.nanoTime()
           val p =
-            try NativeBridge.submit(lanes(i).handle, lanes(i).op, input, options(g, i), taskId)
+            try TaskPipeline.submit(lanes(i), input, options(g, i), taskId)
             finally clock.foreach { c => c.bridge += t1 - t0; c.native += System.nanoTime() - t1 }
           pending.synchronized {
             if (closed) { NativeBridge.discard(p); throw killed() }
@@ -195,8 +199,42 @@ private[torchspark] final class TaskPipeline(
 
 private[torchspark] object TaskPipeline {
 
-  /** A model handle and the op run through it (0 score, 1 featurize, 2 predict). */
-  final case class Lane(handle: Long, op: Int)
+  /** A model handle and the preset run through it. */
+  final case class Lane(handle: Long, preset: String)
+
+  /** The presets (docs/internals.md, the call protocol), in the order of `submit`'s op codes. */
+  val Score = "score"
+  val Featurize = "featurize"
+  val Predict = "predict"
+  val Embed = "embed"
+  val presets: Seq[String] = Seq(Score, Featurize, Predict, Embed)
+
+  /** `submit`'s op code for `preset` (0 score, 1 featurize, 2 the rest): kept for the native side's
+    * compatibility; the options' `preset` names the selection and wins over it.
+    */
+  def opOf(preset: String): Int = preset match {
+    case Score     => 0
+    case Featurize => 1
+    case _         => 2
+  }
+
+  /** `options` (a JSON object) with `"preset"` first. */
+  def withPreset(options: String, preset: String): String = {
+    val body = options.trim
+    require(body.startsWith("{") && body.endsWith("}"), s"options must be a JSON object: $options")
+    val rest = body.substring(1).trim
+    s"""{"preset": ${NativeRunner.json(preset)}${if (rest == "}") "}" else ", " + rest}"""
+  }
+
+  /** NativeBridge.submit of `input` through `lane`: its op code, the preset in the options. */
+  def submit(lane: Lane, input: Array[Byte], options: String, taskId: Long): Long =
+    NativeBridge.submit(
+      lane.handle,
+      opOf(lane.preset),
+      input,
+      withPreset(options, lane.preset),
+      taskId
+    )
 
   /** The longest single collect: how soon a killed task notices. */
   val sliceMs = 100L
@@ -252,7 +290,7 @@ private[torchspark] object TaskPipeline {
     */
   def call(
       handle: Long,
-      op: Int,
+      preset: String,
       input: Array[Byte],
       options: String,
       timeoutMs: Long,
@@ -260,7 +298,7 @@ private[torchspark] object TaskPipeline {
   ): Array[Byte] = {
     val taskId = taskIdOf(ctx)
     val partition = ctx.map(_.partitionId()).getOrElse(0)
-    val p = NativeBridge.submit(handle, op, input, options, taskId)
+    val p = submit(Lane(handle, preset), input, options, taskId)
     // Bytes or a native error: collect freed `p`. Otherwise (killed, timed out) it is ours.
     var freed = false
     var expired = false
@@ -289,10 +327,6 @@ private[torchspark] object TaskPipeline {
         catch { case _: TorchSparkException => () }
       }
   }
-
-  val Score = 0
-  val Featurize = 1
-  val Predict = 2
 }
 
 /** A row of a group whose inputs for one native call (a lane) are over the byte bound: it is sent

@@ -64,26 +64,26 @@ private[torchspark] final case class ModelSchema(
 
 private[torchspark] object ModelSchema {
   private val mapper = new ObjectMapper()
-  private val cache = new ConcurrentHashMap[String, ModelSchema]()
+  private val cache = new ConcurrentHashMap[(String, String), ModelSchema]()
 
-  /** The spec's `spec_version` (1 when absent or not a number). */
-  def specVersion(specJson: String): Int =
-    try {
-      Option(mapper.readTree(specJson))
-        .flatMap(n => Option(n.get("spec_version")))
-        .filter(_.isIntegralNumber)
-        .map(_.asInt)
-        .getOrElse(1)
-    } catch { case _: java.io.IOException => 1 }
-
-  /** The inputs and outputs of the spec `specJson` (either version), from the native side's
-    * `describe`: no model is loaded. Throws [[ModelSpecException]] for an invalid spec.
+  /** The inputs of the spec `specJson` (either version) and the outputs a call with `preset`
+    * returns (`score`, `featurize`, `predict`, `embed`: docs/internals.md, the call protocol), from
+    * the native side's `describePreset`: no model is loaded. Throws [[ModelSpecException]] for an
+    * invalid spec or a preset it cannot give, naming `where` (the spec file) when given.
     */
-  def of(specJson: String): ModelSchema = {
-    val hit = cache.get(specJson)
+  def of(specJson: String, preset: String = "predict", where: String = null): ModelSchema = {
+    val key = (preset, specJson)
+    val hit = cache.get(key)
     if (hit != null) return hit
-    val described = parse(NativeBridge.describe(specJson))
-    cache.put(specJson, described)
+    val described =
+      try parse(NativeBridge.describePreset(specJson, preset))
+      catch {
+        // The native side names no file: it was given the text.
+        case e: ModelSpecException if where != null =>
+          val reason = e.getMessage.stripPrefix("model spec <spec>: ")
+          throw new ModelSpecException(s"model spec $where: $reason", e)
+      }
+    cache.put(key, described)
     described
   }
 
@@ -111,6 +111,14 @@ private[torchspark] object ModelSchema {
       }
       ModelSchema(inputs, outputs)
     } finally reader.close()
+  }
+
+  /** `dt` with every float (in arrays and structs too) a double. */
+  def withDoubles(dt: DataType): DataType = dt match {
+    case FloatType        => DoubleType
+    case ArrayType(e, n)  => ArrayType(withDoubles(e), n)
+    case StructType(flds) => StructType(flds.map(f => f.copy(dataType = withDoubles(f.dataType))))
+    case other            => other
   }
 
   /** Field metadata of a `vector` output (an ML Vector on the JVM). */
@@ -169,6 +177,20 @@ private[torchspark] object TensorCodec {
     case _             => false
   }
 
+  /** A column an image input reads: binary (encoded images), Spark's image struct, or the image's
+    * preprocessed C×H×W values (array<float> or array<double>).
+    */
+  def isImageColumn(dt: DataType): Boolean = dt match {
+    case BinaryType                           => true
+    case ArrayType(FloatType | DoubleType, _) => true
+    case d                                    => isImageStruct(d)
+  }
+
+  /** What an image input reads, for messages. */
+  val imageColumns: String =
+    "binary (encoded images, e.g. binaryFile's content), Spark's image struct, or the " +
+      "preprocessed C×H×W values as array<float> (or array<double>)"
+
   private val readable =
     "torchspark reads numbers (numeric columns, nested arrays of numbers, ML Vectors), binary " +
       "(encoded images, UTF-8 text), strings (text) and Spark's image struct"
@@ -207,7 +229,15 @@ private[torchspark] object TensorCodec {
     case s: StructType if isImageStruct(s) => ArrowCodec.encodeImages(a, c.name, c.values)
     case _                                 =>
       ArrowCodec.building(arrowField(c.name, c.dt).createVector(a)) { v =>
-        v.allocateNew()
+        v match {
+          // Sized once: doubling as images arrive would hold up to twice the group's bytes.
+          case b: VarBinaryVector =>
+            b.allocateNew(
+              math.max(ArrowCodec.binaryBytes(c.values), 1L),
+              math.max(c.values.length, 1)
+            )
+          case _ => v.allocateNew()
+        }
         val app = appender(v, c.dt)
         c.values.foreach(app.append)
         app.finish()
@@ -495,17 +525,19 @@ private[torchspark] object TensorCodec {
   }
 
   /** Per row: the outputs (Spark values, in the result's column order, `error` left out), or the
-    * row's error. `outputs` is how many output columns precede `error`.
+    * row's error. `types` are the Spark types of the output columns that precede `error`: each
+    * output is read as its type ([[reader]]), e.g. a float32 list as an ML Vector or array<double>.
     */
-  def decode(bytes: Array[Byte], outputs: Int): Array[Either[String, Seq[Any]]] =
+  def decode(bytes: Array[Byte], types: Seq[DataType]): Array[Either[String, Seq[Any]]] =
     ArrowCodec.read(bytes) { root =>
+      val outputs = types.size
       val fields = root.getSchema.getFields
       if (fields.size != outputs + 1 || fields.get(outputs).getName != "error")
         throw new InferenceException(
           s"the native result has columns ${(0 until fields.size).map(fields.get(_).getName)}" +
             s", expected $outputs outputs and `error`"
         )
-      val getters = Array.tabulate(outputs)(i => getter(root.getVector(i), fields.get(i)))
+      val getters = Array.tabulate(outputs)(i => reader(root.getVector(i), fields.get(i), types(i)))
       val err = root.getVector(outputs).asInstanceOf[VarCharVector]
       Array.tabulate(root.getRowCount) { i =>
         val out: Either[String, Seq[Any]] =
@@ -520,29 +552,51 @@ private[torchspark] object TensorCodec {
       }
     }
 
-  private def getter(v: ValueVector, f: Field): Int => Any = (v, f.getType) match {
-    case (l: ListVector, _) if ModelSchema.isVector(f) =>
-      val d = l.getDataVector.asInstanceOf[Float8Vector]
+  /** Element `i` of a float32 or float64 vector as a double. */
+  private def doubles(v: ValueVector, f: Field): Int => Double = v match {
+    case d: Float8Vector => i => d.get(i)
+    case d: Float4Vector => i => d.get(i).toDouble
+    case other           =>
+      throw new InferenceException(
+        s"output `${f.getName}`: an ML Vector reads float32 or float64, not ${other.getClass}"
+      )
+  }
+
+  /** Row `i` of the native column `v` (Arrow field `f`) as a Spark value of type `dt`: the type the
+    * native field maps to ([[ModelSchema.sparkType]]), or where a preset asks for another one: a
+    * float32 or float64 list as an ML Vector, a float32 as a double (and back), inside arrays and
+    * structs too (a struct's fields by name).
+    */
+  private def reader(v: ValueVector, f: Field, dt: DataType): Int => Any = (v, dt) match {
+    case (l: ListVector, d) if d == SQLDataTypes.VectorType =>
+      val get = doubles(l.getDataVector, f.getChildren.get(0))
       i =>
         if (l.isNull(i)) null
         else {
           val (s, e) = (l.getElementStartIndex(i), l.getElementEndIndex(i))
           val out = new Array[Double](e - s)
           var j = s
-          while (j < e) { out(j - s) = d.get(j); j += 1 }
+          while (j < e) { out(j - s) = get(j); j += 1 }
           Vectors.dense(out)
         }
-    case (x: Float8Vector, _)    => i => if (x.isNull(i)) null else x.get(i)
-    case (x: Float4Vector, _)    => i => if (x.isNull(i)) null else x.get(i)
-    case (x: BigIntVector, _)    => i => if (x.isNull(i)) null else x.get(i)
-    case (x: IntVector, _)       => i => if (x.isNull(i)) null else x.get(i)
-    case (x: SmallIntVector, _)  => i => if (x.isNull(i)) null else x.get(i)
-    case (x: TinyIntVector, _)   => i => if (x.isNull(i)) null else x.get(i)
-    case (x: BitVector, _)       => i => if (x.isNull(i)) null else x.get(i) == 1
-    case (x: VarBinaryVector, _) => i => if (x.isNull(i)) null else x.get(i)
-    case (x: VarCharVector, _)   => i => if (x.isNull(i)) null else new String(x.get(i), "UTF-8")
-    case (l: ListVector, _)      =>
-      val child = getter(l.getDataVector, f.getChildren.get(0))
+    case (x: Float8Vector, FloatType)  => i => if (x.isNull(i)) null else x.get(i).toFloat
+    case (x: Float4Vector, DoubleType) => i => if (x.isNull(i)) null else x.get(i).toDouble
+    case (x: Float8Vector, _)          => i => if (x.isNull(i)) null else x.get(i)
+    case (x: Float4Vector, _)          => i => if (x.isNull(i)) null else x.get(i)
+    case (x: BigIntVector, _)          => i => if (x.isNull(i)) null else x.get(i)
+    case (x: IntVector, _)             => i => if (x.isNull(i)) null else x.get(i)
+    case (x: SmallIntVector, _)        => i => if (x.isNull(i)) null else x.get(i)
+    case (x: TinyIntVector, _)         => i => if (x.isNull(i)) null else x.get(i)
+    case (x: BitVector, _)             => i => if (x.isNull(i)) null else x.get(i) == 1
+    case (x: VarBinaryVector, _)       => i => if (x.isNull(i)) null else x.get(i)
+    case (x: VarCharVector, _) => i => if (x.isNull(i)) null else new String(x.get(i), "UTF-8")
+    case (l: ListVector, _)    =>
+      val c = f.getChildren.get(0)
+      val element = dt match {
+        case ArrayType(e, _) => e
+        case _               => ModelSchema.sparkType(c)
+      }
+      val child = reader(l.getDataVector, c, element)
       i =>
         if (l.isNull(i)) null
         else {
@@ -554,9 +608,25 @@ private[torchspark] object TensorCodec {
         }
     case (x: StructVector, _) =>
       val cs = f.getChildren
-      val children = (0 until cs.size).map(cs.get).map(c => getter(x.getChild(c.getName), c))
+      val natives = (0 until cs.size).map(cs.get)
+      // The Spark struct's fields in its order; the native field of each name.
+      val targets = dt match {
+        case st: StructType => st.fields.toSeq.map(t => t.name -> t.dataType)
+        case _              => natives.map(c => c.getName -> ModelSchema.sparkType(c))
+      }
+      val children = targets.map { case (name, t) =>
+        val c = natives.find(_.getName == name).getOrElse {
+          throw new InferenceException(
+            s"output `${f.getName}`: the native struct has no field `$name` (its fields: " +
+              s"${natives.map(_.getName).mkString(", ")})"
+          )
+        }
+        reader(x.getChild(name), c, t)
+      }
       i => if (x.isNull(i)) null else Row.fromSeq(children.map(_(i)))
-    case (x, t) =>
-      throw new InferenceException(s"output `${f.getName}`: cannot read Arrow $t (${x.getClass})")
+    case (x, _) =>
+      throw new InferenceException(
+        s"output `${f.getName}`: cannot read Arrow ${f.getType} (${x.getClass}) as ${dt.simpleString}"
+      )
   }
 }

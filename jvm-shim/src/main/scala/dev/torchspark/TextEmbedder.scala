@@ -67,12 +67,16 @@ class TextEmbedder(override val uid: String)
     (texts.head, vectors.head)
   }
 
+  /** Every output of the spec (the `predict` preset), for [[check]]'s message. */
   private def modelSchema(): ModelSchema = {
     require(isDefined(modelPath), "TextEmbedder: set modelPath")
-    ModelSchema.of(ModelSource(org.apache.spark.sql.SparkSession.active, getModelPath).specText())
+    ModelSource(org.apache.spark.sql.SparkSession.active, getModelPath)
+      .describe(TaskPipeline.Predict)
   }
 
-  /** The TorchModel this preset runs: the same params, the text input read from `inputCol`. */
+  /** The TorchModel this preset runs: the same params, the text input read from `inputCol`, the
+    * `embed` preset (the spec's one vector output, which [[check]] found) into `outputCol`.
+    */
   private def runner(schema: StructType, model: ModelSchema): TorchModel = {
     val (text, output) = check(model)
     require(
@@ -91,9 +95,17 @@ class TextEmbedder(override val uid: String)
       s"$who: column `$getOutputCol` already exists; set outputCol"
     )
     // Same uid: the metrics' accumulators are named after this transformer.
-    copyValues(new TorchModel(uid))
-      .setInputCols(Array(s"${text.name}=$getInputCol"))
-      .setOutputCols(Array(s"${output.name}=$getOutputCol"))
+    copyValues(
+      new TorchModel(
+        uid,
+        ModelCall(
+          TaskPipeline.Embed,
+          "TextEmbedder",
+          columns = Map(text.name -> Seq(getInputCol)),
+          outputs = Map(output.name -> getOutputCol)
+        )
+      )
+    )
   }
 
   override def transformSchema(schema: StructType): StructType = {

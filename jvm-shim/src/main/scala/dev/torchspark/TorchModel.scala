@@ -15,13 +15,23 @@ import org.apache.spark.sql.types._
   * `outputCols` renames them): a scalar (double, float, long, int), an ML Vector, a nested array,
   * an `array<struct<...>>` or a binary PNG; and, with `handleInvalid=keep`, `errorCol`. Inputs read
   * the spec's columns unless `inputCols` maps them elsewhere; a `text` input reads a string (or
-  * UTF-8 binary) column, tokenized natively ([[TextEmbedder]] is its preset for embeddings). A
-  * version-1 (image) spec also runs: input `image`, output `output` (a Vector).
+  * UTF-8 binary) column, tokenized natively ([[TextEmbedder]] is its preset for embeddings); an
+  * `image` input reads binary (encoded images), Spark's image struct or the preprocessed C×H×W
+  * values (array<float>). A version-1 (image) spec also runs: input `image`, output `output` (a
+  * Vector); [[ImageScorer]] and [[ImageFeaturizer]] are its presets `score` and `featurize`.
+  *
+  * @param call
+  *   the outputs a call selects (the `predict` preset: every output) and how a preset over this
+  *   transformer shows them; see [[ModelCall]]
   */
-class TorchModel(override val uid: String)
-    extends Transformer
+class TorchModel private[torchspark] (
+    override val uid: String,
+    private[torchspark] val call: ModelCall
+) extends Transformer
     with TorchSparkModelParams
     with DefaultParamsWritable {
+
+  def this(uid: String) = this(uid, ModelCall.predict)
 
   def this() = this(Identifiable.randomUID("TorchModel"))
 
@@ -49,12 +59,14 @@ class TorchModel(override val uid: String)
   final def getInputCols: Array[String] = $(inputCols)
   final def getOutputCols: Array[String] = $(outputCols)
 
-  private def who = s"TorchModel($getModelPath)"
+  private def who = s"${call.who}($getModelPath)"
 
-  /** The spec's inputs and outputs (read beside the model on this JVM, described natively). */
+  /** The spec's inputs and the outputs of [[call]]'s preset (read beside the model on this JVM,
+    * described natively).
+    */
   private[torchspark] def modelSchema(): ModelSchema = {
-    require(isDefined(modelPath), "TorchModel: set modelPath")
-    ModelSchema.of(ModelSource(SparkSession.active, getModelPath).specText())
+    require(isDefined(modelPath), s"${call.who}: set modelPath")
+    ModelSource(SparkSession.active, getModelPath).describe(call.preset)
   }
 
   /** Each data input with the columns it reads from `schema`, and each output's Spark field. */
@@ -63,14 +75,21 @@ class TorchModel(override val uid: String)
       model: ModelSchema
   ): (Seq[(InputDecl, Seq[String])], Seq[StructField]) = {
     val data = model.dataInputs
-    val inputMap = pairs(getInputCols, "inputCols", data.map(_.name), "input")
-    val outputMap =
+    val inputMap = call.columns ++
+      pairs(getInputCols, "inputCols", data.map(_.name), "input")
+    val outputMap = call.outputs ++
       pairs(getOutputCols, "outputCols", model.outputs.map(_.name), "output").map { case (k, v) =>
         k -> v.head
       }
     val inputs = data.map(d => d -> inputMap.getOrElse(d.name, d.columns))
     inputs.foreach { case (d, cols) => checkInput(d, cols, schema) }
-    val outputs = model.outputs.map(f => f.copy(name = outputMap.getOrElse(f.name, f.name)))
+    val outputs = model.outputs.map { f =>
+      StructField(
+        outputMap.getOrElse(f.name, f.name),
+        call.types.getOrElse(f.name, f.dataType),
+        f.nullable
+      )
+    }
     (inputs, outputs)
   }
 
@@ -133,9 +152,9 @@ class TorchModel(override val uid: String)
     else if (d.isImage) {
       val dt = schema(cols.head).dataType
       require(
-        cols.size == 1 && (dt == BinaryType || TensorCodec.isImageStruct(dt)),
-        s"$where reads ${cols.mkString(", ")}: an image input reads one column, binary " +
-          s"(encoded images) or Spark's image struct, not ${dt.simpleString}"
+        cols.size == 1 && TensorCodec.isImageColumn(dt),
+        s"$where reads ${cols.mkString(", ")}: an image input reads one column, " +
+          s"${TensorCodec.imageColumns}; not ${dt.simpleString}"
       )
     } else if (cols.size > 1)
       cols.filterNot(c => TensorCodec.isScalar(schema(c).dataType)).foreach { c =>
@@ -154,7 +173,7 @@ class TorchModel(override val uid: String)
   // One read of the spec (it may be in cluster storage) and one describe per transform.
   override def transform(dataset: Dataset[_]): DataFrame = run(dataset, modelSchema())
 
-  /** transform with the spec `model` already read (TextEmbedder reads it to check it). */
+  /** transform with the spec `model` already described (a preset reads it to check it). */
   private[torchspark] def run(dataset: Dataset[_], model: ModelSchema): DataFrame = {
     val (inputs, outputs) = plan(dataset.schema, model)
     val schema = appendOutputs(dataset.schema, outputs)
@@ -170,7 +189,8 @@ class TorchModel(override val uid: String)
         rows.size
       )
     val count = outputs.size
-    val decode = (bytes: Array[Byte]) => TensorCodec.decode(bytes, count)
+    val types = outputs.map(_.dataType)
+    val decode = (bytes: Array[Byte]) => TensorCodec.decode(bytes, types)
     val mapping = inputs
       .map { case (d, cols) =>
         s"${NativeRunner.json(d.name)}: ${cols.map(NativeRunner.json).mkString("[", ", ", "]")}"
@@ -181,18 +201,51 @@ class TorchModel(override val uid: String)
       this,
       schema,
       metrics,
-      TaskPipeline.Predict,
+      call.preset,
+      call.who,
       columns.map(_._1),
       encode,
       decode,
       Seq.fill(count)(null),
-      s""", "columns": $mapping""",
+      s""", "columns": $mapping${call.options}""",
       // Text rows are sorted by length natively within a call: give it several batches to sort.
       if (inputs.exists(_._1.isText)) TorchModel.textBatchesPerCall else 1
     )
   }
 
-  override def copy(extra: ParamMap): TorchModel = defaultCopy(extra)
+  override def copy(extra: ParamMap): TorchModel = copyValues(new TorchModel(uid, call), extra)
+}
+
+/** What a preset over [[TorchModel]] runs ([[ImageScorer]], [[ImageFeaturizer]], [[TextEmbedder]]):
+  *
+  * @param preset
+  *   the outputs the native call selects (`score`, `featurize`, `predict`, `embed`); the schema is
+  *   `describePreset`'s for it
+  * @param who
+  *   the transformer errors and warnings name
+  * @param columns
+  *   input name -> the column(s) it reads (before `inputCols`, which a preset leaves unset)
+  * @param outputs
+  *   output name -> its column (before `outputCols`)
+  * @param types
+  *   output name -> the Spark type of its column where the preset's differs from the described one
+  *   (TensorCodec reads the native column as it: e.g. float32 features as an ML Vector)
+  * @param options
+  *   batch options after the columns' (`, "top_k": 5`)
+  */
+private[torchspark] final case class ModelCall(
+    preset: String,
+    who: String,
+    columns: Map[String, Seq[String]] = Map.empty,
+    outputs: Map[String, String] = Map.empty,
+    types: Map[String, DataType] = Map.empty,
+    options: String = ""
+)
+
+private[torchspark] object ModelCall {
+
+  /** TorchModel's own call: every output of the spec. */
+  val predict: ModelCall = ModelCall(TaskPipeline.Predict, "TorchModel")
 }
 
 object TorchModel extends DefaultParamsReadable[TorchModel] {

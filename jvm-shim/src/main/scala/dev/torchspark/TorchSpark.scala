@@ -1,6 +1,6 @@
 package dev.torchspark
 
-import scala.util.Try
+import scala.util.{Failure, Try}
 
 import org.apache.spark.sql.{DataFrame, SparkSession}
 import org.apache.spark.sql.types._
@@ -11,22 +11,21 @@ import dev.torchspark.sql.{TorchFunction, TorchSql}
 object TorchSpark {
   SparkLineCheck.check()
 
-  /** Result type of the scoring UDF. */
-  val scoreType: StructType = StructType(
-    Seq(
-      StructField("prediction", IntegerType),
-      StructField("label", StringType),
-      StructField("probability", ArrayType(DoubleType, containsNull = false)),
-      StructField("error", StringType)
-    )
-  )
+  /** Result type of an image classifier's SQL function (`name(image)`): the `score` preset's
+    * outputs as `describePreset` gives them (prediction double, probability array<float>,
+    * predicted_label string, top_k array<struct<index int, label string, probability double>>),
+    * then `label` (predicted_label's old name, for one release) and error.
+    */
+  lazy val scoreType: StructType = TorchFunction.ImageScore.resultType.asInstanceOf[StructType]
 
   /** Registers a model for SQL. Calls run a batch of rows at a time (`TorchEval` in EXPLAIN, see
     * docs/engine.md), through the executor's shared engine.
     *
-    * An image classifier (a version-1 spec) registers `name` (binary image → struct<prediction,
-    * label, probability, error>) and `name_features` (binary image → array<double>, null for a bad
-    * row): {{{SELECT classify_image(content).label FROM images}}}
+    * An image classifier (a version-1 spec) registers `name` (image → [[scoreType]]:
+    * struct<prediction, probability, predicted_label, top_k, label, error>, the `score` preset) and
+    * `name_features` (image → array<double>, null for a bad row; the `featurize` preset): {{{SELECT
+    * classify_image(content).predicted_label FROM images}}} An image argument is binary (encoded
+    * images), Spark's image struct or array<float> (preprocessed C×H×W values).
     *
     * A general model (`"spec_version": 2`, whose spec this driver can read) registers `name(c1,
     * ..., cN)`, one argument per input of the spec in order (a generated mask is not one),
@@ -63,17 +62,36 @@ object TorchSpark {
     DriverCheck(spark, path, device, "fp32")
     def fn(n: String, kind: TorchFunction.Kind) =
       new TorchFunction(n, path, device, numThreads, kind, sqlBatchSize, engine, sqlTimeoutMs)
-    Try(path.specText()).toOption.filter(ModelSchema.specVersion(_) >= 2) match {
-      case Some(spec) =>
-        val model = ModelSchema.of(spec)
+    def describe(spec: String, preset: String) = ModelSchema.of(spec, preset, path.specPath())
+    // The spec as the native side describes it: an image classifier is the one that gives the
+    // `score` preset; a spec only the executors can read is taken for one (as before).
+    val spec = Try(path.specText()).toOption
+    spec.map(s => Try(describe(s, TaskPipeline.Score))) match {
+      case Some(Failure(_)) =>
+        // Not a classifier: a general model, or an invalid spec (its error comes from here).
+        val model = describe(spec.get, TaskPipeline.Predict)
         require(model.dataInputs.nonEmpty, s"$name: the spec declares no input a SQL call reads")
         TorchSql.registerFunction(
           spark,
           fn(name, TorchFunction.General(model.dataInputs, model.outputs))
         )
-      case None =>
-        TorchSql.registerFunction(spark, fn(name, TorchFunction.ImageScore))
-        TorchSql.registerFunction(spark, fn(s"${name}_features", TorchFunction.ImageFeatures))
+      case score =>
+        TorchSql.registerFunction(
+          spark,
+          fn(
+            name,
+            score.map(s => TorchFunction.imageScore(s.get)).getOrElse(TorchFunction.ImageScore)
+          )
+        )
+        // A spec without `featurize` registers it too: its calls fail naming what is missing.
+        val features = spec.flatMap(s => Try(describe(s, TaskPipeline.Featurize)).toOption)
+        TorchSql.registerFunction(
+          spark,
+          fn(
+            s"${name}_features",
+            features.map(TorchFunction.imageFeatures).getOrElse(TorchFunction.ImageFeatures)
+          )
+        )
     }
   }
 

@@ -194,7 +194,7 @@ trait TorchSparkModelParams extends Params {
 }
 
 /** The params of the image transformers ([[ImageScorer]], [[ImageFeaturizer]]): the common ones and
-  * `inputCol`.
+  * `inputCol`. Both are presets over [[TorchModel]]: the spec's one image input reads `inputCol`.
   */
 trait TorchSparkParams extends TorchSparkModelParams {
 
@@ -210,15 +210,41 @@ trait TorchSparkParams extends TorchSparkModelParams {
 
   final def getInputCol: String = $(inputCol)
 
-  /** Checks the shared params against `schema` and appends `outputs` (and `errorCol` with
-    * handleInvalid=keep), refusing a name the input already has.
+  /** The spec's image input and `call`'s outputs (`describePreset`), with the shared params checked
+    * against `schema`: what [[imageRunner]] runs.
     */
-  protected def withOutputs(schema: StructType, outputs: Seq[StructField]): StructType = {
+  protected def imageModel(schema: StructType, preset: String): ModelSchema = {
     val who = getClass.getSimpleName
     require(isDefined(modelPath), s"$who: set modelPath")
     require(isDefined(inputCol), s"$who: set inputCol")
-    require(schema.fieldNames.contains(getInputCol), s"$who: no input column `$getInputCol`")
-    ImageColumn.of(getInputCol, schema(getInputCol).dataType)
-    appendOutputs(schema, outputs)
+    require(
+      schema.fieldNames.contains(getInputCol),
+      s"$who: no input column `$getInputCol` (the DataFrame's columns: " +
+        s"${schema.fieldNames.mkString(", ")})"
+    )
+    val dt = schema(getInputCol).dataType
+    require(
+      TensorCodec.isImageColumn(dt),
+      s"column `$getInputCol` has type ${dt.simpleString}; torchspark reads " +
+        TensorCodec.imageColumns
+    )
+    ModelSource(org.apache.spark.sql.SparkSession.active, getModelPath).describe(preset)
+  }
+
+  /** The TorchModel an image preset runs: these params, the spec's image input read from
+    * `inputCol`, `call`'s outputs.
+    */
+  protected def imageRunner(model: ModelSchema, call: ModelCall): TorchModel = {
+    val images = model.dataInputs.filter(_.isImage)
+    require(
+      images.size == 1 && model.dataInputs.size == 1,
+      s"${call.who}($getModelPath): the spec declares inputs " +
+        s"[${model.inputs.map(d => s"${d.name} (${d.kind})").mkString(", ")}]; ${call.who} " +
+        "needs one image input: run other models with TorchModel"
+    )
+    // Same uid: the metrics' accumulators are named after this transformer.
+    copyValues(
+      new TorchModel(uid, call.copy(columns = Map(images.head.name -> Seq(getInputCol))))
+    )
   }
 }

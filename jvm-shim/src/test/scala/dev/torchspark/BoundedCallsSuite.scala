@@ -325,9 +325,11 @@ class BoundedCallsSuite extends SparkSuite {
       }
       assertEquals(s"attempt $attempt: ${e.getSuppressed.toSeq}", 0, e.getSuppressed.length)
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
-      // The image transformers' encoder: a float array whose 3rd row holds a string.
+      // An image column of preprocessed values: a float array whose 3rd row holds a string.
       val arrays = Array[Any](Seq(1f, 2f), Seq(3f), Seq("x"), Seq(4f))
-      thrown(classOf[ClassCastException])(ArrowCodec.encode(ImageColumn.FloatArray, arrays))
+      thrown(classOf[ClassCastException])(
+        TensorCodec.encode(Seq(TensorCodec.Column("image", ArrayType(FloatType), arrays)), 4)
+      )
       assertEquals(s"attempt $attempt", 0L, ArrowCodec.allocatedBytes)
     }
   }

@@ -158,7 +158,7 @@ class EngineSuite extends SparkSuite {
             TaskContext.get().addTaskCompletionListener[Unit](_ => NativeBridge.closeModel(handle))
             tasksRunning.incrementAndGet()
             TaskContext.get().addTaskCompletionListener[Unit](_ => tasksRunning.decrementAndGet())
-            val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](4)(png))
+            val input = SparkTest.binaryBatch(Array.fill[Any](4)(png))
             val pipeline = new TaskPipeline(handle, TaskPipeline.Score, true, 60000L)
             pipeline
               .run[Int](

@@ -42,7 +42,7 @@ class LifecycleSuite extends SparkSuite {
     */
   @Test def closingAModelWhileTasksRunIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
+      SparkTest.binaryBatch(Array.fill[Any](8)(Files.readAllBytes(Paths.get(png))))
     val opts = """{"batch_size": 4, "top_k": 1}"""
     for (round <- 0 until 10) {
       val h = NativeRunner.openModel(config(1, shared))
@@ -58,7 +58,8 @@ class LifecycleSuite extends SparkSuite {
             while (end == null) {
               try {
                 // Both ways a caller runs a batch: the one-batch helper, and submit + collect.
-                if (i % 2 == 0) assertNotNull(TaskPipeline.call(h, 0, input, opts, 60000L, None))
+                if (i % 2 == 0)
+                  assertNotNull(TaskPipeline.call(h, TaskPipeline.Score, input, opts, 60000L, None))
                 else {
                   val p = NativeBridge.submit(h, 0, input, opts, 9000L + task)
                   var out: Array[Byte] = null
@@ -94,7 +95,7 @@ class LifecycleSuite extends SparkSuite {
     */
   @Test def discardingAPendingWhileItIsCollectedIsSafe(): Unit = {
     val input =
-      ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
+      SparkTest.binaryBatch(Array.fill[Any](4)(Files.readAllBytes(Paths.get(png))))
     val slow = """{"mode": "shared", "cores": 2, "task_cpus": 1, "debug_delay_ms": 20}"""
     val h = NativeRunner.openModel(config(1, slow))
     try {
@@ -163,11 +164,19 @@ object LifecycleMain {
     val shared = NativeBridge.openModel(config(1, """{"mode": "shared", "cores": 2}"""))
     val perTask = NativeBridge.openModel(config(2, """{"mode": "per-task"}"""))
     val bytes = Files.readAllBytes(Paths.get(png))
-    val input = ArrowCodec.encode(ImageColumn.Binary, Array.fill[Any](64)(bytes))
+    val input = SparkTest.binaryBatch(Array.fill[Any](64)(bytes))
     val opts = """{"batch_size": 32, "top_k": 1}"""
     val loops: Seq[Long => Unit] = Seq(
-      _ => TaskPipeline.call(shared, 0, input, opts, 600000L, None),
-      _ => TaskPipeline.call(perTask, 0, input, opts, 600000L, None), // the pass runs in submit
+      _ => TaskPipeline.call(shared, TaskPipeline.Score, input, opts, 600000L, None),
+      _ =>
+        TaskPipeline.call(
+          perTask,
+          TaskPipeline.Score,
+          input,
+          opts,
+          600000L,
+          None
+        ), // the pass runs in submit
       i => NativeBridge.submit(shared, 0, input, opts, i) // queued, never collected
     )
     loops.foreach { body =>

@@ -137,6 +137,10 @@ object SparkTest {
     a.zip(b).map { case (x, y) => math.abs(x - y) }.foldLeft(0.0)(math.max)
   }
 
+  /** One Arrow batch of one binary column (encoded images, as binaryFile's `content`). */
+  def binaryBatch(values: Array[Any]): Array[Byte] =
+    TensorCodec.encode(Seq(TensorCodec.Column("content", BinaryType, values)), values.length)
+
   /** An exception's messages and its causes', outermost first. */
   def messages(e: Throwable): String =
     Iterator.iterate(e)(_.getCause).takeWhile(_ != null).map(_.getMessage).mkString(" | ")

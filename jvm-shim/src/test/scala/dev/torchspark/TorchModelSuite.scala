@@ -293,16 +293,20 @@ class TorchModelSuite extends SparkSuite {
     }
   }
 
-  @Test def driverSpecCheckLeavesGeneralSpecsToDescribe(): Unit = {
-    // A driver outside local mode checks a spec's JSON; version 2 has no `input` object.
+  @Test def driverSpecCheckDescribesGeneralSpecs(): Unit = {
+    // A driver outside local mode checks a spec with the native describe (no model loaded).
     Seq("diabetes_mlp.json", "seg.json", "det.json", "two_io.json").foreach { f =>
       DriverCheck.checkSpec(f, new String(Files.readAllBytes(generalDir.resolve(f)), "UTF-8"))
     }
     val e = assertThrows(
       classOf[ModelSpecException],
-      () => ModelSchema.of("""{"spec_version": 2, "inputs": [], "outputs": [], "oops": 1}""")
+      () =>
+        DriverCheck.checkSpec(
+          "m.json",
+          """{"spec_version": 2, "inputs": [], "outputs": [], "oops": 1}"""
+        )
     )
-    assertTrue(e.getMessage, e.getMessage.contains("oops"))
+    assertTrue(e.getMessage, e.getMessage.contains("oops") && e.getMessage.contains("m.json"))
   }
 
   @Test def missingInputColumnFailsInTransformSchemaNamingIt(): Unit = {

@@ -6,9 +6,10 @@ import scala.jdk.CollectionConverters._
 
 import com.fasterxml.jackson.databind.{JsonNode, ObjectMapper}
 import org.apache.spark.ml.evaluation.MulticlassClassificationEvaluator
-import org.apache.spark.ml.linalg.Vector
+import org.apache.spark.ml.linalg.{SQLDataTypes, Vector}
 import org.apache.spark.sql.{DataFrame, Row}
 import org.apache.spark.sql.functions._
+import org.apache.spark.sql.types._
 import org.junit.{BeforeClass, Test}
 import org.junit.Assert._
 
@@ -64,6 +65,120 @@ class TorchSparkSuite extends SparkSuite {
       org.apache.spark.sql.types.StructType.fromDDL(schema)
     )
     assertEquals(6, checkProbabilities(scorer("input").transform(df), "path"))
+  }
+
+  @Test def scoreColumnsHaveTheDecidedNamesAndTypes(): Unit = {
+    // The score preset's columns (plan of issue 26), whatever today's native score bytes are.
+    val topK = ArrayType(
+      StructType(
+        Seq(
+          StructField("index", IntegerType, nullable = false),
+          StructField("label", StringType),
+          StructField("probability", DoubleType, nullable = false)
+        )
+      )
+    )
+    val s = scorer("content").setTopK(3)
+    val df = binary("digit_0*.png")
+    val added = s.transformSchema(df.schema).fields.drop(df.schema.size)
+    assertEquals(
+      Seq(
+        "prediction" -> DoubleType,
+        "probability" -> SQLDataTypes.VectorType,
+        "predicted_label" -> StringType,
+        "top_k" -> topK,
+        "predictedLabel" -> StringType, // the old names: copies, for one release
+        "topK" -> topK
+      ),
+      added.map(f => f.name -> f.dataType).toSeq
+    )
+    val out = s.transform(df)
+    assertEquals(s.transformSchema(df.schema), out.schema)
+    val labels = json(fixtures.resolve("resnet20.json")).get("labels")
+    val rows = out.collect()
+    assertEquals(10, rows.length)
+    rows.foreach { r =>
+      val p = r.getAs[Vector]("probability").toArray
+      val best = r.getAs[Double]("prediction").toInt
+      assertEquals(p.indexOf(p.max), best)
+      assertEquals(labels.get(best).asText, r.getAs[String]("predicted_label"))
+      // The 3 best, best first: each its class, label and probability (the float32 score).
+      val top = r.getSeq[Row](r.fieldIndex("top_k"))
+      val order = p.indices.sortBy(i => (-p(i), i)).take(3)
+      assertEquals(order, top.map(_.getInt(0)))
+      top.foreach { t =>
+        assertEquals(labels.get(t.getInt(0)).asText, t.getString(1))
+        assertEquals(p(t.getInt(0)), t.getDouble(2), 0.0)
+      }
+      assertEquals(r.getAs[String]("predicted_label"), r.getAs[String]("predictedLabel"))
+      assertEquals(top, r.getSeq[Row](r.fieldIndex("topK")))
+    }
+  }
+
+  @Test def oldColumnNamesAreAddedOnlyWhileTheirParamsAreAtTheDefaults(): Unit = {
+    val df = binary("digit_0*.png")
+    def added(s: ImageScorer) = s.transform(df).columns.toSeq.diff(df.columns.toSeq)
+    val all = Seq("prediction", "probability", "predicted_label", "top_k")
+    assertEquals(all ++ Seq("predictedLabel", "topK"), added(scorer("content")))
+    // Set, even to the default name: the user chose the new column, and gets no copy.
+    assertEquals(
+      all :+ "topK",
+      added(scorer("content").setPredictedLabelCol("predicted_label"))
+    )
+    assertEquals(
+      Seq("prediction", "probability", "predicted_label", "best") :+ "predictedLabel",
+      added(scorer("content").setTopKCol("best"))
+    )
+    assertEquals(
+      Seq("p", "q", "name", "best"),
+      added(
+        scorer("content")
+          .setPredictionCol("p")
+          .setProbabilityCol("q")
+          .setPredictedLabelCol("name")
+          .setTopKCol("best")
+      )
+    )
+    // A column of the old name already in the data stays as it is.
+    val mine = df.withColumn("topK", lit("mine"))
+    val out = scorer("content").transform(mine)
+    assertEquals(Seq("mine"), out.select("topK").distinct().collect().map(_.getString(0)).toSeq)
+    assertEquals(1, out.columns.count(_ == "topK"))
+    // The copies follow the output through handleInvalid=keep (null on a bad row too).
+    val kept = scorer("content").setHandleInvalid("keep")
+    val withError = kept.transform(df).columns.toSeq.diff(df.columns.toSeq)
+    assertEquals(all ++ Seq("error", "predictedLabel", "topK"), withError)
+  }
+
+  @Test def torchModelRunsAVersionOneSpecFromFilesAndFloatArraysLikePyTorch(): Unit = {
+    // The predict preset of a v1 spec: `output`, the class vector (softmax of the logits), from
+    // encoded images and from the preprocessed C x H x W values of an array<float> column.
+    val files = expected.keys.filter(_.endsWith(".png")).toSeq.sorted.take(6)
+    val rows = files.map { f =>
+      Row(f, doubles(expected(f).get("resnet20").get("input")).map(_.toFloat).toSeq)
+    }
+    val arrays = spark.createDataFrame(
+      spark.sparkContext.parallelize(rows),
+      StructType.fromDDL("path string, pixels array<float>")
+    )
+    val fromArrays = new TorchModel()
+      .setModelPath(model)
+      .setInputCols(Array("image=pixels"))
+      .transform(arrays)
+    val fromFiles = new TorchModel()
+      .setModelPath(model)
+      .setInputCols(Array("image=content"))
+      .transform(binary("*.png"))
+    assertEquals(SQLDataTypes.VectorType, fromArrays.schema("output").dataType)
+    for (df <- Seq(fromArrays, fromFiles)) {
+      val got = df.select("path", "output").collect()
+      assertTrue(got.length >= files.size)
+      got.foreach { r =>
+        val file = name(r.getString(0))
+        val e = doubles(expected(file).get("resnet20").get("probability"))
+        assertTrue(s"$file: diff", maxDiff(r.getAs[Vector](1).toArray, e) <= 1e-5)
+      }
+    }
   }
 
   @Test def featurizesLikePyTorch(): Unit = {
@@ -250,8 +365,10 @@ class TorchSparkSuite extends SparkSuite {
     rows.foreach { r =>
       val e = doubles(expected(name(r.getString(0))).get("resnet20").get("probability"))
       val s = r.getStruct(1)
-      assertTrue(maxDiff(s.getSeq[Double](2).toArray, e) <= 1e-5)
-      assertEquals(e.indexOf(e.max), s.getInt(0))
+      assertTrue(
+        maxDiff(s.getSeq[Float](s.fieldIndex("probability")).map(_.toDouble).toArray, e) <= 1e-5
+      )
+      assertEquals(e.indexOf(e.max).toDouble, s.getAs[Double]("prediction"), 0.0)
       assertEquals(64, r.getSeq[Double](2).length)
     }
   }

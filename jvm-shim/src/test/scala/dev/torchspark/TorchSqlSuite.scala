@@ -35,6 +35,10 @@ object TorchSqlSuite {
     df.queryExecution.sparkPlan.collect { case e: TorchEvalExec => e }
 
   def maxDiff(a: Array[Double], b: Array[Double]): Double = SparkTest.maxDiff(a, b)
+
+  /** A float array field of a result struct, as doubles. */
+  def floats(r: Row, field: String): Array[Double] =
+    r.getSeq[Float](r.fieldIndex(field)).map(_.toDouble).toArray
 }
 
 class TorchSqlSuite extends SparkSuite {
@@ -56,8 +60,9 @@ class TorchSqlSuite extends SparkSuite {
       .setModelPath(out.resolve("resnet20.pt").toString)
       .setInputCol("content")
       .setHandleInvalid("keep")
-    val scored =
-      scorer.transform(df).select("path", "prediction", "probability", "predictedLabel", "error")
+    val scored = scorer
+      .transform(df)
+      .select("path", "prediction", "probability", "predicted_label", "error", "top_k")
     val featurized = new ImageFeaturizer()
       .setModelPath(out.resolve("resnet20.pt").toString)
       .setInputCol("content")
@@ -72,12 +77,15 @@ class TorchSqlSuite extends SparkSuite {
     assertEquals(40, sqlRows.size)
     rows.foreach { r =>
       val s = sqlRows(r.getString(0)).getStruct(1)
-      assertEquals(r.getString(4), s.getString(3))
+      assertEquals(r.getString(4), s.getAs[String]("error"))
       if (r.isNullAt(4)) {
-        assertEquals(r.getString(0), r.getDouble(1).toInt, s.getInt(0))
-        assertEquals(r.getString(3), s.getString(1))
-        val p = s.getSeq[Double](2).toArray
-        assertTrue(r.getString(0), maxDiff(p, r.getAs[Vector](2).toArray) <= 1e-6)
+        assertEquals(r.getString(0), r.getDouble(1), s.getAs[Double]("prediction"), 0.0)
+        assertEquals(r.getString(3), s.getAs[String]("predicted_label"))
+        assertEquals(r.getString(3), s.getAs[String]("label"))
+        // SQL's probability is the native float32: the transformer's Vector holds the same values.
+        val p = s.getSeq[Float](s.fieldIndex("probability")).map(_.toDouble).toArray
+        assertTrue(r.getString(0), maxDiff(p, r.getAs[Vector](2).toArray) <= 0.0)
+        assertEquals(r.getString(0), r.getSeq[Row](5), s.getSeq[Row](s.fieldIndex("top_k")))
         val f = sqlRows(r.getString(0)).getSeq[Double](2).toArray
         assertTrue(maxDiff(f, featurized(r.getString(0)).getAs[Vector](1).toArray) <= 1e-6)
       } else assertTrue(sqlRows(r.getString(0)).isNullAt(2))
@@ -88,6 +96,49 @@ class TorchSqlSuite extends SparkSuite {
     )
     assertEquals(1, torchEvals(plan).size)
     assertEquals(2, torchEvals(plan).head.calls.size)
+  }
+
+  @Test def imageScoreStructHasTheDecidedNamesAndTypes(): Unit = {
+    // The score preset as SQL shows it (plan of issue 26), `label` kept as an alias field.
+    val topK = ArrayType(
+      StructType(
+        Seq(
+          StructField("index", IntegerType, nullable = false),
+          StructField("label", StringType),
+          StructField("probability", DoubleType, nullable = false)
+        )
+      )
+    )
+    val want = StructType(
+      Seq(
+        StructField("prediction", DoubleType),
+        StructField("probability", ArrayType(FloatType, containsNull = false)),
+        StructField("predicted_label", StringType),
+        StructField("top_k", topK),
+        StructField("label", StringType),
+        StructField("error", StringType)
+      )
+    )
+    assertEquals(want, TorchSpark.scoreType)
+    images("digit_0*.png").createOrReplaceTempView("digits_types")
+    val df = spark.sql(
+      "SELECT classify_image(content) AS s, classify_image_features(content) AS f " +
+        "FROM digits_types"
+    )
+    assertEquals(want, df.schema("s").dataType)
+    assertEquals(ArrayType(DoubleType, containsNull = false), df.schema("f").dataType)
+    val rows = df.collect()
+    assertEquals(10, rows.length)
+    rows.foreach { r =>
+      val s = r.getStruct(0)
+      val p = floats(s, "probability")
+      assertEquals(p.indexOf(p.max).toDouble, s.getAs[Double]("prediction"), 0.0)
+      assertEquals(s.getAs[String]("predicted_label"), s.getAs[String]("label"))
+      val top = s.getSeq[Row](s.fieldIndex("top_k"))
+      assertEquals(5, top.size)
+      assertEquals(p.indexOf(p.max), top.head.getInt(0))
+      top.foreach(t => assertEquals(p(t.getInt(0)), t.getDouble(2), 0.0))
+    }
   }
 
   @Test def sqlGeneralEqualsTorchModel(): Unit = {
@@ -244,10 +295,10 @@ class TorchSqlSuite extends SparkSuite {
     )
     assertEquals(1, torchEvals(batched).size)
     val (a, b) = (rowByRow.collect().head.getStruct(0), batched.collect().head.getStruct(0))
-    assertTrue(a.isNullAt(3))
-    assertEquals(b.getInt(0), a.getInt(0))
-    assertEquals(b.getString(1), a.getString(1))
-    assertTrue(maxDiff(a.getSeq[Double](2).toArray, b.getSeq[Double](2).toArray) <= 1e-6)
+    assertNull(a.getAs[String]("error"))
+    assertEquals(b.getAs[Double]("prediction"), a.getAs[Double]("prediction"), 0.0)
+    assertEquals(b.getAs[String]("predicted_label"), a.getAs[String]("predicted_label"))
+    assertTrue(maxDiff(floats(a, "probability"), floats(b, "probability")) <= 1e-6)
     // A wrong argument type fails when the query is analyzed, naming the function.
     val e = assertThrows(classOf[Exception], () => spark.sql("SELECT classify_image(1.5)"))
     assertTrue(e.getMessage, e.getMessage.contains("classify_image"))
@@ -303,9 +354,13 @@ class TorchSqlSuite extends SparkSuite {
       "SELECT ext_classify(content) AS s FROM digits1 WHERE content = (SELECT max(content) FROM digits1)"
     )
     val (a, b) = (rowByRow.collect().head.getStruct(0), batched.collect().head.getStruct(0))
-    assertTrue(a.isNullAt(3))
-    assertEquals(b.getInt(0), a.getInt(0))
-    assertEquals(b.getSeq[Double](2), a.getSeq[Double](2)) // per task: bitwise at batch size 1
+    assertNull(a.getAs[String]("error"))
+    assertEquals(b.getAs[Double]("prediction"), a.getAs[Double]("prediction"), 0.0)
+    // Per task: bitwise at batch size 1.
+    assertEquals(
+      b.getSeq[Float](b.fieldIndex("probability")),
+      a.getSeq[Float](a.fieldIndex("probability"))
+    )
     // TorchSpark.register's rule beside the extension's: still one node (the rule is idempotent).
     dev.torchspark.sql.TorchSql.install(other)
     val both = other.sql("SELECT ext_classify(content).prediction AS p FROM digits1")

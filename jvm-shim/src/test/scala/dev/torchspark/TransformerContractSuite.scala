@@ -200,6 +200,46 @@ class TransformerContractSuite extends SparkSuite {
     assertEquals(c.name, s"dev.torchspark.${c.name}", saved.asText)
   }
 
+  @Test def aPipelineSavedByAnOlderJarLoadsAndGivesTheColumnsItGave(): Unit = {
+    // Saved by the jar of main before the score columns' rename (tests/fixtures/saved/README.md,
+    // make_saved_pipelines.py), on this Spark line: an ImageScorer at the defaults of then
+    // (predictedLabel, topK), an ImageFeaturizer, an ImageScorer with every column named.
+    val saved =
+      SparkTest.repo.resolve(s"tests/fixtures/saved/image-pipeline-spark${SparkLine.SPARK}")
+    val data = images // the shared session first: load would make one without a master
+    val model = PipelineModel.load(saved.toString)
+    assertEquals(
+      Seq("ImageScorer", "ImageFeaturizer", "ImageScorer"),
+      model.stages.map(_.getClass.getSimpleName).toSeq
+    )
+    // Saved with a model name of its own: pointed at this fixture, as on a new cluster.
+    model.stages.foreach(s => s.set(s.getParam("modelPath"), SparkTest.resnet))
+    val (old, named) = (model.stages(0).asInstanceOf[ImageScorer], model.stages(2))
+    assertEquals("predictedLabel", old.getPredictedLabelCol)
+    assertEquals("topK", old.getTopKCol)
+    val out = model.transform(data)
+    // The columns it gave then, no more: its loaded defaults are the old names (no copies).
+    val cols = Seq("prediction", "probability", "predictedLabel", "topK", "embedding") ++
+      Seq("p2", "q2", "l2", "k2")
+    assertEquals(cols, out.columns.toSeq.diff(data.columns.toSeq))
+    assertEquals(2, named.asInstanceOf[ImageScorer].getTopK)
+    val labels = SparkTest.json(SparkTest.fixtures.resolve("resnet20.json")).get("labels")
+    val rows =
+      out.select("path", "prediction", "predictedLabel", "topK", "p2", "l2", "k2").collect()
+    assertEquals(24, rows.length)
+    rows.foreach { r =>
+      val file = r.getString(0).substring(r.getString(0).lastIndexOf('/') + 1)
+      val p = SparkTest.doubles(SparkTest.expected(file).get("resnet20").get("probability"))
+      val best = p.indexOf(p.max)
+      assertEquals(file, best.toDouble, r.getDouble(1), 0.0)
+      assertEquals(file, labels.get(best).asText, r.getString(2))
+      assertEquals(file, 5, r.getSeq[Row](3).size)
+      assertEquals(file, best.toDouble, r.getDouble(4), 0.0)
+      assertEquals(file, labels.get(best).asText, r.getString(5))
+      assertEquals(file, 2, r.getSeq[Row](6).size)
+    }
+  }
+
   @Test def aPipelineFitsTransformsSavesAndLoadsToTheSameRows(): Unit = cases.foreach { c =>
     val dir = Files.createTempDirectory(s"torchspark-contract-${c.name}")
     val data = c.data().cache()

@@ -107,7 +107,7 @@ case class TorchEvalExec(calls: Seq[TorchCall], resultAttrs: Seq[Attribute], chi
       // completion listener is registered after the handles', so it runs before they close.
       val shared = fns.forall(_.engine == "shared")
       val pipeline = new TaskPipeline(
-        fns.indices.map(i => TaskPipeline.Lane(fnHandles(i), fns(i).op)),
+        fns.indices.map(i => TaskPipeline.Lane(fnHandles(i), fns(i).preset)),
         shared,
         fns.map(_.timeoutMs).max,
         None,
@@ -227,17 +227,15 @@ object TorchEvalExec {
 
   /** The result of `fn` for a row that fails with `error` (as native row errors come back). */
   private[sql] def failed(fn: TorchFunction, error: String): Any = fn.kind match {
-    case TorchFunction.ImageScore    => Row(null, null, null, error)
-    case TorchFunction.ImageFeatures => null
-    case g: TorchFunction.General    => Row.fromSeq(Seq.fill[Any](g.outputs.size)(null) :+ error)
+    case g: TorchFunction.General => g.failed(error)
   }
 
   /** Why `fn`'s result `value` (a Scala value of its result type) is a row error; null when it is
     * not one (per row on the hot path: no Option).
     */
   private[sql] def errorOf(fn: TorchFunction, value: Any): String = fn.kind match {
-    case TorchFunction.ImageFeatures =>
-      if (value == null) s"${fn.name}: no features (a bad image)" else null
+    case g: TorchFunction.General if g.single =>
+      if (value == null) s"${fn.name}: no ${g.outputs.head.name} (a bad row)" else null
     case _ =>
       value match {
         case r: Row if r.length > 0 => r.getString(r.length - 1)

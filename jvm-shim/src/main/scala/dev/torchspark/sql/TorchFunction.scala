@@ -3,6 +3,7 @@ package dev.torchspark.sql
 import java.util.concurrent.ConcurrentHashMap
 
 import org.apache.spark.TaskContext
+import org.apache.spark.ml.linalg.SQLDataTypes
 import org.apache.spark.sql.Row
 import org.apache.spark.sql.types._
 
@@ -15,9 +16,10 @@ import dev.torchspark._
   * calls of `m(c)` in one query dedup into one pass whatever object registered them.
   *
   * @param kind
-  *   what the function returns: the image scores (`name`, struct<prediction, label, probability,
-  *   error>), the image features (`name_features`, array<double>, null for a bad row) or a general
-  *   model's outputs (struct<one field per output, error>)
+  *   what the function runs and returns ([[TorchFunction.General]]: a preset of the spec's outputs,
+  *   one argument per data input): a general model's outputs or an image classifier's scores
+  *   (struct<one field per output, error>), or an image classifier's features alone
+  *   (`name_features`, null for a bad row)
   * @param batchSize
   *   rows per native call in [[TorchEvalExec]] (the transformers' default, 64); 0 = the engine's
   *   choice (`NativeBridge.autoBatchSize`)
@@ -43,39 +45,30 @@ final class TorchFunction(
     s"$name: engine must be shared or per-task, got $engine"
   )
 
-  /** The Spark type of the result (unchanged from the row-by-row UDFs). */
-  def resultType: DataType = kind match {
-    case ImageScore    => TorchSpark.scoreType
-    case ImageFeatures => ArrayType(DoubleType, containsNull = false)
-    case g: General    => StructType(g.outputs :+ StructField("error", StringType))
+  private def call: General = kind match {
+    case g: General => g
   }
 
-  /** How many arguments a call takes: one image, or one per data input of the spec. */
-  def arity: Int = kind match {
-    case g: General => g.inputs.size
-    case _          => 1
-  }
+  /** The Spark type of the result: the outputs, their aliases and `error` as a struct; or the one
+    * output of a [[General.single]] call.
+    */
+  def resultType: DataType = call.resultType
 
-  /** The engine's op code (NativeBridge.submit): 0 score, 1 featurize, 2 predict. */
-  def op: Int = kind match {
-    case ImageScore    => 0
-    case ImageFeatures => 1
-    case _: General    => 2
-  }
+  /** How many arguments a call takes: one per data input of the spec. */
+  def arity: Int = call.inputs.size
+
+  /** The preset the native call runs. */
+  def preset: String = call.preset
 
   /** The native options of a call of `rows` rows, the first being row `offset` of the partition
     * (the row number an error names).
     */
   def options(rows: Int, offset: Long): String = {
-    val extra = kind match {
-      case g: General =>
-        val columns = g.inputs
-          .map(d => s"${NativeRunner.json(d.name)}: [${NativeRunner.json(d.name)}]")
-          .mkString("{", ", ", "}")
-        s""", "columns": $columns"""
-      case _ => """, "top_k": 1"""
-    }
-    s"""{"batch_size": ${math.max(1, rows)}, "row_offset": $offset$extra}"""
+    val columns = call.inputs
+      .map(d => s"${NativeRunner.json(d.name)}: [${NativeRunner.json(d.name)}]")
+      .mkString("{", ", ", "}")
+    s"""{"batch_size": ${math.max(1, rows)}, "row_offset": $offset, "columns": $columns""" +
+      s"""${call.options}}"""
   }
 
   /** The native ModelConfig JSON, with this function's engine mode and timeout (the engine sized
@@ -91,55 +84,34 @@ final class TorchFunction(
     )
 
   /** A message when an argument of Spark type `dt` cannot be sent as argument `i`, else None. */
-  def checkArgument(i: Int, dt: DataType): Option[String] = kind match {
-    case g: General =>
-      val d = g.inputs(i)
-      if (dt == NullType) None
-      else TensorCodec.unsupported(dt).map(why => s"$name: input `${d.name}`: argument $why")
-    case _ =>
-      if (dt == NullType) None
-      else
-        scala.util.Try(ImageColumn.of(s"argument of $name", dt)).failed.toOption.map(_.getMessage)
+  def checkArgument(i: Int, dt: DataType): Option[String] = {
+    val d = call.inputs(i)
+    if (dt == NullType) None
+    else if (d.isImage && !TensorCodec.isImageColumn(dt))
+      Some(
+        s"$name: input `${d.name}` (image): argument of type ${dt.simpleString}; an image " +
+          s"reads ${TensorCodec.imageColumns}"
+      )
+    else TensorCodec.unsupported(dt).map(why => s"$name: input `${d.name}`: argument $why")
   }
 
   /** Arrow IPC bytes of `n` rows: `args(i)` holds argument i's Scala values (as a Java UDF sees
     * them), `types(i)` its Spark type.
     */
-  def encode(args: Seq[Array[Any]], types: Seq[DataType], n: Int): Array[Byte] = kind match {
-    case g: General =>
-      val cols = g.inputs.indices.map { i =>
-        val d = g.inputs(i)
-        val dt = if (types(i) == NullType) nullType(d) else types(i)
-        TensorCodec.Column(d.name, dt, args(i))
-      }
-      TensorCodec.encode(cols, n)
-    case _ =>
-      val kind =
-        if (types.head == NullType) ImageColumn.Binary else ImageColumn.of(name, types.head)
-      ArrowCodec.encode(kind, args.head)
+  def encode(args: Seq[Array[Any]], types: Seq[DataType], n: Int): Array[Byte] = {
+    val cols = call.inputs.indices.map { i =>
+      val d = call.inputs(i)
+      val dt = if (types(i) == NullType) nullType(d) else types(i)
+      TensorCodec.Column(d.name, dt, args(i))
+    }
+    TensorCodec.encode(cols, n)
   }
 
   /** The per-row results (Scala values of [[resultType]]) of a native answer for `n` rows. */
   def decode(bytes: Array[Byte], n: Int): Array[Any] = {
-    val out: Array[Any] = kind match {
-      case ImageScore =>
-        ArrowCodec.decodeScores(bytes).map { s =>
-          val r: Any =
-            if (s.error != null) Row(null, null, null, s.error)
-            else Row(s.prediction, s.label, s.probability.toSeq, null)
-          r
-        }
-      case ImageFeatures =>
-        ArrowCodec.decodeFeatures(bytes).map { case (f, _) =>
-          val r: Any = if (f == null) null else f.toSeq
-          r
-        }
-      case g: General =>
-        val count = g.outputs.size
-        TensorCodec.decode(bytes, count).map {
-          case Right(outputs) => Row.fromSeq(outputs :+ null): Any
-          case Left(error)    => Row.fromSeq(Seq.fill[Any](count)(null) :+ error): Any
-        }
+    val out = TensorCodec.decode(bytes, call.outputs.map(_.dataType)).map {
+      case Right(outputs) => call.result(outputs)
+      case Left(error)    => call.failed(error)
     }
     if (out.length != n)
       throw new InferenceException(s"$name: native code returned ${out.length} rows for $n")
@@ -154,7 +126,7 @@ final class TorchFunction(
     val input = encode(args.map(v => Array[Any](v)), types, 1)
     val ctx = Option(TaskContext.get())
     val answer = TorchFunction.withRowHandle(configJson(NativeRunner.threadsFor(numThreads)), ctx) {
-      h => TaskPipeline.call(h, op, input, options(1, 0), timeoutMs, ctx)
+      h => TaskPipeline.call(h, preset, input, options(1, 0), timeoutMs, ctx)
     }
     decode(answer, 1)(0)
   }
@@ -200,13 +172,94 @@ object TorchFunction {
         finally NativeBridge.closeModel(h)
     }
 
-  /** What a registered function returns. */
+  /** What a registered function runs and returns. */
   sealed trait Kind extends Serializable
-  case object ImageScore extends Kind
-  case object ImageFeatures extends Kind
 
-  /** A general model (a version-2 spec): its data inputs in argument order, its outputs. */
-  final case class General(inputs: Seq[InputDecl], outputs: Seq[StructField]) extends Kind
+  /** A model call: the `preset` of the spec's outputs (`predict` for a general model, `score` and
+    * `featurize` for an image classifier), its data inputs in argument order, and the Spark fields
+    * of its result (each output read as its field's type).
+    *
+    * @param aliases
+    *   (alias, output): struct fields that repeat an output under an old name (for one release)
+    * @param single
+    *   the result is the one output itself, null for a bad row (`name_features`), not a struct
+    * @param options
+    *   batch options after the columns' (`, "top_k": 5`)
+    */
+  final case class General(
+      inputs: Seq[InputDecl],
+      outputs: Seq[StructField],
+      preset: String = TaskPipeline.Predict,
+      aliases: Seq[(String, String)] = Nil,
+      single: Boolean = false,
+      options: String = ""
+  ) extends Kind {
+    require(!single || outputs.size == 1, s"a single result is one output, not $outputs")
+
+    private val aliased = aliases.map { case (alias, of) => outputs.indexWhere(_.name == of) }
+
+    def resultType: DataType =
+      if (single) outputs.head.dataType
+      else
+        StructType(
+          outputs ++
+            aliases.zip(aliased).map { case ((alias, _), i) => outputs(i).copy(name = alias) } :+
+            StructField("error", StringType)
+        )
+
+    /** A row's result from its outputs. */
+    def result(values: Seq[Any]): Any =
+      if (single) values.head
+      else Row.fromSeq((values ++ aliased.map(values(_))) :+ null)
+
+    /** The result of a row that fails with `error` (as native row errors come back). */
+    def failed(error: String): Any =
+      if (single) null else Row.fromSeq(Seq.fill[Any](outputs.size + aliases.size)(null) :+ error)
+  }
+
+  /** A version-1 spec as the describe gives any (every one lowers to the same inputs and outputs):
+    * for the score struct's type without a model at hand.
+    */
+  private val anyImageSpec =
+    """{"input": {"height": 1, "width": 1}, "output": "logits", "featurize": {"output_index": 0}}"""
+
+  /** An image classifier's `name(image)`: the `score` preset (`describePreset(spec, "score")`) as
+    * struct<prediction double, probability array<float>, predicted_label string, top_k
+    * array<struct<index int, label string, probability double>>, label string (the alias of
+    * predicted_label, for one release), error string>; top_k holds the best 5.
+    */
+  def imageScore(model: ModelSchema): General = General(
+    model.dataInputs,
+    model.outputs.map { f =>
+      f.dataType match {
+        case d if d == SQLDataTypes.VectorType =>
+          f.copy(dataType = ArrayType(FloatType, containsNull = false))
+        case ArrayType(s: StructType, n) =>
+          f.copy(dataType = ModelSchema.withDoubles(ArrayType(s, n)))
+        case _ => f
+      }
+    },
+    TaskPipeline.Score,
+    aliases = Seq("label" -> "predicted_label"),
+    options = """, "top_k": 5"""
+  )
+
+  /** An image classifier's `name_features(image)`: the `featurize` preset's one output as
+    * array<double>, null for a bad row.
+    */
+  def imageFeatures(model: ModelSchema): General = General(
+    model.dataInputs,
+    model.outputs.map(_.copy(dataType = ArrayType(DoubleType, containsNull = false))),
+    TaskPipeline.Featurize,
+    single = true
+  )
+
+  /** [[imageScore]] of any version-1 spec. */
+  lazy val ImageScore: General = imageScore(ModelSchema.of(anyImageSpec, TaskPipeline.Score))
+
+  /** [[imageFeatures]] of any version-1 spec with a `featurize` entry. */
+  lazy val ImageFeatures: General =
+    imageFeatures(ModelSchema.of(anyImageSpec, TaskPipeline.Featurize))
 
   /** A null argument's type: what the input's reader expects, so that it reports the null. */
   private[torchspark] def nullType(d: InputDecl): DataType =
