@@ -59,6 +59,13 @@ pub struct BatchOptions {
     /// UTF-8 bytes of one text row; 0 means the spec's `max_text_bytes` (default 1 MiB), and
     /// the smaller of the two applies.
     pub max_text_bytes: u64,
+    /// The outputs to compute, by preset name (`score`, `featurize`, `predict`, `embed`;
+    /// [`crate::spec::preset`]); absent: the op code's (`submit`'s 0 score, 1 featurize,
+    /// 2 predict).
+    pub preset: Option<String>,
+    /// The outputs to compute, by name, in this order (instead of a preset); they must come
+    /// from one method.
+    pub outputs: Option<Vec<String>>,
 }
 
 impl Default for BatchOptions {
@@ -74,6 +81,8 @@ impl Default for BatchOptions {
             max_row_elements: 0,
             max_batch_bytes: 0,
             max_text_bytes: 0,
+            preset: None,
+            outputs: None,
         }
     }
 }

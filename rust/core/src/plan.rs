@@ -26,6 +26,7 @@ use crate::model::Model;
 use crate::output::{self, OutputWriter};
 use crate::spec::Spec;
 use crate::spec::general::{DType, GeneralSpec, InputDecl, InputKind, Ragged};
+use crate::spec::preset::SelectError;
 use crate::value::ModelInput;
 
 /// Schema metadata key: the inputs as JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`),
@@ -56,12 +57,19 @@ impl Scorer {
         &self,
         batch: &RecordBatch,
         opts: &BatchOptions,
+        preset: &str,
         task: TaskId,
     ) -> Result<GeneralPending> {
         let spec = self.model().general();
+        let selected = select(spec, preset, opts.outputs.as_deref(), self.model().path())?;
+        // One call, one method: `select` checked that the selected outputs share it.
+        let method = selected
+            .first()
+            .and_then(|&i| spec.method_of(&spec.outputs[i]))
+            .map(str::to_string);
         let batch_size = self.batch_rows(opts);
         let n = batch.num_rows();
-        let columns = resolve_columns(spec, opts)?;
+        let columns = resolve_columns(spec, opts, batch)?;
         let limits = opts.limits();
         let budget = self.batch_bytes(opts);
         // `ragged: "single"` runs one row per forward pass.
@@ -201,7 +209,10 @@ impl Scorer {
                     bytes: input_bytes(&ordered),
                     // A chunk cut by bytes is not merged into a larger pass.
                     max_batch: if seg.cut { end - start } else { chunk },
-                    work: Work::General { args: ordered },
+                    work: Work::General {
+                        args: ordered,
+                        method: method.clone(),
+                    },
                 })?)
             } else {
                 times.preprocess += started.elapsed();
@@ -235,7 +246,11 @@ impl Scorer {
             .then(|| readers.iter().flatten().map(|r| r.truncated()).sum());
         Ok(GeneralPending {
             model: Arc::clone(self.model_arc()),
-            writers: spec.outputs.iter().map(output::writer).collect(),
+            writers: selected
+                .iter()
+                .map(|&i| output::writer(&spec.outputs[i], opts.top_k))
+                .collect(),
+            selected,
             error: StringBuilder::with_capacity(n, 0),
             chunks,
             order,
@@ -294,12 +309,26 @@ impl Scorer {
 
     /// The schema [`Scorer::predict`] returns for the spec `spec_json`, without loading the
     /// model: one field per output, then `error`; its metadata [`INPUTS_KEY`] lists the inputs.
+    /// The `predict` preset's schema ([`Scorer::describe_preset`]).
     pub fn describe(spec_json: &str) -> Result<SchemaRef> {
+        Self::describe_preset(spec_json, "predict", None)
+    }
+
+    /// The schema a call with `preset` (or the named `outputs`, which win) returns for the spec
+    /// `spec_json`, without loading the model: one field per selected output, then `error`;
+    /// metadata [`INPUTS_KEY`] lists the inputs. Callers build their schemas from it.
+    pub fn describe_preset(
+        spec_json: &str,
+        preset: &str,
+        outputs: Option<&[String]>,
+    ) -> Result<SchemaRef> {
         let spec = Spec::from_json(spec_json).map_err(|reason| Error::Spec {
             path: "<spec>".into(),
             reason,
         })?;
-        Ok(output_schema(&spec.general()))
+        let general = spec.general();
+        let selected = select(&general, preset, outputs, std::path::Path::new("<spec>"))?;
+        Ok(output_schema(&general, &selected))
     }
 }
 
@@ -308,6 +337,8 @@ impl Scorer {
 pub(crate) struct GeneralPending {
     model: Arc<Model>,
     writers: Vec<Box<dyn OutputWriter>>,
+    /// The outputs the writers write (indices into the spec's), in column order.
+    selected: Vec<usize>,
     error: StringBuilder,
     chunks: VecDeque<GeneralChunk>,
     /// The rows' order when they ran longest text first (undone at the end).
@@ -360,11 +391,16 @@ impl GeneralPending {
                 }
             };
             let started = Instant::now();
-            for (decl, w) in spec.outputs.iter().zip(self.writers.iter_mut()) {
-                let selected = match (&value, &decl.from) {
-                    (None, _) => None,
-                    (Some(v), None) => Some(v),
-                    (Some(v), Some(path)) => Some(
+            for (&i, w) in self.selected.iter().zip(self.writers.iter_mut()) {
+                let decl = &spec.outputs[i];
+                let selected = match (&value, decl.output_index, &decl.from) {
+                    (None, ..) => None,
+                    (Some(v), Some(index), _) => Some(
+                        v.element(index)
+                            .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
+                    ),
+                    (Some(v), None, None) => Some(v),
+                    (Some(v), None, Some(path)) => Some(
                         v.select(&path.steps())
                             .map_err(|e| fail(format!("output `{}`: {e}", decl.name)))?,
                     ),
@@ -384,7 +420,7 @@ impl GeneralPending {
         if let Some(o) = &self.order {
             arrays = unsort(&arrays, o)?;
         }
-        let mut schema = self.times.annotate(output_schema(spec));
+        let mut schema = self.times.annotate(output_schema(spec, &self.selected));
         if let Some(truncated) = self.truncated {
             let mut meta = schema.metadata().clone();
             meta.insert(TRUNCATED_ROWS_KEY.to_string(), truncated.to_string());
@@ -407,9 +443,12 @@ fn input_bytes(args: &[ModelInput]) -> usize {
         .sum()
 }
 
-/// Output fields, `error`, and the inputs as metadata.
-pub fn output_schema(spec: &GeneralSpec) -> SchemaRef {
-    let mut fields: Vec<Field> = spec.outputs.iter().map(output::field).collect();
+/// The `selected` outputs' fields, `error`, and the inputs as metadata.
+pub fn output_schema(spec: &GeneralSpec, selected: &[usize]) -> SchemaRef {
+    let mut fields: Vec<Field> = selected
+        .iter()
+        .map(|&i| output::field(&spec.outputs[i]))
+        .collect();
     fields.push(Field::new("error", DataType::Utf8, true));
     let inputs: Vec<serde_json::Value> = spec
         .inputs
@@ -829,8 +868,38 @@ fn mask_dtype(spec: &GeneralSpec, name: &str) -> Option<DType> {
     )
 }
 
-/// Each input's columns: the caller's `opts.columns[name]`, else the spec's.
-fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<String>>> {
+/// The outputs a call computes: `outputs` by name, else `preset`'s ([`crate::spec::preset`]);
+/// a preset the spec cannot give is a spec error naming `model`'s spec file.
+fn select(
+    spec: &GeneralSpec,
+    preset: &str,
+    outputs: Option<&[String]>,
+    model: &std::path::Path,
+) -> Result<Vec<usize>> {
+    spec.select(preset, outputs).map_err(|e| match e {
+        SelectError::Spec(reason) => Error::Spec {
+            path: crate::spec::ModelSpec::default_path(model),
+            reason,
+        },
+        SelectError::Config(reason) => Error::config(
+            if outputs.is_some() {
+                "outputs"
+            } else {
+                "preset"
+            },
+            reason,
+        ),
+    })
+}
+
+/// Each input's columns: the caller's `opts.columns[name]`, else the spec's. A lowered
+/// version-1 spec's image input reads, when the caller names none: `input_column`, else the
+/// batch's only column, else a column named `image`.
+fn resolve_columns(
+    spec: &GeneralSpec,
+    opts: &BatchOptions,
+    batch: &RecordBatch,
+) -> Result<Vec<Vec<String>>> {
     for name in opts.columns.keys() {
         if !spec
             .inputs
@@ -851,14 +920,33 @@ fn resolve_columns(spec: &GeneralSpec, opts: &BatchOptions) -> Result<Vec<Vec<St
             ));
         }
     }
-    Ok(spec
-        .inputs
+    spec.inputs
         .iter()
         .map(|d| match opts.columns.get(&d.name) {
-            Some(cols) if !d.kind.is_generated() => cols.clone(),
-            _ => d.columns(),
+            Some(cols) if !d.kind.is_generated() => Ok(cols.clone()),
+            _ if spec.lowered_from_v1 && d.kind == InputKind::Image => {
+                only_column(batch, opts.input_column.as_deref())
+            }
+            _ => Ok(d.columns()),
         })
-        .collect())
+        .collect()
+}
+
+/// Version 1's rule for its one image column: `input_column` when set, else the batch's only
+/// column, else the column named `image`.
+fn only_column(batch: &RecordBatch, named: Option<&str>) -> Result<Vec<String>> {
+    let schema = batch.schema_ref();
+    match named {
+        Some(n) => Ok(vec![n.to_string()]),
+        None if batch.num_columns() == 1 => Ok(vec![schema.field(0).name().clone()]),
+        None if schema.index_of(crate::spec::general::V1_INPUT).is_ok() => {
+            Ok(vec![crate::spec::general::V1_INPUT.to_string()])
+        }
+        None => Err(Error::input(format!(
+            "expected one image column, got {}; set input_column",
+            batch.num_columns()
+        ))),
+    }
 }
 
 fn missing_column(batch: &RecordBatch, input: &str, column: &str) -> Error {

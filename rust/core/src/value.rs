@@ -63,6 +63,25 @@ impl Value {
         Ok(v)
     }
 
+    /// Element `index` of what a method returned, a lone tensor being element 0 (version 1's
+    /// `output_index`: a model returning one tensor and one returning a tuple read alike).
+    pub fn element(&self, index: usize) -> std::result::Result<&Value, String> {
+        match self {
+            Value::Tensor(_) if index == 0 => Ok(self),
+            Value::List(items) => items.get(index).ok_or_else(|| {
+                format!(
+                    "output_index {index} is out of range: the model returns {} outputs",
+                    items.len()
+                )
+            }),
+            other => Err(format!(
+                "output_index {index}: the model returned {}, where a tensor or a tuple of \
+                 tensors was expected",
+                other.describe()
+            )),
+        }
+    }
+
     /// This value cut into consecutive row ranges of `sizes` rows each (a pass over several
     /// jobs' rows, split back per job): every tensor whose dim 0 is `sizes`' total is narrowed
     /// along dim 0; tuples, lists and dicts are split item by item, keeping their shape.

@@ -245,6 +245,7 @@ fn merged_passes_happen_and_split_back_in_order() {
                     max_batch: 16,
                     work: Work::General {
                         args: vec![ModelInput::Batch(features(i as u64, rows))],
+                        method: None,
                     },
                 })
                 .unwrap()
@@ -259,6 +260,7 @@ fn merged_passes_happen_and_split_back_in_order() {
             &mlp,
             Work::General {
                 args: vec![ModelInput::Batch(features(i as u64, rows))],
+                method: None,
             },
             rows,
             1,
@@ -302,7 +304,7 @@ fn general_job(task: u64, rows: usize, args: Vec<ModelInput>) -> Job {
         rows,
         bytes: rows * 8 * 8 * 3,
         max_batch: 16,
-        work: Work::General { args },
+        work: Work::General { args, method: None },
     }
 }
 
@@ -356,6 +358,7 @@ fn merged_failure_fails_only_the_bad_job_and_engine_stays_usable() {
             &model,
             Work::General {
                 args: minilm_args(rows, seed, false),
+                method: None,
             },
             rows,
             1,

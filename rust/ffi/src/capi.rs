@@ -85,7 +85,9 @@ pub extern "C" fn ts_close(handle: u64) {
     });
 }
 
-/// Scores one batch. Takes ownership of `in_array`/`in_schema` (released on return) and
+/// Scores one batch (the `score` preset). A synchronous twin kept for old callers: `ts_submit`
+/// (op 0, or `"preset": "score"`) + `ts_collect` give the same batch; Python and the JVM call
+/// those, and this entry goes when no caller remains. Takes ownership of `in_array`/`in_schema` (released on return) and
 /// fills `out_array`/`out_schema`, which the caller must import (and so release).
 ///
 /// # Safety
@@ -116,7 +118,8 @@ pub unsafe extern "C" fn ts_score(
     }
 }
 
-/// Featurizes one batch; same contract as [`ts_score`].
+/// Featurizes one batch (the `featurize` preset); same contract as [`ts_score`], and the same
+/// fate: a synchronous twin of `ts_submit` (op 1) + `ts_collect`.
 ///
 /// # Safety
 /// As for [`ts_score`].
@@ -147,7 +150,8 @@ pub unsafe extern "C" fn ts_featurize(
 }
 
 /// Runs one batch through a model's general path (`Scorer::predict`: declared inputs in,
-/// one column per declared output plus `error` out); same contract as [`ts_score`].
+/// the selected outputs (the `predict` preset unless the options name one) plus `error` out);
+/// same contract as [`ts_score`], and the same fate: a synchronous twin of `ts_submit` (op 2).
 ///
 /// # Safety
 /// As for [`ts_score`].
@@ -177,14 +181,32 @@ pub unsafe extern "C" fn ts_predict(
     }
 }
 
-/// The schema `ts_predict` returns for the spec JSON `spec_json`, without loading a model
-/// (`Scorer::describe`), written to `out_schema`, which the caller must import.
+/// The schema of the `predict` preset for the spec JSON `spec_json` (what `ts_predict`
+/// returns), without loading a model: [`ts_describe_preset`] with `"predict"`.
 ///
 /// # Safety
 /// `spec_json` is a NUL-terminated string; `out_schema` is writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ts_describe(
     spec_json: *const c_char,
+    out_schema: *mut FFI_ArrowSchema,
+    err_out: *mut *mut c_char,
+) -> i32 {
+    // SAFETY: forwarded contract; a static NUL-terminated name.
+    unsafe { ts_describe_preset(spec_json, c"predict".as_ptr(), out_schema, err_out) }
+}
+
+/// The schema a call with the preset `preset` (`score`, `featurize`, `predict`, `embed`)
+/// returns for the spec JSON `spec_json`, without loading a model (`Scorer::describe_preset`):
+/// one field per selected output, then `error`; written to `out_schema`, which the caller must
+/// import. A preset the spec cannot give is an error (kind `spec`), as it is at `ts_submit`.
+///
+/// # Safety
+/// `spec_json` and `preset` are NUL-terminated strings; `out_schema` is writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ts_describe_preset(
+    spec_json: *const c_char,
+    preset: *const c_char,
     out_schema: *mut FFI_ArrowSchema,
     err_out: *mut *mut c_char,
 ) -> i32 {
@@ -195,7 +217,8 @@ pub unsafe extern "C" fn ts_describe(
                     reason: "null Arrow C Data Interface pointer".into(),
                 });
             }
-            let schema = Scorer::describe(c_str(spec_json, "spec")?)?;
+            let schema =
+                Scorer::describe_preset(c_str(spec_json, "spec")?, c_str(preset, "preset")?, None)?;
             let s = FFI_ArrowSchema::try_from(schema.as_ref()).map_err(|e| Error::Internal {
                 reason: format!("cannot export the schema: {e}"),
             })?;
@@ -294,7 +317,8 @@ unsafe fn export(
 }
 
 /// Prepares one batch on the calling thread and queues its forward passes in the model's
-/// engine (`Scorer::submit`); `op` is 0 score, 1 featurize, 2 predict; `task` identifies the
+/// engine (`Scorer::submit`); `op` is 0 score, 1 featurize, 2 predict: the preset used when
+/// the options name none (their `"preset"` or `"outputs"` win); `task` identifies the
 /// caller for [`ts_cancel_task`]. Takes ownership of `in_array`/`in_schema`. Stores a pending
 /// handle in `pending_out`, to be given once to [`ts_collect`] (until it is ready or fails) or
 /// [`ts_discard`] (one never collected nor discarded keeps its memory until the process ends).

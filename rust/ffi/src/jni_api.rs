@@ -100,6 +100,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_closeModel(
     })
 }
 
+/// A synchronous twin of `submit` (op 0, the `score` preset) + `collect`, kept for old callers;
+/// the JVM calls `submit`/`collect`, and these three entries go when no caller remains.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_score<'l>(
     mut env: JNIEnv<'l>,
@@ -112,6 +114,7 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_score<'l>(
     call(&mut env, handle, ipc, options_json, run)
 }
 
+/// A synchronous twin of `submit` (op 1, the `featurize` preset) + `collect`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_featurize<'l>(
     mut env: JNIEnv<'l>,
@@ -124,7 +127,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_featurize<'l>(
     call(&mut env, handle, ipc, options_json, run)
 }
 
-/// The general path: declared inputs in, declared outputs (+ `error`) out.
+/// A synchronous twin of `submit` (op 2, the `predict` preset unless the options name one) +
+/// `collect`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_predict<'l>(
     mut env: JNIEnv<'l>,
@@ -139,7 +143,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_predict<'l>(
 
 /// Prepares one Arrow IPC batch on the calling thread and queues its forward passes in the
 /// model's engine; returns a pending handle for `collect` or `discard` (exactly one of them).
-/// `op`: 0 score, 1 featurize, 2 predict.
+/// `op`: 0 score, 1 featurize, 2 predict: the preset used when the options name none
+/// (`"preset"` or `"outputs"` in the options win).
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_submit<'l>(
     mut env: JNIEnv<'l>,
@@ -274,7 +279,8 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_engineStats(
     })
 }
 
-/// The schema `predict` returns for a spec's JSON text, as an IPC stream with no batches.
+/// The schema of the `predict` preset for a spec's JSON text, as an IPC stream with no
+/// batches: `describePreset(spec, "predict")`.
 #[unsafe(no_mangle)]
 pub extern "system" fn Java_dev_torchspark_NativeBridge_describe<'l>(
     mut env: JNIEnv<'l>,
@@ -283,19 +289,40 @@ pub extern "system" fn Java_dev_torchspark_NativeBridge_describe<'l>(
 ) -> jbyteArray {
     with_env(&mut env, std::ptr::null_mut(), |env| {
         let spec = string(env, &spec_json)?;
-        let schema = {
-            let _inside = try_enter()?;
-            Scorer::describe(&spec)?
-        };
-        let fail = |e: arrow_schema::ArrowError| Error::Internal {
-            reason: format!("cannot write the Arrow IPC schema: {e}"),
-        };
-        let mut out = Vec::new();
-        let mut w = StreamWriter::try_new(&mut out, &schema).map_err(fail)?;
-        w.finish().map_err(fail)?;
-        drop(w);
-        Ok(env.byte_array_from_slice(&out).map_err(jni_err)?.into_raw())
+        describe(env, &spec, "predict")
     })
+}
+
+/// The schema a call with `preset` (`score`, `featurize`, `predict`, `embed`) returns for a
+/// spec's JSON text, as an IPC stream with no batches (one field per selected output, then
+/// `error`); a preset the spec cannot give throws (kind `spec`).
+#[unsafe(no_mangle)]
+pub extern "system" fn Java_dev_torchspark_NativeBridge_describePreset<'l>(
+    mut env: JNIEnv<'l>,
+    _class: JClass,
+    spec_json: JString,
+    preset: JString,
+) -> jbyteArray {
+    with_env(&mut env, std::ptr::null_mut(), |env| {
+        let spec = string(env, &spec_json)?;
+        let preset = string(env, &preset)?;
+        describe(env, &spec, &preset)
+    })
+}
+
+fn describe(env: &mut JNIEnv<'_>, spec: &str, preset: &str) -> Result<jbyteArray> {
+    let schema = {
+        let _inside = try_enter()?;
+        Scorer::describe_preset(spec, preset, None)?
+    };
+    let fail = |e: arrow_schema::ArrowError| Error::Internal {
+        reason: format!("cannot write the Arrow IPC schema: {e}"),
+    };
+    let mut out = Vec::new();
+    let mut w = StreamWriter::try_new(&mut out, &schema).map_err(fail)?;
+    w.finish().map_err(fail)?;
+    drop(w);
+    Ok(env.byte_array_from_slice(&out).map_err(jni_err)?.into_raw())
 }
 
 fn call<'l>(

@@ -348,3 +348,78 @@ fn discarding_a_pending_while_it_is_collected_is_safe() {
     }
     ts_close(handle);
 }
+
+/// `ts_describe_preset` gives each preset's schema without a model (the score result's names
+/// and types of issue 26), `ts_describe` is the `predict` preset, and a preset the spec cannot
+/// give (or an unknown one) is an error with its kind.
+#[test]
+fn describe_gives_each_presets_schema() {
+    let spec = std::fs::read_to_string(fixtures().join("resnet20.json")).unwrap();
+    let spec = CString::new(spec).unwrap();
+    let describe = |preset: Option<&str>| -> Result<arrow_schema::Schema, (i32, String)> {
+        let mut out = FFI_ArrowSchema::empty();
+        let mut err: *mut c_char = std::ptr::null_mut();
+        let name = preset.map(|p| CString::new(p).unwrap());
+        // SAFETY: valid strings and out pointers.
+        let code = unsafe {
+            match &name {
+                Some(p) => ts_describe_preset(spec.as_ptr(), p.as_ptr(), &mut out, &mut err),
+                None => ts_describe(spec.as_ptr(), &mut out, &mut err),
+            }
+        };
+        if code != 0 {
+            return Err((code, take_message(err)));
+        }
+        Ok(arrow_schema::Schema::try_from(&out).unwrap())
+    };
+    use arrow_schema::DataType as T;
+    let score = describe(Some("score")).unwrap();
+    let types: Vec<(String, T)> = score
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    assert_eq!(types[0], ("prediction".into(), T::Float64));
+    assert_eq!(types[2], ("predicted_label".into(), T::Utf8));
+    assert_eq!(types[4], ("error".into(), T::Utf8));
+    match &types[1].1 {
+        T::List(item) => assert_eq!(item.data_type(), &T::Float32),
+        other => panic!("probability is {other}"),
+    }
+    match &types[3].1 {
+        T::List(item) => match item.data_type() {
+            T::Struct(f) => {
+                let f: Vec<(&str, &T)> = f
+                    .iter()
+                    .map(|f| (f.name().as_str(), f.data_type()))
+                    .collect();
+                assert_eq!(
+                    f,
+                    [
+                        ("index", &T::Int32),
+                        ("label", &T::Utf8),
+                        ("probability", &T::Float32)
+                    ]
+                );
+            }
+            other => panic!("top_k items are {other}"),
+        },
+        other => panic!("top_k is {other}"),
+    }
+    let names = |s: &arrow_schema::Schema| -> Vec<String> {
+        s.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    assert_eq!(
+        names(&describe(Some("featurize")).unwrap()),
+        ["features", "error"]
+    );
+    assert_eq!(names(&describe(None).unwrap()), ["output", "error"]);
+    assert_eq!(
+        names(&describe(Some("predict")).unwrap()),
+        ["output", "error"]
+    );
+    let (code, msg) = describe(Some("embed")).unwrap_err();
+    assert!(msg.contains("no `embed` preset"), "{code} {msg}");
+    let (_, msg) = describe(Some("classify")).unwrap_err();
+    assert!(msg.contains("preset `classify` is not one of"), "{msg}");
+}

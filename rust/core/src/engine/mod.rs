@@ -167,8 +167,12 @@ pub struct Job {
 pub enum Work {
     /// Preprocessed CHW float rows (`rows x row_len` values) for [`Model::run`].
     Image { pixels: Vec<f32>, target: Target },
-    /// `forward`'s arguments for [`Model::forward`] (masks and type ids included).
-    General { args: Vec<ModelInput> },
+    /// `forward`'s arguments for [`Model::forward`] (masks and type ids included), and the
+    /// method to call (`None`: forward). Jobs of different methods never share a pass.
+    General {
+        args: Vec<ModelInput>,
+        method: Option<String>,
+    },
 }
 
 /// A job's outputs: [`Model::run`]'s `(values, width)`, or [`Model::forward`]'s value.
@@ -932,8 +936,18 @@ fn compatible(a: &Job, b: &Job) -> bool {
                 && pb.len() % b.rows == 0
                 && pa.len() / a.rows == pb.len() / b.rows
         }
-        (Work::General { args: xa }, Work::General { args: xb }) => {
-            xa.len() == xb.len()
+        (
+            Work::General {
+                args: xa,
+                method: ma,
+            },
+            Work::General {
+                args: xb,
+                method: mb,
+            },
+        ) => {
+            ma == mb
+                && xa.len() == xb.len()
                 && xa.iter().zip(xb).all(|(x, y)| match (x, y) {
                     (ModelInput::Batch(x), ModelInput::Batch(y)) => {
                         let (sx, sy) = (x.size(), y.size());
@@ -978,13 +992,13 @@ fn merge(batch: &[Queued]) -> Option<Work> {
                 target: *target,
             })
         }
-        Work::General { args } => {
+        Work::General { args, method } => {
             let mut merged = Vec::with_capacity(args.len());
             for i in 0..args.len() {
                 let parts = batch
                     .iter()
                     .map(|q| match &q.job.work {
-                        Work::General { args } => match args.get(i) {
+                        Work::General { args, .. } => match args.get(i) {
                             Some(ModelInput::Batch(t)) => Some(t),
                             _ => None,
                         },
@@ -993,7 +1007,10 @@ fn merge(batch: &[Queued]) -> Option<Work> {
                     .collect::<Option<Vec<&Tensor>>>()?;
                 merged.push(ModelInput::Batch(Tensor::f_cat(&parts, 0).ok()?));
             }
-            Some(Work::General { args: merged })
+            Some(Work::General {
+                args: merged,
+                method: method.clone(),
+            })
         }
     }
 }
@@ -1096,6 +1113,10 @@ pub fn run_work(model: &Model, work: Work, rows: usize, threads: usize) -> Resul
             let (values, width) = model.run(&pixels, rows, threads, target)?;
             Ok(Done::Image { values, width })
         }
-        Work::General { args } => Ok(Done::General(model.forward(args, threads)?)),
+        Work::General { args, method } => Ok(Done::General(model.forward(
+            args,
+            method.as_deref(),
+            threads,
+        )?)),
     }
 }

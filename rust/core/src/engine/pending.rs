@@ -85,6 +85,12 @@ impl Scorer {
     ) -> Result<Pending> {
         // PREPARE builds tensors on this thread: inside the gate.
         let _inside = crate::lifecycle::try_enter()?;
+        // The options' selection wins over the op code's preset.
+        let op = if opts.preset.is_some() || opts.outputs.is_some() {
+            Op::Predict
+        } else {
+            op
+        };
         let state = match op {
             Op::Score => PendingState::Images(Box::new(self.submit_images(
                 batch,
@@ -101,7 +107,16 @@ impl Scorer {
                     task,
                 )?))
             }
-            Op::Predict => PendingState::General(Box::new(self.submit_general(batch, opts, task)?)),
+            Op::Predict => PendingState::General(Box::new(self.submit_general(
+                batch,
+                opts,
+                opts.preset.as_deref().unwrap_or(match op {
+                    Op::Score => "score",
+                    Op::Featurize => "featurize",
+                    Op::Predict => "predict",
+                }),
+                task,
+            )?)),
         };
         Ok(Pending { state })
     }

@@ -398,12 +398,14 @@ impl Model {
                         ),
                     ));
                 }
-                let methods: Vec<&str> = match &spec {
-                    Spec::Image(s) => s.featurize.as_ref().and_then(|f| f.method.as_deref()),
-                    Spec::General(g) => g.method.as_deref(),
+                // Every method an output may come from (a lowered version-1 spec's
+                // `featurize.method` is its `features` output's).
+                let mut methods: Vec<&str> = Vec::new();
+                for m in general.outputs.iter().filter_map(|o| general.method_of(o)) {
+                    if !methods.contains(&m) {
+                        methods.push(m);
+                    }
                 }
-                .into_iter()
-                .collect();
                 // From the bytes that were read (and checked against a pin), never the path
                 // again: aoti.rs extracts them into a private folder for the loader.
                 let package = Package::load(path, &bytes, device, &methods, spec.cpu())?;
@@ -591,21 +593,43 @@ impl Model {
         Ok((flat, width))
     }
 
-    /// The general forward pass: `inputs` in the spec's order (already in the dtype each
-    /// input declares), under no_grad with `num_threads` intra-op threads; calls the spec's
-    /// `method` when it names one. Float inputs are cast to bf16 for a TorchScript model
-    /// loaded in bf16, and bf16/half outputs come back as float32 (float64 ones as they are).
+    /// The forward pass, the only one: `inputs` in the spec's order (already in the dtype each
+    /// input declares), under no_grad with `num_threads` intra-op threads; calls `method` when
+    /// given (the selected outputs' method: [`GeneralSpec::method_of`]). A TorchScript model
+    /// gets every image input (4-D float) NHWC-strided when `channels_last` is on (oneDNN's
+    /// convolutions are faster on it; the same layout on every surface). Float inputs are cast
+    /// to bf16 for a TorchScript model loaded in bf16, and bf16/half outputs come back as
+    /// float32 (float64 ones as they are).
     ///
     /// Errors: [`Error::Inference`] with libtorch's first line (a wrong shape or dtype, a
     /// missing method, an input kind the backend cannot take).
-    pub fn forward(&self, inputs: Vec<ModelInput>, num_threads: usize) -> Result<Value> {
+    pub fn forward(
+        &self,
+        inputs: Vec<ModelInput>,
+        method: Option<&str>,
+        num_threads: usize,
+    ) -> Result<Value> {
         let fail = |reason: String| Error::Inference {
             path: self.path.clone(),
             reason,
         };
         crate::sys::set_threads(num_threads);
         let _no_grad = tch::no_grad_guard();
-        let prepare = |t: Tensor| -> std::result::Result<Tensor, tch::TchError> {
+        let nhwc = |i: usize, t: &Tensor| {
+            self.channels_last
+                && self.general.inputs.get(i).map(|d| d.kind) == Some(InputKind::Image)
+                && t.dim() == 4
+                && t.is_floating_point()
+        };
+        let prepare = |i: usize, t: Tensor| -> std::result::Result<Tensor, tch::TchError> {
+            // NHWC strides under the NCHW shape: what torch calls channels_last.
+            let t = if nhwc(i, &t) {
+                t.f_permute([0, 2, 3, 1])?
+                    .f_contiguous()?
+                    .f_permute([0, 3, 1, 2])?
+            } else {
+                t
+            };
             let t = t.f_to_device(self.device)?;
             if self.input_kind != Kind::Float && t.is_floating_point() {
                 t.f_to_kind(self.input_kind)
@@ -615,17 +639,17 @@ impl Model {
         };
         let inputs = inputs
             .into_iter()
-            .map(|x| match x {
-                ModelInput::Batch(t) => prepare(t).map(ModelInput::Batch),
+            .enumerate()
+            .map(|(i, x)| match x {
+                ModelInput::Batch(t) => prepare(i, t).map(ModelInput::Batch),
                 ModelInput::List(ts) => ts
                     .into_iter()
-                    .map(prepare)
+                    .map(|t| prepare(i, t))
                     .collect::<std::result::Result<Vec<_>, _>>()
                     .map(ModelInput::List),
             })
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| fail(first_line(&e.to_string())))?;
-        let method = self.general.method.as_deref();
         let out = match &self.backend {
             Backend::TorchScript(script) => script.call(inputs, method),
             Backend::Aoti(package) => {

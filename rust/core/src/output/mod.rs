@@ -6,14 +6,18 @@
 //! | `column` | per row (after `post`) | Arrow |
 //! |---|---|---|
 //! | `scalar` | `[]` or `[1]` | Float64 (default), Float32, Int64 (default after argmax), Int32 |
-//! | `vector` | `[K]` | List<Float64>, field metadata `torchspark.column = vector` |
+//! | `vector` | `[K]` | List<Float64> (or Float32 with `dtype`), field metadata `torchspark.column = vector` |
 //! | `array` | rank = `shape`'s length (absent: flattened to 1-D) | nested List of Float32 (default), Int32 (default after argmax), Float64, Int64 |
 //! | `structs` | a dict of `[K, ...]` tensors | List<Struct<fields>> |
 //! | `png` | `[H, W]` class map in 0..=255 | Binary (8-bit greyscale PNG) |
+//! | `prediction` | `[K]` class vector | Float64: the argmax ([`classes`]) |
+//! | `label` | `[K]` class vector | Utf8: `labels[argmax]` |
+//! | `top_k` | `[K]` class vector | List<Struct<index Int32, label Utf8, probability Float32>> |
 //!
 //! `uint8` is written as Int32 (Spark has no unsigned byte). Every field and list item is
 //! nullable; a row that did not run is null. docs/models-outputs.md is the user reference.
 
+pub mod classes;
 mod png;
 mod post;
 mod structs;
@@ -57,9 +61,11 @@ pub fn field(decl: &OutputDecl) -> Field {
     let name = decl.name.as_str();
     match decl.column {
         ColumnKind::Scalar => Field::new(name, arrow_type(decl.dtype()), true),
-        ColumnKind::Vector => Field::new(name, nested(DataType::Float64, 1), true).with_metadata(
-            HashMap::from([(COLUMN_KEY.to_string(), "vector".to_string())]),
-        ),
+        ColumnKind::Vector => {
+            Field::new(name, nested(arrow_type(decl.dtype()), 1), true).with_metadata(
+                HashMap::from([(COLUMN_KEY.to_string(), "vector".to_string())]),
+            )
+        }
         ColumnKind::Array => Field::new(name, nested(arrow_type(decl.dtype()), decl.rank()), true),
         ColumnKind::Structs => Field::new(
             name,
@@ -67,12 +73,18 @@ pub fn field(decl: &OutputDecl) -> Field {
             true,
         ),
         ColumnKind::Png => Field::new(name, DataType::Binary, true),
+        ColumnKind::Prediction | ColumnKind::Label | ColumnKind::TopK => {
+            Field::new(name, classes::class_type(decl.column), true)
+        }
     }
 }
 
-/// A writer for `decl`.
-pub fn writer(decl: &OutputDecl) -> Box<dyn OutputWriter> {
+/// A writer for `decl`; `top_k` is the call's (the `top_k` column's k).
+pub fn writer(decl: &OutputDecl, top_k: usize) -> Box<dyn OutputWriter> {
     match decl.column {
+        ColumnKind::Prediction | ColumnKind::Label | ColumnKind::TopK => {
+            Box::new(classes::ClassWriter::new(decl, top_k))
+        }
         ColumnKind::Structs => Box::new(structs::StructsWriter::new(decl)),
         ColumnKind::Png => Box::new(png::PngWriter::new(decl)),
         _ => Box::new(tensor::TensorWriter::new(decl)),

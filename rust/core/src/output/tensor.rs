@@ -179,10 +179,7 @@ pub struct TensorWriter {
 
 impl TensorWriter {
     pub fn new(decl: &OutputDecl) -> TensorWriter {
-        let dtype = match decl.column {
-            ColumnKind::Vector => DType::Float64,
-            _ => decl.dtype(),
-        };
+        let dtype = decl.dtype();
         let depth = decl.rank();
         TensorWriter {
             column: decl.column,

@@ -24,7 +24,7 @@ fn randn(shape: &[i64]) -> Tensor {
 
 /// Writes the chunks with `decl`'s writer; checks the column's type is `field(decl)`'s.
 fn write(d: &OutputDecl, chunks: &[(Option<Value>, Vec<bool>)]) -> Result<ArrayRef, String> {
-    let mut w = writer(d);
+    let mut w = writer(d, 5);
     for (v, good) in chunks {
         w.append_chunk(v.as_ref(), good, &HashMap::new())?;
     }
@@ -193,7 +193,7 @@ fn vector_mean_pools_each_chunk_with_its_mask() {
         r#"{"name": "embedding", "column": "vector", "shape": [3],
             "post": [{"op": "mean_pool", "mask": "m"}, {"op": "l2_normalize"}]}"#,
     );
-    let mut w = writer(&d);
+    let mut w = writer(&d, 5);
     let mut want = Vec::new();
     // Chunk 1: rows 0 and 2 ran (2 and 1 tokens of T = 2); chunk 2: its one row, 3 tokens.
     for (t, lens, good) in [
@@ -570,7 +570,7 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
         let a = write(&decl(d), &[(None, vec![false; 3])]).unwrap();
         assert_eq!((a.len(), a.null_count()), (3, 3), "{d}");
     }
-    let e = writer(&decl(decls[0]))
+    let e = writer(&decl(decls[0]), 5)
         .append_chunk(None, &[true], &HashMap::new())
         .unwrap_err();
     assert!(e.contains("no output for the 1 rows that ran"), "{e}");
@@ -579,7 +579,7 @@ fn chunks_where_no_row_ran_are_all_null_in_every_kind() {
 #[test]
 fn finish_starts_afresh() {
     let d = decl(r#"{"name": "a", "shape": [2]}"#);
-    let mut w = writer(&d);
+    let mut w = writer(&d, 5);
     w.append_chunk(
         Some(&Value::Tensor(randn(&[3, 2]))),
         &[true; 3],

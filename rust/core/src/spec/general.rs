@@ -43,8 +43,16 @@ use std::collections::HashSet;
 use serde::Deserialize;
 
 use super::image::{
-    ChannelOrder, CpuSpec, FilePrecision, InputSpec, ModelSpec, OutputKind, Preprocess,
+    ChannelOrder, CpuSpec, FeatureSource, FilePrecision, InputSpec, ModelSpec, OutputKind,
+    Preprocess,
 };
+
+/// The one input of a lowered version-1 spec.
+pub const V1_INPUT: &str = "image";
+/// A lowered version-1 spec's raw class vector (its `predict` preset).
+pub const V1_OUTPUT: &str = "output";
+/// A lowered version-1 spec's featurize output.
+pub const V1_FEATURES: &str = "features";
 
 /// The whole version-2 spec file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -68,6 +76,11 @@ pub struct GeneralSpec {
     /// As in version 1: the CPU a package's code needs.
     #[serde(default)]
     pub cpu: Option<CpuSpec>,
+    /// Set by [`GeneralSpec::from_image`] only (never in JSON): this spec is a version-1 spec
+    /// lowered, so its presets are version 1's and its one image input reads the batch's only
+    /// column when the caller names none.
+    #[serde(skip)]
+    pub lowered_from_v1: bool,
 }
 
 /// `inputs[i]`: one argument of `forward`.
@@ -278,6 +291,20 @@ pub struct OutputDecl {
     /// A `structs` column's fields: keys of each row's dict.
     #[serde(default)]
     pub fields: Vec<FieldDecl>,
+    /// The TorchScript method (a package: the model of that name) this output comes from;
+    /// absent: the spec's `method`, else `forward`. Outputs selected together in one call
+    /// must come from one method (one forward pass).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// A `label` or `top_k` column: the class names, index-aligned with the per-row class
+    /// vector (absent: null labels). A row whose vector has another length is an error.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+    /// Set by the version-1 lowering only (never in JSON): element N of what the method
+    /// returns, a lone tensor counting as element 0 (version 1's `output_index`), where
+    /// `from` would refuse a lone tensor.
+    #[serde(skip)]
+    pub output_index: Option<usize>,
 }
 
 /// A step of `from`.
@@ -330,6 +357,25 @@ pub enum ColumnKind {
     Structs,
     /// An `[H, W]` class map (0..=255) as an 8-bit greyscale PNG.
     Png,
+    /// The class of a per-row class vector `[K]`: its argmax (the first on ties), float64
+    /// (Spark ML's `prediction`).
+    Prediction,
+    /// The name of that class: `labels[argmax]` (utf8).
+    Label,
+    /// The `k` best classes, best first (`k` is the call's `top_k`, at most K):
+    /// `list<struct<index int32, label utf8, probability float32>>`.
+    #[serde(rename = "top_k")]
+    TopK,
+}
+
+impl ColumnKind {
+    /// The class writers: one value per row from a per-row class vector `[K]`.
+    pub fn is_class(self) -> bool {
+        matches!(
+            self,
+            ColumnKind::Prediction | ColumnKind::Label | ColumnKind::TopK
+        )
+    }
 }
 
 /// `outputs[j].post[k]`.
@@ -469,6 +515,8 @@ impl OutputDecl {
         match (self.dtype, self.column) {
             (Some(d), _) => d,
             (None, ColumnKind::Png) => DType::Uint8,
+            (None, ColumnKind::Prediction | ColumnKind::Label) => DType::Float64,
+            (None, ColumnKind::TopK) => DType::Float32,
             (None, ColumnKind::Scalar) if argmax => DType::Int64,
             (None, ColumnKind::Scalar | ColumnKind::Vector) => DType::Float64,
             (None, _) if argmax => DType::Int32,
@@ -482,7 +530,8 @@ impl OutputDecl {
             ColumnKind::Scalar => 0,
             ColumnKind::Vector => 1,
             ColumnKind::Png => 2,
-            ColumnKind::Structs => 1,
+            ColumnKind::Structs | ColumnKind::TopK => 1,
+            ColumnKind::Prediction | ColumnKind::Label => 0,
             ColumnKind::Array => self.shape.as_ref().map_or(1, Vec::len),
         }
     }
@@ -516,13 +565,68 @@ impl GeneralSpec {
         }
     }
 
-    /// A version-1 image spec as a general one: input `image` (column `image`) and output
-    /// `output`, a vector (softmax applied to `logits`).
+    /// A version-1 image spec as a general one (its lowering): one input `image` (the
+    /// caller's column, else the batch's only column) and the outputs of version 1's calls,
+    /// each element 0 of `forward` (a lone tensor, or a tuple's first) unless it says:
+    /// - `output`: the class vector as a float64 vector, softmax applied to `logits` (the
+    ///   `predict` preset: what `TorchModel` gives);
+    /// - `prediction`, `probability` (float32 vector), `predicted_label`, `top_k`: the same
+    ///   vector through the class writers (the `score` preset);
+    /// - `features`: `featurize.method`'s element 0, or element `featurize.output_index`,
+    ///   flattened to float32 (the `featurize` preset), when the spec has a valid `featurize`.
     pub fn from_image(s: &ModelSpec) -> GeneralSpec {
+        let softmax = match s.output {
+            OutputKind::Logits => vec![PostOp {
+                op: PostKind::Softmax,
+                axis: None,
+                mask: None,
+            }],
+            OutputKind::Probabilities => vec![],
+        };
+        let class = |name: &str, column: ColumnKind, dtype: Option<DType>| OutputDecl {
+            name: name.into(),
+            from: None,
+            column,
+            dtype,
+            shape: None,
+            post: softmax.clone(),
+            fields: vec![],
+            method: None,
+            labels: match column {
+                ColumnKind::Label | ColumnKind::TopK => s.labels.clone(),
+                _ => None,
+            },
+            output_index: Some(0),
+        };
+        let mut outputs = vec![
+            class(V1_OUTPUT, ColumnKind::Vector, None),
+            class("prediction", ColumnKind::Prediction, None),
+            class("probability", ColumnKind::Vector, Some(DType::Float32)),
+            class("predicted_label", ColumnKind::Label, None),
+            class("top_k", ColumnKind::TopK, None),
+        ];
+        if let Some(source) = s.featurize.as_ref().and_then(|f| f.source().ok()) {
+            let (method, index) = match source {
+                FeatureSource::Method(m) => (Some(m), 0),
+                FeatureSource::OutputIndex(i) => (None, i),
+            };
+            outputs.push(OutputDecl {
+                name: V1_FEATURES.into(),
+                from: None,
+                column: ColumnKind::Array,
+                dtype: Some(DType::Float32),
+                shape: None,
+                post: vec![],
+                fields: vec![],
+                method,
+                labels: None,
+                output_index: Some(index),
+            });
+        }
         GeneralSpec {
             spec_version: 2,
             inputs: vec![InputDecl {
-                name: "image".into(),
+                name: V1_INPUT.into(),
                 kind: InputKind::Image,
                 column: None,
                 dtype: DType::Float32,
@@ -545,27 +649,18 @@ impl GeneralSpec {
                 max_row_elements: None,
                 max_text_bytes: None,
             }],
-            outputs: vec![OutputDecl {
-                name: "output".into(),
-                from: Some(FromPath::One(Step::Index(0))),
-                column: ColumnKind::Vector,
-                dtype: None,
-                shape: None,
-                post: match s.output {
-                    OutputKind::Logits => vec![PostOp {
-                        op: PostKind::Softmax,
-                        axis: None,
-                        mask: None,
-                    }],
-                    OutputKind::Probabilities => vec![],
-                },
-                fields: vec![],
-            }],
+            outputs,
             method: None,
             sha256: s.sha256.clone(),
             precision: s.precision,
             cpu: s.cpu.clone(),
+            lowered_from_v1: true,
         }
+    }
+
+    /// The method output `o` comes from: its own, else the spec's (`None`: `forward`).
+    pub fn method_of<'a>(&'a self, o: &'a OutputDecl) -> Option<&'a str> {
+        o.method.as_deref().or(self.method.as_deref())
     }
 
     /// Every rule of the format; the error names the field.
@@ -1019,11 +1114,48 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
                     "{at}.shape: a `vector` column is 1-D ([N] or [-1])"
                 ));
             }
-            if o.dtype.is_some_and(|d| d != DType::Float64) {
-                return Err(format!("{at}.dtype: an ML vector holds float64"));
+            if o.dtype
+                .is_some_and(|d| d != DType::Float64 && d != DType::Float32)
+            {
+                return Err(format!(
+                    "{at}.dtype: a vector holds float64 (an ML vector) or float32"
+                ));
+            }
+        }
+        ColumnKind::Prediction | ColumnKind::Label | ColumnKind::TopK => {
+            if o.shape.as_ref().is_some_and(|s| s.len() != 1) {
+                return Err(format!(
+                    "{at}.shape: a class column reads a per-row class vector ([K] or [-1])"
+                ));
+            }
+            if o.dtype.is_some() {
+                return Err(format!(
+                    "{at}.dtype: a `{}` column's type is fixed (docs/models-outputs.md)",
+                    match o.column {
+                        ColumnKind::Prediction => "prediction",
+                        ColumnKind::Label => "label",
+                        _ => "top_k",
+                    }
+                ));
+            }
+            if argmax_last {
+                return Err(format!(
+                    "{at}.post: a class column takes the class vector itself (it computes the \
+                     argmax); remove argmax"
+                ));
             }
         }
         ColumnKind::Array => {}
+    }
+    if o.labels.is_some() && !matches!(o.column, ColumnKind::Label | ColumnKind::TopK) {
+        return Err(format!(
+            "{at}.labels belongs to `column: \"label\"` or `\"top_k\"`"
+        ));
+    }
+    if o.method.as_deref() == Some("") {
+        return Err(format!(
+            "{at}.method must not be empty (omit it to use the spec's)"
+        ));
     }
     if o.dtype == Some(DType::Bool) {
         return Err(format!(
@@ -1032,6 +1164,7 @@ fn validate_output(at: &str, o: &OutputDecl) -> std::result::Result<(), String> 
     }
     if o.column != ColumnKind::Png
         && o.column != ColumnKind::Structs
+        && !o.column.is_class()
         && argmax_last
         && o.dtype.is_some_and(DType::is_float)
     {

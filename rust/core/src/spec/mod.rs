@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 
 pub mod general;
 pub mod image;
+pub mod preset;
 
 pub use general::GeneralSpec;
 pub use image::*;
@@ -249,7 +250,8 @@ mod tests {
                 "outputs.embedding.shape",
             ),
             (
-                |v| v["outputs"][0]["dtype"] = serde_json::json!("float32"),
+                // float32 and float64 vectors are allowed (the score's probability is float32).
+                |v| v["outputs"][0]["dtype"] = serde_json::json!("int64"),
                 "outputs.probability.dtype",
             ),
             (

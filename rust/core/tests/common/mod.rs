@@ -279,3 +279,9 @@ pub fn score_on_eight_threads(
         .collect();
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
+
+/// The identity image models (`tests/fixtures/out/images_ident`: `forward` returns the input
+/// flattened), made by `make_image_fixtures.py` when its `done` file is missing.
+pub fn ident_fixtures() -> PathBuf {
+    made_by("make_image_fixtures.py", "images_ident", &["done"])
+}
