@@ -415,4 +415,4 @@ def test_top_k_past_the_class_count_gives_every_class(fixtures, model):
 def test_jvm_top_k_int_max_gives_every_class(spark, fixtures, model):
     df = spark.read.format("binaryFile").load(str(fixtures / "images" / "digit_0*.png")).limit(2)
     rows = ImageScorer(modelPath=model, inputCol="content", topK=2**31 - 1).transform(df).collect()
-    assert rows and all(len(r.topK) == 10 for r in rows)
+    assert rows and all(len(r.top_k) == 10 for r in rows)
