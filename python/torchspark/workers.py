@@ -197,15 +197,22 @@ def _for_workers(model_path: str) -> str:
 # preset's outputs as `describe(spec, "score")` names and orders them, then `error`. A test
 # checks it against describe and against the batches score_arrow yields.
 SCORE_SCHEMA = (
-    "path string, prediction double, probability array<float>, predicted_label string, "
+    "path string, prediction double, predicted_label string, probability array<float>, "
     "top_k array<struct<index: int, label: string, probability: double>>, error string"
 )
 
+# SCORE_SCHEMA's order of the score preset's outputs: the first four columns keep the places
+# they had before `top_k` was added (code that reads them by position keeps working); `error`
+# stays last.
+_SCORE_ORDER = {"prediction": 0, "predicted_label": 1, "probability": 2, "top_k": 3}
+
 
 def _score_columns(model_path: str) -> list[str]:
-    """The `score` preset's output names (`describe`), in order: a spec that has no `score`
-    preset (spec version 2) raises ModelSpecError here, on the driver, before any job."""
-    return [f.name for f in describe(model_path, "score") if f.name != "error"]
+    """The `score` preset's output names (`describe`) in SCORE_SCHEMA's order: a spec that has
+    no `score` preset (spec version 2) raises ModelSpecError here, on the driver, before any
+    job."""
+    names = [f.name for f in describe(model_path, "score") if f.name != "error"]
+    return sorted(names, key=lambda n: _SCORE_ORDER.get(n, len(_SCORE_ORDER)))
 
 
 def _spark_score_column(name: str, column: pa.Array) -> pa.Array:
@@ -269,7 +276,7 @@ def score_partitions(
     handle_invalid: str = "keep",
 ):
     """A function for `rdd.mapPartitions`: Rows with `key_col` and `content_col` in, tuples
-    (key, prediction, probability, predicted_label, top_k, error) out, in order: SCORE_SCHEMA's
+    (key, prediction, predicted_label, probability, top_k, error) out, in order: SCORE_SCHEMA's
     columns (`rdd.mapPartitions(fn).toDF(SCORE_SCHEMA)`; `prediction` a float, the class index;
     `top_k` a list of dicts {index, label, probability}).
 
@@ -349,7 +356,7 @@ def score_arrow(
     """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code.
 
     Yields `path` (the `key_col` column), the `score` preset's outputs (`describe(spec,
-    "score")`: prediction double, probability array<float>, predicted_label, top_k) and
+    "score")`: prediction double, predicted_label, probability array<float>, top_k) and
     `error`. `model_path` as for `score_partitions`; with the shared engine the next Arrow
     batch is read from Spark while the previous one runs its forward pass. `handle_invalid`
     and `fn.metrics()`: as for `score_partitions`."""

@@ -167,11 +167,23 @@ def test_all_three_paths_agree_exactly(spark, fixtures, model):
 
 def test_score_schema_is_the_score_presets_schema(spark, model):
     # SCORE_SCHEMA is describe(spec, "score") in Spark's types (top_k's probability a double,
-    # as ImageScorer's), after the key column `path`.
+    # as ImageScorer's), after the key column `path`, `error` last.
     from torchspark.workers import _spark_score_column, spark_type
 
     want = spark.createDataFrame([], torchspark.SCORE_SCHEMA).schema
-    described = torchspark.describe(model, "score")
+    from torchspark.workers import _SCORE_ORDER
+
+    # In SCORE_SCHEMA's order: the first four columns where they were before top_k came.
+    described = sorted(
+        torchspark.describe(model, "score"), key=lambda f: _SCORE_ORDER.get(f.name, 99)
+    )
+    assert [f.name for f in described] == [
+        "prediction",
+        "predicted_label",
+        "probability",
+        "top_k",
+        "error",
+    ]
     fields = [T.StructField("path", T.StringType())] + [
         T.StructField(f.name, spark_type(_spark_score_column(f.name, pa.nulls(0, f.type)).type))
         for f in described
