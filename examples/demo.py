@@ -83,7 +83,7 @@ def main() -> None:
         .load(str(OUT / "images" / "heldout"))
     )
     scored = (
-        scorer.transform(heldout).select("path", "label", "prediction", "predictedLabel").cache()
+        scorer.transform(heldout).select("path", "label", "prediction", "predicted_label").cache()
     )
     ev = torchspark.evaluate(scored, "label", "prediction", labels=labels)
     print(f"\n[result] held-out images: {scored.count()}")

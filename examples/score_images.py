@@ -38,7 +38,7 @@ def score(images: DataFrame, model: str, batch_size: int = 64) -> tuple[DataFram
     out = scorer.transform(images).select(
         "path",
         F.col("prediction").cast("int").alias("prediction"),
-        F.col("predictedLabel").alias("label"),
+        F.col("predicted_label").alias("label"),
         # A row that failed (handleInvalid=keep) has no probability; vector_to_array rejects null.
         F.when(F.col("probability").isNotNull(), vector_to_array("probability")).alias(
             "probability"

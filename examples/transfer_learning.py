@@ -164,8 +164,8 @@ def run(spark, resnet20: Path | None = None) -> dict:
     # The classifier on a few of scikit-image's photographs, top-5 with ImageNet names.
     photos = photo_frame(spark)
     scorer = torchspark.ImageScorer(modelPath=str(classifier), inputCol="content", topK=5)
-    for r in scorer.transform(photos).select("name", "topK").collect():
-        top = ", ".join(f"{t.label} {t.probability:.2f}" for t in r.topK[:3])
+    for r in scorer.transform(photos).select("name", "top_k").collect():
+        top = ", ".join(f"{t.label} {t.probability:.2f}" for t in r.top_k[:3])
         print(f"[transfer] {r.name:<10} top-3: {top}", flush=True)
     print(f"[transfer] done in {time.time() - t_start:.0f} s", flush=True)
     return results

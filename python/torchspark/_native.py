@@ -177,6 +177,9 @@ def lib() -> ctypes.CDLL:
         so.ts_close.restype = None
         so.ts_describe.argtypes = [cp, ctypes.POINTER(ArrowSchema), errp]
         so.ts_describe.restype = i32
+        # The schema of a preset (score, featurize, predict, embed): docs/internals.md.
+        so.ts_describe_preset.argtypes = [cp, cp, ctypes.POINTER(ArrowSchema), errp]
+        so.ts_describe_preset.restype = i32
         so.ts_load_count.argtypes = []
         so.ts_load_count.restype = u64
         so.ts_string_free.argtypes = [ctypes.c_void_p]

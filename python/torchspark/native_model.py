@@ -31,8 +31,10 @@ from torchspark.errors import BY_CODE, ConfigError, ModelSpecError, TorchSparkEr
 # `engine`: "shared" queues every batch to the model's one engine in this process (its forward
 # pass overlaps the caller reading the next batch); "per-task" runs it inline (docs/engine.md).
 ENGINES = ("shared", "per-task")
-# ts_submit's op codes (torchspark_core::Op::from_code).
-_OPS = {"score": 0, "featurize": 1, "predict": 2}
+# The presets (named selections of a spec's outputs, docs/internals.md) and ts_submit's op code
+# for each (torchspark_core::Op::from_code; `embed` has none of its own: the options name it).
+PRESETS = ("score", "featurize", "predict", "embed")
+_OPS = {"score": 0, "featurize": 1, "predict": 2, "embed": 2}
 # ts_collect blocks in slices this long, so that Python handles signals (a killed task) between.
 _COLLECT_SLICE_MS = 100
 # Task ids of this process's handles: the engine drops a handle's queued work by its id.
@@ -265,6 +267,7 @@ class NativeModel:
         batch: Any,
         op: str = "predict",
         *,
+        outputs: Sequence[str] | str | None = None,
         top_k: int = 5,
         batch_size: int = 0,
         input_column: str | None = None,
@@ -277,29 +280,40 @@ class NativeModel:
         sort_by_length: bool = True,
     ) -> Pending:
         """Prepares `batch` on this thread (read, decode, tokenize) and queues its forward
-        passes; `Pending.result()` returns what `score`, `featurize` or `predict` (`op`) return.
-        Raises at once what concerns the whole batch (a missing column, a bad option). `batch`
-        is one batch: a Table whose columns do not fit one (over 2 GiB in a binary column)
-        raises ConfigError; `score`, `featurize` and `predict` take it whole. The `max_*`
-        limits and `sort_by_length`: as for `predict`."""
+        passes; `Pending.result()` returns what `score`, `featurize` or `predict` return.
+
+        `op` is a preset, a named selection of the spec's outputs (`describe(spec, op)` gives
+        its schema): `score`, `featurize`, `predict` (every output the spec declares; a
+        version-1 spec's raw `output`) or `embed` (a text spec's one vector output).
+        `outputs` names the outputs to compute instead, in that order (they must come from one
+        method: one call is one forward pass); `top_k` sizes a `top_k` output. Raises at once
+        what concerns the whole batch (a missing column, a bad option, a preset the spec cannot
+        give). `batch` is one batch: a Table whose columns do not fit one (over 2 GiB in a
+        binary column) raises ConfigError; `score`, `featurize` and `predict` take it whole.
+        `input_column` names a version-1 spec's image column (else the batch's only column);
+        `columns`, the `max_*` limits and `sort_by_length`: as for `predict`."""
         if op not in _OPS:
-            raise ConfigError(f"op must be one of {', '.join(_OPS)}, not {op!r}")
+            raise ConfigError(f"op must be one of {', '.join(PRESETS)}, not {op!r}")
         opts: dict[str, Any] = {
             "batch_size": self._batch_size(batch_size),
             "max_pixels": _non_negative("max_pixels", max_pixels),
             **_limits(max_row_elements, max_batch_bytes, max_text_bytes),
+            "top_k": _non_negative("top_k", top_k),
+            # Every call numbers its row errors from row_offset (a table's later batches go on
+            # counting).
+            "row_offset": _non_negative("row_offset", row_offset),
         }
-        # Every op numbers its row errors from row_offset (a table's later batches go on counting).
-        opts["row_offset"] = _non_negative("row_offset", row_offset)
-        if op == "predict":
-            if columns:
-                opts["columns"] = _column_map(columns)
-            if not _flag("sort_by_length", sort_by_length):
-                opts["sort_by_length"] = False
+        if outputs is None:
+            opts["preset"] = op
         else:
-            opts["top_k"] = top_k if op == "score" else 1
-            if input_column:
-                opts["input_column"] = input_column
+            # By name, instead of the preset (docs/internals.md: the call protocol).
+            opts["outputs"] = _output_names(outputs)
+        if columns:
+            opts["columns"] = _column_map(columns)
+        if input_column:
+            opts["input_column"] = input_column
+        if not _flag("sort_by_length", sort_by_length):
+            opts["sort_by_length"] = False
         rb, handle = as_record_batch(batch), self._live()
         in_a, in_s = _native.ArrowArray(), _native.ArrowSchema()
         rb._export_to_c(ctypes.addressof(in_a), ctypes.addressof(in_s))
@@ -332,16 +346,27 @@ class NativeModel:
         max_pixels: int = 0,
         max_batch_bytes: int = 0,
     ) -> pa.RecordBatch:
-        """prediction, probability, predicted_label, top_k, error: one row per input row.
+        """The `score` preset of a classifier (a version-1 image spec): one row per input row,
+        the columns `describe(spec, "score")` gives:
+
+        - `prediction` (float64): the class index, the argmax of `probability`;
+        - `probability` (list<float32>, one value per class): the model's output, softmaxed
+          when the spec says `"output": "logits"`;
+        - `predicted_label` (utf8): the spec's `labels` at `prediction` (null without labels);
+        - `top_k` (list<struct<index int32, label utf8, probability float32>>): the `top_k`
+          best classes, best first (a `top_k` past the class count gives every class);
+        - `error` (utf8): null, or why the row has no outputs (``row N: input `image`
+          (column C): <reason>``); a bad row never fails the batch.
 
         `batch`: a RecordBatch, a Table, a ChunkedArray or Array of encoded images, a list of
         bytes, or a float array (N,C,H,W). A Table (or ChunkedArray) is scored batch by batch,
         every row of every chunk, without combining it past 256 MiB (so a table over 2 GiB
-        works); the results come back as one RecordBatch. `max_pixels` (width x height) lowers
-        the spec's `preprocess.max_pixels` for this call (0: the spec's); larger images are row
-        errors, found from their headers. `batch_size` 0: `auto_batch_size()`.
-        A `top_k` past the class count gives every class. `max_batch_bytes` lowers the bytes of
-        one forward pass's input (0: the engine's 256 MiB; docs/limits.md)."""
+        works); the results come back as one RecordBatch. `input_column`: the image column
+        (default: the batch's only column). `max_pixels` (width x height) lowers the spec's
+        `preprocess.max_pixels` for this call (0: the spec's); larger images are row errors,
+        found from their headers. `batch_size` 0: `auto_batch_size()`. `max_batch_bytes`
+        lowers the bytes of one forward pass's input (0: the engine's 256 MiB;
+        docs/limits.md)."""
         return self._call(
             "score", batch, top_k, batch_size, input_column, max_pixels, max_batch_bytes
         )
@@ -354,19 +379,22 @@ class NativeModel:
         max_pixels: int = 0,
         max_batch_bytes: int = 0,
     ) -> pa.RecordBatch:
-        """features (list<float32>) and error: one row per input row (`max_pixels`,
-        `max_batch_bytes`: as score)."""
+        """The `featurize` preset: `features` (list<float32>, the spec's `featurize` output,
+        flattened: its method's or forward's `output_index` element) and `error`, one row per
+        input row (`batch`, `input_column`, `max_pixels`, `max_batch_bytes`: as score)."""
         return self._call(
-            "featurize", batch, 1, batch_size, input_column, max_pixels, max_batch_bytes
+            "featurize", batch, 5, batch_size, input_column, max_pixels, max_batch_bytes
         )
 
     def predict(
         self,
         batch: pa.RecordBatch | pa.Table,
         *,
+        outputs: Sequence[str] | str | None = None,
         columns: Mapping[str, Sequence[str] | str] | None = None,
         batch_size: int = 0,
         row_offset: int = 0,
+        top_k: int = 5,
         max_pixels: int = 0,
         max_row_elements: int = 0,
         max_batch_bytes: int = 0,
@@ -374,7 +402,13 @@ class NativeModel:
         sort_by_length: bool = True,
     ) -> pa.RecordBatch:
         """Runs any model through its spec's `inputs` and `outputs` (spec version 2, or a
-        version-1 image spec): one column per declared output, in order, then `error`.
+        version-1 image spec): one column per declared output, in order, then `error` (the
+        `predict` preset; a version-1 spec's one output is `output`, its class vector as
+        list<float64>).
+
+        `outputs` names the outputs to compute instead, in that order (e.g. a version-1 spec's
+        `["prediction", "top_k"]`); they must come from one method (else ConfigError naming
+        both). `top_k` sizes a `top_k` output (capped at the class count).
 
         The batch holds the inputs' columns (the spec's `column`s, or `columns` maps an input's
         name to other column(s)): numeric scalars, lists (nested or not), FixedSizeList,
@@ -397,31 +431,31 @@ class NativeModel:
         padded tensor input) run longest first, so that each forward pass pads little; results
         and errors still come back in input order. False runs them in the order given."""
         kw = {
+            "outputs": outputs,
             "columns": columns,
             "sort_by_length": sort_by_length,
             "batch_size": batch_size,
             "row_offset": row_offset,
+            "top_k": top_k,
             "max_pixels": max_pixels,
             **_limits(max_row_elements, max_batch_bytes, max_text_bytes),
         }
         return self._apply("predict", batch, kw)
 
-    def output_schema(self) -> pa.Schema:
-        """The schema `predict` returns (as `describe` of this model's spec)."""
-        return describe(self.model_path)
+    def output_schema(self, preset: str = "predict") -> pa.Schema:
+        """The schema a call with `preset` returns (`describe` of this model's spec):
+        `predict`'s by default."""
+        return describe(self.model_path, preset)
 
     def _call(
         self, op, batch, top_k, batch_size, input_column, max_pixels=0, max_batch_bytes=0
     ) -> pa.RecordBatch:
-        if not isinstance(max_pixels, int) or max_pixels < 0:
-            raise ConfigError(f"max_pixels must be a non-negative int, not {max_pixels!r}")
-        _non_negative("max_batch_bytes", max_batch_bytes)
         kw = {
             "top_k": top_k,
             "batch_size": batch_size,
             "input_column": input_column,
-            "max_pixels": max_pixels,
-            "max_batch_bytes": max_batch_bytes,
+            "max_pixels": _non_negative("max_pixels", max_pixels),
+            "max_batch_bytes": _non_negative("max_batch_bytes", max_batch_bytes),
         }
         return self._apply(op, batch, kw)
 
@@ -504,6 +538,15 @@ def _column_map(columns: Mapping[str, Sequence[str] | str]) -> dict[str, list[st
     return out
 
 
+def _output_names(outputs: Sequence[str] | str) -> list[str]:
+    """The `outputs` batch option: output names, in the caller's order (a single string is one
+    name); the native side checks that the spec has them."""
+    names = [outputs] if isinstance(outputs, str) else outputs
+    if not isinstance(names, Sequence) or not all(isinstance(n, str) and n for n in names):
+        raise ConfigError(f"outputs must be output names (a list of strings), not {outputs!r}")
+    return list(names)
+
+
 def _spec_text(spec_or_model_path: str | os.PathLike) -> str:
     """The spec JSON of a spec file, or of the spec beside a model (`model.pt` -> `model.json`)."""
     path = os.fspath(spec_or_model_path)
@@ -518,18 +561,27 @@ def _spec_text(spec_or_model_path: str | os.PathLike) -> str:
         raise ModelSpecError(f"cannot read the model spec {path}: {e.strerror or e}") from None
 
 
-def describe(spec_or_model_path: str | os.PathLike) -> pa.Schema:
-    """The schema `NativeModel.predict` returns for a spec, without loading the model.
+def describe(spec_or_model_path: str | os.PathLike, preset: str = "predict") -> pa.Schema:
+    """The schema a call with `preset` returns for a spec, without loading the model.
 
-    Takes the spec JSON's path or the model's (its spec beside it). One field per declared
-    output, then `error` (Utf8); a `vector` output is List<Float64> with field metadata
+    Takes the spec JSON's path or the model's (its spec beside it). `preset` (a named selection
+    of the spec's outputs, docs/internals.md): `predict` (the default: every declared output;
+    a version-1 spec's `output`, list<float64>), `score` (a version-1 spec's `prediction`
+    float64, `probability` list<float32>, `predicted_label` utf8, `top_k`
+    list<struct<index int32, label utf8, probability float32>>), `featurize` (`features`
+    list<float32>) or `embed` (a text spec's one `vector` output). One field per selected
+    output, then `error` (utf8); a `vector` output has the field metadata
     `torchspark.column: vector`. The schema metadata `torchspark.inputs` lists the inputs as
     JSON (`[{"name", "kind", "columns", "dtype", "shape"}]`). Raises ModelSpecError naming the
-    field that is wrong."""
+    field that is wrong, or the preset the spec cannot give (e.g. `score` of a version-2
+    spec), and ConfigError for a preset that does not exist."""
     so = _native.lib()
     out_s, err = _native.ArrowSchema(), ctypes.c_void_p()
-    code = so.ts_describe(
-        _spec_text(spec_or_model_path).encode(), ctypes.byref(out_s), ctypes.byref(err)
+    code = so.ts_describe_preset(
+        _spec_text(spec_or_model_path).encode(),
+        preset.encode(),
+        ctypes.byref(out_s),
+        ctypes.byref(err),
     )
     if code:
         _raise(so, code, err)

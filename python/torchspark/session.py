@@ -99,8 +99,12 @@ def register_udfs(
 ) -> None:
     """Registers SQL functions for the model at `model_path` (TorchSpark.register, in the JVM).
 
-    An image spec (version 1): `name(content)` -> struct<prediction, label, probability, error>
-    and `name_features(content)`. A version-2 spec (tensor or text models): `name(c1, ..., cN)`,
+    An image spec (version 1): `name(content)` -> the `score` preset's struct<prediction double
+    (the class index), probability array<float>, predicted_label string, top_k
+    array<struct<index int, label string, probability double>> (the best 5), label (the old
+    name of predicted_label, kept for one release), error string>, e.g.
+    `classify_image(content).predicted_label`; and `name_features(content)` (array<double>, the
+    `featurize` preset). A version-2 spec (tensor or text models): `name(c1, ..., cN)`,
     one argument per input that reads columns, in the spec's order, returning
     struct<outputs..., error>; e.g. a text model: `embed_text(text).embedding` (an ML vector).
     A row that fails gives null outputs and `error` naming the row and the reason.

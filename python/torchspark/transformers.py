@@ -240,8 +240,9 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
         return out
 
     def metrics(self) -> dict[str, int]:
-        """Counters of the last transform (after an action): imagesScored, rowsWithErrors,
-        rowsSkipped, modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
+        """Counters of the last transform (after an action): rowsIn, rowsOut, rowsScored
+        (imagesScored: its old name, kept for one release), rowsWithErrors, rowsSkipped,
+        modelLoads, and milliseconds summed over tasks by stage: readTimeMs,
         bridgeTimeMs, nativeTimeMs = preprocessTimeMs + forwardTimeMs + native IPC; and the
         decodeTimeMs and resizeTimeMs parts of preprocessTimeMs (summed over rows: with
         numThreads > 1 they are thread time and can exceed preprocessTimeMs).
@@ -283,11 +284,23 @@ def _check_connect_server(df, name: str) -> None:
 
 
 class ImageScorer(_JavaBacked, _TorchSparkParams):
-    """Scores images natively in the executors: prediction, probability, label, top-k."""
+    """Scores images natively in the executors: the `score` preset of a classifier (a
+    version-1 image spec) over TorchModel's path, its columns as `describe(spec, "score")`
+    gives them.
+
+    Adds `predictionCol` (double, the class index), `probabilityCol` (an ML Vector),
+    `predictedLabelCol` (string, the spec's label of the prediction; default
+    `predicted_label`), `topKCol` (array<struct<index int, label string, probability
+    double>>, the `topK` best classes; default `top_k`) and, with handleInvalid=keep,
+    `errorCol`. While `predictedLabelCol` and `topKCol` are left at their defaults, the columns
+    of their old defaults, `predictedLabel` and `topK`, are added too (copies, for one release:
+    CHANGELOG.md)."""
 
     __module__ = _JAVA_PACKAGE
 
-    predictionCol = Param(Params._dummy(), "predictionCol", "class index", TypeConverters.toString)
+    predictionCol = Param(
+        Params._dummy(), "predictionCol", "class index (double)", TypeConverters.toString
+    )
     probabilityCol = Param(
         Params._dummy(), "probabilityCol", "probabilities (Vector)", TypeConverters.toString
     )
@@ -317,9 +330,9 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         engineTimeoutMs=600000,
         predictionCol="prediction",
         probabilityCol="probability",
-        predictedLabelCol="predictedLabel",
+        predictedLabelCol="predicted_label",
         topK=5,
-        topKCol="topK",
+        topKCol="top_k",
     ) -> None:
         super().__init__()
         self._java_obj = self._new_java_obj(
@@ -328,9 +341,9 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         self._setDefault(
             predictionCol="prediction",
             probabilityCol="probability",
-            predictedLabelCol="predictedLabel",
+            predictedLabelCol="predicted_label",
             topK=5,
-            topKCol="topK",
+            topKCol="top_k",
         )
         self._set(**self._input_kwargs)
 
@@ -366,7 +379,8 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
 
 
 class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
-    """Embeds images natively into `outputCol` (an ML Vector) for Spark ML estimators."""
+    """Embeds images natively into `outputCol` (an ML Vector) for Spark ML estimators: the
+    `featurize` preset (the spec's `featurize` output, `features`) over TorchModel's path."""
 
     __module__ = _JAVA_PACKAGE
 

@@ -193,9 +193,39 @@ def _for_workers(model_path: str) -> str:
     return model_path
 
 
+# What `score_arrow` yields (and `score_partitions`' tuples): the key column `path`, the `score`
+# preset's outputs as `describe(spec, "score")` names and orders them, then `error`. A test
+# checks it against describe and against the batches score_arrow yields.
 SCORE_SCHEMA = (
-    "path string, prediction int, predicted_label string, probability array<float>, error string"
+    "path string, prediction double, predicted_label string, probability array<float>, "
+    "top_k array<struct<index: int, label: string, probability: double>>, error string"
 )
+
+# SCORE_SCHEMA's order of the score preset's outputs: the first four columns keep the places
+# they had before `top_k` was added (code that reads them by position keeps working); `error`
+# stays last.
+_SCORE_ORDER = {"prediction": 0, "predicted_label": 1, "probability": 2, "top_k": 3}
+
+
+def _score_columns(model_path: str) -> list[str]:
+    """The `score` preset's output names (`describe`) in SCORE_SCHEMA's order: a spec that has
+    no `score` preset (spec version 2) raises ModelSpecError here, on the driver, before any
+    job."""
+    names = [f.name for f in describe(model_path, "score") if f.name != "error"]
+    return sorted(names, key=lambda n: _SCORE_ORDER.get(n, len(_SCORE_ORDER)))
+
+
+def _spark_score_column(name: str, column: pa.Array) -> pa.Array:
+    """A score output as SCORE_SCHEMA holds it: `top_k`'s probability as float64 (Spark's
+    double, as in ImageScorer's `top_k` column); the others as the native side gives them."""
+    t = column.type
+    if name != "top_k" or not pa.types.is_list(t):
+        return column
+    entry = t.value_type
+    fields = [
+        pa.field(f.name, pa.float64(), f.nullable) if f.name == "probability" else f for f in entry
+    ]
+    return column.cast(pa.list_(pa.struct(fields)))
 
 
 def _in_order(
@@ -246,7 +276,9 @@ def score_partitions(
     handle_invalid: str = "keep",
 ):
     """A function for `rdd.mapPartitions`: Rows with `key_col` and `content_col` in, tuples
-    (key, prediction, predicted_label, probability, error) out, in order.
+    (key, prediction, predicted_label, probability, top_k, error) out, in order: SCORE_SCHEMA's
+    columns (`rdd.mapPartitions(fn).toDF(SCORE_SCHEMA)`; `prediction` a float, the class index;
+    `top_k` a list of dicts {index, label, probability}).
 
     `model_path` is a local path, a shipped file's name, or a cluster-storage URI (shipped to
     the executors when this is called on the driver). `batch_size` 0: the model's auto size;
@@ -257,6 +289,7 @@ def score_partitions(
     gives the rows in, out, with errors and skipped (see RowCounts)."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
+    names = _score_columns(model_path)
     max_bytes = _max_bytes_per_call()
     counts = RowCounts()
 
@@ -299,11 +332,9 @@ def score_partitions(
                 errors = out["error"]
                 bad = sum(e is not None for e in errors)
                 tally.add(len(chunk), bad, next((e for e in errors if e is not None), None))
-                for r, p, lab, prob, e in zip(
-                    chunk, out["prediction"], out["predicted_label"], out["probability"], errors
-                ):
+                for r, *values, e in zip(chunk, *(out[n] for n in names), errors):
                     if e is None or handle_invalid == "keep":
-                        yield (r[key_col], p, lab, prob, e)
+                        yield (r[key_col], *values, e)
         finally:
             tally.close()
 
@@ -324,11 +355,14 @@ def score_arrow(
 ):
     """A function for `df.mapInArrow(f, SCORE_SCHEMA)`: Arrow batches straight to native code.
 
-    `model_path` as for `score_partitions`; with the shared engine the next Arrow batch is read
-    from Spark while the previous one runs its forward pass. `handle_invalid` and
-    `fn.metrics()`: as for `score_partitions`."""
+    Yields `path` (the `key_col` column), the `score` preset's outputs (`describe(spec,
+    "score")`: prediction double, predicted_label, probability array<float>, top_k) and
+    `error`. `model_path` as for `score_partitions`; with the shared engine the next Arrow
+    batch is read from Spark while the previous one runs its forward pass. `handle_invalid`
+    and `fn.metrics()`: as for `score_partitions`."""
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
+    names = _score_columns(model_path)
     counts = RowCounts()
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -354,12 +388,10 @@ def score_arrow(
                 result = pa.RecordBatch.from_arrays(
                     [
                         b.column(key_col),
-                        out.column("prediction"),
-                        out.column("predicted_label"),
-                        out.column("probability"),
+                        *(_spark_score_column(n, out.column(n)) for n in names),
                         out.column("error"),
                     ],
-                    ["path", "prediction", "predicted_label", "probability", "error"],
+                    ["path", *names, "error"],
                 )
                 yield tally.handle(result, result.column("error"))
         finally:

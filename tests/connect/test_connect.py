@@ -84,8 +84,8 @@ def test_pipeline_fits_saves_and_loads_over_connect(spark, fixtures, model, tmp_
     scorer.write().overwrite().save(str(tmp_path / "scorer"))
     loaded = ImageScorer.load(str(tmp_path / "scorer"))
     assert loaded.getTopK() == 2 and loaded.uid == scorer.uid
-    top = loaded.transform(_files(spark, fixtures, "digit_1*.png")).select("topK").first()
-    assert len(top.topK) == 2
+    top = loaded.transform(_files(spark, fixtures, "digit_1*.png")).select("top_k").first()
+    assert len(top.top_k) == 2
 
 
 def test_map_in_arrow_over_connect_matches_native_model(spark, fixtures, model):

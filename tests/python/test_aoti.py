@@ -203,7 +203,8 @@ def test_sql_udfs_run_a_package(spark, fixtures, expected):
     assert len(rows) == 10
     for r in rows:
         e = expected[_name(r.path)]["resnet20_aoti"]
-        assert r.s.prediction == int(np.argmax(e["probability"])) and r.s.error is None
+        assert r.s.prediction == float(np.argmax(e["probability"])) and r.s.error is None
+        assert isinstance(r.s.prediction, float)
         assert np.abs(np.array(r.f) - e["features"]).max() <= 1e-5 * max(
             1.0, np.abs(e["features"]).max()
         )

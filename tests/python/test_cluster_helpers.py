@@ -116,9 +116,10 @@ def test_ship_model_reaches_python_workers_by_name(spark, fixtures, expected, tm
         .collect()
     )
     assert len(rows) == len(expected)
-    assert all(r[4] is None or "row" in r[4] for r in rows)
+    # SCORE_SCHEMA's tuples: path, prediction, ..., error (the last).
+    assert all(r[-1] is None or "row" in r[-1] for r in rows)
     want = {k: int(np.argmax(v["resnet20"]["probability"])) for k, v in expected.items()}
-    got = {r[0].rsplit("/", 1)[-1]: r[1] for r in rows if r[4] is None}
+    got = {r[0].rsplit("/", 1)[-1]: r[1] for r in rows if r[-1] is None}
     assert got and all(got[k] == want[k] for k in got)
 
 

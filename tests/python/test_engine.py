@@ -44,19 +44,36 @@ def test_pipelined_score_arrow_equals_sequential(model, images):
     # The engine may join a short job with the next one: equal within 1e-6 (bitwise for the
     # same batch composition), the same predictions.
     shared, per_task = out["shared"], out["per-task"]
+    assert list(shared) == [
+        "path",
+        "prediction",
+        "probability",
+        "predicted_label",
+        "top_k",
+        "error",
+    ]
     for k in ("path", "prediction", "predicted_label", "error"):
         assert shared[k] == per_task[k]
     np.testing.assert_allclose(shared["probability"], per_task["probability"], rtol=1e-6, atol=1e-7)
+    assert [[t["index"] for t in r] for r in shared["top_k"]] == [
+        [t["index"] for t in r] for r in per_task["top_k"]
+    ]
     assert out["shared"]["path"] == images.column("path").to_pylist()
     assert sum(e is None for e in out["shared"]["error"]) == images.num_rows
 
     # score_partitions (rows, in chunks of batch_size) through the pipeline: other batches, so
     # equal within oneDNN's batch-shape noise.
     rows = [dict(zip(images.schema.names, r)) for r in zip(*images.to_pydict().values())]
-    got = list(score_partitions(model, batch_size=6, num_threads=1)(iter(rows)))
-    assert [g[0] for g in got] == out["shared"]["path"]
-    assert [g[1] for g in got] == out["shared"]["prediction"]
-    np.testing.assert_allclose([g[3] for g in got], out["shared"]["probability"], atol=1e-5)
+    tuples = list(score_partitions(model, batch_size=6, num_threads=1)(iter(rows)))
+    # The same columns as score_arrow's (SCORE_SCHEMA's), in its order.
+    assert {len(t) for t in tuples} == {len(shared)}
+    got = {k: [t[i] for t in tuples] for i, k in enumerate(shared)}
+    for k in ("path", "prediction", "predicted_label", "error"):
+        assert got[k] == shared[k], k
+    np.testing.assert_allclose(got["probability"], shared["probability"], atol=1e-5)
+    assert [[t["index"] for t in r] for r in got["top_k"]] == [
+        [t["index"] for t in r] for r in shared["top_k"]
+    ]
 
 
 def test_submit_collect_discard_never_leak(model, images):

@@ -167,6 +167,9 @@ def test_a_failed_task_raises_torchsparks_class_not_py4j(spark, fixtures, model,
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / "zz_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     df = spark.read.format("binaryFile").load(str(tmp_path))
-    with pytest.raises(InputError, match=r"row \d+: (invalid|truncated) PNG.*zz_bad\.png") as e:
+    with pytest.raises(
+        InputError,
+        match=r"row \d+: input `image` \(column content\): (invalid|truncated) PNG.*zz_bad\.png",
+    ) as e:
         ImageScorer(modelPath=model, inputCol="content").transform(df).count()
     assert "dev.torchspark.InputException" in str(e.value.java_exception.toString())

@@ -138,6 +138,10 @@ def test_export_keeps_every_method_a_version_2_spec_names(tmp_path):
     loaded = torch.jit.load(str(tmp_path / "out.pt"))
     with torch.no_grad():
         np.testing.assert_allclose(loaded.embed(*args)[0].numpy(), want["embed"], atol=1e-6)
+    # ... and the native side runs that output from `embed`: PyTorch's values.
+    out = torchspark.NativeModel(tmp_path / "out.pt").predict(table, batch_size=2).to_pydict()
+    assert out["error"] == [None] * table.num_rows
+    np.testing.assert_allclose(np.array(out["out"]), want["embed"], atol=1e-5)
     # The spec's own `method`: run natively, PyTorch's values.
     for method in (None, "embed"):
         path = tmp_path / f"{method}.pt"

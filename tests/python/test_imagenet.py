@@ -104,10 +104,10 @@ def test_image_scorer_top5_matches_pytorch_on_spark(spark, imagenet):
     rows = {r.name: r for r in scorer.transform(df).collect()}
     for i, name in enumerate(PHOTOS):
         r = rows[name]
-        assert [t["index"] for t in r.topK] == _top5(imagenet["prob"][i]), name
+        assert [t["index"] for t in r.top_k] == _top5(imagenet["prob"][i]), name
         assert np.abs(r.probability.toArray() - imagenet["prob"][i]).max() <= 1e-3, name
     assert rows["chelsea"].prediction in CAT_CLASSES
-    assert "cat" in rows["chelsea"].predictedLabel
+    assert "cat" in rows["chelsea"].predicted_label
 
 
 def test_headless_featurizer_gives_pytorch_1280_dim_features(imagenet):

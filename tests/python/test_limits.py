@@ -239,7 +239,8 @@ def test_image_scorer_rows_are_cut_by_bytes_with_equal_scores(spark, fixtures, m
     for a, b in zip(whole["probability"], cut["probability"]):
         assert max(abs(x - y) for x, y in zip(a, b)) < 1e-5
     none = m.score(blobs[:1], max_batch_bytes=100).to_pydict()["error"][0]
-    assert none.startswith("row 0: the row's input (3x32x32 float32) takes 12,288 bytes"), none
+    at = "row 0: input `image` (column content)"
+    assert none.startswith(f"{at}: the row's input (shape [3, 32, 32] float32) takes 12,288 bytes")
     df = spark.createDataFrame(
         [(f.name, b) for f, b in zip(files, blobs)], "path string, content binary"
     )
@@ -415,4 +416,4 @@ def test_top_k_past_the_class_count_gives_every_class(fixtures, model):
 def test_jvm_top_k_int_max_gives_every_class(spark, fixtures, model):
     df = spark.read.format("binaryFile").load(str(fixtures / "images" / "digit_0*.png")).limit(2)
     rows = ImageScorer(modelPath=model, inputCol="content", topK=2**31 - 1).transform(df).collect()
-    assert rows and all(len(r.topK) == 10 for r in rows)
+    assert rows and all(len(r.top_k) == 10 for r in rows)

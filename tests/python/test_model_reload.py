@@ -118,13 +118,13 @@ def test_image_scorer_scores_with_the_model_now_at_its_path(spark, tmp_path, fix
     scorer = ImageScorer(modelPath=str(k), inputCol="content")
 
     def score() -> tuple[list[str], dict]:
-        rows = scorer.transform(files).select("path", "probability", "predictedLabel").collect()
+        rows = scorer.transform(files).select("path", "probability", "predicted_label").collect()
         rows.sort(key=lambda r: r.path)
         names = [r.path.rsplit("/", 1)[-1] for r in rows]
         out = {
             "probability": [r.probability.toArray() for r in rows],
             "error": [None] * len(rows),
-            "label": [r.predictedLabel for r in rows],
+            "label": [r.predicted_label for r in rows],
         }
         return names, out
 

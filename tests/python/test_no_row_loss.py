@@ -96,7 +96,9 @@ def test_every_chunk_is_scored_and_row_numbers_go_on(model, pngs, expected, engi
         assert len(out["prediction"]) == 6
         assert out["prediction"][:3] + out["prediction"][4:] == whole["prediction"]
         assert out["prediction"][3] is None
-        assert re.match(r"row 3: not a PNG", out["error"][3]), out["error"][3]
+        assert re.match(r"row 3: input `image` \(column content\): not a PNG", out["error"][3]), (
+            out["error"][3]
+        )
         feats = m.featurize(batch).to_pydict()
         assert len(feats["features"]) == 6 and feats["features"][3] is None
 
@@ -185,7 +187,7 @@ def test_score_arrow_and_score_partitions_count_bad_rows(images, model, mode):
 
 def test_handle_invalid_error_raises_the_row_error(images, model):
     fn = score_arrow(model, handle_invalid="error")
-    with pytest.raises(InputError, match=r"row \d+: not a PNG"):
+    with pytest.raises(InputError, match=r"row \d+: input `image` \(column content\): not a PNG"):
         images.select("path", "content").mapInArrow(fn, torchspark.SCORE_SCHEMA).collect()
     with pytest.raises(ConfigError, match="handle_invalid"):
         score_partitions(model, handle_invalid="drop")
