@@ -23,7 +23,7 @@
 //! - **Unload.** The library pins itself (`RTLD_NODELETE`): a detached worker's code and
 //!   libtorch are never unmapped under it; `JNI_OnUnload` calls [`quiesce`].
 //! - **Engines.** This module sits below the engine: the engine registers what an exit and a
-//!   fork do to it ([`EngineHooks`], [`register_engines`]) before its registry is first used.
+//!   fork do to it (`EngineHooks`, `register_engines`) before its registry is first used.
 
 mod exit_order;
 

@@ -3,8 +3,8 @@
 //! [`pending`]; the general path that prepares jobs and writes outputs (and `describe`) in
 //! [`plan`]. `score`, `featurize` and `predict` are presets of that one path.
 //!
-//! The input batch has one image column (or `input_column` names it): binary (encoded images),
-//! Spark's image struct, or a list of floats. The output has one row per input row, in order.
+//! The batch's columns feed the spec's declared inputs (a version-1 spec's one image input
+//! takes the only column, or `input_column`). The output has one row per input row, in order.
 //! A row that cannot be read gets null outputs and a reason in `error` ("row 17: invalid PNG:
 //! ..."), and the other rows are still scored; only a batch that cannot be read at all fails.
 
