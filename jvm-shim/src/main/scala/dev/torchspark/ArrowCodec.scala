@@ -6,21 +6,12 @@ import java.nio.channels.Channels
 import scala.util.Try
 
 import org.apache.arrow.memory.{BufferAllocator, RootAllocator}
-import org.apache.arrow.vector.{
-  FieldVector,
-  Float4Vector,
-  Float8Vector,
-  IntVector,
-  VarBinaryVector,
-  VarCharVector,
-  VectorSchemaRoot
-}
-import org.apache.arrow.vector.complex.{ListVector, StructVector}
+import org.apache.arrow.vector.{FieldVector, IntVector, VarBinaryVector, VarCharVector}
+import org.apache.arrow.vector.VectorSchemaRoot
+import org.apache.arrow.vector.complex.StructVector
 import org.apache.arrow.vector.ipc.{ArrowStreamReader, ArrowStreamWriter}
-import org.apache.arrow.vector.types.FloatingPointPrecision
 import org.apache.arrow.vector.types.pojo.{ArrowType, FieldType}
 import org.apache.spark.sql.Row
-import org.apache.spark.sql.types._
 
 /** The Arrow plumbing of the JNI boundary (its only format): allocators that release every buffer,
   * IPC streams, Spark's image struct as the native image reader takes it, and the stage times a

@@ -3,7 +3,6 @@ package dev.torchspark
 import java.util.concurrent.atomic.AtomicBoolean
 
 import org.apache.spark.ml.Transformer
-import org.apache.spark.ml.linalg.SQLDataTypes
 import org.apache.spark.ml.param._
 import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
 import org.apache.spark.sql.{DataFrame, Dataset}
