@@ -309,6 +309,23 @@ class TorchModelSuite extends SparkSuite {
     assertTrue(e.getMessage, e.getMessage.contains("oops") && e.getMessage.contains("m.json"))
   }
 
+  @Test def imagePresetsOnAGeneralSpecFailInTransformSchemaNamingTorchModel(): Unit = {
+    // ImageScorer / ImageFeaturizer are the score / featurize presets of a version-1 spec: the
+    // native describe refuses them for a version-2 spec, naming the file and what to run.
+    val df = SparkTest.binaryImages("digit_0*.png")
+    val path = model("diabetes_mlp.pt")
+    for (
+      t <- Seq(
+        new ImageScorer().setModelPath(path).setInputCol("content"),
+        new ImageFeaturizer().setModelPath(path).setInputCol("content")
+      )
+    ) {
+      val e = assertThrows(classOf[ModelSpecException], () => t.transformSchema(df.schema))
+      assertTrue(e.getMessage, e.getMessage.contains(model("diabetes_mlp.json")))
+      assertTrue(e.getMessage, e.getMessage.contains("run it with TorchModel"))
+    }
+  }
+
   @Test def missingInputColumnFailsInTransformSchemaNamingIt(): Unit = {
     val df = diabetesDf.select("id", "y")
     val e = assertThrows(classOf[IllegalArgumentException], () => mlp.transformSchema(df.schema))
