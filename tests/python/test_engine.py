@@ -47,8 +47,8 @@ def test_pipelined_score_arrow_equals_sequential(model, images):
     assert list(shared) == [
         "path",
         "prediction",
-        "probability",
         "predicted_label",
+        "probability",
         "top_k",
         "error",
     ]
