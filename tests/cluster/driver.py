@@ -64,7 +64,7 @@ def scenario(spark, images: str, model: str) -> dict:
         "executors": executors(spark),
         "first": {"rows": first, "metrics": m1},
         "second": {"rows": second, "metrics": m2},
-        "rdd": {"rows": [[p, pred, e] for p, pred, _label, _prob, e in rdd]},
+        "rdd": {"rows": [[p, pred, e] for p, pred, _label, _prob, _top_k, e in rdd]},
     }
 
 
