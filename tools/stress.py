@@ -167,6 +167,10 @@ def main() -> int:
                 failures[t].append(bad)
                 print(f"[stress] {t} run {n}: {bad}", flush=True)
         n += 1
+        if n % 10 == 0:  # a long `make stress` shows where it is, and what a stop leaves
+            bad = sum(len(f) for f in failures.values())
+            print(f"[stress] {n} runs of each target in {time.monotonic() - started:.0f} s, "
+                  f"{bad} failed", flush=True)  # fmt: skip
         if args.runs is not None and n >= args.runs:
             break
         if args.seconds is not None and time.monotonic() - started >= args.seconds:
