@@ -79,7 +79,7 @@ demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on S
 
 test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5), the docs site
 	@# The docs site, strict (seconds; `make docs` adds the ScalaDoc): a broken link or a stale API name fails.
-	$(PY) -m mkdocs build --strict --quiet --site-dir build/docs-check
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir build/docs-check
 	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
 	@# About a minute of short processes that exit, fork and close models with passes in flight
 	@# (docs/engine.md#lifecycle): any signal, unexpected exit status or hang fails.
@@ -92,7 +92,7 @@ test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suit
 	$(MAKE) --no-print-directory test-spark35
 
 docs: $(VENV)/.installed ## the docs site (mkdocs, strict) into site/, with the ScalaDoc in site/scaladoc
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 	$(MVN) -q generate-sources scala:doc
 	rm -rf site/scaladoc
 	cp -r jvm-shim/target/site/scaladocs site/scaladoc

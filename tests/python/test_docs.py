@@ -8,6 +8,7 @@ of `torchspark` has an API entry; and that the README's links into docs/ resolve
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ def _build(root: Path) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
+        # Material's banner about MkDocs 2.0, printed on every build, says nothing about ours.
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
 
 
@@ -107,3 +110,16 @@ def test_readme_links_resolve():
         elif anchor and page.suffix == ".md" and anchor not in _anchors(page):
             bad.append(f"{target}: no heading with id {anchor!r} in {page.name}")
     assert not bad, "\n".join(bad)
+
+
+def test_scala_api_page_links_where_make_docs_puts_the_scaladoc():
+    """The ScalaDoc link is raw HTML (mkdocs does not check it): it must point, from the built
+    page (`use_directory_urls: false` puts docs/api/scala.md at site/api/scala.html), to the
+    folder the Makefile's docs target copies the ScalaDoc into."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"^use_directory_urls: false$", config, flags=re.M)
+    recipe = (ROOT / "Makefile").read_text().split("\ndocs:", 1)[1].split("\n\n", 1)[0]
+    dest = re.search(r"cp -r \S+ (site/\S+)", recipe).group(1)
+    href = re.search(r'href="([^"]+)"', (ROOT / "docs/api/scala.md").read_text()).group(1)
+    built_page = Path("site/api/scala.html")
+    assert (built_page.parent / href).resolve() == (Path(dest) / "index.html").resolve()
