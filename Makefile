@@ -77,7 +77,9 @@ dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glib
 demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
 
-test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5)
+test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suite: cargo, Maven on both Spark lines, pytest (4.1, clusters, dist, notebook, Connect, 3.5), the docs site
+	@# The docs site, strict (seconds; `make docs` adds the ScalaDoc): a broken link or a stale API name fails.
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet --site-dir build/docs-check
 	$(CARGO_ENV) TORCHSPARK_FUZZ_SECONDS=20 cargo test --release --locked
 	@# About a minute of short processes that exit, fork and close models with passes in flight
 	@# (docs/engine.md#lifecycle): any signal, unexpected exit status or hang fails.
@@ -88,6 +90,12 @@ test: setup dist $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## every suit
 	@# Its own process: a Connect session turns the whole interpreter into a Connect client.
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/connect --durations=5
 	$(MAKE) --no-print-directory test-spark35
+
+docs: $(VENV)/.installed ## the docs site (mkdocs, strict) into site/, with the ScalaDoc in site/scaladoc
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+	$(MVN) -q generate-sources scala:doc
+	rm -rf site/scaladoc
+	cp -r jvm-shim/target/site/scaladocs site/scaladoc
 
 # The DataFrame API, the Python-worker paths, bad input, UDFs and spark-submit on pyspark 3.5.
 test-spark35: setup ## pytest on pyspark 3.5 (.venv-spark35, the 3.5 jar)
