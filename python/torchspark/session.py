@@ -219,7 +219,7 @@ def configure(builder, *, spark_version: str | None = None, packages: bool = Fal
             bundled = bundled_jars()
             raise ConfigError(
                 f"this torchspark installation ({_PKG}) lacks {name}-{__version__}.jar for "
-                f"pyspark {version}"
+                + (f"Spark {version}" if spark_version else f"pyspark {version}")
                 + (f" (its jars: {', '.join(sorted(bundled))})" if bundled else " (no jars)")
                 + ": reinstall the wheel (pip install --force-reinstall torchspark), run "
                 "`make setup` in a checkout, or use configure(builder, packages=True)"
