@@ -180,7 +180,7 @@ def test_stage_classes_resolve_without_a_users_dev_before_torchspark_is_imported
 
 def test_optional_dependencies_that_are_missing_name_their_extra(monkeypatch, spark, model):
     # None in sys.modules: `import x` raises ImportError, as when x is not installed.
-    for name in ("matplotlib", "matplotlib.pyplot", "pandas"):
+    for name in ("matplotlib", "matplotlib.pyplot", "pandas", "torch"):
         monkeypatch.setitem(sys.modules, name, None)
     df = spark.createDataFrame([(1.0, 1.0), (0.0, 1.0)], "label double, prediction double")
     with pytest.raises(ImportError, match=r"pip install 'torchspark\[plot\]'") as e:
@@ -190,6 +190,13 @@ def test_optional_dependencies_that_are_missing_name_their_extra(monkeypatch, sp
         with pytest.raises(ImportError, match=r"pip install 'torchspark\[pandas\]'") as e:
             fn(model)
         assert f"df.mapInArrow ({fn.__name__}) needs pandas" in str(e.value)
+    for fn, args in (
+        (torchspark.export_model, (None, "out.pt", {})),
+        (torchspark.export_text_model, ("minilm", "out.pt")),
+    ):
+        with pytest.raises(ImportError, match=r"pip install 'torchspark\[torch\]'") as e:
+            fn(*args)
+        assert f"{fn.__name__} needs torch" in str(e.value)
 
 
 def test_quickstart_in_the_docs_is_examples_quickstart():
