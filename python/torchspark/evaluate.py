@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from torchspark.errors import missing_extra
+
 
 @dataclass
 class Evaluation:
@@ -26,7 +28,9 @@ class Evaluation:
 
 
 def evaluate(df, label_col: str = "label", prediction_col: str = "prediction", labels=None):
-    """Accuracy, confusion matrix (aggregated by Spark) and a matplotlib figure of it."""
+    """Accuracy, confusion matrix (aggregated by Spark) and a matplotlib figure of it.
+
+    ImportError naming the `plot` extra when matplotlib is not installed."""
     counts = df.groupBy(label_col, prediction_col).count().collect()
     classes = sorted(
         {r[0] for r in counts if r[0] is not None} | {r[1] for r in counts if r[1] is not None}
@@ -45,10 +49,13 @@ def evaluate(df, label_col: str = "label", prediction_col: str = "prediction", l
 
 
 def _figure(m: np.ndarray, names: list, accuracy: float):
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use(matplotlib.get_backend() if "inline" in matplotlib.get_backend() else "Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use(matplotlib.get_backend() if "inline" in matplotlib.get_backend() else "Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise missing_extra("matplotlib", "plot", "evaluate's confusion-matrix figure") from e
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.imshow(m, cmap="Blues")

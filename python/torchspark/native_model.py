@@ -20,13 +20,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from torchspark import _native
 from torchspark.cluster import _shipped, resolve_local, spec_path
 from torchspark.errors import BY_CODE, ConfigError, ModelSpecError, TorchSparkError
+
+if TYPE_CHECKING:  # annotations only (never evaluated): typing.Self needs Python 3.11
+    from typing_extensions import Self
 
 # `engine`: "shared" queues every batch to the model's one engine in this process (its forward
 # pass overlaps the caller reading the next batch); "per-task" runs it inline (docs/engine.md).

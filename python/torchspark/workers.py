@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from torchspark.cluster import check_on_driver, is_remote, ship_model
-from torchspark.errors import ConfigError, InputError, TorchSparkError
+from torchspark.errors import ConfigError, InputError, TorchSparkError, require_extra
 from torchspark.native_model import (
     NativeModel,
     Pending,
@@ -360,6 +360,7 @@ def score_arrow(
     `error`. `model_path` as for `score_partitions`; with the shared engine the next Arrow
     batch is read from Spark while the previous one runs its forward pass. `handle_invalid`
     and `fn.metrics()`: as for `score_partitions`."""
+    require_extra("pandas", "pandas", "df.mapInArrow (score_arrow)")
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     model_path = _for_workers(model_path)
     names = _score_columns(model_path)
@@ -472,6 +473,7 @@ def predict_arrow(
     previous one runs its forward pass; "per-task": inline) and `engine_timeout_ms`: as for
     NativeModel. `max_pixels`, `max_row_elements`, `max_batch_bytes`, `max_text_bytes` and
     `sort_by_length`: as for `NativeModel.predict` (docs/limits.md)."""
+    require_extra("pandas", "pandas", "df.mapInArrow (predict_arrow)")
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     _non_negative("max_pixels", max_pixels)
     limits = _limits(max_row_elements, max_batch_bytes, max_text_bytes)
@@ -535,6 +537,7 @@ def embed_arrow(
     `predict_arrow`. `sort_by_length` (default True) runs the rows of each Arrow batch longest
     first, so each forward pass pads little (results stay in input order); False keeps their
     order."""
+    require_extra("pandas", "pandas", "df.mapInArrow (embed_arrow)")
     _check_worker_options(handle_invalid, batch_size, engine, engine_timeout_ms)
     limits = _limits(0, max_batch_bytes, max_text_bytes)
     if not _flag("sort_by_length", sort_by_length):

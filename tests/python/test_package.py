@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torchspark
 
 PKG = Path(torchspark.__file__).resolve().parent
@@ -22,6 +24,7 @@ PUBLIC = (
     "TorchModel",
     "TextEmbedder",
     "local_session",
+    "configure",
     "jar_path",
     "read_images",
     "score_partitions",
@@ -173,3 +176,34 @@ def test_stage_classes_resolve_without_a_users_dev_before_torchspark_is_imported
     _child(
         "import dev\nassert getattr(dev, '__file__', None) is None, dev\n" + STAGE,
     )
+
+
+def test_optional_dependencies_that_are_missing_name_their_extra(monkeypatch, spark, model):
+    # None in sys.modules: `import x` raises ImportError, as when x is not installed.
+    for name in ("matplotlib", "matplotlib.pyplot", "pandas", "torch"):
+        monkeypatch.setitem(sys.modules, name, None)
+    df = spark.createDataFrame([(1.0, 1.0), (0.0, 1.0)], "label double, prediction double")
+    with pytest.raises(ImportError, match=r"pip install 'torchspark\[plot\]'") as e:
+        torchspark.evaluate(df)
+    assert "evaluate's confusion-matrix figure needs matplotlib" in str(e.value)
+    for fn in (torchspark.score_arrow, torchspark.predict_arrow, torchspark.embed_arrow):
+        with pytest.raises(ImportError, match=r"pip install 'torchspark\[pandas\]'") as e:
+            fn(model)
+        assert f"df.mapInArrow ({fn.__name__}) needs pandas" in str(e.value)
+    for fn, args in (
+        (torchspark.export_model, (None, "out.pt", {})),
+        (torchspark.export_text_model, ("minilm", "out.pt")),
+    ):
+        with pytest.raises(ImportError, match=r"pip install 'torchspark\[torch\]'") as e:
+            fn(*args)
+        assert f"{fn.__name__} needs torch" in str(e.value)
+
+
+def test_quickstart_in_the_docs_is_examples_quickstart():
+    # One source: test_dist.py runs examples/quickstart.py in a venv with only the wheel.
+    root = PKG.parents[1]
+    code = (root / "examples" / "quickstart.py").read_text().split('"""', 2)[2].lstrip("\n")
+    for page in ("docs/install-python.md", "python/README.md"):
+        text = (root / page).read_text()
+        block = text.split("## Quick start", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+        assert block == code, page
