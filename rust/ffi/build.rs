@@ -32,7 +32,9 @@ fn glibc_floor() {
         .arg(&out)
         .status();
     if !matches!(built, Ok(s) if s.success()) {
-        println!("cargo:warning=compat/glibc_2_28.c did not compile with {cc} ({built:?}): plain link");
+        println!(
+            "cargo:warning=compat/glibc_2_28.c did not compile with {cc} ({built:?}): plain link"
+        );
         return;
     }
     println!("cargo:rustc-cdylib-link-arg={}", out.display());
