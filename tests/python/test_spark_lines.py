@@ -14,6 +14,7 @@ import pytest
 
 import torchspark
 from conftest import FIXTURES
+from torchspark import __version__
 from torchspark.session import SPARK_LINES
 
 LINE = ".".join(pyspark.__version__.split(".")[:2])
@@ -56,7 +57,14 @@ s.stop()
     assert wrong.rsplit("/", 1)[1] in out  # the jar, by name
     assert f"but this is Spark {pyspark.__version__}" in out
     assert f"use the torchspark-spark{LINE}_{SPARK_LINES[LINE]} jar" in out
+    coordinates = f"dev.torchspark:torchspark-spark{LINE}_{SPARK_LINES[LINE]}:{__version__}"
+    assert f"Maven coordinates {coordinates}" in out
     assert "NoSuchMethodError" not in out
+    if LINE == "4.1":
+        # Named at session start too, in the driver's log, before any torchspark call (Spark
+        # 4.1 loads the jar's SessionStartCheck for PySpark sessions; 3.5 only for Scala ones).
+        (logged,) = [ln for ln in p.stderr.splitlines() if "is built for Spark" in ln]
+        assert "ERROR" in logged and coordinates in logged and wrong.rsplit("/", 1)[1] in logged
 
 
 def test_torch_model_regression_on_this_line(spark, general, diabetes):
