@@ -1,6 +1,7 @@
 """One source tree, two Spark lines: the jar that matches the running pyspark, a wrong-line jar
-refused by name at first use, TorchModel's regression proof and TextEmbedder's embeddings. Runs on pyspark 4.1 (.venv) and
-3.5 (.venv-spark35)."""
+refused by name at first use and named in the log when a session starts, TorchModel's
+regression proof and TextEmbedder's embeddings. Runs on pyspark 4.1 (.venv) and 3.5
+(.venv-spark35)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,29 @@ s.stop()
         # 4.1 loads the jar's SessionStartCheck for PySpark sessions; 3.5 only for Scala ones).
         (logged,) = [ln for ln in p.stderr.splitlines() if "is built for Spark" in ln]
         assert "ERROR" in logged and coordinates in logged and wrong.rsplit("/", 1)[1] in logged
+
+
+def test_wrong_line_jar_is_named_when_a_jvm_session_starts():
+    # What a Scala or Java application does first, SparkSession.builder().getOrCreate() in the
+    # driver JVM (here through py4j): Spark loads the jar's SessionStartCheck, which logs the
+    # mismatch before any torchspark class is used (whose Scala classes could not even load).
+    wrong = torchspark.jar_path(OTHER)
+    code = f"""
+from pyspark import SparkConf, SparkContext
+conf = SparkConf().setMaster("local[1]").set("spark.jars", {wrong!r}).set("spark.ui.enabled", "false")
+sc = SparkContext(conf=conf)
+print("COUNT", sc._jvm.org.apache.spark.sql.SparkSession.builder().getOrCreate().range(3).count())
+sc.stop()
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "COUNT 3" in p.stdout  # a log line, not a failed session
+    coordinates = f"dev.torchspark:torchspark-spark{LINE}_{SPARK_LINES[LINE]}:{__version__}"
+    (logged,) = [ln for ln in p.stderr.splitlines() if "is built for Spark" in ln]
+    assert "ERROR" in logged and "SessionStartCheck" in logged, logged
+    assert wrong.rsplit("/", 1)[1] in logged  # what was found
+    assert f"but this is Spark {pyspark.__version__}" in logged  # what runs
+    assert f"Maven coordinates {coordinates}" in logged  # what fixes it
 
 
 def test_torch_model_regression_on_this_line(spark, general, diabetes):
