@@ -7,8 +7,9 @@ Per Spark line: the jar that make dist ships (dist/<artifact>-<version>.jar, too
 .so has RUNPATH $ORIGIN), with the flattened POM and the sources and ScalaDoc jars that
 `mvn -Prelease package` left in jvm-shim/target, goes through `mvn deploy:deploy-file`, so that
 Maven itself writes the layout, maven-metadata.xml and the .md5/.sha1 files. Then .sha256 and
-.sha512 beside every file (Maven 3.8's resolver writes only the first two). Nothing is installed
-into ~/.m2 (only the deploy plugin is read from it).
+.sha512 beside every file (Maven 3.8's resolver writes only the first two). Maven runs with its
+own local repository, jvm-shim/target/deploy-repo (the deploy plugin, fetched once, and the
+resolver's bookkeeping of the `dist` repository): nothing is read from or written to ~/.m2.
 
 Usage: python tools/maven_repo.py --jar dist/torchspark-spark4.1_2.13-0.1.0.jar [--jar ...]
        --out dist/maven [--mvn "mvn -B -ntp"]
@@ -29,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Where each line's build leaves its files: target/ (4.1) or a line's build.dir below it.
 BUILDS = ROOT / "jvm-shim" / "target"
 DEPLOY = "org.apache.maven.plugins:maven-deploy-plugin:3.1.4:deploy-file"
+LOCAL_REPO = BUILDS / "deploy-repo"
 GROUP = "dev.torchspark"
 CHECKSUMS = ("md5", "sha1", "sha256", "sha512")
 POM = "{http://maven.apache.org/POM/4.0.0}"
@@ -70,6 +72,7 @@ def deploy(mvn: list[str], jar: Path, out: Path) -> Path:
         f"-Djavadoc={built(f'{stem}-javadoc.jar')}",
         f"-Durl={out.resolve().as_uri()}",
         "-DrepositoryId=dist",
+        f"-Dmaven.repo.local={LOCAL_REPO}",
     ]
     # Outside any project: deploy-file needs none, and must not pick up a pom.xml by accident.
     with tempfile.TemporaryDirectory() as cwd:
