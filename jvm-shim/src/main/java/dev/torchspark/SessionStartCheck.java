@@ -7,10 +7,10 @@ import scala.runtime.BoxedUnit;
 
 /**
  * The Spark-line check at session start: Spark loads every {@code SparkSessionExtensionsProvider}
- * on the classpath (ServiceLoader, META-INF/services) when it builds a session, so a torchspark
- * jar of the wrong line is named in the driver's log before any query, with the coordinates that
- * fix it, and not only at first use. It injects nothing. Plain Java, like {@link SparkLineCheck}:
- * it loads and runs under either Scala version.
+ * on the classpath (ServiceLoader, META-INF/services) when it builds a session, so a torchspark jar
+ * of the wrong line is named in the driver's log before any query, with the coordinates that fix
+ * it, and not only at first use. It injects nothing. Plain Java, like {@link SparkLineCheck}: it
+ * loads and runs under either Scala version.
  */
 public final class SessionStartCheck implements SparkSessionExtensionsProvider {
   private static volatile boolean logged;

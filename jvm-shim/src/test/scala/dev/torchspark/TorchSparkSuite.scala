@@ -380,7 +380,8 @@ class TorchSparkSuite extends SparkSuite {
     assertTrue(wrong, wrong.contains(s"built for Spark ${SparkLine.SPARK}"))
     assertTrue(wrong, wrong.contains(s"this is Spark ${other._1}"))
     // The coordinates that fix it, at this build's version.
-    val fix = if (SparkLine.SPARK == "4.1") "torchspark-spark3.5_2.12" else "torchspark-spark4.1_2.13"
+    val fix =
+      if (SparkLine.SPARK == "4.1") "torchspark-spark3.5_2.12" else "torchspark-spark4.1_2.13"
     assertTrue(wrong, wrong.contains(s"Maven coordinates dev.torchspark:$fix:${SparkLine.VERSION}"))
     assertFalse(SparkLine.VERSION, SparkLine.VERSION.contains("$"))
     assertEquals(null, SparkLineCheck.problem())
