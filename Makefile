@@ -81,8 +81,13 @@ jar: native | $(HARNESS) ## both Spark jars (4.1/Scala 2.13 and 3.5/Scala 2.12),
 	cp $(SO) python/torchspark/lib/
 	cp $(JAR) $(JAR35) python/torchspark/jars/
 
-dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), both jars, SHA256SUMS
+dist: setup ## release artifacts in dist/: the wheel (tagged with its .so's glibc need), both jars, SHA256SUMS, dist/maven
 	$(PY) tools/dist.py --so $(SO) --jar $(JAR) --jar $(JAR35) --out dist
+	@# dist/maven: both lines' jars as `mvn deploy` lays them out, with the flattened POM and the
+	@# sources and ScalaDoc jars (-Prelease); nothing is installed into ~/.m2 (docs/install-maven.md).
+	$(MVN) -q -DskipTests -Prelease package
+	$(MVN35) -q -DskipTests -Prelease package
+	$(PY) tools/maven_repo.py --jar dist/$(notdir $(JAR)) --jar dist/$(notdir $(JAR35)) --out dist/maven
 
 demo: setup $(TEXT) ## the main job: ResNet-20 on digits scores 10,000 PNGs on Spark; then ImageNet transfer learning
 	PYTHONUNBUFFERED=1 $(PY) examples/demo.py
@@ -112,7 +117,7 @@ docs: $(VENV)/.installed ## the docs site (mkdocs, strict) into site/, with the 
 test-spark35: setup ## pytest on pyspark 3.5 and Python 3.10 (.venv-spark35, the 3.5 jar)
 	PYTHONUNBUFFERED=1 TORCHSPARK_LIBTORCH_DIR=$(LIBTORCH) TORCHSPARK_FIXTURE_PYTHON=$(PY) \
 	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py tests/python/test_errors.py \
-	  tests/python/test_native_model.py -k "not bf16"
+	  tests/python/test_native_model.py tests/python/test_maven.py -k "not bf16"
 
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
 	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python

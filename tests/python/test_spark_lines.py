@@ -1,7 +1,7 @@
 """One source tree, two Spark lines: the jar that matches the running pyspark (and
 `torchspark.configure(builder)`, which adds it, and refuses what cannot work), a wrong-line jar
-refused by name at first use, TorchModel's regression proof and TextEmbedder's embeddings. Runs on pyspark 4.1 (.venv) and
-3.5 (.venv-spark35)."""
+refused by name at first use and named in the log when a session starts, TorchModel's regression
+proof and TextEmbedder's embeddings. Runs on pyspark 4.1 (.venv) and 3.5 (.venv-spark35)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pyspark.sql import SparkSession
 
 import torchspark
 from conftest import FIXTURES
+from torchspark import __version__
 from torchspark.session import SPARK_LINES
 
 LINE = ".".join(pyspark.__version__.split(".")[:2])
@@ -67,16 +68,26 @@ except torchspark.ConfigError as e:
     print("CONFIGURE", e)
 s.stop()
 """
-    out = _child(code)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # Its exit status too: a signal at exit would otherwise go unseen.
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = p.stdout
     refused, _, configure = out.partition("CONFIGURE")
     assert "REFUSED" in refused
     assert wrong.rsplit("/", 1)[1] in refused  # the jar, by name
     assert f"but this is Spark {pyspark.__version__}" in refused
     assert f"use the torchspark-spark{LINE}_{SPARK_LINES[LINE]} jar" in refused
+    coordinates = f"dev.torchspark:torchspark-spark{LINE}_{SPARK_LINES[LINE]}:{VERSION}"
+    assert f"Maven coordinates {coordinates}" in refused
     assert "NoSuchMethodError" not in out
     # configure on the session that already runs with it: refused before any job, by name.
     assert f"the running SparkContext's spark.jars already holds {wrong}" in configure
     assert f"{ARTIFACT}-" in configure
+    if LINE == "4.1":
+        # Named at session start too, in the driver's log, before any torchspark call (Spark
+        # 4.1 loads the jar's SessionStartCheck for PySpark sessions; 3.5 only for Scala ones).
+        (logged,) = [ln for ln in p.stderr.splitlines() if "is built for Spark" in ln]
+        assert "ERROR" in logged and coordinates in logged and wrong.rsplit("/", 1)[1] in logged
 
 
 CONFIGURE_BUILDERS = """
@@ -178,6 +189,29 @@ s.stop()
     out = _child(code)
     assert "REFUSED a SparkContext already runs in this process without the torchspark jar" in out
     assert f"spark.jars={torchspark.jar_path()}" in out  # what to configure instead
+
+
+def test_wrong_line_jar_is_named_when_a_jvm_session_starts():
+    # What a Scala or Java application does first, SparkSession.builder().getOrCreate() in the
+    # driver JVM (here through py4j): Spark loads the jar's SessionStartCheck, which logs the
+    # mismatch before any torchspark class is used (whose Scala classes could not even load).
+    wrong = torchspark.jar_path(OTHER)
+    code = f"""
+from pyspark import SparkConf, SparkContext
+conf = SparkConf().setMaster("local[1]").set("spark.jars", {wrong!r}).set("spark.ui.enabled", "false")
+sc = SparkContext(conf=conf)
+print("COUNT", sc._jvm.org.apache.spark.sql.SparkSession.builder().getOrCreate().range(3).count())
+sc.stop()
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "COUNT 3" in p.stdout  # a log line, not a failed session
+    coordinates = f"dev.torchspark:torchspark-spark{LINE}_{SPARK_LINES[LINE]}:{__version__}"
+    (logged,) = [ln for ln in p.stderr.splitlines() if "is built for Spark" in ln]
+    assert "ERROR" in logged and "SessionStartCheck" in logged, logged
+    assert wrong.rsplit("/", 1)[1] in logged  # what was found
+    assert f"but this is Spark {pyspark.__version__}" in logged  # what runs
+    assert f"Maven coordinates {coordinates}" in logged  # what fixes it
 
 
 def test_torch_model_regression_on_this_line(spark, general, diabetes):

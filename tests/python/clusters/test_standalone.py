@@ -1,8 +1,8 @@
 """torchspark on a standalone cluster (a master and 2 workers of 1 core, on 127.0.0.1, started
 once for this module; see spark_clusters.py). `pytest -m cluster` runs only the cluster tests.
 
-a) spark-submit of the Scala example, c) a PySpark driver (ImageScorer twice, then
-rdd.mapPartitions), and an executor SIGKILLed mid-job. b), the Python twin
+a) spark-submit of the Scala example (its jar named, and by Maven coordinates with
+--packages), c) a PySpark driver (ImageScorer twice, then rdd.mapPartitions), and an executor SIGKILLed mid-job. b), the Python twin
 examples/score_images.py, runs on YARN (cluster deploy mode) and on the Spark 3.5 standalone
 cluster (test_spark35_standalone.py), so not again here.
 Every image comes out exactly once, with NativeModel's prediction (computed here, in one
@@ -15,6 +15,7 @@ import json
 import sys
 
 import pytest
+from maven_dist import COORDINATES, MISSING, isolated_ivy, repo_url, resolved
 from spark_clusters import (
     DRIVER,
     EXECUTORS,
@@ -61,6 +62,26 @@ def test_standalone_scala_example_writes_one_row_per_image(
     cols, rows = read_parquet(spark, str(out))
     assert cols == ["path", "prediction", "label", "probability", "error"]
     check_rows(rows, oracle, "Scala example")
+    assert model_loads(log) == EXECUTORS
+
+
+def test_standalone_spark_submit_packages_from_the_dist_repository_scores_images(
+    standalone, spark, cluster_images, model_files, oracle, tmp_path
+):
+    """`spark-submit --packages <coordinates> --repositories file://<dist/maven>`: no jar on the
+    command line (`spark-internal`), the Scala example runs from the jar Ivy resolved, on the
+    driver and on both executors."""
+    if MISSING:
+        pytest.skip(MISSING)
+    out = tmp_path / "scores.parquet"
+    app = ["--packages", COORDINATES, "--repositories", repo_url()]
+    app += ["--class", SCALA_EXAMPLE, "spark-internal", cluster_images, "resnet20.pt", out]
+    log = standalone.submit(app, conf=isolated_ivy(tmp_path / "ivy"), files=model_files)
+    # From the dist repository, and nothing else (Spark and Scala are provided).
+    assert resolved(log) == [(COORDINATES, "repo-1")], log[-4000:]
+    cols, rows = read_parquet(spark, str(out))
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    check_rows(rows, oracle, "Scala example from --packages")
     assert model_loads(log) == EXECUTORS
 
 

@@ -13,4 +13,7 @@ final class SparkLine {
 
   /** Scala binary version of that Spark line. */
   static final String SCALA = "${scala.binary.version}";
+
+  /** This build's version: the Maven coordinates that error messages name carry it. */
+  static final String VERSION = "${project.version}";
 }

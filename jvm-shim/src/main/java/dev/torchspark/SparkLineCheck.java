@@ -6,10 +6,14 @@ import java.io.File;
  * Refuses, at first use and naming both lines, a jar built for another Spark line than the running
  * one: Scala 2.12 and 2.13 bytecode are not compatible, and the mismatch would otherwise surface as
  * a NoSuchMethodError inside a task. Plain Java, so that it runs before any Scala library call.
+ * {@link SessionStartCheck} runs the same check when a session starts.
  */
 public final class SparkLineCheck {
   /** The lines torchspark builds for, as shown in error messages. */
   static final String LINES = "Spark 3.5 (Scala 2.12) and Spark 4.1 (Scala 2.13)";
+
+  /** Maven group of every torchspark artifact (artifact: torchspark-spark{line}_{scala}). */
+  static final String GROUP = "dev.torchspark";
 
   private static volatile boolean checked;
 
@@ -20,13 +24,18 @@ public final class SparkLineCheck {
     if (checked) {
       return;
     }
-    String sparkVersion = org.apache.spark.package$.MODULE$.SPARK_VERSION();
-    String scalaVersion = scala.util.Properties$.MODULE$.versionNumberString();
-    String problem = mismatch(sparkVersion, scalaVersion);
+    String problem = problem();
     if (problem != null) {
       throw new ConfigException(problem);
     }
     checked = true;
+  }
+
+  /** The error for this jar on the running Spark and Scala, or null when they are its line. */
+  public static String problem() {
+    String sparkVersion = org.apache.spark.package$.MODULE$.SPARK_VERSION();
+    String scalaVersion = scala.util.Properties$.MODULE$.versionNumberString();
+    return mismatch(sparkVersion, scalaVersion);
   }
 
   /** The error for a jar of this build on Spark {@code spark} / Scala {@code scala}, or null. */
@@ -37,10 +46,16 @@ public final class SparkLineCheck {
       return null;
     }
     String use;
-    if (line.equals("3.5") && scalaBinary.equals("2.12")) {
-      use = "use the torchspark-spark3.5_2.12 jar";
-    } else if (line.equals("4.1") && scalaBinary.equals("2.13")) {
-      use = "use the torchspark-spark4.1_2.13 jar";
+    if ((line.equals("3.5") && scalaBinary.equals("2.12"))
+        || (line.equals("4.1") && scalaBinary.equals("2.13"))) {
+      String artifact = artifact(line, scalaBinary);
+      use =
+          "use the "
+              + artifact
+              + " jar: Maven coordinates "
+              + coordinates(line, scalaBinary)
+              + " (spark-submit --packages, spark.jars.packages), or from Python"
+              + " torchspark.jar_path(), which picks the jar matching the installed pyspark";
     } else {
       use = "torchspark builds for " + LINES + " only";
     }
@@ -55,8 +70,17 @@ public final class SparkLineCheck {
         + " (Scala "
         + scala
         + "); "
-        + use
-        + " (torchspark.jar_path() picks the one matching the installed pyspark)";
+        + use;
+  }
+
+  /** The artifact (and jar name stem) of a line, e.g. torchspark-spark4.1_2.13. */
+  static String artifact(String line, String scalaBinary) {
+    return "torchspark-spark" + line + "_" + scalaBinary;
+  }
+
+  /** group:artifact:version of a line's artifact at this build's version. */
+  static String coordinates(String line, String scalaBinary) {
+    return GROUP + ":" + artifact(line, scalaBinary) + ":" + SparkLine.VERSION;
   }
 
   private static String majorMinor(String version) {

@@ -379,6 +379,12 @@ class TorchSparkSuite extends SparkSuite {
     val wrong = SparkLineCheck.mismatch(other._1, other._2)
     assertTrue(wrong, wrong.contains(s"built for Spark ${SparkLine.SPARK}"))
     assertTrue(wrong, wrong.contains(s"this is Spark ${other._1}"))
+    // The coordinates that fix it, at this build's version.
+    val fix =
+      if (SparkLine.SPARK == "4.1") "torchspark-spark3.5_2.12" else "torchspark-spark4.1_2.13"
+    assertTrue(wrong, wrong.contains(s"Maven coordinates dev.torchspark:$fix:${SparkLine.VERSION}"))
+    assertFalse(SparkLine.VERSION, SparkLine.VERSION.contains("$"))
+    assertEquals(null, SparkLineCheck.problem())
     val unknown = SparkLineCheck.mismatch("3.4.1", "2.12.17")
     assertTrue(unknown, unknown.contains("Spark 3.5 (Scala 2.12) and Spark 4.1 (Scala 2.13)"))
   }
