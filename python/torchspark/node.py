@@ -157,7 +157,9 @@ def check(tiny_model: bool = True) -> Report:
         return r
     if not torch_ok:
         # Loading it would only repeat the linker's words (or mix two libtorch versions).
-        r.add("library", False, f"{so} not loaded: it needs torch {TORCH_VERSION} (see above)")
+        r.add(
+            "library", False, f"{so} not loaded: libtorch {TORCH_VERSION} is not ready (see above)"
+        )
         return r
     try:
         _native.lib()
@@ -360,7 +362,9 @@ def _check_torch(r: Report, t: TorchInstall) -> bool:
         )
     r.add("torch", True, f"{t.describe()}; libtorch at {t.lib}")
     if t.missing:
-        names = ", ".join(sorted({f"{n} (for {who})" for n, who in t.missing}))
+        names = ", ".join(
+            sorted({n if who == "libtorch_cpu.so" else f"{n} (for {who})" for n, who in t.missing})
+        )
         return r.add(
             "libtorch",
             False,
@@ -471,6 +475,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     commands: list[list[str]] = field(default_factory=list)
     refused: bool = False
+    pure_step: int | None = None  # the index of the pure-Python step in `commands`
 
     def text(self) -> str:
         lines = [f"torchspark node set-up ({self.mode}) for {sys.executable}"]
@@ -514,16 +519,24 @@ def plan(mode: str = "auto", replace_torch: bool = False, import_torch: bool = F
         return pl
     want = pins(PINS_IMPORT if import_torch else PINS_CPU)
     binary = {n: v for n, v in want.items() if n == "torch" or n.startswith("nvidia-")}
-    if same:  # keep torch; add only the CUDA libraries that are not installed
-        binary = {n: v for n, v in binary.items() if n != "torch" and not _installed(n)}
+    if same:  # keep torch; add the CUDA libraries that are not installed or lack their files
+        lacking = {_LIB_PACKAGE.get(name) for name, _ in t.missing}
+        binary = {
+            n: v for n, v in binary.items() if n != "torch" and (not _installed(n) or n in lacking)
+        }
     what = "libtorch only" if not import_torch else "and what `import torch` needs"
     if binary:
         pl.notes.append(f"install without the CUDA wheels ({what}): " + ", ".join(binary))
-        pl.commands.append(_pip("--no-deps", *(f"{n}=={v}" for n, v in binary.items())))
+        # pip skips a package whose metadata is there even when its files are not.
+        again = ["--force-reinstall"] if any(_installed(n) for n in binary) else []
+        pl.commands.append(_pip("--no-deps", *again, *(f"{n}=={v}" for n, v in binary.items())))
     add = _pure_to_install(want)
     if add:
         pl.notes.append("install torch's pure-Python dependencies: " + ", ".join(add))
-        pl.commands.append(_pip(*add))
+        # --no-deps: their own dependencies are pinned too, and pip's resolver would only
+        # report torch's absent CUDA wheels as conflicts.
+        pl.pure_step = len(pl.commands)
+        pl.commands.append(_pip("--no-deps", *add))
     if not pl.commands:
         pl.notes.append("nothing to install")
     return pl
@@ -562,16 +575,17 @@ def setup(
     if pl.refused or dry_run:
         return pl, None
     cwd = None if sys.version_info >= (3, 11) else sys.prefix
-    for cmd in pl.commands:
-        if "--no-deps" not in cmd and pl.mode == "cpu":
-            # The pure-Python step again, now that torch's METADATA says what it requires.
-            want = pins(PINS_IMPORT if import_torch else PINS_CPU)
-            add = _pure_to_install(want)
-            if not add:
-                continue
-            cmd = _pip(*add)
-        say(f"  running: {shlex.join(cmd)}")
-        subprocess.run(cmd, check=True, cwd=cwd)
+    for i, cmd in enumerate(pl.commands):
+        if i != pl.pure_step:
+            say(f"  running: {shlex.join(cmd)}")
+            subprocess.run(cmd, check=True, cwd=cwd)
+    if pl.mode == "cpu":
+        # The pure-Python step last, once torch's METADATA (now here) says what torch requires.
+        add = _pure_to_install(pins(PINS_IMPORT if import_torch else PINS_CPU))
+        if add:
+            cmd = _pip("--no-deps", *add)
+            say(f"  running: {shlex.join(cmd)}")
+            subprocess.run(cmd, check=True, cwd=cwd)
     return pl, check()
 
 
