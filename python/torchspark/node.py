@@ -527,8 +527,9 @@ def plan(mode: str = "auto", replace_torch: bool = False, import_torch: bool = F
     what = "libtorch only" if not import_torch else "and what `import torch` needs"
     if binary:
         pl.notes.append(f"install without the CUDA wheels ({what}): " + ", ".join(binary))
-        # pip skips a package whose metadata is there even when its files are not.
-        again = ["--force-reinstall"] if any(_installed(n) for n in binary) else []
+        # pip skips a package whose metadata says the pinned version even when its files are
+        # not there.
+        again = ["--force-reinstall"] if any(_installed(n) == v for n, v in binary.items()) else []
         pl.commands.append(_pip("--no-deps", *again, *(f"{n}=={v}" for n, v in binary.items())))
     add = _pure_to_install(want)
     if add:
