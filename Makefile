@@ -36,7 +36,7 @@ TEXT    := tests/fixtures/out/text/text_expected.json
 LIMITS  := tests/fixtures/out/limits/limits_expected.json
 # torch without its CUDA wheels on a machine with no NVIDIA GPU (no /proc/driver/nvidia, no
 # nvidia-smi): the pins in TORCH_PINS, --no-deps (docs/install-node.md). GPU=1 or
-# TORCHSPARK_NODE=gpu: torch with its CUDA wheels; TORCHSPARK_NODE=cpu forces the lean one.
+# TORCHSPARK_NODE=gpu: torch with its CUDA wheels; TORCHSPARK_NODE=cpu forces the CPU set.
 TORCH_PINS := python/torchspark/data/torch-cpu-python.txt
 TORCHSPARK_NODE ?= $(if $(GPU),gpu,$(if $(wildcard /proc/driver/nvidia)$(shell command -v nvidia-smi),gpu,cpu))
 TORCH_INSTALL = $(if $(filter gpu,$(TORCHSPARK_NODE)),-c python/torchspark/data/torch-cpu.txt torch,--no-deps -r $(TORCH_PINS))
