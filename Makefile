@@ -40,6 +40,12 @@ GENERAL := tests/fixtures/out/general/manifest.json
 TEXT    := tests/fixtures/out/text/text_expected.json
 # The limits' models, tokenizers and Python's ids (tests/fixtures/make_limit_fixtures.py; ~10 s).
 LIMITS  := tests/fixtures/out/limits/limits_expected.json
+# torch without its CUDA wheels on a machine with no NVIDIA GPU (no /proc/driver/nvidia, no
+# nvidia-smi): the pins in TORCH_PINS, --no-deps (docs/install-node.md). GPU=1 or
+# TORCHSPARK_NODE=gpu: torch with its CUDA wheels; TORCHSPARK_NODE=cpu forces the CPU set.
+TORCH_PINS := python/torchspark/data/torch-cpu-python.txt
+TORCHSPARK_NODE ?= $(if $(GPU),gpu,$(if $(wildcard /proc/driver/nvidia)$(shell command -v nvidia-smi),gpu,cpu))
+TORCH_INSTALL = $(if $(filter gpu,$(TORCHSPARK_NODE)),-c python/torchspark/data/torch-cpu.txt torch,--no-deps -r $(TORCH_PINS))
 LIBTORCH = $$($(PY) -c "import importlib.util as u,os;print(os.path.join(os.path.dirname(u.find_spec('torch').origin),'lib'))")
 
 help: ## list the targets
@@ -47,10 +53,13 @@ help: ## list the targets
 
 setup: $(VENV)/.installed $(VENV35)/.installed native jar ## idempotent: .venv, .venv-spark35, Rust build, both jars
 
-$(VENV)/.installed: python/requirements.txt python/requirements-nodeps.txt python/pyproject.toml
+$(VENV)/.installed: python/requirements.txt python/requirements-nodeps.txt python/pyproject.toml $(wildcard python/torchspark/data/torch-*.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r python/requirements.txt
+	@# torch before the packages that depend on it (requirements-nodeps.txt, --no-deps).
+	@echo "torch for a $(TORCHSPARK_NODE) machine ($(if $(filter gpu,$(TORCHSPARK_NODE)),with,without) its CUDA wheels)"
+	$(PY) -m pip install -q $(TORCH_INSTALL)
 	$(PY) -m pip install -q --no-deps -r python/requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e python
 	touch $@

@@ -77,6 +77,52 @@ def defined_versions(path: str | os.PathLike) -> list[str]:
     return out
 
 
+_SHT_DYNAMIC = 6
+_DT_NEEDED, _DT_RPATH, _DT_RUNPATH = 1, 15, 29
+
+
+def dynamic(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """(NEEDED libraries, RUNPATH or else RPATH entries) of an ELF64 little-endian library.
+
+    Reads only the headers and the `.dynamic` and `.dynstr` sections: libtorch_cpu.so is 440 MB,
+    and the node check reads it and its neighbours on every executor."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ValueError(f"{path}: not an ELF64 little-endian file")
+        (shoff,) = struct.unpack_from("<Q", head, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", head, 0x3A)
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(shnum)]
+        needed: list[str] = []
+        rpath: list[str] = []
+        runpath: list[str] = []
+        for _name, typ, _flags, _addr, off, size, link, _info, _align, _entsize in sections:
+            if typ != _SHT_DYNAMIC:
+                continue
+            f.seek(off)
+            dyn = f.read(size)
+            str_off, str_size = sections[link][4], sections[link][5]
+            f.seek(str_off)
+            strtab = f.read(str_size)
+
+            def cstr(o: int, strtab: bytes = strtab) -> str:
+                return strtab[o : strtab.index(b"\0", o)].decode()
+
+            for i in range(0, len(dyn) - 15, 16):
+                tag, val = struct.unpack_from("<qQ", dyn, i)
+                if tag == 0:
+                    break
+                if tag == _DT_NEEDED:
+                    needed.append(cstr(val))
+                elif tag == _DT_RPATH:
+                    rpath += cstr(val).split(":")
+                elif tag == _DT_RUNPATH:
+                    runpath += cstr(val).split(":")
+    return needed, [d for d in (runpath or rpath) if d]
+
+
 def node_libstdcxx() -> Path | None:
     """This node's libstdc++.so.6 (from the linker cache), or None."""
     import subprocess
