@@ -766,7 +766,10 @@ fn head_cut_equals_the_whole_text_wherever_the_cut_falls() {
     }
 }
 
-/// A text 128 times longer costs about the same: only its head is tokenized.
+/// A text 128 times longer costs about the same: only its head is tokenized. Tokenizing the
+/// whole 7 MB text takes seconds (the audit's 50 MB row: 20-37 s), the head about a millisecond,
+/// so the bound is loose: each figure is the best of 5 (a loaded machine's pauses only add), and
+/// 250 ms of slack keeps a descheduled thread from failing it (the stress loop saw 81 ms once).
 #[test]
 fn head_cut_is_linear_in_the_kept_prefix() {
     let words = "spark torch tensor 東京は日本 Café <mask> 3.14 ";
@@ -775,16 +778,21 @@ fn head_cut_is_linear_in_the_kept_prefix() {
     for name in TOKENIZERS {
         let tok = text_tokenizer(name, 256, true);
         let time = |t: &str| {
-            let started = Instant::now();
-            for _ in 0..3 {
-                tok.encode(t).unwrap();
-            }
-            started.elapsed()
+            (0..5)
+                .map(|_| {
+                    let started = Instant::now();
+                    for _ in 0..3 {
+                        tok.encode(t).unwrap();
+                    }
+                    started.elapsed()
+                })
+                .min()
+                .unwrap_or_default()
         };
         time(&short);
         let (a, b) = (time(&short), time(&long));
         assert!(
-            b < a * 8 + Duration::from_millis(30),
+            b < a * 8 + Duration::from_millis(250),
             "{name}: {} bytes in {b:?}, {} bytes in {a:?}",
             long.len(),
             short.len()
