@@ -102,7 +102,9 @@ def test_yarn_executor_killed_mid_job_loses_and_repeats_no_row(yarn, oracle, tmp
     check_rows(result["rows"], oracle, f"after SIGKILL of YARN executor {result['killed']}")
 
 
-def test_a_pipeline_saved_on_hdfs_scores_with_the_original_model_gone(yarn, spark, fixtures, tmp_path):
+def test_a_pipeline_saved_on_hdfs_scores_with_the_original_model_gone(
+    yarn, spark, fixtures, tmp_path
+):
     # Saved from a local session into HDFS with its model (embedModel's default); the original
     # deleted, it loads from HDFS pointing at the hdfs:// copy, fetched through the node cache.
     import shutil
@@ -141,4 +143,3 @@ def test_a_pipeline_saved_on_hdfs_scores_with_the_original_model_gone(yarn, spar
     )
     after = back.transform(df).select("path", "prediction").orderBy("path").collect()
     assert len(after) == 24 and after == before
-
