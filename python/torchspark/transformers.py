@@ -103,6 +103,14 @@ class _CommonParams(Params):
         TypeConverters.toInt,
     )
 
+    embedModel = Param(
+        Params._dummy(),
+        "embedModel",
+        "save() copies the model, its spec and tokenizers into the saved stage (checksummed) and "
+        "load() reads that copy; false saves modelPath only, by reference",
+        TypeConverters.toBoolean,
+    )
+
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
@@ -118,6 +126,7 @@ class _CommonParams(Params):
             maxTextBytes=0,
             engine="shared",
             engineTimeoutMs=600000,
+            embedModel=True,
         )
 
     def setModelPath(self, value: str):
@@ -197,6 +206,12 @@ class _CommonParams(Params):
 
     def getEngineTimeoutMs(self) -> int:
         return self.getOrDefault(self.engineTimeoutMs)
+
+    def setEmbedModel(self, value: bool):
+        return self._set(embedModel=value)
+
+    def getEmbedModel(self) -> bool:
+        return self.getOrDefault(self.embedModel)
 
 
 class _TorchSparkParams(_CommonParams):
@@ -328,6 +343,7 @@ class ImageScorer(_JavaBacked, _TorchSparkParams):
         maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
+        embedModel=True,
         predictionCol="prediction",
         probabilityCol="probability",
         predictedLabelCol="predicted_label",
@@ -404,6 +420,7 @@ class ImageFeaturizer(_JavaBacked, _TorchSparkParams):
         maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
+        embedModel=True,
         outputCol="features",
     ) -> None:
         super().__init__()
@@ -461,6 +478,7 @@ class TorchModel(_JavaBacked, _CommonParams):
         maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
+        embedModel=True,
         inputCols=None,
         outputCols=None,
     ) -> None:
@@ -517,6 +535,7 @@ class TextEmbedder(_JavaBacked, _CommonParams):
         maxTextBytes=0,
         engine="shared",
         engineTimeoutMs=600000,
+        embedModel=True,
         inputCol="text",
         outputCol="embedding",
     ) -> None:

@@ -100,3 +100,46 @@ def test_yarn_executor_killed_mid_job_loses_and_repeats_no_row(yarn, oracle, tmp
         yarn, f"{yarn.fs}/data/images", yarn.model, tmp_path / "result.json"
     )
     check_rows(result["rows"], oracle, f"after SIGKILL of YARN executor {result['killed']}")
+
+
+def test_a_pipeline_saved_on_hdfs_scores_with_the_original_model_gone(
+    yarn, spark, fixtures, tmp_path
+):
+    # Saved from a local session into HDFS with its model (embedModel's default); the original
+    # deleted, it loads from HDFS pointing at the hdfs:// copy, fetched through the node cache.
+    import shutil
+
+    from pyspark.ml import Pipeline, PipelineModel
+    from pyspark.ml.classification import LogisticRegression
+    from pyspark.sql import functions as F
+
+    from torchspark import ImageFeaturizer
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("resnet20.pt", "resnet20.json"):
+        shutil.copy(fixtures / name, src / name)
+    df = (
+        spark.read.format("binaryFile")
+        .option("pathGlobFilter", "digit_*.png")
+        .load(str(fixtures / "images"))
+        .withColumn("label", F.regexp_extract("path", r"label(\d)", 1).cast("double"))
+        .coalesce(1)
+    )
+    fitted = Pipeline(
+        stages=[
+            ImageFeaturizer(modelPath=str(src / "resnet20.pt"), inputCol="content", outputCol="f"),
+            LogisticRegression(maxIter=5, featuresCol="f"),
+        ]
+    ).fit(df)
+    saved = f"{yarn.fs}/saved/pipeline"
+    fitted.write().overwrite().save(saved)
+    before = fitted.transform(df).select("path", "prediction").orderBy("path").collect()
+    shutil.rmtree(src)
+    back = PipelineModel.load(saved)
+    path = back.stages[0].getModelPath()
+    assert path.startswith(f"{yarn.fs}/saved/pipeline/stages/") and path.endswith(
+        "/model/resnet20.pt"
+    )
+    after = back.transform(df).select("path", "prediction").orderBy("path").collect()
+    assert len(after) == 24 and after == before

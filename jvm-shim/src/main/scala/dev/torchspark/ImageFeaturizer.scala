@@ -3,7 +3,13 @@ package dev.torchspark
 import org.apache.spark.ml.Transformer
 import org.apache.spark.ml.linalg.SQLDataTypes
 import org.apache.spark.ml.param._
-import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.ml.util.{
+  DefaultParamsReadable,
+  DefaultParamsWritable,
+  Identifiable,
+  MLReader,
+  MLWriter
+}
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.types._
 
@@ -52,6 +58,13 @@ class ImageFeaturizer(override val uid: String)
   }
 
   override def copy(extra: ParamMap): ImageFeaturizer = defaultCopy(extra)
+
+  /** Params as Spark saves them, and with embedModel the model's copy (docs/saved-pipelines.md). */
+  override def write: MLWriter = new SavedModel.Writer(this, super.write)
 }
 
-object ImageFeaturizer extends DefaultParamsReadable[ImageFeaturizer]
+object ImageFeaturizer extends DefaultParamsReadable[ImageFeaturizer] {
+
+  /** Loads a saved stage, pointed at the model copy saved with it when there is one. */
+  override def read: MLReader[ImageFeaturizer] = new SavedModel.Reader(super.read)
+}

@@ -4,7 +4,13 @@ import java.util.concurrent.atomic.AtomicBoolean
 
 import org.apache.spark.ml.Transformer
 import org.apache.spark.ml.param._
-import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.ml.util.{
+  DefaultParamsReadable,
+  DefaultParamsWritable,
+  Identifiable,
+  MLReader,
+  MLWriter
+}
 import org.apache.spark.sql.{DataFrame, Dataset}
 import org.apache.spark.sql.functions.col
 import org.apache.spark.sql.types._
@@ -114,9 +120,15 @@ class ImageScorer(override val uid: String)
   }
 
   override def copy(extra: ParamMap): ImageScorer = defaultCopy(extra)
+
+  /** Params as Spark saves them, and with embedModel the model's copy (docs/saved-pipelines.md). */
+  override def write: MLWriter = new SavedModel.Writer(this, super.write)
 }
 
 object ImageScorer extends DefaultParamsReadable[ImageScorer] {
+
+  /** Loads a saved stage, pointed at the model copy saved with it when there is one. */
+  override def read: MLReader[ImageScorer] = new SavedModel.Reader(super.read)
 
   /** The score preset's label and top-k outputs: the columns' default names too. */
   private val PredictedLabel = "predicted_label"

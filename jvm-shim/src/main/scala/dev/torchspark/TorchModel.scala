@@ -2,7 +2,13 @@ package dev.torchspark
 
 import org.apache.spark.ml.Transformer
 import org.apache.spark.ml.param._
-import org.apache.spark.ml.util.{DefaultParamsReadable, DefaultParamsWritable, Identifiable}
+import org.apache.spark.ml.util.{
+  DefaultParamsReadable,
+  DefaultParamsWritable,
+  Identifiable,
+  MLReader,
+  MLWriter
+}
 import org.apache.spark.sql.{DataFrame, Dataset, Row, SparkSession}
 import org.apache.spark.sql.types._
 
@@ -214,6 +220,9 @@ class TorchModel private[torchspark] (
   }
 
   override def copy(extra: ParamMap): TorchModel = copyValues(new TorchModel(uid, call), extra)
+
+  /** Params as Spark saves them, and with embedModel the model's copy (docs/saved-pipelines.md). */
+  override def write: MLWriter = new SavedModel.Writer(this, super.write)
 }
 
 /** What a preset over [[TorchModel]] runs ([[ImageScorer]], [[ImageFeaturizer]], [[TextEmbedder]]):
@@ -249,6 +258,9 @@ private[torchspark] object ModelCall {
 }
 
 object TorchModel extends DefaultParamsReadable[TorchModel] {
+
+  /** Loads a saved stage, pointed at the model copy saved with it when there is one. */
+  override def read: MLReader[TorchModel] = new SavedModel.Reader(super.read)
 
   /** Forward passes of `batchSize` rows per native call for a spec with a text input. */
   private[torchspark] val textBatchesPerCall = 32

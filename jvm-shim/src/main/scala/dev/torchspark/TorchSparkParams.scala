@@ -120,7 +120,16 @@ trait TorchSparkModelParams extends Params {
     ParamValidators.gtEq(0)
   )
 
+  final val embedModel: BooleanParam = new BooleanParam(
+    this,
+    "embedModel",
+    "save() copies the model file, its spec and tokenizers into the saved stage (checksummed) " +
+      "and load() reads that copy, so a saved pipeline runs where the original file is gone; " +
+      "false saves modelPath only, by reference (docs/saved-pipelines.md)"
+  )
+
   setDefault(
+    embedModel -> true,
     maxPixels -> 0L,
     maxRowElements -> 0L,
     maxBatchBytes -> 0L,
@@ -148,6 +157,7 @@ trait TorchSparkModelParams extends Params {
   def setMaxTextBytes(v: Long): this.type = set(maxTextBytes, v)
   def setEngine(v: String): this.type = set(engine, v)
   def setEngineTimeoutMs(v: Long): this.type = set(engineTimeoutMs, v)
+  def setEmbedModel(v: Boolean): this.type = set(embedModel, v)
 
   final def getModelPath: String = $(modelPath)
   final def getBatchSize: Int = $(batchSize)
@@ -162,6 +172,7 @@ trait TorchSparkModelParams extends Params {
   final def getMaxTextBytes: Long = $(maxTextBytes)
   final def getEngine: String = $(engine)
   final def getEngineTimeoutMs: Long = $(engineTimeoutMs)
+  final def getEmbedModel: Boolean = $(embedModel)
 
   @transient private var lastMetrics: TorchSparkMetrics = _
 

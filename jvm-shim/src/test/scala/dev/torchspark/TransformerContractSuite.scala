@@ -152,6 +152,17 @@ object TransformerContractSuite {
     )
   )
 
+  /** Where a stage saved at `stageDir` with its model keeps the copy of `t`'s model. */
+  def copyOf(stageDir: String, t: Params): String =
+    java.nio.file.Paths
+      .get(
+        stageDir,
+        "model",
+        new java.io.File(t.getOrDefault(t.getParam("modelPath")).toString).getName
+      )
+      .toAbsolutePath
+      .toString
+
   /** Param name -> value (arrays as Seqs, so that equal arrays compare equal). */
   def params(p: Params): Map[String, Any] =
     p.extractParamMap()
@@ -193,7 +204,9 @@ class TransformerContractSuite extends SparkSuite {
     val loaded = c.load(path)
     assertEquals(c.name, t.getClass, loaded.getClass)
     assertEquals(c.name, t.uid, loaded.uid)
-    assertEquals(c.name, params(t), params(loaded))
+    // Saved with its model (embedModel's default): loaded pointing at the stage's copy.
+    assertEquals(c.name, params(t) - "modelPath", params(loaded) - "modelPath")
+    assertEquals(c.name, copyOf(path, t), loaded.getOrDefault(loaded.getParam("modelPath")))
     // The saved metadata names the transformer's own class: saved pipelines keep loading.
     val meta = spark.read.text(dir.resolve("stage/metadata").toString).head().getString(0)
     val saved = new com.fasterxml.jackson.databind.ObjectMapper().readTree(meta).get("class")
@@ -250,7 +263,7 @@ class TransformerContractSuite extends SparkSuite {
       val reloaded = PipelineModel.load(dir.resolve("pipeline").toString)
       val stage = reloaded.stages.find(_.uid == t.uid)
       assertTrue(s"${c.name}: not in the loaded pipeline", stage.isDefined)
-      assertEquals(c.name, params(t), params(stage.get))
+      assertEquals(c.name, params(t) - "modelPath", params(stage.get) - "modelPath")
       val (a, b) = (fitted.transform(data), reloaded.transform(data))
       assertEquals(c.name, a.schema, b.schema)
       val added = a.columns.filterNot(data.columns.contains)
