@@ -25,6 +25,9 @@ log = logging.getLogger("torchspark.mlflow")
 
 SCHEMES = ("models:/", "runs:/")
 MODEL_SUFFIXES = (".pt", ".pt2")
+# mlflow.pytorch.log_model saves a TorchScript module as data/model.pth (a TorchScript zip); an
+# eager module's pickle is also model.pth, so a .pth counts only when it is TorchScript.
+PTH = ".pth"
 
 
 def is_mlflow_uri(path: object) -> bool:
@@ -229,7 +232,11 @@ def _model_file(local: Path, uri: str, storage: str) -> Path:
     """The one `.pt`/`.pt2` under `local` with its spec (`model.pt` -> `model.json`) beside it."""
     from torchspark.cluster import spec_path
 
-    models = sorted(p for p in local.rglob("*") if p.is_file() and p.suffix in MODEL_SUFFIXES)
+    models = sorted(
+        p
+        for p in local.rglob("*")
+        if p.is_file() and (p.suffix in MODEL_SUFFIXES or (p.suffix == PTH and _torchscript(p)))
+    )
     usable = [p for p in models if Path(spec_path(str(p))).is_file()]
     if len(usable) == 1:
         return usable[0]
@@ -239,13 +246,128 @@ def _model_file(local: Path, uri: str, storage: str) -> Path:
         why = (
             "no .pt/.pt2 model with its spec JSON beside it (model.pt -> model.json)"
             if models
-            else "no .pt or .pt2 model file"
+            else "no .pt, .pt2 or TorchScript .pth (mlflow.pytorch) model file"
         )
     else:
         why = f"{len(usable)} models with specs; name one with runs:/<run>/<path to it>"
     raise ModelLoadError(f"{uri}: its artifacts {storage} hold {why}; found: {shown or 'nothing'}")
 
 
+def _torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with code/ and data.pkl under one root folder."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any("/code/" in n for n in names) and any(n.endswith("/data.pkl") for n in names)
+
+
 def local_model_path(path: str) -> str:
     """`path` itself, or for an MLflow URI the local model file it resolves to."""
     return resolve(path).model_path if is_mlflow_uri(path) else path
+
+
+def _pyfunc_class():
+    mlflow, _ = _mlflow()
+
+    class TorchSparkPyfunc(mlflow.pyfunc.PythonModel):
+        """The pyfunc flavor of a torchspark model: scores a pandas DataFrame with NativeModel
+        (a version-1 image spec: `score`, its image bytes in the frame's one column; else
+        `predict`, through the spec's `inputs`)."""
+
+        def load_context(self, context):
+            import json
+
+            from torchspark.native_model import NativeModel
+
+            path = context.artifacts["model"]
+            self.model = NativeModel(path)
+            with open(context.artifacts["spec"]) as f:
+                self.image = "inputs" not in json.load(f)
+
+        def predict(self, context, model_input, params=None):
+            import pyarrow as pa
+
+            table = pa.Table.from_pandas(model_input, preserve_index=False)
+            run = self.model.score if self.image else self.model.predict
+            return run(table).to_pandas()
+
+    return TorchSparkPyfunc
+
+
+def log_model(
+    model_path_or_module,
+    name: str = "model",
+    *,
+    spec: dict | str | os.PathLike | None = None,
+    registered_model_name: str | None = None,
+    pip_requirements: list[str] | None = None,
+    **kwargs,
+):
+    """Logs a torchspark model to the active MLflow run (one is started when none is) as an
+    MLflow model with a `pyfunc` flavor: `mlflow.pyfunc.load_model` and `spark_udf` score it
+    through NativeModel, and `models:/...`/`runs:/...` URIs of it work on every torchspark
+    surface. Returns MLflow's ModelInfo.
+
+    `model_path_or_module`: a `.pt`/`.pt2` file (its spec beside it unless `spec` is given, and
+    the tokenizer files a text spec names), or a `torch.jit.ScriptModule` (then `spec` is
+    required: a dict or a JSON file). `registered_model_name` registers a new version too."""
+    import json
+
+    from torchspark.cluster import spec_path, tokenizer_files
+
+    mlflow, _ = _mlflow()
+    tmp = Path(tempfile.mkdtemp(prefix="torchspark-log-"))
+    try:
+        if isinstance(model_path_or_module, (str, os.PathLike)):
+            src = Path(model_path_or_module)
+            if not src.is_file():
+                raise ModelLoadError(f"log_model: model file {src} not found")
+            model = tmp / src.name
+            shutil.copy(src, model)
+            spec_src = Path(spec_path(str(src)))
+        else:
+            import torch
+
+            if not isinstance(model_path_or_module, torch.jit.ScriptModule):
+                raise ConfigError(
+                    "log_model takes a .pt/.pt2 file or a torch.jit.ScriptModule (script or "
+                    f"trace it first), not {type(model_path_or_module).__name__}"
+                )
+            if spec is None:
+                raise ConfigError("log_model of a module needs spec= (a dict or a JSON file)")
+            model = tmp / "model.pt"
+            model_path_or_module.save(str(model))
+            spec_src = None
+        spec_dst = Path(spec_path(str(model)))
+        if isinstance(spec, dict):
+            spec_dst.write_text(json.dumps(spec, indent=2))
+        elif spec is not None:
+            shutil.copy(spec, spec_dst)
+        elif spec_src is not None and spec_src.is_file():
+            shutil.copy(spec_src, spec_dst)
+        else:
+            raise ModelLoadError(f"log_model: no spec {spec_src} beside the model; pass spec=")
+        artifacts = {"model": str(model), "spec": str(spec_dst)}
+        parsed = json.loads(spec_dst.read_text())
+        for _, tok, _ in tokenizer_files(parsed, str(spec_dst)):
+            base = spec_src.parent if spec_src is not None and not isinstance(spec, dict) else None
+            if isinstance(spec, (str, os.PathLike)):
+                base = Path(spec).parent
+            if base is None or not (base / tok).is_file():
+                raise ModelLoadError(f"log_model: tokenizer {tok} named by the spec not found")
+            shutil.copy(base / tok, tmp / tok)
+            artifacts[f"tokenizer:{tok}"] = str(tmp / tok)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=_pyfunc_class()(),
+            artifacts=artifacts,
+            registered_model_name=registered_model_name,
+            pip_requirements=pip_requirements or ["torchspark"],
+            **kwargs,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

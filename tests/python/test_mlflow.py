@@ -177,7 +177,8 @@ def test_unknown_name_alias_version_or_run_names_uri_server_and_what_exists(
 def test_artifacts_without_a_model_name_what_they_hold(registry):
     uri = f"runs:/{registry['empty']}/model"
     with pytest.raises(
-        ModelLoadError, match=r"no \.pt or \.pt2 model file; found: model/README\.txt"
+        ModelLoadError,
+        match=r"no \.pt, \.pt2 or TorchScript \.pth \(mlflow\.pytorch\) model file; found: model/README\.txt",
     ):
         NativeModel(uri)
 
@@ -193,3 +194,56 @@ def test_unreachable_server_is_named_quickly(registry, server, monkeypatch):
         assert time.monotonic() - start < 15
     finally:
         mlflow.set_tracking_uri(server)
+
+
+def _contents(fixtures) -> list[bytes]:
+    return [f.read_bytes() for f in sorted((fixtures / "images").glob("digit_0*.png"))]
+
+
+def test_log_model_writes_a_pyfunc_that_scores_like_native_model(registry, fixtures):
+    import pandas as pd
+
+    with mlflow.start_run():
+        info = ts_mlflow.log_model(
+            str(fixtures / "resnet20.pt"), "model", registered_model_name="ts_logged"
+        )
+    contents = _contents(fixtures)
+    want = NativeModel(str(fixtures / "resnet20.pt")).score(contents).to_pydict()
+    got = mlflow.pyfunc.load_model(info.model_uri).predict(pd.DataFrame({"content": contents}))
+    assert list(got["predicted_label"]) == want["predicted_label"]
+    assert [list(p) for p in got["probability"]] == want["probability"]
+    assert info.model_uri.startswith("models:/m-")
+    for uri in (info.model_uri, "models:/ts_logged/1"):
+        m = NativeModel(uri)
+        assert m.score(contents).to_pydict()["probability"] == want["probability"], uri
+    assert NativeModel("models:/ts_logged/1").resolved.version == "1"
+
+
+def test_mlflow_pytorch_torchscript_loads_with_its_spec_beside_it(registry, fixtures, tmp_path):
+    import torch
+
+    scripted = torch.jit.load(str(fixtures / "resnet20.pt"))
+    # MLflow 3 defaults to pt2; a ScriptModule needs "pickle" (saved as TorchScript, data/model.pth)
+    mlflow.pytorch.save_model(scripted, str(tmp_path / "pt"), serialization_format="pickle")
+    shutil.copy(fixtures / "resnet20.json", tmp_path / "pt" / "data" / "model.json")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tmp_path / "pt"), "pt")
+    m = NativeModel(f"runs:/{run.info.run_id}/pt")
+    assert m.model_path.endswith("data/model.pth")
+    contents = _contents(fixtures)
+    want = NativeModel(str(fixtures / "resnet20.pt")).score(contents).to_pydict()
+    assert m.score(contents).to_pydict()["probability"] == want["probability"]
+
+
+def test_mlflow_pytorch_eager_pickle_is_refused_naming_its_files(registry, tmp_path):
+    import torch
+
+    mlflow.pytorch.save_model(
+        torch.nn.Linear(2, 2), str(tmp_path / "eager"), serialization_format="pickle"
+    )
+    (tmp_path / "eager" / "data" / "model.json").write_text("{}")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(tmp_path / "eager"), "eager")
+    uri = f"runs:/{run.info.run_id}/eager"
+    with pytest.raises(ModelLoadError, match=r"TorchScript \.pth .*found: .*data/model\.pth"):
+        NativeModel(uri)
