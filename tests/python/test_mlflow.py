@@ -247,3 +247,17 @@ def test_mlflow_pytorch_eager_pickle_is_refused_naming_its_files(registry, tmp_p
     uri = f"runs:/{run.info.run_id}/eager"
     with pytest.raises(ModelLoadError, match=r"TorchScript \.pth .*found: .*data/model\.pth"):
         NativeModel(uri)
+
+
+def test_python_worker_function_scores_the_version_resolved_on_the_driver(
+    spark, registry, fixtures
+):
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    fn = torchspark.score_arrow(f"models:/{NAME}@champion", batch_size=4)  # version 1
+    client.set_registered_model_alias(NAME, "champion", "2")
+    try:
+        rows = _images(spark, fixtures).mapInArrow(fn, torchspark.SCORE_SCHEMA).collect()
+        assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
