@@ -105,6 +105,10 @@ def ship_model(spark, uri: str) -> str:
     """
     from torchspark.errors import ModelLoadError, ModelSpecError
 
+    if uri.startswith(("models:/", "runs:/")):  # resolved once here, then shipped as a file
+        from torchspark import mlflow as ts_mlflow
+
+        uri = ts_mlflow.resolve(uri).model_path
     check_scheme(uri)
     sc = spark.sparkContext if hasattr(spark, "sparkContext") else spark
     jvm = sc._jvm

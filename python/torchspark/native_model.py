@@ -181,7 +181,14 @@ class NativeModel:
         engine_timeout_ms: int = 600_000,
     ) -> None:
         _check_engine(engine, engine_timeout_ms)
-        self.model_path = resolve_local(os.fspath(model_path))
+        model_path = os.fspath(model_path)
+        self.resolved = None  # what an MLflow URI resolved to (torchspark.mlflow.Resolved)
+        if model_path.startswith(("models:/", "runs:/")):
+            from torchspark import mlflow as ts_mlflow
+
+            self.resolved = ts_mlflow.resolve(model_path)
+            model_path = self.resolved.model_path
+        self.model_path = resolve_local(model_path)
         self.device = _task_device(device)
         self.num_threads = num_threads or _default_threads()
         self.precision = precision

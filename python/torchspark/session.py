@@ -325,6 +325,11 @@ def register_udfs(
     `engine` ("shared" | "per-task"; None: the JVM's default) picks how the executors run the
     model (docs/engine.md); ConfigError when the jar's TorchSpark.register takes no engine.
     """
+    if model_path.startswith(("models:/", "runs:/")):
+        # Resolved once, here: the functions score this version until registered again.
+        from torchspark import mlflow as ts_mlflow
+
+        model_path = ts_mlflow.resolve(model_path).model_path
     jvm = spark.sparkContext._jvm
     check_jar_line(jvm)
     install_py4j_handler()

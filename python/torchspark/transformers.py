@@ -249,7 +249,20 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
         return self._set(**kwargs)
 
     def _transform(self, dataset):
-        out = super()._transform(dataset)
+        path = self.getOrDefault(self.modelPath) if self.isDefined(self.modelPath) else None
+        if isinstance(path, str) and path.startswith(("models:/", "runs:/")):
+            # Resolved once per transform on the driver: the JVM sees the resolved version's
+            # file, so a moved alias cannot change what this transform's tasks score.
+            from torchspark import mlflow as ts_mlflow
+
+            self.resolved = ts_mlflow.resolve(path)
+            self._set(modelPath=self.resolved.model_path)
+            try:
+                out = super()._transform(dataset)
+            finally:
+                self._set(modelPath=path)
+        else:
+            out = super()._transform(dataset)
         if is_remote():
             _check_connect_server(out, type(self).__name__)
         return out

@@ -187,6 +187,11 @@ def _for_workers(model_path: str) -> str:
         from torchspark.errors import install_py4j_handler
 
         install_py4j_handler()
+    if model_path.startswith(("models:/", "runs:/")):
+        # Resolved here, once for the job: the workers get the resolved version's local copy.
+        from torchspark import mlflow as ts_mlflow
+
+        model_path = ts_mlflow.resolve(model_path).model_path
     if is_remote(model_path):
         return ship_model(spark, model_path) if spark is not None else model_path
     check_on_driver(spark, model_path)
