@@ -5,6 +5,9 @@ SHELL := /bin/bash
 # Independent set-up steps overlap on a fresh machine: the 3.5 venv's and the cluster harness's
 # downloads run while cargo compiles. A recipe's own lines (the suites) still run one by one.
 MAKEFLAGS += --jobs=2
+# pip keeps no copy of what it downloads (~3 GB of torch and CUDA wheels on a fresh machine): a full
+# disk stopped a CI run's set-up once, and the Makefile never relies on pip's cache anyway.
+export PIP_NO_CACHE_DIR := 1
 
 VENV    := $(CURDIR)/.venv
 PY      := $(VENV)/bin/python

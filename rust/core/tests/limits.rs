@@ -254,7 +254,8 @@ fn sparse_vectors_past_the_row_limit_are_row_errors() {
 /// lowers it; flat and nested lists are refused before they are copied.
 #[test]
 fn the_spec_sets_the_row_limit_and_a_call_only_lowers_it() {
-    let dir = tempdir("spec_limit");
+    let tmp = tempdir("spec_limit");
+    let dir = tmp.path();
     let src = limit_fixtures();
     std::fs::copy(src.join("sum_pad.pt"), dir.join("m.pt")).unwrap();
     std::fs::write(
@@ -313,11 +314,9 @@ fn the_spec_sets_the_row_limit_and_a_call_only_lowers_it() {
     );
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("torchspark-limits-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory under the system temp dir, removed when the returned guard drops.
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("torchspark-limits-{name}-")).tempdir().unwrap()
 }
 
 // ---- per-chunk bytes: images at their own size ---------------------------------------------------

@@ -348,10 +348,9 @@ fn wrong_column_type_fails_the_batch_clearly() {
     assert!(e.to_string().contains("Int32"), "{e}");
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("torchspark-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory under the system temp dir, removed when the returned guard drops.
+fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("torchspark-test-{name}-")).tempdir().unwrap()
 }
 
 #[test]
@@ -363,7 +362,8 @@ fn missing_model_names_the_path() {
 
 #[test]
 fn corrupt_model_fails_every_time_with_its_path() {
-    let d = temp_dir("corrupt");
+    let tmp = temp_dir("corrupt");
+    let d = tmp.path();
     let pt = d.join("model.pt");
     std::fs::write(&pt, b"not a zip archive").unwrap();
     std::fs::copy(fixtures().join("resnet20.json"), d.join("model.json")).unwrap();
@@ -376,7 +376,8 @@ fn corrupt_model_fails_every_time_with_its_path() {
 
 #[test]
 fn bad_spec_names_the_file_and_the_field() {
-    let d = temp_dir("badspec");
+    let tmp = temp_dir("badspec");
+    let d = tmp.path();
     let pt = d.join("model.pt");
     std::fs::copy(fixtures().join("resnet20.pt"), &pt).unwrap();
     std::fs::write(
@@ -398,7 +399,8 @@ fn bad_spec_names_the_file_and_the_field() {
 
 #[test]
 fn bad_resize_names_the_spec_file_and_the_accepted_forms() {
-    let d = temp_dir("badresize");
+    let tmp = temp_dir("badresize");
+    let d = tmp.path();
     let pt = d.join("model.pt");
     std::fs::copy(fixtures().join("resnet20.pt"), &pt).unwrap();
     let mut spec: serde_json::Value =
@@ -428,7 +430,8 @@ fn bad_resize_names_the_spec_file_and_the_accepted_forms() {
 
 #[test]
 fn pinned_sha256_is_enforced() {
-    let d = temp_dir("sha");
+    let tmp = temp_dir("sha");
+    let d = tmp.path();
     let pt = d.join("model.pt");
     std::fs::copy(fixtures().join("resnet20.pt"), &pt).unwrap();
     let mut spec: serde_json::Value =
@@ -526,7 +529,8 @@ fn missing_gpu_is_a_clear_device_error() {
 
 #[test]
 fn featurize_without_spec_entry_is_a_spec_error() {
-    let d = temp_dir("nofeat");
+    let tmp = temp_dir("nofeat");
+    let d = tmp.path();
     let pt = d.join("model.pt");
     std::fs::copy(fixtures().join("resnet20.pt"), &pt).unwrap();
     std::fs::write(

@@ -29,7 +29,7 @@ class DriverCheckSuite extends SparkSuite {
     * spec).
     */
   private def modelWith(spec: Option[String]): Path = {
-    val d = Files.createTempDirectory("torchspark-check")
+    val d = TestDirs.dir("torchspark-check")
     Files.copy(fixtures.resolve("resnet20.pt"), d.resolve("model.pt"))
     spec.foreach(s => Files.write(d.resolve("model.json"), s.getBytes("UTF-8")))
     d.resolve("model.pt")

@@ -27,7 +27,7 @@ class ModelSourceSuite extends SparkSuite {
   private val fixtures = SparkTest.fixtures
 
   private def store(): Path = {
-    val d = Files.createTempDirectory("torchspark-store")
+    val d = TestDirs.dir("torchspark-store")
     Seq("resnet20.pt", "resnet20.json").foreach { f =>
       Files.copy(fixtures.resolve(f), d.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
@@ -35,7 +35,7 @@ class ModelSourceSuite extends SparkSuite {
   }
 
   private def withCache[T](f: File => T): T = {
-    val dir = Files.createTempDirectory("torchspark-cache").toFile
+    val dir = TestDirs.dir("torchspark-cache").toFile
     System.setProperty("torchspark.cache.dir", dir.toString)
     try f(dir)
     finally System.clearProperty("torchspark.cache.dir")
@@ -202,7 +202,7 @@ class ModelSourceSuite extends SparkSuite {
 
   /** A directory anyone can write, not sticky (mode 0777): others can rename what is in it. */
   private def worldWritable(name: String): Path = {
-    val d = Files.createTempDirectory(name)
+    val d = TestDirs.dir(name)
     Files.setPosixFilePermissions(d, PosixFilePermissions.fromString("rwxrwxrwx"))
     d
   }
@@ -221,7 +221,7 @@ class ModelSourceSuite extends SparkSuite {
     val open = worldWritable("torchspark-ww")
     val sub = Files.createDirectories(open.resolve("sub"))
     Files.setPosixFilePermissions(sub, PosixFilePermissions.fromString("rwx------"))
-    val safe = Files.createTempDirectory("torchspark-safe")
+    val safe = TestDirs.dir("torchspark-safe")
     val link = Files.createSymbolicLink(safe.resolve("link"), sub)
     val m = refusal(link.resolve("models"))
     assertTrue(
@@ -236,17 +236,17 @@ class ModelSourceSuite extends SparkSuite {
     // real path and its written path both avoid <open2>, which still decides where it leads.
     val open2 = worldWritable("torchspark-ww2")
     val real =
-      Files.createDirectories(Files.createTempDirectory("torchspark-safe3").resolve("real"))
+      Files.createDirectories(TestDirs.dir("torchspark-safe3").resolve("real"))
     Files.setPosixFilePermissions(real, PosixFilePermissions.fromString("rwx------"))
     Files.createSymbolicLink(open2.resolve("b"), real)
     val a = Files.createSymbolicLink(
-      Files.createTempDirectory("torchspark-safe2").resolve("a"),
+      TestDirs.dir("torchspark-safe2").resolve("a"),
       open2.resolve("b")
     )
     val m2 = refusal(a.resolve("models"))
     assertTrue(m2, m2.contains(s"its ancestor $open2 (reached through the symbolic link $a)"))
     // A loop of links is refused, not followed forever.
-    val loop = Files.createTempDirectory("torchspark-loop")
+    val loop = TestDirs.dir("torchspark-loop")
     Files.createSymbolicLink(loop.resolve("x"), loop.resolve("y"))
     Files.createSymbolicLink(loop.resolve("y"), loop.resolve("x"))
     val m3 = refusal(loop.resolve("x/models"))
@@ -298,7 +298,7 @@ class ModelSourceSuite extends SparkSuite {
 
   @Test def aDotfileModelInTheCacheFindsTheSpecTheNativeLoaderReads(): Unit = withCache { _ =>
     // `.pt` -> `.pt.json` (the JVM said `.json`, the native loader `.pt.json`).
-    val d = Files.createTempDirectory("torchspark-store")
+    val d = TestDirs.dir("torchspark-store")
     Files.copy(fixtures.resolve("resnet20.pt"), d.resolve(".pt"))
     Files.copy(fixtures.resolve("resnet20.json"), d.resolve(".pt.json"))
     val source = ModelSource(spark, s"file://${d.resolve(".pt")}")

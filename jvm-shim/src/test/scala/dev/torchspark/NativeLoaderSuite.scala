@@ -36,7 +36,7 @@ class NativeLoaderSuite {
     * would plant.
     */
   private def plantedLibrary(dir: Path, name: String, marker: Path): Unit = {
-    val src = Files.createTempFile("planted", ".c")
+    val src = TestDirs.file("planted", ".c")
     Files.writeString(
       src,
       s"""#include <stdio.h>
@@ -56,7 +56,7 @@ class NativeLoaderSuite {
   @Test def aJvmThatExitsWithAPackageOpenLeavesNothingInTheTempDir(): Unit = {
     // libtorch's loader left $TMPDIR/aotinductor_XXXXXX behind for every package still loaded
     // at exit; the JVM's own files (java.io.tmpdir) do not go there.
-    val tmp = Files.createTempDirectory("torchspark-tmpdir")
+    val tmp = TestDirs.dir("torchspark-tmpdir")
     val pt2 = SparkTest.fixtures.resolve("tuple_net_aoti.pt2").toString
     val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
     val pb = new ProcessBuilder(
@@ -76,7 +76,7 @@ class NativeLoaderSuite {
   }
 
   @Test def neverLoadsATorchOrLibraryPlantedInTheWorkingDirectory(): Unit = {
-    val cwd = Files.createTempDirectory("torchspark-cwd")
+    val cwd = TestDirs.dir("torchspark-cwd")
     val marker = cwd.resolve("MARKER")
     // What `python -c` finds first from here, and what the JDK reads `.` or an empty
     // java.library.path entry as.
@@ -131,7 +131,7 @@ class NativeLoaderSuite {
     )
 
   @Test def extractsIntoDirectoriesOnlyThisUserCanWrite(): Unit = {
-    val base = Files.createTempDirectory("torchspark-native")
+    val base = TestDirs.dir("torchspark-native")
     val so = NativeLoader.extract(base)
     assertTrue(so.startsWith(base.resolve(s"torchspark-${System.getProperty("user.name")}")))
     assertArrayEquals(jarBytes, Files.readAllBytes(so))
@@ -141,7 +141,7 @@ class NativeLoaderSuite {
   }
 
   @Test def aSameSizeFakeLibraryIsReplacedNotLoaded(): Unit = {
-    val base = Files.createTempDirectory("torchspark-native")
+    val base = TestDirs.dir("torchspark-native")
     val so = NativeLoader.extract(base)
     val mtime = Files.getLastModifiedTime(so)
     Files.write(so, new Array[Byte](jarBytes.length)) // same size, other bytes, same inode
@@ -155,8 +155,8 @@ class NativeLoaderSuite {
   }
 
   @Test def refusesALibraryDirectoryPlantedByAnotherUser(): Unit = {
-    val where = NativeLoader.extract(Files.createTempDirectory("torchspark-native"))
-    val base = Files.createTempDirectory("torchspark-native")
+    val where = NativeLoader.extract(TestDirs.dir("torchspark-native"))
+    val base = TestDirs.dir("torchspark-native")
     val userDir = base.resolve(where.getParent.getParent.getFileName)
     val planted = Files.createDirectories(userDir.resolve(where.getParent.getFileName))
     val fake = Files.write(planted.resolve("libtorchspark.so"), new Array[Byte](jarBytes.length))

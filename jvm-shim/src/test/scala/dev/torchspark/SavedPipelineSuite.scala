@@ -31,7 +31,7 @@ class SavedPipelineSuite extends SparkSuite {
 
   /** ResNet-20 and its spec copied into a fresh folder of their own (the "original" to delete). */
   private def ownModel(): Path = {
-    val dir = Files.createTempDirectory("torchspark-saved-src")
+    val dir = TestDirs.dir("torchspark-saved-src")
     Files.copy(SparkTest.fixtures.resolve("resnet20.pt"), dir.resolve("resnet20.pt"))
     Files.copy(SparkTest.fixtures.resolve("resnet20.json"), dir.resolve("resnet20.json"))
     dir.resolve("resnet20.pt")
@@ -71,7 +71,7 @@ class SavedPipelineSuite extends SparkSuite {
 
   @Test def aSavedPipelineScoresTheSameWithTheOriginalModelFileGone(): Unit = {
     val model = ownModel()
-    val out = Files.createTempDirectory("torchspark-saved").resolve("pipeline")
+    val out = TestDirs.dir("torchspark-saved").resolve("pipeline")
     val before = savedPipeline(model, out).collect()
     deleteTree(model.getParent)
     val loaded = PipelineModel.load(out.toString)
@@ -101,7 +101,7 @@ class SavedPipelineSuite extends SparkSuite {
   }
 
   @Test def aTextStageCarriesItsTokenizer(): Unit = {
-    val out = Files.createTempDirectory("torchspark-saved-text").resolve("stage")
+    val out = TestDirs.dir("torchspark-saved-text").resolve("stage")
     new TextEmbedder()
       .setModelPath(SparkTest.textModel("minilm.pt"))
       .setInputCol("text")
@@ -118,7 +118,7 @@ class SavedPipelineSuite extends SparkSuite {
 
   @Test def aStageSavedByReferenceKeepsItsModelPath(): Unit = {
     val model = ownModel()
-    val out = Files.createTempDirectory("torchspark-saved-ref").resolve("pipeline")
+    val out = TestDirs.dir("torchspark-saved-ref").resolve("pipeline")
     savedPipeline(model, out, embed = false)
     assertFalse(Files.exists(stageDir(out).resolve("model")))
     val stage = PipelineModel.load(out.toString).stages(0).asInstanceOf[ImageFeaturizer]
@@ -127,7 +127,7 @@ class SavedPipelineSuite extends SparkSuite {
   }
 
   @Test def rejectsACopiedModelThatFailsItsChecksum(): Unit = {
-    val out = Files.createTempDirectory("torchspark-saved-bad").resolve("pipeline")
+    val out = TestDirs.dir("torchspark-saved-bad").resolve("pipeline")
     savedPipeline(ownModel(), out)
     val copy = stageDir(out).resolve("model/resnet20.pt")
     val f = new RandomAccessFile(copy.toFile, "rw")
@@ -150,7 +150,7 @@ class SavedPipelineSuite extends SparkSuite {
   }
 
   @Test def rejectsAStageDirectoryMissingItsModelFile(): Unit = {
-    val out = Files.createTempDirectory("torchspark-saved-missing").resolve("pipeline")
+    val out = TestDirs.dir("torchspark-saved-missing").resolve("pipeline")
     savedPipeline(ownModel(), out)
     Files.delete(stageDir(out).resolve("model/resnet20.pt"))
     val e = assertThrows(classOf[ModelLoadException], () => PipelineModel.load(out.toString))

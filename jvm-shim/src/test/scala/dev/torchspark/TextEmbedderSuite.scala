@@ -193,11 +193,11 @@ class TextEmbedderSuite extends SparkSuite {
   }
 
   @Test def aRemoteModelBringsItsTokenizerIntoTheNodeCache(): Unit = {
-    val store = Files.createTempDirectory("torchspark-text-store")
+    val store = TestDirs.dir("torchspark-text-store")
     Seq("ids.pt", "ids.json", "minilm.tokenizer.json").foreach { f =>
       Files.copy(textDir.resolve(f), store.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
-    val cache = Files.createTempDirectory("torchspark-text-cache").toFile
+    val cache = TestDirs.dir("torchspark-text-cache").toFile
     System.setProperty("torchspark.cache.dir", cache.toString)
     try {
       val uri = s"file://${store.resolve("ids.pt")}"

@@ -194,7 +194,7 @@ class TorchModelSuite extends SparkSuite {
   @Test def limitParamsLowerTheLimitsAndRoundTrip(): Unit = {
     // A copy of the model: its passes of 3 rows leave the shared model's TorchScript executor
     // (which other tests compare bit for bit across runs) as it was.
-    val dir = Files.createTempDirectory("torchspark-limits")
+    val dir = TestDirs.dir("torchspark-limits")
     Seq("pt", "json").foreach { ext =>
       Files.copy(generalDir.resolve(s"diabetes_mlp.$ext"), dir.resolve(s"mlp.$ext"))
     }

@@ -215,7 +215,7 @@ class TorchSparkSuite extends SparkSuite {
   }
 
   @Test def loadsTheModelOncePerExecutor(): Unit = {
-    val dir = Files.createTempDirectory("torchspark-once")
+    val dir = TestDirs.dir("torchspark-once")
     Seq("resnet20.pt", "resnet20.json").foreach { f =>
       Files.copy(fixtures.resolve(f), dir.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
@@ -257,7 +257,7 @@ class TorchSparkSuite extends SparkSuite {
 
   @Test def splitsPreprocessingIntoDecodeAndResize(): Unit = {
     // Real JPEGs, landscape and portrait, that a shorter-side resize (32) then a crop must shrink.
-    val dir = Files.createTempDirectory("torchspark-resize")
+    val dir = TestDirs.dir("torchspark-resize")
     val imgs = Files.createDirectories(dir.resolve("jpegs"))
     val rng = new scala.util.Random(7)
     for (i <- 0 until 16) {
@@ -298,7 +298,7 @@ class TorchSparkSuite extends SparkSuite {
   }
 
   private def withBadFiles(): String = {
-    val dir = Files.createTempDirectory("torchspark-bad")
+    val dir = TestDirs.dir("torchspark-bad")
     val good = Files
       .list(fixtures.resolve("images"))
       .iterator()
@@ -397,7 +397,7 @@ class TorchSparkSuite extends SparkSuite {
   }
 
   @Test def badSpecIsATypedException(): Unit = {
-    val dir = Files.createTempDirectory("torchspark-spec")
+    val dir = TestDirs.dir("torchspark-spec")
     Files.copy(fixtures.resolve("resnet20.pt"), dir.resolve("m.pt"))
     Files.write(
       dir.resolve("m.json"),

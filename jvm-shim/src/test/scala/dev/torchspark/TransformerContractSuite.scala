@@ -196,7 +196,7 @@ class TransformerContractSuite extends SparkSuite {
   import TransformerContractSuite._
 
   @Test def paramsRoundTripThroughCopyAndWriteRead(): Unit = cases.foreach { c =>
-    val dir = Files.createTempDirectory(s"torchspark-contract-${c.name}")
+    val dir = TestDirs.dir(s"torchspark-contract-${c.name}")
     val t = c.make()
     assertEquals(c.name, params(t), params(t.copy(ParamMap.empty)))
     val path = dir.resolve("stage").toString
@@ -254,7 +254,7 @@ class TransformerContractSuite extends SparkSuite {
   }
 
   @Test def aPipelineFitsTransformsSavesAndLoadsToTheSameRows(): Unit = cases.foreach { c =>
-    val dir = Files.createTempDirectory(s"torchspark-contract-${c.name}")
+    val dir = TestDirs.dir(s"torchspark-contract-${c.name}")
     val data = c.data().cache()
     try {
       val t = c.make()
