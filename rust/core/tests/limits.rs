@@ -316,7 +316,10 @@ fn the_spec_sets_the_row_limit_and_a_call_only_lowers_it() {
 
 /// A fresh directory under the system temp dir, removed when the returned guard drops.
 fn tempdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("torchspark-limits-{name}-")).tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("torchspark-limits-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 // ---- per-chunk bytes: images at their own size ---------------------------------------------------

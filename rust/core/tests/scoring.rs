@@ -350,7 +350,10 @@ fn wrong_column_type_fails_the_batch_clearly() {
 
 /// A fresh directory under the system temp dir, removed when the returned guard drops.
 fn temp_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("torchspark-test-{name}-")).tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix(&format!("torchspark-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
