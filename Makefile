@@ -56,22 +56,15 @@ help: ## list the targets
 
 setup: $(VENV)/.installed $(VENV35)/.installed native jar ## idempotent: .venv, .venv-spark35, Rust build, both jars
 
-# A full venv: $(1) its folder, $(2) the Python that makes it. .venv (Python 3.11, every suite) and
-# .venv-py310 (the oldest Python torchspark supports, `make test-py310`) are made alike.
-define full_venv
-	test -x $(1)/bin/python || $(2) -m venv $(1)
-	$(1)/bin/python -m pip install -q --upgrade pip
-	$(1)/bin/python -m pip install -q -r python/requirements.txt
+$(VENV)/.installed: python/requirements.txt python/requirements-nodeps.txt python/pyproject.toml $(wildcard python/torchspark/data/torch-*.txt)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r python/requirements.txt
 	@# torch before the packages that depend on it (requirements-nodeps.txt, --no-deps).
 	@echo "torch for a $(TORCHSPARK_NODE) machine ($(if $(filter gpu,$(TORCHSPARK_NODE)),with,without) its CUDA wheels)"
-	$(1)/bin/python -m pip install -q $(TORCH_INSTALL)
-	$(1)/bin/python -m pip install -q --no-deps -r python/requirements-nodeps.txt
-	$(1)/bin/python -m pip install -q --no-deps -e python
-endef
-VENV_DEPS := python/requirements.txt python/requirements-nodeps.txt python/pyproject.toml $(wildcard python/torchspark/data/torch-*.txt)
-
-$(VENV)/.installed: $(VENV_DEPS)
-	$(call full_venv,$(VENV),$(PYTHON))
+	$(PY) -m pip install -q $(TORCH_INSTALL)
+	$(PY) -m pip install -q --no-deps -r python/requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps -e python
 	touch $@
 
 $(VENV35)/.installed: python/requirements-spark35.txt python/pyproject.toml
@@ -138,17 +131,6 @@ test-spark35: setup ## pytest on pyspark 3.5 and Python 3.10 (.venv-spark35, the
 	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py tests/python/test_errors.py \
 	  tests/python/test_saved_pipelines.py tests/python/test_native_model.py tests/python/test_maven.py -k "not bf16"
 
-# The whole Python suite on Python 3.10 (.venv-py310: the same pins as .venv; ~5 GB and ~20 min, so
-# not in `make test`, whose 3.10 coverage is test-spark35's list). Needs python3.10 (or pyenv's).
-VENV310 := $(CURDIR)/.venv-py310
-$(VENV310)/.installed: $(VENV_DEPS)
-	@test -n "$(PYTHON310)" || { echo "make test-py310 needs Python 3.10 (python3.10 on PATH, pyenv's 3.10.x or PYTHON310=)" >&2; exit 2; }
-	$(call full_venv,$(VENV310),$(PYTHON310))
-	touch $@
-
-test-py310: setup $(VENV310)/.installed $(HARNESS) $(CORPUS) $(GENERAL) $(TEXT) $(LIMITS) ## the whole pytest suite (not slow) on Python 3.10, in .venv-py310
-	PYTHONUNBUFFERED=1 $(VENV310)/bin/python -m pytest tests/python -m "not slow" --durations=5
-
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
 	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python
 
@@ -209,4 +191,4 @@ clean: ## remove build outputs (keeps .venv)
 	cargo clean
 	rm -rf jvm-shim/target tests/cluster/target tests/fixtures/out
 
-.PHONY: help setup native jar dist demo test test-cluster test-spark35 test-py310 stress fuzz bench lint fmt clean
+.PHONY: help setup native jar dist demo test test-cluster test-spark35 stress fuzz bench lint fmt clean
