@@ -175,23 +175,12 @@ def check(tiny_model: bool = True) -> Report:
 # ---- torch: which one is here, and what libtorch needs ---------------------------------------
 
 # The pip package of each CUDA library that torch 2.13's libraries NEED, so that a missing one
-# comes with the command that brings it.
-_LIB_PACKAGE = {
-    "libcudart.so.13": "nvidia-cuda-runtime",
-    "libcupti.so.13": "nvidia-cuda-cupti",
-    "libcublas.so.13": "nvidia-cublas",
-    "libcublasLt.so.13": "nvidia-cublas",
-    "libnvrtc.so.13": "nvidia-cuda-nvrtc",
-    "libcudnn.so.9": "nvidia-cudnn-cu13",
-    "libcufft.so.12": "nvidia-cufft",
-    "libcufile.so.0": "nvidia-cufile",
-    "libcurand.so.10": "nvidia-curand",
-    "libcusparse.so.12": "nvidia-cusparse",
-    "libnvJitLink.so.13": "nvidia-nvjitlink",
-    "libcusparseLt.so.0": "nvidia-cusparselt-cu13",
-    "libnccl.so.2": "nvidia-nccl-cu13",
-    "libnvshmem_host.so.3": "nvidia-nvshmem-cu13",
-}
+# comes with the command that brings it (data/cuda-libraries.txt: the JVM's loader reads it too).
+_LIB_PACKAGE = dict(
+    ln.split()
+    for ln in (_DATA / "cuda-libraries.txt").read_text().splitlines()
+    if ln.strip() and not ln.startswith("#")
+)
 _SYSTEM_DIRS = ("/lib64", "/usr/lib64", "/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu")
 
 

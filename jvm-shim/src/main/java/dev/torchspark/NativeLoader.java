@@ -66,6 +66,7 @@ final class NativeLoader {
       loadLibrary(tried);
       loaded = true;
     } catch (Throwable t) {
+      String hint = missingLibraryHint(t);
       failure =
           new ModelLoadException(
               "cannot load the torchspark native library on host "
@@ -74,10 +75,78 @@ final class NativeLoader {
                   + t
                   + "); tried: "
                   + String.join("; ", tried)
-                  + ". Install torch==2.13.0 on every node (pip) or set TORCHSPARK_LIBTORCH_DIR"
-                  + " to libtorch's lib/ directory",
+                  + ". "
+                  + (hint != null
+                      ? hint
+                      : "Install torch==2.13.0 on every node (pip) or set TORCHSPARK_LIBTORCH_DIR"
+                          + " to libtorch's lib/ directory"),
               t);
       throw failure;
+    }
+  }
+
+  private static final java.util.regex.Pattern MISSING =
+      java.util.regex.Pattern.compile(
+          "([\\w.+-]+\\.so(?:\\.\\d+)*): cannot open shared object file");
+
+  /**
+   * For a load that failed because the dynamic linker found no {@code libX.so.N} (a CPU node whose
+   * torch came without {@code nvidia-cuda-runtime}, say): which library, the pip package and pin
+   * that bring it, and the command that installs it; null when the failure is something else. The
+   * table is the wheel's ({@code torchspark/data/cuda-libraries.txt}, pins from {@code
+   * torch-cpu*.txt}), also read by {@code python -m torchspark.node check}.
+   */
+  static String missingLibraryHint(Throwable t) {
+    String lib = null;
+    for (Throwable c = t; c != null && lib == null; c = c.getCause()) {
+      java.util.regex.Matcher m = MISSING.matcher(String.valueOf(c.getMessage()));
+      if (m.find()) {
+        lib = m.group(1);
+      }
+    }
+    if (lib == null) {
+      return null;
+    }
+    String pkg = null;
+    for (String line : resourceLines("cuda-libraries.txt")) {
+      String[] f = line.trim().split("\\s+");
+      if (f.length == 2 && !line.startsWith("#") && f[0].equals(lib)) {
+        pkg = f[1];
+      }
+    }
+    if (pkg == null) {
+      return "libtorch or torchspark needs "
+          + lib
+          + ", which the dynamic linker does not find on this node; install it or add its"
+          + " directory to LD_LIBRARY_PATH (python -m torchspark.node check names what is"
+          + " missing)";
+    }
+    String pin = pkg;
+    for (String file : new String[] {"torch-cpu.txt", "torch-cpu-python.txt"}) {
+      for (String line : resourceLines(file)) {
+        if (line.startsWith(pkg + "==")) {
+          pin = line.trim();
+        }
+      }
+    }
+    return "libtorch needs "
+        + lib
+        + ", which this node does not have: it comes with the pip package "
+        + pin
+        + " (torch 2.13.0's own requirement). Install it into the Python that has torch"
+        + " (pip install --no-deps "
+        + pin
+        + "), or set the node up with python -m torchspark.node setup --cpu, which installs"
+        + " torch with exactly the libraries it needs (docs/install-node.md)";
+  }
+
+  private static List<String> resourceLines(String name) {
+    try (InputStream in = NativeLoader.class.getResourceAsStream("/torchspark/data/" + name)) {
+      return in == null
+          ? List.of()
+          : Arrays.asList(new String(in.readAllBytes(), StandardCharsets.UTF_8).split("\n"));
+    } catch (IOException e) {
+      return List.of();
     }
   }
 

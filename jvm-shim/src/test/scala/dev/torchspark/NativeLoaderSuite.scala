@@ -1,5 +1,6 @@
 package dev.torchspark
 
+import java.io.IOException
 import java.nio.charset.StandardCharsets
 import java.nio.file.{Files, LinkOption, Path, Paths}
 import java.nio.file.attribute.PosixFilePermissions
@@ -116,6 +117,60 @@ class NativeLoaderSuite {
       libtorch.get
     }
     probe(Some(probe(None)))
+  }
+
+  @Test def aNodeWithoutACudaLibraryTorchNeedsIsToldThePackageAndTheCommand(): Unit = {
+    // A CPU node whose torch came without nvidia-cuda-cupti/-runtime: libtorch_cpu.so NEEDS
+    // libcupti.so.13 and libcudart.so.13 through its RPATH ($ORIGIN/../../nvidia/...). The real
+    // libraries in a folder with no nvidia/ beside it give the real linker error.
+    val repo = Paths.get(System.getProperty("torchspark.repo", "..")).toAbsolutePath.normalize
+    val ask = new ProcessBuilder(
+      repo.resolve(".venv/bin/python").toString,
+      "-c",
+      "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"
+    ).start()
+    val real = Paths.get(new String(ask.getInputStream.readAllBytes(), StandardCharsets.UTF_8).trim)
+    assertEquals(0, ask.waitFor())
+    assertTrue(real.toString, Files.isRegularFile(real.resolve("libtorch_cpu.so")))
+    val dir = TestDirs.dir("torchspark-nocuda")
+    // Hard links (a copy across file systems): the JVM loads a symlink by its real path, whose
+    // $ORIGIN would find nvidia/ again.
+    Seq("libc10.so", "libtorch_cpu.so").foreach { n =>
+      try Files.createLink(dir.resolve(n), real.resolve(n))
+      catch { case _: IOException => Files.copy(real.resolve(n), dir.resolve(n)) }
+    }
+    val java = Paths.get(System.getProperty("java.home"), "bin", "java").toString
+    val pb = new ProcessBuilder(
+      java,
+      "-cp",
+      System.getProperty("java.class.path"),
+      s"-Dtorchspark.libtorch.dir=$dir",
+      "dev.torchspark.NativeLoaderProbe"
+    ).redirectErrorStream(true)
+    val p = pb.start()
+    val out = new String(p.getInputStream.readAllBytes(), StandardCharsets.UTF_8)
+    assertTrue(out, p.waitFor(120, TimeUnit.SECONDS))
+    assertNotEquals(out, 0, p.exitValue())
+    // Whichever of the two the linker meets first, named with its package, pin and the command.
+    val named = Seq(
+      "libcupti.so.13" -> "nvidia-cuda-cupti==13.0.85",
+      "libcudart.so.13" -> "nvidia-cuda-runtime==13.0.96"
+    ).filter { case (lib, _) =>
+      out.contains(s"libtorch needs $lib, which this node does not have")
+    }
+    assertEquals(out, 1, named.size)
+    val pin = named.head._2
+    assertTrue(out, out.contains(s"pip install --no-deps $pin"))
+    assertTrue(out, out.contains("python -m torchspark.node setup --cpu"))
+    assertFalse(out, out.contains("Install torch==2.13.0 on every node"))
+  }
+
+  @Test def aLoadFailureThatIsNotAMissingLibraryKeepsTheGeneralAdvice(): Unit = {
+    assertNull(NativeLoader.missingLibraryHint(new UnsatisfiedLinkError("undefined symbol: foo")))
+    val other = NativeLoader.missingLibraryHint(
+      new RuntimeException(new UnsatisfiedLinkError("libfoo.so.7: cannot open shared object file"))
+    )
+    assertTrue(other, other.contains("needs libfoo.so.7") && other.contains("LD_LIBRARY_PATH"))
   }
 
   private def jarBytes: Array[Byte] = {
