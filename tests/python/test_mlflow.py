@@ -261,3 +261,133 @@ def test_python_worker_function_scores_the_version_resolved_on_the_driver(
         assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
+
+
+# ---- the JVM alone (issue 28 item 1): MlflowResolver, no Python on the path ---------------------
+# The Scala transformers and TorchSpark.register are called through py4j with the URI itself as
+# modelPath: Python resolves nothing here (the Python wrappers would resolve first).
+
+
+@pytest.fixture
+def jvm_server(spark, server):
+    """The session's `spark.torchspark.mlflow.trackingUri` set to the test server."""
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", server)
+    yield server
+    spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+def _jvm_scorer(spark, uri: str):
+    return spark._jvm.dev.torchspark.ImageScorer().setModelPath(uri).setInputCol("content")
+
+
+def _jvm_rows(spark, jdf):
+    from pyspark.sql import DataFrame
+
+    return DataFrame(jdf, spark).select("path", "prediction", "predicted_label").collect()
+
+
+def test_jvm_scorer_keeps_the_version_its_alias_named_at_transform(
+    spark, jvm_server, registry, fixtures
+):
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    images = _images(spark, fixtures).repartition(3)  # several tasks, one resolution
+    out = _jvm_scorer(spark, f"models:/{NAME}@champion").transform(images._jdf)  # version 1
+    client.set_registered_model_alias(NAME, "champion", "2")
+    try:
+        rows = _jvm_rows(spark, out)
+        assert len(rows) == len(list((fixtures / "images").glob("digit_0*.png")))
+        assert all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+        moved = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}@champion").transform(
+            images._jdf))  # fmt: skip
+        assert all(labels[::-1][int(r.prediction)] == r.predicted_label for r in moved)
+        assert sorted((r.path, r.prediction) for r in moved) == sorted(
+            (r.path, r.prediction) for r in rows)  # fmt: skip
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_jvm_scorer_scores_a_version_number_as_the_model_file_does(
+    spark, jvm_server, registry, fixtures
+):
+    images = _images(spark, fixtures)
+    direct = _jvm_rows(spark, _jvm_scorer(spark, str(fixtures / "resnet20.pt")).transform(
+        images._jdf))  # fmt: skip
+    v1 = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}/1").transform(images._jdf))
+    v2 = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}/2").transform(images._jdf))
+    assert sorted(direct) == sorted(v1)
+    labels = registry["labels"]
+    assert sorted((r.path, r.prediction, labels[::-1][int(r.prediction)]) for r in direct) == sorted(
+        (r.path, r.prediction, r.predicted_label) for r in v2)  # fmt: skip
+
+
+def test_jvm_register_scores_the_version_the_alias_named_at_registration(
+    spark, jvm_server, registry, fixtures
+):
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    spark._jvm.dev.torchspark.TorchSpark.register(
+        spark._jsparkSession, "jvm_mlflow_cifar", f"models:/{NAME}@champion", "cpu", 1
+    )
+    _images(spark, fixtures).createOrReplaceTempView("jvm_mlflow_imgs")
+    client.set_registered_model_alias(NAME, "champion", "2")
+    try:
+        rows = spark.sql(
+            "SELECT jvm_mlflow_cifar(content).prediction AS p, "
+            "jvm_mlflow_cifar(content).predicted_label AS l FROM jvm_mlflow_imgs"
+        ).collect()
+        assert rows and all(labels[int(r.p)] == r.l for r in rows)
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_jvm_scores_a_runs_uri_and_a_logged_model(spark, jvm_server, registry, fixtures):
+    with mlflow.start_run():
+        info = ts_mlflow.log_model(str(fixtures / "resnet20.pt"), "model")  # no registry version
+    resolve = spark._jvm.dev.torchspark.TorchSpark.resolveMlflow
+    logged = resolve(spark._jsparkSession, info.model_uri)
+    assert logged.version().isEmpty() and logged.modelPath().endswith("resnet20.pt")
+    run2 = resolve(spark._jsparkSession, f"runs:/{registry['run2']}/model")
+    assert run2.runId().get() == registry["run2"]
+    labels = registry["labels"]
+    for uri, want in ((info.model_uri, labels), (f"runs:/{registry['run2']}/model", labels[::-1])):
+        rows = _jvm_rows(spark, _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf))
+        assert rows and all(want[int(r.prediction)] == r.predicted_label for r in rows), uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "found"),
+    [
+        ("models:/no_such_model@champion", "has no registered model named 'no_such_model'"),
+        (f"models:/{NAME}@nope", "has no alias 'nope' (its aliases: @champion -> 1)"),
+        (f"models:/{NAME}/9", "has no version 9 (its versions: 1, 2)"),
+        ("runs:/0123456789abcdef/model", "has no run '0123456789abcdef'"),
+        ("models:/m-0123456789abcdef", "has no logged model 'm-0123456789abcdef'"),
+    ],
+)
+def test_jvm_unknown_name_alias_version_or_run_names_uri_server_and_what_exists(
+    spark, jvm_server, registry, fixtures, uri, found
+):
+    with pytest.raises(ConfigError) as e:
+        _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf)
+    assert uri in str(e.value) and jvm_server in str(e.value) and found in str(e.value), e.value
+
+
+def test_jvm_artifacts_without_a_model_name_what_they_hold(spark, jvm_server, registry):
+    uri = f"runs:/{registry['empty']}/model"
+    with pytest.raises(
+        ModelLoadError, match=r"\.pth \(mlflow\.pytorch\) model file; found: README"
+    ):
+        spark._jvm.dev.torchspark.TorchSpark.resolveMlflow(spark._jsparkSession, uri)
+
+
+def test_jvm_unreachable_server_is_named_within_10_s(spark, registry, fixtures):
+    url = f"http://127.0.0.1:{_free_port()}"
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", url)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=f"tracking server {url} is unreachable"):
+            _jvm_scorer(spark, f"models:/{NAME}@champion").transform(_images(spark, fixtures)._jdf)
+        assert time.monotonic() - start < 10
+    finally:
+        spark.conf.unset("spark.torchspark.mlflow.trackingUri")
