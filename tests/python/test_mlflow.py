@@ -391,3 +391,39 @@ def test_jvm_unreachable_server_is_named_within_10_s(spark, registry, fixtures):
         assert time.monotonic() - start < 10
     finally:
         spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+# ---- saved stages of an MLflow model (issue 28 item 2) -------------------------------------------
+
+
+def test_a_stage_of_an_alias_saves_the_version_it_names_and_scores_it_when_the_alias_moves(
+    spark, registry, fixtures, tmp_path
+):
+    """Saved from Python (the JVM resolves: the session is told the tracking server), loaded and
+    scored with the alias moved and no server."""
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+    out = str(tmp_path / "stage")
+    ImageScorer(modelPath=f"models:/{NAME}@champion", inputCol="content").write().save(out)
+    manifest = json.loads((tmp_path / "stage" / "model" / "manifest.json").read_text())
+    assert manifest["source"] == f"models:/{NAME}@champion"
+    assert manifest["mlflow"]["version"] == "1" and manifest["mlflow"]["name"] == NAME
+    assert manifest["mlflow"]["run_id"] == registry["run1"]
+    assert [f["name"] for f in manifest["files"]] == ["resnet20.pt", "resnet20.json"]
+    client.set_registered_model_alias(NAME, "champion", "2")
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", f"http://127.0.0.1:{_free_port()}")
+    try:
+        loaded = ImageScorer.load(out)
+        assert loaded.getModelPath() == str(tmp_path / "stage" / "model" / "resnet20.pt")
+        rows = loaded.transform(_images(spark, fixtures)).collect()
+        assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+        # Saved again over its own directory: the copy and its MLflow record survive.
+        loaded.write().overwrite().save(out)
+        again = json.loads((tmp_path / "stage" / "model" / "manifest.json").read_text())
+        assert again["mlflow"]["version"] == "1" and again["files"] == manifest["files"]
+        rows = ImageScorer.load(out).transform(_images(spark, fixtures)).collect()
+        assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+        spark.conf.unset("spark.torchspark.mlflow.trackingUri")
