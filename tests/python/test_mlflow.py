@@ -5,6 +5,7 @@ with its labels reversed, so which version scored a row shows in `predicted_labe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,15 +36,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def _mlflow_server(tmp: Path, *args: str):
     """`mlflow server` in its own process group (it forks uvicorn workers), stopped by pid; its
     log is printed when it fails to start and kept in the tmp folder."""
-    tmp = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     logf = open(tmp / "server.log", "wb")  # noqa: SIM115  (closed at teardown)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-           f"sqlite:///{tmp}/db.sqlite", "--default-artifact-root", str(tmp / "artifacts"),
+           f"sqlite:///{tmp}/db.sqlite", *args,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -57,21 +57,31 @@ def server(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGTERM)
                 pytest.fail(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()}")
             time.sleep(0.5)
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    logf.close()
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        logf.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server whose artifact root is a local folder (runs' artifact URIs are its paths)."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    with _mlflow_server(tmp, "--default-artifact-root", str(tmp / "artifacts")) as url:
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        mlflow.set_tracking_uri(url)
+        yield url
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def _log(folder: Path, files: dict[str, Path | str]) -> str:
@@ -427,3 +437,34 @@ def test_a_stage_of_an_alias_saves_the_version_it_names_and_scores_it_when_the_a
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
         spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+def test_jvm_reads_mlflow_artifacts_through_the_servers_proxy(
+    spark, server, registry, fixtures, tmp_path
+):
+    """A server with `--artifacts-destination`: artifact URIs are `mlflow-artifacts:/...`, which
+    the JVM downloads through the server (a models:/ version, and a runs:/ URI of the file)."""
+    labels = registry["labels"]
+    with _mlflow_server(tmp_path, "--artifacts-destination", str(tmp_path / "store")) as url:
+        mlflow.set_tracking_uri(url)
+        try:
+            run = _log(tmp_path / "v", {"resnet20.pt": fixtures / "resnet20.pt",
+                                        "resnet20.json": fixtures / "resnet20.json"})  # fmt: skip
+            client = mlflow.MlflowClient(url)
+            client.create_registered_model("proxied")
+            client.create_model_version("proxied", f"runs:/{run}/model", run_id=run)
+        finally:
+            mlflow.set_tracking_uri(server)
+        spark.conf.set("spark.torchspark.mlflow.trackingUri", url)
+        try:
+            resolve = spark._jvm.dev.torchspark.TorchSpark.resolveMlflow
+            for uri in ("models:/proxied/1", f"runs:/{run}/model/resnet20.pt"):
+                r = resolve(spark._jsparkSession, uri)
+                assert r.storageUri().startswith("mlflow-artifacts:"), r.describe()
+                assert "/mlflow-" in r.modelPath() and r.modelPath().endswith("resnet20.pt")
+                rows = _jvm_rows(
+                    spark, _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf)
+                )
+                assert rows and all(labels[int(x.prediction)] == x.predicted_label for x in rows)
+        finally:
+            spark.conf.unset("spark.torchspark.mlflow.trackingUri")
