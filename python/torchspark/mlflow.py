@@ -265,6 +265,24 @@ def _torchscript(path: Path) -> bool:
     return any("/code/" in n for n in names) and any(n.endswith("/data.pkl") for n in names)
 
 
+TRACKING_URI_CONF = "spark.torchspark.mlflow.trackingUri"
+
+
+def share_tracking_uri(spark=None) -> None:
+    """Sets the session's `spark.torchspark.mlflow.trackingUri` (what the JVM resolves MLflow URIs
+    with) to this process's http(s) tracking URI (MLFLOW_TRACKING_URI / mlflow.set_tracking_uri),
+    unless the session names one already."""
+    from pyspark.sql import SparkSession
+
+    spark = spark or SparkSession.getActiveSession()
+    if spark is None or spark.conf.get(TRACKING_URI_CONF, None):
+        return
+    mlflow, _ = _mlflow()
+    server = mlflow.get_tracking_uri()
+    if server.startswith(("http://", "https://")):
+        spark.conf.set(TRACKING_URI_CONF, server)
+
+
 def local_model_path(path: str) -> str:
     """`path` itself, or for an MLflow URI the local model file it resolves to."""
     return resolve(path).model_path if is_mlflow_uri(path) else path

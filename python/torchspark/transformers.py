@@ -248,6 +248,17 @@ class _JavaBacked(JavaTransformer, JavaMLReadable, JavaMLWritable):
     def setParams(self, **kwargs):
         return self._set(**kwargs)
 
+    def write(self):
+        """The JVM writer; a stage whose modelPath is an MLflow URI is saved with that version's
+        files, which the JVM resolves itself (docs/saved-pipelines.md): it is told this
+        process's tracking server when the session names none."""
+        path = self.getOrDefault(self.modelPath) if self.isDefined(self.modelPath) else None
+        if isinstance(path, str) and path.startswith(("models:/", "runs:/")) and not is_remote():
+            from torchspark import mlflow as ts_mlflow
+
+            ts_mlflow.share_tracking_uri()
+        return super().write()
+
     def _transform(self, dataset):
         path = self.getOrDefault(self.modelPath) if self.isDefined(self.modelPath) else None
         if isinstance(path, str) and path.startswith(("models:/", "runs:/")):

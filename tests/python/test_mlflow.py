@@ -5,6 +5,7 @@ with its labels reversed, so which version scored a row shows in `predicted_labe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -35,15 +36,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def _mlflow_server(tmp: Path, *args: str):
     """`mlflow server` in its own process group (it forks uvicorn workers), stopped by pid; its
     log is printed when it fails to start and kept in the tmp folder."""
-    tmp = tmp_path_factory.mktemp("mlflow")
     port = _free_port()
     logf = open(tmp / "server.log", "wb")  # noqa: SIM115  (closed at teardown)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-           f"sqlite:///{tmp}/db.sqlite", "--default-artifact-root", str(tmp / "artifacts"),
+           f"sqlite:///{tmp}/db.sqlite", *args,
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -57,21 +57,31 @@ def server(tmp_path_factory):
                 os.killpg(proc.pid, signal.SIGTERM)
                 pytest.fail(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()}")
             time.sleep(0.5)
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = url
-    mlflow.set_tracking_uri(url)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    logf.close()
-    if old is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = old
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        logf.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server whose artifact root is a local folder (runs' artifact URIs are its paths)."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    with _mlflow_server(tmp, "--default-artifact-root", str(tmp / "artifacts")) as url:
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = url
+        mlflow.set_tracking_uri(url)
+        yield url
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def _log(folder: Path, files: dict[str, Path | str]) -> str:
@@ -261,3 +271,200 @@ def test_python_worker_function_scores_the_version_resolved_on_the_driver(
         assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
     finally:
         client.set_registered_model_alias(NAME, "champion", "1")
+
+
+# ---- the JVM alone (issue 28 item 1): MlflowResolver, no Python on the path ---------------------
+# The Scala transformers and TorchSpark.register are called through py4j with the URI itself as
+# modelPath: Python resolves nothing here (the Python wrappers would resolve first).
+
+
+@pytest.fixture
+def jvm_server(spark, server):
+    """The session's `spark.torchspark.mlflow.trackingUri` set to the test server."""
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", server)
+    yield server
+    spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+def _jvm_scorer(spark, uri: str):
+    return spark._jvm.dev.torchspark.ImageScorer().setModelPath(uri).setInputCol("content")
+
+
+def _jvm_rows(spark, jdf):
+    from pyspark.sql import DataFrame
+
+    return DataFrame(jdf, spark).select("path", "prediction", "predicted_label").collect()
+
+
+def test_jvm_scorer_keeps_the_version_its_alias_named_at_transform(
+    spark, jvm_server, registry, fixtures
+):
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    images = _images(spark, fixtures).repartition(3)  # several tasks, one resolution
+    out = _jvm_scorer(spark, f"models:/{NAME}@champion").transform(images._jdf)  # version 1
+    client.set_registered_model_alias(NAME, "champion", "2")
+    try:
+        rows = _jvm_rows(spark, out)
+        assert len(rows) == len(list((fixtures / "images").glob("digit_0*.png")))
+        assert all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+        moved = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}@champion").transform(
+            images._jdf))  # fmt: skip
+        assert all(labels[::-1][int(r.prediction)] == r.predicted_label for r in moved)
+        assert sorted((r.path, r.prediction) for r in moved) == sorted(
+            (r.path, r.prediction) for r in rows)  # fmt: skip
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_jvm_scorer_scores_a_version_number_as_the_model_file_does(
+    spark, jvm_server, registry, fixtures
+):
+    images = _images(spark, fixtures)
+    direct = _jvm_rows(spark, _jvm_scorer(spark, str(fixtures / "resnet20.pt")).transform(
+        images._jdf))  # fmt: skip
+    v1 = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}/1").transform(images._jdf))
+    v2 = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}/2").transform(images._jdf))
+    assert sorted(direct) == sorted(v1)
+    labels = registry["labels"]
+    assert sorted((r.path, r.prediction, labels[::-1][int(r.prediction)]) for r in direct) == sorted(
+        (r.path, r.prediction, r.predicted_label) for r in v2)  # fmt: skip
+
+
+def test_jvm_register_scores_the_version_the_alias_named_at_registration(
+    spark, jvm_server, registry, fixtures
+):
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    spark._jvm.dev.torchspark.TorchSpark.register(
+        spark._jsparkSession, "jvm_mlflow_cifar", f"models:/{NAME}@champion", "cpu", 1
+    )
+    _images(spark, fixtures).createOrReplaceTempView("jvm_mlflow_imgs")
+    client.set_registered_model_alias(NAME, "champion", "2")
+    try:
+        rows = spark.sql(
+            "SELECT jvm_mlflow_cifar(content).prediction AS p, "
+            "jvm_mlflow_cifar(content).predicted_label AS l FROM jvm_mlflow_imgs"
+        ).collect()
+        assert rows and all(labels[int(r.p)] == r.l for r in rows)
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+
+
+def test_jvm_scores_a_runs_uri_and_a_logged_model(spark, jvm_server, registry, fixtures):
+    with mlflow.start_run():
+        info = ts_mlflow.log_model(str(fixtures / "resnet20.pt"), "model")  # no registry version
+    resolve = spark._jvm.dev.torchspark.TorchSpark.resolveMlflow
+    logged = resolve(spark._jsparkSession, info.model_uri)
+    assert logged.version().isEmpty() and logged.modelPath().endswith("resnet20.pt")
+    run2 = resolve(spark._jsparkSession, f"runs:/{registry['run2']}/model")
+    assert run2.runId().get() == registry["run2"]
+    labels = registry["labels"]
+    for uri, want in ((info.model_uri, labels), (f"runs:/{registry['run2']}/model", labels[::-1])):
+        rows = _jvm_rows(spark, _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf))
+        assert rows and all(want[int(r.prediction)] == r.predicted_label for r in rows), uri
+
+
+@pytest.mark.parametrize(
+    ("uri", "found"),
+    [
+        ("models:/no_such_model@champion", "has no registered model named 'no_such_model'"),
+        (f"models:/{NAME}@nope", "has no alias 'nope' (its aliases: @champion -> 1)"),
+        (f"models:/{NAME}/9", "has no version 9 (its versions: 1, 2)"),
+        ("runs:/0123456789abcdef/model", "has no run '0123456789abcdef'"),
+        ("models:/m-0123456789abcdef", "has no logged model 'm-0123456789abcdef'"),
+    ],
+)
+def test_jvm_unknown_name_alias_version_or_run_names_uri_server_and_what_exists(
+    spark, jvm_server, registry, fixtures, uri, found
+):
+    with pytest.raises(ConfigError) as e:
+        _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf)
+    assert uri in str(e.value) and jvm_server in str(e.value) and found in str(e.value), e.value
+
+
+def test_jvm_artifacts_without_a_model_name_what_they_hold(spark, jvm_server, registry):
+    uri = f"runs:/{registry['empty']}/model"
+    with pytest.raises(
+        ModelLoadError, match=r"\.pth \(mlflow\.pytorch\) model file; found: README"
+    ):
+        spark._jvm.dev.torchspark.TorchSpark.resolveMlflow(spark._jsparkSession, uri)
+
+
+def test_jvm_unreachable_server_is_named_within_10_s(spark, registry, fixtures):
+    url = f"http://127.0.0.1:{_free_port()}"
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", url)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match=f"tracking server {url} is unreachable"):
+            _jvm_scorer(spark, f"models:/{NAME}@champion").transform(_images(spark, fixtures)._jdf)
+        assert time.monotonic() - start < 10
+    finally:
+        spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+# ---- saved stages of an MLflow model (issue 28 item 2) -------------------------------------------
+
+
+def test_a_stage_of_an_alias_saves_the_version_it_names_and_scores_it_when_the_alias_moves(
+    spark, registry, fixtures, tmp_path
+):
+    """Saved from Python (the JVM resolves: the session is told the tracking server), loaded and
+    scored with the alias moved and no server."""
+    client = mlflow.MlflowClient()
+    labels = registry["labels"]
+    spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+    out = str(tmp_path / "stage")
+    ImageScorer(modelPath=f"models:/{NAME}@champion", inputCol="content").write().save(out)
+    manifest = json.loads((tmp_path / "stage" / "model" / "manifest.json").read_text())
+    assert manifest["source"] == f"models:/{NAME}@champion"
+    assert manifest["mlflow"]["version"] == "1" and manifest["mlflow"]["name"] == NAME
+    assert manifest["mlflow"]["run_id"] == registry["run1"]
+    assert [f["name"] for f in manifest["files"]] == ["resnet20.pt", "resnet20.json"]
+    client.set_registered_model_alias(NAME, "champion", "2")
+    spark.conf.set("spark.torchspark.mlflow.trackingUri", f"http://127.0.0.1:{_free_port()}")
+    try:
+        loaded = ImageScorer.load(out)
+        assert loaded.getModelPath() == str(tmp_path / "stage" / "model" / "resnet20.pt")
+        rows = loaded.transform(_images(spark, fixtures)).collect()
+        assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+        # Saved again over its own directory: the copy and its MLflow record survive.
+        loaded.write().overwrite().save(out)
+        again = json.loads((tmp_path / "stage" / "model" / "manifest.json").read_text())
+        assert again["mlflow"]["version"] == "1" and again["files"] == manifest["files"]
+        rows = ImageScorer.load(out).transform(_images(spark, fixtures)).collect()
+        assert rows and all(labels[int(r.prediction)] == r.predicted_label for r in rows)
+    finally:
+        client.set_registered_model_alias(NAME, "champion", "1")
+        spark.conf.unset("spark.torchspark.mlflow.trackingUri")
+
+
+def test_jvm_reads_mlflow_artifacts_through_the_servers_proxy(
+    spark, server, registry, fixtures, tmp_path
+):
+    """A server with `--artifacts-destination`: artifact URIs are `mlflow-artifacts:/...`, which
+    the JVM downloads through the server (a models:/ version, and a runs:/ URI of the file)."""
+    labels = registry["labels"]
+    with _mlflow_server(tmp_path, "--artifacts-destination", str(tmp_path / "store")) as url:
+        mlflow.set_tracking_uri(url)
+        try:
+            run = _log(tmp_path / "v", {"resnet20.pt": fixtures / "resnet20.pt",
+                                        "resnet20.json": fixtures / "resnet20.json"})  # fmt: skip
+            client = mlflow.MlflowClient(url)
+            client.create_registered_model("proxied")
+            client.create_model_version("proxied", f"runs:/{run}/model", run_id=run)
+        finally:
+            mlflow.set_tracking_uri(server)
+        spark.conf.set("spark.torchspark.mlflow.trackingUri", url)
+        try:
+            resolve = spark._jvm.dev.torchspark.TorchSpark.resolveMlflow
+            for uri in ("models:/proxied/1", f"runs:/{run}/model/resnet20.pt"):
+                r = resolve(spark._jsparkSession, uri)
+                assert r.storageUri().startswith("mlflow-artifacts:"), r.describe()
+                assert "/mlflow-" in r.modelPath() and r.modelPath().endswith("resnet20.pt")
+                rows = _jvm_rows(
+                    spark, _jvm_scorer(spark, uri).transform(_images(spark, fixtures)._jdf)
+                )
+                assert rows and all(labels[int(x.prediction)] == x.predicted_label for x in rows)
+        finally:
+            spark.conf.unset("spark.torchspark.mlflow.trackingUri")

@@ -48,9 +48,9 @@ class ImageFeaturizer(override val uid: String)
   }
 
   override def transformSchema(schema: StructType): StructType =
-    runner(schema)._1.transformSchema(schema)
+    MlflowResolver.once(runner(schema)._1.transformSchema(schema))
 
-  override def transform(dataset: Dataset[_]): DataFrame = {
+  override def transform(dataset: Dataset[_]): DataFrame = MlflowResolver.once {
     val (inner, model) = runner(dataset.schema)
     val out = inner.run(dataset, model)
     keepMetrics(inner.metrics)

@@ -100,12 +100,12 @@ class ImageScorer(override val uid: String)
         old -> now
     }
 
-  override def transformSchema(schema: StructType): StructType = {
+  override def transformSchema(schema: StructType): StructType = MlflowResolver.once {
     val out = runner(schema)._1.transformSchema(schema)
     StructType(out.fields ++ aliases(out).map { case (old, now) => out(now).copy(name = old) })
   }
 
-  override def transform(dataset: Dataset[_]): DataFrame = {
+  override def transform(dataset: Dataset[_]): DataFrame = MlflowResolver.once {
     val (inner, model) = runner(dataset.schema)
     val out = inner.run(dataset, model)
     keepMetrics(inner.metrics)

@@ -77,14 +77,19 @@ final class ModelSource private (val path: String, conf: ModelSource.Serializabl
 
 object ModelSource {
 
-  /** A source for `path`, with `spark`'s Hadoop configuration for remote URIs.
+  /** A source for `path`, with `spark`'s Hadoop configuration for remote URIs; an MLflow model URI
+    * (`models:/`, `runs:/`) is resolved on the driver to its version's model file.
     * @throws ModelLoadException
     *   on the driver, before any job, for a URI no copy can be checked against (see
     *   [[refuseUnverifiable]])
     */
   def apply(spark: SparkSession, path: String): ModelSource = {
-    refuseUnverifiable(path)
-    new ModelSource(path, new SerializableConf(if (isRemote(path)) hadoopConf(spark) else null))
+    // An MLflow URI is read as the file it resolves to (once per transform: MlflowResolver.once).
+    val p =
+      if (MlflowResolver.isMlflowUri(path)) MlflowResolver.resolve(spark, path).modelPath
+      else path
+    refuseUnverifiable(p)
+    new ModelSource(p, new SerializableConf(if (isRemote(p)) hadoopConf(spark) else null))
   }
 
   /** Schemes whose servers give no reliable length or version that a node-cache copy could be

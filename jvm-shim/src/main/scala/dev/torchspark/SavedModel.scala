@@ -47,19 +47,71 @@ private[torchspark] object SavedModel {
   private def conf(spark: SparkSession): Configuration = ModelSource.hadoopConf(spark)
 
   /** The model `modelPath` names as a Hadoop path the driver reads: a cluster-storage URI as it is,
-    * else the local (or `--files`) file this JVM resolves.
+    * a loaded stage's copy (kept in [[stashed]] if overwrite() deleted it), else the local (or
+    * `--files`) file this JVM resolves.
     */
-  private def sourceOf(modelPath: String): HPath =
-    if (ModelSource.isRemote(modelPath)) new HPath(modelPath)
-    else new HPath(new java.io.File(NativeRunner.resolveModel(modelPath)).toURI)
+  private def sourceOf(modelPath: String, c: Configuration): HPath =
+    if (ModelSource.isRemote(modelPath)) qualified(new HPath(modelPath), c)
+    else {
+      val plain = qualified(new HPath(new java.io.File(modelPath).getAbsoluteFile.toURI), c)
+      if (stashed.containsKey(plain.toString)) plain
+      else new HPath(new java.io.File(NativeRunner.resolveModel(modelPath)).toURI)
+    }
 
-  /** Copies the model, its spec and its tokenizers into `<stageDir>/model/` with a manifest. */
+  private def qualified(p: HPath, c: Configuration): HPath = p.getFileSystem(c).makeQualified(p)
+
+  /** Copies of the files of stages loaded by this JVM, by their path in the stage directory: saving
+    * such a stage with overwrite() onto its own directory deletes that directory (Spark's writers
+    * do, before any stage writes) and then copies from here. Filled while load() hashes the files
+    * (no extra read), one local file per content (by SHA-256), removed when the JVM exits.
+    */
+  private val stashed = new java.util.concurrent.ConcurrentHashMap[String, java.io.File]()
+
+  /** The MLflow record of each loaded stage's manifest, by its model copy's path: carried over when
+    * the stage is saved again.
+    */
+  private val loadedMlflow =
+    new java.util.concurrent.ConcurrentHashMap[String, com.fasterxml.jackson.databind.JsonNode]()
+
+  private lazy val stashRoot: java.io.File = {
+    val dir = java.nio.file.Files.createTempDirectory("torchspark-saved-copies").toFile
+    Runtime.getRuntime.addShutdownHook(new Thread(() => {
+      Option(dir.listFiles).foreach(_.foreach(_.delete()))
+      dir.delete(); ()
+    }))
+    dir
+  }
+
+  /** `p`, or its stashed copy when `p` is gone (a loaded stage saved onto its own directory). */
+  private def open(p: HPath, c: Configuration): java.io.InputStream = {
+    val fs = p.getFileSystem(c)
+    Option(stashed.get(qualified(p, c).toString)).filter(_ => !fs.exists(p)) match {
+      case Some(local) => java.nio.file.Files.newInputStream(local.toPath)
+      case None        => fs.open(p)
+    }
+  }
+
+  /** Copies the model, its spec and its tokenizers into `<stageDir>/model/` with a manifest. An
+    * MLflow model URI is resolved (once) and its version's files are copied; the manifest records
+    * the URI and the version (`mlflow`).
+    */
   def copyInto(spark: SparkSession, modelPath: String, stageDir: String): Unit = {
-    ModelSource.refuseUnverifiable(modelPath)
     val c = conf(spark)
-    val model = sourceOf(modelPath)
+    val mlflow =
+      if (MlflowResolver.isMlflowUri(modelPath)) Some(MlflowResolver.resolve(spark, modelPath))
+      else None
+    val path = mlflow.map(_.modelPath).getOrElse(modelPath)
+    ModelSource.refuseUnverifiable(path)
+    val model = sourceOf(path, c)
     val spec = new HPath(ModelSource.specOf(model.toString))
-    val specBytes = ModelSource.readAll(spec, c, spec.toString)
+    val specBytes =
+      try {
+        val in = open(spec, c);
+        try in.readAllBytes()
+        finally in.close()
+      } catch {
+        case e: IOException => throw new ModelLoadException(s"cannot read $spec: $e", e)
+      }
     val tokenizers = ModelSource
       .tokenizersOf(specBytes, spec.toString)
       .map(t => new HPath(model.getParent, t.name))
@@ -84,6 +136,17 @@ private[torchspark] object SavedModel {
     root.put("version", 1)
     root.put("model", model.getName)
     root.put("source", modelPath)
+    mlflow match {
+      case Some(r) =>
+        val m = root.putObject("mlflow")
+        m.put("uri", r.uri).put("tracking_uri", r.trackingUri).put("storage_uri", r.storageUri)
+        m.put("model_path", r.modelPath)
+        r.name.foreach(m.put("name", _))
+        r.version.foreach(m.put("version", _))
+        r.runId.foreach(m.put("run_id", _))
+      case None => // a loaded stage saved again keeps the MLflow version it was saved with
+        Option(loadedMlflow.get(model.toString)).foreach(m => { root.replace("mlflow", m); () })
+    }
     val arr = root.putArray("files")
     files.foreach { case (name, bytes, sha) =>
       arr.addObject().put("name", name).put("bytes", bytes).put("sha256", sha)
@@ -101,7 +164,7 @@ private[torchspark] object SavedModel {
       dstFs: FileSystem
   ): (Long, String) = {
     val md = MessageDigest.getInstance("SHA-256")
-    val in = src.getFileSystem(c).open(src)
+    val in = open(src, c)
     try {
       val out = dstFs.create(dst, true)
       try {
@@ -121,8 +184,8 @@ private[torchspark] object SavedModel {
 
   private def hexOf(d: Array[Byte]): String = d.map(b => f"${b & 0xff}%02x").mkString
 
-  /** SHA-256 and length of `p`, read through its file system. */
-  private def hashOf(p: HPath, c: Configuration): (Long, String) = {
+  /** SHA-256 and length of `p`, read through its file system, written to `copy` as it is read. */
+  private def hashOf(p: HPath, c: Configuration, copy: java.io.File): (Long, String) = {
     val md = MessageDigest.getInstance("SHA-256")
     // The manifest is the check: read past Hadoop's .crc files (the local file system's), whose
     // own failure would not name both digests.
@@ -132,11 +195,14 @@ private[torchspark] object SavedModel {
     }
     val in = fs.open(p)
     try {
-      val buf = new Array[Byte](1 << 20)
-      var total = 0L
-      var n = in.read(buf)
-      while (n >= 0) { md.update(buf, 0, n); total += n; n = in.read(buf) }
-      (total, hexOf(md.digest()))
+      val out = java.nio.file.Files.newOutputStream(copy.toPath)
+      try {
+        val buf = new Array[Byte](1 << 20)
+        var total = 0L
+        var n = in.read(buf)
+        while (n >= 0) { md.update(buf, 0, n); out.write(buf, 0, n); total += n; n = in.read(buf) }
+        (total, hexOf(md.digest()))
+      } finally out.close()
     } finally in.close()
   }
 
@@ -186,7 +252,7 @@ private[torchspark] object SavedModel {
     val files = Option(root.get("files")).toSeq.flatMap(_.elements().asScala)
     if (modelName.isEmpty || files.isEmpty)
       throw new ModelLoadException(s"saved stage $stageDir: $manifestPath names no model file")
-    files.foreach { f =>
+    val kept = files.map { f =>
       val name = f.path("name").asText
       val want = f.path("sha256").asText
       val wantBytes = f.path("bytes").asLong(-1L)
@@ -200,22 +266,32 @@ private[torchspark] object SavedModel {
           s"saved stage $stageDir: its model copy $p is missing (the manifest lists it with " +
             s"sha256 $want); copy the whole stage directory, or save the pipeline again"
         )
-      val (bytes, got) =
-        try hashOf(p, c)
-        catch {
-          case e: IOException =>
-            throw new ModelLoadException(
-              s"saved stage $stageDir: cannot read its model copy $p: $e",
-              e
-            )
-        }
-      if (got != want || bytes != wantBytes)
-        throw new ModelLoadException(
-          s"saved stage $stageDir: $p fails its checksum: sha256 $got ($bytes bytes), the " +
-            s"manifest says $want ($wantBytes bytes); the copy changed after it was saved"
-        )
+      val tmp = java.io.File.createTempFile(".load-", ".part", stashRoot)
+      try {
+        val (bytes, got) =
+          try hashOf(p, c, tmp)
+          catch {
+            case e: IOException =>
+              throw new ModelLoadException(
+                s"saved stage $stageDir: cannot read its model copy $p: $e",
+                e
+              )
+          }
+        if (got != want || bytes != wantBytes)
+          throw new ModelLoadException(
+            s"saved stage $stageDir: $p fails its checksum: sha256 $got ($bytes bytes), the " +
+              s"manifest says $want ($wantBytes bytes); the copy changed after it was saved"
+          )
+        val kept = new java.io.File(stashRoot, got)
+        if (!kept.isFile)
+          try java.nio.file.Files.move(tmp.toPath, kept.toPath)
+          catch { case _: java.nio.file.FileAlreadyExistsException => () } // same bytes
+        fs.makeQualified(p).toString -> kept
+      } finally { tmp.delete(); () }
     }
+    kept.foreach { case (k, f) => stashed.put(k, f) }
     val copy = fs.makeQualified(new HPath(dir, modelName))
+    Option(root.get("mlflow")).foreach(m => loadedMlflow.put(copy.toString, m))
     // A local copy as a plain path (what local model paths are); anything else as its URI.
     val target =
       if (copy.toUri.getScheme == "file") copy.toUri.getPath else copy.toString

@@ -114,12 +114,12 @@ class TextEmbedder(override val uid: String)
     )
   }
 
-  override def transformSchema(schema: StructType): StructType = {
+  override def transformSchema(schema: StructType): StructType = MlflowResolver.once {
     val model = modelSchema()
     runner(schema, model).transformSchema(schema)
   }
 
-  override def transform(dataset: Dataset[_]): DataFrame = {
+  override def transform(dataset: Dataset[_]): DataFrame = MlflowResolver.once {
     val model = modelSchema()
     val inner = runner(dataset.schema, model)
     val out = inner.run(dataset, model)

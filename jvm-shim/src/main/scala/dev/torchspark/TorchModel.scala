@@ -171,16 +171,21 @@ class TorchModel private[torchspark] (
       }
   }
 
-  override def transformSchema(schema: StructType): StructType = {
+  override def transformSchema(schema: StructType): StructType = MlflowResolver.once {
     val (_, outputs) = plan(schema, modelSchema())
     appendOutputs(schema, outputs)
   }
 
   // One read of the spec (it may be in cluster storage) and one describe per transform.
-  override def transform(dataset: Dataset[_]): DataFrame = run(dataset, modelSchema())
+  // An MLflow URI resolves once for both (MlflowResolver.once): the job reads that version.
+  override def transform(dataset: Dataset[_]): DataFrame =
+    MlflowResolver.once(run(dataset, modelSchema()))
 
   /** transform with the spec `model` already described (a preset reads it to check it). */
-  private[torchspark] def run(dataset: Dataset[_], model: ModelSchema): DataFrame = {
+  private[torchspark] def run(dataset: Dataset[_], model: ModelSchema): DataFrame =
+    MlflowResolver.once(runResolved(dataset, model))
+
+  private def runResolved(dataset: Dataset[_], model: ModelSchema): DataFrame = {
     val (inputs, outputs) = plan(dataset.schema, model)
     val schema = appendOutputs(dataset.schema, outputs)
     val df = dataset.toDF()

@@ -52,7 +52,7 @@ object TorchSpark {
       device: String,
       numThreads: Int,
       engine: String
-  ): Unit = {
+  ): Unit = MlflowResolver.once {
     require(
       engine == "shared" || engine == "per-task",
       s"$name: engine must be shared or per-task, got $engine"
@@ -162,6 +162,17 @@ object TorchSpark {
   /** The doctor's rows as JSON lines, for the Python twin. */
   def doctorJson(spark: SparkSession, tasks: Int): Array[String] =
     Doctor.rows(spark, tasks).map(_.toJson).toArray
+
+  /** What an MLflow model URI (`models:/name@alias`, `models:/name/3`, `models:/m-<id>`,
+    * `runs:/<run>/<path>`) resolves to now on the tracking server of
+    * `spark.torchspark.mlflow.trackingUri` (or MLFLOW_TRACKING_URI): its version and model file
+    * (docs/mlflow.md). Every surface that takes a model path resolves such a URI the same way, once
+    * per transform or registration.
+    */
+  def resolveMlflow(spark: SparkSession, uri: String): MlflowModel = {
+    require(MlflowResolver.isMlflowUri(uri), s"$uri is not an MLflow model URI (models:/, runs:/)")
+    MlflowResolver.resolve(spark, uri)
+  }
 
   /** Models loaded from disk by this JVM (on the driver in local mode: every executor). */
   def nativeModelLoads(): Long = NativeBridge.loadCount()

@@ -100,6 +100,39 @@ class SavedPipelineSuite extends SparkSuite {
     )
   }
 
+  @Test def aLoadedPipelineSavedOverItsOwnDirectoryKeepsItsModel(): Unit = {
+    val model = ownModel()
+    val out = Files.createTempDirectory("torchspark-saved-over").resolve("pipeline")
+    val before = savedPipeline(model, out).collect()
+    deleteTree(model.getParent)
+    // overwrite() deletes `out` before the stages write: the copy comes from what load() read.
+    PipelineModel.load(out.toString).write.overwrite().save(out.toString)
+    val copy = stageDir(out).resolve("model/resnet20.pt")
+    assertArrayEquals(
+      Files.readAllBytes(SparkTest.fixtures.resolve("resnet20.pt")),
+      Files.readAllBytes(copy)
+    )
+    val again = PipelineModel.load(out.toString)
+    assertEquals(
+      copy.toAbsolutePath.toString,
+      again.stages(0).asInstanceOf[ImageFeaturizer].getModelPath
+    )
+    val after = again.transform(images).select("path", "f", "prediction").orderBy("path").collect()
+    assertEquals(before.toSeq, after.toSeq)
+    // And a lone stage saved over its own directory, twice.
+    val stage = Files.createTempDirectory("torchspark-saved-over1").resolve("stage")
+    new ImageScorer()
+      .setModelPath(SparkTest.fixtures.resolve("resnet20.pt").toString)
+      .write
+      .save(stage.toString)
+    ImageScorer.load(stage.toString).write.overwrite().save(stage.toString)
+    ImageScorer.load(stage.toString).write.overwrite().save(stage.toString)
+    assertEquals(
+      stage.resolve("model/resnet20.pt").toAbsolutePath.toString,
+      ImageScorer.load(stage.toString).getModelPath
+    )
+  }
+
   @Test def aTextStageCarriesItsTokenizer(): Unit = {
     val out = TestDirs.dir("torchspark-saved-text").resolve("stage")
     new TextEmbedder()
