@@ -102,7 +102,7 @@ class SavedPipelineSuite extends SparkSuite {
 
   @Test def aLoadedPipelineSavedOverItsOwnDirectoryKeepsItsModel(): Unit = {
     val model = ownModel()
-    val out = Files.createTempDirectory("torchspark-saved-over").resolve("pipeline")
+    val out = TestDirs.dir("torchspark-saved-over").resolve("pipeline")
     val before = savedPipeline(model, out).collect()
     deleteTree(model.getParent)
     // overwrite() deletes `out` before the stages write: the copy comes from what load() read.
@@ -120,7 +120,7 @@ class SavedPipelineSuite extends SparkSuite {
     val after = again.transform(images).select("path", "f", "prediction").orderBy("path").collect()
     assertEquals(before.toSeq, after.toSeq)
     // And a lone stage saved over its own directory, twice.
-    val stage = Files.createTempDirectory("torchspark-saved-over1").resolve("stage")
+    val stage = TestDirs.dir("torchspark-saved-over1").resolve("stage")
     new ImageScorer()
       .setModelPath(SparkTest.fixtures.resolve("resnet20.pt").toString)
       .write
