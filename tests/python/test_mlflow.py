@@ -5,21 +5,16 @@ with its labels reversed, so which version scored a row shows in `predicted_labe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
+import mlflow  # noqa: E402  (pinned in requirements.txt: a missing one fails, never skips)
 import pytest
-
-mlflow = pytest.importorskip("mlflow")
+from mlflow_server import free_port as _free_port  # noqa: E402  (tests/python)
+from mlflow_server import mlflow_server as _mlflow_server  # noqa: E402
 
 import torchspark  # noqa: E402
 from torchspark import ImageScorer, NativeModel  # noqa: E402
@@ -28,45 +23,6 @@ from torchspark.errors import ConfigError, ModelLoadError  # noqa: E402
 
 NAME = "cifar_resnet20"
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _mlflow_server(tmp: Path, *args: str):
-    """`mlflow server` in its own process group (it forks uvicorn workers), stopped by pid; its
-    log is printed when it fails to start and kept in the tmp folder."""
-    port = _free_port()
-    logf = open(tmp / "server.log", "wb")  # noqa: SIM115  (closed at teardown)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-           f"sqlite:///{tmp}/db.sqlite", *args,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGTERM)
-                pytest.fail(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        logf.close()
 
 
 @pytest.fixture(scope="module")
