@@ -122,6 +122,17 @@ def test_torch_model_regression_over_connect(spark, general, diabetes):
     assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
 
 
+def test_sql_function_from_server_configuration_over_connect(spark, diabetes):
+    # spark.torchspark.functions.diabetes on the server: the client only writes SQL.
+    rows = [(i, [float(v) for v in x]) for i, x in enumerate(diabetes["X"])]
+    spark.createDataFrame(rows, "id int, x array<double>").createOrReplaceTempView("patients")
+    out = spark.sql("SELECT id, diabetes(x).prediction AS p FROM patients ORDER BY id").collect()
+    np.testing.assert_allclose([r.p for r in out], diabetes["pred"], rtol=0, atol=1e-5)
+    # Over a relation Spark does not fold into a local table, the batched plan runs it.
+    plan = spark.sql("EXPLAIN SELECT diabetes(array(id * 1.0D)) FROM range(3)").collect()[0][0]
+    assert "TorchEval" in plan, plan
+
+
 def test_text_embedder_over_connect_matches_sentence_transformers(spark):
     # Made by tests/fixtures/make_text_fixtures.py (`make test` makes them first).
     text = Path(__file__).resolve().parents[2] / "tests/fixtures/out/text"
