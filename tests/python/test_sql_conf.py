@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyspark
 import pytest
 
 import torchspark
@@ -32,6 +33,8 @@ def _spark_sql(cwd: Path, conf: dict[str, str], sql: str) -> subprocess.Complete
     for k, v in conf.items():
         cmd += ["--conf", f"{k}={v}"]
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "TORCHSPARK_PYTHON": sys.executable}
+    # This interpreter's Spark (the script's own lookup asks the `python3` on PATH).
+    env["SPARK_HOME"] = os.path.dirname(pyspark.__file__)
     return subprocess.run(
         [*cmd, "-e", sql], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
