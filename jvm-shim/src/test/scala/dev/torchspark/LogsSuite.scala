@@ -155,6 +155,15 @@ class LogsSuite extends SparkSuite {
       val warn = about(refused, "dev.torchspark.model", Level.WARN, s"model $uri: not fetched")
       assertEquals(refused.mkString("\n"), 1, warn.size)
       assertTrue(warn.head.message, warn.head.message.contains("the spec pins " + "0" * 64))
-    } finally System.clearProperty("torchspark.cache.dir")
+    } finally {
+      System.clearProperty("torchspark.cache.dir")
+      Seq(store, cache).foreach(deleteTree)
+    }
+  }
+
+  private def deleteTree(p: Path): Unit = {
+    val all = Files.walk(p)
+    try all.sorted(java.util.Comparator.reverseOrder[Path]()).forEach(f => Files.delete(f))
+    finally all.close()
   }
 }
