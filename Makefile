@@ -129,7 +129,8 @@ docs: $(VENV)/.installed ## the docs site (mkdocs, strict) into site/, with the 
 test-spark35: setup ## pytest on pyspark 3.5 and Python 3.10 (.venv-spark35, the 3.5 jar)
 	PYTHONUNBUFFERED=1 TORCHSPARK_LIBTORCH_DIR=$(LIBTORCH) TORCHSPARK_FIXTURE_PYTHON=$(PY) \
 	  $(PY35) -m pytest tests/python/test_spark.py tests/python/test_spark_lines.py tests/python/test_errors.py \
-	  tests/python/test_saved_pipelines.py tests/python/test_native_model.py tests/python/test_maven.py -k "not bf16"
+	  tests/python/test_saved_pipelines.py tests/python/test_native_model.py tests/python/test_maven.py \
+	  tests/python/test_sql_conf.py -k "not bf16"
 
 test-cluster: setup $(HARNESS) ## only the cluster tests: standalone and YARN + HDFS
 	PYTHONUNBUFFERED=1 $(PY) -m pytest -m cluster tests/python

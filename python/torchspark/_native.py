@@ -7,10 +7,12 @@ import contextlib
 import ctypes
 import importlib.machinery
 import importlib.util
+import logging
 import os
 import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 from torchspark import _elf
@@ -18,6 +20,8 @@ from torchspark import _elf
 _TORCH = "2.13.0"
 
 _PKG = Path(__file__).resolve().parent
+# The library and libtorch: found, loaded, from where (once per process; docs/logging.md).
+log = logging.getLogger("torchspark.native")
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _failure: BaseException | None = None
@@ -137,6 +141,15 @@ def _import_torchvision_first() -> None:
             import torchvision  # noqa: F401
 
 
+def _libtorch_how(d: Path | None) -> str:
+    """Where libtorch came from, for the log line."""
+    if d is None:
+        return "the library's RUNPATH (no libtorch directory found)"
+    if os.environ.get("TORCHSPARK_LIBTORCH_DIR"):
+        return f"{d} (TORCHSPARK_LIBTORCH_DIR)"
+    return f"{d} (the torch package of {sys.executable})"
+
+
 def lib() -> ctypes.CDLL:
     """Loads the library once per process; a failure is kept and raised again."""
     global _lib, _failure
@@ -145,6 +158,8 @@ def lib() -> ctypes.CDLL:
             return _lib
         if _failure is not None:
             raise _failure
+        t0 = time.monotonic()
+        d = None
         try:
             so_path = library_path()
             _check_glibc(so_path)
@@ -168,7 +183,15 @@ def lib() -> ctypes.CDLL:
             _failure = ModelLoadError(
                 f"cannot load the torchspark native library on host {socket.gethostname()}: {e}"
             )
+            log.error("%s", _failure)
             raise _failure from e
+        log.info(
+            "loaded libtorchspark from %s on host %s in %.2f s; libtorch from %s",
+            so_path,
+            socket.gethostname(),
+            time.monotonic() - t0,
+            _libtorch_how(d),
+        )
         u64, i32, cp = ctypes.c_uint64, ctypes.c_int32, ctypes.c_char_p
         errp = ctypes.POINTER(ctypes.c_void_p)
         so.ts_open.argtypes = [cp, ctypes.POINTER(u64), errp]

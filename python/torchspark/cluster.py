@@ -11,6 +11,7 @@ transformers read such URIs themselves.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -152,7 +153,14 @@ def ship_model(spark, uri: str) -> str:
         tokenizers.append(u)
     for u in (uri, spec_uri, *tokenizers):
         sc.addFile(u)
-    return uri.rstrip("/").rsplit("/", 1)[-1]
+    name = uri.rstrip("/").rsplit("/", 1)[-1]
+    logging.getLogger("torchspark.model").info(
+        "shipped model %s with its spec%s to every executor as %s (SparkContext.addFile)",
+        uri,
+        f" and {len(tokenizers)} tokenizer files" if tokenizers else "",
+        name,
+    )
+    return name
 
 
 def tokenizer_name_problem(name: object) -> str | None:

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -195,8 +196,9 @@ def _download(mlflow, storage: str, server: str, uri: str, cache_dir) -> Path:
     key = hashlib.sha256(f"{server}\n{storage}".encode()).hexdigest()[:24]
     dst = root / key
     if dst.is_dir():
-        log.info("%s: cached copy %s", uri, dst)
+        log.info("%s: cache hit %s", uri, dst)
         return dst
+    t0 = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
@@ -224,7 +226,10 @@ def _download(mlflow, storage: str, server: str, uri: str, cache_dir) -> Path:
         os.rename(tmp, dst)
     except OSError:  # another process renamed its copy first: use that one
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s: downloaded %s to %s", uri, storage, dst)
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    log.info(
+        "%s: downloaded %s to %s (%d bytes, %.2f s)", uri, storage, dst, size, time.monotonic() - t0
+    )
     return dst
 
 

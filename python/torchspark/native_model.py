@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+import logging
 import os
 import socket
 import threading
@@ -215,10 +216,12 @@ class NativeModel:
             }
         )
         handle, err = ctypes.c_uint64(0), ctypes.c_void_p()
+        before, t0 = self._so.ts_load_count(), time.monotonic()
         code = self._so.ts_open(config.encode(), ctypes.byref(handle), ctypes.byref(err))
         if code:
             _raise_open(self._so, code, err)
         self._handle = handle.value
+        _log_open(self, config, self._so.ts_load_count() > before, time.monotonic() - t0)
 
     def close(self) -> None:
         """Drops this handle's queued batches and releases it; the model stays loaded for the
@@ -506,6 +509,66 @@ class NativeModel:
     def _single(self, op: str, rb: pa.RecordBatch, kw: dict[str, Any]) -> pa.RecordBatch:
         """`op` over one RecordBatch: submitted and collected (per-task: run inside submit)."""
         return self.submit(rb, op, **kw).result()
+
+
+# Lifecycle events (docs/logging.md): loads and reloads per process, the engine's
+# configuration once per configuration; nothing per batch.
+_log_model = logging.getLogger("torchspark.model")
+_log_engine = logging.getLogger("torchspark.engine")
+_seen_models: dict[str, str] = {}
+_logged_engines: set[str] = set()
+_log_lock = threading.Lock()
+
+
+def _identity(path: str) -> str:
+    """What the native registry compares (docs/model-cache.md): length, times, inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "unreadable"
+    return f"{st.st_size} bytes, mtime_ns {st.st_mtime_ns}, ctime_ns {st.st_ctime_ns}, inode {st.st_ino}"
+
+
+def _log_open(model: NativeModel, config: str, loaded: bool, seconds: float) -> None:
+    path = model.model_path
+    now = f"{_identity(path)}; spec {_identity(spec_path(path))}"
+    with _log_lock:
+        before = _seen_models.get(path)
+        _seen_models[path] = now
+        new_engine = config not in _logged_engines
+        _logged_engines.add(config)
+    host = socket.gethostname()
+    version = f" ({model.resolved.describe()})" if model.resolved is not None else ""
+    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    if before is None and loaded:
+        _log_model.info(
+            "loaded model %s%s (%d bytes) in %.2f s on host %s", path, version, size, seconds, host
+        )
+    elif before is None:
+        _log_model.info(
+            "opened model %s%s (%d bytes; already loaded in this process)", path, version, size
+        )
+    elif before != now or loaded:
+        _log_model.info(
+            "reloaded model %s in %.2f s on host %s: it changed on disk (was %s; now %s)",
+            path,
+            seconds,
+            host,
+            before,
+            now,
+        )
+    else:
+        _log_model.debug(
+            "model %s: already loaded in this process (open took %.2f s)", path, seconds
+        )
+    if new_engine:
+        _log_engine.info(
+            "engine for %s on host %s: config %s; engine %s",
+            path,
+            host,
+            config,
+            json.dumps(model.engine_stats()),
+        )
 
 
 def _positive(name: str, value: Any) -> int:

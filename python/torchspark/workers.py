@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +34,27 @@ from torchspark.native_model import (
 
 # The worker functions' one warning per partition with bad rows (a worker's stderr).
 _log = logging.getLogger("torchspark")
+# The level of torchspark's lines in Spark's Python workers (docs/logging.md).
+LOG_LEVEL_ENV = "TORCHSPARK_LOG_LEVEL"
+
+
+def worker_logging() -> None:
+    """In a Spark Python worker: torchspark's lifecycle lines (library and model loads, the
+    engine's configuration; never per batch) to stderr, which Spark copies into the executor's
+    log, at $TORCHSPARK_LOG_LEVEL (default INFO). A process that configured `logging` itself
+    (a handler on the root or `torchspark` logger) keeps its own set-up."""
+    logger = logging.getLogger("torchspark")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%y/%m/%d %H:%M:%S")
+    )
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").strip().upper()
+    logger.setLevel(level if isinstance(logging.getLevelName(level), int) else logging.INFO)
+    logger.addHandler(handler)
+
+
 # The conf that bounds the input bytes of one native call, as on the JVM (docs/engine.md).
 MAX_BYTES_CONF = "spark.torchspark.maxBytesPerCall"
 _DEFAULT_CALL_BYTES = 256 << 20
@@ -299,6 +321,7 @@ def score_partitions(
     counts = RowCounts()
 
     def run(rows: Iterator[Any]) -> Iterator[tuple]:
+        worker_logging()
         model = NativeModel(
             model_path,
             device=device,
@@ -372,6 +395,7 @@ def score_arrow(
     counts = RowCounts()
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        worker_logging()
         model = NativeModel(
             model_path,
             device=device,
@@ -642,6 +666,7 @@ def _map_in_arrow(
     what = "embed_arrow" if rename else "predict_arrow"
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        worker_logging()
         model = NativeModel(
             model_path,
             device=device,

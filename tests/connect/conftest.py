@@ -35,7 +35,7 @@ def _free_port() -> int:
 class Server:
     """`spark-submit --class ...SparkConnectServer`, as a user starts it (README)."""
 
-    def __init__(self, log: Path, jar: str | None) -> None:
+    def __init__(self, log: Path, jar: str | None, conf: dict[str, str] | None = None) -> None:
         self.port, self.log = _free_port(), log
         submit = Path(sys.executable).parent / "spark-submit"
         cmd = [
@@ -48,6 +48,8 @@ class Server:
         ]  # fmt: skip
         if jar:
             cmd += ["--jars", jar]
+        for k, v in (conf or {}).items():
+            cmd += ["--conf", f"{k}={v}"]
         env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable}
         env["TORCHSPARK_PYTHON"] = sys.executable
         self._out = log.open("wb")
@@ -77,10 +79,16 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, general):
     logs = tmp_path_factory.mktemp("connect")
     # Both start at once (JVM start-up dominates); logs stay in pytest's tmp dir for failures.
-    with_jar = Server(logs / "with-jar.log", torchspark.jar_path())
+    # The one with the jar starts as docs/sql-functions.md says: the extension, and a SQL
+    # function from configuration alone.
+    conf = {
+        "spark.sql.extensions": "dev.torchspark.TorchSparkExtensions",
+        "spark.torchspark.functions.diabetes": str(general / "diabetes_mlp.pt"),
+    }
+    with_jar = Server(logs / "with-jar.log", torchspark.jar_path(), conf)
     without = Server(logs / "without-jar.log", None)
     try:
         yield with_jar.wait_ready(), without.wait_ready()

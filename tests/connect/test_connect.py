@@ -75,7 +75,10 @@ def test_pipeline_fits_saves_and_loads_over_connect(spark, fixtures, model, tmp_
     fitted.write().overwrite().save(str(tmp_path / "pipeline"))
     back = PipelineModel.load(str(tmp_path / "pipeline"))
     assert isinstance(back.stages[0], ImageFeaturizer)
-    assert back.stages[0].getModelPath() == model
+    # The saved stage carries its model (docs/saved-pipelines.md): the loaded one reads the copy.
+    loaded_path = back.stages[0].getModelPath()
+    assert loaded_path.startswith(str(tmp_path / "pipeline" / "stages")), loaded_path
+    assert loaded_path.endswith("/model/resnet20.pt"), loaded_path
     after = back.transform(df).select("path", "prediction").collect()
     assert sorted((r.path, r.prediction) for r in after) == sorted(
         (r.path, r.prediction) for r in before
@@ -120,6 +123,17 @@ def test_torch_model_regression_over_connect(spark, general, diabetes):
     np.testing.assert_allclose([p for _, p in got], diabetes["pred"], rtol=0, atol=1e-5)
     rmse = RegressionEvaluator(labelCol="y", predictionCol="prediction").evaluate(out)
     assert rmse == pytest.approx(diabetes["rmse"], abs=1e-4)
+
+
+def test_sql_function_from_server_configuration_over_connect(spark, diabetes):
+    # spark.torchspark.functions.diabetes on the server: the client only writes SQL.
+    rows = [(i, [float(v) for v in x]) for i, x in enumerate(diabetes["X"])]
+    spark.createDataFrame(rows, "id int, x array<double>").createOrReplaceTempView("patients")
+    out = spark.sql("SELECT id, diabetes(x).prediction AS p FROM patients ORDER BY id").collect()
+    np.testing.assert_allclose([r.p for r in out], diabetes["pred"], rtol=0, atol=1e-5)
+    # Over a relation Spark does not fold into a local table, the batched plan runs it.
+    plan = spark.sql("EXPLAIN SELECT diabetes(array(id * 1.0D)) FROM range(3)").collect()[0][0]
+    assert "TorchEval" in plan, plan
 
 
 def test_text_embedder_over_connect_matches_sentence_transformers(spark):

@@ -16,6 +16,8 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * Loads libtorchspark.so once per JVM.
@@ -34,11 +36,16 @@ import java.util.concurrent.TimeUnit;
  * directory) are skipped.
  */
 final class NativeLoader {
+  /** The library and libtorch events, once per JVM (docs/logging.md). */
+  static final Logger LOG = LoggerFactory.getLogger("dev.torchspark.native");
+
   private static final String LIB = "torchspark";
   private static final String RESOURCE = "/native/linux-x86_64/libtorchspark.so";
   private static volatile boolean loaded;
   private static volatile TorchSparkException failure;
   private static volatile String libtorchSource = "not loaded yet";
+  // How libtorch's directory was found (a property, the environment, a Python), for the log.
+  private static volatile String libtorchHow = "";
 
   private NativeLoader() {}
 
@@ -62,9 +69,17 @@ final class NativeLoader {
     List<String> tried = new ArrayList<>();
     try {
       checkGlibc();
+      long t0 = System.nanoTime();
       preloadLibtorch(tried);
-      loadLibrary(tried);
+      String from = loadLibrary(tried);
       loaded = true;
+      LOG.info(
+          "loaded libtorchspark from {} on host {} in {} s; libtorch from {}{}",
+          from,
+          hostName(),
+          String.format(java.util.Locale.ROOT, "%.2f", (System.nanoTime() - t0) / 1e9),
+          libtorchSource,
+          libtorchHow.isEmpty() ? "" : " (" + libtorchHow + ")");
     } catch (Throwable t) {
       String hint = missingLibraryHint(t);
       failure =
@@ -81,6 +96,7 @@ final class NativeLoader {
                       : "Install torch==2.13.0 on every node (pip) or set TORCHSPARK_LIBTORCH_DIR"
                           + " to libtorch's lib/ directory"),
               t);
+      LOG.error(failure.getMessage());
       throw failure;
     }
   }
@@ -152,11 +168,14 @@ final class NativeLoader {
 
   private static void preloadLibtorch(List<String> tried) {
     String dir = System.getProperty("torchspark.libtorch.dir");
+    String how = "-Dtorchspark.libtorch.dir";
     if (dir == null || dir.isEmpty()) {
       dir = System.getenv("TORCHSPARK_LIBTORCH_DIR");
+      how = "TORCHSPARK_LIBTORCH_DIR";
     }
     if (dir == null || dir.isEmpty()) {
       dir = torchLibFromPython(tried);
+      how = "the torch package of " + torchPython;
     }
     if (dir == null) {
       tried.add("no libtorch directory found; relying on the library's RUNPATH");
@@ -173,6 +192,7 @@ final class NativeLoader {
     }
     tried.add("libtorch from " + dir);
     libtorchSource = dir;
+    libtorchHow = how;
   }
 
   /** Where libtorch was loaded from, for the doctor. */
@@ -243,6 +263,9 @@ final class NativeLoader {
    * path ({@code ./environment/bin/python} in a YARN container) is resolved against the JVM's
    * working directory first: that one was chosen by the user.
    */
+  // The Python whose torch package gave libtorch, for the log line.
+  private static String torchPython = "no Python";
+
   private static String torchLibFromPython(List<String> tried) {
     List<String> pythons = new ArrayList<>();
     for (String env : new String[] {"TORCHSPARK_PYTHON", "PYSPARK_PYTHON"}) {
@@ -269,6 +292,7 @@ final class NativeLoader {
         }
         if (p.waitFor(30, TimeUnit.SECONDS) && p.exitValue() == 0 && !out.isEmpty()) {
           if (new File(out).isAbsolute() && new File(out, "libtorch_cpu.so").isFile()) {
+            torchPython = python;
             return out;
           }
         }
@@ -307,13 +331,14 @@ final class NativeLoader {
     return null;
   }
 
-  private static void loadLibrary(List<String> tried) throws IOException {
+  /** Loads the library; returns where from, for the log line. */
+  private static String loadLibrary(List<String> tried) throws IOException {
     Path onPath = onLibraryPath(LIB, tried);
     if (onPath != null) {
       try {
         System.load(onPath.toString());
         tried.add(onPath + " from java.library.path");
-        return;
+        return onPath + " (java.library.path)";
       } catch (UnsatisfiedLinkError e) {
         // Found but failed to link: say so, then try the jar's copy.
         tried.add(onPath + ": " + e.getMessage());
@@ -323,6 +348,7 @@ final class NativeLoader {
     Path file = extract(Paths.get(System.getProperty("java.io.tmpdir")));
     tried.add("extracted " + file);
     System.load(file.toString());
+    return file + " (extracted from the jar)";
   }
 
   /**

@@ -88,8 +88,14 @@ object ModelSource {
     val p =
       if (MlflowResolver.isMlflowUri(path)) MlflowResolver.resolve(spark, path).modelPath
       else path
-    refuseUnverifiable(p)
-    new ModelSource(p, new SerializableConf(if (isRemote(p)) hadoopConf(spark) else null))
+    try refuseUnverifiable(p)
+    catch { case e: ModelLoadException => Logs.model.warn(e.getMessage); throw e }
+    val remote = isRemote(p)
+    // Once or twice per transform or registration, on the driver.
+    if (remote)
+      Logs.model.info(s"model $p: cluster storage, fetched once per node into the node cache")
+    else Logs.model.debug(s"model $p: a local path (or a --files name), read on each node")
+    new ModelSource(p, new SerializableConf(if (remote) hadoopConf(spark) else null))
   }
 
   /** Schemes whose servers give no reliable length or version that a node-cache copy could be
@@ -329,7 +335,16 @@ object ModelSource {
     * with it and checked the same way: length, and `tokenizer_sha256` when pinned. A missing one is
     * a [[ModelLoadException]] naming its URI.
     */
-  def fetch(uri: String, conf: Configuration): String = {
+  def fetch(uri: String, conf: Configuration): String =
+    try fetchChecked(uri, conf)
+    catch {
+      case e: TorchSparkException =>
+        Logs.model.warn(s"model $uri: not fetched: ${e.getMessage}")
+        throw e
+    }
+
+  private def fetchChecked(uri: String, conf: Configuration): String = {
+    val t0 = System.nanoTime()
     val (model, spec) = statBoth(uri, conf)
     val specBytes = readAll(spec.getPath, conf, specOf(uri))
     val pin = pinnedSha256(specBytes, specOf(uri))
@@ -363,7 +378,10 @@ object ModelSource {
     val ready =
       try { (dir.exists() || Files.isSymbolicLink(dir.toPath)) && fresh().isEmpty }
       catch { case e: IOException => throw cannotCopy(e) }
-    if (ready) return local.getAbsolutePath
+    if (ready) {
+      Logs.model.debug(s"model $uri: node cache hit $local")
+      return local.getAbsolutePath
+    }
     val monitor = jvmLocks.computeIfAbsent(key, _ => new Object)
     monitor.synchronized {
       try {
@@ -373,7 +391,10 @@ object ModelSource {
         try {
           val lock = ch.lock()
           try {
-            if (fresh().nonEmpty) {
+            val cached = fresh()
+            if (cached.isEmpty)
+              Logs.model.debug(s"model $uri: node cache hit $local (another task copied it)")
+            cached.foreach { stale =>
               Files.deleteIfExists(done.toPath)
               copy(model.getPath, local, conf, uri)
               write(localSpec, specBytes)
@@ -387,6 +408,11 @@ object ModelSource {
                     s"does not match its source: $why"
                 )
               }
+              Logs.model.info(
+                s"fetched model $uri into the node cache $dir on host " +
+                  s"${NativeLoader.hostName()} (${model.getLen} bytes, ${tokenizers.size} " +
+                  s"tokenizer files, ${Logs.seconds(t0)} s; copied because $stale)"
+              )
             }
           } finally lock.release()
         } finally ch.close()

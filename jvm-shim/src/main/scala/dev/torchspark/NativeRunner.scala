@@ -1,7 +1,10 @@
 package dev.torchspark
 
 import java.io.File
+import java.util.concurrent.ConcurrentHashMap
 import java.util.concurrent.atomic.AtomicLong
+
+import scala.util.control.NonFatal
 
 import org.apache.spark.{SparkFiles, TaskContext}
 import org.apache.spark.sql.{DataFrame, Encoders, Row}
@@ -82,10 +85,65 @@ private[torchspark] object NativeRunner {
     math.max(0L, now - reportedLoads.getAndSet(now))
   }
 
-  /** NativeBridge.openModel, whose failures (this node's files, GPU, libtorch) name the host. */
-  def openModel(config: String): Long =
-    try NativeBridge.openModel(config)
-    catch { case e: TorchSparkException => throw onHost(e) }
+  /** NativeBridge.openModel, whose failures (this node's files, GPU, libtorch) name the host. Logs
+    * the model's load or reload and, once per configuration, the engine's (docs/logging.md).
+    */
+  def openModel(config: String): Long = {
+    val before = NativeBridge.loadCount()
+    val t0 = System.nanoTime()
+    val handle =
+      try NativeBridge.openModel(config)
+      catch { case e: TorchSparkException => throw onHost(e) }
+    logOpen(config, handle, NativeBridge.loadCount() > before, t0)
+    handle
+  }
+
+  // Per local model path: the identity (model and spec length and mtime) this JVM last logged.
+  private val seenModels = new ConcurrentHashMap[String, String]()
+  // Engine configurations already logged by this JVM.
+  private val loggedEngines = ConcurrentHashMap.newKeySet[String]()
+  private lazy val mapper = new com.fasterxml.jackson.databind.ObjectMapper()
+
+  /** What the native registry compares (docs/model-cache.md): length, times, inode. */
+  private def identity(f: File): String =
+    try {
+      val a = java.nio.file.Files
+        .readAttributes(f.toPath, "unix:size,lastModifiedTime,ctime,ino")
+      s"${a.get("size")} bytes, modified ${a.get("lastModifiedTime")}, changed ${a.get("ctime")}, " +
+        s"inode ${a.get("ino")}"
+    } catch { case NonFatal(_) => "unreadable" }
+
+  /** A load (the first in this JVM, or a reload because the file or spec changed) at INFO; an open
+    * of a model already loaded at DEBUG (one per task, never per batch).
+    */
+  private def logOpen(config: String, handle: Long, loaded: Boolean, t0: Long): Unit =
+    try {
+      val path = mapper.readTree(config).path("model_path").asText("")
+      val f = new File(path)
+      val now = s"${identity(f)}; spec ${identity(new File(ModelSource.specOf(path)))}"
+      val host = NativeLoader.hostName()
+      val took = Logs.seconds(t0)
+      Option(seenModels.put(path, now)) match {
+        case None if loaded =>
+          Logs.model.info(s"loaded model $path (${f.length()} bytes) in $took s on host $host")
+        case None =>
+          Logs.model.info(s"opened model $path (${f.length()} bytes; already loaded in this JVM)")
+        case Some(before) if before != now || loaded =>
+          Logs.model.info(
+            s"reloaded model $path in $took s on host $host: it changed on disk (was $before; " +
+              s"now $now)"
+          )
+        case Some(_) =>
+          Logs.model.debug(s"model $path: already loaded in this JVM (open took $took s)")
+      }
+      if (loggedEngines.add(config))
+        Logs.engine.info(
+          s"engine for $path on host $host: config $config; engine ${NativeBridge.engineStats(handle)}"
+        )
+    } catch {
+      // Logging must never fail a task.
+      case NonFatal(e) => Logs.model.debug(s"cannot log the open of $config", e)
+    }
 
   /** The same exception class with " (on host H)" after its message; `e` is the cause. */
   private def onHost(e: TorchSparkException): TorchSparkException = {

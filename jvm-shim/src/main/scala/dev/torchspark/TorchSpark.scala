@@ -53,6 +53,22 @@ object TorchSpark {
       numThreads: Int,
       engine: String
   ): Unit = MlflowResolver.once {
+    functions(spark, name, modelPath, device, numThreads, engine)
+      .foreach(TorchSql.registerFunction(spark, _))
+  }
+
+  /** What [[register]] registers, without registering it: `name` and, for an image classifier,
+    * `name_features`. The model (an MLflow URI: its version, once) is resolved and checked on the
+    * driver here.
+    */
+  private[torchspark] def functions(
+      spark: SparkSession,
+      name: String,
+      modelPath: String,
+      device: String,
+      numThreads: Int,
+      engine: String
+  ): Seq[TorchFunction] = MlflowResolver.once {
     require(
       engine == "shared" || engine == "per-task",
       s"$name: engine must be shared or per-task, got $engine"
@@ -71,22 +87,15 @@ object TorchSpark {
         // Not a classifier: a general model, or an invalid spec (its error comes from here).
         val model = describe(spec.get, TaskPipeline.Predict)
         require(model.dataInputs.nonEmpty, s"$name: the spec declares no input a SQL call reads")
-        TorchSql.registerFunction(
-          spark,
-          fn(name, TorchFunction.General(model.dataInputs, model.outputs))
-        )
+        Seq(fn(name, TorchFunction.General(model.dataInputs, model.outputs)))
       case score =>
-        TorchSql.registerFunction(
-          spark,
+        // A spec without `featurize` registers it too: its calls fail naming what is missing.
+        val features = spec.flatMap(s => Try(describe(s, TaskPipeline.Featurize)).toOption)
+        Seq(
           fn(
             name,
             score.map(s => TorchFunction.imageScore(s.get)).getOrElse(TorchFunction.ImageScore)
-          )
-        )
-        // A spec without `featurize` registers it too: its calls fail naming what is missing.
-        val features = spec.flatMap(s => Try(describe(s, TaskPipeline.Featurize)).toOption)
-        TorchSql.registerFunction(
-          spark,
+          ),
           fn(
             s"${name}_features",
             features.map(TorchFunction.imageFeatures).getOrElse(TorchFunction.ImageFeatures)
