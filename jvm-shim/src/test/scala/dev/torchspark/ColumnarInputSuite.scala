@@ -124,6 +124,7 @@ class ColumnarInputSuite extends SparkSuite {
     def run(on: Boolean) = withConf(ColumnarInput.Conf -> on.toString) {
       val df = spark.sql(sql)
       val path = nodes(df).map(_.inputPath).distinct.mkString("|")
+      if (sys.env.contains("COL_DEBUG")) println(df.queryExecution.executedPlan)
       (path, df.collect().map(r => r.getInt(0) -> r).toMap)
     }
     (run(true), run(false))

@@ -110,13 +110,16 @@ private[torchspark] object ColumnarInput {
     }
   }
 
-  /** The columnar plan under the `ColumnarToRowExec` Spark put over `child` (inside a codegen stage
-    * or not), when `child` is only that transition over a columnar node.
+  /** The columnar plan the node can read: the one under the `ColumnarToRowExec` Spark put over
+    * `child` (inside a codegen stage or not) when `child` is only that transition over a columnar
+    * node (a vectorized file scan), or `child` itself when it gives both rows and batches (the
+    * in-memory cache's scan).
     */
   def source(child: SparkPlan): Option[SparkPlan] = child match {
     case c: ColumnarToRowExec if c.child.supportsColumnar => Some(c.child)
     case w: WholeStageCodegenExec                         => source(w.child)
     case i: InputAdapter                                  => source(i.child)
+    case p if p.supportsColumnar                          => Some(p)
     case _                                                => None
   }
 
