@@ -4,6 +4,7 @@ import java.nio.file.Path
 
 import org.apache.spark.sql.{DataFrame, Row}
 import org.apache.spark.sql.execution.SparkPlan
+import org.apache.spark.sql.execution.adaptive.AdaptiveSparkPlanHelper
 import org.apache.spark.sql.execution.vectorized.WritableColumnVector
 import org.apache.spark.sql.types._
 import org.junit.{AfterClass, BeforeClass, Test}
@@ -16,7 +17,7 @@ import dev.torchspark.sql.{ColumnarInput, TorchEvalExec}
   * splits, dictionary-encoded and partition columns, nulls) and the in-memory cache; every result
   * equal, bit for bit. A real local[2] session, the real .so, the real fixture.
   */
-object ColumnarInputSuite {
+object ColumnarInputSuite extends AdaptiveSparkPlanHelper {
   private var dir: Path = _
   lazy val parquet: String = dir.resolve("patients").toString
 
@@ -77,9 +78,11 @@ object ColumnarInputSuite {
 
   @AfterClass def tearDown(): Unit = if (dir != null) TestDirs.deleteTree(dir)
 
-  /** The TorchEvalExec nodes of a query's executed plan. */
+  /** The TorchEvalExec nodes of a query's executed plan (its final plan, under adaptive
+    * execution, once the query ran).
+    */
   def nodes(df: DataFrame): Seq[TorchEvalExec] =
-    df.queryExecution.executedPlan.collect { case e: TorchEvalExec => e }
+    collect(df.queryExecution.executedPlan) { case e: TorchEvalExec => e }
 
   /** The vector kinds a Parquet read of `column` produces, per batch: class name and whether it
     * holds a dictionary (what the test data must really contain).
@@ -123,9 +126,8 @@ class ColumnarInputSuite extends SparkSuite {
   private def bothWays(sql: String): ((String, Map[Int, Row]), (String, Map[Int, Row])) = {
     def run(on: Boolean) = withConf(ColumnarInput.Conf -> on.toString) {
       val df = spark.sql(sql)
-      val path = nodes(df).map(_.inputPath).distinct.mkString("|")
-      if (sys.env.contains("COL_DEBUG")) println(df.queryExecution.executedPlan)
-      (path, df.collect().map(r => r.getInt(0) -> r).toMap)
+      val rows = df.collect().map(r => r.getInt(0) -> r).toMap
+      (nodes(df).map(_.inputPath).distinct.mkString("|"), rows)
     }
     (run(true), run(false))
   }
