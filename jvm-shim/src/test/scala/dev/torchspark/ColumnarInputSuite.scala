@@ -78,8 +78,8 @@ object ColumnarInputSuite extends AdaptiveSparkPlanHelper {
 
   @AfterClass def tearDown(): Unit = if (dir != null) TestDirs.deleteTree(dir)
 
-  /** The TorchEvalExec nodes of a query's executed plan (its final plan, under adaptive
-    * execution, once the query ran).
+  /** The TorchEvalExec nodes of a query's executed plan (its final plan, under adaptive execution,
+    * once the query ran).
     */
   def nodes(df: DataFrame): Seq[TorchEvalExec] =
     collect(df.queryExecution.executedPlan) { case e: TorchEvalExec => e }
@@ -162,6 +162,22 @@ class ColumnarInputSuite extends SparkSuite {
       assertNotNull(col(8).getStruct(3).getString(1))
       val explain = spark.sql(sql).queryExecution.executedPlan.toString
       assertTrue(explain, explain.contains("input=columnar"))
+    }
+  }
+
+  @Test def offHeapVectorsAreCopiedFromTheirAddress(): Unit = {
+    withConf(
+      "spark.sql.columnVector.offheap.enabled" -> "true",
+      "spark.sql.parquet.columnarReaderBatchSize" -> "30"
+    ) {
+      spark.read.parquet(parquet).createOrReplaceTempView("col_offheap")
+      val ((colPath, col), (_, row)) = bothWays(
+        s"SELECT id, colmlp(x) AS a, colmlp(xf) AS b, colmlp(array($features)) AS c, " +
+          s"colmlp(array($nine, dict)) AS d FROM col_offheap"
+      )
+      assertEquals("columnar", colPath)
+      assertSameRows(col, row)
+      assertTrue(vectorKinds("f0").forall(_._1 == "OffHeapColumnVector"))
     }
   }
 
