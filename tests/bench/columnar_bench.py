@@ -124,10 +124,30 @@ def main() -> None:
         log(f"{ROWS:,} rows from Parquet, 4 files, local[2], best of {ROUNDS} alternating rounds")
         for w, ts in times.items():
             log(f"  {w:<58} {min(ts):6.2f} s  ({', '.join(f'{t:.2f}' for t in ts)})")
+        # Where the time goes: the node's SQL metrics over one run of each query and path (the
+        # physical plan executed directly, so its node holds the metrics).
+        log("profile (one run each): wall, the node's model call time (encode + submit + wait),")
+        log("  its forward time (summed over tasks), columnar batches read")
         for q in (q_list, q_gather):
-            spark.conf.set("spark.torchspark.columnarInput", "true")
-            plan = spark.sql(q)._jdf.queryExecution().executedPlan().toString()
-            log(next(line.strip() for line in plan.splitlines() if "TorchEval" in line))
+            for columnar in (False, True):
+                spark.conf.set("spark.torchspark.columnarInput", str(columnar).lower())
+                plan = spark.sql(q)._jdf.queryExecution().executedPlan()
+                t = time.perf_counter()
+                plan.execute().count()
+                wall = time.perf_counter() - t
+                node = plan
+                while not node.nodeName().startswith("TorchEval"):
+                    node = node.children().apply(0)
+                m = node.metrics()
+
+                def get(name, m=m):
+                    return m.apply(name).value()
+
+                log(
+                    f"  {node.simpleString(5)[:60]}...: wall {wall:.2f} s, call "
+                    f"{get('waitTime') / 1e9:.2f} s, forward {get('forwardTime') / 1e9:.2f} s, "
+                    f"{get('columnarBatches')} batches, input={node.inputPath()}"
+                )
         spark.conf.unset("spark.torchspark.columnarInput")
     finally:
         spark.stop()
