@@ -325,7 +325,7 @@ private[torchspark] object TensorCodec {
 
   private def int32 = new ArrowType.Int(32, true)
 
-  private def arrowField(name: String, dt: DataType): Field = named(
+  private[torchspark] def arrowField(name: String, dt: DataType): Field = named(
     name,
     dt match {
       case DoubleType | _: DecimalType =>

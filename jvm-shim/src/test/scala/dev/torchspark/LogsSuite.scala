@@ -57,7 +57,7 @@ class LogsSuite extends SparkSuite {
 
   /** diabetes_mlp.pt and its spec copied to a new folder: a path this JVM has not loaded. */
   private def freshMlp(): Path = {
-    val d = Files.createTempDirectory("torchspark-logs")
+    val d = TestDirs.dir("torchspark-logs")
     Seq("diabetes_mlp.pt", "diabetes_mlp.json").foreach { f =>
       Files.copy(generalDir.resolve(f), d.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
@@ -117,11 +117,11 @@ class LogsSuite extends SparkSuite {
   }
 
   @Test def nodeCacheFetchHitAndRefusalAreLogged(): Unit = {
-    val store = Files.createTempDirectory("torchspark-logs-store")
+    val store = TestDirs.dir("torchspark-logs-store")
     Seq("resnet20.pt", "resnet20.json").foreach { f =>
       Files.copy(fixtures.resolve(f), store.resolve(f), StandardCopyOption.REPLACE_EXISTING)
     }
-    val cache = Files.createTempDirectory("torchspark-logs-cache")
+    val cache = TestDirs.dir("torchspark-logs-cache")
     System.setProperty("torchspark.cache.dir", cache.toString)
     try {
       val uri = s"file://${store.resolve("resnet20.pt")}"

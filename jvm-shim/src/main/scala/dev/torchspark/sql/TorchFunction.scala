@@ -57,6 +57,9 @@ final class TorchFunction(
   /** How many arguments a call takes: one per data input of the spec. */
   def arity: Int = call.inputs.size
 
+  /** The names of the call's inputs, in argument order: its Arrow input's fields. */
+  def inputNames: Seq[String] = call.inputs.map(_.name)
+
   /** The preset the native call runs. */
   def preset: String = call.preset
 
