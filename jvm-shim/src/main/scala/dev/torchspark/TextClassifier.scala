@@ -18,12 +18,12 @@ import org.apache.spark.sql.types._
   *
   * A preset over [[TorchModel]]: the spec beside the model (written by
   * `torchspark.export_text_model(..., task="text-classification")`) declares one input of kind
-  * `text` and the outputs `prediction`, `probability`, `predicted_label` and `top_k` (class
-  * writers over the logits after softmax or sigmoid, by the model's `problem_type`); this selects
-  * them by name into `predictionCol` (double class index), `probabilityCol` (ML Vector),
-  * `predictedLabelCol` (string) and, when `topK` > 0, `topKCol`
-  * (array<struct<index int, label string, probability double>>). The spec's other outputs (its
-  * `logits`) are TorchModel's. Works with MulticlassClassificationEvaluator as is.
+  * `text` and the outputs `prediction`, `probability`, `predicted_label` and `top_k` (class writers
+  * over the logits after softmax or sigmoid, by the model's `problem_type`); this selects them by
+  * name into `predictionCol` (double class index), `probabilityCol` (ML Vector),
+  * `predictedLabelCol` (string) and, when `topK` > 0, `topKCol` (array<struct<index int, label
+  * string, probability double>>). The spec's other outputs (its `logits`) are TorchModel's. Works
+  * with MulticlassClassificationEvaluator as is.
   */
 class TextClassifier(override val uid: String)
     extends Transformer

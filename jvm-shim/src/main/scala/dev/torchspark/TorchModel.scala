@@ -175,8 +175,8 @@ class TorchModel private[torchspark] (
     schemaOf(schema, modelSchema())
   }
 
-  /** transformSchema with the spec `model` already described (a preset that selects outputs by
-    * name passes the ones it selects).
+  /** transformSchema with the spec `model` already described (a preset that selects outputs by name
+    * passes the ones it selects).
     */
   private[torchspark] def schemaOf(schema: StructType, model: ModelSchema): StructType =
     appendOutputs(schema, plan(schema, model)._2)
