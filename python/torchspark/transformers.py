@@ -660,3 +660,27 @@ class TextClassifier(_JavaBacked, _CommonParams):
 
     def getTopK(self) -> int:
         return self.getOrDefault(self.topK)
+
+    def setPredictionCol(self, value: str):
+        return self._set(predictionCol=value)
+
+    def getPredictionCol(self) -> str:
+        return self.getOrDefault(self.predictionCol)
+
+    def setProbabilityCol(self, value: str):
+        return self._set(probabilityCol=value)
+
+    def getProbabilityCol(self) -> str:
+        return self.getOrDefault(self.probabilityCol)
+
+    def setPredictedLabelCol(self, value: str):
+        return self._set(predictedLabelCol=value)
+
+    def getPredictedLabelCol(self) -> str:
+        return self.getOrDefault(self.predictedLabelCol)
+
+    def setTopKCol(self, value: str):
+        return self._set(topKCol=value)
+
+    def getTopKCol(self) -> str:
+        return self.getOrDefault(self.topKCol)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -175,3 +176,12 @@ def test_export_refuses_a_folder_that_is_not_a_sequence_classifier(cls, tmp_path
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"problem_type 'regression' is not supported"):
         torchspark.export_text_model(folder, tmp_path / "z.pt", task="text-classification")
+
+
+def test_text_classifier_keeps_a_null_row_with_its_reason(spark, cls):
+    df = spark.createDataFrame([(0, "fine"), (1, None)], "id int, text string")
+    clf = TextClassifier(modelPath=str(cls / "multi.pt"), handleInvalid="keep")
+    out = sorted(clf.transform(df).collect(), key=lambda r: r.id)
+    assert out[0].error is None and out[0].predicted_label is not None
+    assert out[1].predicted_label is None and out[1].probability is None
+    assert re.search(r"row \d+: input `input_ids` \(column `?text`?\): null", out[1].error)
