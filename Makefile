@@ -39,7 +39,8 @@ CORPUS  := tests/fixtures/out/corpus/manifest.json
 # The general models' proofs (tests/fixtures/make_general_fixtures.py; ~20 s, no download).
 GENERAL := tests/fixtures/out/general/manifest.json
 # The text models' proofs: all-MiniLM-L6-v2 from its package, sentence-transformers the oracle
-# (tests/fixtures/make_text_fixtures.py; ~20 s, no download).
+# (tests/fixtures/make_text_fixtures.py; ~20 s, no download), and the text classifiers
+# (make_textcls_fixtures.py, which it runs; ~30 s).
 TEXT    := tests/fixtures/out/text/text_expected.json
 # The limits' models, tokenizers and Python's ids (tests/fixtures/make_limit_fixtures.py; ~10 s).
 LIMITS  := tests/fixtures/out/limits/limits_expected.json
@@ -141,7 +142,7 @@ $(CORPUS): tests/fixtures/make_corpus.py | $(VENV)/.installed
 $(GENERAL): tests/fixtures/make_general_fixtures.py | $(VENV)/.installed
 	$(PY) tests/fixtures/make_general_fixtures.py
 
-$(TEXT): tests/fixtures/make_text_fixtures.py python/torchspark/export_text.py | $(VENV)/.installed
+$(TEXT): tests/fixtures/make_text_fixtures.py tests/fixtures/make_textcls_fixtures.py python/torchspark/export_text.py | $(VENV)/.installed
 	$(PY) tests/fixtures/make_text_fixtures.py
 
 $(LIMITS): tests/fixtures/make_limit_fixtures.py $(TEXT) | $(VENV)/.installed

@@ -10,7 +10,7 @@ answers for the PySpark wrappers in `torchspark.transformers`, imported on first
 `dev.torchspark` when that package has none (torchspark/__init__.py).
 """
 
-_STAGES = ("ImageScorer", "ImageFeaturizer", "TorchModel", "TextEmbedder")
+_STAGES = ("ImageScorer", "ImageFeaturizer", "TorchModel", "TextEmbedder", "TextClassifier")
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """torchspark: native TorchScript scoring and featurizing for Apache Spark.
 
 - DataFrame API (runs in the JVM executors): `ImageScorer`, `ImageFeaturizer`, `TorchModel`,
-  `TextEmbedder`.
+  `TextEmbedder`, `TextClassifier`.
 - Python-worker API (mapPartitions / mapInArrow): `NativeModel`, `score_partitions`, `score_arrow`,
   `predict_arrow`, `embed_arrow`, `describe`.
 - `configure(builder)` (the jar on any SparkSession builder), `local_session`, `jar_path`,
@@ -60,7 +60,7 @@ def doctor(spark, **kwargs):
 
 def __getattr__(name):
     # The py4j wrappers import pyspark; load them on first use.
-    if name in ("ImageScorer", "ImageFeaturizer", "TorchModel", "TextEmbedder"):
+    if name in ("ImageScorer", "ImageFeaturizer", "TorchModel", "TextEmbedder", "TextClassifier"):
         from torchspark import transformers
 
         return getattr(transformers, name)
@@ -97,6 +97,7 @@ __all__ = [
     "ModelLoadError",
     "ModelSpecError",
     "NativeModel",
+    "TextClassifier",
     "TextEmbedder",
     "TorchModel",
     "TorchSparkError",

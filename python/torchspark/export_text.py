@@ -23,6 +23,11 @@ from torch import nn
 from torchspark import cluster
 
 FORMATS = ("torchscript",)
+# `task`: what the folder's model gives. "text-classification": an
+# AutoModelForSequenceClassification folder, its logits through the class writers.
+TASKS = ("embedding", "text-classification")
+# problem_type -> the post op Hugging Face's text-classification pipeline applies.
+_ACTIVATIONS = {"single_label_classification": "softmax", "multi_label_classification": "sigmoid"}
 POOLINGS = ("mean", "cls", "max")
 # ST pooling modes torchspark has no post op for (refused by name).
 _UNSUPPORTED_POOLING = ("mean_sqrt_len_tokens", "weightedmean_tokens", "lasttoken_tokens")
@@ -58,6 +63,24 @@ class _Encoder(nn.Module):
         return self.model(**kwargs).last_hidden_state
 
 
+class _Classifier(_Encoder):
+    """`forward(input_ids, attention_mask[, token_type_ids]) -> logits [n, K] float32`: a
+    sequence classifier's scores before its activation (the spec's `post` applies it)."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids}
+        if self.with_mask:
+            kwargs["attention_mask"] = attention_mask
+        if self.with_type_ids:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.model(**kwargs).logits
+
+
 def export_text_model(
     source_dir: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -70,6 +93,7 @@ def export_text_model(
     output: str = "embedding",
     freeze: bool = True,
     verify: bool = True,
+    task: str = "embedding",
 ) -> Path:
     """Export the text encoder in `source_dir` to `out_path`; returns the spec's path.
 
@@ -100,6 +124,15 @@ def export_text_model(
     `verify=True` runs the eager model and the saved file on a batch of 3 rows of 4, 17 and 63
     tokens (capped at `max_length`) and requires the same shape and values within 1e-5.
 
+    `task="text-classification"` exports an `AutoModelForSequenceClassification` folder
+    (`config.json`'s `architectures` names a `...ForSequenceClassification`) instead: the `.pt`
+    returns the logits `[n, K]`, and the spec's outputs are `prediction` (the class index),
+    `probability` (a vector of K), `predicted_label` (from `id2label`), `top_k` and `logits`,
+    through the activation Hugging Face's text-classification pipeline applies: softmax for
+    `problem_type` `single_label_classification` (or unset with K > 1), sigmoid for
+    `multi_label_classification` (or K = 1). `pooling`, `normalize` and `output` do not apply.
+    See docs/text.md, TextClassifier.
+
     Raises ValueError (bad argument, unsupported module or pooling mode, named; a tokenizer
     larger than the model's vocabulary; a type id other than 0 for one sequence),
     FileNotFoundError (a missing file, named), RuntimeError (verify: shapes or values differ,
@@ -107,11 +140,21 @@ def export_text_model(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    classify = task == "text-classification"
+    if classify and (pooling is not None or normalize is not None):
+        raise ValueError("pooling and normalize apply to task='embedding' only")
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}")
     src = Path(source_dir)
     if not (src / "config.json").is_file() and not (src / "modules.json").is_file():
         raise FileNotFoundError(f"{src}: neither modules.json nor config.json (not a model folder)")
+    if classify and (src / "modules.json").is_file():
+        raise ValueError(
+            f"{src / 'modules.json'}: a sentence-transformers folder is an embedding model; "
+            "task='text-classification' takes a transformers sequence-classification folder"
+        )
     layout = _read_layout(src)
     if pooling is None:
         pooling = layout["pooling"]
@@ -149,10 +192,18 @@ def export_text_model(
             f"{vocab_size}"
         )
     pad_id = _pad_id(tok_json, tokenizer, model_dir, config)
+    classes = _classes(model_dir, config) if classify else None
 
-    from transformers import AutoModel
+    if classify:
+        from transformers import AutoModelForSequenceClassification
 
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), local_files_only=True
+        )
+    else:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
     model.eval()
     params = inspect.signature(model.forward).parameters
     with_mask = "attention_mask" in params
@@ -170,7 +221,7 @@ def export_text_model(
             )
     if not freeze:
         _int_buffers_as_constants(model)
-    encoder = _Encoder(model, with_mask, with_type_ids).eval()
+    encoder = (_Classifier if classify else _Encoder)(model, with_mask, with_type_ids).eval()
     hidden = int(config.get("hidden_size") or 0)
 
     out = Path(out_path)
@@ -193,6 +244,26 @@ def export_text_model(
 
     tok_out = out.with_name(out.stem + ".tokenizer.json")
     shutil.copyfile(tok_file, tok_out)
+    if classes is not None:
+        labels, activation = classes
+        spec = _classifier_spec(
+            _text_inputs(
+                column=column,
+                tokenizer=tok_out.name,
+                max_length=max_length,
+                vocab_size=vocab_size,
+                tokenizer_sha256=_sha256(tok_out),
+                pad_id=pad_id,
+                with_mask=with_mask,
+                with_type_ids=with_type_ids,
+            ),
+            labels,
+            activation,
+            _sha256(out),
+        )
+        spec_file = Path(cluster.spec_path(str(out)))
+        spec_file.write_text(json.dumps(spec, indent=2) + "\n")
+        return spec_file
     spec = _spec(
         column=column,
         output=output,
@@ -397,6 +468,38 @@ def _spec(
     normalize: bool,
     sha256: str,
 ) -> dict[str, Any]:
+    inputs = _text_inputs(
+        column=column,
+        tokenizer=tokenizer,
+        max_length=max_length,
+        vocab_size=vocab_size,
+        tokenizer_sha256=tokenizer_sha256,
+        pad_id=pad_id,
+        with_mask=with_mask,
+        with_type_ids=with_type_ids,
+    )
+    post: list[dict[str, Any]] = [{"op": f"{pooling}_pool", "mask": "attention_mask"}]
+    if normalize:
+        post.append({"op": "l2_normalize"})
+    return {
+        "spec_version": 2,
+        "inputs": inputs,
+        "outputs": [{"name": output, "column": "vector", "shape": [hidden], "post": post}],
+        "sha256": sha256,
+    }
+
+
+def _text_inputs(
+    *,
+    column: str,
+    tokenizer: str,
+    max_length: int,
+    vocab_size: int,
+    tokenizer_sha256: str,
+    pad_id: int,
+    with_mask: bool,
+    with_type_ids: bool,
+) -> list[dict[str, Any]]:
     inputs: list[dict[str, Any]] = [
         {
             "name": "input_ids",
@@ -418,13 +521,50 @@ def _spec(
         inputs.append(
             {"name": "token_type_ids", "kind": "type_ids", "of": "input_ids", "dtype": "int64"}
         )
-    post: list[dict[str, Any]] = [{"op": f"{pooling}_pool", "mask": "attention_mask"}]
-    if normalize:
-        post.append({"op": "l2_normalize"})
+    return inputs
+
+
+def _classes(model_dir: Path, config: dict) -> tuple[list[str], str]:
+    """The class names (`id2label`, by index) and the activation of a sequence classifier's
+    `config.json`, as Hugging Face's text-classification pipeline picks it."""
+    cfg = model_dir / "config.json"
+    archs = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(
+            f"{cfg}: architectures {archs} has no ...ForSequenceClassification: not a "
+            "sequence classifier (its head would be random)"
+        )
+    id2label = config.get("id2label") or {}
+    k = int(config.get("num_labels") or len(id2label))
+    labels = [id2label.get(str(i), id2label.get(i)) for i in range(k)]
+    if k < 1 or any(not isinstance(x, str) for x in labels):
+        raise ValueError(f"{cfg}: id2label {id2label} does not name the classes 0..{k - 1}")
+    problem = config.get("problem_type")
+    if problem is None:
+        problem = "single_label_classification" if k > 1 else "multi_label_classification"
+    if problem not in _ACTIVATIONS:
+        raise ValueError(
+            f"{cfg}: problem_type {problem!r} is not supported (torchspark classifies with "
+            f"{sorted(_ACTIVATIONS)})"
+        )
+    return labels, _ACTIVATIONS[problem]
+
+
+def _classifier_spec(
+    inputs: list[dict[str, Any]], labels: list[str], activation: str, sha256: str
+) -> dict[str, Any]:
+    post = [{"op": activation}]
+    k = len(labels)
     return {
         "spec_version": 2,
         "inputs": inputs,
-        "outputs": [{"name": output, "column": "vector", "shape": [hidden], "post": post}],
+        "outputs": [
+            {"name": "prediction", "column": "prediction", "post": post},
+            {"name": "probability", "column": "vector", "shape": [k], "post": post},
+            {"name": "predicted_label", "column": "label", "labels": labels, "post": post},
+            {"name": "top_k", "column": "top_k", "labels": labels, "post": post},
+            {"name": "logits", "column": "vector", "shape": [k]},
+        ],
         "sha256": sha256,
     }
 

@@ -1,5 +1,5 @@
 """PySpark wrappers of the Scala transformers `dev.torchspark.ImageScorer`, `ImageFeaturizer`,
-`TorchModel` and `TextEmbedder`.
+`TorchModel`, `TextEmbedder` and `TextClassifier`.
 
 Same class names, same param names and defaults, `setX`/`getX`, keyword constructors,
 save/load and Pipeline support. The work runs in the JVM executors (JNI), not in Python.
@@ -581,3 +581,106 @@ class TextEmbedder(_JavaBacked, _CommonParams):
 
     def getOutputCol(self) -> str:
         return self.getOrDefault(self.outputCol)
+
+
+class TextClassifier(_JavaBacked, _CommonParams):
+    """Classifies a string column natively in the executors (docs/text.md, TextClassifier): the
+    spec's tokenizer, a sequence classifier exported by
+    `export_text_model(..., task="text-classification")`, then softmax or sigmoid (the model's
+    `problem_type`). Adds `predictionCol` (double class index), `probabilityCol` (ML Vector),
+    `predictedLabelCol` (the model's `id2label`) and, when `topK` > 0, `topKCol`
+    (array<struct<index, label, probability>>, best first).
+
+    `inputCol` (default `text`): a string or binary (UTF-8) column. A null or non-UTF-8 row is a
+    row error handled by `handleInvalid`; text over the spec's `max_length` tokens is truncated
+    (as the Hugging Face pipeline with `truncation=True`) and counted."""
+
+    __module__ = _JAVA_PACKAGE
+
+    inputCol = Param(Params._dummy(), "inputCol", "text column", TypeConverters.toString)
+    predictionCol = Param(
+        Params._dummy(), "predictionCol", "predicted class index", TypeConverters.toString
+    )
+    probabilityCol = Param(
+        Params._dummy(), "probabilityCol", "class probabilities", TypeConverters.toString
+    )
+    predictedLabelCol = Param(
+        Params._dummy(), "predictedLabelCol", "predicted class name", TypeConverters.toString
+    )
+    topK = Param(Params._dummy(), "topK", "best classes in topKCol (0: none)", TypeConverters.toInt)
+    topKCol = Param(Params._dummy(), "topKCol", "the topK best classes", TypeConverters.toString)
+
+    @keyword_only
+    def __init__(
+        self,
+        *,
+        modelPath=None,
+        batchSize=0,
+        device="cpu",
+        numThreads=0,
+        precision="fp32",
+        handleInvalid="error",
+        errorCol="error",
+        maxPixels=0,
+        maxRowElements=0,
+        maxBatchBytes=0,
+        maxTextBytes=0,
+        engine="shared",
+        engineTimeoutMs=600000,
+        embedModel=True,
+        inputCol="text",
+        predictionCol="prediction",
+        probabilityCol="probability",
+        predictedLabelCol="predicted_label",
+        topK=5,
+        topKCol="top_k",
+    ) -> None:
+        super().__init__()
+        self._java_obj = self._new_java_obj(
+            _checked_jvm_class("dev.torchspark.TextClassifier"), self.uid
+        )
+        self._setDefault(
+            inputCol="text",
+            predictionCol="prediction",
+            probabilityCol="probability",
+            predictedLabelCol="predicted_label",
+            topK=5,
+            topKCol="top_k",
+        )
+        self._set(**self._input_kwargs)
+
+    def setInputCol(self, value: str):
+        return self._set(inputCol=value)
+
+    def getInputCol(self) -> str:
+        return self.getOrDefault(self.inputCol)
+
+    def setTopK(self, value: int):
+        return self._set(topK=value)
+
+    def getTopK(self) -> int:
+        return self.getOrDefault(self.topK)
+
+    def setPredictionCol(self, value: str):
+        return self._set(predictionCol=value)
+
+    def getPredictionCol(self) -> str:
+        return self.getOrDefault(self.predictionCol)
+
+    def setProbabilityCol(self, value: str):
+        return self._set(probabilityCol=value)
+
+    def getProbabilityCol(self) -> str:
+        return self.getOrDefault(self.probabilityCol)
+
+    def setPredictedLabelCol(self, value: str):
+        return self._set(predictedLabelCol=value)
+
+    def getPredictedLabelCol(self) -> str:
+        return self.getOrDefault(self.predictedLabelCol)
+
+    def setTopKCol(self, value: str):
+        return self._set(topKCol=value)
+
+    def getTopKCol(self) -> str:
+        return self.getOrDefault(self.topKCol)

@@ -172,9 +172,14 @@ class TorchModel private[torchspark] (
   }
 
   override def transformSchema(schema: StructType): StructType = MlflowResolver.once {
-    val (_, outputs) = plan(schema, modelSchema())
-    appendOutputs(schema, outputs)
+    schemaOf(schema, modelSchema())
   }
+
+  /** transformSchema with the spec `model` already described (a preset that selects outputs by name
+    * passes the ones it selects).
+    */
+  private[torchspark] def schemaOf(schema: StructType, model: ModelSchema): StructType =
+    appendOutputs(schema, plan(schema, model)._2)
 
   // One read of the spec (it may be in cluster storage) and one describe per transform.
   // An MLflow URI resolves once for both (MlflowResolver.once): the job reads that version.
