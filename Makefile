@@ -165,10 +165,11 @@ fuzz: $(CORPUS) ## fuzz decode + preprocess for TORCHSPARK_FUZZ_SECONDS (600); s
 $(HARNESS): tests/cluster/pom.xml $(shell find tests/cluster/src -name '*.java')
 	$(HARNESS_MVN) -q package
 
-bench: setup $(TEXT) ## side-by-side performance (tests/bench/results.md, general.md, text.md), then the soak (soak.md)
+bench: setup $(TEXT) ## side-by-side performance (tests/bench/results.md, general.md, text.md, mlflow.md), then the soak (soak.md)
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/general_bench.py
 	PYTHONUNBUFFERED=1 $(PY) tests/bench/text_bench.py
+	PYTHONUNBUFFERED=1 $(PY) tests/bench/mlflow_bench.py
 	@# Checks too slow for make test's 25 minutes (pytest -m slow): the YARN executor kill, the
 	@# YARN Scala cluster-mode job, the standalone PySpark driver, the wheel in a fresh venv.
 	PYTHONUNBUFFERED=1 $(PY) -m pytest tests/python -m slow --durations=5

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from maven_dist import COORDINATES, MISSING, isolated_ivy, repo_url, resolved
@@ -28,6 +29,8 @@ from spark_clusters import (
     read_parquet,
     session_failed,
 )
+
+from torchspark import jar_path
 
 pytestmark = pytest.mark.cluster
 
@@ -52,8 +55,6 @@ def standalone(request, tmp_path_factory):
 def test_standalone_scala_example_writes_one_row_per_image(
     standalone, spark, cluster_images, model_files, oracle, tmp_path
 ):
-    from torchspark import jar_path
-
     out = tmp_path / "scores.parquet"
     log = standalone.submit(
         ["--class", SCALA_EXAMPLE, jar_path(), cluster_images, "resnet20.pt", out],
@@ -82,6 +83,54 @@ def test_standalone_spark_submit_packages_from_the_dist_repository_scores_images
     cols, rows = read_parquet(spark, str(out))
     assert cols == ["path", "prediction", "label", "probability", "error"]
     check_rows(rows, oracle, "Scala example from --packages")
+    assert model_loads(log) == EXECUTORS
+
+
+def test_standalone_scala_example_scores_a_model_from_the_mlflow_registry(
+    standalone, spark, cluster_images, model, oracle, tmp_path
+):
+    """`models:/cifar@champion` as the Scala example's model path, on two executor JVMs: the
+    driver resolves the alias once through a real `mlflow server` (REST, no Python), the
+    executors read that version's file (the server's local artifact root, through Hadoop's file
+    system) into their node caches; one load per executor, every row as the file itself gives."""
+    import mlflow
+    from mlflow_server import mlflow_server
+
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    with mlflow_server(store, "--default-artifact-root", str(store / "artifacts")) as url:
+        mlflow.set_tracking_uri(url)
+        try:
+            files = tmp_path / "model"
+            files.mkdir()
+            for f in (model, model.replace(".pt", ".json")):
+                (files / Path(f).name).write_bytes(Path(f).read_bytes())
+            with mlflow.start_run() as run:
+                mlflow.log_artifacts(str(files), "model")
+            client = mlflow.MlflowClient()
+            client.create_registered_model("cifar")
+            v = client.create_model_version(
+                "cifar", f"runs:/{run.info.run_id}/model", run.info.run_id
+            )
+            client.set_registered_model_alias("cifar", "champion", v.version)
+            out = tmp_path / "scores.parquet"
+            log = standalone.submit(
+                [
+                    "--class",
+                    SCALA_EXAMPLE,
+                    jar_path(),
+                    cluster_images,
+                    "models:/cifar@champion",
+                    out,
+                ],
+                conf={"spark.torchspark.mlflow.trackingUri": url},
+            )
+        finally:
+            mlflow.set_tracking_uri(None)
+    assert "models:/cifar@champion" in log and "version 1" in log, log[-4000:]
+    cols, rows = read_parquet(spark, str(out))
+    assert cols == ["path", "prediction", "label", "probability", "error"]
+    check_rows(rows, oracle, "Scala example from models:/cifar@champion")
     assert model_loads(log) == EXECUTORS
 
 
