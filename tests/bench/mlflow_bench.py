@@ -93,7 +93,9 @@ def main() -> None:
         with mlflow_server(tmp, "--default-artifact-root", str(tmp / "artifacts")) as url:
             os.environ["MLFLOW_TRACKING_URI"] = url
             register(url, tmp)
-            spark = torchspark.local_session("local[2]")
+            spark = torchspark.local_session(
+                "local[2]", **{"spark.ui.showConsoleProgress": "false"}
+            )
             spark.conf.set("spark.torchspark.mlflow.trackingUri", url)
             rows = run(spark, F)
             spark.stop()
