@@ -115,7 +115,7 @@ fn documented_peak(bytes: &[u8]) -> (u64, u64) {
 }
 
 /// Fixed costs besides the pixels (decoder tables, the resized crop window, the output row).
-const SLACK: u64 = 4 << 20;
+const SLACK: u64 = 1 << 20;
 
 #[test]
 fn every_format_decodes_within_its_documented_peak() {

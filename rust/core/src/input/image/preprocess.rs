@@ -552,8 +552,8 @@ pub fn decode_peak_per_pixel(format: ImageFormat, color: image::ColorType) -> u6
     let out = u64::from(color.bytes_per_pixel());
     match format {
         // The tiff crate's own buffer, copied into the output (16-bit RGBA: 16 bytes a pixel),
-        // plus its strip or tile buffers.
-        ImageFormat::Tiff => 2 * out + 1,
+        // or later the converted bands beside the output; plus its strip or tile buffers.
+        ImageFormat::Tiff => (2 * out).max(out + 4) + 1,
         // A progressive (or CMYK) JPEG keeps every 16-bit coefficient of every component.
         ImageFormat::Jpeg => 13,
         // Lossless: an RGBA intermediate beside the RGB output; lossy: YUV planes, the alpha
