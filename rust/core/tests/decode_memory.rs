@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use image::ImageDecoder;
 use torchspark_core::ModelSpec;
 use torchspark_core::limits::{DECODE_BYTES_PER_PIXEL, decode_budget};
-use torchspark_core::preprocess::{ImageInput, Preprocessor, decode_peak_per_pixel};
+use torchspark_core::preprocess::{ImageInput, Preprocessor, decode_peak_bytes};
 
 // ---- the counting allocator ------------------------------------------------------------------
 
@@ -99,8 +99,8 @@ fn preprocessor(channels: u32, max_pixels: u64) -> Preprocessor {
     Preprocessor::new(&ModelSpec::from_json(&json).unwrap())
 }
 
-/// The documented peak for an encoded image: its header's pixels x the bytes a pixel its
-/// format and colour type hold ([`decode_peak_per_pixel`], what the decoder checks).
+/// The documented peak for an encoded image, from its header ([`decode_peak_bytes`], what the
+/// decoder checks): (pixels, bytes).
 fn documented_peak(bytes: &[u8]) -> (u64, u64) {
     let format = image::guess_format(bytes).unwrap();
     let decoder = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
@@ -110,7 +110,7 @@ fn documented_peak(bytes: &[u8]) -> (u64, u64) {
     let pixels = u64::from(w) * u64::from(h);
     (
         pixels,
-        pixels * decode_peak_per_pixel(format, decoder.color_type()),
+        decode_peak_bytes(format, decoder.color_type(), w, h),
     )
 }
 
@@ -225,9 +225,9 @@ fn webp_headers_past_the_pixel_limit_are_refused_and_within_it_stay_in_the_bound
         (2048, 4097),   // one row past
         (16383, 16383), // the largest a VP8/VP8L header holds
     ];
-    let mut cases: Vec<(String, u64, Vec<u8>)> = Vec::new();
+    let mut cases: Vec<(String, (u32, u32), Vec<u8>)> = Vec::new();
     for (w, h) in sizes {
-        let px = u64::from(w) * u64::from(h);
+        let px = (w, h);
         let tag = format!("{w}x{h}");
         cases.push((
             format!("lossless {tag}"),
@@ -250,10 +250,11 @@ fn webp_headers_past_the_pixel_limit_are_refused_and_within_it_stay_in_the_bound
     }
     for channels in [1, 3] {
         let pre = preprocessor(channels, max_pixels);
-        for (name, px, bytes) in &cases {
+        for (name, (w, h), bytes) in &cases {
+            let px = u64::from(*w) * u64::from(*h);
             let (r, grew) = fill_peak(&pre, bytes, 0);
             println!("{name} ({channels} bands): {} MiB, {r:?}", grew >> 20);
-            if *px > max_pixels {
+            if px > max_pixels {
                 let e = r.expect_err(name);
                 assert!(
                     e.contains("max_pixels") && e.contains(&max_pixels.to_string()),
@@ -270,7 +271,7 @@ fn webp_headers_past_the_pixel_limit_are_refused_and_within_it_stay_in_the_bound
                 }
                 // The frame's pixels when they are more than the canvas's.
                 let frame =
-                    px * decode_peak_per_pixel(image::ImageFormat::WebP, image::ColorType::Rgba8);
+                    decode_peak_bytes(image::ImageFormat::WebP, image::ColorType::Rgba8, *w, *h);
                 assert!(
                     grew <= documented_peak(bytes).1.max(frame) + SLACK,
                     "{name}: {} MiB for {px} pixels",

@@ -544,27 +544,30 @@ fn check_pixels(w: u32, h: u32, limit: u64) -> Result<(), String> {
     }
 }
 
-/// Bytes one decode holds per header pixel, by format and the decoder's output colour type
-/// (docs/limits.md; measured on every mode by tests/decode_memory.rs): the output buffer plus
-/// the decoder's intermediates and the band conversion. Checked against the decode budget
+/// Bytes one decode of a `w` x `h` image holds, by format and the decoder's output colour
+/// type (docs/limits.md; measured on every mode by tests/decode_memory.rs): the output buffer
+/// plus the decoder's intermediates and the band conversion. Checked against the decode budget
 /// before decoding, because WebP, JPEG and BMP ignore the image crate's `max_alloc`.
-pub fn decode_peak_per_pixel(format: ImageFormat, color: image::ColorType) -> u64 {
+pub fn decode_peak_bytes(format: ImageFormat, color: image::ColorType, w: u32, h: u32) -> u64 {
     let out = u64::from(color.bytes_per_pixel());
+    // JPEG and lossy WebP decode whole 16x16 blocks: a 2-pixel-high JPEG holds 16 rows.
+    let blocks = u64::from(w).div_ceil(16) * 16 * (u64::from(h).div_ceil(16) * 16);
+    let pixels = u64::from(w) * u64::from(h);
     match format {
         // The tiff crate's own buffer, copied into the output (16-bit RGBA: 16 bytes a pixel),
         // or later the converted bands beside the output; plus its strip or tile buffers.
-        ImageFormat::Tiff => (2 * out).max(out + 4) + 1,
+        ImageFormat::Tiff => pixels * ((2 * out).max(out + 4) + 1),
         // A progressive (or CMYK) JPEG keeps every 16-bit coefficient of every component.
-        ImageFormat::Jpeg => 13,
+        ImageFormat::Jpeg => blocks * 14,
         // Lossless: an RGBA intermediate beside the RGB output; lossy: YUV planes, the alpha
         // plane and its lossless intermediate; animated: the canvas and one frame.
-        ImageFormat::WebP => 13,
+        ImageFormat::WebP => blocks * 13,
         // PNG, GIF, BMP: the output, then at most 4 bytes a pixel of converted bands.
-        _ => out + 4,
+        _ => pixels * (out + 4),
     }
 }
 
-/// The most a decode of this header holds ([`decode_peak_per_pixel`]), against the documented
+/// The most a decode of this header holds ([`decode_peak_bytes`]), against the documented
 /// decode budget for `max_pixels` (16 bytes a pixel, at least 64 MiB).
 fn check_decode_peak(
     format: ImageFormat,
@@ -573,14 +576,12 @@ fn check_decode_peak(
     h: u32,
     max_pixels: u64,
 ) -> Result<(), String> {
-    let per_pixel = decode_peak_per_pixel(format, color);
-    let need = u64::from(w) * u64::from(h) * per_pixel;
+    let need = decode_peak_bytes(format, color, w, h);
     let budget = crate::limits::decode_budget(max_pixels);
     if need > budget {
         return Err(format!(
-            "image is {w}x{h} (width x height) {} {color:?}: decoding it holds about {} MiB \
-             ({per_pixel} bytes a pixel), over the decode limit of {} MiB (16 bytes x \
-             preprocess.max_pixels / maxPixels {})",
+            "image is {w}x{h} (width x height) {} {color:?}: decoding it holds about {} MiB, \
+             over the decode limit of {} MiB (16 bytes x preprocess.max_pixels / maxPixels {})",
             format_name(format).unwrap_or("image"),
             need >> 20,
             budget >> 20,
@@ -655,12 +656,14 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    /// Every format's decode peak fits the decode budget at `max_pixels`, except TIFF's
-    /// 16-bit RGBA (17 bytes a pixel), which is refused a little below it, naming the limit.
+    /// Every format's decode peak fits the budget at `max_pixels` for a square image, except
+    /// TIFF's 16-bit RGBA (17 bytes a pixel), which is refused a little below it; a thin JPEG
+    /// or WebP counts its 16x16 blocks. Refusals name the limit.
     #[test]
     fn decode_peak_fits_the_budget_or_is_a_row_error_naming_the_limit() {
         use image::ColorType::*;
         let max_pixels = 1u64 << 24; // 4096 x 4096
+        let per_pixel = |f, c| decode_peak_bytes(f, c, 4096, 4096) / (1 << 24);
         for format in [
             ImageFormat::Png,
             ImageFormat::Jpeg,
@@ -670,9 +673,8 @@ mod tests {
             ImageFormat::WebP,
         ] {
             for color in [L8, La8, Rgb8, Rgba8, L16, La16, Rgb16, Rgba16] {
-                let per_pixel = decode_peak_per_pixel(format, color);
                 let at_limit = check_decode_peak(format, color, 4096, 4096, max_pixels);
-                if per_pixel <= crate::limits::DECODE_BYTES_PER_PIXEL {
+                if per_pixel(format, color) <= crate::limits::DECODE_BYTES_PER_PIXEL {
                     assert!(at_limit.is_ok(), "{format:?} {color:?}: {at_limit:?}");
                 } else {
                     let e = at_limit.unwrap_err();
@@ -685,7 +687,16 @@ mod tests {
                 }
             }
         }
-        assert_eq!(decode_peak_per_pixel(ImageFormat::Tiff, Rgba16), 17);
+        assert_eq!(per_pixel(ImageFormat::Tiff, Rgba16), 17);
+        // 16,384 x 1 pixels of JPEG decode as 16,384 x 16 (14 bytes each): 3.5 MiB.
+        assert_eq!(
+            decode_peak_bytes(ImageFormat::Jpeg, Rgb8, 16_384, 1),
+            16_384 * 16 * 14
+        );
+        let thin = check_decode_peak(ImageFormat::Jpeg, Rgb8, 1 << 20, 16, max_pixels);
+        assert!(thin.is_ok());
+        let thinner = check_decode_peak(ImageFormat::Jpeg, Rgb8, 1 << 23, 2, max_pixels);
+        assert!(thinner.unwrap_err().contains("decode limit"));
         // The 64 MiB floor: a small max_pixels still decodes what fits 64 MiB.
         assert!(check_decode_peak(ImageFormat::WebP, Rgb8, 2048, 2048, 16).is_ok());
     }
