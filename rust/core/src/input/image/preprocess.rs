@@ -332,8 +332,8 @@ impl Preprocessor {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         // The image crate's own allocation cap (512 MiB by default) would refuse images under
         // the pixel limit: allow the documented decode budget (16 bytes a pixel, RGBA f32).
-        // PNG, GIF and TIFF honour it; WebP, JPEG and BMP ignore it, and stay under it only
-        // because every size they allocate for is checked against `max_pixels` below.
+        // PNG, GIF and TIFF honour it; WebP, JPEG and BMP ignore it, so every size a decoder
+        // allocates for is checked against the budget below (`check_decode_peak`).
         let mut limits = Limits::default();
         limits.max_alloc = Some(crate::limits::decode_budget(limit.pixels));
         reader.limits(limits);
