@@ -15,6 +15,7 @@
 //! | padding waste | [`MAX_PAD_RATIO`] (above [`PAD_WASTE_FLOOR_BYTES`]) | fixed |
 //! | top-k | the class count | fixed (a larger `top_k` gives every class) |
 //! | image pixels | `preprocess.max_pixels` (178,956,970) | spec, call `max_pixels` |
+//! | one image decode's memory | [`decode_budget`]: 16 bytes x `max_pixels` (>= 64 MiB) | follows `max_pixels` |
 
 /// Values one row of one input may hold (after a sparse vector is densified, an image decoded
 /// at its own size): 2^26, so that one float32 row (256 MiB) fits the default chunk budget.
