@@ -38,6 +38,7 @@ BINARIES = {
     "core-unit": ("torchspark-core", None),
     "aoti": ("torchspark-core", "aoti"),
     "concurrency": ("torchspark-core", "concurrency"),
+    "decode_memory": ("torchspark-core", "decode_memory"),
     "fuzz": ("torchspark-core", "fuzz"),
     "general": ("torchspark-core", "general"),
     "limits": ("torchspark-core", "limits"),

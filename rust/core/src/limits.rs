@@ -15,6 +15,7 @@
 //! | padding waste | [`MAX_PAD_RATIO`] (above [`PAD_WASTE_FLOOR_BYTES`]) | fixed |
 //! | top-k | the class count | fixed (a larger `top_k` gives every class) |
 //! | image pixels | `preprocess.max_pixels` (178,956,970) | spec, call `max_pixels` |
+//! | one image decode's memory | [`decode_budget`]: 16 bytes x `max_pixels` (>= 64 MiB) | follows `max_pixels` |
 
 /// Values one row of one input may hold (after a sparse vector is densified, an image decoded
 /// at its own size): 2^26, so that one float32 row (256 MiB) fits the default chunk budget.
@@ -35,6 +36,25 @@ pub const MAX_PAD_RATIO: usize = 4;
 
 /// ... unless the padded chunk is smaller than this (small chunks pad cheaply).
 pub const PAD_WASTE_FLOOR_BYTES: usize = 1 << 20;
+
+/// Bytes one image decode may hold, per pixel of `max_pixels`: the largest decoded buffer
+/// (RGBA f32). Every decoder's measured peak (output, intermediates and the band conversion,
+/// docs/limits.md) is below it, so a header within `max_pixels` decodes within
+/// [`decode_budget`]; the fuzz pass (tests/fuzz.rs) refuses any allocation past it.
+pub const DECODE_BYTES_PER_PIXEL: u64 = 16;
+
+/// The smallest decode budget: metadata chunks (ICC, EXIF, text) are allocated against the
+/// image crate's cap before the header's size is known, and a low `max_pixels` must not
+/// refuse them.
+pub const DECODE_FLOOR_BYTES: u64 = 64 << 20;
+
+/// The most one image decode may hold for a pixel limit of `max_pixels`:
+/// [`DECODE_BYTES_PER_PIXEL`] x `max_pixels`, at least [`DECODE_FLOOR_BYTES`].
+pub fn decode_budget(max_pixels: u64) -> u64 {
+    max_pixels
+        .saturating_mul(DECODE_BYTES_PER_PIXEL)
+        .max(DECODE_FLOOR_BYTES)
+}
 
 /// The limit in force: `spec` (or `default` when the spec says nothing), lowered by `call`
 /// (0: no lowering).

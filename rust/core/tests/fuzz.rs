@@ -10,8 +10,10 @@
 //! [`Scorer::score`] (ResNet-20 fixture, when present).
 //!
 //! Asserted: no panic, every input `Ok` (finite values) or `Err` with a reason, every batch row a
-//! score or an error naming its row, no input taking more than 1 GiB of Rust heap (a counting
-//! global allocator refuses it; the process aborts with a replay line) or 20 s (a watchdog aborts).
+//! score or an error naming its row, no input taking more Rust heap than the documented decode
+//! bound for the pass's `max_pixels` ([`FUZZ_MAX_PIXELS`]: 16 bytes a pixel = 1 GiB; a counting
+//! global allocator refuses more, and the process aborts with a replay line) or 20 s (a
+//! watchdog aborts).
 //!
 //! Environment: `TORCHSPARK_FUZZ_SECONDS` (default 60), `TORCHSPARK_FUZZ_SEED` (a number, or
 //! `random`; default fixed), `TORCHSPARK_FUZZ_REPLAY=i` (run input `i` of the seed only, and keep
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant};
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use common::{binary_batch, list_row, repo_root, str_row};
+use torchspark_core::limits::decode_budget;
 use torchspark_core::preprocess::{ImageInput, Preprocessor};
 use torchspark_core::{BatchOptions, ModelConfig, ModelSpec, Scorer};
 
@@ -52,11 +55,19 @@ static STARTED_MS: AtomicU64 = AtomicU64::new(0);
 /// 1 while the input runs as a Spark image struct rather than as encoded bytes.
 static AS_STRUCT: AtomicUsize = AtomicUsize::new(0);
 
-const GIB: usize = 1 << 30;
+/// The pixel limit every fill and batch of the pass runs under (a call's `max_pixels`, which
+/// lowers the specs' default): 2^26 pixels, whose documented decode bound is 1 GiB.
+const FUZZ_MAX_PIXELS: u64 = 1 << 26;
 
-/// From now on, allocations beyond what is live plus 1 GiB are refused (and abort).
+/// The documented decode bound at [`FUZZ_MAX_PIXELS`] (docs/limits.md), the same function the
+/// decoder's cap uses: an input that needs more fails the pass.
+fn bound() -> usize {
+    decode_budget(FUZZ_MAX_PIXELS) as usize
+}
+
+/// From now on, allocations beyond what is live plus [`bound`] are refused (and abort).
 fn arm_budget() {
-    LIMIT.store(LIVE.load(Relaxed) + GIB, Relaxed);
+    LIMIT.store(LIVE.load(Relaxed) + bound(), Relaxed);
 }
 
 fn grow(size: usize) -> bool {
@@ -85,7 +96,9 @@ fn refuse(size: usize, live: usize) {
     m.num((size >> 20) as u64);
     m.push(b" MiB with ");
     m.num((live >> 20) as u64);
-    m.push(b" MiB live: over the fuzz pass's 1 GiB bound. Replay with TORCHSPARK_FUZZ_SEED=");
+    m.push(b" MiB live: over the documented decode bound of ");
+    m.num((bound() >> 20) as u64);
+    m.push(b" MiB (docs/limits.md). Replay with TORCHSPARK_FUZZ_SEED=");
     m.num(SEED.load(Relaxed));
     m.push(b" TORCHSPARK_FUZZ_REPLAY=");
     m.num(CURRENT.load(Relaxed));
@@ -539,8 +552,10 @@ enum Outcome {
 static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 fn run_fill(pre: &Preprocessor, input: ImageInput<'_>, out: &mut [f32]) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| pre.fill(input, out))) {
-        Ok(Ok(())) => match out.iter().position(|v| !v.is_finite()) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        pre.fill_limited(input, out, FUZZ_MAX_PIXELS)
+    })) {
+        Ok(Ok(_)) => match out.iter().position(|v| !v.is_finite()) {
             None => Outcome::Ok,
             Some(i) => Outcome::Bad(format!("Ok with a non-finite value at {i}: {}", out[i])),
         },
@@ -715,6 +730,7 @@ fn check_batch(scorer: &Scorer, rows: &[Vec<u8>], offset: u64, stats: &mut Stats
     let opts = BatchOptions {
         batch_size: 7,
         row_offset: offset,
+        max_pixels: FUZZ_MAX_PIXELS,
         ..BatchOptions::default()
     };
     let scored = catch_unwind(AssertUnwindSafe(|| scorer.score(&batch, &opts)));
@@ -877,7 +893,7 @@ fn fuzzed_images_give_a_score_or_a_reason_never_a_panic() {
         h.corpus.len(),
         SPECS.len()
     );
-    // Everything allocated so far (corpus, model) stays; each input gets 1 GiB on top.
+    // Everything allocated so far (corpus, model) stays; each input gets the bound on top.
     arm_budget();
     let deadline = h.started + Duration::from_secs(seconds);
     let mut recent: Vec<Vec<u8>> = Vec::new();
@@ -945,9 +961,10 @@ fn fuzzed_images_give_a_score_or_a_reason_never_a_panic() {
         stats.failures.join("\n")
     );
     assert!(
-        stats.rss_jump < GIB,
-        "one input grew RSS by {} MiB",
-        stats.rss_jump >> 20
+        stats.rss_jump < bound(),
+        "one input grew RSS by {} MiB, over the decode bound of {} MiB",
+        stats.rss_jump >> 20,
+        bound() >> 20
     );
     if scorer.is_some() {
         assert!(stats.batches > 0, "no batch was scored");
@@ -965,8 +982,9 @@ fn corpus_bombs_are_refused_and_valid_classic_formats_decode() {
     let mut checked = 0;
     let mut truncated_ok = Vec::new();
     for s in &corpus {
+        // The pass's pixel limit, whose decode bound is the armed budget.
         let r = catch_unwind(AssertUnwindSafe(|| {
-            pre.fill(ImageInput::Encoded(&s.bytes), &mut out)
+            pre.fill_limited(ImageInput::Encoded(&s.bytes), &mut out, FUZZ_MAX_PIXELS)
         }));
         let r = r.unwrap_or_else(|_| panic!("{}: panicked", s.name));
         match s.kind.as_str() {

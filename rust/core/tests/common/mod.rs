@@ -83,6 +83,17 @@ pub fn limit_fixtures() -> PathBuf {
     )
 }
 
+/// Real images of every format and mode at 1024 x 1024 (`tests/fixtures/out/decode-peak`,
+/// `make_decode_fixtures.py`), for the decode-peak test.
+pub fn decode_fixtures() -> PathBuf {
+    made_by("make_decode_fixtures.py", "decode-peak", &["manifest.json"])
+}
+
+/// The fuzz pass's seed corpus (`tests/fixtures/out/corpus`, `make_corpus.py`).
+pub fn corpus_dir() -> PathBuf {
+    made_by("make_corpus.py", "corpus", &["manifest.json"])
+}
+
 /// A JSON file of the general fixtures.
 pub fn general_json(name: &str) -> Value {
     let text = std::fs::read_to_string(general_fixtures().join(name)).unwrap();

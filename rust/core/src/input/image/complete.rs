@@ -128,6 +128,51 @@ pub(super) fn gif_first_frame_size(format: ImageFormat, b: &[u8]) -> Option<(u32
     Some((at(i + 5)?, at(i + 7)?))
 }
 
+/// The size the first frame's bitstream declares (WebP only): a `VP8 ` key frame's or a
+/// `VP8L` header's width and height, in a simple file, after a `VP8X` header or in the first
+/// `ANMF` frame. The decoder allocates a VP8 frame at this size before comparing it with the
+/// canvas, so a 1x1 canvas could otherwise hold a 16383x16383 frame.
+pub(super) fn webp_first_frame_size(format: ImageFormat, b: &[u8]) -> Option<(u32, u32)> {
+    if format != ImageFormat::WebP || b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WEBP" {
+        return None;
+    }
+    webp_frame_in(b.get(12..)?)
+}
+
+/// The first `VP8 `/`VP8L` bitstream's size among RIFF chunks (an `ANMF` chunk's frame data,
+/// after its 16-byte frame header, is searched the same way).
+fn webp_frame_in(mut b: &[u8]) -> Option<(u32, u32)> {
+    while b.len() >= 8 {
+        let size = u32::from_le_bytes(b[4..8].try_into().ok()?) as usize;
+        let data = &b[8..b.len().min(8usize.saturating_add(size))];
+        let le16 = |k: usize| {
+            Some(u32::from(u16::from_le_bytes([
+                *data.get(k)?,
+                *data.get(k + 1)?,
+            ])))
+        };
+        match &b[0..4] {
+            // Frame tag (3 bytes, bit 0 clear for a key frame), start code, 14-bit sizes.
+            b"VP8 " => {
+                return (data.first()? & 1 == 0 && data.get(3..6)? == [0x9d, 0x01, 0x2a])
+                    .then(|| Some((le16(6)? & 0x3fff, le16(8)? & 0x3fff)))
+                    .flatten();
+            }
+            // Signature 0x2f, then 14-bit width - 1 and height - 1.
+            b"VP8L" => {
+                let bits = u32::from_le_bytes(data.get(1..5)?.try_into().ok()?);
+                return (*data.first()? == 0x2f)
+                    .then_some(((bits & 0x3fff) + 1, ((bits >> 14) & 0x3fff) + 1));
+            }
+            b"ANMF" => return webp_frame_in(data.get(16..)?),
+            _ => {}
+        }
+        let next = 8usize.saturating_add(size).saturating_add(size & 1);
+        b = b.get(next..)?;
+    }
+    None
+}
+
 /// Walks the GIF's blocks to the end of the first image's data (what is decoded).
 fn gif_complete(b: &[u8]) -> Result<(), &'static str> {
     gif_first_descriptor(b).map(|_| ())

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use super::complete::{check_complete, gif_first_frame_size, is_eof, tiff_extra_sample_as_alpha};
+use super::complete::{
+    check_complete, gif_first_frame_size, is_eof, tiff_extra_sample_as_alpha, webp_first_frame_size,
+};
 use super::resize::{Window, crop_offset, resize_like_pillow};
 use crate::spec::{ExifOrientation, ModelSpec, Resize};
 
@@ -329,18 +331,23 @@ impl Preprocessor {
         let bytes = patched.as_deref().unwrap_or(bytes);
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         // The image crate's own allocation cap (512 MiB by default) would refuse images under
-        // the pixel limit: allow the largest decoded buffer (16 bytes a pixel, RGBA f32).
+        // the pixel limit: allow the documented decode budget (16 bytes a pixel, RGBA f32).
+        // PNG, GIF and TIFF honour it; WebP, JPEG and BMP ignore it, so every size a decoder
+        // allocates for is checked against the budget below (`check_decode_peak`).
         let mut limits = Limits::default();
-        // At least 64 MiB: metadata chunks (ICC, EXIF, text) are allocated against the same cap
-        // before the header's size is known, and a low max_pixels must not refuse them.
-        limits.max_alloc = Some(limit.pixels.saturating_mul(16).max(64 << 20));
+        limits.max_alloc = Some(crate::limits::decode_budget(limit.pixels));
         reader.limits(limits);
         let mut decoder = reader.into_decoder().map_err(fail)?;
         let (w, h) = decoder.dimensions();
         self.check_size(w, h, limit)?;
-        // A GIF's first frame may be larger than its logical screen (the header's size).
-        if let Some((fw, fh)) = gif_first_frame_size(format, bytes) {
+        check_decode_peak(format, decoder.color_type(), w, h, limit.pixels)?;
+        // A GIF's first frame may be larger than its logical screen, and a WebP's VP8 bitstream
+        // carries its own size, which the decoder allocates for before comparing it with the
+        // canvas (the header's size).
+        let frame = gif_first_frame_size(format, bytes).or(webp_first_frame_size(format, bytes));
+        if let Some((fw, fh)) = frame {
             self.check_size(fw, fh, limit)?;
+            check_decode_peak(format, decoder.color_type(), fw, fh, limit.pixels)?;
         }
         let orientation = match self.exif {
             ExifOrientation::Ignore => None,
@@ -537,6 +544,53 @@ fn check_pixels(w: u32, h: u32, limit: u64) -> Result<(), String> {
     }
 }
 
+/// Bytes one decode of a `w` x `h` image holds, by format and the decoder's output colour
+/// type (docs/limits.md; measured on every mode by tests/decode_memory.rs): the output buffer
+/// plus the decoder's intermediates and the band conversion. Checked against the decode budget
+/// before decoding, because WebP, JPEG and BMP ignore the image crate's `max_alloc`.
+pub fn decode_peak_bytes(format: ImageFormat, color: image::ColorType, w: u32, h: u32) -> u64 {
+    let out = u64::from(color.bytes_per_pixel());
+    // JPEG and lossy WebP decode whole 16x16 blocks: a 2-pixel-high JPEG holds 16 rows.
+    let blocks = u64::from(w).div_ceil(16) * 16 * (u64::from(h).div_ceil(16) * 16);
+    let pixels = u64::from(w) * u64::from(h);
+    match format {
+        // The tiff crate's own buffer, copied into the output (16-bit RGBA: 16 bytes a pixel),
+        // or later the converted bands beside the output; plus its strip or tile buffers.
+        ImageFormat::Tiff => pixels * ((2 * out).max(out + 4) + 1),
+        // A progressive (or CMYK) JPEG keeps every 16-bit coefficient of every component.
+        ImageFormat::Jpeg => blocks * 14,
+        // Lossless: an RGBA intermediate beside the RGB output; lossy: YUV planes, the alpha
+        // plane and its lossless intermediate; animated: the canvas and one frame.
+        ImageFormat::WebP => blocks * 13,
+        // PNG, GIF, BMP: the output, then at most 4 bytes a pixel of converted bands.
+        _ => pixels * (out + 4),
+    }
+}
+
+/// The most a decode of this header holds ([`decode_peak_bytes`]), against the documented
+/// decode budget for `max_pixels` (16 bytes a pixel, at least 64 MiB).
+fn check_decode_peak(
+    format: ImageFormat,
+    color: image::ColorType,
+    w: u32,
+    h: u32,
+    max_pixels: u64,
+) -> Result<(), String> {
+    let need = decode_peak_bytes(format, color, w, h);
+    let budget = crate::limits::decode_budget(max_pixels);
+    if need > budget {
+        return Err(format!(
+            "image is {w}x{h} (width x height) {} {color:?}: decoding it holds about {} MiB, \
+             over the decode limit of {} MiB (16 bytes x preprocess.max_pixels / maxPixels {})",
+            format_name(format).unwrap_or("image"),
+            need >> 20,
+            budget >> 20,
+            crate::limits::grouped(max_pixels)
+        ));
+    }
+    Ok(())
+}
+
 /// The decoded image as 8-bit bands, by Pillow 13's rules for the same file (docs/images.md):
 /// 8-bit L, LA, RGB, RGBA as they are (palettes are expanded by the decoders, as PIL's
 /// `convert` does); 16-bit gray is opened as `I;16` and clamped to 0..=255 by `convert`
@@ -602,6 +656,51 @@ fn format_name(f: ImageFormat) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    /// Every format's decode peak fits the budget at `max_pixels` for a square image, except
+    /// TIFF's 16-bit RGBA (17 bytes a pixel), which is refused a little below it; a thin JPEG
+    /// or WebP counts its 16x16 blocks. Refusals name the limit.
+    #[test]
+    fn decode_peak_fits_the_budget_or_is_a_row_error_naming_the_limit() {
+        use image::ColorType::*;
+        let max_pixels = 1u64 << 24; // 4096 x 4096
+        let per_pixel = |f, c| decode_peak_bytes(f, c, 4096, 4096) / (1 << 24);
+        for format in [
+            ImageFormat::Png,
+            ImageFormat::Jpeg,
+            ImageFormat::Bmp,
+            ImageFormat::Gif,
+            ImageFormat::Tiff,
+            ImageFormat::WebP,
+        ] {
+            for color in [L8, La8, Rgb8, Rgba8, L16, La16, Rgb16, Rgba16] {
+                let at_limit = check_decode_peak(format, color, 4096, 4096, max_pixels);
+                if per_pixel(format, color) <= crate::limits::DECODE_BYTES_PER_PIXEL {
+                    assert!(at_limit.is_ok(), "{format:?} {color:?}: {at_limit:?}");
+                } else {
+                    let e = at_limit.unwrap_err();
+                    assert!(
+                        e.contains("decode limit of 256 MiB") && e.contains("16,777,216"),
+                        "{e}"
+                    );
+                    // 16/17 of the pixels fit.
+                    assert!(check_decode_peak(format, color, 4096, 3855, max_pixels).is_ok());
+                }
+            }
+        }
+        assert_eq!(per_pixel(ImageFormat::Tiff, Rgba16), 17);
+        // 16,384 x 1 pixels of JPEG decode as 16,384 x 16 (14 bytes each): 3.5 MiB.
+        assert_eq!(
+            decode_peak_bytes(ImageFormat::Jpeg, Rgb8, 16_384, 1),
+            16_384 * 16 * 14
+        );
+        let thin = check_decode_peak(ImageFormat::Jpeg, Rgb8, 1 << 20, 16, max_pixels);
+        assert!(thin.is_ok());
+        let thinner = check_decode_peak(ImageFormat::Jpeg, Rgb8, 1 << 23, 2, max_pixels);
+        assert!(thinner.unwrap_err().contains("decode limit"));
+        // The 64 MiB floor: a small max_pixels still decodes what fits 64 MiB.
+        assert!(check_decode_peak(ImageFormat::WebP, Rgb8, 2048, 2048, 16).is_ok());
+    }
+
     use super::super::complete::{jpeg_complete, png_complete};
     use super::*;
     use image::{ImageBuffer, Luma, Rgb};
