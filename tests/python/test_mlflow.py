@@ -258,10 +258,14 @@ def test_jvm_scorer_keeps_the_version_its_alias_named_at_transform(
     client = mlflow.MlflowClient()
     labels = registry["labels"]
     images = _images(spark, fixtures).repartition(3)  # several tasks, one resolution
-    out = _jvm_scorer(spark, f"models:/{NAME}@champion").transform(images._jdf)  # version 1
+    scorer = _jvm_scorer(spark, f"models:/{NAME}@champion")
+    out = scorer.transform(images._jdf)  # version 1
     client.set_registered_model_alias(NAME, "champion", "2")
     try:
         rows = _jvm_rows(spark, out)
+        # The metrics name the version the job read, not the one the alias names now.
+        assert scorer.metrics().javaValues()["modelVersion"] == 1
+        assert f"model=models:/{NAME}@champion -> {NAME} version 1" in scorer.metrics().toString()
         assert len(rows) == len(list((fixtures / "images").glob("digit_0*.png")))
         assert all(labels[int(r.prediction)] == r.predicted_label for r in rows)
         moved = _jvm_rows(spark, _jvm_scorer(spark, f"models:/{NAME}@champion").transform(

@@ -53,6 +53,12 @@ final class TorchSparkMetrics private (
     val rowsOut: LongAccumulator
 ) extends Serializable {
 
+  /** For a `modelPath` given as an MLflow URI (`models:/name@alias`, ...): the version this
+    * transform resolved on the driver, which every task of its job reads; None otherwise. Also in
+    * [[values]] as `modelVersion` (the registry version number; 0 when none) and in `toString`.
+    */
+  @volatile var mlflow: Option[MlflowModel] = None
+
   /** [[rowsScored]] by its old name: it counted text and tensor rows too. */
   @deprecated("use rowsScored (the same counter); imagesScored goes in the next release", "0.1.0")
   def imagesScored: LongAccumulator = rowsScored
@@ -78,7 +84,11 @@ final class TorchSparkMetrics private (
     "engineBatches" -> engineBatches.value.longValue,
     "engineBatchRows" -> engineBatchRows.value.longValue,
     "rowsIn" -> rowsIn.value.longValue,
-    "rowsOut" -> rowsOut.value.longValue
+    "rowsOut" -> rowsOut.value.longValue,
+    "modelVersion" -> mlflow
+      .flatMap(_.version)
+      .flatMap(v => scala.util.Try(v.toLong).toOption)
+      .getOrElse(0L)
   )
 
   /** [[values]] for Java and py4j callers, in a stable order. */
@@ -89,7 +99,8 @@ final class TorchSparkMetrics private (
   }
 
   override def toString: String =
-    values.map { case (k, v) => s"$k=$v" }.mkString("TorchSparkMetrics(", ", ", ")")
+    (values.map { case (k, v) => s"$k=$v" } ++ mlflow.map(m => s"model=${m.describe}"))
+      .mkString("TorchSparkMetrics(", ", ", ")")
 }
 
 object TorchSparkMetrics {

@@ -117,6 +117,16 @@ object MlflowResolver {
     }
   }
 
+  /** The resolution of `uri` already made in this thread's [[once]] block, if any: never a request
+    * (so what a transform reports is the version its job reads, even if the alias moved since).
+    */
+  def resolvedInScope(spark: SparkSession, uri: String): Option[MlflowModel] =
+    if (!isMlflowUri(uri)) None
+    else
+      Option(scope.get).flatMap(m =>
+        scala.util.Try(trackingUri(spark, uri)).toOption.flatMap(s => m.get((s, uri)))
+      )
+
   private def resolveNow(spark: SparkSession, server: String, uri: String): MlflowModel = {
     val api = new Api(server, uri)
     if (uri.startsWith("runs:/")) {

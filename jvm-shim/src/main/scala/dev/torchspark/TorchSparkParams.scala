@@ -182,6 +182,9 @@ trait TorchSparkModelParams extends Params {
   /** Fresh counters for a `transform` of `df`, kept as [[metrics]]. */
   protected def newMetrics(df: DataFrame): TorchSparkMetrics = {
     lastMetrics = TorchSparkMetrics(df.sparkSession.sparkContext, uid)
+    // An MLflow modelPath: the version this transform resolved (and its job reads).
+    if (isDefined(modelPath))
+      lastMetrics.mlflow = MlflowResolver.resolvedInScope(df.sparkSession, $(modelPath))
     lastMetrics
   }
 
