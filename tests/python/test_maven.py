@@ -76,11 +76,13 @@ def test_flattened_pom_names_the_line_and_keeps_spark_provided():
         for d in pom.iterfind("m:dependencies/m:dependency", NS)
     }
     scala = ARTIFACT.rsplit("_", 1)[1]
-    # Spark and Scala come from the cluster; nothing else is needed (no test dependency either).
+    # Spark, Scala and the logging API Spark ships come from the cluster; nothing else is needed
+    # (no test dependency either).
     assert deps == {
         "scala-library": "provided",
         f"spark-sql_{scala}": "provided",
         f"spark-mllib_{scala}": "provided",
+        "slf4j-api": "provided",
     }
 
 
