@@ -235,7 +235,7 @@ def _download(mlflow, storage: str, server: str, uri: str, cache_dir) -> Path:
 
 def _model_file(local: Path, uri: str, storage: str) -> Path:
     """The one `.pt`/`.pt2` under `local` with its spec (`model.pt` -> `model.json`) beside it."""
-    from torchspark.cluster import spec_path
+    from torchspark.spec_files import spec_path
 
     models = sorted(
         p
@@ -304,10 +304,12 @@ def _pyfunc_class():
         def load_context(self, context):
             import json
 
-            from torchspark.native_model import NativeModel
+            # Through the package, as any user of it (this runs in MLflow's process; an import
+            # of native_model here would put mlflow and native_model on an import circle).
+            import torchspark
 
             path = context.artifacts["model"]
-            self.model = NativeModel(path)
+            self.model = torchspark.NativeModel(path)
             with open(context.artifacts["spec"]) as f:
                 self.image = "inputs" not in json.load(f)
 
@@ -340,7 +342,7 @@ def log_model(
     required: a dict or a JSON file). `registered_model_name` registers a new version too."""
     import json
 
-    from torchspark.cluster import spec_path, tokenizer_files
+    from torchspark.spec_files import spec_path, tokenizer_files
 
     mlflow, _ = _mlflow()
     tmp = Path(tempfile.mkdtemp(prefix="torchspark-log-"))
