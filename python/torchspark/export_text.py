@@ -55,12 +55,16 @@ class _Encoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        return self._run(input_ids, attention_mask, token_type_ids).last_hidden_state
+
+    def _run(self, input_ids, attention_mask, token_type_ids):
+        """The wrapped model's output for the inputs it takes (traced, never scripted)."""
         kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids}
         if self.with_mask:
             kwargs["attention_mask"] = attention_mask
         if self.with_type_ids:
             kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).last_hidden_state
+        return self.model(**kwargs)
 
 
 class _Classifier(_Encoder):
@@ -73,12 +77,7 @@ class _Classifier(_Encoder):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        kwargs: dict[str, torch.Tensor] = {"input_ids": input_ids}
-        if self.with_mask:
-            kwargs["attention_mask"] = attention_mask
-        if self.with_type_ids:
-            kwargs["token_type_ids"] = token_type_ids
-        return self.model(**kwargs).logits
+        return self._run(input_ids, attention_mask, token_type_ids).logits
 
 
 def export_text_model(
